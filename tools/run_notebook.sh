@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Run the notebook headlessly with papermill, then render its two HTML reports.
+#
+#   tools/run_notebook.sh RUN_NAME [-p NAME VALUE ...]      (any papermill arguments)
+#
+# Environment (all optional):
+#   PYTHON       the interpreter of the project's environment (default: .venv/bin/python if
+#                present, else python)
+#   RESULTS_DIR  where results and reports go (default: results); passed to the notebook too
+#   LOG_DIR      where the run's log goes (default: logs)
+#   KERNEL       Jupyter kernel to run (default: uni_seg; installed into the environment if missing)
+#
+# Writes RESULTS_DIR/reports/RUN_NAME.ipynb (the executed notebook), RUN_NAME.html (with code,
+# for developers) and RUN_NAME.no-code.html (outputs only, for reviewers), and LOG_DIR/RUN_NAME_*.log.
+# When a cell fails, the reports are still rendered, so the failure can be read in them, and the
+# script exits non-zero.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ $# -lt 1 ] || [[ "$1" == -* ]]; then
+  echo "usage: $0 RUN_NAME [papermill arguments, e.g. -p PROFILE demo]" >&2
+  exit 2
+fi
+run_name=$1
+shift
+if [[ ! "$run_name" =~ ^[A-Za-z0-9._-]+$ ]]; then
+  echo "RUN_NAME '$run_name' may hold only letters, digits, '.', '_' and '-'" >&2
+  exit 2
+fi
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+results_dir=${RESULTS_DIR:-results}
+log_dir=${LOG_DIR:-logs}
+kernel=${KERNEL:-uni_seg}
+report_dir="$results_dir/reports"
+mkdir -p "$report_dir" "$log_dir"
+log="$log_dir/${run_name}_${SLURM_JOB_ID:-$(date +%Y%m%d-%H%M%S)}.log"
+
+if ! "$PYTHON" -m jupyter kernelspec list 2>/dev/null | grep -q "^ *$kernel "; then
+  echo "installing Jupyter kernel '$kernel' into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+  "$PYTHON" -m ipykernel install --sys-prefix --name "$kernel" --display-name "Python ($kernel)" >/dev/null
+fi
+
+executed="$report_dir/$run_name.ipynb"
+echo "run '$run_name': executing cell_instance_segmentation.ipynb -> $executed (log: $log)"
+status=0
+"$PYTHON" -m papermill cell_instance_segmentation.ipynb "$executed" \
+  -k "$kernel" --cwd . --log-output --no-progress-bar \
+  -p RUN_NAME "$run_name" -p RESULTS_DIR "$results_dir" "$@" 2>&1 | tee "$log" || status=$?
+
+if [ -f "$executed" ]; then
+  "$PYTHON" -m jupyter nbconvert --to html --log-level WARN "$executed" \
+    --output "$run_name" --output-dir "$report_dir"
+  "$PYTHON" -m jupyter nbconvert --to html --no-input --log-level WARN "$executed" \
+    --output "$run_name.no-code" --output-dir "$report_dir"
+  echo "reports: $report_dir/$run_name.html (with code), $report_dir/$run_name.no-code.html (for reviewers)"
+fi
+if [ "$status" -ne 0 ]; then
+  echo "run '$run_name' FAILED (papermill exit $status); the reports show the failing cell" >&2
+fi
+exit "$status"
