@@ -4,6 +4,14 @@
 
 Modules, one per notebook section:
     uni_seg.config    section 0: Setup and parameters
+    uni_seg.data      section 1: Data
+    uni_seg.targets   section 2: Targets and augmentation
+    uni_seg.model     section 3: Model
+    uni_seg.losses    section 4: Losses
+    uni_seg.train     section 5: Training engine
+    uni_seg.infer     section 8: Inference and post-processing
+    uni_seg.metrics   section 9: Evaluation
+    uni_seg.viz       section 10: Figures
 """
 
-__all__ = ['config']
+__all__ = ['config', 'data', 'targets', 'model', 'losses', 'train', 'infer', 'metrics', 'viz']

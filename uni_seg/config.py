@@ -63,6 +63,43 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Defaults shared by both profiles: the same values the parameters cell shows, so that
+# `resolve_config` called from a script behaves like the notebook (a test keeps them equal).
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    seed=42,
+    resume_training=True,
+    run_preprocess=True,
+    run_phase1=True,
+    run_phase2=True,
+    run_evaluation=True,
+    run_export=True,
+    processed_dir="data/processed",
+    checkpoint_dir="checkpoints",
+    results_dir="results",
+    val_fraction=0.15,
+    min_cell_area=30,
+    n_classes=4,
+    hv_activation="linear",
+    lora_rank=4,
+    lora_alpha=8.0,
+    class_weights=[0.05, 0.5, 5.0, 8.0],
+    np_loss_weight=1.0,
+    hv_loss_weight=2.0,
+    nc_loss_weight=2.0,
+    lr_phase1=1e-3,
+    weight_decay=1e-4,
+    restart_period=20,
+    lr_lora_phase2=1e-5,
+    lr_decoder_phase2=1e-4,
+    precision="auto",
+    use_compile=False,
+    use_tta=False,
+    tune_postproc=True,
+    n_figure_samples=3,
+    export_images=None,
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run, after the profile's defaults and explicit parameters merged.
@@ -95,6 +132,7 @@ class RunConfig:
     weights: str
     n_classes: int
     decoder_channels: int
+    hv_activation: str
     lora_rank: int
     lora_alpha: float
     class_weights: tuple[float, ...]
@@ -135,14 +173,15 @@ _CHOICES = {
     "backbone": ("uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"),
     "weights": ("auto", "hub", "imagenet", "none"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
+    "hv_activation": ("linear", "tanh"),
 }
 
 
 def resolve_config(profile: str, **parameters: Any) -> RunConfig:
-    """Merge a profile's defaults with explicit parameters (which win) into a `RunConfig`.
+    """Merge defaults, a profile's defaults and explicit parameters (which win) into a `RunConfig`.
 
     `parameters` are the notebook's parameters by lower-case name; a value of `None` means
-    "use the profile's default". Raises `ValueError` naming the parameter for an unknown
+    "use the default" (the profile's, else `COMMON_DEFAULTS`). Raises `ValueError` naming the parameter for an unknown
     profile, an unknown name, a missing value or a value outside its choices.
     """
     if profile not in PROFILES:
@@ -151,10 +190,8 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     unknown = sorted(set(parameters) - fields)
     if unknown:
         raise ValueError(f"unknown parameter(s): {', '.join(n.upper() for n in unknown)}")
-    merged: dict[str, Any] = {"profile": profile, **PROFILES[profile]}
+    merged: dict[str, Any] = {"profile": profile, "run_name": profile, **COMMON_DEFAULTS, **PROFILES[profile]}
     merged.update({k: v for k, v in parameters.items() if v is not None})
-    merged.setdefault("run_name", profile)
-    merged.setdefault("export_images", None)
     missing = sorted(fields - set(merged))
     if missing:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")

@@ -1,0 +1,117 @@
+"""Data-path benchmarks on one CPU core (§1-§2), on the real 1600x1200 masks.
+
+    .venv/bin/python bench/bench_data.py [--masks 30] [--cache-images 8] [--samples 150]
+
+Prints ms per mask for `parse_mask_to_instances` and for `hv_maps` (full resolution), ms per
+image to read and cache a raw pair, and augmented training samples per second from the cache
+(working scale 0.5, 224 px crops, `CellCropDataset(train=True)`), reading each sample's .npz
+from disk or from memory. Uses ../shared/data/bccd_subset; without it, synthetic smears of
+the same size stand in (and the output says so).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core, before numpy/torch start their pools
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from uni_seg.data import (build_processed_cache, find_dataset, generate_synthetic_dataset,  # noqa: E402
+                          parse_mask_to_instances, read_image, read_mask)
+from uni_seg.targets import CellCropDataset, hv_maps  # noqa: E402
+
+REAL = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+
+
+def per_call_ms(fn, items, repeat: int = 1) -> float:
+    """Median over items of the best-of-`repeat` wall time of fn(item), in ms."""
+    times = []
+    for item in items:
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn(item)
+            best = min(best, time.perf_counter() - start)
+        times.append(best * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--masks", type=int, default=30, help="masks to time parse/hv on")
+    parser.add_argument("--cache-images", type=int, default=8, help="raw pairs to cache for the sampling benchmark")
+    parser.add_argument("--samples", type=int, default=150, help="augmented samples to draw")
+    parser.add_argument("--crop", type=int, default=224)
+    parser.add_argument("--scale", type=float, default=0.5)
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if (REAL / "train" / "mask").is_dir():
+            root, source = REAL, f"real subset {REAL}"
+        else:
+            root, source = tmp / "synthetic", "synthetic 1600x1200 smears (real subset absent)"
+            generate_synthetic_dataset(root, max(args.masks, args.cache_images), 1, seed=0,
+                                       image_size=(1200, 1600), cell_diameter=100.0)
+        pairs = find_dataset(root)["train"]
+        print(f"data: {source}; 1 thread (cv2, torch, BLAS); {os.cpu_count()} cores on this machine")
+
+        chosen = pairs[: args.masks]
+        masks = [read_mask(p.mask_path) for p in chosen]
+        shape = masks[0].shape
+        parse_ms = per_call_ms(lambda m: parse_mask_to_instances(m, min_area=30), masks, repeat=2)
+        insts = [parse_mask_to_instances(m, min_area=30)[0] for m in masks]
+        hv_ms = per_call_ms(hv_maps, insts, repeat=2)
+        read_mask_ms = per_call_ms(lambda p: read_mask(p.mask_path), chosen[:10])
+        read_image_ms = per_call_ms(lambda p: read_image(p.image_path), chosen[:10])
+        n_cells = statistics.mean(int(i.max()) for i in insts)
+        print(f"parse_mask_to_instances  {parse_ms:7.1f} ms/mask   ({len(masks)} masks {shape[1]}x{shape[0]}, "
+              f"{n_cells:.0f} cells each)")
+        print(f"hv_maps                  {hv_ms:7.1f} ms/mask")
+        print(f"read_mask / read_image   {read_mask_ms:7.1f} / {read_image_ms:.1f} ms/file")
+
+        raw = tmp / "raw"
+        subset = {"train": pairs[: args.cache_images], "test": find_dataset(root)["test"][:1]}
+        for part, items in subset.items():
+            for pair in items:
+                for src, sub in ((pair.image_path, "original"), (pair.mask_path, "mask")):
+                    (raw / part / sub).mkdir(parents=True, exist_ok=True)
+                    (raw / part / sub / src.name).symlink_to(src)
+        summary = build_processed_cache(raw, tmp / "processed", working_scale=args.scale, val_fraction=0.15,
+                                        seed=0, min_area=30)
+        n_cached = sum(summary.counts.values())
+        print(f"build_processed_cache    {1000 * summary.seconds / n_cached:7.1f} ms/image "
+              f"(read + parse + resize x{args.scale} + compressed write; {n_cached} images)")
+
+        for in_memory in (False, True):
+            ds = CellCropDataset(tmp / "processed", "train", args.crop, train=True, crops_per_image=50, seed=0,
+                                 cache_in_memory=in_memory)
+            for i in range(len(ds.samples)):  # warm up (and fill the memory cache)
+                ds[i * ds.crops_per_image]
+            n = min(args.samples, len(ds))
+            start = time.perf_counter()
+            for i in range(n):
+                ds[(1, i)]
+            rate = n / (time.perf_counter() - start)
+            where = "from memory" if in_memory else "reading .npz"
+            print(f"augmented train samples  {rate:7.1f} /s on one core ({args.crop} px crops, {where})")
+        load_ms = per_call_ms(lambda s: s.load(), ds.samples)
+        print(f"  of which .npz load     {load_ms:7.1f} ms/sample")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,472 @@
+"""Tiled whole-image inference, TTA, exports and the folder CLI of `uni_seg.infer`.
+
+The model is replaced by small stand-ins that honour its contract (float32 (B, 3, H, W) in
+[0, 1] -> dict np/hv/nc logits):
+* `PointwiseModel`: every output pixel depends only on the same input pixel, so tiled
+  blending must reproduce a single whole-image pass exactly, whatever the tile size;
+* `EquivariantModel`: labels the bright blobs of the tile it is given and returns their exact
+  HV maps, so its output commutes with flips/rotations and TTA must give the plain output.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from uni_seg import infer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+
+
+class PointwiseModel(torch.nn.Module):
+    def __init__(self, n_classes: int = 4):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(6.0))
+        self.n_classes = n_classes
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+        nc = torch.cat([r, g, b, 1 - r][: self.n_classes], dim=1) * self.scale
+        return {"np": (r - 0.5) * self.scale, "hv": torch.cat([2 * g - 1, 2 * b - 1], dim=1), "nc": nc}
+
+
+def exact_hv(inst: np.ndarray) -> np.ndarray:
+    """HV maps with float centroids: exactly equivariant under flips and quarter turns."""
+    hv = np.zeros((2,) + inst.shape, dtype=np.float64)
+    n = int(inst.max())
+    if n == 0:
+        return hv.astype(np.float32)
+    ys, xs = np.indices(inst.shape, dtype=np.float64)
+    ids = np.arange(1, n + 1)
+    fg = inst > 0
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    for ch, coord in enumerate((xs, ys)):
+        centre = np.bincount(inst.ravel(), weights=coord.ravel(), minlength=n + 1) / np.maximum(area, 1)
+        d = coord - centre[inst]
+        hi = np.zeros(n + 1)
+        lo = np.zeros(n + 1)
+        hi[1:] = ndi.maximum(d, inst, ids)
+        lo[1:] = ndi.minimum(d, inst, ids)
+        pos = np.where(d > 0, d / np.where(hi[inst] > 0, hi[inst], 1), 0)
+        neg = np.where(d < 0, d / np.where(lo[inst] < 0, -lo[inst], 1), 0)
+        hv[ch] = np.where(fg, pos + neg, 0)
+    return hv.astype(np.float32)
+
+
+class EquivariantModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = {"np": [], "hv": [], "nc": []}
+        for tile in x.detach().cpu().numpy():
+            fg = tile[0] > 0.5
+            inst, _ = ndi.label(fg, structure=np.ones((3, 3)))
+            outs["np"].append(np.where(fg, 8.0, -8.0)[None])
+            outs["hv"].append(exact_hv(inst))
+            outs["nc"].append(np.stack([~fg * 5.0, tile[1] * 5, tile[2] * 5, tile[0]]))
+        return {k: torch.from_numpy(np.stack(v).astype(np.float32)).to(x.device) + 0 * self.dummy for k, v in outs.items()}
+
+
+def disks_image(shape, centres, radius, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 image with bright disks (channel 0) on a dark background, and their labels."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.indices(shape)
+    inst = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, 1):
+        inst[(ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2] = i
+    image = rng.integers(0, 60, size=shape + (3,)).astype(np.uint8)
+    image[inst > 0, 0] = 230
+    image[inst > 0, 1] = rng.integers(100, 255, size=int((inst > 0).sum()))
+    return image, inst
+
+
+# ---------------------------------------------------------------- tiling and blending
+
+def test_tile_starts_cover_the_axis_with_the_overlap():
+    for length, tile, overlap in [(600, 224, 64), (800, 224, 64), (224, 224, 64), (100, 224, 32), (1000, 128, 0)]:
+        starts = infer.tile_starts(length, tile, overlap)
+        assert starts[0] == 0
+        if length > tile:
+            assert starts[-1] + tile == length
+            assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+            assert all(b > a for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_window_is_a_partition_of_unity_over_the_overlap():
+    t, o = 64, 16
+    w = infer.blend_window(t, o)
+    assert w.min() > 0 and w.max() == pytest.approx(1.0)
+    row = w[t // 2]
+    assert np.allclose(row[t - o :] + row[:o], 1.0)  # right ramp of one tile + left ramp of the next
+
+
+@pytest.mark.parametrize("tile, overlap", [(48, 0), (64, 16), (96, 32), (224, 64)])
+def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(150, 190, 3)).astype(np.uint8)
+    model = PointwiseModel()
+    single = infer.predict_maps(model, image, tile_size=192, overlap=0)  # one tile covers it all
+    tiled = infer.predict_maps(model, image, tile_size=tile, overlap=overlap, batch_size=3)
+    for key in ("np", "hv", "nc"):
+        assert tiled[key].dtype == np.float32
+        np.testing.assert_allclose(tiled[key], single[key], atol=1e-5)
+    assert tiled["np"].shape == (150, 190) and tiled["hv"].shape == (2, 150, 190) and tiled["nc"].shape == (4, 150, 190)
+    np.testing.assert_allclose(tiled["nc"].sum(0), 1.0, atol=1e-5)
+    # and it is the model's own output, not a blurred version of it
+    expected_np = 1 / (1 + np.exp(-(image[..., 0] / 255.0 - 0.5) * 6))
+    np.testing.assert_allclose(tiled["np"], expected_np, atol=1e-5)
+
+
+def test_working_scale_resizes_and_small_images_are_padded():
+    image = np.full((101, 77, 3), 200, np.uint8)
+    maps = infer.predict_maps(PointwiseModel(), image, working_scale=0.5, tile_size=64, overlap=16)
+    assert maps["np"].shape == infer.working_shape(101, 77, 0.5) == (50, 38)
+    tiny = infer.predict_maps(PointwiseModel(), image[:5, :7], tile_size=32, overlap=8)
+    assert tiny["np"].shape == (5, 7)
+
+
+def test_predict_maps_rejects_bad_arguments():
+    model = PointwiseModel()
+    image = np.zeros((40, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        infer.predict_maps(model, image, tile_size=100)
+    with pytest.raises(ValueError, match="overlap"):
+        infer.predict_maps(model, image, tile_size=64, overlap=64)
+    with pytest.raises(ValueError, match="uint8"):
+        infer.predict_maps(model, image.astype(np.float32), tile_size=64, overlap=0)
+
+
+def test_predict_maps_restores_training_mode_and_accepts_bf16():
+    model = PointwiseModel().train()
+    image = np.random.default_rng(0).integers(0, 256, size=(70, 70, 3)).astype(np.uint8)
+    fp32 = infer.predict_maps(model, image, tile_size=64, overlap=16)
+    bf16 = infer.predict_maps(model, image, tile_size=64, overlap=16, precision="bf16")
+    assert model.training
+    np.testing.assert_allclose(bf16["np"], fp32["np"], atol=0.05)
+
+
+# ---------------------------------------------------------------- TTA
+
+def test_each_tta_transform_is_undone_exactly_including_hv_signs():
+    image, _ = disks_image((64, 64), [(20, 18), (40, 44), (10, 50)], 9)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    model = EquivariantModel()
+    plain = infer._model_maps(model, x, "fp32")
+    assert plain[:, 1:3].abs().max() > 0.9  # HV carries signal: a wrong sign would show
+    for flip, k in infer.TTA_TRANSFORMS:
+        out = infer._tta_inverse(infer._model_maps(model, infer._tta_forward(x, flip, k), "fp32"), flip, k, slice(1, 3))
+        torch.testing.assert_close(out, plain, atol=1e-5, rtol=0, msg=f"transform flip={flip} k={k}")
+
+
+def test_tta_output_equals_plain_output_for_an_equivariant_model():
+    centres = [(20, 20), (30, 62), (60, 40), (95, 110), (64, 64), (100, 30), (15, 150)]
+    image, _ = disks_image((130, 170), centres, 11)
+    model = EquivariantModel()
+    plain = infer.predict_maps(model, image, tile_size=64, overlap=16)
+    tta = infer.predict_maps(model, image, tile_size=64, overlap=16, tta=True, batch_size=4)
+    for key in ("np", "hv", "nc"):
+        np.testing.assert_allclose(tta[key], plain[key], atol=1e-5)
+
+
+# ---------------------------------------------------------------- segment_image
+
+def test_segment_image_returns_cells_at_the_original_resolution():
+    from uni_seg.metrics import panoptic_quality
+
+    centres = [(40, 40), (40, 130), (120, 60), (130, 170), (200, 100), (60, 210)]
+    image, true = disks_image((240, 260), centres, 22)
+    seg = infer.segment_image(EquivariantModel(), image, None, working_scale=0.5, tile_size=96, overlap=32)
+    assert seg.inst.shape == (240, 260) and seg.inst.dtype == np.int32
+    assert seg.inst_working.shape == (120, 130)
+    assert seg.n_cells == len(centres) == len(seg.scores) - 1 == len(seg.class_probs) - 1
+    assert np.all(seg.scores[1:] > 0.99)
+    assert set(seg.classes[1:].tolist()) <= {1, 2, 3}
+    assert panoptic_quality(true, seg.inst)["pq"] > 0.85
+    assert seg.class_map().shape == (240, 260)
+    assert set(seg.seconds) == {"model", "postproc", "resize"}
+
+
+def test_resize_labels_is_nearest_and_keeps_labels():
+    labels = np.arange(12, dtype=np.int32).reshape(3, 4)
+    up = infer.resize_labels(labels, (6, 8))
+    np.testing.assert_array_equal(up, np.kron(labels, np.ones((2, 2), np.int32)))
+    np.testing.assert_array_equal(infer.resize_labels(up, (3, 4)), labels)
+
+
+# ---------------------------------------------------------------- RLE against pycocotools
+
+def _rle_cases():
+    rng = np.random.default_rng(3)
+    cases = [np.zeros((7, 5), bool), np.ones((7, 5), bool), rng.random((31, 17)) > 0.5]
+    m = np.zeros((9, 6), bool)
+    m[0, 0] = m[-1, -1] = True
+    cases.append(m)
+    col = np.zeros((8, 8), bool)
+    col[:, 2:5] = True  # runs that continue from one column into the next
+    cases.append(col)
+    cases.append(rng.random((200, 300)) > 0.97)
+    return cases
+
+
+def test_rle_encode_matches_pycocotools_byte_for_byte():
+    mask_api = pytest.importorskip("pycocotools.mask")
+    for mask in _rle_cases():
+        ours = infer.rle_encode(mask)
+        ref = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert ours["size"] == list(ref["size"])
+        assert ours["counts"] == ref["counts"].decode("ascii")
+        np.testing.assert_array_equal(infer.rle_decode(ref), mask)
+        np.testing.assert_array_equal(mask_api.decode({"size": ours["size"], "counts": ours["counts"].encode()}), mask)
+
+
+def test_instance_rles_from_boxes_match_full_mask_encoding():
+    mask_api = pytest.importorskip("pycocotools.mask")
+    inst = np.zeros((40, 30), np.int32)
+    inst[0:40, 3:6] = 1  # full height: runs join across columns
+    inst[5:9, 10:20] = 2
+    inst[30:40, 25:30] = 3  # touches the bottom-right corner
+    inst[12, 12] = 5  # id 4 absent
+    rles = infer.instance_rles(inst)
+    assert sorted(rles) == [1, 2, 3, 5]
+    for cell, rle in rles.items():
+        ref = mask_api.encode(np.asfortranarray((inst == cell).astype(np.uint8)))
+        assert rle["counts"] == ref["counts"].decode("ascii")
+        assert rle["area"] == int(mask_api.area(ref))
+        assert rle["bbox"] == [int(v) for v in mask_api.toBbox(ref)]
+
+
+# ---------------------------------------------------------------- per-image exports
+
+def test_cell_table_measures_each_cell():
+    inst = np.zeros((50, 60), np.int32)
+    inst[10:20, 5:25] = 1  # 10 x 20 rectangle
+    ys, xs = np.indices(inst.shape)
+    inst[(ys - 35) ** 2 + (xs - 40) ** 2 <= 100] = 2
+    image = np.full((50, 60, 3), 100, np.uint8)
+    classes, probs, scores = np.array([0, 1, 3]), np.array([0, 0.9, 0.7], np.float32), np.array([0, 0.8, 0.6], np.float32)
+    table = infer.cell_table(inst, image, classes, probs, scores)
+    assert list(table) == list(infer.CELL_TABLE_COLUMNS)
+    assert table["id"].tolist() == [1, 2]
+    assert table["class"].tolist() == ["RBC", "Platelet"]
+    assert table["area"].tolist() == [200, int((inst == 2).sum())]
+    assert table["centroid_x"][0] == pytest.approx(14.5) and table["centroid_y"][0] == pytest.approx(14.5)
+    assert table["mean_intensity"][0] == pytest.approx(100)
+    assert table["solidity"][0] == pytest.approx(1.0)
+    assert table["eccentricity"][1] < 0.2
+
+
+def test_polygons_and_geojson_follow_qupath_format():
+    inst = np.zeros((60, 60), np.int32)
+    ys, xs = np.indices(inst.shape)
+    inst[(ys - 20) ** 2 + (xs - 20) ** 2 <= 144] = 1
+    inst[40:45, 40:42] = 2
+    inst[50:52, 5:8] = 2  # a cell in two pieces -> MultiPolygon
+    inst[0, 59] = 3  # one pixel
+    polygons = infer.cell_polygons(inst)
+    ring = np.asarray(polygons[1][0])
+    assert (ring[0] == ring[-1]).all() and len(ring) >= 4
+    x, y = ring[:, 0], ring[:, 1]
+    area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+    assert 0.85 * (inst == 1).sum() < area <= (inst == 1).sum()
+    assert abs(x.mean() - 20.5) < 1 and abs(y.mean() - 20.5) < 1  # pixel centres at +0.5
+    table = infer.cell_table(inst, np.zeros((60, 60, 3), np.uint8), np.array([0, 1, 2, 3]),
+                             np.ones(4, np.float32), np.ones(4, np.float32))
+    geo = json.loads(json.dumps(infer.cells_geojson(inst, table, image_name="x")))
+    assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 3
+    kinds = [f["geometry"]["type"] for f in geo["features"]]
+    assert kinds == ["Polygon", "MultiPolygon", "Polygon"]
+    props = geo["features"][0]["properties"]
+    assert props["objectType"] == "detection"
+    assert props["classification"] == {"name": "RBC", "color": list(infer.CLASS_COLORS[1])}
+    assert props["measurements"]["area"] == (inst == 1).sum()
+    with pytest.raises(ValueError, match="object_type"):
+        infer.cells_geojson(inst, table, object_type="cell")
+
+
+def test_label_png_is_16_bit_and_refuses_too_many_cells(tmp_path):
+    inst = np.arange(40 * 50, dtype=np.int32).reshape(40, 50) * 30
+    path = infer.write_label_png(tmp_path / "x.png", inst)
+    back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16
+    np.testing.assert_array_equal(back, inst)
+    with pytest.raises(ValueError, match="65535"):
+        infer.write_label_png(tmp_path / "y.png", np.full((3, 3), 70000, np.int32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no partial files left
+
+
+def test_overlay_draws_outlines_in_class_colours():
+    inst = np.zeros((30, 30), np.int32)
+    inst[5:15, 5:15] = 1
+    inst[18:28, 18:28] = 2
+    image = np.full((30, 30, 3), 50, np.uint8)
+    out = infer.draw_overlay(image, inst, np.array([0, 2, 3]))
+    assert tuple(out[5, 10]) == infer.CLASS_COLORS[2]
+    assert tuple(out[18, 20]) == infer.CLASS_COLORS[3]
+    assert tuple(out[10, 10]) == (50, 50, 50) and tuple(out[0, 0]) == (50, 50, 50)
+
+
+# ---------------------------------------------------------------- folder inference and CLI
+
+def _write_folder(folder: Path) -> dict[str, np.ndarray]:
+    folder.mkdir()
+    truths = {}
+    for i, centres in enumerate([[(30, 30), (30, 90), (80, 60)], [(40, 40), (90, 100)]]):
+        image, true = disks_image((120, 140), centres, 16, seed=i)
+        cv2.imwrite(str(folder / f"img{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        truths[f"img{i}"] = true
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    (folder / "notes.txt").write_text("not an image, ignored")
+    return truths
+
+
+def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
+    truths = _write_folder(tmp_path / "in")
+    out = tmp_path / "out"
+    report = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, tile_size=64, overlap=16, progress=False)
+    assert list(report.failed) == ["broken.png"] and "broken.png" in report.failed["broken.png"]
+    assert report.n_ok == 2
+    for stem, true in truths.items():
+        labels = cv2.imread(str(out / f"{stem}_instances.png"), cv2.IMREAD_UNCHANGED)
+        assert labels.dtype == np.uint16 and labels.shape == true.shape and labels.max() == true.max()
+        assert cv2.imread(str(out / f"{stem}_overlay.png")).shape == true.shape + (3,)
+        with open(out / f"{stem}_cells.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == true.max() and set(infer.CELL_TABLE_COLUMNS) == set(rows[0])
+        geo = json.loads((out / f"{stem}_cells.geojson").read_text())
+        assert len(geo["features"]) == true.max()
+    with open(out / "summary.csv") as f:
+        summary = {r["image"]: r for r in csv.DictReader(f)}
+    assert summary["broken.png"]["status"] == "failed" and summary["img0.png"]["n_cells"] == "3"
+    assert int(summary["img1.png"]["n_RBC"]) + int(summary["img1.png"]["n_WBC"]) + int(summary["img1.png"]["n_Platelet"]) == 2
+    assert not list(out.glob(".*partial*"))
+
+    coco_api = pytest.importorskip("pycocotools.coco")
+    mask_api = pytest.importorskip("pycocotools.mask")
+    doc = json.loads(report.coco_path.read_text())
+    assert [im["file_name"] for im in doc["images"]] == ["img0.png", "img1.png"]
+    assert len(doc["annotations"]) == 5 and all(0 < a["score"] <= 1 for a in doc["annotations"])
+    coco = coco_api.COCO()
+    coco.dataset = doc
+    coco.createIndex()
+    labels = cv2.imread(str(out / "img0_instances.png"), cv2.IMREAD_UNCHANGED)
+    anns = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    for cell, ann in enumerate(anns, 1):
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), labels == cell)
+        assert ann["area"] == int(mask_api.area(ann["segmentation"]))
+
+
+def test_cli_runs_on_a_folder_and_exits_1_when_an_image_failed(tmp_path, monkeypatch, capsys):
+    _write_folder(tmp_path / "in")
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stand-in")
+    meta = {"working_scale": 0.5, "model_config": {"backbone": "stand-in", "n_classes": 4}}
+    monkeypatch.setattr(infer, "load_inference_model", lambda path, device: (EquivariantModel(), meta))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(["--checkpoint", str(checkpoint), "--input", "in", "--output", "out", "--tile-size", "32",
+                    "--overlap", "8", "--device", "cpu", "--precision", "fp32", "--no-progress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "2 image(s) segmented, 1 failed" in err and "working scale 0.5" in err
+    assert (tmp_path / "out" / "img1_cells.geojson").exists()
+    # a clean folder exits normally; --limit; an explicit but missing --postproc is an error
+    (tmp_path / "in" / "broken.png").unlink()
+    infer.main(["--checkpoint", str(checkpoint), "--input", "in", "--output", "out2", "--limit", "1",
+                "--tile-size", "32", "--overlap", "8", "--device", "cpu", "--no-progress"])
+    assert sorted(p.name for p in (tmp_path / "out2").glob("*.geojson")) == ["img0_cells.geojson"]
+    with pytest.raises(FileNotFoundError, match="nope.json"):
+        infer.main(["--checkpoint", str(checkpoint), "--input", "in", "--output", "out3", "--postproc", "nope.json"])
+
+
+def test_read_image_names_the_bad_file(tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.jpg"):
+        infer.read_image(bad)
+
+
+def test_predict_split_reads_the_processed_cache(tmp_path):
+    split = tmp_path / "processed" / "test"
+    split.mkdir(parents=True)
+    for i in range(2):
+        image, inst = disks_image((70, 90), [(20, 20), (45, 60)], 12, seed=i)
+        np.savez_compressed(split / f"s{i}.npz", image=image, inst=inst, cls=(inst > 0).astype(np.uint8))
+    preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", tile_size=64, overlap=16)
+    assert [p.stem for p in preds] == ["s0", "s1"]
+    p = preds[0]
+    assert p.pred_inst.shape == p.true_inst.shape == (70, 90) and p.pred_inst.max() == 2
+    assert p.pred_cls.shape == (70, 90) and p.maps["hv"].shape == (2, 70, 90)
+    assert set(p.score_by_id) == {1, 2}
+    assert infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", tile_size=64, overlap=16,
+                               limit=1, keep_maps=False)[0].maps is None
+    with pytest.raises(FileNotFoundError, match="val"):
+        infer.predict_split(EquivariantModel(), tmp_path / "processed", "val")
+
+
+def test_real_image_runs_through_the_whole_image_path():
+    folder = DATA / "test" / "original"
+    if not folder.is_dir():
+        pytest.skip(f"{DATA} absent")
+    path = sorted(folder.iterdir())[0]
+    image = infer.read_image(path)
+    assert image.shape == (1200, 1600, 3)
+    seg = infer.segment_image(PointwiseModel(), image, None, working_scale=0.5, tile_size=224, overlap=64)
+    assert seg.inst.shape == (1200, 1600) and seg.maps["np"].shape == (600, 800)
+
+
+def test_cell_outlines_equal_skimage_inner_boundaries():
+    from skimage.segmentation import find_boundaries
+
+    labels = np.random.default_rng(0).integers(0, 4, (50, 60))
+    np.testing.assert_array_equal(infer.cell_outlines(labels), find_boundaries(labels, mode="inner"))
+
+
+def test_python_m_entry_point_with_a_real_checkpoint(tmp_path):
+    """`python -m uni_seg.infer` end to end: a vit_tiny checkpoint in the training format."""
+    import subprocess
+    import sys
+
+    train = pytest.importorskip("uni_seg.train")
+    model_mod = pytest.importorskip("uni_seg.model")
+    torch.manual_seed(0)
+    model = model_mod.build_model("vit_tiny", weights="none", decoder_channels=32, verbose=False)
+    checkpoint = tmp_path / "best_phase1.pth"
+    torch.save({"format": train.CHECKPOINT_FORMAT, "format_version": train.CHECKPOINT_VERSION, "phase": 1, "epoch": 1,
+                "model_config": model.config, "working_scale": 0.5, "weights_source": "none",
+                "model_state_dict": model.state_dict(), "history": []}, checkpoint)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image, _ = disks_image((150, 200), [(50, 50), (100, 140)], 20)
+    cv2.imwrite(str(folder / "a.jpg"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    result = subprocess.run(
+        [sys.executable, "-m", "uni_seg.infer", "--checkpoint", str(checkpoint), "--input", str(folder),
+         "--output", str(tmp_path / "out"), "--tile-size", "64", "--overlap", "16", "--device", "cpu", "--tta"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        # one thread: two OpenMP threads spin-wait badly on a busy 2-core machine
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 image(s) segmented, 0 failed" in result.stderr and "working scale 0.5" in result.stderr
+    out = tmp_path / "out"
+    assert cv2.imread(str(out / "a_instances.png"), cv2.IMREAD_UNCHANGED).shape == (150, 200)
+    for name in ("a_overlay.png", "a_cells.csv", "a_cells.geojson", "coco_instances.json", "summary.csv"):
+        assert (out / name).exists(), name
+
+
+def test_stand_in_hv_follows_the_targets_convention():
+    """The equivariant stand-in's HV (what the TTA test un-transforms) is section 2's convention."""
+    targets = pytest.importorskip("uni_seg.targets")
+    _, inst = disks_image((60, 80), [(20, 20), (35, 55)], 12)
+    ours, theirs = exact_hv(inst), targets.hv_maps(inst)
+    assert np.abs(ours - theirs).max() < 0.2  # they differ only by the centroid's rounding
+    assert theirs[0, 20, 30] > 0.5 and theirs[1, 30, 20] > 0.5  # h grows to the right, v downwards

@@ -1,0 +1,303 @@
+"""Post-processing (uni_seg.infer, section 8): instances_from_maps, classify_instances, tuning.
+
+The helpers at the top (`load_real_instances`, `make_touching`, `true_maps`) are also used by
+bench/bench_postproc.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
+
+from uni_seg.infer import (
+    DEFAULT_POSTPROC_PARAMS,
+    classify_instances,
+    hv_energy,
+    instance_scores,
+    instances_from_maps,
+    load_postproc_params,
+    save_postproc_params,
+)
+from uni_seg.metrics import panoptic_quality, tune_postproc
+
+SUBSET = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+
+
+# --------------------------------------------------------------------------- helpers
+def load_real_instances(mask_path: Path, min_area: int = 30) -> np.ndarray:
+    """Instance map int32 (H, W) of a real mask: `uni_seg.data.parse_mask_to_instances` when
+    section 1 exists, else 8-connected components of the foreground with area >= min_area."""
+    if importlib.util.find_spec("uni_seg.data") is not None:
+        from uni_seg.data import parse_mask_to_instances, read_mask
+
+        return parse_mask_to_instances(read_mask(mask_path), min_area, source=mask_path)[0]
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    fg = (mask.max(axis=-1) if mask.ndim == 3 else mask) > 0
+    labels, n = ndi.label(fg, structure=np.ones((3, 3), bool))
+    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_area
+    keep[0] = False
+    lut = np.zeros(n + 1, np.int32)
+    lut[keep] = np.arange(1, keep.sum() + 1)
+    return lut[labels]
+
+
+def make_touching(inst: np.ndarray, gap: int = 3) -> np.ndarray:
+    """The annotators' thin separation lines (and other background narrower than 2*gap px
+    inside the cell mask) given to the nearest cell, so touching cells really touch.
+
+    Background pixels inside the morphological closing of the foreground (ellipse of radius
+    `gap`) take the label of the nearest cell within `gap` px (`expand_labels`); open
+    background and cell outlines facing it are untouched.
+    """
+    expanded = expand_labels(inst, gap)
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
+    closed = cv2.morphologyEx((inst > 0).astype(np.uint8), cv2.MORPH_CLOSE, ellipse).astype(bool)
+    fill = (inst == 0) & closed & (expanded > 0)
+    out = inst.astype(np.int32, copy=True)
+    out[fill] = expanded[fill]
+    return out
+
+
+def _hv_maps_fallback(inst: np.ndarray) -> np.ndarray:
+    """HoVer-Net HV maps (x/y offset from the rounded centre of mass, each side scaled to [-1, 1])."""
+    inst = inst.astype(np.int64)
+    n = int(inst.max())
+    ys, xs = np.indices(inst.shape, dtype=np.float64)
+    flat = inst.ravel()
+    area = np.maximum(np.bincount(flat, minlength=n + 1), 1)
+    out = np.zeros((2, *inst.shape), np.float32)
+    index = np.arange(1, n + 1)
+    for ch, coord in enumerate((xs, ys)):
+        centre = np.floor(np.bincount(flat, coord.ravel(), n + 1) / area + 0.5)
+        d = coord - centre[inst]
+        lo = np.r_[0.0, ndi.minimum(d, inst, index)]
+        hi = np.r_[0.0, ndi.maximum(d, inst, index)]
+        v = np.where(d < 0, d / np.maximum(-lo, 1)[inst], d / np.maximum(hi, 1)[inst])
+        out[ch] = np.where(inst > 0, v, 0)
+    return out
+
+
+def true_maps(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(NP float32 (H, W) in {0, 1}, HV float32 (2, H, W)) of an instance map, with
+    `uni_seg.targets.hv_maps` when section 2 exists."""
+    if importlib.util.find_spec("uni_seg.targets") is not None:
+        from uni_seg.targets import hv_maps
+    else:
+        hv_maps = _hv_maps_fallback
+    return (inst > 0).astype(np.float32), hv_maps(inst)
+
+
+def disk_scene(shape=(200, 260), cells=((50, 50, 18), (50, 84, 18), (140, 70, 25), (120, 190, 40), (40, 200, 9))):
+    """A small label map: two touching discs, lone discs of several sizes (ids 1..N)."""
+    yy, xx = np.indices(shape)
+    inst = np.zeros(shape, np.int32)
+    for i, (cy, cx, r) in enumerate(cells, start=1):
+        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        inst[d & (inst == 0)] = i
+    return inst
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label maps define the same instances (up to renumbering)."""
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    keys = np.unique(np.stack([a[a > 0], b[a > 0]]), axis=1)
+    return np.unique(keys[0]).size == keys.shape[1] == np.unique(keys[1]).size
+
+
+def real_mask_paths(n: int) -> list[Path]:
+    paths = sorted((SUBSET / "test" / "mask").glob("*.png"))[:n]
+    if not paths:
+        pytest.skip(f"real BCCD subset absent ({SUBSET})")
+    return paths
+
+
+# --------------------------------------------------------------------------- instances_from_maps
+def test_true_maps_of_a_synthetic_scene_give_back_its_cells():
+    inst = disk_scene()
+    pred = instances_from_maps(*true_maps(inst))
+    assert pred.dtype == np.int32 and pred.shape == inst.shape
+    pq = panoptic_quality(inst, pred)
+    assert pq["tp"] == inst.max() and pq["fp"] == 0 and pq["sq"] > 0.995  # a pixel or two may swap on the seam
+    assert np.array_equal(np.unique(pred), np.arange(pred.max() + 1))  # 0 and 1..N contiguous
+
+
+@pytest.mark.parametrize("diameter", [20, 60, 120])
+def test_default_parameters_split_touching_pairs_from_20_to_120_px(diameter):
+    r = diameter / 2
+    cells = ((2 * r, 2 * r, r), (2 * r, 3.9 * r, r), (4.2 * r, 3 * r, r))  # pair overlapping by 0.1 r, third touching
+    inst = disk_scene((int(6 * r), int(6 * r)), cells)
+    pred = instances_from_maps(*true_maps(inst))
+    assert pred.max() == 3
+    assert panoptic_quality(inst, pred)["pq"] > 0.95
+
+
+def test_empty_and_all_background_maps():
+    z = np.zeros((40, 50), np.float32)
+    out = instances_from_maps(z, np.zeros((2, 40, 50), np.float32))
+    assert out.dtype == np.int32 and out.max() == 0
+
+
+def test_bad_input_raises_clearly():
+    with pytest.raises(ValueError, match="hv must be"):
+        instances_from_maps(np.zeros((10, 10), np.float32), np.zeros((10, 10, 2), np.float32))
+    with pytest.raises(ValueError, match="unknown post-processing parameter"):
+        instances_from_maps(np.zeros((10, 10), np.float32), np.zeros((2, 10, 10), np.float32), threshold=0.3)
+    with pytest.raises(ValueError, match="sobel_ksize"):
+        instances_from_maps(np.zeros((10, 10), np.float32), np.zeros((2, 10, 10), np.float32), sobel_ksize=8)
+
+
+def test_energy_is_zero_inside_cells_and_high_on_seams():
+    inst = disk_scene()
+    _, hv = true_maps(inst)
+    e = hv_energy(hv, 11)
+    core = ndi.binary_erosion(inst == 4, iterations=8)
+    assert e[core].max() < 0.02
+    seam = (inst[:, :-1] == 1) & (inst[:, 1:] == 2)  # the touching pair, left-right
+    assert e[:, :-1][seam].min() > 0.3
+
+
+def test_result_does_not_depend_on_the_tile():
+    """Cells away from a crop's border come out identical in the crop and in the whole map."""
+    rng = np.random.default_rng(0)
+    inst = disk_scene((260, 300), ((60, 60, 20), (60, 98, 20), (150, 80, 30), (150, 200, 35), (230, 250, 20), (40, 250, 15)))
+    np_map, hv = true_maps(inst)
+    np_map = np.clip(ndi.gaussian_filter(np_map, 1.5) + 0.05 * rng.standard_normal(np_map.shape), 0, 1).astype(np.float32)
+    hv = np.clip(ndi.gaussian_filter(hv, (0, 1.5, 1.5)) + 0.05 * rng.standard_normal(hv.shape), -1, 1).astype(np.float32)
+    whole = instances_from_maps(np_map, hv)
+    y0, y1, x0, x1 = 10, 215, 15, 270  # cuts the cells at (230, 250) and near the right border
+    part = instances_from_maps(np_map[y0:y1, x0:x1], hv[:, y0:y1, x0:x1])
+    margin = DEFAULT_POSTPROC_PARAMS["sobel_ksize"] + 2
+    blobs, n = ndi.label(part > 0, structure=np.ones((3, 3)))
+    checked = 0
+    for b, box in enumerate(ndi.find_objects(blobs), start=1):
+        if box[0].start < margin or box[1].start < margin or box[0].stop > part.shape[0] - margin or box[1].stop > part.shape[1] - margin:
+            continue
+        region = blobs == b
+        a, w = part[region], whole[y0:y1, x0:x1][region]
+        pairs = np.unique(np.stack([a, w]), axis=1)
+        assert np.unique(pairs[0]).size == pairs.shape[1] == np.unique(pairs[1]).size, "crop and whole differ"
+        for wid in np.unique(w):  # the whole map's cell lies entirely inside this blob
+            assert np.count_nonzero(whole == wid) == np.count_nonzero(w == wid)
+        checked += 1
+    assert checked >= 3
+
+
+def test_watershed_runs_only_on_blobs_with_two_or_more_markers(monkeypatch):
+    import uni_seg.infer as infer
+
+    calls = []
+    real = infer.watershed
+
+    def counting(image, markers, **kw):
+        calls.append(image.shape)
+        return real(image, markers, **kw)
+
+    monkeypatch.setattr(infer, "watershed", counting)
+    inst = disk_scene()  # one touching pair, three lone cells
+    pred = instances_from_maps(*true_maps(inst))
+    assert pred.max() == 5
+    assert len(calls) == 1 and calls[0][0] * calls[0][1] < 60 * 80  # the pair's bounding box only
+
+
+@pytest.mark.parametrize("n_masks", [4])
+def test_true_maps_of_real_masks_recover_the_cells(n_masks):
+    """Fed the true NP/HV maps of real masks (touching cells touching), PQ >= 0.99."""
+    for path in real_mask_paths(n_masks):
+        truth = make_touching(load_real_instances(path))
+        pred = instances_from_maps(*true_maps(truth))
+        pq = panoptic_quality(truth, pred)
+        assert pq["pq"] >= 0.99, (path.name, pq)
+
+
+def test_make_touching_closes_separation_lines_only():
+    inst = np.zeros((40, 60), np.int32)
+    inst[5:35, 5:28] = 1
+    inst[5:35, 31:55] = 2  # a 3 px line between them
+    out = make_touching(inst)
+    assert (out[6:34, 28:31] > 0).all()  # the line is gone
+    assert (out[0:5] == 0).all() and (out[:, 56:] == 0).all()  # open background stays background
+    assert ndi.label(out > 0)[1] == 1
+
+
+# --------------------------------------------------------------------------- classes and scores
+def test_classify_instances_majority_excluding_background():
+    inst = np.zeros((4, 6), np.int32)
+    inst[:, :3] = 1
+    inst[:, 3:5] = 3  # id 2 absent
+    prob = np.zeros((4, 4, 6), np.float32)
+    prob[0] = 0.1
+    prob[1, :, :3] = 0.6  # cell 1: 9 RBC pixels ...
+    prob[2, :, :3] = 0.3
+    prob[2, 0, :3] = 0.7  # ... 3 WBC pixels
+    prob[1, 0, :3] = 0.2
+    prob[0, :, 3:5] = 0.7  # cell 3: background wins the argmax everywhere ...
+    prob[3, :, 3:5] = 0.2  # ... but the vote is among cell classes: platelet
+    prob[1, :, 3:5] = 0.1
+    classes, probs = classify_instances(inst, prob)
+    assert classes.tolist() == [0, 1, 0, 3]
+    assert probs[1] == pytest.approx((9 * 0.6 + 3 * 0.2) / 12)
+    assert probs[3] == pytest.approx(0.2)
+    assert probs[0] == 0 and probs[2] == 0
+    assert classes[inst].shape == inst.shape
+
+
+def test_classify_instances_matches_a_per_cell_loop():
+    rng = np.random.default_rng(1)
+    inst = disk_scene()
+    logits = rng.standard_normal((4, *inst.shape)).astype(np.float32)
+    prob = np.exp(logits) / np.exp(logits).sum(0)
+    classes, probs = classify_instances(inst, prob)
+    for i in range(1, inst.max() + 1):
+        votes = np.bincount(prob[1:, inst == i].argmax(0), minlength=3)
+        c = int(votes.argmax()) + 1
+        assert classes[i] == c
+        assert probs[i] == pytest.approx(prob[c, inst == i].mean(), rel=1e-5)
+
+
+def test_classify_instances_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="nc_prob"):
+        classify_instances(np.zeros((5, 5), np.int32), np.zeros((4, 5, 6), np.float32))
+
+
+def test_instance_scores_are_mean_np_probability():
+    inst = np.array([[0, 1, 1], [2, 2, 0]])
+    p = np.array([[0.9, 0.2, 0.4], [1.0, 0.5, 0.3]], np.float32)
+    s = instance_scores(inst, p)
+    assert s == pytest.approx([0.0, 0.3, 0.75])
+
+
+# --------------------------------------------------------------------------- tuning and params file
+def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
+    inst = disk_scene()
+    np_map, hv = true_maps(inst)
+    np_noisy = np.clip(np_map * 0.7 + 0.15, 0, 1).astype(np.float32)  # foreground at 0.85, background 0.15
+    grid = {"fg_threshold": [0.1, 0.5], "marker_threshold": [0.05, 0.1]}
+    best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid)
+    assert len(table) == 4 and table[0]["pq"] >= table[-1]["pq"]
+    assert best["fg_threshold"] == 0.5 and table[0]["pq"] > 0.99
+    assert set(best) == set(DEFAULT_POSTPROC_PARAMS)
+    path = save_postproc_params(tmp_path / "results" / "postproc_params.json", best, table[0]["pq"], grid=grid)
+    doc = json.loads(path.read_text())
+    assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best
+    assert load_postproc_params(path) == best
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_load_postproc_params_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_postproc_params(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"params": {"nonsense": 1}}))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_postproc_params(bad)
+    bad.write_text("not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_postproc_params(bad)
