@@ -130,10 +130,11 @@ def main() -> None:
         big_hv = np.stack([cv2.resize(c, (1600, 1200), interpolation=cv2.INTER_LINEAR) for c in hv])
         big_nc = np.stack([cv2.resize(c, (1600, 1200), interpolation=cv2.INTER_LINEAR) for c in nc])
         t3 = time.perf_counter()
-        # the alternative needs its parameters in full-resolution pixels: areas x4, kernel ~x2
+        # the alternative needs its parameters in full-resolution pixels: areas x4, lengths x2
         big = dict(infer.DEFAULT_POSTPROC_PARAMS)
         big.update(min_area=4 * big["min_area"], min_marker_area=4 * big["min_marker_area"],
-                   max_hole_area=4 * big["max_hole_area"], sobel_ksize=min(31, 2 * big["sobel_ksize"] + 1))
+                   max_hole_area=4 * big["max_hole_area"], hv_smooth_sigma=2 * big["hv_smooth_sigma"],
+                   marker_open_radius=2 * big["marker_open_radius"])
         infer.cells_from_maps({"np": big_np, "hv": big_hv, "nc": big_nc}, big)
         t4 = time.perf_counter()
         rows.append((int(inst.max()), int(cells.max()), t1 - t0, t2 - t1, t4 - t2))

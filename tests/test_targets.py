@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pickle
+import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import torch
 from scipy import ndimage as ndi
 
 from uni_seg.data import build_processed_cache, generate_synthetic_dataset, render_synthetic_smear
-from uni_seg.targets import (CellAugmenter, CellCropDataset, EpochSampler, hv_maps, make_loader, seed_transforms,
-                             targets_from_instances)
+from uni_seg.targets import (CellAugmenter, CellCropDataset, EpochItems, EpochSampler, hv_maps, make_loader,
+                             seed_transforms, targets_from_instances, worker_context)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,6 +222,45 @@ def test_epoch_sampler_shards_and_reshuffles_reproducibly():
     assert [i for _, i in EpochSampler(5, False, seed=0)] == [0, 1, 2, 3, 4]
 
 
+def test_epoch_sampler_without_padding_gives_every_item_to_exactly_one_rank():
+    shards = [list(EpochSampler(10, False, seed=3, rank=r, world_size=3, pad=False)) for r in range(3)]
+    assert [len(EpochSampler(10, False, 3, r, 3, pad=False)) for r in range(3)] == [len(x) for x in shards] == [4, 3, 3]
+    assert sorted(i for x in shards for _, i in x) == list(range(10))
+    assert [i for _, i in shards[1]] == [1, 4, 7]
+    assert list(EpochSampler(2, False, 0, rank=2, world_size=3, pad=False)) == []  # more ranks than items
+    with pytest.raises(ValueError, match="rank 3"):
+        EpochSampler(10, True, 0, rank=3, world_size=3)
+
+
+class GlobalRandomDataset(torch.utils.data.Dataset):
+    """Items drawn from the global generators (what `EpochItems` is for)."""
+
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs.append(epoch)
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([random.random(), np.random.random(), torch.rand(1).item()])
+
+
+def test_epoch_items_seed_each_item_from_seed_epoch_index_and_restore_the_callers_state():
+    ds = EpochItems(GlobalRandomDataset(), seed=5)
+    np.random.seed(123)
+    before = np.random.random()
+    np.random.seed(123)
+    a = ds[(1, 2)]
+    assert np.random.random() == before  # the caller's NumPy state is untouched
+    b = [ds[(0, 0)], ds[(1, 2)]][1]
+    assert torch.equal(a, b) and not torch.equal(a, ds[(2, 2)]) and not torch.equal(a, ds[(1, 3)])
+    assert ds.dataset.epochs == [1, 0, 1, 2, 1]  # set_epoch called whenever the epoch changes
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[(1, 2)], a)
+
+
 def batches(loader, epoch: int) -> list[dict]:
     loader.sampler.set_epoch(epoch)
     return list(loader)
@@ -243,6 +284,42 @@ def test_loader_refuses_a_dataset_class_defined_in_a_notebook(cache):
     ds = NotebookDataset(cache, "train", 64, train=True)
     with pytest.raises(ValueError, match="defined in __main__"):
         make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=0, multiprocessing_context="spawn")
+    with pytest.raises(ValueError, match="NotebookDataset is defined in __main__"):  # also inside a wrapper
+        make_loader(EpochItems(ds, 0), batch_size=2, shuffle=True, num_workers=2, seed=0,
+                    multiprocessing_context="spawn")
+
+
+def test_loader_shards_validation_without_duplicates_and_pads_training(cache):
+    ds = CellCropDataset(cache, "val", 64, train=False)
+    n = len(ds)
+    val = [make_loader(ds, 2, False, 0, 0, rank=r, world_size=3, pad=False) for r in range(3)]
+    assert sum(len(loader.sampler) for loader in val) == n
+    assert sum(len(batch["image"]) for loader in val for batch in loader) == n
+    train = [make_loader(ds, 2, True, 0, 0, rank=r, world_size=3) for r in range(3)]
+    assert {len(loader.sampler) for loader in train} == {-(-n // 3)}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the script default on Linux only")
+def test_workers_in_a_script_are_forked_so_an_unguarded_script_runs_once(cache, tmp_path):
+    """Also after OpenCV's thread pool ran in the parent: a child forked while its threads
+    sleep used to hang in the worker init's cv2.setNumThreads."""
+    assert worker_context().get_start_method() == "fork"
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+import cv2, numpy as np
+from uni_seg.targets import CellCropDataset, make_loader
+print("script started", flush=True)
+cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 5)  # a parallel call: OpenCV's pool starts
+time.sleep(0.5)  # ... and its threads go to sleep
+ds = CellCropDataset({str(cache)!r}, "train", 64, train=True, crops_per_image=2, seed=1)
+loader = make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=0)
+print("batches", len(list(loader)), flush=True)
+""")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("script started") == 1 and "batches 4" in run.stdout
 
 
 def test_loader_workers_inside_a_jupyter_kernel(cache, tmp_path):

@@ -13,14 +13,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 #: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
 #: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
 DEFAULT_POSTPROC_PARAMS: dict[str, Any] = dict(
     fg_threshold=0.5,  # NP probability at or above which a pixel is foreground
-    hv_smooth_sigma=2.5,  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
+    hv_smooth_sigma=3.0,  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
     sobel_ksize=5,  # Sobel kernel side (odd, 3..31): larger averages out noisier HV maps
     marker_threshold=0.05,  # energy (HV change per pixel) below which a foreground pixel belongs to a marker
     marker_open_radius=4,  # radius of the elliptic opening that breaks thin bridges between markers (0 = none)
@@ -30,7 +29,9 @@ DEFAULT_POSTPROC_PARAMS: dict[str, Any] = dict(
     max_hole_area=100,  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
 )
 
-def _check_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+
+def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(np_prob float32 (H, W), hv float32 (2, H, W)); `ValueError` naming the shapes if they do not fit."""
     np_prob = np.asarray(np_prob, dtype=np.float32)
     hv = np.asarray(hv, dtype=np.float32)
     if np_prob.ndim != 2:
@@ -40,7 +41,8 @@ def _check_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.nda
     return np_prob, hv
 
 
-def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+def validate_postproc_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`DEFAULT_POSTPROC_PARAMS` updated with `params`; `ValueError` naming an unknown or bad one."""
     unknown = sorted(set(params) - set(DEFAULT_POSTPROC_PARAMS))
     if unknown:
         raise ValueError(f"unknown post-processing parameter(s) {unknown}; known: {sorted(DEFAULT_POSTPROC_PARAMS)}")
@@ -48,7 +50,8 @@ def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     k = p["sobel_ksize"]
     if int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
         raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
-    for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius", "min_marker_area", "min_area", "max_hole_area"):
+    for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
+                 "min_marker_area", "min_area", "max_hole_area"):
         if not p[name] >= 0:
             raise ValueError(f"{name}={p[name]!r} must be >= 0")
     if not 0.0 <= p["fg_threshold"] <= 1.0:
@@ -81,7 +84,7 @@ def smooth_hv(hv: np.ndarray, np_prob: np.ndarray, sigma: float) -> np.ndarray:
     def blur(a: np.ndarray) -> np.ndarray:
         return cv2.sepFilter2D(a, cv2.CV_32F, kernel, kernel, borderType=cv2.BORDER_REPLICATE)
 
-    weight = np.ascontiguousarray(np.clip(np_prob, 0.0, 1.0), dtype=np.float32)
+    weight = np.ascontiguousarray(np_prob, dtype=np.float32)
     inverse = blur(weight)
     inverse += 1e-3  # background far from any cell: ~0 / small = ~0
     np.reciprocal(inverse, out=inverse)
@@ -157,15 +160,28 @@ def _fill_small_holes(mask: np.ndarray, max_hole_area: int) -> np.ndarray:
 _SQUARE3 = np.ones((3, 3), np.uint8)
 
 
+def _inner_square_side(element: np.ndarray) -> int:
+    """Side of the largest centred square inside a (2r+1) x (2r+1) structuring element."""
+    r = element.shape[0] // 2
+    h = 0
+    while h < r and element[r - h - 1 : r + h + 2, r - h - 1 : r + h + 2].all():
+        h += 1
+    return 2 * h + 1
+
+
 def _split_blobs(energy: np.ndarray, inside: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Watershed of the blobs `inside` (bool (h, w)) from `seeds` (int (h, w), 0 = none) on
     `energy`: (labels (h, w) = the seed ids, 0 outside; the flooded pixels, bool (h, w)).
 
-    skimage pushes every seed pixel onto its priority queue; a seed pixel whose 8 neighbours
-    are all seeds can label nothing, so we keep those out of the flood (out of the mask) and
-    put them back after: the same partition for a fraction of the work.
+    skimage pushes every seed pixel onto its priority queue; a seed pixel none of whose 8
+    neighbours needs a label (all seeds or outside the blob) can label nothing, so we keep
+    those out of the flood (out of the mask) and put them back after: the same partition for
+    a fraction of the work.
     """
-    interior = cv2.erode((seeds > 0).view(np.uint8), _SQUARE3, borderType=cv2.BORDER_CONSTANT, borderValue=0).view(bool)
+    seeded = seeds > 0
+    open_ground = inside > seeded  # what the flood must reach
+    # a seed pixel with no open-ground neighbour can label nothing: keep it out of the queue
+    interior = seeded > cv2.dilate(open_ground.view(np.uint8), _SQUARE3).view(bool)
     flood = inside > interior
     grown = watershed(energy, markers=np.where(interior, 0, seeds), mask=flood, connectivity=2)
     np.copyto(grown, seeds, where=interior)
@@ -180,23 +196,15 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     boundary between two cells follows a seam ridge. Pieces whose shared boundary has a mean
     energy (max of the two pixels of each 4-neighbour pair across it) below `threshold` are
     one cell. Markers are 4-connected components, so two pieces meet only where at least one
-    pixel was flooded: we look at the 4-neighbour pairs of the `flood` pixels only. The
-    union-find loop is over piece pairs, not pixels.
+    pixel was flooded: we sample the boundary at the flooded pixels and their right and lower
+    neighbours only. The union-find loop is over piece pairs, not pixels.
     """
     h, w = grown.shape
     g, e, f = grown.ravel(), energy.ravel(), flood.ravel()
     idx = np.flatnonzero(f)
     y, x = np.divmod(idx, w)
-    first, second = [], []
-    for ok, step in ((x < w - 1, 1), (y < h - 1, w)):  # flooded pixel and its right / lower neighbour
-        first.append(idx[ok])
-        second.append(idx[ok] + step)
-    for ok, step in ((x > 0, 1), (y > 0, w)):  # left / upper neighbour when it was not flooded
-        before = idx[ok] - step
-        new = ~f[before]
-        first.append(before[new])
-        second.append(idx[ok][new])
-    a, b = np.concatenate(first), np.concatenate(second)
+    right, down = idx[x < w - 1], idx[y < h - 1]  # a flooded pixel and its right / lower neighbour
+    a, b = np.concatenate([right, down]), np.concatenate([right + 1, down + w])
     la, lb = g[a], g[b]
     across = (la != lb) & (la > 0) & (lb > 0)
     if not across.any():
@@ -223,10 +231,13 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     involved = np.unique(np.r_[weak // stride, weak % stride])
     lut = np.arange(stride, dtype=grown.dtype)
     lut[involved] = [find(int(i)) for i in involved]
-    return lut[grown]
+    return np.take(lut, grown)
 
 
-def _instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
+    """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)); `p` is a full,
+    validated parameter dict (`validate_postproc_params`). Lets a parameter search reuse the
+    energy across the parameters that do not change it."""
     raw_fg = np_prob >= p["fg_threshold"]
     n, blobs, area = _components(_fill_small_holes(raw_fg, int(p["max_hole_area"])), 8)
     min_area = int(p["min_area"])
@@ -235,10 +246,10 @@ def _instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[s
     if not big.any():
         return np.zeros(np_prob.shape, np.int32)
 
-    # Markers: low-energy pixels of the (unfilled) foreground. A
-    # filled hole (a pale cell centre, or a background pocket between three touching cells)
-    # has flat HV and would seed a cell of its own; the watershed floods it instead. Markers
-    # are 4-connected so that a one-pixel diagonal bridge does not join two of them.
+    # Markers: low-energy pixels of the (unfilled) foreground. A filled hole (a pale cell
+    # centre, or a background pocket between three touching cells) has flat HV and would
+    # seed a cell of its own; the watershed floods it instead. Markers are 4-connected so
+    # that a one-pixel diagonal bridge does not join two of them.
     markers_mask = raw_fg & (energy < p["marker_threshold"])
     r = int(p["marker_open_radius"])
     if r > 0:
@@ -253,42 +264,46 @@ def _instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[s
     real_marker[0] = False
 
     # The blob of each marker (a marker lies inside one blob: any of its pixels says which)
-    # and the number of markers per blob, by one scatter and one bincount.
+    # and the number of markers per blob, by one scatter and one bincount. An opened marker
+    # holds a whole ellipse, hence the square inside it: every marker has a pixel on a grid
+    # whose step is that square's side, so the grid's pixels are enough (plus the image's
+    # outer rows and columns, where the opening may have clipped the ellipse).
+    step = _inner_square_side(ellipse) if r > 0 else 1
     marker_blob = np.zeros(n_m, np.int64)
-    on_marker = np.flatnonzero(markers_mask)
-    marker_blob[markers.ravel()[on_marker]] = blobs.ravel()[on_marker]
+    for sample in (np.s_[::step, ::step], np.s_[[0, -1], :], np.s_[:, [0, -1]]):
+        marker_blob[markers[sample].ravel()] = blobs[sample].ravel()
+    marker_blob[0] = 0
     per_blob = np.bincount(marker_blob[real_marker], minlength=n)
     split = big & (per_blob >= 2)
 
     # Blobs with 0 or 1 marker are cells as they are: ids 1..S through one lookup table.
+    # (np.take: a lookup table applied to an image, faster than fancy indexing.)
     lone = big & ~split
     lut = np.zeros(n, np.int32)
     lut[lone] = np.arange(1, int(lone.sum()) + 1, dtype=np.int32)
-    out = lut[blobs]
+    out = np.take(lut, blobs)
     if not split.any():
         return out
 
     # Blobs with >= 2 markers: one watershed over all of them at once, within the box that
     # holds them (different blobs never touch, so the floods cannot cross between them).
-    in_split = split[blobs]
+    in_split = np.take(split, blobs)
     rows, cols = np.flatnonzero(in_split.any(axis=1)), np.flatnonzero(in_split.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     inside = in_split[box]
     seeds = markers[box] * inside  # markers of split blobs (those of other blobs in the box: 0)
-    if not real_marker[1:].all():  # (with the opening, markers under min_marker_area rarely survive)
-        seeds *= real_marker[seeds]
+    if not real_marker[1:].all():
+        seeds *= np.take(real_marker, seeds)
     grown, flood = _split_blobs(energy[box], inside, seeds)
     if p["merge_threshold"] > 0:
         grown = _merge_without_seam(grown, energy[box], flood, p["merge_threshold"])
-    ys, xs = np.nonzero(inside)
-    pieces = grown[ys, xs]
-    sizes = np.bincount(pieces, minlength=n_m)
+    sizes = np.bincount(grown.ravel(), minlength=n_m)  # grown is 0 outside the split blobs
     keep = sizes >= min_area  # pieces under min_area become background
     keep[0] = False
     first = int(lone.sum()) + 1
     new_ids = np.zeros(sizes.size, np.int32)
     new_ids[keep] = np.arange(first, first + int(keep.sum()), dtype=np.int32)
-    out[box][ys, xs] = new_ids[pieces]
+    np.copyto(out[box], np.take(new_ids, grown), where=inside)
     return out
 
 
@@ -300,23 +315,23 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, **params: Any) -> n
         hv: float32 (2, H, W) in [-1, 1]; ch0 horizontal (x), ch1 vertical (y) offset of the
             pixel from its cell's centre, each side of the centre scaled to [-1, 1].
         **params: any of `DEFAULT_POSTPROC_PARAMS` (unknown names raise `ValueError`):
-            fg_threshold, sobel_ksize, marker_threshold, marker_open_radius,
-            min_marker_area, min_area, max_hole_area.
+            fg_threshold, hv_smooth_sigma, sobel_ksize, marker_threshold,
+            marker_open_radius, min_marker_area, merge_threshold, min_area, max_hole_area.
 
     Returns:
-        int32 (H, W): 0 background, cells 1..N contiguous.
+        int32 (H, W): 0 background, cells 1..N contiguous (blobs that needed no split first).
 
-    Steps: foreground = np_prob >= fg_threshold with small holes filled and blobs under
-    `min_area` dropped; energy = `hv_energy` (fixed units, so a cell's result does not
-    depend on the tile it is cut from, away from the tile border); markers = foreground
-    pixels with energy < marker_threshold, opened with an ellipse, small ones dropped. A blob
-    with 0 or 1 marker is one cell; a blob with >= 2 markers is split by
-    `skimage.segmentation.watershed` on the energy, within its bounding box. Cells under
-    `min_area` after the split are dropped.
+    Steps (section 8 explains why): foreground = np_prob >= fg_threshold, small holes filled,
+    blobs under min_area dropped; energy = `seam_energy` (fixed units: a cell's result does
+    not depend on the tile it is cut from, away from the tile border); markers = foreground
+    pixels with energy < marker_threshold, opened with an ellipse; a blob with 0 or 1 marker
+    is one cell; blobs with >= 2 markers are split by `skimage.segmentation.watershed` on the
+    energy and seamless pieces merged back; pieces under min_area are dropped. Time and
+    memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
-    np_prob, hv = _check_maps(np_prob, hv)
-    p = _check_params(params)
-    return _instances_from_energy(np_prob, seam_energy(np_prob, hv, p["hv_smooth_sigma"], p["sobel_ksize"]), p)
+    np_prob, hv = validate_maps(np_prob, hv)
+    p = validate_postproc_params(params)
+    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p["hv_smooth_sigma"], p["sobel_ksize"]), p)
 
 
 def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +389,9 @@ def instance_scores(inst: np.ndarray, np_prob: np.ndarray) -> np.ndarray:
     return scores
 
 
-def _atomic_write_json(path: str | Path, doc: Any) -> Path:
+def write_json_atomic(path: str | Path, doc: Any) -> Path:
+    """Write `doc` as strict JSON (no NaN) to `path` via a temporary file and a rename, so a
+    reader never sees half a file; parent folders are created. Returns `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -392,10 +409,10 @@ def _atomic_write_json(path: str | Path, doc: Any) -> Path:
 def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
     """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
     (results/postproc_params.json) atomically (temp file + rename)."""
-    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in _check_params(dict(params)).items()}
+    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in validate_postproc_params(dict(params)).items()}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = dict(params=params, score=dict(pq=None if score is None else float(score)), created=created, **extra)
-    return _atomic_write_json(path, doc)
+    return write_json_atomic(path, doc)
 
 
 def load_postproc_params(path: str | Path) -> dict[str, Any]:
@@ -413,7 +430,7 @@ def load_postproc_params(path: str | Path) -> dict[str, Any]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a post-processing parameter file ({e})") from None
     try:
-        return _check_params(params)
+        return validate_postproc_params(params)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

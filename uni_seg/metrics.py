@@ -6,17 +6,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import itertools
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uni_seg.infer import _atomic_write_json, _check_maps, _check_params, _instances_from_energy, seam_energy
+from uni_seg.infer import write_json_atomic, validate_maps, validate_postproc_params, instances_from_energy, seam_energy
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -30,34 +27,35 @@ def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
-def _contiguous(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat labels renumbered 0 (background) and 1..n in order of value; original ids; areas.
+def _ids_and_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labels prepared for pair counting.
 
-    Returns (flat int64 (H*W,), ids (n + 1,) with ids[0] = 0, areas int64 (n + 1,)). Labels
-    are arbitrary integers; only 0 is background. Small non-negative ids (the usual case)
-    take one bincount; anything else one `np.unique`.
+    Returns (codes int64 (H*W,) with 0 = background, ids (n + 1,) the original id of each
+    instance index with ids[0] = 0, areas int64 (n + 1,), index int64 (max code + 1,) the
+    instance index of each code). Small non-negative ids (the usual case) are their own
+    codes and take one bincount; other labels (negative, huge) are renumbered by `np.unique`.
     """
     flat = labels.ravel()
     if flat.size and flat.min() >= 0 and flat.max() <= 4 * flat.size + 65536:
         counts = np.bincount(flat)
         present = counts > 0
         present[0] = True
-        lut = np.cumsum(present, dtype=np.int64) - 1
         ids = np.flatnonzero(present)
-        return lut[flat], ids, counts[ids].astype(np.int64)
-    ids, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        index = np.cumsum(present, dtype=np.int64) - 1
+        return flat, ids, counts[ids].astype(np.int64), index
+    values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
     inverse = inverse.ravel().astype(np.int64)
-    zero = np.searchsorted(ids, 0)
-    if zero < ids.size and ids[zero] == 0:  # move background to index 0, keep the others in order
-        order = np.r_[zero, np.arange(zero), np.arange(zero + 1, ids.size)]
+    zero = int(np.searchsorted(values, 0))
+    if zero < values.size and values[zero] == 0:  # background to index 0, the others in order
+        order = np.r_[zero, np.arange(zero), np.arange(zero + 1, values.size)]
     else:
-        ids, counts = np.r_[0, ids], np.r_[0, counts]
+        values, counts, zero = np.r_[0, values], np.r_[0, counts], 0
         inverse += 1
-        zero = 0
-        order = np.arange(ids.size)
-    position = np.empty(ids.size, dtype=np.int64)
-    position[order] = np.arange(ids.size)
-    return position[inverse], ids[order], counts[order].astype(np.int64)
+        order = np.arange(values.size)
+    position = np.empty(values.size, dtype=np.int64)
+    position[order] = np.arange(values.size)
+    codes = position[inverse]
+    return codes, values[order], counts[order].astype(np.int64), np.arange(values.size, dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,27 +92,29 @@ class PairTable:
 def pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
     """All overlapping (true, pred) instance pairs of two int label maps (H, W), 0 = background.
 
-    One pass over the pixels: the two (renumbered) labels are combined into one int64 key
-    per foreground-foreground pixel and counted with `bincount` (when the key range is at
-    most ~2x the pixels) or `np.unique`. O(pixels + pairs) time and memory.
+    The two labels of each pixel are combined into one int64 key; runs of equal keys along
+    the rows are found in one pass and the distinct keys among the runs counted with
+    `np.unique`. O(pixels) time and memory plus O(runs log runs), never instances x pixels.
     """
     true = _as_label_map(true, "true")
     pred = _as_label_map(pred, "pred")
     if true.shape != pred.shape:
         raise ValueError(f"true and pred label maps differ in shape: {true.shape} vs {pred.shape}")
-    t, true_ids, true_area = _contiguous(true)
-    p, pred_ids, pred_area = _contiguous(pred)
-    both = (t > 0) & (p > 0)
-    stride = np.int64(pred_ids.size)
-    keys = t[both] * stride + p[both]
-    n_keys = true_ids.size * pred_ids.size
-    if n_keys <= 2 * t.size + 65536:
-        counts = np.bincount(keys, minlength=n_keys)
-        keys = np.flatnonzero(counts)
-        inter = counts[keys]
-    else:
-        keys, inter = np.unique(keys, return_counts=True)
-    return PairTable(true_ids, pred_ids, true_area, pred_area, keys // stride, keys % stride, inter.astype(np.int64))
+    t, true_ids, true_area, t_index = _ids_and_areas(true)
+    p, pred_ids, pred_area, p_index = _ids_and_areas(pred)
+    # One int64 key per pixel; in raster order neighbouring pixels mostly share their key, so
+    # we count runs of equal keys first (run starts by one comparison) and only then the
+    # distinct keys among the runs: sorting runs, not pixels.
+    stride = np.int64(p_index.size)
+    keys = t.astype(np.int64) * stride + p.astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    lengths = np.diff(np.r_[starts, keys.size])
+    run_keys = keys[starts]
+    run_t, run_p = run_keys // stride, run_keys % stride
+    fg = (run_t > 0) & (run_p > 0)
+    pair_keys, inverse = np.unique(run_keys[fg], return_inverse=True)
+    inter = np.bincount(inverse.ravel(), weights=lengths[fg], minlength=pair_keys.size).astype(np.int64)
+    return PairTable(true_ids, pred_ids, true_area, pred_area, t_index[pair_keys // stride], p_index[pair_keys % stride], inter)
 
 
 def match_instances(pairs: PairTable, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,7 +177,10 @@ def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> dict[str, fl
     areas of predictions paired with none). nan when both maps are empty. `true`, `pred` as
     for `panoptic_quality`. Pool images by summing intersection and union.
     """
-    pairs = pair_table(true, pred)
+    return _aji(pair_table(true, pred))
+
+
+def _aji(pairs: PairTable) -> dict[str, float]:
     iou = pairs.iou
     order = np.lexsort((-iou, pairs.true))  # per true instance, best IoU first
     first = np.unique(pairs.true[order], return_index=True)[1]
@@ -268,11 +271,14 @@ def coco_ap(
         raise ValueError(
             f"true_maps, pred_maps and pred_scores differ in length: {len(true_maps)}, {len(pred_maps)}, {len(pred_scores)}"
         )
+    return _coco_ap([pair_table(t, p) for t, p in zip(true_maps, pred_maps)], pred_scores, max_dets)
+
+
+def _coco_ap(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: int | None) -> dict[str, float]:
     iou_thrs = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
     rec_thrs = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
     scores_all, matched_all, n_true = [], [], 0
-    for i, (true, pred, scores) in enumerate(zip(true_maps, pred_maps, pred_scores)):
-        pairs = pair_table(true, pred)
+    for i, (pairs, scores) in enumerate(zip(tables, pred_scores)):
         n_true += pairs.n_true
         s = _score_vector(scores, pairs.pred_ids, i)
         order = np.argsort(-s, kind="mergesort")
@@ -412,6 +418,7 @@ def evaluate_predictions(
     pooled_cls = {c: dict(tp=0, fp=0, fn=0, iou_sum=0.0) for c in cell_classes}
     confusion_total = np.zeros((n_classes, n_classes), dtype=np.int64)
     records: list[dict[str, Any]] = []
+    tables: list[PairTable] = []
     for i in range(n):
         t_inst = _as_label_map(true_insts[i], f"true_insts[{i}]")
         p_inst = _as_label_map(pred_insts[i], f"pred_insts[{i}]")
@@ -420,10 +427,11 @@ def evaluate_predictions(
         t_lut, t_cls_map = _class_lut(true_classes[i], t_inst, n_classes, f"true_classes[{i}]")
         p_lut, p_cls_map = _class_lut(pred_classes[i], p_inst, n_classes, f"pred_classes[{i}]")
         pairs = pair_table(t_inst, p_inst)
+        tables.append(pairs)
         mt, mp, miou = match_instances(pairs, iou_threshold)
         tp = int(miou.size)
         fp, fn = pairs.n_pred - tp, pairs.n_true - tp
-        aji = aggregated_jaccard_index(t_inst, p_inst)
+        aji = _aji(pairs)
         confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
         confusion_total += confusion
         iou_c, dice_c = iou_dice_from_confusion(confusion)
@@ -462,7 +470,7 @@ def evaluate_predictions(
                 pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
             )
         )
-    coco = coco_ap(true_insts, pred_insts, pred_scores)
+    coco = _coco_ap(tables, pred_scores, None)
     iou_all, dice_all = iou_dice_from_confusion(confusion_total)
     per_class_pq = {
         names[c]: dict(**_pq_from_counts(v["tp"], v["fp"], v["fn"], v["iou_sum"]), tp=v["tp"], fp=v["fp"], fn=v["fn"])
@@ -590,15 +598,17 @@ def write_metrics_json(
     )
     doc = _jsonable(doc)
     validate_metrics_document(doc)
-    _atomic_write_json(path, doc)
+    write_json_atomic(path, doc)
     return doc
 
 
-#: The default search grid: 3 x 3 x 3 = 27 settings around `DEFAULT_POSTPROC_PARAMS`.
+#: The default search grid: 3 x 3 x 3 = 27 settings around `DEFAULT_POSTPROC_PARAMS` (the
+#: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
+#: per validation image).
 DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
     fg_threshold=[0.4, 0.5, 0.6],
-    marker_threshold=[0.05, 0.1, 0.2],
-    sobel_ksize=[7, 11, 15],
+    marker_threshold=[0.03, 0.05, 0.08],
+    hv_smooth_sigma=[2.0, 3.0, 4.0],
 )
 
 
@@ -624,24 +634,24 @@ def tune_postproc(
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
     grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
-    base = _check_params(dict(base_params or {}))
+    base = validate_postproc_params(dict(base_params or {}))
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
     for s in settings:
-        _check_params({**base, **s})
-    maps = [_check_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
+        validate_postproc_params({**base, **s})
+    maps = [validate_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
     energies: dict[tuple[int, float, int], np.ndarray] = {}  # the energy depends on 2 parameters only
     table = []
     for s in settings:
-        params = _check_params({**base, **s})
+        params = validate_postproc_params({**base, **s})
         pqs = []
         for i, ((np_prob, hv), true) in enumerate(zip(maps, true_insts)):
             key = (i, float(params["hv_smooth_sigma"]), int(params["sobel_ksize"]))
             if key not in energies:
                 energies[key] = seam_energy(np_prob, hv, key[1], key[2])
-            pqs.append(panoptic_quality(true, _instances_from_energy(np_prob, energies[key], params))["pq"])
+            pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
         table.append(dict(**s, pq=_nanmean(pqs)))
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
     table = [table[k] for k in order]
-    best = _check_params({**base, **{n: table[0][n] for n in names}})
+    best = validate_postproc_params({**base, **{n: table[0][n] for n in names}})
     return best, table

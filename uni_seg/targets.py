@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import random
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -259,26 +261,71 @@ class CellCropDataset(Dataset):
         return _to_item(image, inst, targets_from_instances(inst, cls))
 
 
-class EpochSampler(Sampler):
-    """Indices as `(epoch, index)` pairs: a fresh permutation per epoch from (seed, epoch)
-    when shuffling, sharded over `world_size` ranks like `DistributedSampler` (padded by
-    repeating so every rank gets the same number). Call `set_epoch` before each epoch."""
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for item `index` of epoch `epoch`, well mixed (NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
-    def __init__(self, n: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1) -> None:
+
+class EpochItems(Dataset):
+    """Wraps a dataset that draws from the global random generators (Python, NumPy, torch) so
+    that item `(epoch, index)` is `dataset[index]` drawn under generators seeded from
+    `item_seed(seed, epoch, index)`; the caller's generator states are put back afterwards.
+    Calls `dataset.set_epoch(epoch)` first when the dataset has one. Picklable when the wrapped
+    dataset is. (`CellCropDataset` takes `(epoch, index)` itself and needs no wrapper; wrapping
+    it anyway changes nothing.)"""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = int(seed)
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        self._epoch = epoch
+        s = item_seed(self.seed, epoch, index)
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+class EpochSampler(Sampler):
+    """Indices as `(epoch, index)` pairs for `n` items: a fresh permutation per epoch drawn
+    from `(seed, epoch)` when `shuffle`, else 0..n-1; sharded over `world_size` ranks (rank r
+    takes every `world_size`-th item from position r). `pad=True` (training under DDP)
+    repeats items from the start of the order so that every rank gets `ceil(n / world_size)`
+    and all ranks run the same number of steps, as `DistributedSampler` does; `pad=False`
+    (validation) gives every item to exactly one rank, so sums over ranks count each once.
+    Call `set_epoch` before each epoch."""
+
+    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 pad: bool = True) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
-        self.n, self.shuffle, self.seed, self.rank, self.world_size = n, shuffle, seed, rank, world_size
+        self.n, self.shuffle, self.seed, self.rank, self.world_size = int(n), shuffle, int(seed), rank, world_size
+        self.pad = pad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.world_size)
+        return math.ceil(self.n / self.world_size) if self.pad else len(range(self.rank, self.n, self.world_size))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
-        total = len(self) * self.world_size
+        total = len(self) * self.world_size if self.pad else self.n
         order = np.resize(order, total) if total > self.n else order
         return iter([(self.epoch, int(i)) for i in order[self.rank:total:self.world_size]])
 
@@ -288,18 +335,51 @@ def in_notebook_kernel() -> bool:
     return "ipykernel" in sys.modules
 
 
+if sys.platform != "win32":  # fork exists on POSIX only
+    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
+        """A forked process that inherits no OpenCV thread pool.
+
+        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
+        forked child copies those variables but not the threads, and its first
+        `cv2.setNumThreads` (our worker init) waits forever for the missing sleepers. So the
+        pool is stopped in the parent (`setNumThreads(1)` joins its threads) for the instant of
+        the fork and restored after it; OpenCV starts its threads again on its next parallel call.
+        """
+
+        def start(self) -> None:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                super().start()
+            finally:
+                cv2.setNumThreads(threads)
+
+    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
+        Process = _OpenCVSafeForkProcess
+
+
+def _start_context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
+    if method == "fork":
+        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
+        return _OpenCVSafeForkContext()
+    return multiprocessing.get_context(method)
+
+
 def worker_context() -> multiprocessing.context.BaseContext | None:
     """The start method for DataLoader workers.
 
     In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
     with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
-    that has imported `uni_seg.targets` once, so workers start fast. In a script: None, the
-    platform's default (fork on Linux; spawn on macOS/Windows, which needs the usual
-    `if __name__ == "__main__":` guard).
+    that has imported `uni_seg.targets` once, so workers start fast. In a script on Linux:
+    fork (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no
+    `if __name__ == "__main__":` guard (named explicitly because Python 3.14 makes forkserver
+    the default, and a forkserver imports an unguarded script again, which starts it again).
+    Elsewhere: None, the platform's default (spawn on macOS and Windows, which needs the guard).
     """
-    if not in_notebook_kernel():
-        return None
     methods = multiprocessing.get_all_start_methods()
+    if not in_notebook_kernel():
+        return _start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
     if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
@@ -313,23 +393,37 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, *,
-                rank: int = 0, world_size: int = 1, drop_last: bool = False, pin_memory: bool = False,
-                multiprocessing_context: str | None = None) -> DataLoader:
-    """A DataLoader over `dataset` with an `EpochSampler` (call `loader.sampler.set_epoch(e)`).
+def _defined_in_main(dataset: Any) -> str | None:
+    """The name of the first class in `dataset`'s wrapper chain (`EpochItems`, `Subset`, ...:
+    anything with a `.dataset`) that is defined in `__main__`, else None."""
+    while dataset is not None:
+        if type(dataset).__module__ == "__main__":
+            return type(dataset).__name__
+        dataset = getattr(dataset, "dataset", None)
+    return None
 
-    num_workers > 0 starts persistent workers with `worker_context()` (or the start method
-    named by `multiprocessing_context`), one thread each. Batches are dicts of stacked tensors.
-    Raises `ValueError` when workers would need a Dataset class defined in a notebook.
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, *,
+                rank: int = 0, world_size: int = 1, pad: bool = True, drop_last: bool = False,
+                pin_memory: bool = False, multiprocessing_context: str | None = None) -> DataLoader:
+    """A DataLoader over `dataset` in the order of an `EpochSampler(len(dataset), shuffle, seed,
+    rank, world_size, pad)` (call `loader.sampler.set_epoch(e)` before each epoch).
+
+    `dataset` takes `(epoch, index)` keys: `CellCropDataset` does; wrap any other dataset in
+    `EpochItems`. num_workers > 0 starts persistent workers (once per loader, not per epoch)
+    with `worker_context()` (or the start method named by `multiprocessing_context`), one
+    thread each. Batches are dicts of stacked tensors. Raises `ValueError` when workers would
+    need a Dataset class defined in a notebook (`__main__`).
     """
-    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size)
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad)
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        context = multiprocessing.get_context(multiprocessing_context) if multiprocessing_context else worker_context()
+        context = _start_context(multiprocessing_context) if multiprocessing_context else worker_context()
         method = context.get_start_method() if context else multiprocessing.get_start_method()
-        if type(dataset).__module__ == "__main__" and method != "fork":
-            raise ValueError(f"{type(dataset).__name__} is defined in __main__ (a notebook cell?) and cannot be sent to "
-                             "worker processes; import it from its module (e.g. uni_seg.targets)")
+        name = _defined_in_main(dataset)
+        if name is not None and method != "fork":
+            raise ValueError(f"{name} is defined in __main__ (a notebook cell?) and cannot be sent to worker "
+                             "processes; import it from its module (e.g. uni_seg.targets)")
         extra = {"multiprocessing_context": context, "persistent_workers": True, "worker_init_fn": _worker_init}
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
                       pin_memory=pin_memory, **extra)

@@ -19,15 +19,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
 from uni_seg.config import resolve_config, resolve_precision
+from uni_seg.targets import EpochItems, EpochSampler, make_loader
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"
 CHECKPOINT_VERSION = 1
@@ -198,19 +199,21 @@ def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to `path` so that a kill at any moment leaves either the old or the new file.
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a file to write `path` so that a kill at any moment leaves either the old or the new file.
 
-    Writes a temporary file in the same folder (same filesystem, so the rename is atomic),
-    flushes and fsyncs it, `os.replace`s it over `path`, then fsyncs the folder so the rename
-    itself survives a power cut.
+    Yields a handle on a temporary file in the same folder (same filesystem, so the rename is
+    atomic, named `.<name>.tmp-<pid>` for `remove_stale_temporaries`); when the block ends
+    normally the file is flushed and fsynced, `os.replace`d over `path`, and the folder is
+    fsynced so the rename itself survives a power cut. On an error `path` is untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
+        with open(tmp, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -220,17 +223,16 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` to `path` through `atomic_open`."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
 def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write a small text file atomically (same recipe as `atomic_torch_save`)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as handle:
+    """Write a small text file through `atomic_open`."""
+    with atomic_open(path, "w") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -402,87 +404,6 @@ def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
             raise RuntimeError("device='cuda' was asked for but no GPU is visible")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def item_seed(seed: int, epoch: int, index: int) -> int:
-    """A 32-bit seed for one item of one epoch, well mixed (NumPy's SeedSequence)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class EpochItems(Dataset):
-    """Wraps a dataset so that item `(epoch, index)` is `dataset[index]` drawn under RNGs seeded
-    from `(seed, epoch, index)`. Picklable when the wrapped dataset is."""
-
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset = dataset
-        self.seed = seed
-        self._epoch: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        epoch, index = key
-        if epoch != self._epoch and hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-        self._epoch = epoch
-        s = item_seed(self.seed, epoch, index)
-        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
-        try:
-            return self.dataset[index]
-        finally:
-            random.setstate(saved[0])
-            np.random.set_state(saved[1])
-            torch.set_rng_state(saved[2])
-
-
-class EpochSampler(DistributedSampler):
-    """`DistributedSampler` (shuffled from `(seed, epoch)`, sharded by rank) that yields
-    `(epoch, index)` pairs for `EpochItems`."""
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, int(i)) for i in super().__iter__())
-
-
-class ShardSampler(torch.utils.data.Sampler):
-    """Validation order: `rank, rank + world, ...` without padding, so each item counts once."""
-
-    def __init__(self, n: int, rank: int, world_size: int) -> None:
-        self.indices = list(range(rank, n, world_size))
-
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((0, i) for i in self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _worker_threads(_worker_id: int) -> None:
-    # One thread per DataLoader worker: N workers x N torch/OpenCV threads would oversubscribe the CPU.
-    torch.set_num_threads(1)
-    with contextlib.suppress(ImportError):
-        import cv2
-
-        cv2.setNumThreads(1)
-
-
-def make_loader(dataset: Dataset, sampler: torch.utils.data.Sampler, batch_size: int, num_workers: int,
-                pin_memory: bool) -> DataLoader:
-    """A DataLoader over `dataset` (already `EpochItems`-wrapped) in `sampler`'s order.
-
-    Workers are persistent (started once per phase) and use the "forkserver" start method:
-    forking a Jupyter kernel corrupts its state (the seed notebook's "can only test a child
-    process" crash), and the dataset is picklable by contract.
-    """
-    extra: dict[str, Any] = {}
-    if num_workers > 0:
-        extra = dict(persistent_workers=True, multiprocessing_context="forkserver", worker_init_fn=_worker_threads,
-                     prefetch_factor=2)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=False, **extra)
 
 
 def _free_port() -> int:
@@ -751,12 +672,12 @@ class _PhaseRun:
         self.loss_fn = spec.loss.build()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        self.sampler = EpochSampler(self.train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
-                                    seed=pc.seed)
-        pin = self.device.type == "cuda"
-        self.train_loader = make_loader(self.train_set, self.sampler, pc.batch_size, pc.num_workers, pin)
-        self.val_loader = make_loader(self.val_set, ShardSampler(len(self.val_set), ctx.rank, ctx.world_size),
-                                      pc.batch_size, pc.num_workers, pin)
+        # Training: shuffled and padded so every rank runs the same number of steps; validation:
+        # in order, each item on exactly one rank so the summed loss counts it once.
+        shard = dict(rank=ctx.rank, world_size=ctx.world_size, pin_memory=self.device.type == "cuda")
+        self.train_loader = make_loader(self.train_set, pc.batch_size, True, pc.num_workers, pc.seed, **shard)
+        self.val_loader = make_loader(self.val_set, pc.batch_size, False, pc.num_workers, pc.seed, pad=False, **shard)
+        self.sampler: EpochSampler = self.train_loader.sampler
         per_step = pc.batch_size * ctx.world_size
         self.accum = max(1, round(pc.grad_accum_target / per_step)) if pc.grad_accum_target else 1
         self.step_sizes = _group_sizes(len(self.sampler), pc.batch_size, self.accum)
@@ -1005,12 +926,9 @@ def plot_training_curves(history: list[Mapping[str, Any]], path: str | Path, tit
     for ax in (ax_total, ax_heads, ax_lr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    return Path(path)
 
 
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
@@ -1057,7 +975,7 @@ def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
     """The `PhaseConfig` of `phase` (1 or 2) from a `RunConfig`'s parameters."""
     common = dict(weight_decay=cfg.weight_decay, grad_accum_target=cfg.grad_accum_target, precision=cfg.precision,
                   use_compile=cfg.use_compile, num_workers=cfg.num_workers, seed=cfg.seed,
-                  max_nonfinite_steps=getattr(cfg, "max_nonfinite_steps", 10))
+                  max_nonfinite_steps=cfg.max_nonfinite_steps)
     if phase == 1:
         return PhaseConfig(phase=1, epochs=cfg.epochs_phase1, patience=cfg.patience_phase1,
                            batch_size=cfg.batch_size_phase1, lr_decoder=cfg.lr_phase1,
@@ -1079,7 +997,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
-                        hv_activation=getattr(cfg, "hv_activation", "linear"))
+                        hv_activation=cfg.hv_activation)
     if phase == 2:
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,
