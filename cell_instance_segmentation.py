@@ -123,11 +123,14 @@ EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference;
 # %% tags=["export"]
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -384,6 +387,95 @@ def hf_token_available() -> bool:
         return False
 
 
+# %% [markdown]
+# Files are written atomically: a run killed mid-write must never leave a half-written file
+# that a later run trusts (a cache entry, a checkpoint, tuned parameters, metrics, an export).
+# `atomic_open` is the one way every section writes a file: to a temporary name beside the
+# target, flushed to disk, then renamed over the target, so a reader sees the old file or the
+# new one, never a mixture. `remove_stale_temporaries` clears what a killed writer left.
+
+# %% tags=["export"]
+#: Names of `atomic_open`'s temporaries: `.<target name>.tmp-<pid>.<random>` beside the target.
+ATOMIC_TEMP_GLOB = ".*.tmp-*"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open `path` for writing so that a kill at any moment leaves either the old or the new file.
+
+    Yields a handle (`mode` "wb" binary or "w" text; `encoding`/`newline` as in `open`) on a
+    new temporary file in the same folder (same filesystem, so the rename is atomic; named as
+    `ATOMIC_TEMP_GLOB` says). When the block ends normally the file is flushed and fsynced,
+    `os.replace`d over `path`, and the folder is fsynced where the platform allows, so the
+    rename itself survives a power cut. On an error the temporary is removed and `path` is
+    untouched. Parent folders are created. Raises `ValueError` for a mode other than "w"/"wb".
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode={mode!r}: only 'w' (text) or 'wb' (binary) replace a whole file")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pid: `remove_stale_temporaries` spares a live writer's file; random part: two writers of
+    # one target in one process never share a temporary ("x": never open someone else's).
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, mode.replace("w", "x"), encoding=encoding, newline=newline) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # never hide the error that brought us here
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` (bytes, or text in the platform's default encoding) to `path` through
+    `atomic_open`; returns `path`."""
+    with atomic_open(path, "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder (the record of a rename); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `atomic_open` temporaries in `folder` left by writers killed mid-write (not
+    those of a live process on this machine); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(ATOMIC_TEMP_GLOB):
+        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 # %%
 import json
 import sys
@@ -392,9 +484,10 @@ REPO_ROOT = Path.cwd()
 if not (REPO_ROOT / "uni_seg").is_dir():
     raise RuntimeError(f"run the notebook from the repository root (cwd is {REPO_ROOT})")
 
-_parameters = {name.lower(): value for name, value in dict(globals()).items()
-               if name.isupper() and name not in {"PROFILES", "COMMON_DEFAULTS", "REPO_ROOT"} and not name.startswith("_")}
-_parameters.pop("profile")
+# The parameters are the globals named like RunConfig's fields (papermill injects its values
+# as a cell after the parameters cell, so they are read from the namespace, not from that cell).
+_parameters = {field.name: globals()[field.name.upper()] for field in dataclasses.fields(RunConfig)
+               if field.name != "profile"}
 cfg = resolve_config(PROFILE, **_parameters)
 seed_everything(cfg.seed)
 DEVICE = detect_device(cfg.n_gpus)
@@ -482,11 +575,13 @@ import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+
+from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -520,7 +615,8 @@ class DataWarning(UserWarning):
 # %% [markdown]
 # ### Reading one file
 # `read_image` and `read_mask` check a file before OpenCV decodes it, so that a zero-byte,
-# truncated or mislabelled file fails with a message that says which and why.
+# truncated or mislabelled file fails with a message that says which and why. `write_image`
+# is their counterpart (RGB in, the format the file name says, written atomically).
 
 # %% tags=["export"]
 def _sniff_format(data: bytes) -> str | None:
@@ -604,6 +700,18 @@ def read_mask(path: str | Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     return array
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write uint8 RGB (H, W, 3), or uint8/uint16 (H, W), in the format of `path`'s suffix
+    (.png, .jpg, ...) through `atomic_open`; returns `path`. `OSError` if OpenCV cannot encode it."""
+    image = np.asarray(image)
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", data)
+    if not ok:
+        raise OSError(f"could not write {path}: OpenCV cannot encode a {image.dtype} {image.shape} image "
+                      f"as {Path(path).suffix!r}")
+    return atomic_write(path, buf.tobytes())
 
 
 # %% [markdown]
@@ -884,6 +992,77 @@ def format_split_table(counts: dict[str, int], val_fraction: float, seed: int) -
 
 
 # %% [markdown]
+# ### Worker processes
+# The processed cache below (with `num_workers`) and §2's data loaders start worker
+# processes, and both start them the same way, chosen by `worker_context`. Inside a Jupyter
+# kernel: `forkserver` (or `spawn` where there is none), because forking a kernel, a process
+# with ZMQ and OpenMP threads running, can deadlock. In a script on Linux: `fork`, so a script
+# needs no `if __name__ == "__main__":` guard (a forkserver would import the unguarded script
+# again and run it twice); on macOS and Windows the platform's default (spawn) is kept, which
+# needs the guard. A forked worker must not inherit OpenCV's thread pool (it would hang in its
+# first `cv2.setNumThreads`), so the parent's pool is stopped for the instant of each fork.
+
+# %% tags=["export"]
+def in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
+    return "ipykernel" in sys.modules
+
+
+if sys.platform != "win32":  # fork exists on POSIX only
+    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
+        """A forked process that inherits no OpenCV thread pool.
+
+        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
+        forked child copies those variables but not the threads, and its first
+        `cv2.setNumThreads` (e.g. a DataLoader worker's init) waits forever for the missing
+        sleepers. So the pool is stopped in the parent (`setNumThreads(1)` joins its threads)
+        for the instant of the fork and restored after it; OpenCV starts its threads again on
+        its next parallel call.
+        """
+
+        def start(self) -> None:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                super().start()
+            finally:
+                cv2.setNumThreads(threads)
+
+    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
+        Process = _OpenCVSafeForkProcess
+
+
+def start_context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
+    if method == "fork":
+        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
+        return _OpenCVSafeForkContext()
+    return multiprocessing.get_context(method)
+
+
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext | None:
+    """The start method for worker processes (the cache's process pool, §2's DataLoader workers).
+
+    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
+    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
+    that has imported the modules named in `preload` once, so workers start fast (the server
+    starts once per process: the first caller's `preload` holds). In a script on Linux: fork
+    (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no `if __name__ == "__main__":`
+    guard (named explicitly because Python 3.14 makes forkserver the default, and a forkserver
+    imports an unguarded script again, which starts it again). Elsewhere: None, the
+    platform's default (spawn on macOS and Windows, which needs the guard).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if not in_notebook_kernel():
+        return start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", *preload])  # no effect once the server runs
+    return context
+
+
+# %% [markdown]
 # ### The processed cache at the working scale
 # `WORKING_SCALE` is a resize factor from raw to working pixels. The seed squeezed whole
 # 1600x1200 images to 256 px, so a 100 px cell became ~17 px, about one ViT patch; at 0.5 a cell
@@ -894,9 +1073,10 @@ def format_split_table(counts: dict[str, int], val_fraction: float, seed: int) -
 #
 # The cache is rebuilt file by file when a raw file changes (size or modification time) or a
 # preprocessing parameter changes, and left alone otherwise; a changed seed or validation
-# fraction only moves files between `train/` and `val/`. Every file is written to a temporary
-# name and renamed into place, and the manifest only ever lists files that are complete and
-# current, so a run killed half-way leaves nothing half-written that a later run would trust.
+# fraction only moves files between `train/` and `val/`. Every file is written through §0's
+# `atomic_open` (a temporary name, renamed into place), and the manifest only ever lists files
+# that are complete and current, so a run killed half-way leaves nothing half-written that a
+# later run would trust.
 # Build the cache on one process only (rank 0 under DDP).
 
 # %% tags=["export"]
@@ -933,24 +1113,10 @@ def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarra
     return image, inst, cls, notes
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz so that `path` either holds the complete file or is untouched."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a name
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:  # a file object: numpy would append ".npz" to a name
+        np.savez_compressed(f, **arrays)
 
 
 def _file_key(path: Path) -> list[int]:
@@ -1009,7 +1175,8 @@ def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int)
     """`_process_one` over the tasks in order, in this process or a pool; a bad file's
     `DataError` (or a raw file gone missing) is yielded rather than raised."""
     if num_workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=_pool_context()) as pool:
+        context = worker_context(preload=("uni_seg.data",))
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
             futures = [pool.submit(_process_one, task) for task in tasks]
             try:
                 for fut in futures:
@@ -1026,14 +1193,6 @@ def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int)
                 yield _process_one(task)
             except (DataError, FileNotFoundError) as err:
                 yield err
-
-
-def _pool_context() -> multiprocessing.context.BaseContext | None:
-    """Start method for the cache's process pool: forkserver inside a Jupyter kernel (forking a
-    kernel with its threads running can deadlock), else the platform's default."""
-    if "ipykernel" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return None
 
 
 def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
@@ -1127,7 +1286,7 @@ def build_processed_cache(
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
-    _atomic_write_bytes(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1).encode())
+    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1))
 
     def entry_for(split: str, pair: ImagePair, info: dict[str, Any]) -> dict[str, Any]:
         return {"image": pair.image_path.relative_to(raw_dir).as_posix(),
@@ -1142,8 +1301,7 @@ def build_processed_cache(
             if isinstance(result, Exception):
                 if on_error == "raise":
                     # Keep the manifest honest about what was completed before stopping.
-                    _atomic_write_bytes(processed_dir / "manifest.json",
-                                        json.dumps(manifest(samples, skipped), indent=1).encode())
+                    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
                     raise result
                 warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
@@ -1156,12 +1314,12 @@ def build_processed_cache(
 
     removed = 0
     for split in SPLITS:
+        remove_stale_temporaries(processed_dir / split)  # left by a run killed mid-write
         for path in (processed_dir / split).iterdir():
-            stale_npz = path.suffix == ".npz" and path.stem not in samples[split]
-            if path.is_file() and (stale_npz or path.name.endswith(".tmp")):
+            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
                 path.unlink()
-                removed += stale_npz
-    _atomic_write_bytes(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1).encode())
+                removed += 1
+    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
     converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
@@ -1383,14 +1541,6 @@ def render_synthetic_smear(
     return SyntheticSmear(image=image, mask=mask, inst=inst, cls=cls)
 
 
-def _encode(path_suffix: str, image_rgb: np.ndarray) -> bytes:
-    bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR) if image_rgb.ndim == 3 else image_rgb
-    ok, buf = cv2.imencode(path_suffix, bgr)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path_suffix}")
-    return buf.tobytes()
-
-
 def generate_synthetic_dataset(
     out_dir: str | Path,
     n_train: int,
@@ -1441,10 +1591,10 @@ def generate_synthetic_dataset(
         for i, stem in enumerate(stems[part]):
             rng = np.random.default_rng(np.random.SeedSequence([seed, part_index, i]))
             smear = render_synthetic_smear(rng, image_size[0], image_size[1], cell_diameter, mask_style=mask_style, **render_kw)
-            _atomic_write_bytes(out_dir / part / "original" / f"{stem}.{image_format}", _encode(f".{image_format}", smear.image))
-            _atomic_write_bytes(out_dir / part / "mask" / f"{stem}.png", _encode(".png", smear.mask))
+            write_image(out_dir / part / "original" / f"{stem}.{image_format}", smear.image)
+            write_image(out_dir / part / "mask" / f"{stem}.png", smear.mask)
             save_npz_atomic(out_dir / part / "truth" / f"{stem}.npz", inst=smear.inst, cls=smear.cls)
-    _atomic_write_bytes(marker, json.dumps(params, indent=1).encode())
+    atomic_write(marker, json.dumps(params, indent=1))
     return pairs()
 
 
@@ -1519,7 +1669,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -1538,7 +1687,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
-from uni_seg.data import ProcessedSample, load_processed
+from uni_seg.data import ProcessedSample, load_processed, start_context, worker_context
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -1722,14 +1871,12 @@ class CellAugmenter:
 # Two things make workers safe here: the Dataset lives in `uni_seg.targets`, not in the
 # notebook, so a worker process can import it by name (a class defined in a notebook cell
 # cannot be unpickled elsewhere; `make_loader` refuses such a class with a clear message), and
-# inside a Jupyter kernel `make_loader` starts workers with `forkserver` (or `spawn` where there
-# is none): forking a kernel, a process with ZMQ and OpenMP threads running, can deadlock. In a
-# script on Linux they are forked, so a script needs no `if __name__ == "__main__":` guard (a
-# forkserver would import the unguarded script again and run it twice); on macOS and Windows
-# the platform's default (spawn) is kept, which needs the guard. A forked worker must not
-# inherit OpenCV's thread pool (it would hang in its first `cv2.setNumThreads`), so the
-# parent's pool is stopped for the instant of each fork. Workers are persistent (started once
-# per loader, not per epoch) and use one thread each.
+# `make_loader` starts workers the way §1's `worker_context` chooses, as the processed cache
+# does: inside a Jupyter kernel with `forkserver` (or `spawn` where there is none; forking a
+# kernel, a process with ZMQ and OpenMP threads running, can deadlock); in a script on Linux
+# by an OpenCV-safe fork, so a script needs no `if __name__ == "__main__":` guard; on macOS
+# and Windows with the platform's default (spawn), which needs the guard. Workers are
+# persistent (started once per loader, not per epoch) and use one thread each.
 
 # %% tags=["export"]
 def _tile_starts(side: int, crop: int) -> list[int]:
@@ -1903,63 +2050,6 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in order[self.rank:total:self.world_size]])
 
 
-def in_notebook_kernel() -> bool:
-    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
-    return "ipykernel" in sys.modules
-
-
-if sys.platform != "win32":  # fork exists on POSIX only
-    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
-        """A forked process that inherits no OpenCV thread pool.
-
-        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
-        forked child copies those variables but not the threads, and its first
-        `cv2.setNumThreads` (our worker init) waits forever for the missing sleepers. So the
-        pool is stopped in the parent (`setNumThreads(1)` joins its threads) for the instant of
-        the fork and restored after it; OpenCV starts its threads again on its next parallel call.
-        """
-
-        def start(self) -> None:
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                super().start()
-            finally:
-                cv2.setNumThreads(threads)
-
-    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
-        Process = _OpenCVSafeForkProcess
-
-
-def _start_context(method: str) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
-    if method == "fork":
-        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
-        return _OpenCVSafeForkContext()
-    return multiprocessing.get_context(method)
-
-
-def worker_context() -> multiprocessing.context.BaseContext | None:
-    """The start method for DataLoader workers.
-
-    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
-    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
-    that has imported `uni_seg.targets` once, so workers start fast. In a script on Linux:
-    fork (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no
-    `if __name__ == "__main__":` guard (named explicitly because Python 3.14 makes forkserver
-    the default, and a forkserver imports an unguarded script again, which starts it again).
-    Elsewhere: None, the platform's default (spawn on macOS and Windows, which needs the guard).
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if not in_notebook_kernel():
-        return _start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "uni_seg.targets"])  # no effect once the server runs
-    return context
-
-
 def _worker_init(worker_id: int) -> None:
     # One thread per worker: N workers x N OpenCV/torch threads would oversubscribe the CPU.
     cv2.setNumThreads(1)
@@ -1984,14 +2074,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
 
     `dataset` takes `(epoch, index)` keys: `CellCropDataset` does; wrap any other dataset in
     `EpochItems`. num_workers > 0 starts persistent workers (once per loader, not per epoch)
-    with `worker_context()` (or the start method named by `multiprocessing_context`), one
+    with §1's `worker_context()` (or the start method named by `multiprocessing_context`), one
     thread each. Batches are dicts of stacked tensors. Raises `ValueError` when workers would
     need a Dataset class defined in a notebook (`__main__`).
     """
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad)
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        context = _start_context(multiprocessing_context) if multiprocessing_context else worker_context()
+        context = (start_context(multiprocessing_context) if multiprocessing_context
+                   else worker_context(preload=("uni_seg.targets",)))
         method = context.get_start_method() if context else multiprocessing.get_start_method()
         name = _defined_in_main(dataset)
         if name is not None and method != "fork":
@@ -2773,15 +2864,13 @@ def parameter_counts_from_config(
 ) -> dict[str, int]:
     """`count_parameters` of the model `build_model(...)` would make, without allocating it.
 
-    Builds the architecture on PyTorch's "meta" device (shapes only, no memory, well under a
-    second even for UNI2-h), so the notebook can print true counts for ViT-L on a laptop.
+    Runs `build_model` (random init, silent) on PyTorch's "meta" device (shapes only, no
+    memory, well under a second even for UNI2-h), so the notebook can print true counts for
+    ViT-L on a laptop.
     """
-    spec = backbone_spec(backbone)
     with torch.device("meta"):
-        vit = create_backbone(spec)
-        model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation)
-        if lora_rank:
-            model.add_lora(lora_rank, lora_alpha if lora_alpha is not None else 2.0 * lora_rank)
+        model = build_model(backbone, "none", n_classes, decoder_channels, reassemble_channels, hv_activation,
+                            lora_rank, lora_alpha, verbose=False)
     return count_parameters(model)
 
 
@@ -3078,10 +3167,10 @@ print(f"x-ramp: mean |d/dx| {_gx[..., 2:-2, 2:-2].abs().mean().item():.3f}, mean
 #   resumed run needs to continue *as if never stopped* (weights with adapters, optimiser,
 #   schedule, scaler, early-stopping state, history and the Python, NumPy, torch and CUDA
 #   random states); `best_phase{N}.pth` is written when the validation loss improves. Files
-#   are written to a temporary name in the same folder, flushed to disk, then renamed over the
-#   old one, so a kill at any moment leaves the previous file intact. They hold only tensors
-#   and plain Python values and are read with `torch.load(weights_only=True)`: a file that is
-#   not one of ours is refused, never unpickled. A finished phase is not trained again; phase 2
+#   are written through §0's `atomic_open` (a temporary name in the same folder, flushed to
+#   disk, then renamed over the old one), so a kill at any moment leaves the previous file
+#   intact. They hold only tensors and plain Python values and are read with
+#   `torch.load(weights_only=True)`: a file that is not one of ours is refused, never unpickled. A finished phase is not trained again; phase 2
 #   starts over if phase 1's best checkpoint changed after phase 2 began from it.
 # * **Reproducible.** The shuffle order is drawn from `(seed, epoch)` and each crop's random
 #   augmentation from `(seed, epoch, index)`, so a run does not depend on how it was cut into
@@ -3110,9 +3199,9 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -3120,7 +3209,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from uni_seg.config import resolve_config, resolve_precision
+from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries, resolve_config, resolve_precision
 from uni_seg.targets import EpochItems, EpochSampler, make_loader
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"
@@ -3318,77 +3407,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torc
 # may change between runs.
 
 # %% tags=["export"]
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a file to write `path` so that a kill at any moment leaves either the old or the new file.
-
-    Yields a handle on a temporary file in the same folder (same filesystem, so the rename is
-    atomic, named `.<name>.tmp-<pid>` for `remove_stale_temporaries`); when the block ends
-    normally the file is flushed and fsynced, `os.replace`d over `path`, and the folder is
-    fsynced so the rename itself survives a power cut. On an error `path` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to `path` through `atomic_open`."""
+    """`torch.save` to `path` through `atomic_open` (§0)."""
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write a small text file through `atomic_open`."""
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by writers killed mid-write (not those of a live process on
-    this machine); returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -3509,7 +3531,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 # `(seed, epoch, index)` (Python, NumPy, torch; the caller's states are put back afterwards).
 # A crop's augmentation therefore depends on neither the worker nor the GPU that draws it.
 # Workers are persistent (started once per phase) with one thread each; their start method
-# is §2's choice (a forkserver inside a Jupyter kernel, fork in other processes on Linux).
+# is `make_loader`'s choice, §1's `worker_context` (a forkserver inside a Jupyter kernel, fork
+# in other processes on Linux).
 
 # %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
@@ -4017,11 +4040,11 @@ class _PhaseRun:
         if improved:  # best first: a kill between the two writes never loses an improvement
             atomic_torch_save(payload, self.spec.best_path)
         atomic_torch_save(payload, self.spec.latest_path)
-        atomic_write_text(json.dumps(p.history, indent=1), self.spec.history_path)
+        atomic_write(self.spec.history_path, json.dumps(p.history, indent=1))
 
 
 def _write_outputs(spec: TrainSpec, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(json.dumps(history, indent=1), spec.history_path)
+    atomic_write(spec.history_path, json.dumps(history, indent=1))
     if spec.plot and history:
         plot_training_curves(history, spec.curves_path, title=f"Phase {spec.phase.phase}")
 
@@ -4421,8 +4444,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -4430,6 +4451,8 @@ from typing import Any
 import cv2
 import numpy as np
 from skimage.segmentation import watershed
+
+from uni_seg.config import atomic_open
 
 #: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
 #: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
@@ -4853,20 +4876,12 @@ print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2
 
 # %% tags=["export"]
 def write_json_atomic(path: str | Path, doc: Any) -> Path:
-    """Write `doc` as strict JSON (no NaN) to `path` via a temporary file and a rename, so a
-    reader never sees half a file; parent folders are created. Returns `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `doc` as strict JSON (no NaN; `ValueError` otherwise) to `path` through §0's
+    `atomic_open`, so a reader never sees half a file; parent folders are created. Returns `path`."""
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+    return Path(path)
 
 
 def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
@@ -4927,11 +4942,10 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -4941,9 +4955,10 @@ import torch
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-# Class names (index = NC channel) and the image reader (RGB uint8; a bad file raises a
-# DataError naming it) are section 1's.
-from uni_seg.data import CLASS_NAMES, read_image
+# Every file is written through §0's `atomic_open`. Class names (index = NC channel), the image
+# reader (RGB uint8; a bad file raises a DataError naming it) and writer are section 1's.
+from uni_seg.config import atomic_open, atomic_write
+from uni_seg.data import CLASS_NAMES, read_image, write_image
 
 #: Display colour (RGB 0..255) of each class: contours in overlays, class maps, QuPath classes.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
@@ -5297,8 +5312,8 @@ def segment_image(
 # their class and measurements. Per folder: COCO instances JSON with RLE masks and scores
 # (what COCO tools and most detection frameworks read) and a summary of cell counts per
 # image and class. Polygons and RLEs are computed per cell on its bounding box
-# (`ndi.find_objects`), never as full-image masks. Every file is written to a temporary name
-# and renamed, so an interrupted run leaves no half-written file.
+# (`ndi.find_objects`), never as full-image masks. Every file is written through `atomic_open`
+# (§0: a temporary name, then a rename), so an interrupted run leaves no half-written file.
 #
 # COCO's RLE is written here rather than by `pycocotools` (a test-only dependency: it needs a
 # compiler on some platforms): column-major run lengths starting with a background run, then
@@ -5584,48 +5599,18 @@ def cells_geojson(
     return {"type": "FeatureCollection", "features": features}
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (same suffix) to write; rename it onto `path` on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temporary file and a rename."""
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_png(path: Path, image: np.ndarray) -> Path:
-    """Write uint8 RGB (H, W, 3), or uint8/uint16 (H, W), as PNG atomically; OSError if it fails."""
-    image = np.asarray(image)
-    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    with _atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), data):
-            raise OSError(f"could not write {path}")
-    return Path(path)
-
-
 def write_label_png(path: Path, inst: np.ndarray) -> Path:
     """Write a label map (H, W) as a 16-bit PNG; ValueError if it has more than 65535 cells."""
     top = int(np.max(inst, initial=0))
     if top > 65535:
         raise ValueError(f"{path}: {top} cells do not fit a 16-bit label PNG (max 65535)")
-    return write_png(path, np.asarray(inst).astype(np.uint16))
+    return write_image(path, np.asarray(inst).astype(np.uint16))
 
 
 def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
     """Write equal-length columns as a CSV with a header row, atomically."""
     names = list(columns)
-    with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for row in zip(*(columns[n] for n in names)):
@@ -5677,11 +5662,11 @@ def export_segmentation(
     `<name>_cells.geojson`. Returns the cell table (see `cell_table`).
     """
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
-    write_png(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
+    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
     table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names)
     write_csv(out_dir / f"{name}_cells.csv", table)
     geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name)
-    write_text_atomic(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
+    atomic_write(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
     return table
 
 
@@ -5758,7 +5743,7 @@ def run_folder_inference(
             row.update(status="failed", error=message)
             tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
         rows.append(row)
-    coco_path = write_text_atomic(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
+    coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
     columns = {key: [r[key] for r in rows] for key in (rows[0] if rows else {"image": [], "status": [], "error": []})}
     summary_path = write_csv(output_dir / "summary.csv", columns)
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path)
@@ -5818,8 +5803,8 @@ def predict_split(
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `predict_maps` at scale 1 (the cache is at the working scale) and the
-    post-processing with `postproc_params` (None = defaults). Raises FileNotFoundError naming
+    most `limit`; runs `segment_image` at scale 1 (the cache is at the working scale) with
+    `postproc_params` (None = defaults). Raises FileNotFoundError naming
     the folder when it holds no images.
     """
     from tqdm.auto import tqdm
@@ -5831,10 +5816,11 @@ def predict_split(
     for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
         with np.load(path) as data:
             image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        maps = predict_maps(model, image, 1.0, tile_size, overlap, tta, device, precision, batch_size)
-        inst, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
-        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, inst, classes, class_probs, scores,
-                                   maps if keep_maps else None))
+        # The cache is at the working scale already: scale 1.0, so segment_image's labels stay as found.
+        seg = segment_image(model, image, postproc_params, 1.0, tile_size, overlap, tta, device, precision,
+                            batch_size, keep_maps)
+        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
+                                   seg.scores, seg.maps))
     return out
 
 
@@ -6786,9 +6772,10 @@ if cfg.run_evaluation:
 # shifted peak means systematically too large or too small outlines), and the cell count per
 # image, true against predicted (points off the diagonal: over- or under-counting).
 #
-# The functions take arrays and an output path and return the path. They draw on
-# matplotlib `Figure` objects directly (the Agg canvas), not through `pyplot`, so they work
-# headless and never change the notebook's backend.
+# The functions take arrays and an output path and return the path (written atomically by
+# `save_figure`, like every file of the run). They draw on matplotlib `Figure` objects
+# directly (the Agg canvas), not through `pyplot`, so they work headless and never change the
+# notebook's backend.
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -6801,11 +6788,21 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from uni_seg.config import atomic_open
 from uni_seg.infer import CLASS_NAMES, SplitPrediction, cell_outlines, class_color, class_name
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
 
 #: Error-map colours (RGB): matched prediction, false positive, missed true cell.
 ERROR_COLORS: dict[str, tuple[int, int, int]] = {"matched": (40, 190, 60), "false positive": (230, 40, 40), "missed": (40, 90, 240)}
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save `fig` at `path`, in the format its suffix names (.png, .pdf, ...), through §0's
+    `atomic_open` (parent folders created); returns the path."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or None)
+    return path
 
 
 def label_colors(n: int, seed: int = 0) -> np.ndarray:
@@ -6897,7 +6894,6 @@ def plot_sample_figure(
     same (working) scale. Row 1: image, true cells, predicted cells, error map; row 2: NP, H,
     V maps; row 3: true and predicted class maps and the legends. Returns the path.
     """
-    out_path = Path(out_path)
     h, w = np.asarray(true_inst).shape
     panel = 4.0
     fig = Figure(figsize=(4 * panel, 3 * panel * h / w + 1.0), dpi=dpi, layout="constrained")
@@ -6923,9 +6919,7 @@ def plot_sample_figure(
     axes[2, 2].legend(handles=classes, loc="center", title="classes", frameon=False)
     if title:
         fig.suptitle(title)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def save_sample_figures(
@@ -6974,10 +6968,7 @@ def plot_area_histogram(
     ax.set_ylabel("cells")
     ax.set_title("cell areas, true vs predicted")
     ax.legend()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) -> np.ndarray:
@@ -7031,10 +7022,7 @@ def plot_count_scatter(
         ax.set_ylabel("predicted count")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 # %% [markdown]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from uni_seg import data as D
+from uni_seg.config import ATOMIC_TEMP_GLOB
 from uni_seg.data import (DataError, DataWarning, build_processed_cache, find_dataset, format_split_table,
                           generate_synthetic_dataset, instance_statistics, load_manifest, load_processed,
                           parse_mask_to_instances, read_image, read_mask, render_synthetic_smear,
@@ -305,7 +306,7 @@ def test_damaged_files_raise_one_error_naming_the_file(tmp_path, kind, which):
     out = tmp_path / "out"
     with pytest.raises(DataError, match=rf"train02\.png: .*({pattern})"):
         build(raw, out)
-    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*tmp"))
+    assert not list(out.rglob(ATOMIC_TEMP_GLOB))
     manifest = load_manifest(out)  # only complete files are listed, and they all load
     listed = [(s, stem) for s in ("train", "val", "test") for stem in manifest["samples"][s]]
     assert "train02" not in {stem for _, stem in listed}
@@ -366,7 +367,7 @@ def test_a_crash_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         build(raw, out)
     monkeypatch.setattr(np, "savez_compressed", real)
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not list(out.rglob(ATOMIC_TEMP_GLOB))
     assert len(list(out.glob("*/*.npz"))) == 2
     summary = build(raw, out)  # the next run completes the cache
     assert summary.counts == {"train": 4, "val": 2, "test": 2}

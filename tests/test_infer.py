@@ -22,6 +22,7 @@ import torch
 from scipy import ndimage as ndi
 
 from uni_seg import infer
+from uni_seg.config import ATOMIC_TEMP_GLOB
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
 
@@ -348,7 +349,7 @@ def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
         summary = {r["image"]: r for r in csv.DictReader(f)}
     assert summary["broken.png"]["status"] == "failed" and summary["img0.png"]["n_cells"] == "3"
     assert int(summary["img1.png"]["n_RBC"]) + int(summary["img1.png"]["n_WBC"]) + int(summary["img1.png"]["n_Platelet"]) == 2
-    assert not list(out.glob(".*partial*"))
+    assert not list(out.glob(ATOMIC_TEMP_GLOB))
 
     coco_api = pytest.importorskip("pycocotools.coco")
     mask_api = pytest.importorskip("pycocotools.mask")

@@ -16,6 +16,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 
+from uni_seg.config import ATOMIC_TEMP_GLOB
 from uni_seg.infer import (
     DEFAULT_POSTPROC_PARAMS,
     classify_instances,
@@ -282,7 +283,7 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     doc = json.loads(path.read_text())
     assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best
     assert load_postproc_params(path) == best
-    assert not list(path.parent.glob("*.tmp"))
+    assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
 
 
 def test_load_postproc_params_errors(tmp_path):

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -257,3 +260,84 @@ def hf_token_available() -> bool:
         return get_token() is not None
     except Exception:
         return False
+
+
+#: Names of `atomic_open`'s temporaries: `.<target name>.tmp-<pid>.<random>` beside the target.
+ATOMIC_TEMP_GLOB = ".*.tmp-*"
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = None,
+                newline: str | None = None) -> Iterator[IO[Any]]:
+    """Open `path` for writing so that a kill at any moment leaves either the old or the new file.
+
+    Yields a handle (`mode` "wb" binary or "w" text; `encoding`/`newline` as in `open`) on a
+    new temporary file in the same folder (same filesystem, so the rename is atomic; named as
+    `ATOMIC_TEMP_GLOB` says). When the block ends normally the file is flushed and fsynced,
+    `os.replace`d over `path`, and the folder is fsynced where the platform allows, so the
+    rename itself survives a power cut. On an error the temporary is removed and `path` is
+    untouched. Parent folders are created. Raises `ValueError` for a mode other than "w"/"wb".
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open mode={mode!r}: only 'w' (text) or 'wb' (binary) replace a whole file")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # pid: `remove_stale_temporaries` spares a live writer's file; random part: two writers of
+    # one target in one process never share a temporary ("x": never open someone else's).
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, mode.replace("w", "x"), encoding=encoding, newline=newline) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):  # never hide the error that brought us here
+            tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` (bytes, or text in the platform's default encoding) to `path` through
+    `atomic_open`; returns `path`."""
+    with atomic_open(path, "wb" if isinstance(data, (bytes, bytearray, memoryview)) else "w") as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder (the record of a rename); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) do not open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the `atomic_open` temporaries in `folder` left by writers killed mid-write (not
+    those of a live process on this machine); returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(ATOMIC_TEMP_GLOB):
+        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

@@ -15,11 +15,13 @@ import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
+
+from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -131,6 +133,18 @@ def read_mask(path: str | Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGBA)
     return array
+
+
+def write_image(path: str | Path, image: np.ndarray) -> Path:
+    """Write uint8 RGB (H, W, 3), or uint8/uint16 (H, W), in the format of `path`'s suffix
+    (.png, .jpg, ...) through `atomic_open`; returns `path`. `OSError` if OpenCV cannot encode it."""
+    image = np.asarray(image)
+    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    ok, buf = cv2.imencode(Path(path).suffix or ".png", data)
+    if not ok:
+        raise OSError(f"could not write {path}: OpenCV cannot encode a {image.dtype} {image.shape} image "
+                      f"as {Path(path).suffix!r}")
+    return atomic_write(path, buf.tobytes())
 
 
 def _mask_to_class_map(mask: np.ndarray, where: str) -> np.ndarray:
@@ -390,6 +404,65 @@ def format_split_table(counts: dict[str, int], val_fraction: float, seed: int) -
     return "\n".join(rows)
 
 
+def in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
+    return "ipykernel" in sys.modules
+
+
+if sys.platform != "win32":  # fork exists on POSIX only
+    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
+        """A forked process that inherits no OpenCV thread pool.
+
+        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
+        forked child copies those variables but not the threads, and its first
+        `cv2.setNumThreads` (e.g. a DataLoader worker's init) waits forever for the missing
+        sleepers. So the pool is stopped in the parent (`setNumThreads(1)` joins its threads)
+        for the instant of the fork and restored after it; OpenCV starts its threads again on
+        its next parallel call.
+        """
+
+        def start(self) -> None:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                super().start()
+            finally:
+                cv2.setNumThreads(threads)
+
+    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
+        Process = _OpenCVSafeForkProcess
+
+
+def start_context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
+    if method == "fork":
+        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
+        return _OpenCVSafeForkContext()
+    return multiprocessing.get_context(method)
+
+
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext | None:
+    """The start method for worker processes (the cache's process pool, §2's DataLoader workers).
+
+    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
+    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
+    that has imported the modules named in `preload` once, so workers start fast (the server
+    starts once per process: the first caller's `preload` holds). In a script on Linux: fork
+    (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no `if __name__ == "__main__":`
+    guard (named explicitly because Python 3.14 makes forkserver the default, and a forkserver
+    imports an unguarded script again, which starts it again). Elsewhere: None, the
+    platform's default (spawn on macOS and Windows, which needs the guard).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if not in_notebook_kernel():
+        return start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", *preload])  # no effect once the server runs
+    return context
+
+
 def resize_to_working_scale(
     image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -423,24 +496,10 @@ def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarra
     return image, inst, cls, notes
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write a compressed .npz so that `path` either holds the complete file or is untouched."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:  # a file object: numpy would append ".npz" to a name
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f:  # a file object: numpy would append ".npz" to a name
+        np.savez_compressed(f, **arrays)
 
 
 def _file_key(path: Path) -> list[int]:
@@ -499,7 +558,8 @@ def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int)
     """`_process_one` over the tasks in order, in this process or a pool; a bad file's
     `DataError` (or a raw file gone missing) is yielded rather than raised."""
     if num_workers > 0 and len(tasks) > 1:
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=_pool_context()) as pool:
+        context = worker_context(preload=("uni_seg.data",))
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
             futures = [pool.submit(_process_one, task) for task in tasks]
             try:
                 for fut in futures:
@@ -516,14 +576,6 @@ def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int)
                 yield _process_one(task)
             except (DataError, FileNotFoundError) as err:
                 yield err
-
-
-def _pool_context() -> multiprocessing.context.BaseContext | None:
-    """Start method for the cache's process pool: forkserver inside a Jupyter kernel (forking a
-    kernel with its threads running can deadlock), else the platform's default."""
-    if "ipykernel" in sys.modules and "forkserver" in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("forkserver")
-    return None
 
 
 def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
@@ -617,7 +669,7 @@ def build_processed_cache(
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
-    _atomic_write_bytes(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1).encode())
+    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1))
 
     def entry_for(split: str, pair: ImagePair, info: dict[str, Any]) -> dict[str, Any]:
         return {"image": pair.image_path.relative_to(raw_dir).as_posix(),
@@ -632,8 +684,7 @@ def build_processed_cache(
             if isinstance(result, Exception):
                 if on_error == "raise":
                     # Keep the manifest honest about what was completed before stopping.
-                    _atomic_write_bytes(processed_dir / "manifest.json",
-                                        json.dumps(manifest(samples, skipped), indent=1).encode())
+                    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
                     raise result
                 warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
@@ -646,12 +697,12 @@ def build_processed_cache(
 
     removed = 0
     for split in SPLITS:
+        remove_stale_temporaries(processed_dir / split)  # left by a run killed mid-write
         for path in (processed_dir / split).iterdir():
-            stale_npz = path.suffix == ".npz" and path.stem not in samples[split]
-            if path.is_file() and (stale_npz or path.name.endswith(".tmp")):
+            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
                 path.unlink()
-                removed += stale_npz
-    _atomic_write_bytes(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1).encode())
+                removed += 1
+    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
     converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
@@ -860,14 +911,6 @@ def render_synthetic_smear(
     return SyntheticSmear(image=image, mask=mask, inst=inst, cls=cls)
 
 
-def _encode(path_suffix: str, image_rgb: np.ndarray) -> bytes:
-    bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR) if image_rgb.ndim == 3 else image_rgb
-    ok, buf = cv2.imencode(path_suffix, bgr)
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path_suffix}")
-    return buf.tobytes()
-
-
 def generate_synthetic_dataset(
     out_dir: str | Path,
     n_train: int,
@@ -918,10 +961,10 @@ def generate_synthetic_dataset(
         for i, stem in enumerate(stems[part]):
             rng = np.random.default_rng(np.random.SeedSequence([seed, part_index, i]))
             smear = render_synthetic_smear(rng, image_size[0], image_size[1], cell_diameter, mask_style=mask_style, **render_kw)
-            _atomic_write_bytes(out_dir / part / "original" / f"{stem}.{image_format}", _encode(f".{image_format}", smear.image))
-            _atomic_write_bytes(out_dir / part / "mask" / f"{stem}.png", _encode(".png", smear.mask))
+            write_image(out_dir / part / "original" / f"{stem}.{image_format}", smear.image)
+            write_image(out_dir / part / "mask" / f"{stem}.png", smear.mask)
             save_npz_atomic(out_dir / part / "truth" / f"{stem}.npz", inst=smear.inst, cls=smear.cls)
-    _atomic_write_bytes(marker, json.dumps(params, indent=1).encode())
+    atomic_write(marker, json.dumps(params, indent=1))
     return pairs()
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,8 @@ from typing import Any
 import cv2
 import numpy as np
 from skimage.segmentation import watershed
+
+from uni_seg.config import atomic_open
 
 #: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
 #: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
@@ -390,20 +390,12 @@ def instance_scores(inst: np.ndarray, np_prob: np.ndarray) -> np.ndarray:
 
 
 def write_json_atomic(path: str | Path, doc: Any) -> Path:
-    """Write `doc` as strict JSON (no NaN) to `path` via a temporary file and a rename, so a
-    reader never sees half a file; parent folders are created. Returns `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write `doc` as strict JSON (no NaN; `ValueError` otherwise) to `path` through §0's
+    `atomic_open`, so a reader never sees half a file; parent folders are created. Returns `path`."""
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+    return Path(path)
 
 
 def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
@@ -441,11 +433,10 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -455,9 +446,10 @@ import torch
 from scipy import ndimage as ndi
 from skimage.measure import regionprops_table
 
-# Class names (index = NC channel) and the image reader (RGB uint8; a bad file raises a
-# DataError naming it) are section 1's.
-from uni_seg.data import CLASS_NAMES, read_image
+# Every file is written through §0's `atomic_open`. Class names (index = NC channel), the image
+# reader (RGB uint8; a bad file raises a DataError naming it) and writer are section 1's.
+from uni_seg.config import atomic_open, atomic_write
+from uni_seg.data import CLASS_NAMES, read_image, write_image
 
 #: Display colour (RGB 0..255) of each class: contours in overlays, class maps, QuPath classes.
 CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
@@ -1048,48 +1040,18 @@ def cells_geojson(
     return {"type": "FeatureCollection", "features": features}
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path` (same suffix) to write; rename it onto `path` on success."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` via a temporary file and a rename."""
-    with _atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_png(path: Path, image: np.ndarray) -> Path:
-    """Write uint8 RGB (H, W, 3), or uint8/uint16 (H, W), as PNG atomically; OSError if it fails."""
-    image = np.asarray(image)
-    data = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    with _atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), data):
-            raise OSError(f"could not write {path}")
-    return Path(path)
-
-
 def write_label_png(path: Path, inst: np.ndarray) -> Path:
     """Write a label map (H, W) as a 16-bit PNG; ValueError if it has more than 65535 cells."""
     top = int(np.max(inst, initial=0))
     if top > 65535:
         raise ValueError(f"{path}: {top} cells do not fit a 16-bit label PNG (max 65535)")
-    return write_png(path, np.asarray(inst).astype(np.uint16))
+    return write_image(path, np.asarray(inst).astype(np.uint16))
 
 
 def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
     """Write equal-length columns as a CSV with a header row, atomically."""
     names = list(columns)
-    with _atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for row in zip(*(columns[n] for n in names)):
@@ -1130,11 +1092,11 @@ def export_segmentation(
     `<name>_cells.geojson`. Returns the cell table (see `cell_table`).
     """
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
-    write_png(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
+    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
     table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names)
     write_csv(out_dir / f"{name}_cells.csv", table)
     geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name)
-    write_text_atomic(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
+    atomic_write(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
     return table
 
 
@@ -1211,7 +1173,7 @@ def run_folder_inference(
             row.update(status="failed", error=message)
             tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
         rows.append(row)
-    coco_path = write_text_atomic(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
+    coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
     columns = {key: [r[key] for r in rows] for key in (rows[0] if rows else {"image": [], "status": [], "error": []})}
     summary_path = write_csv(output_dir / "summary.csv", columns)
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path)
@@ -1265,8 +1227,8 @@ def predict_split(
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `predict_maps` at scale 1 (the cache is at the working scale) and the
-    post-processing with `postproc_params` (None = defaults). Raises FileNotFoundError naming
+    most `limit`; runs `segment_image` at scale 1 (the cache is at the working scale) with
+    `postproc_params` (None = defaults). Raises FileNotFoundError naming
     the folder when it holds no images.
     """
     from tqdm.auto import tqdm
@@ -1278,10 +1240,11 @@ def predict_split(
     for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
         with np.load(path) as data:
             image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        maps = predict_maps(model, image, 1.0, tile_size, overlap, tta, device, precision, batch_size)
-        inst, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
-        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, inst, classes, class_probs, scores,
-                                   maps if keep_maps else None))
+        # The cache is at the working scale already: scale 1.0, so segment_image's labels stay as found.
+        seg = segment_image(model, image, postproc_params, 1.0, tile_size, overlap, tta, device, precision,
+                            batch_size, keep_maps)
+        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
+                                   seg.scores, seg.maps))
     return out
 
 

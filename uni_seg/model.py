@@ -636,15 +636,13 @@ def parameter_counts_from_config(
 ) -> dict[str, int]:
     """`count_parameters` of the model `build_model(...)` would make, without allocating it.
 
-    Builds the architecture on PyTorch's "meta" device (shapes only, no memory, well under a
-    second even for UNI2-h), so the notebook can print true counts for ViT-L on a laptop.
+    Runs `build_model` (random init, silent) on PyTorch's "meta" device (shapes only, no
+    memory, well under a second even for UNI2-h), so the notebook can print true counts for
+    ViT-L on a laptop.
     """
-    spec = backbone_spec(backbone)
     with torch.device("meta"):
-        vit = create_backbone(spec)
-        model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation)
-        if lora_rank:
-            model.add_lora(lora_rank, lora_alpha if lora_alpha is not None else 2.0 * lora_rank)
+        model = build_model(backbone, "none", n_classes, decoder_channels, reassemble_channels, hv_activation,
+                            lora_rank, lora_alpha, verbose=False)
     return count_parameters(model)
 
 

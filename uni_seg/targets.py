@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
-from uni_seg.data import ProcessedSample, load_processed
+from uni_seg.data import ProcessedSample, load_processed, start_context, worker_context
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -330,63 +329,6 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in order[self.rank:total:self.world_size]])
 
 
-def in_notebook_kernel() -> bool:
-    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
-    return "ipykernel" in sys.modules
-
-
-if sys.platform != "win32":  # fork exists on POSIX only
-    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
-        """A forked process that inherits no OpenCV thread pool.
-
-        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
-        forked child copies those variables but not the threads, and its first
-        `cv2.setNumThreads` (our worker init) waits forever for the missing sleepers. So the
-        pool is stopped in the parent (`setNumThreads(1)` joins its threads) for the instant of
-        the fork and restored after it; OpenCV starts its threads again on its next parallel call.
-        """
-
-        def start(self) -> None:
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                super().start()
-            finally:
-                cv2.setNumThreads(threads)
-
-    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
-        Process = _OpenCVSafeForkProcess
-
-
-def _start_context(method: str) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
-    if method == "fork":
-        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
-        return _OpenCVSafeForkContext()
-    return multiprocessing.get_context(method)
-
-
-def worker_context() -> multiprocessing.context.BaseContext | None:
-    """The start method for DataLoader workers.
-
-    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
-    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
-    that has imported `uni_seg.targets` once, so workers start fast. In a script on Linux:
-    fork (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no
-    `if __name__ == "__main__":` guard (named explicitly because Python 3.14 makes forkserver
-    the default, and a forkserver imports an unguarded script again, which starts it again).
-    Elsewhere: None, the platform's default (spawn on macOS and Windows, which needs the guard).
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if not in_notebook_kernel():
-        return _start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "uni_seg.targets"])  # no effect once the server runs
-    return context
-
-
 def _worker_init(worker_id: int) -> None:
     # One thread per worker: N workers x N OpenCV/torch threads would oversubscribe the CPU.
     cv2.setNumThreads(1)
@@ -411,14 +353,15 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
 
     `dataset` takes `(epoch, index)` keys: `CellCropDataset` does; wrap any other dataset in
     `EpochItems`. num_workers > 0 starts persistent workers (once per loader, not per epoch)
-    with `worker_context()` (or the start method named by `multiprocessing_context`), one
+    with §1's `worker_context()` (or the start method named by `multiprocessing_context`), one
     thread each. Batches are dicts of stacked tensors. Raises `ValueError` when workers would
     need a Dataset class defined in a notebook (`__main__`).
     """
     sampler = EpochSampler(len(dataset), shuffle, seed, rank, world_size, pad)
     extra: dict[str, Any] = {}
     if num_workers > 0:
-        context = _start_context(multiprocessing_context) if multiprocessing_context else worker_context()
+        context = (start_context(multiprocessing_context) if multiprocessing_context
+                   else worker_context(preload=("uni_seg.targets",)))
         method = context.get_start_method() if context else multiprocessing.get_start_method()
         name = _defined_in_main(dataset)
         if name is not None and method != "fork":

@@ -17,9 +17,9 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from uni_seg.config import resolve_config, resolve_precision
+from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries, resolve_config, resolve_precision
 from uni_seg.targets import EpochItems, EpochSampler, make_loader
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"
@@ -199,77 +199,10 @@ def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torc
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-@contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a file to write `path` so that a kill at any moment leaves either the old or the new file.
-
-    Yields a handle on a temporary file in the same folder (same filesystem, so the rename is
-    atomic, named `.<name>.tmp-<pid>` for `remove_stale_temporaries`); when the block ends
-    normally the file is flushed and fsynced, `os.replace`d over `path`, and the folder is
-    fsynced so the rename itself survives a power cut. On an error `path` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """`torch.save` to `path` through `atomic_open`."""
+    """`torch.save` to `path` through `atomic_open` (§0)."""
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write a small text file through `atomic_open`."""
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) do not open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete temporary files left by writers killed mid-write (not those of a live process on
-    this machine); returns what was removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
-            continue
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    return removed
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -865,11 +798,11 @@ class _PhaseRun:
         if improved:  # best first: a kill between the two writes never loses an improvement
             atomic_torch_save(payload, self.spec.best_path)
         atomic_torch_save(payload, self.spec.latest_path)
-        atomic_write_text(json.dumps(p.history, indent=1), self.spec.history_path)
+        atomic_write(self.spec.history_path, json.dumps(p.history, indent=1))
 
 
 def _write_outputs(spec: TrainSpec, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(json.dumps(history, indent=1), spec.history_path)
+    atomic_write(spec.history_path, json.dumps(history, indent=1))
     if spec.plot and history:
         plot_training_curves(history, spec.curves_path, title=f"Phase {spec.phase.phase}")
 

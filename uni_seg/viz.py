@@ -11,11 +11,21 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from uni_seg.config import atomic_open
 from uni_seg.infer import CLASS_NAMES, SplitPrediction, cell_outlines, class_color, class_name
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
 
 #: Error-map colours (RGB): matched prediction, false positive, missed true cell.
 ERROR_COLORS: dict[str, tuple[int, int, int]] = {"matched": (40, 190, 60), "false positive": (230, 40, 40), "missed": (40, 90, 240)}
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save `fig` at `path`, in the format its suffix names (.png, .pdf, ...), through §0's
+    `atomic_open` (parent folders created); returns the path."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or None)
+    return path
 
 
 def label_colors(n: int, seed: int = 0) -> np.ndarray:
@@ -107,7 +117,6 @@ def plot_sample_figure(
     same (working) scale. Row 1: image, true cells, predicted cells, error map; row 2: NP, H,
     V maps; row 3: true and predicted class maps and the legends. Returns the path.
     """
-    out_path = Path(out_path)
     h, w = np.asarray(true_inst).shape
     panel = 4.0
     fig = Figure(figsize=(4 * panel, 3 * panel * h / w + 1.0), dpi=dpi, layout="constrained")
@@ -133,9 +142,7 @@ def plot_sample_figure(
     axes[2, 2].legend(handles=classes, loc="center", title="classes", frameon=False)
     if title:
         fig.suptitle(title)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def save_sample_figures(
@@ -184,10 +191,7 @@ def plot_area_histogram(
     ax.set_ylabel("cells")
     ax.set_title("cell areas, true vs predicted")
     ax.legend()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
 
 
 def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) -> np.ndarray:
@@ -241,7 +245,4 @@ def plot_count_scatter(
         ax.set_ylabel("predicted count")
         ax.set_title(title)
         ax.legend(fontsize=8)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path)
-    return out_path
+    return save_figure(fig, out_path)
