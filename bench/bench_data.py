@@ -32,7 +32,10 @@ from uni_seg.data import (build_processed_cache, find_dataset, generate_syntheti
                           parse_mask_to_instances, read_image, read_mask)
 from uni_seg.targets import CellCropDataset, hv_maps  # noqa: E402
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from real_subset import RELATIVE, ROOT, find_real_subset  # noqa: E402
+
+REAL = find_real_subset() or ROOT.parent / RELATIVE
 
 
 def per_call_ms(fn, items, repeat: int = 1) -> float:

@@ -25,7 +25,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = ROOT.parent / "shared/data/bccd_subset"
+sys.path.insert(0, str(ROOT / "tests"))
+from real_subset import RELATIVE, find_real_subset  # noqa: E402
+
+DATA = find_real_subset() or ROOT.parent / RELATIVE
 
 from uni_seg import infer  # noqa: E402
 

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
-DATA = ROOT.parent / "shared/data/bccd_subset"
+from real_subset import RELATIVE, find_real_subset  # noqa: E402
+
+DATA = find_real_subset() or ROOT.parent / RELATIVE
 
 from bench_postproc import degrade  # noqa: E402
 from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402

@@ -34,7 +34,9 @@ from skimage.segmentation import watershed
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-DATA = ROOT.parent / "shared/data/bccd_subset"
+from real_subset import RELATIVE, find_real_subset  # noqa: E402
+
+DATA = find_real_subset() or ROOT.parent / RELATIVE
 
 from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402
 

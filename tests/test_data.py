@@ -20,13 +20,7 @@ from uni_seg.data import (DataError, DataWarning, build_processed_cache, find_da
                           parse_mask_to_instances, read_image, read_mask, render_synthetic_smear,
                           resize_to_working_scale, scan_dataset, split_train_val)
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
-
-
-def needs_real() -> Path:
-    if not (REAL / "train" / "mask").is_dir():
-        pytest.skip(f"real subset {REAL} absent")
-    return REAL
+from real_subset import require_real_subset as needs_real
 
 
 # ---------------------------------------------------------------- helpers: a tiny raw dataset
@@ -639,3 +633,20 @@ def test_real_subset_component_counts_as_documented():
     assert (n8, n4, n30) == (7212, 11429, 7187)
     stats = instance_statistics(maps)
     assert stats["n_clumps"] == 194 and stats["median_area"] == 8078
+
+
+def test_real_subset_is_found_beside_the_checkout_or_its_origin(tmp_path, monkeypatch):
+    import real_subset as rs
+
+    monkeypatch.delenv("BCCD_SUBSET", raising=False)
+    origin = tmp_path / "work" / "main"
+    (tmp_path / "work" / rs.RELATIVE / "train" / "mask").mkdir(parents=True)
+    origin.mkdir()
+    clone = tmp_path / "ci" / "clone"
+    clone.mkdir(parents=True)
+    if os.system(f"git -C {clone} init -q && git -C {clone} remote add origin {origin}") != 0:
+        pytest.skip("git unavailable")
+    assert rs.find_real_subset(clone) == (tmp_path / "work" / rs.RELATIVE).resolve()
+    assert rs.find_real_subset(origin) == tmp_path / "work" / rs.RELATIVE
+    monkeypatch.setenv("BCCD_SUBSET", str(tmp_path / "elsewhere"))
+    assert rs.find_real_subset(clone) is None and rs.candidate_dirs(clone) == [tmp_path / "elsewhere"]

@@ -24,7 +24,7 @@ from scipy import ndimage as ndi
 from uni_seg import infer
 from uni_seg.config import ATOMIC_TEMP_GLOB
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+from real_subset import require_real_subset
 
 
 class PointwiseModel(torch.nn.Module):
@@ -415,9 +415,7 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
 
 
 def test_real_image_runs_through_the_whole_image_path():
-    folder = DATA / "test" / "original"
-    if not folder.is_dir():
-        pytest.skip(f"{DATA} absent")
+    folder = require_real_subset() / "test" / "original"
     path = sorted(folder.iterdir())[0]
     image = infer.read_image(path)
     assert image.shape == (1200, 1600, 3)

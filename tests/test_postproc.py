@@ -28,7 +28,7 @@ from uni_seg.infer import (
 )
 from uni_seg.metrics import panoptic_quality, tune_postproc
 
-SUBSET = Path(__file__).resolve().parents[1].parent / "shared/data/bccd_subset"
+from real_subset import require_real_subset
 
 
 # --------------------------------------------------------------------------- helpers
@@ -106,9 +106,7 @@ def disk_scene(shape=(200, 260), cells=((50, 50, 18), (50, 84, 18), (140, 70, 25
 
 
 def real_mask_paths(n: int) -> list[Path]:
-    paths = sorted((SUBSET / "test" / "mask").glob("*.png"))[:n]
-    if not paths:
-        pytest.skip(f"real BCCD subset absent ({SUBSET})")
+    paths = sorted((require_real_subset() / "test" / "mask").glob("*.png"))[:n]
     return paths
 
 
