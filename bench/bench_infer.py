@@ -61,6 +61,9 @@ def main() -> None:
     parser.add_argument("--decoder-channels", type=int, default=64, help="64: demo profile; 256: full profile")
     parser.add_argument("--tta", action="store_true", help="also time TTA (8x) on one image")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backbone", default="vit_tiny", help="registry name (random weights); uni: the full-size model")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     args = parser.parse_args()
 
     folder = DATA / "test" / "original"
@@ -72,25 +75,25 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build_model("vit_tiny", weights="none", n_classes=4, decoder_channels=args.decoder_channels).to(device).eval()
+    model = build_model(args.backbone, weights="none", n_classes=4, decoder_channels=args.decoder_channels).to(device).eval()
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     paths = sorted(folder.iterdir())[: args.images]
     scale, tile, overlap = 0.5, 224, 64
     h, w = infer.working_shape(1200, 1600, scale)
     n_tiles = len(infer.tile_starts(h, tile, overlap)) * len(infer.tile_starts(w, tile, overlap))
-    print(f"load average {os.getloadavg()[0]:.1f}; vit_tiny + decoder {args.decoder_channels} ch ({n_params:.1f} M params, random weights) on {device}, "
+    print(f"load average {os.getloadavg()[0]:.1f}; {args.backbone} + decoder {args.decoder_channels} ch ({n_params:.1f} M params, random weights) on {device}, "
           f"{args.threads} threads; {len(paths)} real images 1600x1200 -> {w}x{h}, {n_tiles} tiles {tile}/{overlap}")
 
     images = [infer.read_image(p) for p in paths]
-    infer.predict_maps(model, images[0][:448, :448], scale, tile, overlap, device=device)  # warm-up
+    infer.predict_maps(model, images[0][:448, :448], scale, tile, overlap, device=device, batch_size=args.batch_size)  # warm-up
     rng = np.random.default_rng(0)
     steps = ("model", "postproc", "resize", "exports", "total")
-    for precision in ("fp32", "bf16"):
+    for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
         wall = {k: [] for k in steps}
         cpu = {k: [] for k in steps}
         for image, path in zip(images, paths):
             clocks = [(time.perf_counter(), time.process_time())]
-            maps = infer.predict_maps(model, image, scale, tile, overlap, False, device, precision)
+            maps = infer.predict_maps(model, image, scale, tile, overlap, False, device, precision, args.batch_size)
             clocks.append((time.perf_counter(), time.process_time()))
             cells, classes, probs, scores = infer.cells_from_maps(maps)
             clocks.append((time.perf_counter(), time.process_time()))
@@ -111,6 +114,8 @@ def main() -> None:
         for k in steps:
             print(f"  {k:<9} {1000 * statistics.median(wall[k]):9.0f} ms {1000 * min(wall[k]):6.0f} ms "
                   f"{statistics.median(cpu[k]):17.2f} s")
+        print(f"  {1 / statistics.median(wall['total']):.2f} images/s end to end; model "
+              f"{statistics.median(wall['model']) / statistics.median(wall['total']):.0%} of the wall time")
 
     # Post-processing on realistic maps: at the working scale vs. maps enlarged to full size.
     mask_dir = DATA / "test" / "mask"

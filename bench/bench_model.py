@@ -10,7 +10,13 @@ backbone and phase it times, per image:
   train fwd  model.train() forward with autograd as the phase sets it (phase 1: backbone
              frozen, run without a graph; phase 2: LoRA rank 4 on every qkv, graph through it)
   fwd+bwd    train forward + CellSegLoss + backward (no optimiser step)
-On CUDA it adds images/s for fwd+bwd and the peak memory allocated by that step.
+  backbone   the backbone's share of that: its forward alone (as the phase runs it) / fwd+bwd
+Images/s are those of fwd+bwd; on CUDA it adds the peak memory allocated by that step.
+`--flops` counts the model FLOPs per image of a training step (forward and forward+backward)
+with torch's FlopCounterMode (matrix products, convolutions and attention: the operations that
+FLOP-utilisation figures count), and `--matmul-rate` measures the device's dense matrix rate
+in the chosen precision (square GEMMs); with both, each row gives the step's achieved FLOP
+rate and its share of that measured rate. `--compile` times the torch.compile'd model.
 `--decoder-channels auto` uses the profiles' values: 64 for vit_tiny/vit_small (demo), 256 else.
 """
 
@@ -46,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time, or process CPU time (CPU only; use with --threads 1 on a busy machine)")
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd model (USE_COMPILE)")
+    p.add_argument("--flops", action="store_true", help="count model FLOPs per image (one extra step, batch 1)")
+    p.add_argument("--matmul-rate", action="store_true",
+                   help="measure the device's dense matrix rate in --precision (GEMMs of side --matmul-size)")
+    p.add_argument("--matmul-size", type=int, default=None, help="GEMM side (default: 8192 on CUDA, 1024 on CPU)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     return p.parse_args(argv)
 
@@ -82,6 +93,32 @@ def dummy_batch(batch: int, size: int, device: torch.device) -> dict[str, torch.
     }
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def matmul_tflops(device: torch.device, precision: str, size: int, repeats: int = 5) -> float:
+    """Dense matrix rate of `device` in `precision`: TFLOP/s of (size x size) @ (size x size).
+
+    fp32 runs as TF32 where PyTorch's default allows it (it does not on CUDA by default).
+    The best of `repeats` runs of four back-to-back products, after one warm-up run.
+    """
+    dtype = AUTOCAST_DTYPES.get(precision, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = timed(lambda: [a @ b for _ in range(4)], device, repeats, warmup=1)
+    return 4 * 2 * size**3 / seconds / 1e12
+
+
+def count_flops(fn) -> int:
+    """Model FLOPs of one call of `fn` (matmuls, convolutions, attention; torch's FlopCounterMode)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
 def bench_one(backbone: str, phase: int, args: argparse.Namespace, device: torch.device) -> dict:
     if args.decoder_channels == "auto":
         channels = 64 if backbone in ("vit_tiny", "vit_small") else 256
@@ -93,41 +130,58 @@ def bench_one(backbone: str, phase: int, args: argparse.Namespace, device: torch
         model.add_lora(4, 8.0)
     model.set_phase(phase)
     model.to(device)
+    run = torch.compile(model) if args.compile else model
     loss_fn = CellSegLoss().to(device)
     batch = dummy_batch(args.batch, args.size, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    dtype = AUTOCAST_DTYPES.get(args.precision)
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
 
-    def infer():
+    def infer(images: torch.Tensor = batch["image"], module: torch.nn.Module = run):
         model.eval()
         with torch.no_grad(), autocast():
-            model(batch["image"])
+            module(images)
 
     def train_forward():
         model.train()
         with autocast():
-            model(batch["image"])
+            run(batch["image"])
 
-    def train_step():
+    def backbone_forward():
+        # the backbone alone, with autograd exactly as CellSegModel.forward runs it in this phase
+        model.train()
+        grad = torch.enable_grad() if not model.backbone_frozen() else torch.no_grad()
+        with grad, autocast():
+            model._taps(batch["image"])
+
+    def train_step(images: torch.Tensor = batch["image"], targets: dict = batch, module: torch.nn.Module = run):
         model.train()
         model.zero_grad(set_to_none=True)
         with autocast():
-            total, _ = loss_fn(model(batch["image"]), batch)
+            total, _ = loss_fn(module(images), targets)
         total.backward()
 
     per_image_ms = {}
-    for name, fn in [("infer_ms", infer), ("train_fwd_ms", train_forward), ("fwd_bwd_ms", train_step)]:
+    for name, fn in [("infer_ms", infer), ("train_fwd_ms", train_forward), ("backbone_fwd_ms", backbone_forward),
+                     ("fwd_bwd_ms", train_step)]:
         if device.type == "cuda" and name == "fwd_bwd_ms":
             torch.cuda.reset_peak_memory_stats(device)
         per_image_ms[name] = 1000 * timed(fn, device, args.repeats, args.warmup, args.stat, args.clock) / args.batch
     row = dict(backbone=backbone, phase=phase, decoder_channels=channels, batch=args.batch, size=args.size,
-               device=str(device), precision=args.precision, clock=args.clock,
+               device=str(device), precision=args.precision, compiled=args.compile, clock=args.clock,
                threads=torch.get_num_threads(), **per_image_ms,
+               backbone_share=per_image_ms["backbone_fwd_ms"] / per_image_ms["fwd_bwd_ms"],
+               images_per_s=1000 / per_image_ms["fwd_bwd_ms"],
                trainable=model.parameter_counts()["trainable"])
     if device.type == "cuda":
-        row["images_per_s"] = 1000 / per_image_ms["fwd_bwd_ms"]
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del model
+    if args.flops:  # one image (FLOPs scale linearly with the batch), eager (compiling changes no FLOP)
+        one = {k: v[:1] for k, v in batch.items()}
+        row["gflops_fwd"] = count_flops(lambda: infer(one["image"], model)) / 1e9
+        row["gflops_step"] = count_flops(lambda: train_step(one["image"], one, model)) / 1e9
+        row["achieved_tflops"] = row["gflops_step"] * row["images_per_s"] / 1e3
+        if args.matmul_tflops:
+            row["matmul_share"] = row["achieved_tflops"] / args.matmul_tflops
+    del model, run
     return row
 
 
@@ -145,12 +199,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.clock == "cpu" and device.type == "cuda":
         raise SystemExit("--clock cpu measures CPU work; on CUDA use the wall clock")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"bench_model: {where}, {args.precision}, batch {args.batch}, {args.size}x{args.size}, "
-          f"{args.stat} of {args.repeats} (+{args.warmup} warm-up); {args.clock}-clock ms per image; "
-          f"torch {torch.__version__}")
-    header = f"{'backbone':<20}{'phase':>6}{'dec ch':>7}{'infer':>10}{'train fwd':>11}{'fwd+bwd':>10}"
+    print(f"bench_model: {where}, {args.precision}{', compiled' if args.compile else ''}, batch {args.batch}, "
+          f"{args.size}x{args.size}, {args.stat} of {args.repeats} (+{args.warmup} warm-up); {args.clock}-clock "
+          f"ms per image; torch {torch.__version__}")
+    args.matmul_tflops = None
+    if args.matmul_rate:
+        size = args.matmul_size or (8192 if device.type == "cuda" else 1024)
+        args.matmul_tflops = matmul_tflops(device, args.precision, size)
+        print(f"dense matrix rate, {args.precision}, {size}x{size} GEMMs: {args.matmul_tflops:.2f} TFLOP/s")
+    header = (f"{'backbone':<20}{'phase':>6}{'dec ch':>7}{'infer':>10}{'train fwd':>11}{'fwd+bwd':>10}"
+              f"{'backbone':>10}{'img/s':>9}")
     if device.type == "cuda":
-        header += f"{'img/s':>9}{'peak GiB':>10}"
+        header += f"{'peak GiB':>10}"
+    if args.flops:
+        header += f"{'GFLOP fwd':>11}{'GFLOP step':>12}{'TFLOP/s':>9}" + (f"{'of GEMM':>9}" if args.matmul_tflops else "")
     print(header)
     rows = []
     for backbone in [b.strip() for b in args.backbones.split(",") if b.strip()]:
@@ -158,12 +220,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = bench_one(backbone, phase, args, device)
             rows.append(row)
             line = (f"{backbone:<20}{phase:>6}{row['decoder_channels']:>7}{row['infer_ms']:>10.1f}"
-                    f"{row['train_fwd_ms']:>11.1f}{row['fwd_bwd_ms']:>10.1f}")
+                    f"{row['train_fwd_ms']:>11.1f}{row['fwd_bwd_ms']:>10.1f}{100 * row['backbone_share']:>9.0f}%"
+                    f"{row['images_per_s']:>9.1f}")
             if device.type == "cuda":
-                line += f"{row['images_per_s']:>9.1f}{row['peak_mem_gib']:>10.2f}"
+                line += f"{row['peak_mem_gib']:>10.2f}"
+            if args.flops:
+                line += f"{row['gflops_fwd']:>11.1f}{row['gflops_step']:>12.1f}{row['achieved_tflops']:>9.3f}"
+                if args.matmul_tflops:
+                    line += f"{100 * row['matmul_share']:>8.1f}%"
             print(line, flush=True)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        doc = dict(device=where, torch=torch.__version__, matmul_tflops=args.matmul_tflops, rows=rows)
+        args.json.write_text(json.dumps(doc, indent=1))
     return rows
 
 
