@@ -2853,24 +2853,18 @@ def count_parameters(model: CellSegModel) -> dict[str, int]:
     return dict(backbone=backbone, lora=lora, decoder=decoder, total=backbone + lora + decoder, trainable=trainable)
 
 
-def parameter_counts_from_config(
-    backbone: str,
-    n_classes: int = 4,
-    decoder_channels: int = 256,
-    reassemble_channels: list[int] | None = None,
-    hv_activation: str = "linear",
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-) -> dict[str, int]:
-    """`count_parameters` of the model `build_model(...)` would make, without allocating it.
+def parameter_counts_from_config(backbone: str, **architecture: Any) -> dict[str, int]:
+    """`count_parameters` of the model `build_model(backbone, **architecture)` would make,
+    without allocating it.
 
-    Runs `build_model` (random init, silent) on PyTorch's "meta" device (shapes only, no
-    memory, well under a second even for UNI2-h), so the notebook can print true counts for
-    ViT-L on a laptop.
+    `architecture`: `build_model`'s keyword arguments that shape the model (n_classes,
+    decoder_channels, reassemble_channels, hv_activation, lora_rank, lora_alpha), e.g.
+    `model.config`. Runs `build_model` (random init, silent) on PyTorch's "meta" device
+    (shapes only, no memory, well under a second even for UNI2-h), so the notebook can print
+    true counts for ViT-L on a laptop.
     """
     with torch.device("meta"):
-        model = build_model(backbone, "none", n_classes, decoder_channels, reassemble_channels, hv_activation,
-                            lora_rank, lora_alpha, verbose=False)
+        model = build_model(backbone, "none", verbose=False, **architecture)
     return count_parameters(model)
 
 
@@ -2923,9 +2917,10 @@ if model.weights_source == "none":
 _rows = {
     f"{cfg.backbone}, decoder {cfg.decoder_channels} (this run)": model.parameter_counts(),
     f"{cfg.backbone} + LoRA rank {cfg.lora_rank}": parameter_counts_from_config(
-        cfg.backbone, cfg.n_classes, cfg.decoder_channels, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
+        cfg.backbone, n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
+        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
     f"uni (ViT-L/16), decoder 256 + LoRA rank {cfg.lora_rank}": parameter_counts_from_config(
-        "uni", cfg.n_classes, 256, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
+        "uni", n_classes=cfg.n_classes, decoder_channels=256, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
 }
 print(f"\n{'model':<50}{'backbone':>14}{'LoRA':>11}{'decoder':>13}{'total':>14}")
 for _name, _c in _rows.items():

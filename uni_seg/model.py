@@ -625,24 +625,18 @@ def count_parameters(model: CellSegModel) -> dict[str, int]:
     return dict(backbone=backbone, lora=lora, decoder=decoder, total=backbone + lora + decoder, trainable=trainable)
 
 
-def parameter_counts_from_config(
-    backbone: str,
-    n_classes: int = 4,
-    decoder_channels: int = 256,
-    reassemble_channels: list[int] | None = None,
-    hv_activation: str = "linear",
-    lora_rank: int | None = None,
-    lora_alpha: float | None = None,
-) -> dict[str, int]:
-    """`count_parameters` of the model `build_model(...)` would make, without allocating it.
+def parameter_counts_from_config(backbone: str, **architecture: Any) -> dict[str, int]:
+    """`count_parameters` of the model `build_model(backbone, **architecture)` would make,
+    without allocating it.
 
-    Runs `build_model` (random init, silent) on PyTorch's "meta" device (shapes only, no
-    memory, well under a second even for UNI2-h), so the notebook can print true counts for
-    ViT-L on a laptop.
+    `architecture`: `build_model`'s keyword arguments that shape the model (n_classes,
+    decoder_channels, reassemble_channels, hv_activation, lora_rank, lora_alpha), e.g.
+    `model.config`. Runs `build_model` (random init, silent) on PyTorch's "meta" device
+    (shapes only, no memory, well under a second even for UNI2-h), so the notebook can print
+    true counts for ViT-L on a laptop.
     """
     with torch.device("meta"):
-        model = build_model(backbone, "none", n_classes, decoder_channels, reassemble_channels, hv_activation,
-                            lora_rank, lora_alpha, verbose=False)
+        model = build_model(backbone, "none", verbose=False, **architecture)
     return count_parameters(model)
 
 
