@@ -4129,6 +4129,10 @@ def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> Non
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         train_phase(spec, ctx=ctx)
+        # Wait for rank 0 to finish writing before tearing gloo down: a rank that destroys the
+        # group while its peer is still busy can abort ("terminate called without an active
+        # exception"), seen intermittently on CPU.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
