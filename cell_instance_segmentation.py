@@ -125,15 +125,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
+import json
 import os
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
+    import torch
 
 import numpy as np
-import torch
 
 PROFILES: dict[str, dict[str, Any]] = {
     # CPU laptop: synthetic smears, a tiny random ViT, a few minutes end to end (about 5 min on
@@ -344,20 +348,37 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
 # (V100, P100) train in fp16 with a gradient scaler. `PRECISION` can force either, or fp32.
 
 # %% tags=["export"]
-def detect_device(n_gpus: int | None) -> torch.device:
-    """The device this process computes on: `cuda` when GPUs are visible and asked for, else `cpu`."""
-    if torch.cuda.is_available() and (n_gpus is None or n_gpus > 0):
-        return torch.device("cuda")
+def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
+    """The `torch.device` for "auto" (the `local_rank`-th GPU when one is visible, else the
+    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else,
+    `RuntimeError` when a GPU is asked for and none is visible."""
+    import torch
+
+    if kind not in ("auto", "cpu", "cuda") and not (kind.startswith("cuda:") and kind[5:].isdigit()):
+        raise ValueError(f"device={kind!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if kind.startswith("cuda:"):
+        kind, local_rank = "cuda", int(kind[5:])
+    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={kind!r} was asked for but no GPU is visible")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def device_for_gpus(n_gpus: int | None) -> str:
+    """The device kind for an `N_GPUS` setting: "cpu" for 0, else "auto" (a GPU when visible)."""
+    return "cpu" if n_gpus == 0 else "auto"
+
+
+def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 
     `"auto"` picks bf16 on CPUs and on GPUs that support it (compute capability >= 8.0), else
     fp16. An explicit choice is returned as given, except bf16 on a GPU that lacks it, which
     raises `ValueError`.
     """
+    import torch
+
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"PRECISION={precision!r} is not one of auto, bf16, fp16, fp32")
     bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
@@ -368,8 +389,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def autocast(device: "torch.device", precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of a resolved precision on `device`: bf16 or fp16 autocast, or
+    nothing for fp32. `ValueError` for "auto" (resolve it with `resolve_precision` first)."""
+    import torch
+
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision={precision!r} is not one of 'fp32', 'bf16', 'fp16' (resolve 'auto' first)")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run is repeatable."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -385,6 +420,32 @@ def hf_token_available() -> bool:
         return get_token() is not None
     except Exception:
         return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Factory:
+    """A picklable recipe for an object: `target` names a callable as "package.module:name".
+
+    Spawned worker processes import the module and call it with `kwargs` (plain values only),
+    which is how DDP workers rebuild the model, datasets and loss of a notebook run.
+    """
+
+    target: str
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def resolve(self) -> Callable[..., Any]:
+        """The callable `target` names (imports its module)."""
+        module_name, _, attr = self.target.partition(":")
+        if not attr:
+            raise ValueError(f"Factory target {self.target!r} must look like 'package.module:callable'")
+        fn: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+        return fn
+
+    def build(self, **overrides: Any) -> Any:
+        """Call the target with `kwargs` updated by `overrides`."""
+        return self.resolve()(**{**self.kwargs, **overrides})
 
 
 # %% [markdown]
@@ -438,6 +499,15 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return Path(path)
 
 
+def write_json_atomic(path: str | Path, doc: Any) -> Path:
+    """Write `doc` as strict JSON (no NaN; `ValueError` otherwise) to `path` through §0's
+    `atomic_open`, so a reader never sees half a file; parent folders are created. Returns `path`."""
+    with atomic_open(path, "w") as f:
+        json.dump(doc, f, indent=1, allow_nan=False)
+        f.write("\n")
+    return Path(path)
+
+
 def _fsync_dir(folder: Path) -> None:
     """fsync a folder (the record of a rename); a no-op where folders cannot be opened."""
     try:
@@ -480,6 +550,8 @@ def _process_alive(pid: int) -> bool:
 import json
 import sys
 
+import torch
+
 REPO_ROOT = Path.cwd()
 if not (REPO_ROOT / "uni_seg").is_dir():
     raise RuntimeError(f"run the notebook from the repository root (cwd is {REPO_ROOT})")
@@ -490,7 +562,7 @@ _parameters = {field.name: globals()[field.name.upper()] for field in dataclasse
                if field.name != "profile"}
 cfg = resolve_config(PROFILE, **_parameters)
 seed_everything(cfg.seed)
-DEVICE = detect_device(cfg.n_gpus)
+DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
 AMP_PRECISION = resolve_precision(cfg.precision, DEVICE)
 for folder in (cfg.checkpoint_dir, cfg.results_dir):
     folder.mkdir(parents=True, exist_ok=True)
@@ -568,7 +640,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -579,7 +650,6 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries
 
@@ -599,8 +669,9 @@ MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 255): 2,
     (0, 255, 0): 3,
 }
-# The colour each class is written in by the synthetic generator's colour-coded masks.
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {1: (255, 0, 0), 2: (0, 0, 255), 3: (0, 255, 0)}
+#: Display colour (RGB 0..255) of each class, index = class: outlines in overlays, class maps,
+#: QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
+CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
 CACHE_FORMAT = 1  # bump when the processed files' content changes meaning: forces a rebuild
 
 
@@ -610,6 +681,24 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """A raw file skipped or converted; the run summary counts these."""
+
+
+def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
+    """Name of class `index`; `class_<index>` for an index beyond `class_names`."""
+    return class_names[index] if 0 <= index < len(class_names) else f"class_{index}"
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """Display colour (RGB) of class `index` (a fixed grey for classes beyond `CLASS_DISPLAY_COLOURS`)."""
+    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else (160, 160, 160)
+
+
+def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """`image` as an array, if it is uint8 (H, W, 3) RGB; `ValueError` naming `name` and its shape otherwise."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{name} must be uint8 (H, W, 3) RGB; got {image.dtype} {image.shape}")
+    return image
 
 
 # %% [markdown]
@@ -1080,6 +1169,25 @@ def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseC
 # Build the cache on one process only (rank 0 under DDP).
 
 # %% tags=["export"]
+def working_shape(height: int, width: int, working_scale: float) -> tuple[int, int]:
+    """(h, w) of a `height` x `width` image at `working_scale`: round(side * scale), at least 1,
+    as section 1's processed cache (`resize_to_working_scale`) sizes it."""
+    return max(1, round(height * working_scale)), max(1, round(width * working_scale))
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of side `tile_size` covering [0, length) with overlaps >= `overlap`.
+
+    The first tile starts at 0 and the last ends at `length`; the ones between are spread
+    evenly, so no tile is wasted on padding. `length <= tile_size` gives `[0]` (pad first).
+    """
+    if length <= tile_size:
+        return [0]
+    stride = tile_size - overlap
+    n = math.ceil((length - tile_size) / stride) + 1
+    return [int(round(s)) for s in np.linspace(0, length - tile_size, n)]
+
+
 def resize_to_working_scale(
     image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1363,7 +1471,7 @@ def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSampl
 
 
 # %% [markdown]
-# ### Synthetic smears
+# ### Synthetic smears (`uni_seg.synthetic`)
 # For offline runs, the demo profile and the tests: smears drawn in the Kaggle layout with the
 # real data's properties. Red cells are round or slightly elliptic with a pale centre, placed
 # at random so that they touch and overlap (an overlap is darker, as light passes two cells);
@@ -1375,6 +1483,27 @@ def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSampl
 # against the truth and the WBC/platelet classes exist for the NC head to learn.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.config import atomic_write
+from uni_seg.data import MASK_PALETTE, PARTITIONS, ImagePair, relabel_sequential, save_npz_atomic, write_image
+
+# The colour each class is drawn in by colour-coded masks: the palette read backwards (white
+# means "a cell of unknown type" and is never written).
+_MASK_COLOURS: dict[int, tuple[int, int, int]] = {
+    klass: colour for colour, klass in MASK_PALETTE.items() if klass and colour != (255, 255, 255)}
+
 # Optical densities (-log transmission per RGB channel) of the drawn structures: red cells
 # absorb green/blue, Giemsa/Wright-stained nuclei absorb red/green strongly.
 _OD_RBC = np.array([0.10, 0.55, 0.45], np.float32)
@@ -1533,7 +1662,7 @@ def render_synthetic_smear(
         mask = np.repeat((visible * 255).astype(np.uint8)[..., None], 3, axis=2)
     elif mask_style == "palette":
         colours = np.zeros((4, 3), np.uint8)
-        for klass, colour in CLASS_COLOURS.items():
+        for klass, colour in _MASK_COLOURS.items():
             colours[klass] = colour
         mask = colours[np.where(visible, cls, 0)]
     else:
@@ -1614,8 +1743,8 @@ def load_synthetic_truth(image_pair: ImagePair) -> tuple[np.ndarray, np.ndarray]
 # %%
 from IPython.display import display
 
-from uni_seg.data import (build_processed_cache, format_split_table, generate_synthetic_dataset,
-                          instance_statistics, load_manifest, load_processed)
+from uni_seg.data import build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed
+from uni_seg.synthetic import generate_synthetic_dataset
 
 _has_dataset = any((cfg.data_dir / "train" / sub).is_dir() for sub in ("original", "images"))
 if cfg.synthetic_images > 0 and (not _has_dataset or (cfg.data_dir / "synthetic.json").is_file()):
@@ -1687,7 +1816,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
-from uni_seg.data import ProcessedSample, load_processed, start_context, worker_context
+from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -1879,14 +2008,6 @@ class CellAugmenter:
 # persistent (started once per loader, not per epoch) and use one thread each.
 
 # %% tags=["export"]
-def _tile_starts(side: int, crop: int) -> list[int]:
-    """Start offsets of evenly spread tiles of length `crop` covering [0, side)."""
-    if side <= crop:
-        return [0]
-    n = math.ceil(side / crop)
-    return [round(i * (side - crop) / (n - 1)) for i in range(n)]
-
-
 def _to_item(image: np.ndarray, inst: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {
         # Converted in NumPy: torch's thread pool costs milliseconds on tensors this small.
@@ -1933,8 +2054,8 @@ class CellCropDataset(Dataset):
         self.tiles: list[tuple[int, int, int]] = [
             (k, top, left)
             for k, s in enumerate(self.samples)
-            for top in _tile_starts(s.working_hw[0], self.crop_size)
-            for left in _tile_starts(s.working_hw[1], self.crop_size)
+            for top in tile_starts(s.working_hw[0], self.crop_size, 0)
+            for left in tile_starts(s.working_hw[1], self.crop_size, 0)
         ]
         self._augmenter: CellAugmenter | None = None
         self._memory: dict[int, dict[str, np.ndarray]] = {}
@@ -2166,7 +2287,6 @@ plt.show()
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import threading
 from typing import Any, Callable
@@ -3140,7 +3260,7 @@ _gx, _gy = sobel_gradients(_ramp)
 print(f"x-ramp: mean |d/dx| {_gx[..., 2:-2, 2:-2].abs().mean().item():.3f}, mean |d/dy| {_gy.abs().mean().item():.3f}")
 
 # %% [markdown]
-# ## 5. Training engine (`uni_seg.train`)
+# ## 5. Training engine (`uni_seg.engine`)
 #
 # One training loop serves both phases. §6 and §7 only choose its settings: phase 1 trains
 # the decoder on the frozen backbone, phase 2 adds LoRA adapters to the backbone and trains
@@ -3177,219 +3297,8 @@ print(f"x-ramp: mean |d/dx| {_gx[..., 2:-2, 2:-2].abs().mean().item():.3f}, mean
 #   decided once on rank 0 and broadcast, so every rank leaves the loop at the same epoch.
 #   The same code runs under `torchrun` or `srun` (`python -m uni_seg.train --help`).
 
-# %% tags=["export"]
-from __future__ import annotations
-
-import argparse
-import contextlib
-import dataclasses
-import datetime
-import importlib
-import inspect
-import json
-import math
-import os
-import random
-import socket
-import sys
-import time
-import uuid
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DataLoader
-
-from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries, resolve_config, resolve_precision
-from uni_seg.targets import EpochItems, EpochSampler, make_loader
-
-CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"
-CHECKPOINT_VERSION = 1
-SCHEDULES = ("warmup_cosine_restarts", "cosine")
-#: Keys of a history row that measure time, not training: they differ between identical runs.
-TIMING_KEYS = ("seconds", "train_seconds", "data_seconds")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, not ours, damaged, or from another configuration."""
-
-
-class TrainingDivergedError(RuntimeError):
-    """Too many optimiser steps in a row had a non-finite loss or gradient."""
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseConfig:
-    """The settings of one training phase. All but the last three are notebook parameters
-    (see `phase_config_from_run`); `min_delta`, `max_nonfinite_steps` and `grad_clip` (max
-    gradient norm, None = no clipping) keep their defaults unless a caller sets them.
-
-    `batch_size` is the number of crops per forward pass *per process*; `grad_accum_target`
-    the number of crops (over all processes) per optimiser step, `None` for one micro-batch
-    per step. `schedule` is "warmup_cosine_restarts" (linear warm-up over `warmup_epochs`, then
-    cosine annealing restarted every `restart_period` epochs) or "cosine" (one half cosine
-    over `epochs`). `precision` is "auto", "bf16", "fp16" or "fp32". An epoch improves on the
-    best when its validation loss is lower by more than `min_delta`.
-    """
-
-    phase: int
-    epochs: int
-    patience: int
-    batch_size: int
-    lr_decoder: float
-    lr_lora: float | None = None
-    weight_decay: float = 1e-4
-    schedule: str = "warmup_cosine_restarts"
-    warmup_epochs: int = 0
-    restart_period: int = 20
-    grad_accum_target: int | None = None
-    precision: str = "auto"
-    use_compile: bool = False
-    num_workers: int = 0
-    seed: int = 42
-    min_delta: float = 0.0
-    max_nonfinite_steps: int = 10
-    grad_clip: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.phase not in (1, 2):
-            raise ValueError(f"phase={self.phase!r} must be 1 or 2")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
-        for name in ("epochs", "patience", "batch_size", "restart_period", "max_nonfinite_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.warmup_epochs < 0 or self.num_workers < 0:
-            raise ValueError("warmup_epochs and num_workers must be >= 0")
-        if self.phase == 2 and self.lr_lora is None:
-            raise ValueError("phase 2 needs lr_lora (the learning rate of the LoRA adapters)")
-
-
-@dataclasses.dataclass(frozen=True)
-class Factory:
-    """A picklable recipe for an object: `target` names a callable as "package.module:name".
-
-    Spawned worker processes import the module and call it with `kwargs` (plain values only),
-    which is how DDP workers rebuild the model, datasets and loss of a notebook run.
-    """
-
-    target: str
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def resolve(self) -> Callable[..., Any]:
-        """The callable `target` names (imports its module)."""
-        module_name, _, attr = self.target.partition(":")
-        if not attr:
-            raise ValueError(f"Factory target {self.target!r} must look like 'package.module:callable'")
-        fn: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        return fn
-
-    def build(self, **overrides: Any) -> Any:
-        """Call the target with `kwargs` updated by `overrides`."""
-        return self.resolve()(**{**self.kwargs, **overrides})
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSpec:
-    """Everything one phase needs, as plain picklable values.
-
-    `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
-    weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
-    `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
-    visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
-    without, the phase starts over and overwrites it.
-    """
-
-    phase: PhaseConfig
-    model: Factory
-    train_data: Factory
-    val_data: Factory
-    loss: Factory
-    checkpoint_dir: Path
-    results_dir: Path
-    working_scale: float | None = None
-    lora: tuple[int, float] | None = None
-    init_checkpoint: Path | None = None
-    resume: bool = True
-    device: str = "auto"
-    progress: bool = True
-    plot: bool = True
-
-    @property
-    def latest_path(self) -> Path:
-        return Path(self.checkpoint_dir) / f"latest_phase{self.phase.phase}.pth"
-
-    @property
-    def best_path(self) -> Path:
-        return Path(self.checkpoint_dir) / f"best_phase{self.phase.phase}.pth"
-
-    @property
-    def history_path(self) -> Path:
-        return Path(self.results_dir) / f"history_phase{self.phase.phase}.json"
-
-    @property
-    def curves_path(self) -> Path:
-        return Path(self.results_dir) / f"training_curves_phase{self.phase.phase}.png"
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """What a phase left behind. `epochs_done` counts completed epochs; `stop_reason` is
-    "max_epochs" or "early_stopping"; `history` has one dict per epoch (see `train_phase`)."""
-
-    phase: int
-    epochs_done: int
-    best_epoch: int
-    best_val_loss: float
-    stop_reason: str
-    history: list[dict[str, Any]]
-    best_checkpoint: Path
-    latest_checkpoint: Path
-    history_path: Path
-    curves_path: Path | None
-
-
 # %% [markdown]
-# ### Learning-rate schedules
-#
-# The schedule is a pure function of the epoch, applied through `LambdaLR`. We write the two
-# formulas out instead of chaining `LinearLR`, `CosineAnnealingWarmRestarts` and
-# `SequentialLR` because then the scheduler's saved state is only its epoch counter: a run
-# resumed with more epochs (or a longer cosine) follows the *new* settings, and the
-# checkpoint holds no pickled objects. Phase 1 warms up linearly, `(e + 1) / (warmup + 1)`,
-# then follows `0.5 (1 + cos(pi t / T0))` with `t` the epochs since the last restart, as
-# `CosineAnnealingWarmRestarts(T_0=T0, eta_min=0)` does; phase 2 anneals once over all epochs.
-
-# %% tags=["export"]
-def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0, restart_period: int = 20) -> float:
-    """Multiplier of the base learning rate at 0-based `epoch`, in (0, 1]."""
-    if schedule == "warmup_cosine_restarts":
-        if epoch < warmup_epochs:
-            return (epoch + 1) / (warmup_epochs + 1)
-        t = (epoch - warmup_epochs) % restart_period
-        return 0.5 * (1.0 + math.cos(math.pi * t / restart_period))
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
-    raise ValueError(f"schedule={schedule!r} is not one of {list(SCHEDULES)}")
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings."""
-    def factor(epoch: int) -> float:  # a closure: LambdaLR saves no state for plain functions
-        return lr_factor(epoch, phase.schedule, phase.epochs, phase.warmup_epochs, phase.restart_period)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# %% [markdown]
-# ### Checkpoints
+# ### Checkpoints (`uni_seg.checkpoints`)
 #
 # A checkpoint is a dict of tensors and plain values: the format tag, the phase and epoch,
 # the model's `config` (enough for `build_model(**config, weights="none")` to rebuild the
@@ -3402,6 +3311,29 @@ def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torc
 # may change between runs.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import inspect
+import json
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from uni_seg.config import Factory, atomic_open
+
+CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
+CHECKPOINT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, not ours, damaged, or from another configuration."""
+
+
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """`torch.save` to `path` through `atomic_open` (§0)."""
     with atomic_open(path, "wb") as handle:
@@ -3514,6 +3446,189 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
 
 # %% [markdown]
+# ### The settings of a phase (`uni_seg.engine`)
+#
+# `PhaseConfig` holds the hyperparameters of one phase, `TrainSpec` everything a phase needs to
+# run anywhere (as plain picklable values: `Factory` recipes for the model, the datasets and the
+# loss, so that a spawned DDP worker can rebuild them), and `TrainResult` what it leaves behind.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader
+
+from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
+                                 atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
+                                 restore_rng_state)
+from uni_seg.config import (Factory, atomic_open, atomic_write, autocast, remove_stale_temporaries, resolve_device,
+                            resolve_precision, seed_everything)
+from uni_seg.targets import EpochItems, EpochSampler, make_loader
+
+SCHEDULES = ("warmup_cosine_restarts", "cosine")
+#: Keys of a history row that measure time, not training: they differ between identical runs.
+TIMING_KEYS = ("seconds", "train_seconds", "data_seconds")
+
+
+class TrainingDivergedError(RuntimeError):
+    """Too many optimiser steps in a row had a non-finite loss or gradient."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseConfig:
+    """The settings of one training phase. All but the last three are notebook parameters
+    (see `phase_config_from_run`); `min_delta`, `max_nonfinite_steps` and `grad_clip` (max
+    gradient norm, None = no clipping) keep their defaults unless a caller sets them.
+
+    `batch_size` is the number of crops per forward pass *per process*; `grad_accum_target`
+    the number of crops (over all processes) per optimiser step, `None` for one micro-batch
+    per step. `schedule` is "warmup_cosine_restarts" (linear warm-up over `warmup_epochs`, then
+    cosine annealing restarted every `restart_period` epochs) or "cosine" (one half cosine
+    over `epochs`). `precision` is "auto", "bf16", "fp16" or "fp32". An epoch improves on the
+    best when its validation loss is lower by more than `min_delta`.
+    """
+
+    phase: int
+    epochs: int
+    patience: int
+    batch_size: int
+    lr_decoder: float
+    lr_lora: float | None = None
+    weight_decay: float = 1e-4
+    schedule: str = "warmup_cosine_restarts"
+    warmup_epochs: int = 0
+    restart_period: int = 20
+    grad_accum_target: int | None = None
+    precision: str = "auto"
+    use_compile: bool = False
+    num_workers: int = 0
+    seed: int = 42
+    min_delta: float = 0.0
+    max_nonfinite_steps: int = 10
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in (1, 2):
+            raise ValueError(f"phase={self.phase!r} must be 1 or 2")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is not one of {list(SCHEDULES)}")
+        for name in ("epochs", "patience", "batch_size", "restart_period", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.warmup_epochs < 0 or self.num_workers < 0:
+            raise ValueError("warmup_epochs and num_workers must be >= 0")
+        if self.phase == 2 and self.lr_lora is None:
+            raise ValueError("phase 2 needs lr_lora (the learning rate of the LoRA adapters)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Everything one phase needs, as plain picklable values.
+
+    `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
+    weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
+    `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
+    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
+    visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
+    without, the phase starts over and overwrites it.
+    """
+
+    phase: PhaseConfig
+    model: Factory
+    train_data: Factory
+    val_data: Factory
+    loss: Factory
+    checkpoint_dir: Path
+    results_dir: Path
+    working_scale: float | None = None
+    lora: tuple[int, float] | None = None
+    init_checkpoint: Path | None = None
+    resume: bool = True
+    device: str = "auto"
+    progress: bool = True
+    plot: bool = True
+
+    @property
+    def latest_path(self) -> Path:
+        return Path(self.checkpoint_dir) / f"latest_phase{self.phase.phase}.pth"
+
+    @property
+    def best_path(self) -> Path:
+        return Path(self.checkpoint_dir) / f"best_phase{self.phase.phase}.pth"
+
+    @property
+    def history_path(self) -> Path:
+        return Path(self.results_dir) / f"history_phase{self.phase.phase}.json"
+
+    @property
+    def curves_path(self) -> Path:
+        return Path(self.results_dir) / f"training_curves_phase{self.phase.phase}.png"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a phase left behind. `epochs_done` counts completed epochs; `stop_reason` is
+    "max_epochs" or "early_stopping"; `history` has one dict per epoch (see `train_phase`)."""
+
+    phase: int
+    epochs_done: int
+    best_epoch: int
+    best_val_loss: float
+    stop_reason: str
+    history: list[dict[str, Any]]
+    best_checkpoint: Path
+    latest_checkpoint: Path
+    history_path: Path
+    curves_path: Path | None
+
+
+# %% [markdown]
+# ### Learning-rate schedules
+#
+# The schedule is a pure function of the epoch, applied through `LambdaLR`. We write the two
+# formulas out instead of chaining `LinearLR`, `CosineAnnealingWarmRestarts` and
+# `SequentialLR` because then the scheduler's saved state is only its epoch counter: a run
+# resumed with more epochs (or a longer cosine) follows the *new* settings, and the
+# checkpoint holds no pickled objects. Phase 1 warms up linearly, `(e + 1) / (warmup + 1)`,
+# then follows `0.5 (1 + cos(pi t / T0))` with `t` the epochs since the last restart, as
+# `CosineAnnealingWarmRestarts(T_0=T0, eta_min=0)` does; phase 2 anneals once over all epochs.
+
+# %% tags=["export"]
+def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0, restart_period: int = 20) -> float:
+    """Multiplier of the base learning rate at 0-based `epoch`, in (0, 1]."""
+    if schedule == "warmup_cosine_restarts":
+        if epoch < warmup_epochs:
+            return (epoch + 1) / (warmup_epochs + 1)
+        t = (epoch - warmup_epochs) % restart_period
+        return 0.5 * (1.0 + math.cos(math.pi * t / restart_period))
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    raise ValueError(f"schedule={schedule!r} is not one of {list(SCHEDULES)}")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings."""
+    def factor(epoch: int) -> float:  # a closure: LambdaLR saves no state for plain functions
+        return lr_factor(epoch, phase.schedule, phase.epochs, phase.warmup_epochs, phase.restart_period)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# %% [markdown]
 # ### Processes, devices and data order
 #
 # `DistContext` says which process this is. The data side is §2's: every loader is
@@ -3546,48 +3661,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(kind: str, local_rank: int = 0) -> torch.device:
-    """`torch.device` for "auto" (CUDA when visible), "cpu" or "cuda" (the `local_rank`-th GPU)."""
-    if kind not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device={kind!r} must be 'auto', 'cpu' or 'cuda'")
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' was asked for but no GPU is visible")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env_world() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) from torchrun's or SLURM's variables, or None when absent."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return None
-
-
-def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: str) -> DistContext:
-    """Join the process group (NCCL on GPUs, gloo on CPUs) through MASTER_ADDR/MASTER_PORT."""
-    device = resolve_device(device_kind, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:
-            raise RuntimeError("MASTER_ADDR is not set: under srun, export MASTER_ADDR=$(scontrol show hostnames "
-                               "$SLURM_JOB_NODELIST | head -n1) and MASTER_PORT=29500 before launching")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(minutes=30))
-    return DistContext(rank, world_size, local_rank, device)
 
 
 # %% [markdown]
@@ -3635,16 +3708,10 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
 def _forward_loss(forward: Callable, loss_fn: Callable, batch: dict[str, Any], device: torch.device,
                   precision: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(total loss, per-head losses) of one batch; the model under autocast, the loss in fp32."""
-    with _autocast(device, precision):
+    with autocast(device, precision):
         outputs = forward(batch["image"])
     return loss_fn({k: v.float() for k, v in outputs.items()}, batch)
 
@@ -3791,9 +3858,7 @@ class _PhaseRun:
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
         # The same initial weights on every rank (DDP also broadcasts rank 0's when wrapping).
-        random.seed(pc.seed)
-        np.random.seed(pc.seed)
-        torch.manual_seed(pc.seed)
+        seed_everything(pc.seed)
         resume_state = None
         if spec.resume and spec.latest_path.exists():
             resume_state = load_checkpoint(spec.latest_path)
@@ -4110,7 +4175,7 @@ def plot_training_curves(history: list[Mapping[str, Any]], path: str | Path, tit
 
 
 # %% [markdown]
-# ### Launching: one process, several GPUs, or a cluster
+# ### Launching: one process, several GPUs, or a cluster (`uni_seg.train`)
 #
 # `launch_training(spec, n_gpus)` trains in this process for `n_gpus <= 1`, and otherwise
 # spawns `n_gpus` processes (`torch.multiprocessing`, start method "spawn") that each run
@@ -4121,6 +4186,58 @@ def plot_training_curves(history: list[Mapping[str, Any]], path: str | Path, tit
 # `spec_from_config` turns the notebook's `RunConfig` into the specs of both phases.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from uni_seg.checkpoints import CheckpointError, load_checkpoint
+from uni_seg.config import Factory, resolve_config, resolve_device
+from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
+                            train_phase)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_world() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from torchrun's or SLURM's variables, or None when absent."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return None
+
+
+def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: str) -> DistContext:
+    """Join the process group (NCCL on GPUs, gloo on CPUs) through MASTER_ADDR/MASTER_PORT."""
+    device = resolve_device(device_kind, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:
+            raise RuntimeError("MASTER_ADDR is not set: under srun, export MASTER_ADDR=$(scontrol show hostnames "
+                               "$SLURM_JOB_NODELIST | head -n1) and MASTER_PORT=29500 before launching")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(minutes=30))
+    return DistContext(rank, world_size, local_rank, device)
+
+
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -4293,7 +4410,8 @@ def spec_from_json(text: str) -> TrainSpec:
 # The two schedules with the run's settings (one value per epoch):
 
 # %%
-from uni_seg.train import lr_factor, phase_config_from_run
+from uni_seg.engine import lr_factor
+from uni_seg.train import phase_config_from_run
 
 for _phase in (1, 2):
     _pc = phase_config_from_run(cfg, _phase)
@@ -4350,7 +4468,7 @@ else:
 # the working scale and every weight, so `python -m uni_seg.infer` needs nothing else.
 
 # %%
-from uni_seg.train import load_model_from_checkpoint
+from uni_seg.checkpoints import load_model_from_checkpoint
 
 spec_phase2 = spec_from_config(cfg, phase=2)
 print(spec_phase2.phase)
@@ -4386,7 +4504,7 @@ else:
     print(f"WARNING: no checkpoint in {cfg.checkpoint_dir}: §8-§10 evaluate the untrained model of §3")
 
 # %% [markdown]
-# ## 8. Inference and post-processing (`uni_seg.infer`)
+# ## 8. Inference and post-processing (`uni_seg.postproc`)
 #
 # The model gives three maps per pixel; a pathologist wants a list of cells. This part of the
 # section turns the maps into an instance label map (one integer per cell), gives each cell a
@@ -4441,6 +4559,7 @@ else:
 # %% tags=["export"]
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping
@@ -4451,7 +4570,7 @@ import cv2
 import numpy as np
 from skimage.segmentation import watershed
 
-from uni_seg.config import atomic_open
+from uni_seg.config import write_json_atomic
 
 #: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
 #: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
@@ -4834,379 +4953,10 @@ def instance_scores(inst: np.ndarray, np_prob: np.ndarray) -> np.ndarray:
 
 
 # %% [markdown]
-# A look at the post-processing on a small synthetic field: two touching pairs and lone cells
-# of several sizes, their true maps blurred and made noisy as a model's would be.
-
-# %%
-import time
-
-import numpy as np
-from scipy import ndimage as ndi
-
-from uni_seg.infer import DEFAULT_POSTPROC_PARAMS, classify_instances, instance_scores, instances_from_maps
-from uni_seg.targets import hv_maps
-
-_yy, _xx = np.indices((240, 320))
-demo_true = np.zeros((240, 320), np.int32)
-for _i, (_cy, _cx, _r) in enumerate([(60, 60, 26), (62, 108, 24), (160, 70, 30), (165, 128, 30),
-                                     (90, 230, 40), (200, 260, 12), (30, 290, 9)], start=1):
-    demo_true[((_yy - _cy) ** 2 + (_xx - _cx) ** 2 <= _r * _r) & (demo_true == 0)] = _i
-_rng = np.random.default_rng(cfg.seed)
-demo_np = np.clip(ndi.gaussian_filter((demo_true > 0).astype(np.float32), 2)
-                  + 0.1 * _rng.standard_normal(demo_true.shape), 0, 1).astype(np.float32)
-demo_hv = np.clip(ndi.gaussian_filter(hv_maps(demo_true), (0, 2, 2))
-                  + 0.1 * _rng.standard_normal((2, *demo_true.shape)), -1, 1).astype(np.float32)
-_t0 = time.perf_counter()
-demo_pred = instances_from_maps(demo_np, demo_hv)
-_ms = 1000 * (time.perf_counter() - _t0)
-# a made-up NC map: the left half of the field looks like RBCs, the right half like WBCs
-_nc = np.zeros((4, *demo_true.shape), np.float32)
-_nc[0], _nc[1, :, :160], _nc[2, :, 160:] = 0.2, 0.8, 0.8
-demo_classes, demo_class_probs = classify_instances(demo_pred, _nc / _nc.sum(0))
-print(f"{demo_true.max()} true cells -> {demo_pred.max()} found in {_ms:.1f} ms "
-      f"(defaults: {DEFAULT_POSTPROC_PARAMS})")
-print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2) for v in instance_scores(demo_pred, demo_np)[1:]])
-
-
-# %% [markdown]
-# The parameters that evaluation and inference use live in one small JSON file,
-# `results/postproc_params.json`, written by the tuning cell of section 9 (`tune_postproc`
-# needs the metrics) and read back here; without it the defaults above apply.
-
-# %% tags=["export"]
-def write_json_atomic(path: str | Path, doc: Any) -> Path:
-    """Write `doc` as strict JSON (no NaN; `ValueError` otherwise) to `path` through §0's
-    `atomic_open`, so a reader never sees half a file; parent folders are created. Returns `path`."""
-    with atomic_open(path, "w") as f:
-        json.dump(doc, f, indent=1, allow_nan=False)
-        f.write("\n")
-    return Path(path)
-
-
-def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
-    """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
-    (results/postproc_params.json) atomically (temp file + rename)."""
-    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in validate_postproc_params(dict(params)).items()}
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = dict(params=params, score=dict(pq=None if score is None else float(score)), created=created, **extra)
-    return write_json_atomic(path, doc)
-
-
-def load_postproc_params(path: str | Path) -> dict[str, Any]:
-    """The full `instances_from_maps` parameter dict saved by `save_postproc_params`.
-
-    Raises `FileNotFoundError` when `path` is missing and `ValueError` naming the file when
-    it is not such a document or holds unknown parameters.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no post-processing parameters at {path} (run the tuning cell or use the defaults)")
-    try:
-        doc = json.loads(path.read_text())
-        params = doc["params"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a post-processing parameter file ({e})") from None
-    try:
-        return validate_postproc_params(params)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
-
-
-# %% [markdown]
-# ### Tiled inference on full-size images
-#
-# The model was trained on crops at the working scale; a smear photograph is larger (BCCD:
-# 1600x1200, 800x600 at the working scale 0.5) and a slide scan far larger. `predict_maps`
-# resizes the image to the working scale and slides a square window over it with an overlap.
-# Each tile's NP, HV and NC maps (probabilities, not logits) are added into full-image
-# accumulators with a smooth weight that falls from 1 in the tile's interior towards ~0 at its
-# edges (a raised cosine over the overlap), and the sums are divided by the summed weights at
-# the end. Two facts make the seams vanish:
-#
-# * where two tiles overlap by exactly the overlap, the two ramps add up to 1 (cos² + sin²),
-#   so the blend is a partition of unity and a model whose output does not depend on its
-#   context reproduces a single whole-image pass exactly (a test checks this);
-# * a tile's edge pixels, which saw the least context, get the least weight.
-#
-# Blending happens on the *maps*, before post-processing, so a cell lying on a seam is one
-# cell in the blended maps and the watershed never sees the seam. Tiles run in batches under
-# autocast; the accumulators live on the model's device, so a GPU never waits for the host
-# between tiles. Tiles are placed evenly from the image's first to its last pixel (overlaps
-# are at least `overlap`); an image smaller than one tile is reflect-padded to the tile.
-
-# %% tags=["export"]
-# (the post-processing cells above import some of these too; this part names its own)
-import contextlib
-import csv
-import dataclasses
-import json
-import math
-import sys
-import time
-import uuid
-from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
-import cv2
-import numpy as np
-import torch
-from scipy import ndimage as ndi
-from skimage.measure import regionprops_table
-
-# Every file is written through §0's `atomic_open`. Class names (index = NC channel), the image
-# reader (RGB uint8; a bad file raises a DataError naming it) and writer are section 1's.
-from uni_seg.config import atomic_open, atomic_write
-from uni_seg.data import CLASS_NAMES, read_image, write_image
-
-#: Display colour (RGB 0..255) of each class: contours in overlays, class maps, QuPath classes.
-CLASS_COLORS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
-#: File extensions `run_folder_inference` picks up (case-insensitive).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
-    """Name of class `index`; `class_<index>` for an index beyond `class_names`."""
-    return class_names[index] if 0 <= index < len(class_names) else f"class_{index}"
-
-
-def class_color(index: int) -> tuple[int, int, int]:
-    """RGB colour of class `index` (a fixed grey for classes beyond `CLASS_COLORS`)."""
-    return CLASS_COLORS[index] if 0 <= index < len(CLASS_COLORS) else (160, 160, 160)
-
-
-def working_shape(height: int, width: int, working_scale: float) -> tuple[int, int]:
-    """(h, w) of a `height` x `width` image at `working_scale`: round(side * scale), at least 1,
-    as section 1's processed cache (`resize_to_working_scale`) sizes it."""
-    return max(1, round(height * working_scale)), max(1, round(width * working_scale))
-
-
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
-    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
-    h, w = shape
-    if image.shape[:2] == (h, w):
-        return image
-    shrink = h * w < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
-
-    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
-    enlarging by an integer factor turns each pixel into an exact block.
-    """
-    h, w = labels.shape
-    if (h, w) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
-def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side `tile_size` covering [0, length) with overlaps >= `overlap`.
-
-    The first tile starts at 0 and the last ends at `length`; the ones between are spread
-    evenly, so no tile is wasted on padding. `length <= tile_size` gives `[0]` (pad first).
-    """
-    if length <= tile_size:
-        return [0]
-    stride = tile_size - overlap
-    n = math.ceil((length - tile_size) / stride) + 1
-    return [int(round(s)) for s in np.linspace(0, length - tile_size, n)]
-
-
-def blend_window(tile_size: int, overlap: int) -> np.ndarray:
-    """Blending weight of one tile: float32 (tile_size, tile_size) in (0, 1].
-
-    Separable: along each axis 1 in the interior and a raised-cosine ramp sin²(π/2 · (i+½)/overlap)
-    over the `overlap` pixels at each end. Two tiles overlapping by exactly `overlap` have
-    ramps that sum to 1; the weight never reaches 0, so every pixel is covered.
-    """
-    ramp = np.ones(tile_size, dtype=np.float64)
-    if overlap > 0:
-        rise = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
-        ramp[:overlap] = rise
-        ramp[-overlap:] = np.minimum(ramp[-overlap:], rise[::-1])
-    return np.outer(ramp, ramp).astype(np.float32)
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={precision!r} is not one of 'fp32', 'bf16', 'fp16' (resolve 'auto' first)")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
-
-
-def _check_image(image: np.ndarray, name: str = "image") -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-        raise ValueError(f"{name} must be uint8 (H, W, 3) RGB; got {image.dtype} {image.shape}")
-    return image
-
-
-# %% [markdown]
-# **Test-time augmentation.** With `tta=True` every tile is also seen flipped and rotated
-# (the eight symmetries of a square: 4 rotations x with/without a horizontal flip) and the
-# eight predictions are averaged after undoing each transform. NP and NC are scalar fields:
-# undoing the transform is the inverse flip/rotation of the map. HV is a *vector* field (the
-# offset of a pixel from its cell's centre), so its two channels also transform: a horizontal
-# flip negates H; `torch.rot90` by one quarter turn (rows towards columns) maps an offset
-# (h, v) to (v, -h), so undoing it maps (h', v') back to (-v', h'). A test with a model that
-# computes HV from the tile's own cells (exactly equivariant) checks that TTA gives the plain
-# output back. TTA costs 8x the model time; it is off unless `USE_TTA` / `--tta` asks for it.
-
-# %% tags=["export"]
-#: The eight symmetries of a square: (horizontal flip first?, then quarter turns k of torch.rot90).
-TTA_TRANSFORMS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
-
-
-def _tta_forward(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
-    """Apply the symmetry to (B, C, H, W) tensors: flip along W, then rotate k quarter turns."""
-    if flip:
-        x = torch.flip(x, dims=(-1,))
-    return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
-
-
-def _tta_inverse(maps: torch.Tensor, flip: bool, k: int, hv_channels: slice) -> torch.Tensor:
-    """Undo `_tta_forward` on stacked output maps (B, C, H, W), including HV's vector components.
-
-    Spatially: rotate back, then un-flip. HV (the channels in `hv_channels`, order h, v): undo
-    each quarter turn with (h, v) <- (-v, h), then the flip with h <- -h.
-    """
-    if k % 4:
-        maps = torch.rot90(maps, -k, dims=(-2, -1))
-    if flip:
-        maps = torch.flip(maps, dims=(-1,))
-    hv = maps[:, hv_channels]
-    h, v = hv[:, 0], hv[:, 1]
-    for _ in range(k % 4):
-        h, v = -v, h
-    if flip:
-        h = -h
-    out = maps.clone()
-    out[:, hv_channels.start] = h
-    out[:, hv_channels.start + 1] = v
-    return out
-
-
-def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
-    """One forward pass on tiles x float32 (B, 3, t, t) in [0, 1]: stacked float32 maps
-    (B, 1 + 2 + C, t, t) = NP probability, HV, NC probabilities."""
-    with _autocast(x.device, precision):
-        out = model(x)
-    np_logits = out["np"].float()
-    hv = out["hv"].float()
-    nc_logits = out["nc"].float()
-    if np_logits.shape[-2:] != x.shape[-2:] or hv.shape[1] != 2:
-        raise ValueError(
-            f"model outputs np {tuple(np_logits.shape)}, hv {tuple(hv.shape)} for input {tuple(x.shape)}; "
-            "expected (B, 1, H, W) and (B, 2, H, W) at the input's size"
-        )
-    # NP as one logit (the contract) or as two-class logits (HoVer-Net's own layout).
-    np_prob = torch.sigmoid(np_logits) if np_logits.shape[1] == 1 else torch.softmax(np_logits, dim=1)[:, 1:2]
-    return torch.cat([np_prob, hv, torch.softmax(nc_logits, dim=1)], dim=1)
-
-
-def predict_maps(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
-) -> dict[str, np.ndarray]:
-    """The model's maps for a whole image of any size, at the working scale.
-
-    Args:
-        model: a `CellSegModel` (or any module with its contract: float32 (B, 3, t, t) RGB in
-            [0, 1] -> dict "np" (B, 1, t, t) logits, "hv" (B, 2, t, t), "nc" (B, C, t, t) logits).
-            Run in eval mode (its mode is restored afterwards); moved to `device` if given.
-        image: uint8 (H, W, 3) RGB at the original resolution.
-        working_scale: resize factor to the scale the model was trained at (1.0: as given).
-        tile_size: side of the sliding window in working-scale pixels (a multiple of 16).
-        overlap: minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size.
-        tta: average over the 8 flips/rotations (8x the model time).
-        device: where the model runs; None = where its parameters are.
-        precision: "fp32", "bf16" or "fp16" autocast.
-        batch_size: tiles per forward pass.
-
-    Returns:
-        dict at the working scale (h, w) = `working_shape(H, W, working_scale)`:
-        "np" float32 (h, w) in [0, 1] cell probability; "hv" float32 (2, h, w) ~[-1, 1]
-        (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
-    """
-    image = _check_image(image)
-    if tile_size <= 0 or tile_size % 16:
-        raise ValueError(f"tile_size={tile_size} must be a positive multiple of 16 (the ViT patch size)")
-    if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    params = list(model.parameters())
-    if device is None:
-        device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
-    if params and params[0].device != device:
-        model.to(device)
-
-    h, w = working_shape(*image.shape[:2], working_scale)
-    scaled = resize_image(image, (h, w))
-    ph, pw = max(h, tile_size), max(w, tile_size)
-    if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
-        scaled = np.pad(scaled, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-    pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
-    corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
-    window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
-    transforms = TTA_TRANSFORMS if tta else ((False, 0),)
-
-    acc: torch.Tensor | None = None
-    weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(corners), batch_size):
-                chunk = corners[i : i + batch_size]
-                tiles = torch.stack([pixels[:, y : y + tile_size, x : x + tile_size] for y, x in chunk])
-                maps = None
-                for flip, k in transforms:
-                    out = _model_maps(model, _tta_forward(tiles, flip, k), precision)
-                    out = _tta_inverse(out, flip, k, slice(1, 3))
-                    maps = out if maps is None else maps.add_(out)
-                maps.div_(len(transforms))
-                if acc is None:
-                    acc = torch.zeros((maps.shape[1], ph, pw), dtype=torch.float32, device=device)
-                for (y, x), tile_maps in zip(chunk, maps):
-                    acc[:, y : y + tile_size, x : x + tile_size].addcmul_(tile_maps, window)
-                    weight[y : y + tile_size, x : x + tile_size].add_(window)
-    finally:
-        model.train(was_training)
-    blended = (acc / weight)[:, :h, :w].cpu().numpy()
-    return {
-        "np": np.ascontiguousarray(blended[0]),
-        "hv": np.ascontiguousarray(blended[1:3]),
-        "nc": np.ascontiguousarray(blended[3:]),
-    }
-
-
-# %% [markdown]
-# **From maps to cells at the original resolution.** `segment_image` post-processes at the
-# working scale and only then enlarges the label map (nearest neighbour) to the original
-# size. The alternative, enlarging the maps bilinearly and post-processing at full size, was
-# rejected: the post-processing parameters (minimum areas, Sobel kernel) are tuned on the
-# validation set at the working scale and would not transfer, and the watershed would run on
-# 1/scale² = 4x the pixels (bench/bench_infer.py measures both). The price is cell outlines
-# with 2-pixel steps at scale 0.5, well inside the annotations' own precision. Per cell it
-# returns the class (majority vote of the NC map), the class probability, and a detection
-# score: the mean NP probability inside the cell, which COCO mAP ranks detections by.
+# **What comes out.** A `Segmentation` holds the cells of one image: the label map, and per cell
+# its class, class probability and detection score (arrays indexed by cell id). A
+# `SplitPrediction` adds the truth of an image of the processed cache, for evaluation.
+# `cells_from_maps` is the whole of this part in one call: maps in, cells out.
 
 # %% tags=["export"]
 @dataclasses.dataclass
@@ -5253,56 +5003,108 @@ def cells_from_maps(
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
 
-def segment_image(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    postproc_params: Mapping[str, Any] | None = None,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
-    keep_maps: bool = True,
-) -> Segmentation:
-    """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
-    working scale, labels enlarged (nearest) to the original size.
+@dataclasses.dataclass
+class SplitPrediction:
+    """True and predicted cells of one processed image (all at the working scale).
 
-    `image` uint8 (H, W, 3) RGB; `postproc_params` keyword arguments of `instances_from_maps`
-    (None = its defaults; e.g. the tuned `results/postproc_params.json`); the other arguments
-    as in `predict_maps`. Returns a `Segmentation` whose `inst` is (H, W).
+    image uint8 (h, w, 3); true_inst int32 (h, w); true_cls uint8 (h, w); pred_inst int32
+    (h, w); classes int64, class_probs and scores float32 (N + 1,) by predicted cell id;
+    maps as `predict_maps` returns them, or None.
     """
-    t0 = time.perf_counter()
-    maps = predict_maps(model, image, working_scale, tile_size, overlap, tta, device, precision, batch_size)
-    t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
-    t2 = time.perf_counter()
-    inst = resize_labels(inst_working, image.shape[:2])
-    n = len(classes) - 1
-    if inst.shape != inst_working.shape and n:
-        # Shrinking (working scale > 1) can drop a tiny cell: renumber and keep the arrays aligned.
-        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
-        present[0] = True
-        if not present.all():
-            lut = np.cumsum(present).astype(np.int32) - 1
-            inst = lut[inst]
-            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
-            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
-    t3 = time.perf_counter()
-    return Segmentation(
-        inst=inst.astype(np.int32, copy=False),
-        classes=classes,
-        class_probs=class_probs,
-        scores=scores,
-        inst_working=inst_working,
-        maps=maps if keep_maps else None,
-        seconds={"model": t1 - t0, "postproc": t2 - t1, "resize": t3 - t2},
-    )
+
+    stem: str
+    image: np.ndarray
+    true_inst: np.ndarray
+    true_cls: np.ndarray
+    pred_inst: np.ndarray
+    classes: np.ndarray
+    class_probs: np.ndarray
+    scores: np.ndarray
+    maps: dict[str, np.ndarray] | None
+
+    @property
+    def pred_cls(self) -> np.ndarray:
+        """uint8 (h, w) predicted class of each pixel."""
+        return self.classes.astype(np.uint8)[self.pred_inst]
+
+    @property
+    def score_by_id(self) -> dict[int, float]:
+        """{predicted id: score}, the form `coco_ap` takes."""
+        return {i: float(s) for i, s in enumerate(self.scores) if i > 0}
 
 
 # %% [markdown]
-# ### Exports
+# A look at the post-processing on a small synthetic field: two touching pairs and lone cells
+# of several sizes, their true maps blurred and made noisy as a model's would be.
+
+# %%
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, classify_instances, instance_scores, instances_from_maps
+from uni_seg.targets import hv_maps
+
+_yy, _xx = np.indices((240, 320))
+demo_true = np.zeros((240, 320), np.int32)
+for _i, (_cy, _cx, _r) in enumerate([(60, 60, 26), (62, 108, 24), (160, 70, 30), (165, 128, 30),
+                                     (90, 230, 40), (200, 260, 12), (30, 290, 9)], start=1):
+    demo_true[((_yy - _cy) ** 2 + (_xx - _cx) ** 2 <= _r * _r) & (demo_true == 0)] = _i
+_rng = np.random.default_rng(cfg.seed)
+demo_np = np.clip(ndi.gaussian_filter((demo_true > 0).astype(np.float32), 2)
+                  + 0.1 * _rng.standard_normal(demo_true.shape), 0, 1).astype(np.float32)
+demo_hv = np.clip(ndi.gaussian_filter(hv_maps(demo_true), (0, 2, 2))
+                  + 0.1 * _rng.standard_normal((2, *demo_true.shape)), -1, 1).astype(np.float32)
+_t0 = time.perf_counter()
+demo_pred = instances_from_maps(demo_np, demo_hv)
+_ms = 1000 * (time.perf_counter() - _t0)
+# a made-up NC map: the left half of the field looks like RBCs, the right half like WBCs
+_nc = np.zeros((4, *demo_true.shape), np.float32)
+_nc[0], _nc[1, :, :160], _nc[2, :, 160:] = 0.2, 0.8, 0.8
+demo_classes, demo_class_probs = classify_instances(demo_pred, _nc / _nc.sum(0))
+print(f"{demo_true.max()} true cells -> {demo_pred.max()} found in {_ms:.1f} ms "
+      f"(defaults: {DEFAULT_POSTPROC_PARAMS})")
+print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2) for v in instance_scores(demo_pred, demo_np)[1:]])
+
+
+# %% [markdown]
+# The parameters that evaluation and inference use live in one small JSON file,
+# `results/postproc_params.json`, written by the tuning cell of section 9 (`tune_postproc`
+# needs the metrics) and read back here; without it the defaults above apply.
+
+# %% tags=["export"]
+def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
+    """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
+    (results/postproc_params.json) atomically (temp file + rename)."""
+    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in validate_postproc_params(dict(params)).items()}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    doc = dict(params=params, score=dict(pq=None if score is None else float(score)), created=created, **extra)
+    return write_json_atomic(path, doc)
+
+
+def load_postproc_params(path: str | Path) -> dict[str, Any]:
+    """The full `instances_from_maps` parameter dict saved by `save_postproc_params`.
+
+    Raises `FileNotFoundError` when `path` is missing and `ValueError` naming the file when
+    it is not such a document or holds unknown parameters.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no post-processing parameters at {path} (run the tuning cell or use the defaults)")
+    try:
+        doc = json.loads(path.read_text())
+        params = doc["params"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a post-processing parameter file ({e})") from None
+    try:
+        return validate_postproc_params(params)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+# %% [markdown]
+# ### Exports (`uni_seg.export`)
 #
 # Per image: the label map as a 16-bit PNG (every image viewer and QuPath/Fiji read it; more
 # than 65535 cells in one image is an error rather than a silent wrap-around), an overlay
@@ -5321,6 +5123,27 @@ def segment_image(
 # `pycocotools.mask.encode`.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import csv
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.measure import regionprops_table
+
+# Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
+# display colours and the image writer are section 1's.
+from uni_seg.config import atomic_open, atomic_write
+from uni_seg.data import CLASS_DISPLAY_COLOURS, CLASS_NAMES, check_rgb_image, class_colour, class_name, write_image
+from uni_seg.postproc import Segmentation
+
+
 def _rle_string(counts: Sequence[int]) -> str:
     """COCO's compressed string of RLE counts (pycocotools' `rleToString`)."""
     out: list[str] = []
@@ -5488,14 +5311,14 @@ def draw_overlay(
     inner boundary pixels, thickened inwards to `thickness` pixels (default ~1 per 600 px of
     the image's short side) by a grey dilation of the outline labels.
     """
-    image = _check_image(image)
+    image = check_rgb_image(image)
     if thickness is None:
         thickness = max(1, round(min(inst.shape) / 600))
     outline = np.where(cell_outlines(inst), inst, 0)
     if thickness > 1:
         outline = np.where(inst > 0, ndi.grey_dilation(outline, size=(thickness, thickness)), 0)
-    n_colors = max(int(np.max(classes, initial=0)) + 1, len(CLASS_COLORS))
-    lut = np.array([class_color(c) for c in range(n_colors)], dtype=np.uint8)
+    n_colors = max(int(np.max(classes, initial=0)) + 1, len(CLASS_DISPLAY_COLOURS))
+    lut = np.array([class_colour(c) for c in range(n_colors)], dtype=np.uint8)
     out = image.copy()
     on = outline > 0
     out[on] = lut[np.asarray(classes)[outline[on]]]
@@ -5528,7 +5351,7 @@ def cell_table(
     `scores` (N + 1,) by cell id. Centroids in pixels (x column, y row), area in pixels,
     perimeter and equivalent diameter in pixels.
     """
-    grey = cv2.cvtColor(_check_image(image), cv2.COLOR_RGB2GRAY)
+    grey = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY)
     props = regionprops_table(
         np.asarray(inst, dtype=np.int32),
         intensity_image=grey,
@@ -5591,7 +5414,7 @@ def cells_geojson(
             "geometry": geometry,
             "properties": {
                 "objectType": object_type,
-                "classification": {"name": str(table["class"][row]), "color": list(class_color(cls))},
+                "classification": {"name": str(table["class"][row]), "color": list(class_colour(cls))},
                 "measurements": measurements,
             },
         })
@@ -5618,39 +5441,10 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
 
 
 # %% [markdown]
-# **Folder inference.** `run_folder_inference` segments every image of a folder with a model
-# in memory (the notebook's export stage calls it); the command line
-#
-#     python -m uni_seg.infer --checkpoint checkpoints/best_phase2.pth --input DIR --output DIR [--tta]
-#
-# loads the model from a checkpoint (which records its architecture and working scale) and
-# calls it. An image that cannot be read or segmented is reported and skipped; the summary
-# lists it with its error, and the command exits with status 1 if any image failed.
+# One image's files, and its cells as COCO annotations (the folder's `coco_instances.json`
+# collects them):
 
 # %% tags=["export"]
-@dataclasses.dataclass
-class FolderReport:
-    """What `run_folder_inference` did: per-image rows of the summary, failures, files written."""
-
-    rows: list[dict[str, Any]]
-    failed: dict[str, str]
-    coco_path: Path
-    summary_path: Path
-
-    @property
-    def n_ok(self) -> int:
-        return sum(1 for r in self.rows if r["status"] == "ok")
-
-
-def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
-    """Image files directly in `input_dir` (by `IMAGE_EXTENSIONS`), sorted, at most `limit`."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    return files[:limit] if limit is not None else files
-
-
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
     class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection",
@@ -5679,6 +5473,330 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
             "bbox": rle["bbox"], "iscrowd": 0, "score": round(float(scores[cell]), 5),
         })
     return anns
+
+
+# %% [markdown]
+# ### Tiled inference on full-size images (`uni_seg.infer`)
+#
+# The model was trained on crops at the working scale; a smear photograph is larger (BCCD:
+# 1600x1200, 800x600 at the working scale 0.5) and a slide scan far larger. `predict_maps`
+# resizes the image to the working scale and slides a square window over it with an overlap.
+# Each tile's NP, HV and NC maps (probabilities, not logits) are added into full-image
+# accumulators with a smooth weight that falls from 1 in the tile's interior towards ~0 at its
+# edges (a raised cosine over the overlap), and the sums are divided by the summed weights at
+# the end. Two facts make the seams vanish:
+#
+# * where two tiles overlap by exactly the overlap, the two ramps add up to 1 (cos² + sin²),
+#   so the blend is a partition of unity and a model whose output does not depend on its
+#   context reproduces a single whole-image pass exactly (a test checks this);
+# * a tile's edge pixels, which saw the least context, get the least weight.
+#
+# Blending happens on the *maps*, before post-processing, so a cell lying on a seam is one
+# cell in the blended maps and the watershed never sees the seam. Tiles run in batches under
+# autocast; the accumulators live on the model's device, so a GPU never waits for the host
+# between tiles. Tiles are placed evenly from the image's first to its last pixel (overlaps
+# are at least `overlap`); an image smaller than one tile is reflect-padded to the tile.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from uni_seg.config import atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
+from uni_seg.export import coco_annotations, export_segmentation, write_csv
+from uni_seg.postproc import Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
+    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
+
+    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
+    enlarging by an integer factor turns each pixel into an exact block.
+    """
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def blend_window(tile_size: int, overlap: int) -> np.ndarray:
+    """Blending weight of one tile: float32 (tile_size, tile_size) in (0, 1].
+
+    Separable: along each axis 1 in the interior and a raised-cosine ramp sin²(π/2 · (i+½)/overlap)
+    over the `overlap` pixels at each end. Two tiles overlapping by exactly `overlap` have
+    ramps that sum to 1; the weight never reaches 0, so every pixel is covered.
+    """
+    ramp = np.ones(tile_size, dtype=np.float64)
+    if overlap > 0:
+        rise = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+        ramp[:overlap] = rise
+        ramp[-overlap:] = np.minimum(ramp[-overlap:], rise[::-1])
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+# %% [markdown]
+# **Test-time augmentation.** With `tta=True` every tile is also seen flipped and rotated
+# (the eight symmetries of a square: 4 rotations x with/without a horizontal flip) and the
+# eight predictions are averaged after undoing each transform. NP and NC are scalar fields:
+# undoing the transform is the inverse flip/rotation of the map. HV is a *vector* field (the
+# offset of a pixel from its cell's centre), so its two channels also transform: a horizontal
+# flip negates H; `torch.rot90` by one quarter turn (rows towards columns) maps an offset
+# (h, v) to (v, -h), so undoing it maps (h', v') back to (-v', h'). A test with a model that
+# computes HV from the tile's own cells (exactly equivariant) checks that TTA gives the plain
+# output back. TTA costs 8x the model time; it is off unless `USE_TTA` / `--tta` asks for it.
+
+# %% tags=["export"]
+#: The eight symmetries of a square: (horizontal flip first?, then quarter turns k of torch.rot90).
+TTA_TRANSFORMS: tuple[tuple[bool, int], ...] = tuple((flip, k) for flip in (False, True) for k in range(4))
+
+
+def _tta_forward(x: torch.Tensor, flip: bool, k: int) -> torch.Tensor:
+    """Apply the symmetry to (B, C, H, W) tensors: flip along W, then rotate k quarter turns."""
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
+
+
+def _tta_inverse(maps: torch.Tensor, flip: bool, k: int, hv_channels: slice) -> torch.Tensor:
+    """Undo `_tta_forward` on stacked output maps (B, C, H, W), including HV's vector components.
+
+    Spatially: rotate back, then un-flip. HV (the channels in `hv_channels`, order h, v): undo
+    each quarter turn with (h, v) <- (-v, h), then the flip with h <- -h.
+    """
+    if k % 4:
+        maps = torch.rot90(maps, -k, dims=(-2, -1))
+    if flip:
+        maps = torch.flip(maps, dims=(-1,))
+    hv = maps[:, hv_channels]
+    h, v = hv[:, 0], hv[:, 1]
+    for _ in range(k % 4):
+        h, v = -v, h
+    if flip:
+        h = -h
+    out = maps.clone()
+    out[:, hv_channels.start] = h
+    out[:, hv_channels.start + 1] = v
+    return out
+
+
+def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Tensor:
+    """One forward pass on tiles x float32 (B, 3, t, t) in [0, 1]: stacked float32 maps
+    (B, 1 + 2 + C, t, t) = NP probability, HV, NC probabilities."""
+    with autocast(x.device, precision):
+        out = model(x)
+    np_logits = out["np"].float()
+    hv = out["hv"].float()
+    nc_logits = out["nc"].float()
+    if np_logits.shape[-2:] != x.shape[-2:] or hv.shape[1] != 2:
+        raise ValueError(
+            f"model outputs np {tuple(np_logits.shape)}, hv {tuple(hv.shape)} for input {tuple(x.shape)}; "
+            "expected (B, 1, H, W) and (B, 2, H, W) at the input's size"
+        )
+    # NP as one logit (the contract) or as two-class logits (HoVer-Net's own layout).
+    np_prob = torch.sigmoid(np_logits) if np_logits.shape[1] == 1 else torch.softmax(np_logits, dim=1)[:, 1:2]
+    return torch.cat([np_prob, hv, torch.softmax(nc_logits, dim=1)], dim=1)
+
+
+def predict_maps(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    working_scale: float = 1.0,
+    tile_size: int = 224,
+    overlap: int = 64,
+    tta: bool = False,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    batch_size: int = 8,
+) -> dict[str, np.ndarray]:
+    """The model's maps for a whole image of any size, at the working scale.
+
+    Args:
+        model: a `CellSegModel` (or any module with its contract: float32 (B, 3, t, t) RGB in
+            [0, 1] -> dict "np" (B, 1, t, t) logits, "hv" (B, 2, t, t), "nc" (B, C, t, t) logits).
+            Run in eval mode (its mode is restored afterwards); moved to `device` if given.
+        image: uint8 (H, W, 3) RGB at the original resolution.
+        working_scale: resize factor to the scale the model was trained at (1.0: as given).
+        tile_size: side of the sliding window in working-scale pixels (a multiple of 16).
+        overlap: minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size.
+        tta: average over the 8 flips/rotations (8x the model time).
+        device: where the model runs; None = where its parameters are.
+        precision: "fp32", "bf16" or "fp16" autocast.
+        batch_size: tiles per forward pass.
+
+    Returns:
+        dict at the working scale (h, w) = `working_shape(H, W, working_scale)`:
+        "np" float32 (h, w) in [0, 1] cell probability; "hv" float32 (2, h, w) ~[-1, 1]
+        (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
+    """
+    image = check_rgb_image(image)
+    if tile_size <= 0 or tile_size % 16:
+        raise ValueError(f"tile_size={tile_size} must be a positive multiple of 16 (the ViT patch size)")
+    if not 0 <= overlap < tile_size:
+        raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    params = list(model.parameters())
+    if device is None:
+        device = params[0].device if params else torch.device("cpu")
+    device = torch.device(device)
+    if params and params[0].device != device:
+        model.to(device)
+
+    h, w = working_shape(*image.shape[:2], working_scale)
+    scaled = resize_image(image, (h, w))
+    ph, pw = max(h, tile_size), max(w, tile_size)
+    if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
+        scaled = np.pad(scaled, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
+    corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
+    window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
+    transforms = TTA_TRANSFORMS if tta else ((False, 0),)
+
+    acc: torch.Tensor | None = None
+    weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(corners), batch_size):
+                chunk = corners[i : i + batch_size]
+                tiles = torch.stack([pixels[:, y : y + tile_size, x : x + tile_size] for y, x in chunk])
+                maps = None
+                for flip, k in transforms:
+                    out = _model_maps(model, _tta_forward(tiles, flip, k), precision)
+                    out = _tta_inverse(out, flip, k, slice(1, 3))
+                    maps = out if maps is None else maps.add_(out)
+                maps.div_(len(transforms))
+                if acc is None:
+                    acc = torch.zeros((maps.shape[1], ph, pw), dtype=torch.float32, device=device)
+                for (y, x), tile_maps in zip(chunk, maps):
+                    acc[:, y : y + tile_size, x : x + tile_size].addcmul_(tile_maps, window)
+                    weight[y : y + tile_size, x : x + tile_size].add_(window)
+    finally:
+        model.train(was_training)
+    blended = (acc / weight)[:, :h, :w].cpu().numpy()
+    return {
+        "np": np.ascontiguousarray(blended[0]),
+        "hv": np.ascontiguousarray(blended[1:3]),
+        "nc": np.ascontiguousarray(blended[3:]),
+    }
+
+
+# %% [markdown]
+# **From maps to cells at the original resolution.** `segment_image` post-processes at the
+# working scale and only then enlarges the label map (nearest neighbour) to the original
+# size. The alternative, enlarging the maps bilinearly and post-processing at full size, was
+# rejected: the post-processing parameters (minimum areas, Sobel kernel) are tuned on the
+# validation set at the working scale and would not transfer, and the watershed would run on
+# 1/scale² = 4x the pixels (bench/bench_infer.py measures both). The price is cell outlines
+# with 2-pixel steps at scale 0.5, well inside the annotations' own precision. Per cell it
+# returns the class (majority vote of the NC map), the class probability, and a detection
+# score: the mean NP probability inside the cell, which COCO mAP ranks detections by.
+
+# %% tags=["export"]
+def segment_image(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    postproc_params: Mapping[str, Any] | None = None,
+    working_scale: float = 1.0,
+    tile_size: int = 224,
+    overlap: int = 64,
+    tta: bool = False,
+    device: torch.device | str | None = None,
+    precision: str = "fp32",
+    batch_size: int = 8,
+    keep_maps: bool = True,
+) -> Segmentation:
+    """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
+    working scale, labels enlarged (nearest) to the original size.
+
+    `image` uint8 (H, W, 3) RGB; `postproc_params` keyword arguments of `instances_from_maps`
+    (None = its defaults; e.g. the tuned `results/postproc_params.json`); the other arguments
+    as in `predict_maps`. Returns a `Segmentation` whose `inst` is (H, W).
+    """
+    t0 = time.perf_counter()
+    maps = predict_maps(model, image, working_scale, tile_size, overlap, tta, device, precision, batch_size)
+    t1 = time.perf_counter()
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
+    t2 = time.perf_counter()
+    inst = resize_labels(inst_working, image.shape[:2])
+    n = len(classes) - 1
+    if inst.shape != inst_working.shape and n:
+        # Shrinking (working scale > 1) can drop a tiny cell: renumber and keep the arrays aligned.
+        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
+        present[0] = True
+        if not present.all():
+            lut = np.cumsum(present).astype(np.int32) - 1
+            inst = lut[inst]
+            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
+            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
+    t3 = time.perf_counter()
+    return Segmentation(
+        inst=inst.astype(np.int32, copy=False),
+        classes=classes,
+        class_probs=class_probs,
+        scores=scores,
+        inst_working=inst_working,
+        maps=maps if keep_maps else None,
+        seconds={"model": t1 - t0, "postproc": t2 - t1, "resize": t3 - t2},
+    )
+
+
+# %% [markdown]
+# **Folder inference.** `run_folder_inference` segments every image of a folder with a model
+# in memory (the notebook's export stage calls it); the command line
+#
+#     python -m uni_seg.infer --checkpoint checkpoints/best_phase2.pth --input DIR --output DIR [--tta]
+#
+# loads the model from a checkpoint (which records its architecture and working scale) and
+# calls it. An image that cannot be read or segmented is reported and skipped; the summary
+# lists it with its error, and the command exits with status 1 if any image failed.
+
+# %% tags=["export"]
+@dataclasses.dataclass
+class FolderReport:
+    """What `run_folder_inference` did: per-image rows of the summary, failures, files written."""
+
+    rows: list[dict[str, Any]]
+    failed: dict[str, str]
+    coco_path: Path
+    summary_path: Path
+
+    @property
+    def n_ok(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "ok")
+
+
+def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
+    """Image files directly in `input_dir` (by `IMAGE_SUFFIXES`), sorted, at most `limit`."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return files[:limit] if limit is not None else files
 
 
 def run_folder_inference(
@@ -5754,36 +5872,6 @@ def run_folder_inference(
 # predicted cells and (optionally) the blended maps (~13 MB per 800x600 image).
 
 # %% tags=["export"]
-@dataclasses.dataclass
-class SplitPrediction:
-    """True and predicted cells of one processed image (all at the working scale).
-
-    image uint8 (h, w, 3); true_inst int32 (h, w); true_cls uint8 (h, w); pred_inst int32
-    (h, w); classes int64, class_probs and scores float32 (N + 1,) by predicted cell id;
-    maps as `predict_maps` returns them, or None.
-    """
-
-    stem: str
-    image: np.ndarray
-    true_inst: np.ndarray
-    true_cls: np.ndarray
-    pred_inst: np.ndarray
-    classes: np.ndarray
-    class_probs: np.ndarray
-    scores: np.ndarray
-    maps: dict[str, np.ndarray] | None
-
-    @property
-    def pred_cls(self) -> np.ndarray:
-        """uint8 (h, w) predicted class of each pixel."""
-        return self.classes.astype(np.uint8)[self.pred_inst]
-
-    @property
-    def score_by_id(self) -> dict[int, float]:
-        """{predicted id: score}, the form `coco_ap` takes."""
-        return {i: float(s) for i, s in enumerate(self.scores) if i > 0}
-
-
 def predict_split(
     model: torch.nn.Module,
     processed_dir: Path,
@@ -5830,7 +5918,7 @@ def predict_split(
 # %% tags=["export"]
 def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Model (eval mode, on `device`) and metadata from a training checkpoint (section 5)."""
-    from uni_seg.train import load_model_from_checkpoint
+    from uni_seg.checkpoints import load_model_from_checkpoint
 
     model, meta = load_model_from_checkpoint(checkpoint, device)
     return model.eval(), meta
@@ -5848,8 +5936,6 @@ def _read_postproc(path: Path | None, explicit: bool) -> dict[str, Any] | None:
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]`."""
     import argparse
-
-    from uni_seg.config import detect_device, resolve_precision
 
     parser = argparse.ArgumentParser(
         prog="python -m uni_seg.infer",
@@ -5874,7 +5960,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    device = detect_device(None) if args.device == "auto" else torch.device(args.device)
+    device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     if not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
@@ -5890,7 +5976,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         precision, args.batch_size, args.limit, names, args.object_type, progress=not args.no_progress,
     )
     if not report.rows:
-        print(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}", file=sys.stderr)
+        print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)
     if report.failed or not report.rows:
         raise SystemExit(1)
@@ -5905,7 +5991,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 import matplotlib.pyplot as plt
 
 _demo_images = sorted((Path(cfg.data_dir) / "test").glob("*/*.*"))
-_demo_images = [p for p in _demo_images if p.parent.name in ("original", "images") and p.suffix.lower() in IMAGE_EXTENSIONS]
+_demo_images = [p for p in _demo_images if p.parent.name in ("original", "images") and p.suffix.lower() in IMAGE_SUFFIXES]
 if "model" in globals() and _demo_images:
     _params_path = cfg.results_dir / "postproc_params.json"
     POSTPROC_PARAMS = dict(load_postproc_params(_params_path)) if _params_path.exists() else None
@@ -5971,7 +6057,8 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.infer import write_json_atomic, validate_maps, validate_postproc_params, instances_from_energy, seam_energy
+from uni_seg.config import write_json_atomic
+from uni_seg.postproc import instances_from_energy, seam_energy, validate_maps, validate_postproc_params
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -6659,7 +6746,6 @@ def tune_postproc(
 # the validation set's predictions and writes `results/postproc_params.json`.
 
 # %%
-from uni_seg.infer import instance_scores
 from uni_seg.metrics import METRICS_SCHEMA_DOC, evaluate_predictions, tune_postproc
 
 demo_metrics = evaluate_predictions([demo_true], [np.where(demo_true > 0, 1, 0)], [demo_pred], [demo_classes],
@@ -6683,7 +6769,8 @@ print(METRICS_SCHEMA_DOC)
 
 # %%
 from uni_seg.data import load_manifest
-from uni_seg.infer import DEFAULT_POSTPROC_PARAMS, load_postproc_params, predict_split, save_postproc_params
+from uni_seg.infer import predict_split
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
 from uni_seg.metrics import evaluate_predictions, tune_postproc, write_metrics_json
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
@@ -6788,7 +6875,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from uni_seg.config import atomic_open
-from uni_seg.infer import CLASS_NAMES, SplitPrediction, cell_outlines, class_color, class_name
+from uni_seg.data import CLASS_NAMES, class_colour, class_name
+from uni_seg.export import cell_outlines
+from uni_seg.postproc import SplitPrediction
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
 
 #: Error-map colours (RGB): matched prediction, false positive, missed true cell.
@@ -6828,7 +6917,7 @@ def instance_overlay(image: np.ndarray, inst: np.ndarray, alpha: float = 0.45, s
 def class_map_rgb(cls: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) colour of each pixel's class (`cls` int (H, W), 0 background = black)."""
     cls = np.asarray(cls)
-    lut = np.array([class_color(c) for c in range(int(cls.max(initial=0)) + 1)], dtype=np.uint8)
+    lut = np.array([class_colour(c) for c in range(int(cls.max(initial=0)) + 1)], dtype=np.uint8)
     return lut[cls]
 
 
@@ -6914,7 +7003,7 @@ def plot_sample_figure(
         ax.set_axis_off()
     axes[1, 3].legend(handles=[Patch(color=np.array(c) / 255, label=k) for k, c in ERROR_COLORS.items()],
                       loc="center", title="error map", frameon=False)
-    classes = [Patch(color=np.array(class_color(c)) / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
+    classes = [Patch(color=np.array(class_colour(c)) / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
     axes[2, 2].legend(handles=classes, loc="center", title="classes", frameon=False)
     if title:
         fig.suptitle(title)
@@ -7007,7 +7096,7 @@ def plot_count_scatter(
         c = len(class_names)
         tc = np.array([_class_counts(t, k, c) for t, k in zip(true_insts, true_classes)]).reshape(-1, c)
         pc = np.array([_class_counts(p, k, c) for p, k in zip(pred_insts, pred_classes)]).reshape(-1, c)
-        series = [(class_name(k, class_names), tc[:, k], pc[:, k], np.array(class_color(k)) / 255) for k in range(1, c)]
+        series = [(class_name(k, class_names), tc[:, k], pc[:, k], np.array(class_colour(k)) / 255) for k in range(1, c)]
         panels.append((axes[1], series, "cells per image and class"))
     for ax, series, title in panels:
         top = max([1] + [int(max(s[1].max(initial=0), s[2].max(initial=0))) for s in series])
@@ -7032,7 +7121,8 @@ def plot_count_scatter(
 from IPython.display import Image as _Image
 from IPython.display import display
 
-from uni_seg.infer import load_postproc_params, predict_split, run_folder_inference
+from uni_seg.infer import predict_split, run_folder_inference
+from uni_seg.postproc import load_postproc_params
 
 _pp_path = cfg.results_dir / "postproc_params.json"  # tuned in section 9 (defaults if absent)
 POSTPROC_PARAMS = load_postproc_params(_pp_path) if _pp_path.exists() else None

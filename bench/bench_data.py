@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from uni_seg.data import (build_processed_cache, find_dataset, generate_synthetic_dataset,  # noqa: E402
-                          parse_mask_to_instances, read_image, read_mask)
+from uni_seg.data import build_processed_cache, find_dataset, parse_mask_to_instances, read_image, read_mask  # noqa: E402
+from uni_seg.synthetic import generate_synthetic_dataset  # noqa: E402
 from uni_seg.targets import CellCropDataset, hv_maps  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -32,7 +32,8 @@ DATA = find_real_subset() or ROOT.parent / RELATIVE
 from bench_postproc import degrade  # noqa: E402
 from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402
 
-from uni_seg.infer import instance_scores, instances_from_maps  # noqa: E402
+from uni_seg.postproc import instances_from_maps  # noqa: E402
+from uni_seg.postproc import instance_scores
 from uni_seg.metrics import aggregated_jaccard_index, coco_ap, evaluate_predictions, panoptic_quality  # noqa: E402
 
 

@@ -40,7 +40,7 @@ DATA = find_real_subset() or ROOT.parent / RELATIVE
 
 from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402
 
-from uni_seg.infer import instances_from_maps  # noqa: E402
+from uni_seg.postproc import instances_from_maps  # noqa: E402
 from uni_seg.metrics import panoptic_quality  # noqa: E402
 
 

@@ -34,9 +34,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from uni_seg import checkpoints as C  # noqa: E402
+from uni_seg import engine as E  # noqa: E402
 from uni_seg import train as T  # noqa: E402
+from uni_seg.config import resolve_device  # noqa: E402
 from uni_seg.config import resolve_config  # noqa: E402
-from uni_seg.data import build_processed_cache, generate_synthetic_dataset  # noqa: E402
+from uni_seg.data import build_processed_cache  # noqa: E402
+from uni_seg.synthetic import generate_synthetic_dataset  # noqa: E402
 
 
 def make_cache(work: Path, n_images: int) -> Path:
@@ -60,14 +64,14 @@ def bench_backbone(args: argparse.Namespace, backbone: str, processed: Path, wor
     rows = []
     for phase in (1, 2):
         spec = dataclasses.replace(T.spec_from_config(cfg, phase, device=args.device, progress=False), plot=False)
-        cuda = T.resolve_device(spec.device).type == "cuda"
+        cuda = resolve_device(spec.device).type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        result = T.train_phase(spec)
+        result = E.train_phase(spec)
         epoch = result.history[-1]
         crops = crops_per_image * n_train_images
         rows.append(dict(
-            backbone=backbone, phase=phase, precision=T.load_checkpoint(spec.latest_path, mmap=True)["precision"],
+            backbone=backbone, phase=phase, precision=C.load_checkpoint(spec.latest_path, mmap=True)["precision"],
             s_per_step=epoch["train_seconds"] / epoch["steps"], img_per_s=crops / epoch["train_seconds"],
             data_share=epoch["data_seconds"] / epoch["train_seconds"],
             peak_gib=torch.cuda.max_memory_allocated() / 2**30 if cuda else math.nan,

@@ -3,24 +3,35 @@ the synthetic generator, and the real subset in ../shared/data/bccd_subset (skip
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from real_subset import require_real_subset as needs_real
 
 from uni_seg import data as D
+from uni_seg import synthetic as S
 from uni_seg.config import ATOMIC_TEMP_GLOB
-from uni_seg.data import (DataError, DataWarning, build_processed_cache, find_dataset, format_split_table,
-                          generate_synthetic_dataset, instance_statistics, load_manifest, load_processed,
-                          parse_mask_to_instances, read_image, read_mask, render_synthetic_smear,
-                          resize_to_working_scale, scan_dataset, split_train_val)
-
-from real_subset import require_real_subset as needs_real
+from uni_seg.data import (
+    DataError,
+    DataWarning,
+    build_processed_cache,
+    find_dataset,
+    format_split_table,
+    instance_statistics,
+    load_manifest,
+    load_processed,
+    parse_mask_to_instances,
+    read_image,
+    read_mask,
+    resize_to_working_scale,
+    scan_dataset,
+    split_train_val,
+)
+from uni_seg.synthetic import generate_synthetic_dataset, render_synthetic_smear
 
 
 # ---------------------------------------------------------------- helpers: a tiny raw dataset
@@ -515,13 +526,13 @@ def test_synthetic_dataset_is_in_kaggle_layout_with_binary_masks_and_truth(synth
         image, mask = read_image(pair.image_path), read_mask(pair.mask_path)
         assert image.shape == (180, 240, 3) and mask.shape == (180, 240, 3)
         assert set(np.unique(mask).tolist()) <= {0, 255} and (mask[..., 0] == mask[..., 2]).all()
-        inst, cls = D.load_synthetic_truth(pair)
+        inst, cls = S.load_synthetic_truth(pair)
         assert inst.shape == (180, 240) and inst.max() >= 10
 
 
 def test_synthetic_masks_parse_back_to_the_true_cells(synthetic):
     for pair in find_dataset(synthetic)["train"]:
-        true_inst, true_cls = D.load_synthetic_truth(pair)
+        true_inst, true_cls = S.load_synthetic_truth(pair)
         inst, _ = parse_mask_to_instances(read_mask(pair.mask_path), min_area=20)
         fg = inst > 0
         assert fg.sum() > 0.85 * (true_inst > 0).sum()  # only the 2 px lines and specks are lost
@@ -533,7 +544,7 @@ def test_synthetic_masks_parse_back_to_the_true_cells(synthetic):
 
 def test_synthetic_cells_touch_and_are_separated_by_lines():
     s = render_synthetic_smear(np.random.default_rng(0), 240, 320, 40.0)
-    lines = D.separation_lines(s.inst)
+    lines = S.separation_lines(s.inst)
     assert lines.sum() > 50  # cells touch or overlap
     fg = s.mask[..., 0] > 0
     assert not (fg & lines).any()
@@ -548,7 +559,7 @@ def test_synthetic_palette_masks_carry_classes(tmp_path):
                                n_wbc=(1, 2), n_platelets=(3, 5))
     pair = find_dataset(root)["train"][0]
     inst, cls = parse_mask_to_instances(read_mask(pair.mask_path), min_area=5)
-    _, true_cls = D.load_synthetic_truth(pair)
+    _, true_cls = S.load_synthetic_truth(pair)
     assert {2, 3} <= set(np.unique(cls).tolist())
     agree = (cls == true_cls) | (cls == 0)
     assert agree.all()

@@ -19,12 +19,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from real_subset import require_real_subset
 from scipy import ndimage as ndi
 
-from uni_seg import infer
+from uni_seg import data, export, infer
 from uni_seg.config import ATOMIC_TEMP_GLOB
-
-from real_subset import require_real_subset
 
 
 class PointwiseModel(torch.nn.Module):
@@ -95,7 +94,7 @@ def disks_image(shape, centres, radius, seed=0) -> tuple[np.ndarray, np.ndarray]
 
 def test_tile_starts_cover_the_axis_with_the_overlap():
     for length, tile, overlap in [(600, 224, 64), (800, 224, 64), (224, 224, 64), (100, 224, 32), (1000, 128, 0)]:
-        starts = infer.tile_starts(length, tile, overlap)
+        starts = data.tile_starts(length, tile, overlap)
         assert starts[0] == 0
         if length > tile:
             assert starts[-1] + tile == length
@@ -131,7 +130,7 @@ def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
 def test_working_scale_resizes_and_small_images_are_padded():
     image = np.full((101, 77, 3), 200, np.uint8)
     maps = infer.predict_maps(PointwiseModel(), image, working_scale=0.5, tile_size=64, overlap=16)
-    assert maps["np"].shape == infer.working_shape(101, 77, 0.5) == (50, 38)
+    assert maps["np"].shape == data.working_shape(101, 77, 0.5) == (50, 38)
     tiny = infer.predict_maps(PointwiseModel(), image[:5, :7], tile_size=32, overlap=8)
     assert tiny["np"].shape == (5, 7)
 
@@ -222,11 +221,11 @@ def _rle_cases():
 def test_rle_encode_matches_pycocotools_byte_for_byte():
     mask_api = pytest.importorskip("pycocotools.mask")
     for mask in _rle_cases():
-        ours = infer.rle_encode(mask)
+        ours = export.rle_encode(mask)
         ref = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))
         assert ours["size"] == list(ref["size"])
         assert ours["counts"] == ref["counts"].decode("ascii")
-        np.testing.assert_array_equal(infer.rle_decode(ref), mask)
+        np.testing.assert_array_equal(export.rle_decode(ref), mask)
         np.testing.assert_array_equal(mask_api.decode({"size": ours["size"], "counts": ours["counts"].encode()}), mask)
 
 
@@ -237,7 +236,7 @@ def test_instance_rles_from_boxes_match_full_mask_encoding():
     inst[5:9, 10:20] = 2
     inst[30:40, 25:30] = 3  # touches the bottom-right corner
     inst[12, 12] = 5  # id 4 absent
-    rles = infer.instance_rles(inst)
+    rles = export.instance_rles(inst)
     assert sorted(rles) == [1, 2, 3, 5]
     for cell, rle in rles.items():
         ref = mask_api.encode(np.asfortranarray((inst == cell).astype(np.uint8)))
@@ -255,8 +254,8 @@ def test_cell_table_measures_each_cell():
     inst[(ys - 35) ** 2 + (xs - 40) ** 2 <= 100] = 2
     image = np.full((50, 60, 3), 100, np.uint8)
     classes, probs, scores = np.array([0, 1, 3]), np.array([0, 0.9, 0.7], np.float32), np.array([0, 0.8, 0.6], np.float32)
-    table = infer.cell_table(inst, image, classes, probs, scores)
-    assert list(table) == list(infer.CELL_TABLE_COLUMNS)
+    table = export.cell_table(inst, image, classes, probs, scores)
+    assert list(table) == list(export.CELL_TABLE_COLUMNS)
     assert table["id"].tolist() == [1, 2]
     assert table["class"].tolist() == ["RBC", "Platelet"]
     assert table["area"].tolist() == [200, int((inst == 2).sum())]
@@ -273,35 +272,35 @@ def test_polygons_and_geojson_follow_qupath_format():
     inst[40:45, 40:42] = 2
     inst[50:52, 5:8] = 2  # a cell in two pieces -> MultiPolygon
     inst[0, 59] = 3  # one pixel
-    polygons = infer.cell_polygons(inst)
+    polygons = export.cell_polygons(inst)
     ring = np.asarray(polygons[1][0])
     assert (ring[0] == ring[-1]).all() and len(ring) >= 4
     x, y = ring[:, 0], ring[:, 1]
     area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
     assert 0.85 * (inst == 1).sum() < area <= (inst == 1).sum()
     assert abs(x.mean() - 20.5) < 1 and abs(y.mean() - 20.5) < 1  # pixel centres at +0.5
-    table = infer.cell_table(inst, np.zeros((60, 60, 3), np.uint8), np.array([0, 1, 2, 3]),
+    table = export.cell_table(inst, np.zeros((60, 60, 3), np.uint8), np.array([0, 1, 2, 3]),
                              np.ones(4, np.float32), np.ones(4, np.float32))
-    geo = json.loads(json.dumps(infer.cells_geojson(inst, table, image_name="x")))
+    geo = json.loads(json.dumps(export.cells_geojson(inst, table, image_name="x")))
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 3
     kinds = [f["geometry"]["type"] for f in geo["features"]]
     assert kinds == ["Polygon", "MultiPolygon", "Polygon"]
     props = geo["features"][0]["properties"]
     assert props["objectType"] == "detection"
-    assert props["classification"] == {"name": "RBC", "color": list(infer.CLASS_COLORS[1])}
+    assert props["classification"] == {"name": "RBC", "color": list(data.CLASS_DISPLAY_COLOURS[1])}
     assert props["measurements"]["area"] == (inst == 1).sum()
     with pytest.raises(ValueError, match="object_type"):
-        infer.cells_geojson(inst, table, object_type="cell")
+        export.cells_geojson(inst, table, object_type="cell")
 
 
 def test_label_png_is_16_bit_and_refuses_too_many_cells(tmp_path):
     inst = np.arange(40 * 50, dtype=np.int32).reshape(40, 50) * 30
-    path = infer.write_label_png(tmp_path / "x.png", inst)
+    path = export.write_label_png(tmp_path / "x.png", inst)
     back = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16
     np.testing.assert_array_equal(back, inst)
     with pytest.raises(ValueError, match="65535"):
-        infer.write_label_png(tmp_path / "y.png", np.full((3, 3), 70000, np.int32))
+        export.write_label_png(tmp_path / "y.png", np.full((3, 3), 70000, np.int32))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # no partial files left
 
 
@@ -310,9 +309,9 @@ def test_overlay_draws_outlines_in_class_colours():
     inst[5:15, 5:15] = 1
     inst[18:28, 18:28] = 2
     image = np.full((30, 30, 3), 50, np.uint8)
-    out = infer.draw_overlay(image, inst, np.array([0, 2, 3]))
-    assert tuple(out[5, 10]) == infer.CLASS_COLORS[2]
-    assert tuple(out[18, 20]) == infer.CLASS_COLORS[3]
+    out = export.draw_overlay(image, inst, np.array([0, 2, 3]))
+    assert tuple(out[5, 10]) == data.CLASS_DISPLAY_COLOURS[2]
+    assert tuple(out[18, 20]) == data.CLASS_DISPLAY_COLOURS[3]
     assert tuple(out[10, 10]) == (50, 50, 50) and tuple(out[0, 0]) == (50, 50, 50)
 
 
@@ -342,7 +341,7 @@ def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
         assert cv2.imread(str(out / f"{stem}_overlay.png")).shape == true.shape + (3,)
         with open(out / f"{stem}_cells.csv") as f:
             rows = list(csv.DictReader(f))
-        assert len(rows) == true.max() and set(infer.CELL_TABLE_COLUMNS) == set(rows[0])
+        assert len(rows) == true.max() and set(export.CELL_TABLE_COLUMNS) == set(rows[0])
         geo = json.loads((out / f"{stem}_cells.geojson").read_text())
         assert len(geo["features"]) == true.max()
     with open(out / "summary.csv") as f:
@@ -393,7 +392,7 @@ def test_read_image_names_the_bad_file(tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.jpg"):
-        infer.read_image(bad)
+        data.read_image(bad)
 
 
 def test_predict_split_reads_the_processed_cache(tmp_path):
@@ -417,7 +416,7 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
 def test_real_image_runs_through_the_whole_image_path():
     folder = require_real_subset() / "test" / "original"
     path = sorted(folder.iterdir())[0]
-    image = infer.read_image(path)
+    image = data.read_image(path)
     assert image.shape == (1200, 1600, 3)
     seg = infer.segment_image(PointwiseModel(), image, None, working_scale=0.5, tile_size=224, overlap=64)
     assert seg.inst.shape == (1200, 1600) and seg.maps["np"].shape == (600, 800)
@@ -427,7 +426,7 @@ def test_cell_outlines_equal_skimage_inner_boundaries():
     from skimage.segmentation import find_boundaries
 
     labels = np.random.default_rng(0).integers(0, 4, (50, 60))
-    np.testing.assert_array_equal(infer.cell_outlines(labels), find_boundaries(labels, mode="inner"))
+    np.testing.assert_array_equal(export.cell_outlines(labels), find_boundaries(labels, mode="inner"))
 
 
 def test_python_m_entry_point_with_a_real_checkpoint(tmp_path):
@@ -435,12 +434,12 @@ def test_python_m_entry_point_with_a_real_checkpoint(tmp_path):
     import subprocess
     import sys
 
-    train = pytest.importorskip("uni_seg.train")
-    model_mod = pytest.importorskip("uni_seg.model")
+    from uni_seg import checkpoints
+    from uni_seg import model as model_mod
     torch.manual_seed(0)
     model = model_mod.build_model("vit_tiny", weights="none", decoder_channels=32, verbose=False)
     checkpoint = tmp_path / "best_phase1.pth"
-    torch.save({"format": train.CHECKPOINT_FORMAT, "format_version": train.CHECKPOINT_VERSION, "phase": 1, "epoch": 1,
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "format_version": checkpoints.CHECKPOINT_VERSION, "phase": 1, "epoch": 1,
                 "model_config": model.config, "working_scale": 0.5, "weights_source": "none",
                 "model_state_dict": model.state_dict(), "history": []}, checkpoint)
     folder = tmp_path / "in"
@@ -464,7 +463,7 @@ def test_python_m_entry_point_with_a_real_checkpoint(tmp_path):
 
 def test_stand_in_hv_follows_the_targets_convention():
     """The equivariant stand-in's HV (what the TTA test un-transforms) is section 2's convention."""
-    targets = pytest.importorskip("uni_seg.targets")
+    from uni_seg import targets
     _, inst = disks_image((60, 80), [(20, 20), (35, 55)], 12)
     ours, theirs = exact_hv(inst), targets.hv_maps(inst)
     assert np.abs(ours - theirs).max() < 0.2  # they differ only by the centroid's rounding

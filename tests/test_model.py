@@ -191,9 +191,8 @@ def test_weights_none_says_so(capsys):
 
 def _fake_cached_imagenet(tmp_path, tag: str, state: dict[str, torch.Tensor]) -> None:
     """Lay `state` out as the Hugging Face cache would hold timm's `tag` checkpoint."""
-    from safetensors.torch import save_file
-
     import huggingface_hub.constants as constants
+    from safetensors.torch import save_file
 
     repo = timm.models.get_pretrained_cfg(tag).hf_hub_id
     root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"

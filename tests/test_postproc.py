@@ -13,11 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from real_subset import require_real_subset
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels
 
 from uni_seg.config import ATOMIC_TEMP_GLOB
-from uni_seg.infer import (
+from uni_seg.metrics import panoptic_quality, tune_postproc
+from uni_seg.postproc import (
     DEFAULT_POSTPROC_PARAMS,
     classify_instances,
     hv_energy,
@@ -26,9 +28,6 @@ from uni_seg.infer import (
     load_postproc_params,
     save_postproc_params,
 )
-from uni_seg.metrics import panoptic_quality, tune_postproc
-
-from real_subset import require_real_subset
 
 
 # --------------------------------------------------------------------------- helpers
@@ -184,16 +183,16 @@ def test_result_does_not_depend_on_the_tile():
 
 
 def test_watershed_runs_only_on_blobs_with_two_or_more_markers(monkeypatch):
-    import uni_seg.infer as infer
+    import uni_seg.postproc as postproc
 
     calls = []
-    real = infer.watershed
+    real = postproc.watershed
 
     def counting(image, markers, **kw):
         calls.append(image.shape)
         return real(image, markers, **kw)
 
-    monkeypatch.setattr(infer, "watershed", counting)
+    monkeypatch.setattr(postproc, "watershed", counting)
     inst = disk_scene()  # one touching pair, three lone cells
     pred = instances_from_maps(*true_maps(inst))
     assert pred.max() == 5

@@ -15,9 +15,19 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
-from uni_seg.data import build_processed_cache, generate_synthetic_dataset, render_synthetic_smear
-from uni_seg.targets import (CellAugmenter, CellCropDataset, EpochItems, EpochSampler, hv_maps, make_loader,
-                             seed_transforms, targets_from_instances, worker_context)
+from uni_seg.data import build_processed_cache
+from uni_seg.synthetic import generate_synthetic_dataset, render_synthetic_smear
+from uni_seg.targets import (
+    CellAugmenter,
+    CellCropDataset,
+    EpochItems,
+    EpochSampler,
+    hv_maps,
+    make_loader,
+    seed_transforms,
+    targets_from_instances,
+    worker_context,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

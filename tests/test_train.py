@@ -27,6 +27,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from uni_seg import checkpoints as C
+from uni_seg import config
+from uni_seg import engine as E
 from uni_seg import train as T
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,19 +132,19 @@ class TinyLoss(nn.Module):
 
 
 def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None = None, data: dict | None = None,
-              **phase_kw) -> T.TrainSpec:
+              **phase_kw) -> E.TrainSpec:
     kw = dict(phase=phase, epochs=epochs, patience=10, batch_size=2, lr_decoder=1e-2, lr_lora=1e-3,
               warmup_epochs=1, restart_period=2, grad_accum_target=4, precision="fp32", seed=0)
     kw.update(phase_kw)
     if phase == 2:
         kw["schedule"] = "cosine"
     data = {"n": 8, **(data or {})}
-    return T.TrainSpec(
-        phase=T.PhaseConfig(**kw),
-        model=T.Factory(f"{__name__}:TinySegModel", model or {}),
-        train_data=T.Factory(f"{__name__}:TinyDataset", data),
-        val_data=T.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
-        loss=T.Factory(f"{__name__}:TinyLoss"),
+    return E.TrainSpec(
+        phase=E.PhaseConfig(**kw),
+        model=config.Factory(f"{__name__}:TinySegModel", model or {}),
+        train_data=config.Factory(f"{__name__}:TinyDataset", data),
+        val_data=config.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
+        loss=config.Factory(f"{__name__}:TinyLoss"),
         checkpoint_dir=tmp / "checkpoints", results_dir=tmp / "results", working_scale=0.5,
         lora=(2, 4.0) if phase == 2 else None,
         init_checkpoint=tmp / "checkpoints" / "best_phase1.pth" if phase == 2 else None,
@@ -150,44 +153,44 @@ def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None 
 
 
 def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in T.TIMING_KEYS} for row in history]
+    return [{k: v for k, v in row.items() if k not in E.TIMING_KEYS} for row in history]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
-    return T.load_checkpoint(path)["model_state_dict"]
+    return C.load_checkpoint(path)["model_state_dict"]
 
 
 # ----------------------------------------------------------------------------- schedules
 def test_lr_schedules_warm_up_restart_and_anneal():
-    f = [T.lr_factor(e, "warmup_cosine_restarts", 100, warmup_epochs=5, restart_period=20) for e in range(46)]
+    f = [E.lr_factor(e, "warmup_cosine_restarts", 100, warmup_epochs=5, restart_period=20) for e in range(46)]
     assert f[:5] == pytest.approx([1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6])
     assert f[5] == 1.0 and f[25] == 1.0 and f[45] == 1.0  # restarts every T0 epochs after warm-up
     assert f[15] == pytest.approx(0.5) and all(np.diff(f[5:25]) < 0)
-    g = [T.lr_factor(e, "cosine", 50) for e in range(50)]
+    g = [E.lr_factor(e, "cosine", 50) for e in range(50)]
     assert g[0] == 1.0 and g[25] == pytest.approx(0.5) and all(np.diff(g) < 0) and g[-1] > 0
     with pytest.raises(ValueError, match="schedule"):
-        T.lr_factor(0, "step", 10)
+        E.lr_factor(0, "step", 10)
 
 
 def test_phase_config_rejects_bad_values():
     with pytest.raises(ValueError, match="phase"):
-        T.PhaseConfig(phase=3, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
+        E.PhaseConfig(phase=3, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
     with pytest.raises(ValueError, match="lr_lora"):
-        T.PhaseConfig(phase=2, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
+        E.PhaseConfig(phase=2, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
-        T.PhaseConfig(phase=1, epochs=1, patience=1, batch_size=0, lr_decoder=1e-3)
+        E.PhaseConfig(phase=1, epochs=1, patience=1, batch_size=0, lr_decoder=1e-3)
 
 
 # ----------------------------------------------------------------------------- checkpoint files
 def test_atomic_save_leaves_no_temporary_and_round_trips_rng(tmp_path):
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
-    state = T.capture_rng_state()
+    state = C.capture_rng_state()
     expected = (random.random(), np.random.random(), torch.rand(1).item())
-    T.atomic_torch_save({"rng": state}, tmp_path / "x.pth")
+    C.atomic_torch_save({"rng": state}, tmp_path / "x.pth")
     assert [p.name for p in tmp_path.iterdir()] == ["x.pth"]
     loaded = torch.load(tmp_path / "x.pth", weights_only=True)
     random.seed(0), np.random.seed(0), torch.manual_seed(0)
-    T.restore_rng_state(loaded["rng"])
+    C.restore_rng_state(loaded["rng"])
     assert (random.random(), np.random.random(), torch.rand(1).item()) == expected
 
 
@@ -200,25 +203,25 @@ class _Evil:
 def test_foreign_or_damaged_files_are_refused_never_unpickled(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     evil = tmp_path / "evil.pth"
-    evil.write_bytes(pickle.dumps({"format": T.CHECKPOINT_FORMAT, "x": _Evil()}))
-    torch.save({"format": T.CHECKPOINT_FORMAT, "x": _Evil()}, tmp_path / "evil_torch.pth")
+    evil.write_bytes(pickle.dumps({"format": E.CHECKPOINT_FORMAT, "x": _Evil()}))
+    torch.save({"format": E.CHECKPOINT_FORMAT, "x": _Evil()}, tmp_path / "evil_torch.pth")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "state_dict.pth")
     (tmp_path / "garbage.pth").write_bytes(os.urandom(1000))
     for name, message in [("evil.pth", "refused without unpickling"), ("evil_torch.pth", "refused without unpickling"),
                           ("state_dict.pth", "no format tag"), ("garbage.pth", "not a readable"),
                           ("missing.pth", "no checkpoint")]:
-        with pytest.raises(T.CheckpointError, match=message):
-            T.load_checkpoint(tmp_path / name)
+        with pytest.raises(C.CheckpointError, match=message):
+            C.load_checkpoint(tmp_path / name)
     assert not (tmp_path / "PWNED_BY_CHECKPOINT").exists()
 
 
 # ----------------------------------------------------------------------------- training
 def test_resume_after_stop_matches_straight_run_exactly(tmp_path, capsys):
-    straight = T.train_phase(tiny_spec(tmp_path / "a", epochs=4, precision="bf16"))
-    T.train_phase(tiny_spec(tmp_path / "b", epochs=2, precision="bf16"))
-    resumed = T.train_phase(tiny_spec(tmp_path / "b", epochs=4, precision="bf16"))
+    straight = E.train_phase(tiny_spec(tmp_path / "a", epochs=4, precision="bf16"))
+    E.train_phase(tiny_spec(tmp_path / "b", epochs=2, precision="bf16"))
+    resumed = E.train_phase(tiny_spec(tmp_path / "b", epochs=4, precision="bf16"))
     out = capsys.readouterr().out
-    best2 = T.load_checkpoint(tmp_path / "b/checkpoints/latest_phase1.pth")["history"][1]
+    best2 = C.load_checkpoint(tmp_path / "b/checkpoints/latest_phase1.pth")["history"][1]
     assert "Resuming from epoch 2 (best_val_loss=" in out
     assert strip_timing(resumed.history) == strip_timing(straight.history)
     wa, wb = weights(straight.latest_checkpoint), weights(resumed.latest_checkpoint)
@@ -231,33 +234,33 @@ def test_resume_after_stop_matches_straight_run_exactly(tmp_path, capsys):
             "data_seconds", "nonfinite_steps"} <= set(saved[0])
     assert "phase 1 epoch   4/4 | train" in out
     # a finished phase is not retrained
-    again = T.train_phase(tiny_spec(tmp_path / "b", epochs=4, precision="bf16"))
+    again = E.train_phase(tiny_spec(tmp_path / "b", epochs=4, precision="bf16"))
     assert "already finished after epoch 4" in capsys.readouterr().out and again.epochs_done == 4
 
 
 @pytest.mark.slow
 def test_data_order_and_augmentation_do_not_depend_on_dataloader_workers(tmp_path):
-    main = T.train_phase(tiny_spec(tmp_path / "w0", epochs=2))
-    workers = T.train_phase(tiny_spec(tmp_path / "w2", epochs=2, num_workers=2))
+    main = E.train_phase(tiny_spec(tmp_path / "w0", epochs=2))
+    workers = E.train_phase(tiny_spec(tmp_path / "w2", epochs=2, num_workers=2))
     assert strip_timing(workers.history) == strip_timing(main.history)
 
 
 def test_lr_follows_schedule_and_accumulation_counts_steps(tmp_path):
-    res = T.train_phase(tiny_spec(tmp_path, epochs=3, warmup_epochs=1, restart_period=2))
+    res = E.train_phase(tiny_spec(tmp_path, epochs=3, warmup_epochs=1, restart_period=2))
     lrs = [r["lr_decoder"] for r in res.history]
     assert lrs == pytest.approx([1e-2 * 0.5, 1e-2, 1e-2 * 0.5])
     assert [r["steps"] for r in res.history] == [2, 2, 2]  # 8 crops, 4 per optimiser step
 
 
 def test_checkpoint_holds_everything_for_inference_and_resume(tmp_path):
-    res = T.train_phase(tiny_spec(tmp_path, epochs=2))
-    ckpt = T.load_checkpoint(res.best_checkpoint)
+    res = E.train_phase(tiny_spec(tmp_path, epochs=2))
+    ckpt = C.load_checkpoint(res.best_checkpoint)
     for key in ("model_state_dict", "optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "epoch",
                 "best_val_loss", "patience_counter", "history", "rng", "model_config", "working_scale",
                 "weights_source", "phase", "format"):
         assert key in ckpt, key
     assert ckpt["working_scale"] == 0.5 and ckpt["phase"] == 1
-    model, meta = T.load_model_from_checkpoint(res.best_checkpoint, "cpu", builder=f"{__name__}:TinySegModel")
+    model, meta = C.load_model_from_checkpoint(res.best_checkpoint, "cpu", builder=f"{__name__}:TinySegModel")
     assert meta["epoch"] == res.best_epoch and not model.training
     ref = TinySegModel()
     ref.load_state_dict(ckpt["model_state_dict"])
@@ -266,65 +269,65 @@ def test_checkpoint_holds_everything_for_inference_and_resume(tmp_path):
 
 
 def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
-    T.train_phase(tiny_spec(tmp_path, epochs=1))
-    with pytest.raises(T.CheckpointError, match=r"decoder_channels: checkpoint 8, this run 16"):
-        T.train_phase(tiny_spec(tmp_path, epochs=2, model={"decoder_channels": 16}))
-    with pytest.raises(T.CheckpointError, match=r"backbone: checkpoint 'tiny', this run 'other'"):
-        T.train_phase(tiny_spec(tmp_path, epochs=2, model={"backbone": "other"}))
+    E.train_phase(tiny_spec(tmp_path, epochs=1))
+    with pytest.raises(C.CheckpointError, match=r"decoder_channels: checkpoint 8, this run 16"):
+        E.train_phase(tiny_spec(tmp_path, epochs=2, model={"decoder_channels": 16}))
+    with pytest.raises(C.CheckpointError, match=r"backbone: checkpoint 'tiny', this run 'other'"):
+        E.train_phase(tiny_spec(tmp_path, epochs=2, model={"backbone": "other"}))
     os.replace(tmp_path / "checkpoints/latest_phase1.pth", tmp_path / "checkpoints/latest_phase2.pth")
-    with pytest.raises(T.CheckpointError, match=r"phase: checkpoint 1, this run 2"):
-        T.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
+    with pytest.raises(C.CheckpointError, match=r"phase: checkpoint 1, this run 2"):
+        E.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
 
 
 def test_resume_off_starts_over(tmp_path, capsys):
-    T.train_phase(tiny_spec(tmp_path, epochs=2))
-    res = T.train_phase(dataclasses.replace(tiny_spec(tmp_path, epochs=1), resume=False))
+    E.train_phase(tiny_spec(tmp_path, epochs=2))
+    res = E.train_phase(dataclasses.replace(tiny_spec(tmp_path, epochs=1), resume=False))
     assert "starts over" in capsys.readouterr().out and res.epochs_done == 1
-    assert T.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")["epoch"] == 1
+    assert C.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")["epoch"] == 1
 
 
 def test_phase2_starts_from_phase1_best_and_stores_adapters(tmp_path):
-    p1 = T.train_phase(tiny_spec(tmp_path, epochs=2))
+    p1 = E.train_phase(tiny_spec(tmp_path, epochs=2))
     best1 = weights(p1.best_checkpoint)
     spec2 = tiny_spec(tmp_path, phase=2, epochs=2, model={"weights": "imagenet"})
-    p2 = T.train_phase(spec2)
-    ckpt = T.load_checkpoint(p2.best_checkpoint)
+    p2 = E.train_phase(spec2)
+    ckpt = C.load_checkpoint(p2.best_checkpoint)
     assert ckpt["model_config"]["lora_rank"] == 2 and "lora_up.weight" in ckpt["model_state_dict"]
     assert ckpt["weights_source"] == "none"  # carried over from phase 1, not from the rebuilt architecture
     assert set(p2.history[0]) >= {"lr_lora", "lr_decoder"}
     assert torch.equal(ckpt["model_state_dict"]["backbone.weight"], best1["backbone.weight"])  # frozen
-    model, meta = T.load_model_from_checkpoint(p2.best_checkpoint, builder=f"{__name__}:TinySegModel")
+    model, meta = C.load_model_from_checkpoint(p2.best_checkpoint, builder=f"{__name__}:TinySegModel")
     assert meta["phase"] == 2 and model.lora_rank == 2
 
 
 def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
-    T.train_phase(tiny_spec(tmp_path, epochs=1))
-    T.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
-    res = T.train_phase(tiny_spec(tmp_path, phase=2, epochs=4, lr_decoder=2e-2))
-    expected = [1e-2 * T.lr_factor(0, "cosine", 2), 1e-2 * T.lr_factor(1, "cosine", 2),
-                2e-2 * T.lr_factor(2, "cosine", 4), 2e-2 * T.lr_factor(3, "cosine", 4)]
+    E.train_phase(tiny_spec(tmp_path, epochs=1))
+    E.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
+    res = E.train_phase(tiny_spec(tmp_path, phase=2, epochs=4, lr_decoder=2e-2))
+    expected = [1e-2 * E.lr_factor(0, "cosine", 2), 1e-2 * E.lr_factor(1, "cosine", 2),
+                2e-2 * E.lr_factor(2, "cosine", 4), 2e-2 * E.lr_factor(3, "cosine", 4)]
     assert [r["lr_decoder"] for r in res.history] == pytest.approx(expected)
 
 
 def test_phase2_starts_over_when_phase1_trained_further(tmp_path, capsys):
-    T.train_phase(tiny_spec(tmp_path, epochs=1))
-    T.train_phase(tiny_spec(tmp_path, phase=2, epochs=1))
-    T.train_phase(tiny_spec(tmp_path, epochs=2))  # phase 1 improves: a new best_phase1.pth
-    res = T.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
+    E.train_phase(tiny_spec(tmp_path, epochs=1))
+    E.train_phase(tiny_spec(tmp_path, phase=2, epochs=1))
+    E.train_phase(tiny_spec(tmp_path, epochs=2))  # phase 1 improves: a new best_phase1.pth
+    res = E.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))
     assert "phase 2 starts over from it" in capsys.readouterr().out
     assert [r["epoch"] for r in res.history] == [1, 2]
-    T.train_phase(tiny_spec(tmp_path, phase=2, epochs=3))  # unchanged phase 1: a plain resume
+    E.train_phase(tiny_spec(tmp_path, phase=2, epochs=3))  # unchanged phase 1: a plain resume
     assert "Resuming from epoch 2" in capsys.readouterr().out
 
 
 def test_phase2_without_phase1_checkpoint_says_so(tmp_path):
-    with pytest.raises(T.CheckpointError, match="run phase 1 first"):
-        T.train_phase(tiny_spec(tmp_path, phase=2, epochs=1))
+    with pytest.raises(C.CheckpointError, match="run phase 1 first"):
+        E.train_phase(tiny_spec(tmp_path, phase=2, epochs=1))
 
 
 def test_a_nonfinite_loss_skips_the_step_and_is_counted(tmp_path):
     # item 3 is NaN: the optimiser step containing it is skipped, the weights stay finite
-    res = T.train_phase(tiny_spec(tmp_path, epochs=2, data={"nan_indices": (3,)}))
+    res = E.train_phase(tiny_spec(tmp_path, epochs=2, data={"nan_indices": (3,)}))
     assert [r["nonfinite_steps"] for r in res.history] == [1, 1]
     assert all(np.isfinite(r["train_loss"]) for r in res.history)
     assert all(torch.isfinite(w).all() for w in weights(res.latest_checkpoint).values())
@@ -332,16 +335,16 @@ def test_a_nonfinite_loss_skips_the_step_and_is_counted(tmp_path):
 
 def test_repeated_nonfinite_steps_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
     spec = tiny_spec(tmp_path, epochs=5, max_nonfinite_steps=2, data={"nan_from_epoch": 2})
-    with pytest.raises(T.TrainingDivergedError, match="2 optimiser steps in a row.*latest_phase1.pth"):
-        T.train_phase(spec)
-    ckpt = T.load_checkpoint(spec.latest_path)
+    with pytest.raises(E.TrainingDivergedError, match="2 optimiser steps in a row.*latest_phase1.pth"):
+        E.train_phase(spec)
+    ckpt = C.load_checkpoint(spec.latest_path)
     assert ckpt["epoch"] == 2
     assert all(torch.isfinite(w).all() for w in ckpt["model_state_dict"].values())
 
 
 def test_fp16_with_grad_scaler_runs_and_saves_scaler_state(tmp_path):
-    res = T.train_phase(tiny_spec(tmp_path, epochs=1, precision="fp16"))
-    ckpt = T.load_checkpoint(res.latest_checkpoint)
+    res = E.train_phase(tiny_spec(tmp_path, epochs=1, precision="fp16"))
+    ckpt = C.load_checkpoint(res.latest_checkpoint)
     assert ckpt["precision"] == "fp16" and ckpt["scaler_state_dict"]  # an enabled scaler has a state
 
 
@@ -352,14 +355,14 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, capsys):
         return run
 
     monkeypatch.setattr(torch, "compile", broken)
-    res = T.train_phase(tiny_spec(tmp_path, epochs=1, use_compile=True))
+    res = E.train_phase(tiny_spec(tmp_path, epochs=1, use_compile=True))
     assert "torch.compile failed (RuntimeError: no compiler here); training without compile" in capsys.readouterr().out
     assert res.epochs_done == 1
 
 
 def test_early_stopping_and_curves(tmp_path):
     spec = dataclasses.replace(tiny_spec(tmp_path, epochs=10, patience=2, min_delta=1e9), plot=True)
-    res = T.train_phase(spec)
+    res = E.train_phase(spec)
     assert res.stop_reason == "early_stopping" and res.epochs_done == 3 and res.best_epoch == 1
     assert res.curves_path.exists() and res.curves_path.stat().st_size > 10_000
 
@@ -386,9 +389,9 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, capfd):
 @pytest.mark.slow
 def test_ddp_divergence_stops_every_rank_and_raises_in_the_launcher(tmp_path):
     spec = tiny_spec(tmp_path, epochs=5, max_nonfinite_steps=2, data={"nan_from_epoch": 1})
-    with pytest.raises(T.TrainingDivergedError, match="2 optimiser steps in a row"):
+    with pytest.raises(E.TrainingDivergedError, match="2 optimiser steps in a row"):
         T.launch_training(spec, n_gpus=2)
-    assert T.load_checkpoint(spec.latest_path)["epoch"] == 1
+    assert C.load_checkpoint(spec.latest_path)["epoch"] == 1
 
 
 @pytest.mark.parametrize("launcher", ["srun", pytest.param("torchrun", marks=pytest.mark.slow)])
@@ -411,7 +414,7 @@ def test_cli_joins_a_job_started_by_srun_or_torchrun(tmp_path, launcher):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert "phase 1 epoch   3/3" in outs[0] and "[rank 1] phase 1 left the loop after epoch 3 (max_epochs)" in outs[1]
-    assert T.load_checkpoint(spec.latest_path)["world_size"] == 2
+    assert C.load_checkpoint(spec.latest_path)["world_size"] == 2
 
 
 # ----------------------------------------------------------------------------- kills
@@ -450,9 +453,9 @@ def _kill_at_random(spec_path: Path, rng: random.Random, ckpt_dir: Path) -> bool
 def test_sigkill_at_a_random_moment_resumes_from_an_intact_checkpoint(tmp_path):
     spec_path = _kill_spec(tmp_path, epochs=30)
     _kill_at_random(spec_path, random.Random(), tmp_path / "checkpoints")
-    ckpt = T.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")  # intact
+    ckpt = C.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")  # intact
     spec = T.spec_from_json(spec_path.read_text())
-    res = T.train_phase(dataclasses.replace(spec, phase=dataclasses.replace(spec.phase, epochs=ckpt["epoch"] + 1)))
+    res = E.train_phase(dataclasses.replace(spec, phase=dataclasses.replace(spec.phase, epochs=ckpt["epoch"] + 1)))
     assert res.epochs_done == ckpt["epoch"] + 1
     assert [r["epoch"] for r in res.history] == list(range(1, ckpt["epoch"] + 2))
     assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))  # stale temporaries cleaned
@@ -469,16 +472,16 @@ def test_sigkill_soak_many_kills_end_identical_to_an_uninterrupted_run(tmp_path)
     kills, mid_writes = 0, 0
     for _ in range(60):
         latest = work / "checkpoints/latest_phase1.pth"
-        if latest.exists() and T.load_checkpoint(latest)["epoch"] >= epochs:
+        if latest.exists() and C.load_checkpoint(latest)["epoch"] >= epochs:
             break
         mid_writes += _kill_at_random(spec_path, rng, work / "checkpoints")
         kills += 1
-        T.load_checkpoint(latest)  # always intact
+        C.load_checkpoint(latest)  # always intact
     subprocess.run(_train_cmd(spec_path), cwd=ROOT, env=_env(), check=True, capture_output=True)
     print(f"{kills} kills, {mid_writes} of them during a checkpoint write")
     assert kills >= 10 and mid_writes >= 1, (kills, mid_writes)
-    a = T.load_checkpoint(ref / "checkpoints/latest_phase1.pth")
-    b = T.load_checkpoint(work / "checkpoints/latest_phase1.pth")
+    a = C.load_checkpoint(ref / "checkpoints/latest_phase1.pth")
+    b = C.load_checkpoint(work / "checkpoints/latest_phase1.pth")
     assert strip_timing(a["history"]) == strip_timing(b["history"])
     assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
 
@@ -487,12 +490,9 @@ def test_sigkill_soak_many_kills_end_identical_to_an_uninterrupted_run(tmp_path)
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory) -> Path:
     """A processed cache of 4 synthetic 128x128 smears at working scale 0.5 (64x64): 3 train, 1 val."""
-    data = pytest.importorskip("uni_seg.data")
-    pytest.importorskip("uni_seg.targets")
-    pytest.importorskip("uni_seg.model")
-    pytest.importorskip("uni_seg.losses")
+    from uni_seg import data, synthetic
     work = tmp_path_factory.mktemp("real")
-    data.generate_synthetic_dataset(work / "raw", n_train=4, n_test=1, seed=0, image_size=(128, 128),
+    synthetic.generate_synthetic_dataset(work / "raw", n_train=4, n_test=1, seed=0, image_size=(128, 128),
                                     cell_diameter=30.0)
     data.build_processed_cache(work / "raw", work / "processed", working_scale=0.5, val_fraction=0.25, seed=0)
     return work / "processed"
@@ -510,13 +510,13 @@ def real_config(processed: Path, out: Path, **params):
 
 
 def test_real_model_resume_matches_straight_run(real_cache, tmp_path):
-    def spec(out: str, epochs: int) -> T.TrainSpec:
+    def spec(out: str, epochs: int) -> E.TrainSpec:
         cfg = real_config(real_cache, tmp_path / out, epochs_phase1=epochs)
         return dataclasses.replace(T.spec_from_config(cfg, 1, progress=False), plot=False)
 
-    straight = T.train_phase(spec("a", 2))
-    T.train_phase(spec("b", 1))
-    resumed = T.train_phase(spec("b", 2))
+    straight = E.train_phase(spec("a", 2))
+    E.train_phase(spec("b", 1))
+    resumed = E.train_phase(spec("b", 2))
     assert resumed.epochs_done == 2 and strip_timing(resumed.history) == strip_timing(straight.history)
     wa, wb = weights(straight.latest_checkpoint), weights(resumed.latest_checkpoint)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -528,17 +528,17 @@ def test_real_phase2_from_phase1_and_inference_reload(real_cache, tmp_path):
     p1 = T.launch_training(T.spec_from_config(cfg, 1, progress=False), n_gpus=0)
     p2 = T.launch_training(T.spec_from_config(cfg, 2, progress=False), n_gpus=0)
     assert p1.curves_path.exists() and p2.curves_path.exists()
-    model, meta = T.load_model_from_checkpoint(p2.best_checkpoint, "cpu")
+    model, meta = C.load_model_from_checkpoint(p2.best_checkpoint, "cpu")
     assert meta["phase"] == 2 and meta["working_scale"] == 0.5 and meta["model_config"]["lora_rank"] == cfg.lora_rank
     assert meta["model_config"]["backbone"] == "vit_tiny" and not model.training
-    ckpt = T.load_checkpoint(p2.best_checkpoint)
+    ckpt = C.load_checkpoint(p2.best_checkpoint)
     assert any("lora_" in k for k in ckpt["model_state_dict"])
     with torch.no_grad():
         out = model(torch.rand(1, 3, 32, 32))
     assert out["nc"].shape == (1, cfg.n_classes, 32, 32)
     # another architecture in the same folder is refused, naming the difference
     other = real_config(real_cache, tmp_path, epochs_phase1=2, decoder_channels=8)
-    with pytest.raises(T.CheckpointError, match="decoder_channels: checkpoint 16, this run 8"):
+    with pytest.raises(C.CheckpointError, match="decoder_channels: checkpoint 16, this run 8"):
         T.launch_training(T.spec_from_config(other, 1, progress=False), n_gpus=0)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from uni_seg import viz
-from uni_seg.infer import CLASS_COLORS, SplitPrediction
+from uni_seg.data import CLASS_DISPLAY_COLOURS
+from uni_seg.postproc import SplitPrediction
 
 
 def disks(shape, centres, radius):
@@ -48,7 +49,7 @@ def test_overlays_and_class_maps(case):
     assert over.shape == case["image"].shape and over.dtype == np.uint8
     np.testing.assert_array_equal(over[case["true"] == 0], case["image"][case["true"] == 0])
     cmap = viz.class_map_rgb(case["true_cls"])
-    assert tuple(cmap[20, 70]) == CLASS_COLORS[2] and tuple(cmap[0, 0]) == (0, 0, 0)
+    assert tuple(cmap[20, 70]) == CLASS_DISPLAY_COLOURS[2] and tuple(cmap[0, 0]) == (0, 0, 0)
     assert viz.label_colors(5).shape == (6, 3) and (viz.label_colors(0) == 0).all()
 
 
