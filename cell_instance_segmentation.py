@@ -125,12 +125,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import json
 import os
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -446,6 +447,42 @@ class Factory:
     def build(self, **overrides: Any) -> Any:
         """Call the target with `kwargs` updated by `overrides`."""
         return self.resolve()(**{**self.kwargs, **overrides})
+
+
+class Settings:
+    """What every settings dataclass of the project shares (post-processing, inference): built
+    from a plain dict with a clear error for an unknown name, turned back into one, changed by
+    `replace` (which validates again), saved and read as JSON. Subclasses are frozen
+    dataclasses whose `__post_init__` validates every field, so a bad value fails where it is
+    made, before any image is read."""
+
+    #: What the settings are, for error messages ("post-processing parameter", ...).
+    what = "setting"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | Path | None = None):
+        """The settings with `values` over the defaults; `ValueError` naming an unknown name
+        (and the closest known one) or a bad value, prefixed by `source` when given."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        where = f"{source}: " if source is not None else ""
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
+                     else repr(name) for name in unknown]
+            raise ValueError(f"{where}unknown {cls.what}(s) {', '.join(hints)}; known: {', '.join(known)}")
+        plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+        try:
+            return cls(**plain)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}{error}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        """A copy with `changes` (validated like `from_dict`)."""
+        return type(self).from_dict({**self.as_dict(), **changes})
 
 
 # %% [markdown]
@@ -1028,6 +1065,13 @@ def scan_dataset(root: str | Path) -> DatasetScan:
         if not pairs[part]:
             raise DataError(f"{part_dir}: no image has a mask with the same stem")
     return DatasetScan(root, layout_used, pairs, unpaired, ignored)
+
+
+def partition_image_folder(root: str | Path, partition: str) -> Path | None:
+    """The image folder of `partition` ("train" or "test") under `root` in the first of
+    `LAYOUTS` present (`original/` or `images/`), or None when neither exists."""
+    return next((Path(root) / partition / images for images, _ in LAYOUTS
+                 if (Path(root) / partition / images).is_dir()), None)
 
 
 def find_dataset(root: str | Path) -> dict[str, list[ImagePair]]:
@@ -1743,10 +1787,11 @@ def load_synthetic_truth(image_pair: ImagePair) -> tuple[np.ndarray, np.ndarray]
 # %%
 from IPython.display import display
 
-from uni_seg.data import build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed
+from uni_seg.data import (build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed,
+                          partition_image_folder)
 from uni_seg.synthetic import generate_synthetic_dataset
 
-_has_dataset = any((cfg.data_dir / "train" / sub).is_dir() for sub in ("original", "images"))
+_has_dataset = partition_image_folder(cfg.data_dir, "train") is not None
 if cfg.synthetic_images > 0 and (not _has_dataset or (cfg.data_dir / "synthetic.json").is_file()):
     _n_test = max(2, round(cfg.synthetic_images / 5))
     generate_synthetic_dataset(cfg.data_dir, cfg.synthetic_images, _n_test, seed=cfg.seed)
@@ -4570,21 +4615,47 @@ import cv2
 import numpy as np
 from skimage.segmentation import watershed
 
-from uni_seg.config import write_json_atomic
+from uni_seg.config import Settings, write_json_atomic
 
-#: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
-#: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
-DEFAULT_POSTPROC_PARAMS: dict[str, Any] = dict(
-    fg_threshold=0.5,  # NP probability at or above which a pixel is foreground
-    hv_smooth_sigma=3.0,  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
-    sobel_ksize=5,  # Sobel kernel side (odd, 3..31): larger averages out noisier HV maps
-    marker_threshold=0.05,  # energy (HV change per pixel) below which a foreground pixel belongs to a marker
-    marker_open_radius=4,  # radius of the elliptic opening that breaks thin bridges between markers (0 = none)
-    min_marker_area=10,  # markers smaller than this (pixels) are noise
-    merge_threshold=0.05,  # split pieces whose shared boundary has mean energy below this are one cell (0 = never merge)
-    min_area=30,  # foreground blobs and final cells smaller than this (pixels) are dropped
-    max_hole_area=100,  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
-)
+
+@dataclasses.dataclass(frozen=True)
+class PostprocParams(Settings):
+    """The parameters of `instances_from_maps`, validated when made.
+
+    Defaults chosen on blurred, noisy true maps of real BCCD masks at the working scale (cells
+    ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. Validation runs in
+    the constructor, so `PostprocParams(sobel_ksize=8)` fails at once, naming the field;
+    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one.
+    """
+
+    what = "post-processing parameter"
+
+    fg_threshold: float = 0.5  # NP probability at or above which a pixel is foreground, in [0, 1]
+    hv_smooth_sigma: float = 3.0  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
+    sobel_ksize: int = 5  # Sobel kernel side (odd, 3..31): larger averages out noisier HV maps
+    marker_threshold: float = 0.05  # energy (HV change per pixel) below which a foreground pixel belongs to a marker
+    marker_open_radius: int = 4  # radius of the elliptic opening that breaks thin bridges between markers (0 = none)
+    min_marker_area: int = 10  # markers smaller than this (pixels) are noise
+    merge_threshold: float = 0.05  # split pieces whose shared boundary has mean energy below this are one cell (0 = never merge)
+    min_area: int = 30  # foreground blobs and final cells smaller than this (pixels) are dropped
+    max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
+
+    def __post_init__(self) -> None:
+        k = self.sobel_ksize
+        if isinstance(k, bool) or int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
+            raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
+        for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
+                     "min_marker_area", "min_area", "max_hole_area"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if isinstance(self.fg_threshold, bool) or not isinstance(self.fg_threshold, (int, float)) \
+                or not 0.0 <= self.fg_threshold <= 1.0:
+            raise ValueError(f"fg_threshold={self.fg_threshold!r} must be in [0, 1]")
+
+
+#: The defaults, as one object (the parameters `instances_from_maps` uses when given none).
+DEFAULT_POSTPROC_PARAMS = PostprocParams()
 
 
 def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -4596,24 +4667,6 @@ def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.n
     if hv.shape != (2, *np_prob.shape):
         raise ValueError(f"hv must be (2, H, W) = (2, {np_prob.shape[0]}, {np_prob.shape[1]}); got shape {hv.shape}")
     return np_prob, hv
-
-
-def validate_postproc_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`DEFAULT_POSTPROC_PARAMS` updated with `params`; `ValueError` naming an unknown or bad one."""
-    unknown = sorted(set(params) - set(DEFAULT_POSTPROC_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown post-processing parameter(s) {unknown}; known: {sorted(DEFAULT_POSTPROC_PARAMS)}")
-    p = {**DEFAULT_POSTPROC_PARAMS, **params}
-    k = p["sobel_ksize"]
-    if int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
-        raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
-    for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
-                 "min_marker_area", "min_area", "max_hole_area"):
-        if not p[name] >= 0:
-            raise ValueError(f"{name}={p[name]!r} must be >= 0")
-    if not 0.0 <= p["fg_threshold"] <= 1.0:
-        raise ValueError(f"fg_threshold={p['fg_threshold']!r} must be in [0, 1]")
-    return p
 
 
 def _derivative_kernels(ksize: int) -> tuple[np.ndarray, np.ndarray]:
@@ -4651,7 +4704,7 @@ def smooth_hv(hv: np.ndarray, np_prob: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def hv_energy(hv: np.ndarray, sobel_ksize: int = DEFAULT_POSTPROC_PARAMS["sobel_ksize"]) -> np.ndarray:
+def hv_energy(hv: np.ndarray, sobel_ksize: int = DEFAULT_POSTPROC_PARAMS.sobel_ksize) -> np.ndarray:
     """Seam energy of HV maps: float32 (H, W) >= 0, the HV change per pixel across a seam.
 
     `hv` float32 (2, H, W) in [-1, 1] (ch0 horizontal, ch1 vertical). Inside one cell H grows
@@ -4791,13 +4844,12 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     return np.take(lut, grown)
 
 
-def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
-    """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)); `p` is a full,
-    validated parameter dict (`validate_postproc_params`). Lets a parameter search reuse the
-    energy across the parameters that do not change it."""
-    raw_fg = np_prob >= p["fg_threshold"]
-    n, blobs, area = _components(_fill_small_holes(raw_fg, int(p["max_hole_area"])), 8)
-    min_area = int(p["min_area"])
+def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocParams) -> np.ndarray:
+    """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)) with parameters
+    `p`. Lets a parameter search reuse the energy across the parameters that do not change it."""
+    raw_fg = np_prob >= p.fg_threshold
+    n, blobs, area = _components(_fill_small_holes(raw_fg, int(p.max_hole_area)), 8)
+    min_area = int(p.min_area)
     big = area >= min_area
     big[0] = False
     if not big.any():
@@ -4807,17 +4859,17 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     # centre, or a background pocket between three touching cells) has flat HV and would
     # seed a cell of its own; the watershed floods it instead. Markers are 4-connected so
     # that a one-pixel diagonal bridge does not join two of them.
-    markers_mask = raw_fg & (energy < p["marker_threshold"])
-    r = int(p["marker_open_radius"])
+    markers_mask = raw_fg & (energy < p.marker_threshold)
+    r = int(p.marker_open_radius)
     if r > 0:
         ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
         markers_mask = cv2.morphologyEx(markers_mask.view(np.uint8), cv2.MORPH_OPEN, ellipse).view(bool)
-    if r > 0 and int(ellipse.sum()) >= p["min_marker_area"]:  # an opened marker holds a whole ellipse
+    if r > 0 and int(ellipse.sum()) >= p.min_marker_area:  # an opened marker holds a whole ellipse
         n_m, markers = cv2.connectedComponents(markers_mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
         real_marker = np.ones(n_m, bool)
     else:
         n_m, markers, m_area = _components(markers_mask, 4)
-        real_marker = m_area >= int(p["min_marker_area"])
+        real_marker = m_area >= int(p.min_marker_area)
     real_marker[0] = False
 
     # The blob of each marker (a marker lies inside one blob: any of its pixels says which)
@@ -4852,8 +4904,8 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     if not real_marker[1:].all():
         seeds *= np.take(real_marker, seeds)
     grown, flood = _split_blobs(energy[box], inside, seeds)
-    if p["merge_threshold"] > 0:
-        grown = _merge_without_seam(grown, energy[box], flood, p["merge_threshold"])
+    if p.merge_threshold > 0:
+        grown = _merge_without_seam(grown, energy[box], flood, p.merge_threshold)
     sizes = np.bincount(grown.ravel(), minlength=n_m)  # grown is 0 outside the split blobs
     keep = sizes >= min_area  # pieces under min_area become background
     keep[0] = False
@@ -4864,16 +4916,17 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     return out
 
 
-def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, **params: Any) -> np.ndarray:
+def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
+                        **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
         np_prob: float32 (H, W) in [0, 1], probability that a pixel belongs to a cell.
         hv: float32 (2, H, W) in [-1, 1]; ch0 horizontal (x), ch1 vertical (y) offset of the
             pixel from its cell's centre, each side of the centre scaled to [-1, 1].
-        **params: any of `DEFAULT_POSTPROC_PARAMS` (unknown names raise `ValueError`):
-            fg_threshold, hv_smooth_sigma, sobel_ksize, marker_threshold,
-            marker_open_radius, min_marker_area, merge_threshold, min_area, max_hole_area.
+        params: the `PostprocParams` (None = `DEFAULT_POSTPROC_PARAMS`).
+        **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
+            (unknown names raise `ValueError`).
 
     Returns:
         int32 (H, W): 0 background, cells 1..N contiguous (blobs that needed no split first).
@@ -4887,8 +4940,10 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, **params: Any) -> n
     memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
     np_prob, hv = validate_maps(np_prob, hv)
-    p = validate_postproc_params(params)
-    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p["hv_smooth_sigma"], p["sobel_ksize"]), p)
+    p = params or DEFAULT_POSTPROC_PARAMS
+    if changes:
+        p = p.replace(**changes)
+    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
 
 
 # %% [markdown]
@@ -4991,14 +5046,14 @@ class Segmentation:
 
 
 def cells_from_maps(
-    maps: Mapping[str, np.ndarray], postproc_params: Mapping[str, Any] | None = None
+    maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
     `maps` as `predict_maps` returns them. Returns inst int32 (h, w) 0..N and three (N + 1,)
     arrays indexed by cell id: classes int64, class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], **dict(postproc_params or {}))
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc)
     classes, class_probs = classify_instances(inst, maps["nc"])
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
@@ -5074,20 +5129,19 @@ print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2
 # needs the metrics) and read back here; without it the defaults above apply.
 
 # %% tags=["export"]
-def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
+def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None, **extra: Any) -> Path:
     """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
     (results/postproc_params.json) atomically (temp file + rename)."""
-    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in validate_postproc_params(dict(params)).items()}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = dict(params=params, score=dict(pq=None if score is None else float(score)), created=created, **extra)
+    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)), created=created, **extra)
     return write_json_atomic(path, doc)
 
 
-def load_postproc_params(path: str | Path) -> dict[str, Any]:
-    """The full `instances_from_maps` parameter dict saved by `save_postproc_params`.
+def read_postproc_document(path: str | Path) -> tuple[PostprocParams, dict[str, Any]]:
+    """The parameters saved by `save_postproc_params` and the whole document they came in.
 
     Raises `FileNotFoundError` when `path` is missing and `ValueError` naming the file when
-    it is not such a document or holds unknown parameters.
+    it is not such a document or holds unknown or bad parameters.
     """
     path = Path(path)
     if not path.is_file():
@@ -5096,11 +5150,15 @@ def load_postproc_params(path: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
         params = doc["params"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a post-processing parameter file ({e})") from None
-    try:
-        return validate_postproc_params(params)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{path}: not a post-processing parameter file ({type(e).__name__}: {e})") from None
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{path}: not a post-processing parameter file (\"params\" is not an object)")
+    return PostprocParams.from_dict(params, source=path), doc
+
+
+def load_postproc_params(path: str | Path) -> PostprocParams:
+    """The `PostprocParams` saved by `save_postproc_params` (errors as `read_postproc_document`)."""
+    return read_postproc_document(path)[0]
 
 
 # %% [markdown]
@@ -5504,7 +5562,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -5512,10 +5570,69 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.config import Settings, atomic_write, autocast, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
 from uni_seg.export import coco_annotations, export_segmentation, write_csv
-from uni_seg.postproc import Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+from uni_seg.postproc import PostprocParams, Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings(Settings):
+    """How a whole image goes through the model: scale, tiles, TTA, batch, precision, device.
+
+    Validated when made (`ValueError` naming the field), so a bad setting fails before any
+    image is read; saved and read as JSON with the run's outputs (`as_dict`, `from_dict`).
+    """
+
+    what = "inference setting"
+
+    working_scale: float = 1.0  # resize factor from the image to the scale the model was trained at, in (0, 4]
+    tile_size: int = 224  # side of the sliding window in working-scale pixels, a positive multiple of 16
+    overlap: int = 64  # minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size
+    tta: bool = False  # average over the 8 flips/rotations (8x the model time)
+    batch_size: int = 8  # tiles per forward pass, >= 1
+    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (bf16 where supported, else fp16)
+    device: str | None = None  # None: where the model's parameters are; else "auto", "cpu", "cuda" or "cuda:N"
+
+    def __post_init__(self) -> None:
+        scale = self.working_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 4:
+            raise ValueError(f"working_scale={scale!r} must be a number in (0, 4]")
+        for name in ("tile_size", "overlap", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}={value!r} must be an integer")
+        if self.tile_size <= 0 or self.tile_size % 16:
+            raise ValueError(f"tile_size={self.tile_size} must be a positive multiple of 16 (the ViT patch size)")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ValueError(f"overlap={self.overlap} must be in [0, tile_size={self.tile_size})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"tta={self.tta!r} must be true or false")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision={self.precision!r} is not one of auto, bf16, fp16, fp32")
+        if self.device is not None:
+            if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                                   and self.device[5:].isdigit()):
+                raise ValueError(f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def placement(self, model: torch.nn.Module) -> tuple[torch.device, str]:
+        """(device, resolved precision) for running `model`: `device`, or where the model is."""
+        params = list(model.parameters())
+        if self.device is not None:
+            device = resolve_device(self.device)
+        else:
+            device = params[0].device if params else torch.device("cpu")
+        return device, resolve_precision(self.precision, device)
+
+
+def inference_settings_from_config(cfg: Any, device: str | None = None) -> InferenceSettings:
+    """The `InferenceSettings` of a `RunConfig` (uni_seg.config): working scale, tiles, TTA and
+    precision from the run's parameters; `device` None = where the model is."""
+    return InferenceSettings(working_scale=float(cfg.working_scale), tile_size=int(cfg.tile_size),
+                             overlap=int(cfg.tile_overlap), tta=bool(cfg.use_tta), precision=cfg.precision,
+                             device=device)
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -5621,30 +5738,18 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
 
 
 def predict_maps(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    model: torch.nn.Module, image: np.ndarray, settings: InferenceSettings = InferenceSettings()
 ) -> dict[str, np.ndarray]:
     """The model's maps for a whole image of any size, at the working scale.
 
     Args:
         model: a `CellSegModel` (or any module with its contract: float32 (B, 3, t, t) RGB in
             [0, 1] -> dict "np" (B, 1, t, t) logits, "hv" (B, 2, t, t), "nc" (B, C, t, t) logits).
-            Run in eval mode (its mode is restored afterwards); moved to `device` if given.
+            Run in eval mode (its mode is restored afterwards); moved to the settings' device
+            if one is given.
         image: uint8 (H, W, 3) RGB at the original resolution.
-        working_scale: resize factor to the scale the model was trained at (1.0: as given).
-        tile_size: side of the sliding window in working-scale pixels (a multiple of 16).
-        overlap: minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size.
-        tta: average over the 8 flips/rotations (8x the model time).
-        device: where the model runs; None = where its parameters are.
-        precision: "fp32", "bf16" or "fp16" autocast.
-        batch_size: tiles per forward pass.
+        settings: working scale, tiles, TTA, batch size, precision and device
+            (`InferenceSettings`).
 
     Returns:
         dict at the working scale (h, w) = `working_shape(H, W, working_scale)`:
@@ -5652,20 +5757,13 @@ def predict_maps(
         (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
     """
     image = check_rgb_image(image)
-    if tile_size <= 0 or tile_size % 16:
-        raise ValueError(f"tile_size={tile_size} must be a positive multiple of 16 (the ViT patch size)")
-    if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    device, precision = settings.placement(model)
     params = list(model.parameters())
-    if device is None:
-        device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
     if params and params[0].device != device:
         model.to(device)
+    tile_size, overlap, batch_size = settings.tile_size, settings.overlap, settings.batch_size
 
-    h, w = working_shape(*image.shape[:2], working_scale)
+    h, w = working_shape(*image.shape[:2], settings.working_scale)
     scaled = resize_image(image, (h, w))
     ph, pw = max(h, tile_size), max(w, tile_size)
     if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
@@ -5673,7 +5771,7 @@ def predict_maps(
     pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
     corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
     window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
-    transforms = TTA_TRANSFORMS if tta else ((False, 0),)
+    transforms = TTA_TRANSFORMS if settings.tta else ((False, 0),)
 
     acc: torch.Tensor | None = None
     weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
@@ -5720,27 +5818,21 @@ def predict_maps(
 def segment_image(
     model: torch.nn.Module,
     image: np.ndarray,
-    postproc_params: Mapping[str, Any] | None = None,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     keep_maps: bool = True,
 ) -> Segmentation:
     """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
     working scale, labels enlarged (nearest) to the original size.
 
-    `image` uint8 (H, W, 3) RGB; `postproc_params` keyword arguments of `instances_from_maps`
-    (None = its defaults; e.g. the tuned `results/postproc_params.json`); the other arguments
-    as in `predict_maps`. Returns a `Segmentation` whose `inst` is (H, W).
+    `image` uint8 (H, W, 3) RGB; `settings` as in `predict_maps`; `postproc` the watershed's
+    parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`). Returns a
+    `Segmentation` whose `inst` is (H, W).
     """
     t0 = time.perf_counter()
-    maps = predict_maps(model, image, working_scale, tile_size, overlap, tta, device, precision, batch_size)
+    maps = predict_maps(model, image, settings)
     t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
     t2 = time.perf_counter()
     inst = resize_labels(inst_working, image.shape[:2])
     n = len(classes) - 1
@@ -5803,14 +5895,8 @@ def run_folder_inference(
     model: torch.nn.Module,
     input_dir: Path,
     output_dir: Path,
-    postproc_params: Mapping[str, Any] | None = None,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     limit: int | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     object_type: str = "detection",
@@ -5822,8 +5908,8 @@ def run_folder_inference(
     RLE masks and a `score` per annotation; its "annotations" list is also a valid COCO
     results file) and `summary.csv` (image, status, error, width, height, n_cells and a count
     per class). Images that fail (unreadable, or any error while segmenting) are reported on
-    stderr, listed in the summary with their error, and skipped. Other arguments as in
-    `segment_image`.
+    stderr, listed in the summary with their error, and skipped. `settings` and `postproc` as
+    in `segment_image`.
     """
     from tqdm.auto import tqdm
 
@@ -5845,8 +5931,7 @@ def run_folder_inference(
         row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, n_classes)})
         try:
             image = read_image(path)
-            seg = segment_image(model, image, postproc_params, working_scale, tile_size, overlap, tta,
-                                device, precision, batch_size, keep_maps=False)
+            seg = segment_image(model, image, settings, postproc, keep_maps=False)
             export_segmentation(output_dir, name, image, seg, class_names, object_type)
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
@@ -5876,13 +5961,8 @@ def predict_split(
     model: torch.nn.Module,
     processed_dir: Path,
     split: str,
-    postproc_params: Mapping[str, Any] | None = None,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     limit: int | None = None,
     keep_maps: bool = True,
     progress: bool = False,
@@ -5890,22 +5970,21 @@ def predict_split(
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `segment_image` at scale 1 (the cache is at the working scale) with
-    `postproc_params` (None = defaults). Raises FileNotFoundError naming
-    the folder when it holds no images.
+    most `limit`; runs `segment_image` with `settings` at scale 1 (the cache is at the working
+    scale already, so `settings.working_scale` is not applied again) and `postproc` (None =
+    defaults). Raises FileNotFoundError naming the folder when it holds no images.
     """
     from tqdm.auto import tqdm
 
     files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
+    at_scale = dataclasses.replace(settings, working_scale=1.0)
     out = []
     for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
         with np.load(path) as data:
             image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        # The cache is at the working scale already: scale 1.0, so segment_image's labels stay as found.
-        seg = segment_image(model, image, postproc_params, 1.0, tile_size, overlap, tta, device, precision,
-                            batch_size, keep_maps)
+        seg = segment_image(model, image, at_scale, postproc, keep_maps)
         out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
                                    seg.scores, seg.maps))
     return out
@@ -5924,13 +6003,13 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
     return model.eval(), meta
 
 
-def _read_postproc(path: Path | None, explicit: bool) -> dict[str, Any] | None:
+def _read_postproc(path: Path | None, explicit: bool) -> PostprocParams | None:
     if path is None or (not explicit and not Path(path).exists()):
         print(f"post-processing: defaults ({path} not found)", file=sys.stderr)
         return None
     if not Path(path).exists():
         raise FileNotFoundError(f"--postproc {path} does not exist")
-    return dict(load_postproc_params(path))
+    return load_postproc_params(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -5960,21 +6039,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    try:  # every option is checked before anything is loaded
+        settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
+                                     tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                                     batch_size=args.batch_size, precision=args.precision, device=args.device)
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
     if not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
     postproc = _read_postproc(args.postproc or Path("results/postproc_params.json"), explicit=args.postproc is not None)
     model, meta = load_inference_model(args.checkpoint, device)
-    scale = args.working_scale or float(meta.get("working_scale") or 1.0)
+    if args.working_scale is None:
+        settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
     n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
     names = tuple(class_name(c) for c in range(n_classes))
-    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale {scale}, "
-          f"tiles {args.tile_size}/{args.overlap}, TTA {'on' if args.tta else 'off'}", file=sys.stderr)
-    report = run_folder_inference(
-        model, args.input, args.output, postproc, scale, args.tile_size, args.overlap, args.tta, device,
-        precision, args.batch_size, args.limit, names, args.object_type, progress=not args.no_progress,
-    )
+    _, precision = settings.placement(model)
+    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale "
+          f"{settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, TTA {'on' if settings.tta else 'off'}",
+          file=sys.stderr)
+    report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
+                                  args.object_type, progress=not args.no_progress)
     if not report.rows:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)
@@ -5984,20 +6069,26 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 # %% [markdown]
 # A look at one test image: the current model on the whole image at its original size,
-# outlines in class colours (red RBC, blue WBC, amber platelet). With the demo profile's
-# few-epoch model the outlines are rough; the point is that the full-size path runs.
+# outlines in class colours (red RBC, blue WBC, amber platelet), with the default
+# post-processing (§9 tunes it). With the demo profile's few-epoch model the outlines are
+# rough; the point is that the full-size path runs. The run's inference settings are made
+# here, once, from its parameters.
 
 # %%
 import matplotlib.pyplot as plt
 
-_demo_images = sorted((Path(cfg.data_dir) / "test").glob("*/*.*"))
-_demo_images = [p for p in _demo_images if p.parent.name in ("original", "images") and p.suffix.lower() in IMAGE_SUFFIXES]
+from uni_seg.data import partition_image_folder
+from uni_seg.infer import inference_settings_from_config, list_images, segment_image
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS
+
+INFERENCE = inference_settings_from_config(cfg, device=str(DEVICE))  # §9 and §10 use the same settings
+print(INFERENCE)
+_test_folder = partition_image_folder(cfg.data_dir, "test")
+_demo_images = list_images(_test_folder, limit=1) if _test_folder is not None else []
 if "model" in globals() and _demo_images:
-    _params_path = cfg.results_dir / "postproc_params.json"
-    POSTPROC_PARAMS = dict(load_postproc_params(_params_path)) if _params_path.exists() else None
     _image = read_image(_demo_images[0])
-    _seg = segment_image(model, _image, POSTPROC_PARAMS, cfg.working_scale, cfg.tile_size, cfg.tile_overlap,
-                         tta=False, device=DEVICE, precision=AMP_PRECISION)
+    # The default post-processing: §9 tunes it on the validation images.
+    _seg = segment_image(model, _image, INFERENCE, DEFAULT_POSTPROC_PARAMS)
     print(f"{_demo_images[0].name}: {_image.shape[1]}x{_image.shape[0]}, {_seg.n_cells} cells; "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in _seg.seconds.items()))
     plt.figure(figsize=(8, 6))
@@ -6058,7 +6149,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import write_json_atomic
-from uni_seg.postproc import instances_from_energy, seam_energy, validate_maps, validate_postproc_params
+from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -6645,7 +6736,7 @@ def write_metrics_json(
     *,
     backbone: str,
     weights: str,
-    postproc_params: Mapping[str, Any],
+    postproc_params: PostprocParams | Mapping[str, Any],
     split_sizes: Mapping[str, int],
     weights_source: str | None = None,
     checkpoint: str | Path | None = None,
@@ -6661,7 +6752,7 @@ def write_metrics_json(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
                    checkpoint=None if checkpoint is None else str(checkpoint)),
-        postproc_params=dict(postproc_params),
+        postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
         extra=dict(extra or {}),
@@ -6684,7 +6775,7 @@ def write_metrics_json(
 # inference read back (`load_postproc_params`).
 
 # %% tags=["export"]
-#: The default search grid: 3 x 3 x 3 = 27 settings around `DEFAULT_POSTPROC_PARAMS` (the
+#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
 #: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
 #: per validation image).
 DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
@@ -6699,44 +6790,40 @@ def tune_postproc(
     hvs: Sequence[np.ndarray],
     true_insts: Sequence[np.ndarray],
     grid: Mapping[str, Sequence[Any]] | None = None,
-    base_params: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    base_params: PostprocParams | None = None,
+) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
     Args:
         np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
         true_insts: per image int (H, W) true instances (e.g. the validation set).
-        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); names not in
-            the grid keep `base_params` or the defaults.
+        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
+            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
 
     Returns:
-        (best_params: the full parameter dict, table: one dict per setting with its
-        parameters and `pq` (mean over images), best first; ties keep grid order).
+        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
+        grid values and `pq` (mean over images), best first; ties keep grid order).
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
     grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
-    base = validate_postproc_params(dict(base_params or {}))
+    base = base_params or PostprocParams()
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    for s in settings:
-        validate_postproc_params({**base, **s})
+    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
     maps = [validate_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
     energies: dict[tuple[int, float, int], np.ndarray] = {}  # the energy depends on 2 parameters only
     table = []
-    for s in settings:
-        params = validate_postproc_params({**base, **s})
+    for s, params in zip(settings, candidates):
         pqs = []
         for i, ((np_prob, hv), true) in enumerate(zip(maps, true_insts)):
-            key = (i, float(params["hv_smooth_sigma"]), int(params["sobel_ksize"]))
+            key = (i, float(params.hv_smooth_sigma), int(params.sobel_ksize))
             if key not in energies:
                 energies[key] = seam_energy(np_prob, hv, key[1], key[2])
             pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
         table.append(dict(**s, pq=_nanmean(pqs)))
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
-    table = [table[k] for k in order]
-    best = validate_postproc_params({**base, **{n: table[0][n] for n in names}})
-    return best, table
+    return candidates[order[0]], [table[k] for k in order]
 
 
 # %% [markdown]
@@ -6754,7 +6841,7 @@ print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in demo_metrics[
        if k in ("pq", "sq", "rq", "tp", "fp", "fn", "aji", "f1", "map", "ap50", "ap75")})
 _best, _table = tune_postproc([demo_np], [demo_hv], [demo_true],
                               grid={"fg_threshold": [0.4, 0.5], "marker_threshold": [0.03, 0.05, 0.08]})
-print("best of the grid:", {k: _best[k] for k in ("fg_threshold", "marker_threshold")}, f"PQ {_table[0]['pq']:.3f}")
+print("best of the grid:", {k: getattr(_best, k) for k in ("fg_threshold", "marker_threshold")}, f"PQ {_table[0]['pq']:.3f}")
 print(METRICS_SCHEMA_DOC)
 
 # %% [markdown]
@@ -6774,23 +6861,27 @@ from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save
 from uni_seg.metrics import evaluate_predictions, tune_postproc, write_metrics_json
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
-_predict = dict(tile_size=cfg.tile_size, overlap=cfg.tile_overlap, tta=cfg.use_tta, device=DEVICE, precision=AMP_PRECISION)
 test_predictions = None
 if cfg.run_evaluation and cfg.tune_postproc:
-    _val = predict_split(model, cfg.processed_dir, "val", None, keep_maps=True, **_predict)
-    _best, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val], [p.true_inst for p in _val])
-    save_postproc_params(POSTPROC_PATH, _best, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)")
-    print(f"post-processing tuned on {len(_val)} validation images: best mean PQ {_table[0]['pq']:.4f}; top settings:")
+    _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True)
+    POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
+                                            [p.true_inst for p in _val])
+    save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)")
+    _source = f"tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), saved to {POSTPROC_PATH}"
+    print("top settings:")
     for _row in _table[:5]:
-        print("  ", {k: v for k, v in _row.items()})
+        print("  ", _row)
     del _val
-POSTPROC_PARAMS = dict(load_postproc_params(POSTPROC_PATH)) if POSTPROC_PATH.exists() else dict(DEFAULT_POSTPROC_PARAMS)
-print(f"post-processing parameters ({'tuned, ' + str(POSTPROC_PATH) if POSTPROC_PATH.exists() else 'defaults'}): {POSTPROC_PARAMS}")
+elif POSTPROC_PATH.exists():
+    POSTPROC_PARAMS, _source = load_postproc_params(POSTPROC_PATH), f"read from {POSTPROC_PATH}"
+else:
+    POSTPROC_PARAMS, _source = DEFAULT_POSTPROC_PARAMS, "the defaults (nothing tuned)"
+print(f"post-processing parameters, {_source}: {POSTPROC_PARAMS}")
 
 # %%
 if cfg.run_evaluation:
-    test_predictions = predict_split(model, cfg.processed_dir, "test", POSTPROC_PARAMS,
-                                     keep_maps=False, **_predict)  # maps of the figure images are re-made in §10
+    test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
+                                     keep_maps=False)  # maps of the figure images are re-made in §10
     metrics = evaluate_predictions(
         [p.true_inst for p in test_predictions], [p.true_cls for p in test_predictions],
         [p.pred_inst for p in test_predictions], [p.classes for p in test_predictions],
@@ -6803,7 +6894,7 @@ if cfg.run_evaluation:
         weights_source=_weights_source, postproc_params=POSTPROC_PARAMS,
         split_sizes={name: len(stems) for name, stems in _manifest["split"].items()},
         checkpoint=best_checkpoint, extra={"run_name": cfg.run_name, "profile": cfg.profile,
-                                           "working_scale": cfg.working_scale, "tta": cfg.use_tta},
+                                           "inference": INFERENCE.as_dict()},
     )
     if _weights_source == "none":
         print("NOTE: the backbone ran on RANDOM weights (no pretrained weights were loaded): "
@@ -7122,18 +7213,12 @@ from IPython.display import Image as _Image
 from IPython.display import display
 
 from uni_seg.infer import predict_split, run_folder_inference
-from uni_seg.postproc import load_postproc_params
 
-_pp_path = cfg.results_dir / "postproc_params.json"  # tuned in section 9 (defaults if absent)
-POSTPROC_PARAMS = load_postproc_params(_pp_path) if _pp_path.exists() else None
 if cfg.run_evaluation and "model" in globals():
-    if globals().get("test_predictions") is None:
-        test_predictions = predict_split(model, cfg.processed_dir, "test", POSTPROC_PARAMS, cfg.tile_size,
-                                         cfg.tile_overlap, cfg.use_tta, DEVICE, AMP_PRECISION)
     _with_maps = [p for p in test_predictions if p.maps is not None]
     if not _with_maps:  # evaluation kept no maps: predict the few figure images again, with maps
-        _with_maps = predict_split(model, cfg.processed_dir, "test", POSTPROC_PARAMS, cfg.tile_size, cfg.tile_overlap,
-                                   cfg.use_tta, DEVICE, AMP_PRECISION, limit=cfg.n_figure_samples)
+        _with_maps = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
+                                   limit=cfg.n_figure_samples)
     _true = [p.true_inst for p in test_predictions]
     _pred = [p.pred_inst for p in test_predictions]
     figure_paths = save_sample_figures(_with_maps, cfg.results_dir, cfg.n_figure_samples)
@@ -7151,22 +7236,18 @@ else:
 #
 # The export stage (`RUN_EXPORT`): the command line's folder inference
 # (`uni_seg.infer.run_folder_inference`) on the raw test images, with the current model and
-# the tuned post-processing, into `results/exports/`: per image a 16-bit label PNG, an
+# §9's post-processing parameters, into `results/exports/`: per image a 16-bit label PNG, an
 # overlay, a cell table (CSV) and QuPath GeoJSON; for the folder COCO instances and a count
-# summary. It runs after the tuning (section 9) so it uses the tuned parameters.
+# summary.
 
 # %%
 if cfg.run_export and "model" in globals():
-    _test_dir = next((Path(cfg.data_dir) / "test" / d for d in ("original", "images")
-                      if (Path(cfg.data_dir) / "test" / d).is_dir()), None)
+    _test_dir = partition_image_folder(cfg.data_dir, "test")
     if _test_dir is None:
         print(f"no test images under {cfg.data_dir}/test: skipping the export")
     else:
-        export_report = run_folder_inference(
-            model, _test_dir, cfg.results_dir / "exports", POSTPROC_PARAMS,
-            cfg.working_scale, cfg.tile_size, cfg.tile_overlap, cfg.use_tta, DEVICE, AMP_PRECISION,
-            limit=cfg.export_images, progress=False,
-        )
+        export_report = run_folder_inference(model, _test_dir, cfg.results_dir / "exports", INFERENCE, POSTPROC_PARAMS,
+                                             limit=cfg.export_images, progress=False)
         print(f"exported {export_report.n_ok} image(s) to {cfg.results_dir / 'exports'}; "
               f"failed: {export_report.failed or 'none'}")
         print(Path(export_report.summary_path).read_text())

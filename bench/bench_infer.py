@@ -30,7 +30,7 @@ from real_subset import RELATIVE, find_real_subset  # noqa: E402
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
-from uni_seg import infer  # noqa: E402
+from uni_seg import data, export, infer, postproc  # noqa: E402
 
 
 def ms(seconds: list[float]) -> str:
@@ -79,13 +79,15 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters()) / 1e6
     paths = sorted(folder.iterdir())[: args.images]
     scale, tile, overlap = 0.5, 224, 64
-    h, w = infer.working_shape(1200, 1600, scale)
-    n_tiles = len(infer.tile_starts(h, tile, overlap)) * len(infer.tile_starts(w, tile, overlap))
+    h, w = data.working_shape(1200, 1600, scale)
+    n_tiles = len(data.tile_starts(h, tile, overlap)) * len(data.tile_starts(w, tile, overlap))
     print(f"load average {os.getloadavg()[0]:.1f}; {args.backbone} + decoder {args.decoder_channels} ch ({n_params:.1f} M params, random weights) on {device}, "
           f"{args.threads} threads; {len(paths)} real images 1600x1200 -> {w}x{h}, {n_tiles} tiles {tile}/{overlap}")
 
-    images = [infer.read_image(p) for p in paths]
-    infer.predict_maps(model, images[0][:448, :448], scale, tile, overlap, device=device, batch_size=args.batch_size)  # warm-up
+    images = [data.read_image(p) for p in paths]
+    settings = infer.InferenceSettings(working_scale=scale, tile_size=tile, overlap=overlap, batch_size=args.batch_size,
+                                       device=str(device))
+    infer.predict_maps(model, images[0][:448, :448], settings)  # warm-up
     rng = np.random.default_rng(0)
     steps = ("model", "postproc", "resize", "exports", "total")
     for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
@@ -93,16 +95,16 @@ def main() -> None:
         cpu = {k: [] for k in steps}
         for image, path in zip(images, paths):
             clocks = [(time.perf_counter(), time.process_time())]
-            maps = infer.predict_maps(model, image, scale, tile, overlap, False, device, precision, args.batch_size)
+            maps = infer.predict_maps(model, image, settings.replace(precision=precision))
             clocks.append((time.perf_counter(), time.process_time()))
-            cells, classes, probs, scores = infer.cells_from_maps(maps)
+            cells, classes, probs, scores = postproc.cells_from_maps(maps)
             clocks.append((time.perf_counter(), time.process_time()))
             full = infer.resize_labels(cells, image.shape[:2])
             clocks.append((time.perf_counter(), time.process_time()))
-            seg = infer.Segmentation(full, classes, probs, scores, cells, None, {})
+            seg = postproc.Segmentation(full, classes, probs, scores, cells, None, {})
             with tempfile.TemporaryDirectory() as tmp:
-                infer.export_segmentation(Path(tmp), path.stem, image, seg)
-                infer.coco_annotations(seg.inst, seg.classes, seg.scores, 1, 1)
+                export.export_segmentation(Path(tmp), path.stem, image, seg)
+                export.coco_annotations(seg.inst, seg.classes, seg.scores, 1, 1)
             clocks.append((time.perf_counter(), time.process_time()))
             for k, (a, b) in zip(steps, zip(clocks, clocks[1:])):
                 wall[k].append(b[0] - a[0])
@@ -130,7 +132,7 @@ def main() -> None:
         nc[0], nc[1] = 1 - np_map, np_map
         m = {"np": np_map, "hv": hv, "nc": nc}
         t0 = time.perf_counter()
-        cells, *_ = infer.cells_from_maps(m)
+        cells, *_ = postproc.cells_from_maps(m)
         t1 = time.perf_counter()
         infer.resize_labels(cells, (1200, 1600))
         t2 = time.perf_counter()
@@ -139,11 +141,10 @@ def main() -> None:
         big_nc = np.stack([cv2.resize(c, (1600, 1200), interpolation=cv2.INTER_LINEAR) for c in nc])
         t3 = time.perf_counter()
         # the alternative needs its parameters in full-resolution pixels: areas x4, lengths x2
-        big = dict(infer.DEFAULT_POSTPROC_PARAMS)
-        big.update(min_area=4 * big["min_area"], min_marker_area=4 * big["min_marker_area"],
-                   max_hole_area=4 * big["max_hole_area"], hv_smooth_sigma=2 * big["hv_smooth_sigma"],
-                   marker_open_radius=2 * big["marker_open_radius"])
-        infer.cells_from_maps({"np": big_np, "hv": big_hv, "nc": big_nc}, big)
+        d = postproc.DEFAULT_POSTPROC_PARAMS
+        big = d.replace(min_area=4 * d.min_area, min_marker_area=4 * d.min_marker_area, max_hole_area=4 * d.max_hole_area,
+                        hv_smooth_sigma=2 * d.hv_smooth_sigma, marker_open_radius=2 * d.marker_open_radius)
+        postproc.cells_from_maps({"np": big_np, "hv": big_hv, "nc": big_nc}, big)
         t4 = time.perf_counter()
         rows.append((int(inst.max()), int(cells.max()), t1 - t0, t2 - t1, t4 - t2))
     if rows:
@@ -153,7 +154,7 @@ def main() -> None:
 
     if args.tta:
         t0 = time.perf_counter()
-        infer.predict_maps(model, images[0], scale, tile, overlap, True, device, "fp32")
+        infer.predict_maps(model, images[0], settings.replace(tta=True, precision="fp32"))
         print(f"\nTTA (8 views), model+blend fp32, one image: {1000 * (time.perf_counter() - t0):.0f} ms")
 
 

@@ -115,8 +115,8 @@ def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(150, 190, 3)).astype(np.uint8)
     model = PointwiseModel()
-    single = infer.predict_maps(model, image, tile_size=192, overlap=0)  # one tile covers it all
-    tiled = infer.predict_maps(model, image, tile_size=tile, overlap=overlap, batch_size=3)
+    single = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=192, overlap=0))  # one tile covers it all
+    tiled = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=tile, overlap=overlap, batch_size=3))
     for key in ("np", "hv", "nc"):
         assert tiled[key].dtype == np.float32
         np.testing.assert_allclose(tiled[key], single[key], atol=1e-5)
@@ -129,9 +129,9 @@ def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
 
 def test_working_scale_resizes_and_small_images_are_padded():
     image = np.full((101, 77, 3), 200, np.uint8)
-    maps = infer.predict_maps(PointwiseModel(), image, working_scale=0.5, tile_size=64, overlap=16)
+    maps = infer.predict_maps(PointwiseModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16))
     assert maps["np"].shape == data.working_shape(101, 77, 0.5) == (50, 38)
-    tiny = infer.predict_maps(PointwiseModel(), image[:5, :7], tile_size=32, overlap=8)
+    tiny = infer.predict_maps(PointwiseModel(), image[:5, :7], infer.InferenceSettings(tile_size=32, overlap=8))
     assert tiny["np"].shape == (5, 7)
 
 
@@ -139,18 +139,18 @@ def test_predict_maps_rejects_bad_arguments():
     model = PointwiseModel()
     image = np.zeros((40, 40, 3), np.uint8)
     with pytest.raises(ValueError, match="multiple of 16"):
-        infer.predict_maps(model, image, tile_size=100)
+        infer.predict_maps(model, image, infer.InferenceSettings(tile_size=100))
     with pytest.raises(ValueError, match="overlap"):
-        infer.predict_maps(model, image, tile_size=64, overlap=64)
+        infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=64))
     with pytest.raises(ValueError, match="uint8"):
-        infer.predict_maps(model, image.astype(np.float32), tile_size=64, overlap=0)
+        infer.predict_maps(model, image.astype(np.float32), infer.InferenceSettings(tile_size=64, overlap=0))
 
 
 def test_predict_maps_restores_training_mode_and_accepts_bf16():
     model = PointwiseModel().train()
     image = np.random.default_rng(0).integers(0, 256, size=(70, 70, 3)).astype(np.uint8)
-    fp32 = infer.predict_maps(model, image, tile_size=64, overlap=16)
-    bf16 = infer.predict_maps(model, image, tile_size=64, overlap=16, precision="bf16")
+    fp32 = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16))
+    bf16 = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16, precision="bf16"))
     assert model.training
     np.testing.assert_allclose(bf16["np"], fp32["np"], atol=0.05)
 
@@ -172,8 +172,8 @@ def test_tta_output_equals_plain_output_for_an_equivariant_model():
     centres = [(20, 20), (30, 62), (60, 40), (95, 110), (64, 64), (100, 30), (15, 150)]
     image, _ = disks_image((130, 170), centres, 11)
     model = EquivariantModel()
-    plain = infer.predict_maps(model, image, tile_size=64, overlap=16)
-    tta = infer.predict_maps(model, image, tile_size=64, overlap=16, tta=True, batch_size=4)
+    plain = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16))
+    tta = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16, tta=True, batch_size=4))
     for key in ("np", "hv", "nc"):
         np.testing.assert_allclose(tta[key], plain[key], atol=1e-5)
 
@@ -185,7 +185,7 @@ def test_segment_image_returns_cells_at_the_original_resolution():
 
     centres = [(40, 40), (40, 130), (120, 60), (130, 170), (200, 100), (60, 210)]
     image, true = disks_image((240, 260), centres, 22)
-    seg = infer.segment_image(EquivariantModel(), image, None, working_scale=0.5, tile_size=96, overlap=32)
+    seg = infer.segment_image(EquivariantModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=96, overlap=32))
     assert seg.inst.shape == (240, 260) and seg.inst.dtype == np.int32
     assert seg.inst_working.shape == (120, 130)
     assert seg.n_cells == len(centres) == len(seg.scores) - 1 == len(seg.class_probs) - 1
@@ -332,7 +332,7 @@ def _write_folder(folder: Path) -> dict[str, np.ndarray]:
 def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
     truths = _write_folder(tmp_path / "in")
     out = tmp_path / "out"
-    report = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, tile_size=64, overlap=16, progress=False)
+    report = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, infer.InferenceSettings(tile_size=64, overlap=16), progress=False)
     assert list(report.failed) == ["broken.png"] and "broken.png" in report.failed["broken.png"]
     assert report.n_ok == 2
     for stem, true in truths.items():
@@ -401,14 +401,14 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
     for i in range(2):
         image, inst = disks_image((70, 90), [(20, 20), (45, 60)], 12, seed=i)
         np.savez_compressed(split / f"s{i}.npz", image=image, inst=inst, cls=(inst > 0).astype(np.uint8))
-    preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", tile_size=64, overlap=16)
+    preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", infer.InferenceSettings(tile_size=64, overlap=16))
     assert [p.stem for p in preds] == ["s0", "s1"]
     p = preds[0]
     assert p.pred_inst.shape == p.true_inst.shape == (70, 90) and p.pred_inst.max() == 2
     assert p.pred_cls.shape == (70, 90) and p.maps["hv"].shape == (2, 70, 90)
     assert set(p.score_by_id) == {1, 2}
-    assert infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", tile_size=64, overlap=16,
-                               limit=1, keep_maps=False)[0].maps is None
+    assert infer.predict_split(EquivariantModel(), tmp_path / "processed", "test",
+                               infer.InferenceSettings(tile_size=64, overlap=16), limit=1, keep_maps=False)[0].maps is None
     with pytest.raises(FileNotFoundError, match="val"):
         infer.predict_split(EquivariantModel(), tmp_path / "processed", "val")
 
@@ -418,7 +418,7 @@ def test_real_image_runs_through_the_whole_image_path():
     path = sorted(folder.iterdir())[0]
     image = data.read_image(path)
     assert image.shape == (1200, 1600, 3)
-    seg = infer.segment_image(PointwiseModel(), image, None, working_scale=0.5, tile_size=224, overlap=64)
+    seg = infer.segment_image(PointwiseModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=224, overlap=64))
     assert seg.inst.shape == (1200, 1600) and seg.maps["np"].shape == (600, 800)
 
 
@@ -468,3 +468,20 @@ def test_stand_in_hv_follows_the_targets_convention():
     ours, theirs = exact_hv(inst), targets.hv_maps(inst)
     assert np.abs(ours - theirs).max() < 0.2  # they differ only by the centroid's rounding
     assert theirs[0, 20, 30] > 0.5 and theirs[1, 30, 20] > 0.5  # h grows to the right, v downwards
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"working_scale": -1}, "working_scale"), ({"working_scale": 0}, "working_scale"),
+    ({"tile_size": 100}, "tile_size"), ({"batch_size": 0}, "batch_size"), ({"overlap": 224}, "overlap"),
+    ({"precision": "int8"}, "precision"), ({"device": "gpu"}, "device"),
+])
+def test_inference_settings_refuse_a_bad_value_when_made(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        infer.InferenceSettings(**kwargs)
+
+
+def test_inference_settings_travel_as_json():
+    s = infer.InferenceSettings(working_scale=0.5, tile_size=128, overlap=32, tta=True, device="cpu")
+    assert infer.InferenceSettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+    with pytest.raises(ValueError, match="did you mean 'tile_size'"):
+        infer.InferenceSettings.from_dict({"tile_sise": 64})

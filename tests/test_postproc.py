@@ -166,7 +166,7 @@ def test_result_does_not_depend_on_the_tile():
     part = instances_from_maps(np_map[y0:y1, x0:x1], hv[:, y0:y1, x0:x1])
     # a blob's cells depend on the maps within (smoothing radius + Sobel radius) of the blob
     p = DEFAULT_POSTPROC_PARAMS
-    margin = 2 * int(np.ceil(2 * p["hv_smooth_sigma"])) + p["sobel_ksize"] + 4
+    margin = 2 * int(np.ceil(2 * p.hv_smooth_sigma)) + p.sobel_ksize + 4
     blobs, n = ndi.label(part > 0, structure=np.ones((3, 3)))
     checked = 0
     for b, box in enumerate(ndi.find_objects(blobs), start=1):
@@ -274,11 +274,11 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     grid = {"fg_threshold": [0.1, 0.5], "marker_threshold": [0.05, 0.1]}
     best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid)
     assert len(table) == 4 and table[0]["pq"] >= table[-1]["pq"]
-    assert best["fg_threshold"] == 0.5 and table[0]["pq"] > 0.99
-    assert set(best) == set(DEFAULT_POSTPROC_PARAMS)
+    assert best.fg_threshold == 0.5 and table[0]["pq"] > 0.99
+    assert set(best.as_dict()) == set(DEFAULT_POSTPROC_PARAMS.as_dict())
     path = save_postproc_params(tmp_path / "results" / "postproc_params.json", best, table[0]["pq"], grid=grid)
     doc = json.loads(path.read_text())
-    assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best
+    assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best.as_dict()
     assert load_postproc_params(path) == best
     assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
 
@@ -293,3 +293,21 @@ def test_load_postproc_params_errors(tmp_path):
     bad.write_text("not json")
     with pytest.raises(ValueError, match="bad.json"):
         load_postproc_params(bad)
+
+
+def test_postproc_params_validate_when_made_and_travel_as_json(tmp_path):
+    from uni_seg.postproc import PostprocParams
+
+    with pytest.raises(ValueError, match="sobel_ksize=8"):
+        PostprocParams(sobel_ksize=8)
+    with pytest.raises(ValueError, match="fg_threshold"):
+        PostprocParams(fg_threshold=1.5)
+    with pytest.raises(ValueError, match="min_area"):
+        PostprocParams(min_area=-1)
+    with pytest.raises(ValueError, match="did you mean 'fg_threshold'"):
+        PostprocParams.from_dict({"fg_treshold": 0.4})
+    p = PostprocParams(fg_threshold=0.4, sobel_ksize=7)
+    assert PostprocParams.from_dict(json.loads(json.dumps(p.as_dict()))) == p
+    assert p.replace(min_area=12).min_area == 12 and p.min_area == 30  # frozen: replace makes a copy
+    with pytest.raises(ValueError, match="marker_open_radius"):
+        p.replace(marker_open_radius=-2)

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import json
 import os
 import random
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -323,6 +324,42 @@ class Factory:
     def build(self, **overrides: Any) -> Any:
         """Call the target with `kwargs` updated by `overrides`."""
         return self.resolve()(**{**self.kwargs, **overrides})
+
+
+class Settings:
+    """What every settings dataclass of the project shares (post-processing, inference): built
+    from a plain dict with a clear error for an unknown name, turned back into one, changed by
+    `replace` (which validates again), saved and read as JSON. Subclasses are frozen
+    dataclasses whose `__post_init__` validates every field, so a bad value fails where it is
+    made, before any image is read."""
+
+    #: What the settings are, for error messages ("post-processing parameter", ...).
+    what = "setting"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | Path | None = None):
+        """The settings with `values` over the defaults; `ValueError` naming an unknown name
+        (and the closest known one) or a bad value, prefixed by `source` when given."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        where = f"{source}: " if source is not None else ""
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
+                     else repr(name) for name in unknown]
+            raise ValueError(f"{where}unknown {cls.what}(s) {', '.join(hints)}; known: {', '.join(known)}")
+        plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+        try:
+            return cls(**plain)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}{error}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        """A copy with `changes` (validated like `from_dict`)."""
+        return type(self).from_dict({**self.as_dict(), **changes})
 
 
 # notebook cell 8 (id b3c67b75), §0

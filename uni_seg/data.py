@@ -383,6 +383,13 @@ def scan_dataset(root: str | Path) -> DatasetScan:
     return DatasetScan(root, layout_used, pairs, unpaired, ignored)
 
 
+def partition_image_folder(root: str | Path, partition: str) -> Path | None:
+    """The image folder of `partition` ("train" or "test") under `root` in the first of
+    `LAYOUTS` present (`original/` or `images/`), or None when neither exists."""
+    return next((Path(root) / partition / images for images, _ in LAYOUTS
+                 if (Path(root) / partition / images).is_dir()), None)
+
+
 def find_dataset(root: str | Path) -> dict[str, list[ImagePair]]:
     """Image/mask pairs per partition: {"train": [...], "test": [...]}, sorted by stem.
 

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,69 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.config import Settings, atomic_write, autocast, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
 from uni_seg.export import coco_annotations, export_segmentation, write_csv
-from uni_seg.postproc import Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+from uni_seg.postproc import PostprocParams, Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceSettings(Settings):
+    """How a whole image goes through the model: scale, tiles, TTA, batch, precision, device.
+
+    Validated when made (`ValueError` naming the field), so a bad setting fails before any
+    image is read; saved and read as JSON with the run's outputs (`as_dict`, `from_dict`).
+    """
+
+    what = "inference setting"
+
+    working_scale: float = 1.0  # resize factor from the image to the scale the model was trained at, in (0, 4]
+    tile_size: int = 224  # side of the sliding window in working-scale pixels, a positive multiple of 16
+    overlap: int = 64  # minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size
+    tta: bool = False  # average over the 8 flips/rotations (8x the model time)
+    batch_size: int = 8  # tiles per forward pass, >= 1
+    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (bf16 where supported, else fp16)
+    device: str | None = None  # None: where the model's parameters are; else "auto", "cpu", "cuda" or "cuda:N"
+
+    def __post_init__(self) -> None:
+        scale = self.working_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 4:
+            raise ValueError(f"working_scale={scale!r} must be a number in (0, 4]")
+        for name in ("tile_size", "overlap", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name}={value!r} must be an integer")
+        if self.tile_size <= 0 or self.tile_size % 16:
+            raise ValueError(f"tile_size={self.tile_size} must be a positive multiple of 16 (the ViT patch size)")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ValueError(f"overlap={self.overlap} must be in [0, tile_size={self.tile_size})")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size} must be >= 1")
+        if not isinstance(self.tta, bool):
+            raise ValueError(f"tta={self.tta!r} must be true or false")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ValueError(f"precision={self.precision!r} is not one of auto, bf16, fp16, fp32")
+        if self.device is not None:
+            if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
+                                                                   and self.device[5:].isdigit()):
+                raise ValueError(f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def placement(self, model: torch.nn.Module) -> tuple[torch.device, str]:
+        """(device, resolved precision) for running `model`: `device`, or where the model is."""
+        params = list(model.parameters())
+        if self.device is not None:
+            device = resolve_device(self.device)
+        else:
+            device = params[0].device if params else torch.device("cpu")
+        return device, resolve_precision(self.precision, device)
+
+
+def inference_settings_from_config(cfg: Any, device: str | None = None) -> InferenceSettings:
+    """The `InferenceSettings` of a `RunConfig` (uni_seg.config): working scale, tiles, TTA and
+    precision from the run's parameters; `device` None = where the model is."""
+    return InferenceSettings(working_scale=float(cfg.working_scale), tile_size=int(cfg.tile_size),
+                             overlap=int(cfg.tile_overlap), tta=bool(cfg.use_tta), precision=cfg.precision,
+                             device=device)
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -114,30 +173,18 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
 
 
 def predict_maps(
-    model: torch.nn.Module,
-    image: np.ndarray,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    model: torch.nn.Module, image: np.ndarray, settings: InferenceSettings = InferenceSettings()
 ) -> dict[str, np.ndarray]:
     """The model's maps for a whole image of any size, at the working scale.
 
     Args:
         model: a `CellSegModel` (or any module with its contract: float32 (B, 3, t, t) RGB in
             [0, 1] -> dict "np" (B, 1, t, t) logits, "hv" (B, 2, t, t), "nc" (B, C, t, t) logits).
-            Run in eval mode (its mode is restored afterwards); moved to `device` if given.
+            Run in eval mode (its mode is restored afterwards); moved to the settings' device
+            if one is given.
         image: uint8 (H, W, 3) RGB at the original resolution.
-        working_scale: resize factor to the scale the model was trained at (1.0: as given).
-        tile_size: side of the sliding window in working-scale pixels (a multiple of 16).
-        overlap: minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size.
-        tta: average over the 8 flips/rotations (8x the model time).
-        device: where the model runs; None = where its parameters are.
-        precision: "fp32", "bf16" or "fp16" autocast.
-        batch_size: tiles per forward pass.
+        settings: working scale, tiles, TTA, batch size, precision and device
+            (`InferenceSettings`).
 
     Returns:
         dict at the working scale (h, w) = `working_shape(H, W, working_scale)`:
@@ -145,20 +192,13 @@ def predict_maps(
         (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
     """
     image = check_rgb_image(image)
-    if tile_size <= 0 or tile_size % 16:
-        raise ValueError(f"tile_size={tile_size} must be a positive multiple of 16 (the ViT patch size)")
-    if not 0 <= overlap < tile_size:
-        raise ValueError(f"overlap={overlap} must be in [0, tile_size={tile_size})")
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+    device, precision = settings.placement(model)
     params = list(model.parameters())
-    if device is None:
-        device = params[0].device if params else torch.device("cpu")
-    device = torch.device(device)
     if params and params[0].device != device:
         model.to(device)
+    tile_size, overlap, batch_size = settings.tile_size, settings.overlap, settings.batch_size
 
-    h, w = working_shape(*image.shape[:2], working_scale)
+    h, w = working_shape(*image.shape[:2], settings.working_scale)
     scaled = resize_image(image, (h, w))
     ph, pw = max(h, tile_size), max(w, tile_size)
     if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
@@ -166,7 +206,7 @@ def predict_maps(
     pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
     corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
     window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
-    transforms = TTA_TRANSFORMS if tta else ((False, 0),)
+    transforms = TTA_TRANSFORMS if settings.tta else ((False, 0),)
 
     acc: torch.Tensor | None = None
     weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
@@ -202,27 +242,21 @@ def predict_maps(
 def segment_image(
     model: torch.nn.Module,
     image: np.ndarray,
-    postproc_params: Mapping[str, Any] | None = None,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     keep_maps: bool = True,
 ) -> Segmentation:
     """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
     working scale, labels enlarged (nearest) to the original size.
 
-    `image` uint8 (H, W, 3) RGB; `postproc_params` keyword arguments of `instances_from_maps`
-    (None = its defaults; e.g. the tuned `results/postproc_params.json`); the other arguments
-    as in `predict_maps`. Returns a `Segmentation` whose `inst` is (H, W).
+    `image` uint8 (H, W, 3) RGB; `settings` as in `predict_maps`; `postproc` the watershed's
+    parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`). Returns a
+    `Segmentation` whose `inst` is (H, W).
     """
     t0 = time.perf_counter()
-    maps = predict_maps(model, image, working_scale, tile_size, overlap, tta, device, precision, batch_size)
+    maps = predict_maps(model, image, settings)
     t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc_params)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
     t2 = time.perf_counter()
     inst = resize_labels(inst_working, image.shape[:2])
     n = len(classes) - 1
@@ -275,14 +309,8 @@ def run_folder_inference(
     model: torch.nn.Module,
     input_dir: Path,
     output_dir: Path,
-    postproc_params: Mapping[str, Any] | None = None,
-    working_scale: float = 1.0,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     limit: int | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     object_type: str = "detection",
@@ -294,8 +322,8 @@ def run_folder_inference(
     RLE masks and a `score` per annotation; its "annotations" list is also a valid COCO
     results file) and `summary.csv` (image, status, error, width, height, n_cells and a count
     per class). Images that fail (unreadable, or any error while segmenting) are reported on
-    stderr, listed in the summary with their error, and skipped. Other arguments as in
-    `segment_image`.
+    stderr, listed in the summary with their error, and skipped. `settings` and `postproc` as
+    in `segment_image`.
     """
     from tqdm.auto import tqdm
 
@@ -317,8 +345,7 @@ def run_folder_inference(
         row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, n_classes)})
         try:
             image = read_image(path)
-            seg = segment_image(model, image, postproc_params, working_scale, tile_size, overlap, tta,
-                                device, precision, batch_size, keep_maps=False)
+            seg = segment_image(model, image, settings, postproc, keep_maps=False)
             export_segmentation(output_dir, name, image, seg, class_names, object_type)
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
@@ -343,13 +370,8 @@ def predict_split(
     model: torch.nn.Module,
     processed_dir: Path,
     split: str,
-    postproc_params: Mapping[str, Any] | None = None,
-    tile_size: int = 224,
-    overlap: int = 64,
-    tta: bool = False,
-    device: torch.device | str | None = None,
-    precision: str = "fp32",
-    batch_size: int = 8,
+    settings: InferenceSettings = InferenceSettings(),
+    postproc: PostprocParams | None = None,
     limit: int | None = None,
     keep_maps: bool = True,
     progress: bool = False,
@@ -357,22 +379,21 @@ def predict_split(
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `segment_image` at scale 1 (the cache is at the working scale) with
-    `postproc_params` (None = defaults). Raises FileNotFoundError naming
-    the folder when it holds no images.
+    most `limit`; runs `segment_image` with `settings` at scale 1 (the cache is at the working
+    scale already, so `settings.working_scale` is not applied again) and `postproc` (None =
+    defaults). Raises FileNotFoundError naming the folder when it holds no images.
     """
     from tqdm.auto import tqdm
 
     files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
+    at_scale = dataclasses.replace(settings, working_scale=1.0)
     out = []
     for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
         with np.load(path) as data:
             image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        # The cache is at the working scale already: scale 1.0, so segment_image's labels stay as found.
-        seg = segment_image(model, image, postproc_params, 1.0, tile_size, overlap, tta, device, precision,
-                            batch_size, keep_maps)
+        seg = segment_image(model, image, at_scale, postproc, keep_maps)
         out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
                                    seg.scores, seg.maps))
     return out
@@ -387,13 +408,13 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
     return model.eval(), meta
 
 
-def _read_postproc(path: Path | None, explicit: bool) -> dict[str, Any] | None:
+def _read_postproc(path: Path | None, explicit: bool) -> PostprocParams | None:
     if path is None or (not explicit and not Path(path).exists()):
         print(f"post-processing: defaults ({path} not found)", file=sys.stderr)
         return None
     if not Path(path).exists():
         raise FileNotFoundError(f"--postproc {path} does not exist")
-    return dict(load_postproc_params(path))
+    return load_postproc_params(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -423,21 +444,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    try:  # every option is checked before anything is loaded
+        settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
+                                     tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                                     batch_size=args.batch_size, precision=args.precision, device=args.device)
+    except ValueError as error:
+        parser.error(str(error))
     device = resolve_device(args.device)
-    precision = resolve_precision(args.precision, device)
     if not args.checkpoint.is_file():
         parser.error(f"--checkpoint {args.checkpoint} does not exist")
     postproc = _read_postproc(args.postproc or Path("results/postproc_params.json"), explicit=args.postproc is not None)
     model, meta = load_inference_model(args.checkpoint, device)
-    scale = args.working_scale or float(meta.get("working_scale") or 1.0)
+    if args.working_scale is None:
+        settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
     n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
     names = tuple(class_name(c) for c in range(n_classes))
-    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale {scale}, "
-          f"tiles {args.tile_size}/{args.overlap}, TTA {'on' if args.tta else 'off'}", file=sys.stderr)
-    report = run_folder_inference(
-        model, args.input, args.output, postproc, scale, args.tile_size, args.overlap, args.tta, device,
-        precision, args.batch_size, args.limit, names, args.object_type, progress=not args.no_progress,
-    )
+    _, precision = settings.placement(model)
+    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale "
+          f"{settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, TTA {'on' if settings.tta else 'off'}",
+          file=sys.stderr)
+    report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
+                                  args.object_type, progress=not args.no_progress)
     if not report.rows:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import write_json_atomic
-from uni_seg.postproc import instances_from_energy, seam_energy, validate_maps, validate_postproc_params
+from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -579,7 +579,7 @@ def write_metrics_json(
     *,
     backbone: str,
     weights: str,
-    postproc_params: Mapping[str, Any],
+    postproc_params: PostprocParams | Mapping[str, Any],
     split_sizes: Mapping[str, int],
     weights_source: str | None = None,
     checkpoint: str | Path | None = None,
@@ -595,7 +595,7 @@ def write_metrics_json(
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
                    checkpoint=None if checkpoint is None else str(checkpoint)),
-        postproc_params=dict(postproc_params),
+        postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
         extra=dict(extra or {}),
@@ -607,7 +607,7 @@ def write_metrics_json(
 
 
 # notebook cell 115 (id af052179), §9 "Tuning the post-processing"
-#: The default search grid: 3 x 3 x 3 = 27 settings around `DEFAULT_POSTPROC_PARAMS` (the
+#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
 #: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
 #: per validation image).
 DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
@@ -622,41 +622,37 @@ def tune_postproc(
     hvs: Sequence[np.ndarray],
     true_insts: Sequence[np.ndarray],
     grid: Mapping[str, Sequence[Any]] | None = None,
-    base_params: Mapping[str, Any] | None = None,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    base_params: PostprocParams | None = None,
+) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
     Args:
         np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
         true_insts: per image int (H, W) true instances (e.g. the validation set).
-        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); names not in
-            the grid keep `base_params` or the defaults.
+        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
+            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
 
     Returns:
-        (best_params: the full parameter dict, table: one dict per setting with its
-        parameters and `pq` (mean over images), best first; ties keep grid order).
+        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
+        grid values and `pq` (mean over images), best first; ties keep grid order).
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
     grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
-    base = validate_postproc_params(dict(base_params or {}))
+    base = base_params or PostprocParams()
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    for s in settings:
-        validate_postproc_params({**base, **s})
+    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
     maps = [validate_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
     energies: dict[tuple[int, float, int], np.ndarray] = {}  # the energy depends on 2 parameters only
     table = []
-    for s in settings:
-        params = validate_postproc_params({**base, **s})
+    for s, params in zip(settings, candidates):
         pqs = []
         for i, ((np_prob, hv), true) in enumerate(zip(maps, true_insts)):
-            key = (i, float(params["hv_smooth_sigma"]), int(params["sobel_ksize"]))
+            key = (i, float(params.hv_smooth_sigma), int(params.sobel_ksize))
             if key not in energies:
                 energies[key] = seam_energy(np_prob, hv, key[1], key[2])
             pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
         table.append(dict(**s, pq=_nanmean(pqs)))
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
-    table = [table[k] for k in order]
-    best = validate_postproc_params({**base, **{n: table[0][n] for n in names}})
-    return best, table
+    return candidates[order[0]], [table[k] for k in order]

@@ -15,21 +15,47 @@ import cv2
 import numpy as np
 from skimage.segmentation import watershed
 
-from uni_seg.config import write_json_atomic
+from uni_seg.config import Settings, write_json_atomic
 
-#: Defaults of `instances_from_maps`, chosen on blurred, noisy true maps of real BCCD masks at
-#: the working scale (cells ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py.
-DEFAULT_POSTPROC_PARAMS: dict[str, Any] = dict(
-    fg_threshold=0.5,  # NP probability at or above which a pixel is foreground
-    hv_smooth_sigma=3.0,  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
-    sobel_ksize=5,  # Sobel kernel side (odd, 3..31): larger averages out noisier HV maps
-    marker_threshold=0.05,  # energy (HV change per pixel) below which a foreground pixel belongs to a marker
-    marker_open_radius=4,  # radius of the elliptic opening that breaks thin bridges between markers (0 = none)
-    min_marker_area=10,  # markers smaller than this (pixels) are noise
-    merge_threshold=0.05,  # split pieces whose shared boundary has mean energy below this are one cell (0 = never merge)
-    min_area=30,  # foreground blobs and final cells smaller than this (pixels) are dropped
-    max_hole_area=100,  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
-)
+
+@dataclasses.dataclass(frozen=True)
+class PostprocParams(Settings):
+    """The parameters of `instances_from_maps`, validated when made.
+
+    Defaults chosen on blurred, noisy true maps of real BCCD masks at the working scale (cells
+    ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. Validation runs in
+    the constructor, so `PostprocParams(sobel_ksize=8)` fails at once, naming the field;
+    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one.
+    """
+
+    what = "post-processing parameter"
+
+    fg_threshold: float = 0.5  # NP probability at or above which a pixel is foreground, in [0, 1]
+    hv_smooth_sigma: float = 3.0  # Gaussian sigma (px) of the NP-weighted smoothing of HV before the Sobel (0 = none)
+    sobel_ksize: int = 5  # Sobel kernel side (odd, 3..31): larger averages out noisier HV maps
+    marker_threshold: float = 0.05  # energy (HV change per pixel) below which a foreground pixel belongs to a marker
+    marker_open_radius: int = 4  # radius of the elliptic opening that breaks thin bridges between markers (0 = none)
+    min_marker_area: int = 10  # markers smaller than this (pixels) are noise
+    merge_threshold: float = 0.05  # split pieces whose shared boundary has mean energy below this are one cell (0 = never merge)
+    min_area: int = 30  # foreground blobs and final cells smaller than this (pixels) are dropped
+    max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
+
+    def __post_init__(self) -> None:
+        k = self.sobel_ksize
+        if isinstance(k, bool) or int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
+            raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
+        for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
+                     "min_marker_area", "min_area", "max_hole_area"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name}={value!r} must be a number >= 0")
+        if isinstance(self.fg_threshold, bool) or not isinstance(self.fg_threshold, (int, float)) \
+                or not 0.0 <= self.fg_threshold <= 1.0:
+            raise ValueError(f"fg_threshold={self.fg_threshold!r} must be in [0, 1]")
+
+
+#: The defaults, as one object (the parameters `instances_from_maps` uses when given none).
+DEFAULT_POSTPROC_PARAMS = PostprocParams()
 
 
 def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -41,24 +67,6 @@ def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.n
     if hv.shape != (2, *np_prob.shape):
         raise ValueError(f"hv must be (2, H, W) = (2, {np_prob.shape[0]}, {np_prob.shape[1]}); got shape {hv.shape}")
     return np_prob, hv
-
-
-def validate_postproc_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """`DEFAULT_POSTPROC_PARAMS` updated with `params`; `ValueError` naming an unknown or bad one."""
-    unknown = sorted(set(params) - set(DEFAULT_POSTPROC_PARAMS))
-    if unknown:
-        raise ValueError(f"unknown post-processing parameter(s) {unknown}; known: {sorted(DEFAULT_POSTPROC_PARAMS)}")
-    p = {**DEFAULT_POSTPROC_PARAMS, **params}
-    k = p["sobel_ksize"]
-    if int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
-        raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
-    for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
-                 "min_marker_area", "min_area", "max_hole_area"):
-        if not p[name] >= 0:
-            raise ValueError(f"{name}={p[name]!r} must be >= 0")
-    if not 0.0 <= p["fg_threshold"] <= 1.0:
-        raise ValueError(f"fg_threshold={p['fg_threshold']!r} must be in [0, 1]")
-    return p
 
 
 def _derivative_kernels(ksize: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +104,7 @@ def smooth_hv(hv: np.ndarray, np_prob: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def hv_energy(hv: np.ndarray, sobel_ksize: int = DEFAULT_POSTPROC_PARAMS["sobel_ksize"]) -> np.ndarray:
+def hv_energy(hv: np.ndarray, sobel_ksize: int = DEFAULT_POSTPROC_PARAMS.sobel_ksize) -> np.ndarray:
     """Seam energy of HV maps: float32 (H, W) >= 0, the HV change per pixel across a seam.
 
     `hv` float32 (2, H, W) in [-1, 1] (ch0 horizontal, ch1 vertical). Inside one cell H grows
@@ -236,13 +244,12 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     return np.take(lut, grown)
 
 
-def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[str, Any]) -> np.ndarray:
-    """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)); `p` is a full,
-    validated parameter dict (`validate_postproc_params`). Lets a parameter search reuse the
-    energy across the parameters that do not change it."""
-    raw_fg = np_prob >= p["fg_threshold"]
-    n, blobs, area = _components(_fill_small_holes(raw_fg, int(p["max_hole_area"])), 8)
-    min_area = int(p["min_area"])
+def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocParams) -> np.ndarray:
+    """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)) with parameters
+    `p`. Lets a parameter search reuse the energy across the parameters that do not change it."""
+    raw_fg = np_prob >= p.fg_threshold
+    n, blobs, area = _components(_fill_small_holes(raw_fg, int(p.max_hole_area)), 8)
+    min_area = int(p.min_area)
     big = area >= min_area
     big[0] = False
     if not big.any():
@@ -252,17 +259,17 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     # centre, or a background pocket between three touching cells) has flat HV and would
     # seed a cell of its own; the watershed floods it instead. Markers are 4-connected so
     # that a one-pixel diagonal bridge does not join two of them.
-    markers_mask = raw_fg & (energy < p["marker_threshold"])
-    r = int(p["marker_open_radius"])
+    markers_mask = raw_fg & (energy < p.marker_threshold)
+    r = int(p.marker_open_radius)
     if r > 0:
         ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
         markers_mask = cv2.morphologyEx(markers_mask.view(np.uint8), cv2.MORPH_OPEN, ellipse).view(bool)
-    if r > 0 and int(ellipse.sum()) >= p["min_marker_area"]:  # an opened marker holds a whole ellipse
+    if r > 0 and int(ellipse.sum()) >= p.min_marker_area:  # an opened marker holds a whole ellipse
         n_m, markers = cv2.connectedComponents(markers_mask.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
         real_marker = np.ones(n_m, bool)
     else:
         n_m, markers, m_area = _components(markers_mask, 4)
-        real_marker = m_area >= int(p["min_marker_area"])
+        real_marker = m_area >= int(p.min_marker_area)
     real_marker[0] = False
 
     # The blob of each marker (a marker lies inside one blob: any of its pixels says which)
@@ -297,8 +304,8 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     if not real_marker[1:].all():
         seeds *= np.take(real_marker, seeds)
     grown, flood = _split_blobs(energy[box], inside, seeds)
-    if p["merge_threshold"] > 0:
-        grown = _merge_without_seam(grown, energy[box], flood, p["merge_threshold"])
+    if p.merge_threshold > 0:
+        grown = _merge_without_seam(grown, energy[box], flood, p.merge_threshold)
     sizes = np.bincount(grown.ravel(), minlength=n_m)  # grown is 0 outside the split blobs
     keep = sizes >= min_area  # pieces under min_area become background
     keep[0] = False
@@ -309,16 +316,17 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: Mapping[st
     return out
 
 
-def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, **params: Any) -> np.ndarray:
+def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
+                        **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
         np_prob: float32 (H, W) in [0, 1], probability that a pixel belongs to a cell.
         hv: float32 (2, H, W) in [-1, 1]; ch0 horizontal (x), ch1 vertical (y) offset of the
             pixel from its cell's centre, each side of the centre scaled to [-1, 1].
-        **params: any of `DEFAULT_POSTPROC_PARAMS` (unknown names raise `ValueError`):
-            fg_threshold, hv_smooth_sigma, sobel_ksize, marker_threshold,
-            marker_open_radius, min_marker_area, merge_threshold, min_area, max_hole_area.
+        params: the `PostprocParams` (None = `DEFAULT_POSTPROC_PARAMS`).
+        **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
+            (unknown names raise `ValueError`).
 
     Returns:
         int32 (H, W): 0 background, cells 1..N contiguous (blobs that needed no split first).
@@ -332,8 +340,10 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, **params: Any) -> n
     memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
     np_prob, hv = validate_maps(np_prob, hv)
-    p = validate_postproc_params(params)
-    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p["hv_smooth_sigma"], p["sobel_ksize"]), p)
+    p = params or DEFAULT_POSTPROC_PARAMS
+    if changes:
+        p = p.replace(**changes)
+    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
 
 
 # notebook cell 81 (id 3e4da2ba), §8
@@ -425,14 +435,14 @@ class Segmentation:
 
 
 def cells_from_maps(
-    maps: Mapping[str, np.ndarray], postproc_params: Mapping[str, Any] | None = None
+    maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
     `maps` as `predict_maps` returns them. Returns inst int32 (h, w) 0..N and three (N + 1,)
     arrays indexed by cell id: classes int64, class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], **dict(postproc_params or {}))
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc)
     classes, class_probs = classify_instances(inst, maps["nc"])
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
@@ -468,20 +478,19 @@ class SplitPrediction:
 
 
 # notebook cell 87 (id b73bc171), §8
-def save_postproc_params(path: str | Path, params: Mapping[str, Any], score: float | None = None, **extra: Any) -> Path:
+def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None, **extra: Any) -> Path:
     """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
     (results/postproc_params.json) atomically (temp file + rename)."""
-    params = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in validate_postproc_params(dict(params)).items()}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = dict(params=params, score=dict(pq=None if score is None else float(score)), created=created, **extra)
+    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)), created=created, **extra)
     return write_json_atomic(path, doc)
 
 
-def load_postproc_params(path: str | Path) -> dict[str, Any]:
-    """The full `instances_from_maps` parameter dict saved by `save_postproc_params`.
+def read_postproc_document(path: str | Path) -> tuple[PostprocParams, dict[str, Any]]:
+    """The parameters saved by `save_postproc_params` and the whole document they came in.
 
     Raises `FileNotFoundError` when `path` is missing and `ValueError` naming the file when
-    it is not such a document or holds unknown parameters.
+    it is not such a document or holds unknown or bad parameters.
     """
     path = Path(path)
     if not path.is_file():
@@ -490,8 +499,12 @@ def load_postproc_params(path: str | Path) -> dict[str, Any]:
         doc = json.loads(path.read_text())
         params = doc["params"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a post-processing parameter file ({e})") from None
-    try:
-        return validate_postproc_params(params)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise ValueError(f"{path}: not a post-processing parameter file ({type(e).__name__}: {e})") from None
+    if not isinstance(params, Mapping):
+        raise ValueError(f"{path}: not a post-processing parameter file (\"params\" is not an object)")
+    return PostprocParams.from_dict(params, source=path), doc
+
+
+def load_postproc_params(path: str | Path) -> PostprocParams:
+    """The `PostprocParams` saved by `save_postproc_params` (errors as `read_postproc_document`)."""
+    return read_postproc_document(path)[0]
