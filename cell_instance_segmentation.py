@@ -1840,28 +1840,8 @@ print(f"train split: {_stats['n_instances']} cells in {_stats['n_images']} image
 # %% tags=["export"]
 from __future__ import annotations
 
-import math
-import multiprocessing
-import random
-import warnings
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Sequence
-
-import cv2
 import numpy as np
-import torch
 from scipy import ndimage as ndi
-from torch.utils.data import DataLoader, Dataset, Sampler
-
-with warnings.catch_warnings():
-    # albumentations imports huggingface_hub, which imports tqdm.auto: in a kernel without
-    # ipywidgets that warns "IProgress not found" into the report. Nothing here needs it.
-    warnings.filterwarnings("ignore", message="IProgress not found")
-    import albumentations as A
-    from albumentations.core.composition import BaseCompose
-
-from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
 
 
 def hv_maps(inst: np.ndarray) -> np.ndarray:
@@ -1914,7 +1894,7 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 
 
 # %% [markdown]
-# ### Augmentation
+# ### Augmentation (`uni_seg.augment`)
 # Three stages, in this order:
 #
 # 1. **Geometric**, on the image and the instance map together: a random window (padded with
@@ -1937,6 +1917,25 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 # vertical flips always both or neither; `seed_transforms` gives each its own seed.)
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+with warnings.catch_warnings():
+    # albumentations imports huggingface_hub, which imports tqdm.auto: in a kernel without
+    # ipywidgets that warns "IProgress not found" into the report. Nothing here needs it.
+    warnings.filterwarnings("ignore", message="IProgress not found")
+    import albumentations as A
+    from albumentations.core.composition import BaseCompose
+
+from uni_seg.targets import targets_from_instances
+
+
 def _walk(transform: Any) -> list[Any]:
     """The transform and, for a composition, all its descendants, parents first."""
     nodes = [transform]
@@ -2020,7 +2019,7 @@ class CellAugmenter:
 
 
 # %% [markdown]
-# ### The Dataset and its loaders
+# ### The Dataset and its loaders (`uni_seg.dataset`)
 # `CellCropDataset` reads the processed cache. A training item is a random augmented crop
 # (`CROPS_PER_IMAGE` per image per epoch); a validation or test item is one tile of a fixed grid
 # that covers the whole image (tiles spread evenly, overlapping where the side is not a
@@ -2053,6 +2052,26 @@ class CellAugmenter:
 # persistent (started once per loader, not per epoch) and use one thread each.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import math
+import multiprocessing
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from uni_seg.augment import CellAugmenter
+from uni_seg.config import seed_everything
+from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
+from uni_seg.targets import targets_from_instances
+
+
 def _to_item(image: np.ndarray, inst: np.ndarray, targets: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {
         # Converted in NumPy: torch's thread pool costs milliseconds on tensors this small.
@@ -2175,9 +2194,7 @@ class EpochItems(Dataset):
         self._epoch = epoch
         s = item_seed(self.seed, epoch, index)
         saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.seed(s)
-        np.random.seed(s)
-        torch.manual_seed(s)
+        seed_everything(s)
         try:
             return self.dataset[index]
         finally:
@@ -2248,7 +2265,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
     extra: dict[str, Any] = {}
     if num_workers > 0:
         context = (start_context(multiprocessing_context) if multiprocessing_context
-                   else worker_context(preload=("uni_seg.targets",)))
+                   else worker_context(preload=("uni_seg.dataset",)))
         method = context.get_start_method() if context else multiprocessing.get_start_method()
         name = _defined_in_main(dataset)
         if name is not None and method != "fork":
@@ -2268,7 +2285,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, num_workers: i
 import matplotlib.pyplot as plt
 from skimage.color import label2rgb
 
-from uni_seg.targets import CellCropDataset, make_loader
+from uni_seg.dataset import CellCropDataset, make_loader
 
 train_dataset = CellCropDataset(cfg.processed_dir, "train", cfg.crop_size, train=True,
                                 crops_per_image=cfg.crops_per_image, seed=cfg.seed)
@@ -3522,7 +3539,7 @@ from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoi
                                  restore_rng_state)
 from uni_seg.config import (Factory, atomic_open, atomic_write, autocast, remove_stale_temporaries, resolve_device,
                             resolve_precision, seed_everything)
-from uni_seg.targets import EpochItems, EpochSampler, make_loader
+from uni_seg.dataset import EpochItems, EpochSampler, make_loader
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.
@@ -4361,8 +4378,8 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
-        train_data=Factory("uni_seg.targets:CellCropDataset", dict(data, split="train", train=True)),
-        val_data=Factory("uni_seg.targets:CellCropDataset", dict(data, split="val", train=False)),
+        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
+        val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
         loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(cfg.class_weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
                                                        nc_weight=cfg.nc_loss_weight)),
@@ -4385,14 +4402,14 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: train phase 1, phase 2 or both from a profile and parameters.
+def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -> None:
+    """Command line: train phase 1, phase 2 or both from a profile and parameters (also `uni-seg train`).
 
     Under torchrun or srun (one task per GPU) every task runs this; it joins the job from the
     environment. Standalone, `--nproc N` spawns N local processes.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m uni_seg.train",
+        prog=prog,
         description="Train the cell segmentation model (phase 1: decoder on the frozen backbone; phase 2: LoRA). "
                     "Under torchrun/srun each task joins the DDP job from RANK/WORLD_SIZE/LOCAL_RANK or "
                     "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and MASTER_ADDR/MASTER_PORT.")
@@ -4613,9 +4630,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from skimage.segmentation import watershed
+from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels, watershed
 
 from uni_seg.config import Settings, write_json_atomic
+from uni_seg.targets import hv_maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -5089,41 +5108,6 @@ class SplitPrediction:
 
 
 # %% [markdown]
-# A look at the post-processing on a small synthetic field: two touching pairs and lone cells
-# of several sizes, their true maps blurred and made noisy as a model's would be.
-
-# %%
-import time
-
-import numpy as np
-from scipy import ndimage as ndi
-
-from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, classify_instances, instance_scores, instances_from_maps
-from uni_seg.targets import hv_maps
-
-_yy, _xx = np.indices((240, 320))
-demo_true = np.zeros((240, 320), np.int32)
-for _i, (_cy, _cx, _r) in enumerate([(60, 60, 26), (62, 108, 24), (160, 70, 30), (165, 128, 30),
-                                     (90, 230, 40), (200, 260, 12), (30, 290, 9)], start=1):
-    demo_true[((_yy - _cy) ** 2 + (_xx - _cx) ** 2 <= _r * _r) & (demo_true == 0)] = _i
-_rng = np.random.default_rng(cfg.seed)
-demo_np = np.clip(ndi.gaussian_filter((demo_true > 0).astype(np.float32), 2)
-                  + 0.1 * _rng.standard_normal(demo_true.shape), 0, 1).astype(np.float32)
-demo_hv = np.clip(ndi.gaussian_filter(hv_maps(demo_true), (0, 2, 2))
-                  + 0.1 * _rng.standard_normal((2, *demo_true.shape)), -1, 1).astype(np.float32)
-_t0 = time.perf_counter()
-demo_pred = instances_from_maps(demo_np, demo_hv)
-_ms = 1000 * (time.perf_counter() - _t0)
-# a made-up NC map: the left half of the field looks like RBCs, the right half like WBCs
-_nc = np.zeros((4, *demo_true.shape), np.float32)
-_nc[0], _nc[1, :, :160], _nc[2, :, 160:] = 0.2, 0.8, 0.8
-demo_classes, demo_class_probs = classify_instances(demo_pred, _nc / _nc.sum(0))
-print(f"{demo_true.max()} true cells -> {demo_pred.max()} found in {_ms:.1f} ms "
-      f"(defaults: {DEFAULT_POSTPROC_PARAMS})")
-print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2) for v in instance_scores(demo_pred, demo_np)[1:]])
-
-
-# %% [markdown]
 # The parameters that evaluation and inference use live in one small JSON file,
 # `results/postproc_params.json`, written by the tuning cell of section 9 (`tune_postproc`
 # needs the metrics) and read back here; without it the defaults above apply.
@@ -5160,6 +5144,88 @@ def load_postproc_params(path: str | Path) -> PostprocParams:
     """The `PostprocParams` saved by `save_postproc_params` (errors as `read_postproc_document`)."""
     return read_postproc_document(path)[0]
 
+
+# %% [markdown]
+# ### Maps of known cells, for checks and benchmarks
+#
+# How good is the post-processing by itself, and how fast? Feed it the maps a perfect model
+# would give for cells we know (`true_maps`: NP = the cells, HV = §2's targets), then make them
+# as blurred and noisy as a real model's (`degrade_maps`). On the real masks the annotators
+# drew a thin background line between touching cells; `close_separation_lines` gives those
+# lines back to the cells, so that touching cells really touch and the watershed has seams to
+# find. The demo below, the tests and `bench/` all build their maps this way.
+
+# %% tags=["export"]
+def close_separation_lines(inst: np.ndarray, gap: int = 3) -> np.ndarray:
+    """int32 (H, W): `inst` (int (H, W), 0 background) with the annotators' thin separation
+    lines, and any other background narrower than 2 * `gap` px inside the cell mask, given to
+    the nearest cell, so touching cells really touch.
+
+    Background pixels inside the morphological closing of the foreground (ellipse of radius
+    `gap`) take the label of the nearest cell within `gap` px (`expand_labels`); open
+    background and the cell outlines facing it are untouched.
+    """
+    expanded = expand_labels(inst, gap)
+    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
+    closed = cv2.morphologyEx((inst > 0).astype(np.uint8), cv2.MORPH_CLOSE, ellipse).astype(bool)
+    fill = (inst == 0) & closed & (expanded > 0)
+    out = inst.astype(np.int32, copy=True)
+    out[fill] = expanded[fill]
+    return out
+
+
+def true_maps(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The maps a perfect model gives for the cells `inst` (int (H, W), 0 background):
+    (NP float32 (H, W) in {0, 1}, HV float32 (2, H, W) in [-1, 1], §2's `hv_maps`)."""
+    return (np.asarray(inst) > 0).astype(np.float32), hv_maps(inst)
+
+
+def degrade_maps(np_map: np.ndarray, hv: np.ndarray, blur: float, noise: float, rng: np.random.Generator,
+                 noise_corr: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
+    """(NP, HV) blurred by a Gaussian of `blur` px and given noise of standard deviation
+    `noise`, correlated over ~`noise_corr` px (0: independent per pixel), as a trained model's
+    maps are; clipped to [0, 1] and [-1, 1]. Shapes and dtypes as `true_maps` returns them."""
+
+    def noisy(field: np.ndarray, low: float) -> np.ndarray:
+        n = rng.standard_normal(field.shape).astype(np.float32)
+        if noise_corr > 0:
+            n = ndi.gaussian_filter(n, noise_corr)
+        smooth = ndi.gaussian_filter(field.astype(np.float32), blur) if blur > 0 else field.astype(np.float32)
+        return np.clip(smooth + n * (noise / max(float(n.std()), 1e-12)), low, 1.0)
+
+    return noisy(np_map, 0.0).astype(np.float32), np.stack([noisy(c, -1.0) for c in hv]).astype(np.float32)
+
+
+# %% [markdown]
+# A look at the post-processing on a small synthetic field: two touching pairs and lone cells
+# of several sizes, their true maps blurred and made noisy as a model's would be.
+
+# %%
+import time
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, classify_instances, degrade_maps, instance_scores,
+                              instances_from_maps, true_maps)
+
+_yy, _xx = np.indices((240, 320))
+demo_true = np.zeros((240, 320), np.int32)
+for _i, (_cy, _cx, _r) in enumerate([(60, 60, 26), (62, 108, 24), (160, 70, 30), (165, 128, 30),
+                                     (90, 230, 40), (200, 260, 12), (30, 290, 9)], start=1):
+    demo_true[((_yy - _cy) ** 2 + (_xx - _cx) ** 2 <= _r * _r) & (demo_true == 0)] = _i
+demo_np, demo_hv = degrade_maps(*true_maps(demo_true), blur=2.0, noise=0.1, rng=np.random.default_rng(cfg.seed),
+                                noise_corr=0)
+_t0 = time.perf_counter()
+demo_pred = instances_from_maps(demo_np, demo_hv)
+_ms = 1000 * (time.perf_counter() - _t0)
+# a made-up NC map: the left half of the field looks like RBCs, the right half like WBCs
+_nc = np.zeros((4, *demo_true.shape), np.float32)
+_nc[0], _nc[1, :, :160], _nc[2, :, 160:] = 0.2, 0.8, 0.8
+demo_classes, demo_class_probs = classify_instances(demo_pred, _nc / _nc.sum(0))
+print(f"{demo_true.max()} true cells -> {demo_pred.max()} found in {_ms:.1f} ms "
+      f"(defaults: {DEFAULT_POSTPROC_PARAMS})")
+print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2) for v in instance_scores(demo_pred, demo_np)[1:]])
 
 # %% [markdown]
 # ### Exports (`uni_seg.export`)
@@ -6012,12 +6078,12 @@ def _read_postproc(path: Path | None, explicit: bool) -> PostprocParams | None:
     return load_postproc_params(path)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]`."""
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
+    """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="python -m uni_seg.infer",
+        prog=prog,
         description="Segment and classify the cells of every image in a folder; write label maps, "
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON and a summary CSV.",
     )
@@ -7253,3 +7319,65 @@ if cfg.run_export and "model" in globals():
         print(Path(export_report.summary_path).read_text())
 else:
     print("export off or no model: no exports")
+
+# %% [markdown]
+# ## 11. The command line (`uni_seg.cli`)
+#
+# Installed with the project (`pip install -e .`, which `make setup` runs), one command serves
+# every entry point, so a user on a cluster types `uni-seg infer ...` rather than remembering
+# module paths. Each subcommand is the `main` of its module, which also runs as
+# `python -m uni_seg.<module>`; its `--help` lists its options:
+#
+# | command | what it does | module |
+# |---|---|---|
+# | `uni-seg infer --checkpoint C --input DIR --output DIR` | segment a folder of images and write every export (§8) | `uni_seg.infer` |
+# | `uni-seg train --profile full -p NAME VALUE ...` | train phase 1 and/or 2, also one rank of a DDP job under `torchrun`/`srun` (§5) | `uni_seg.train` |
+#
+# The module of a command is imported only when that command runs, so `uni-seg --help` is
+# instant and `uni-seg infer` never loads the training engine.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Subcommand -> (module whose `main(argv, prog)` runs it, one line of help).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "infer": ("uni_seg.infer", "segment every image of a folder; write label maps, overlays, CSV, GeoJSON, COCO"),
+    "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
+}
+
+
+def usage() -> str:
+    """The top-level help text of `uni-seg`."""
+    width = max(len(name) for name in COMMANDS)
+    lines = ["usage: uni-seg COMMAND [options]   (uni-seg COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`uni-seg COMMAND [options]`: run the `main` of the command's module with the options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    command, options = argv[0], argv[1:]
+    if command not in COMMANDS:
+        close = difflib.get_close_matches(command, COMMANDS, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"uni-seg: unknown command {command!r}{hint}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    importlib.import_module(COMMANDS[command][0]).main(options, prog=f"uni-seg {command}")
+
+
+# %% [markdown]
+# The commands this installation offers:
+
+# %%
+from uni_seg.cli import usage
+
+print(usage())

@@ -18,37 +18,20 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
+from common import RELATIVE, ROOT, find_real_subset, median_ms
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from uni_seg.data import build_processed_cache, find_dataset, parse_mask_to_instances, read_image, read_mask  # noqa: E402
-from uni_seg.synthetic import generate_synthetic_dataset  # noqa: E402
-from uni_seg.targets import CellCropDataset, hv_maps  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from real_subset import RELATIVE, ROOT, find_real_subset  # noqa: E402
+from uni_seg.data import build_processed_cache, find_dataset, parse_mask_to_instances, read_image, read_mask
+from uni_seg.dataset import CellCropDataset
+from uni_seg.synthetic import generate_synthetic_dataset
+from uni_seg.targets import hv_maps
 
 REAL = find_real_subset() or ROOT.parent / RELATIVE
-
-
-def per_call_ms(fn, items, repeat: int = 1) -> float:
-    """Median over items of the best-of-`repeat` wall time of fn(item), in ms."""
-    times = []
-    for item in items:
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn(item)
-            best = min(best, time.perf_counter() - start)
-        times.append(best * 1000)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -76,11 +59,11 @@ def main() -> None:
         chosen = pairs[: args.masks]
         masks = [read_mask(p.mask_path) for p in chosen]
         shape = masks[0].shape
-        parse_ms = per_call_ms(lambda m: parse_mask_to_instances(m, min_area=30), masks, repeat=2)
+        parse_ms = median_ms(lambda m: parse_mask_to_instances(m, min_area=30), masks, repeat=2)
         insts = [parse_mask_to_instances(m, min_area=30)[0] for m in masks]
-        hv_ms = per_call_ms(hv_maps, insts, repeat=2)
-        read_mask_ms = per_call_ms(lambda p: read_mask(p.mask_path), chosen[:10])
-        read_image_ms = per_call_ms(lambda p: read_image(p.image_path), chosen[:10])
+        hv_ms = median_ms(hv_maps, insts, repeat=2)
+        read_mask_ms = median_ms(lambda p: read_mask(p.mask_path), chosen[:10])
+        read_image_ms = median_ms(lambda p: read_image(p.image_path), chosen[:10])
         n_cells = statistics.mean(int(i.max()) for i in insts)
         print(f"parse_mask_to_instances  {parse_ms:7.1f} ms/mask   ({len(masks)} masks {shape[1]}x{shape[0]}, "
               f"{n_cells:.0f} cells each)")
@@ -112,7 +95,7 @@ def main() -> None:
             rate = n / (time.perf_counter() - start)
             where = "from memory" if in_memory else "reading .npz"
             print(f"augmented train samples  {rate:7.1f} /s on one core ({args.crop} px crops, {where})")
-        load_ms = per_call_ms(lambda s: s.load(), ds.samples)
+        load_ms = median_ms(lambda s: s.load(), ds.samples)
         print(f"  of which .npz load     {load_ms:7.1f} ms/sample")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,19 +21,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from real_subset import RELATIVE, find_real_subset  # noqa: E402
+from common import RELATIVE, ROOT, find_real_subset, format_ms
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
-from uni_seg import data, export, infer, postproc  # noqa: E402
+from uni_seg import data, export, infer, postproc
 
-
-def ms(seconds: list[float]) -> str:
-    return f"{1000 * statistics.median(seconds):7.0f} ms" + (f" (min {1000 * min(seconds):.0f})" if len(seconds) > 1 else "")
 # Wall times on a shared machine are noisy: the minimum over images and the process CPU time
 # (summed over threads; ~wall x threads when the machine is otherwise idle) are the steadier figures.
 
@@ -149,8 +141,8 @@ def main() -> None:
         rows.append((int(inst.max()), int(cells.max()), t1 - t0, t2 - t1, t4 - t2))
     if rows:
         print(f"\npost-processing on true maps (blurred + noise; {rows[0][0]} true / {rows[0][1]} found cells in the first):")
-        print(f"  at working scale 800x600 + nearest label resize: {ms([r[2] + r[3] for r in rows])}  (chosen)")
-        print(f"  maps enlarged to 1600x1200, post-processed there: {ms([r[4] for r in rows])}")
+        print(f"  at working scale 800x600 + nearest label resize: {format_ms([r[2] + r[3] for r in rows])}  (chosen)")
+        print(f"  maps enlarged to 1600x1200, post-processed there: {format_ms([r[4] for r in rows])}")
 
     if args.tta:
         t0 = time.perf_counter()

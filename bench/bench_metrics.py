@@ -15,35 +15,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
+from common import RELATIVE, ROOT, find_real_subset, timed
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "bench"))
-from real_subset import RELATIVE, find_real_subset  # noqa: E402
+from uni_seg.data import parse_mask_to_instances, read_mask
+from uni_seg.metrics import aggregated_jaccard_index, coco_ap, evaluate_predictions, panoptic_quality
+from uni_seg.postproc import close_separation_lines, degrade_maps, instance_scores, instances_from_maps, true_maps
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
-from bench_postproc import degrade  # noqa: E402
-from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402
-
-from uni_seg.postproc import instances_from_maps  # noqa: E402
-from uni_seg.postproc import instance_scores
-from uni_seg.metrics import aggregated_jaccard_index, coco_ap, evaluate_predictions, panoptic_quality  # noqa: E402
-
 
 def best_of(fn, *args, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn(*args)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return timed(lambda: fn(*args), repeat)[1]
 
 
 def main() -> None:
@@ -56,8 +40,8 @@ def main() -> None:
     if masks:
         trues, preds, scores = [], [], []
         for m in masks:
-            t = make_touching(load_real_instances(m))
-            np_b, hv_b = degrade(*true_maps(t), 4.0, 0.15, rng, 3.0)
+            t = close_separation_lines(parse_mask_to_instances(read_mask(m), source=m)[0])
+            np_b, hv_b = degrade_maps(*true_maps(t), 4.0, 0.15, rng, 3.0)
             p = instances_from_maps(np_b, hv_b)
             trues.append(t), preds.append(p), scores.append(instance_scores(p, np_b))
         times = {"panoptic_quality": [], "aggregated_jaccard_index": [], "coco_ap (one image)": []}

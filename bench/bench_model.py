@@ -24,17 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import sys
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from common import timed as _timed
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from uni_seg.losses import CellSegLoss  # noqa: E402
-from uni_seg.model import build_model  # noqa: E402
+from uni_seg.losses import CellSegLoss
+from uni_seg.model import build_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,19 +65,8 @@ def timed(fn, device: torch.device, repeats: int, warmup: int, stat: str = "min"
     `clock="cpu"` measures this process's CPU time instead of wall time: with `--threads 1` it
     is the single-core compute cost, unaffected by other processes sharing the cores.
     """
-    now = time.process_time if clock == "cpu" else time.perf_counter
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = now()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(now() - start)
-    return min(times) if stat == "min" else statistics.median(times)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
+    return _timed(fn, repeats, warmup, stat, clock, sync)[1]
 
 
 def dummy_batch(batch: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -23,25 +23,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+from common import RELATIVE, ROOT, find_real_subset
+from common import timed as _timed
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from real_subset import RELATIVE, find_real_subset  # noqa: E402
+from uni_seg.data import parse_mask_to_instances, read_mask
+from uni_seg.metrics import panoptic_quality
+from uni_seg.postproc import close_separation_lines, degrade_maps, instances_from_maps, true_maps
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
-from test_postproc import load_real_instances, make_touching, true_maps  # noqa: E402
 
-from uni_seg.postproc import instances_from_maps  # noqa: E402
-from uni_seg.metrics import panoptic_quality  # noqa: E402
 
 
 def hovernet_proc_np_hv(np_prob: np.ndarray, hv: np.ndarray) -> np.ndarray:
@@ -87,26 +83,8 @@ def hovernet_proc_np_hv(np_prob: np.ndarray, hv: np.ndarray) -> np.ndarray:
     return watershed(dist, markers=marker, mask=blb)
 
 
-def degrade(np_map: np.ndarray, hv: np.ndarray, sigma: float, noise: float, rng: np.random.Generator, corr: float = 1.5):
-    """True maps blurred (Gaussian, `sigma` px) plus noise of std `noise` correlated over ~`corr` px."""
-
-    def correlated(shape):
-        n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), corr)
-        return n * (noise / n.std())
-
-    np_b = np.clip(ndi.gaussian_filter(np_map.astype(np.float32), sigma) + correlated(np_map.shape), 0, 1)
-    hv_b = np.stack([np.clip(ndi.gaussian_filter(c, sigma) + correlated(c.shape), -1, 1) for c in hv]).astype(np.float32)
-    return np_b.astype(np.float32), hv_b
-
-
-def timed(fn, *args, repeat: int = 1, **kw):
-    best, out = None, None
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn(*args, **kw)
-        dt = time.perf_counter() - t0
-        best = dt if best is None else min(best, dt)
-    return out, best
+def timed(fn, *args, repeat: int = 1):
+    return _timed(lambda: fn(*args), repeat)
 
 
 def main() -> None:
@@ -123,7 +101,7 @@ def main() -> None:
     if not masks:
         sys.exit(f"no masks under {DATA / args.split / 'mask'}: the real subset is absent")
     rng = np.random.default_rng(args.seed)
-    truths = [make_touching(load_real_instances(m)) for m in masks]
+    truths = [close_separation_lines(parse_mask_to_instances(read_mask(m), source=m)[0]) for m in masks]
 
     if not args.skip_true:
         pqs, times = [], []
@@ -143,7 +121,7 @@ def main() -> None:
             if scale != 1.0:
                 t = np.ascontiguousarray(t[:: int(round(1 / scale)), :: int(round(1 / scale))])
             np_map, hv = true_maps(t)
-            np_b, hv_b = degrade(np_map, hv, sigma, args.noise, rng, args.noise_corr * diameter)
+            np_b, hv_b = degrade_maps(np_map, hv, sigma, args.noise, rng, args.noise_corr * diameter)
             for name, fn in (("ours", instances_from_maps), ("hovernet", hovernet_proc_np_hv)):
                 pred, dt = timed(fn, np_b, hv_b, repeat=3)
                 rows[name][0].append(panoptic_quality(t, pred)["pq"])

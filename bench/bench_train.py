@@ -24,23 +24,18 @@ import argparse
 import dataclasses
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from uni_seg import checkpoints as C  # noqa: E402
-from uni_seg import engine as E  # noqa: E402
-from uni_seg import train as T  # noqa: E402
-from uni_seg.config import resolve_device  # noqa: E402
-from uni_seg.config import resolve_config  # noqa: E402
-from uni_seg.data import build_processed_cache  # noqa: E402
-from uni_seg.synthetic import generate_synthetic_dataset  # noqa: E402
+from uni_seg import checkpoints as C
+from uni_seg import engine as E
+from uni_seg import train as T
+from uni_seg.config import resolve_config, resolve_device
+from uni_seg.data import build_processed_cache
+from uni_seg.synthetic import generate_synthetic_dataset
 
 
 def make_cache(work: Path, n_images: int) -> Path:

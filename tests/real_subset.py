@@ -1,49 +1,18 @@
-"""Where the 100 real BCCD image/mask pairs live, for the tests and benchmarks about real files.
+"""Where the 100 real BCCD image/mask pairs live, for the tests about real files.
 
 The subset is never committed; it sits beside the checkout as `../shared/data/bccd_subset`.
-A fresh clone made elsewhere (CI clones into a temporary folder) looks beside the repository
-it was cloned from, and `BCCD_SUBSET=/path` names another place. Tests that need it skip,
-naming the places they looked, when it is absent.
+The lookup is the benchmarks' (`bench/common.py`): a fresh clone made elsewhere (CI clones into
+a temporary folder) looks beside the repository it was cloned from, and `BCCD_SUBSET=/path`
+names another place. Tests that need it skip, naming the places they looked, when it is absent.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-RELATIVE = Path("shared/data/bccd_subset")
-
-
-def _origin_checkout(root: Path) -> Path | None:
-    """The local folder `root` was cloned from, or None (no git, remote not a local path)."""
-    try:
-        url = subprocess.run(["git", "-C", str(root), "config", "--get", "remote.origin.url"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    path = Path(url.removeprefix("file://")) if url else None
-    return path.resolve() if path is not None and path.is_dir() else None
-
-
-def candidate_dirs(root: Path = ROOT) -> list[Path]:
-    """Places to look, in order: $BCCD_SUBSET, beside this checkout, beside its origin."""
-    if os.environ.get("BCCD_SUBSET"):
-        return [Path(os.environ["BCCD_SUBSET"])]
-    places = [root.parent / RELATIVE]
-    origin = _origin_checkout(root)
-    if origin is not None:
-        places.append(origin.parent / RELATIVE)
-    return places
-
-
-def find_real_subset(root: Path = ROOT) -> Path | None:
-    """The first candidate holding a Kaggle-layout subset (train/mask present), else None."""
-    return next((d for d in candidate_dirs(root) if (d / "train" / "mask").is_dir()), None)
-
+from bench.common import candidate_dirs, find_real_subset
 
 REAL_SUBSET = find_real_subset()
 

@@ -647,7 +647,7 @@ def test_real_subset_component_counts_as_documented():
 
 
 def test_real_subset_is_found_beside_the_checkout_or_its_origin(tmp_path, monkeypatch):
-    import real_subset as rs
+    from bench import common as rs
 
     monkeypatch.delenv("BCCD_SUBSET", raising=False)
     origin = tmp_path / "work" / "main"

@@ -1,97 +1,36 @@
-"""Post-processing (uni_seg.infer, section 8): instances_from_maps, classify_instances, tuning.
-
-The helpers at the top (`load_real_instances`, `make_touching`, `true_maps`) are also used by
-bench/bench_postproc.py.
-"""
+"""Post-processing (uni_seg.postproc, section 8): instances_from_maps, classify_instances, the
+maps of known cells, tuning (uni_seg.metrics) and the parameter file."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from real_subset import require_real_subset
 from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels
 
 from uni_seg.config import ATOMIC_TEMP_GLOB
+from uni_seg.data import parse_mask_to_instances, read_mask
 from uni_seg.metrics import panoptic_quality, tune_postproc
 from uni_seg.postproc import (
     DEFAULT_POSTPROC_PARAMS,
     classify_instances,
+    close_separation_lines,
     hv_energy,
     instance_scores,
     instances_from_maps,
     load_postproc_params,
     save_postproc_params,
+    true_maps,
 )
 
 
 # --------------------------------------------------------------------------- helpers
-def load_real_instances(mask_path: Path, min_area: int = 30) -> np.ndarray:
-    """Instance map int32 (H, W) of a real mask: `uni_seg.data.parse_mask_to_instances` when
-    section 1 exists, else 8-connected components of the foreground with area >= min_area."""
-    if importlib.util.find_spec("uni_seg.data") is not None:
-        from uni_seg.data import parse_mask_to_instances, read_mask
-
-        return parse_mask_to_instances(read_mask(mask_path), min_area, source=mask_path)[0]
-    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-    fg = (mask.max(axis=-1) if mask.ndim == 3 else mask) > 0
-    labels, n = ndi.label(fg, structure=np.ones((3, 3), bool))
-    keep = np.bincount(labels.ravel(), minlength=n + 1) >= min_area
-    keep[0] = False
-    lut = np.zeros(n + 1, np.int32)
-    lut[keep] = np.arange(1, keep.sum() + 1)
-    return lut[labels]
-
-
-def make_touching(inst: np.ndarray, gap: int = 3) -> np.ndarray:
-    """The annotators' thin separation lines (and other background narrower than 2*gap px
-    inside the cell mask) given to the nearest cell, so touching cells really touch.
-
-    Background pixels inside the morphological closing of the foreground (ellipse of radius
-    `gap`) take the label of the nearest cell within `gap` px (`expand_labels`); open
-    background and cell outlines facing it are untouched.
-    """
-    expanded = expand_labels(inst, gap)
-    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
-    closed = cv2.morphologyEx((inst > 0).astype(np.uint8), cv2.MORPH_CLOSE, ellipse).astype(bool)
-    fill = (inst == 0) & closed & (expanded > 0)
-    out = inst.astype(np.int32, copy=True)
-    out[fill] = expanded[fill]
-    return out
-
-
-def _hv_maps_fallback(inst: np.ndarray) -> np.ndarray:
-    """HoVer-Net HV maps (x/y offset from the rounded centre of mass, each side scaled to [-1, 1])."""
-    inst = inst.astype(np.int64)
-    n = int(inst.max())
-    ys, xs = np.indices(inst.shape, dtype=np.float64)
-    flat = inst.ravel()
-    area = np.maximum(np.bincount(flat, minlength=n + 1), 1)
-    out = np.zeros((2, *inst.shape), np.float32)
-    index = np.arange(1, n + 1)
-    for ch, coord in enumerate((xs, ys)):
-        centre = np.floor(np.bincount(flat, coord.ravel(), n + 1) / area + 0.5)
-        d = coord - centre[inst]
-        lo = np.r_[0.0, ndi.minimum(d, inst, index)]
-        hi = np.r_[0.0, ndi.maximum(d, inst, index)]
-        v = np.where(d < 0, d / np.maximum(-lo, 1)[inst], d / np.maximum(hi, 1)[inst])
-        out[ch] = np.where(inst > 0, v, 0)
-    return out
-
-
-def true_maps(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(NP float32 (H, W) in {0, 1}, HV float32 (2, H, W)) of an instance map, with
-    `uni_seg.targets.hv_maps` when section 2 exists."""
-    if importlib.util.find_spec("uni_seg.targets") is not None:
-        from uni_seg.targets import hv_maps
-    else:
-        hv_maps = _hv_maps_fallback
-    return (inst > 0).astype(np.float32), hv_maps(inst)
+def load_real_instances(mask_path: Path) -> np.ndarray:
+    """The instance map int32 (H, W) of a real mask, as §1 parses it."""
+    return parse_mask_to_instances(read_mask(mask_path), source=mask_path)[0]
 
 
 def disk_scene(shape=(200, 260), cells=((50, 50, 18), (50, 84, 18), (140, 70, 25), (120, 190, 40), (40, 200, 9))):
@@ -203,7 +142,7 @@ def test_watershed_runs_only_on_blobs_with_two_or_more_markers(monkeypatch):
 def test_true_maps_of_real_masks_recover_the_cells(n_masks):
     """Fed the true NP/HV maps of real masks (touching cells touching), PQ >= 0.99."""
     for path in real_mask_paths(n_masks):
-        truth = make_touching(load_real_instances(path))
+        truth = close_separation_lines(load_real_instances(path))
         pred = instances_from_maps(*true_maps(truth))
         pq = panoptic_quality(truth, pred)
         assert pq["pq"] >= 0.99, (path.name, pq)
@@ -213,7 +152,7 @@ def test_make_touching_closes_separation_lines_only():
     inst = np.zeros((40, 60), np.int32)
     inst[5:35, 5:28] = 1
     inst[5:35, 31:55] = 2  # a 3 px line between them
-    out = make_touching(inst)
+    out = close_separation_lines(inst)
     assert (out[6:34, 28:31] > 0).all()  # the line is gone
     assert (out[0:5] == 0).all() and (out[:, 56:] == 0).all()  # open background stays background
     assert ndi.label(out > 0)[1] == 1

@@ -17,17 +17,10 @@ from scipy import ndimage as ndi
 
 from uni_seg.data import build_processed_cache
 from uni_seg.synthetic import generate_synthetic_dataset, render_synthetic_smear
-from uni_seg.targets import (
-    CellAugmenter,
-    CellCropDataset,
-    EpochItems,
-    EpochSampler,
-    hv_maps,
-    make_loader,
-    seed_transforms,
-    targets_from_instances,
-    worker_context,
-)
+from uni_seg.targets import hv_maps, targets_from_instances
+from uni_seg.augment import CellAugmenter, seed_transforms
+from uni_seg.dataset import CellCropDataset, EpochItems, EpochSampler, make_loader
+from uni_seg.data import worker_context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -317,9 +310,8 @@ def test_workers_in_a_script_are_forked_so_an_unguarded_script_runs_once(cache, 
     script = tmp_path / "unguarded.py"
     script.write_text(f"""
 import sys, time
-sys.path.insert(0, {str(ROOT)!r})
 import cv2, numpy as np
-from uni_seg.targets import CellCropDataset, make_loader
+from uni_seg.dataset import CellCropDataset, make_loader
 print("script started", flush=True)
 cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 5)  # a parallel call: OpenCV's pool starts
 time.sleep(0.5)  # ... and its threads go to sleep
@@ -337,9 +329,8 @@ def test_loader_workers_inside_a_jupyter_kernel(cache, tmp_path):
     nbclient = pytest.importorskip("nbclient")
     code = f"""
 import sys
-sys.path.insert(0, {str(ROOT)!r})
 import torch
-from uni_seg.targets import CellCropDataset, make_loader
+from uni_seg.dataset import CellCropDataset, make_loader
 ds = CellCropDataset({str(cache)!r}, "train", 64, train=True, crops_per_image=2, seed=1)
 loader = make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=0)
 shapes = [tuple(batch["image"].shape) for batch in loader]

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Create (or update) the project's virtual environment and its Jupyter kernel.
+# Create (or update) the project's virtual environment, install the project into it (editable,
+# so the `uni-seg` command and `import uni_seg` work from anywhere) and its Jupyter kernel.
 #
 #   tools/setup_env.sh [VENV_DIR]        default: .venv
 #
-# Idempotent: a stamp holding the hash of requirements.txt skips the install when nothing
-# changed. After installing it proves that torchvision's compiled operators load (timm imports
+# Idempotent: a stamp holding the hash of requirements.txt and pyproject.toml skips the install
+# when neither changed. After installing it proves that torchvision's compiled operators load (timm imports
 # torchvision): a CPU-only "+cpu" torch build that a local wheel cache may offer first cannot
 # load them, so it is replaced by the regular build of the same version from the package index.
 set -euo pipefail
@@ -12,10 +13,10 @@ cd "$(dirname "$0")/.."
 venv=${1:-.venv}
 python=${PYTHON:-python3}
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  echo "setup: $venv is up to date with requirements.txt"
+  echo "setup: $venv is up to date with requirements.txt and pyproject.toml"
   exit 0
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
@@ -38,6 +39,9 @@ if ! torchvision_ops_load; then
   "${pip[@]}" install -q --isolated "$torch_pin"
   torchvision_ops_load || { echo "setup: torchvision still cannot load its operators" >&2; exit 1; }
 fi
+
+# The project itself, editable: its dependencies are the pins above, so pip resolves nothing here.
+"${pip[@]}" install -q --no-deps --no-build-isolation -e .
 
 "$venv/bin/python" -m ipykernel install --sys-prefix --name uni_seg --display-name "Python (uni_seg)" >/dev/null
 echo "$want" > "$stamp"

@@ -6,17 +6,20 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.config       section 0: Setup and parameters
     uni_seg.data         section 1: Data (Reading one file, Masks to instances, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
     uni_seg.synthetic    section 1: Data (Synthetic smears)
-    uni_seg.targets      section 2: Targets and augmentation (Augmentation, The Dataset and its loaders)
+    uni_seg.targets      section 2: Targets and augmentation
+    uni_seg.augment      section 2: Targets and augmentation (Augmentation)
+    uni_seg.dataset      section 2: Targets and augmentation (The Dataset and its loaders)
     uni_seg.model        section 3: Model (The backbone registry, Where the weights come from, The DPT pyramid and the heads, The model)
     uni_seg.losses       section 4: Losses
     uni_seg.checkpoints  section 5: Training engine (Checkpoints)
     uni_seg.engine       section 5: Training engine (The settings of a phase, Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
     uni_seg.train        section 5: Training engine (Launching: one process, several GPUs, or a cluster)
-    uni_seg.postproc     section 8: Inference and post-processing
+    uni_seg.postproc     section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export       section 8: Inference and post-processing (Exports)
     uni_seg.infer        section 8: Inference and post-processing (Tiled inference on full-size images)
     uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing)
     uni_seg.viz          section 10: Figures
+    uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'targets', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz']
+__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'cli']

@@ -26,7 +26,7 @@ from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Checkpoi
                                  restore_rng_state)
 from uni_seg.config import (Factory, atomic_open, atomic_write, autocast, remove_stale_temporaries, resolve_device,
                             resolve_precision, seed_everything)
-from uni_seg.targets import EpochItems, EpochSampler, make_loader
+from uni_seg.dataset import EpochItems, EpochSampler, make_loader
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.

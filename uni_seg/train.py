@@ -132,8 +132,8 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
-        train_data=Factory("uni_seg.targets:CellCropDataset", dict(data, split="train", train=True)),
-        val_data=Factory("uni_seg.targets:CellCropDataset", dict(data, split="val", train=False)),
+        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
+        val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
         loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(cfg.class_weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
                                                        nc_weight=cfg.nc_loss_weight)),
@@ -156,14 +156,14 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: train phase 1, phase 2 or both from a profile and parameters.
+def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -> None:
+    """Command line: train phase 1, phase 2 or both from a profile and parameters (also `uni-seg train`).
 
     Under torchrun or srun (one task per GPU) every task runs this; it joins the job from the
     environment. Standalone, `--nproc N` spawns N local processes.
     """
     parser = argparse.ArgumentParser(
-        prog="python -m uni_seg.train",
+        prog=prog,
         description="Train the cell segmentation model (phase 1: decoder on the frozen backbone; phase 2: LoRA). "
                     "Under torchrun/srun each task joins the DDP job from RANK/WORLD_SIZE/LOCAL_RANK or "
                     "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and MASTER_ADDR/MASTER_PORT.")
