@@ -683,7 +683,7 @@ import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -1355,6 +1355,71 @@ def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str, dict[str, ImagePair]]:
+    """{split: {stem: pair}}: the train partition split into train/val, the test partition as it is."""
+    train, val = split_train_val((p.stem for p in scan.pairs["train"]), val_fraction, seed)
+    split_of = {**{s: "train" for s in train}, **{s: "val" for s in val}}
+    wanted: dict[str, dict[str, ImagePair]] = {"train": {}, "val": {}, "test": {}}
+    for pair in scan.pairs["train"]:
+        wanted[split_of[pair.stem]][pair.stem] = pair
+    for pair in scan.pairs["test"]:
+        wanted["test"][pair.stem] = pair
+    return wanted
+
+
+def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """Where each stem's processed file is now, when the old manifest vouches for it and was made
+    with the same content parameters: (partition, stem) -> (split, manifest entry)."""
+    try:
+        old = load_manifest(processed_dir)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if {k: old.get("params", {}).get(k) for k in content} != dict(content):
+        return {}
+    return {("test" if split == "test" else "train", stem): (split, entry)
+            for split, entries in old.get("samples", {}).items() for stem, entry in entries.items()
+            if (processed_dir / split / f"{stem}.npz").is_file()}
+
+
+def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, ImagePair]],
+                       keys: Mapping[str, Mapping[str, dict[str, Any]]],
+                       valid: Mapping[tuple[str, str], tuple[str, dict[str, Any]]]
+                       ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, ImagePair]], int, int]:
+    """Keep each processed file whose raw files are unchanged (moving it when its split
+    changed) and list the pairs to (re)write: (samples kept, todo, moved, reused)."""
+    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    todo: list[tuple[str, ImagePair]] = []
+    moved = reused = 0
+    for split in SPLITS:
+        part = "test" if split == "test" else "train"
+        for stem, pair in wanted[split].items():
+            prior = valid.get((part, stem))
+            unchanged = prior is not None and all(prior[1].get(k) == keys[split][stem][k] for k in ("image_key", "mask_key"))
+            if not unchanged:
+                todo.append((split, pair))
+                continue
+            if prior[0] != split:
+                os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
+                moved += 1
+            else:
+                reused += 1
+            samples[split][stem] = prior[1]
+    return samples, todo, moved, reused
+
+
+def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
+    """Delete processed files no longer in the dataset, and temporaries of killed writers;
+    returns the number of processed files removed."""
+    removed = 0
+    for split in SPLITS:
+        remove_stale_temporaries(processed_dir / split)
+        for path in (processed_dir / split).iterdir():
+            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def build_processed_cache(
     raw_dir: str | Path,
     processed_dir: str | Path,
@@ -1386,64 +1451,25 @@ def build_processed_cache(
         raise ValueError(f"working_scale={working_scale} must be in (0, 4]")
     scan = scan_dataset(raw_dir)
     scan.warn()
-    train, val = split_train_val((p.stem for p in scan.pairs["train"]), val_fraction, seed)
-    split_of = {**{s: "train" for s in train}, **{s: "val" for s in val}}
-    wanted: dict[str, dict[str, ImagePair]] = {"train": {}, "val": {}, "test": {}}
-    for pair in scan.pairs["train"]:
-        wanted[split_of[pair.stem]][pair.stem] = pair
-    for pair in scan.pairs["test"]:
-        wanted["test"][pair.stem] = pair
+    wanted = _wanted_pairs(scan, val_fraction, seed)
     content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area)}
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
-
-    try:
-        old = load_manifest(processed_dir)
-    except (FileNotFoundError, json.JSONDecodeError):
-        old = {}
-    old_content = {k: old.get("params", {}).get(k) for k in content}
-    # Where each stem's valid processed file is now: (partition, stem) -> (split, entry).
-    valid: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-    if old_content == content:
-        for split, entries in old.get("samples", {}).items():
-            for stem, entry in entries.items():
-                if (processed_dir / split / f"{stem}.npz").is_file():
-                    valid[("test" if split == "test" else "train", stem)] = (split, entry)
-
+    valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
     keys = {s: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
                 for stem, p in wanted[s].items()} for s in SPLITS}
-    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
-    todo: list[tuple[str, ImagePair]] = []
-    moved = reused = 0
-    for split in SPLITS:
-        part = "test" if split == "test" else "train"
-        for stem, pair in wanted[split].items():
-            prior = valid.get((part, stem))
-            if prior and prior[1].get("image_key") == keys[split][stem]["image_key"] \
-                    and prior[1].get("mask_key") == keys[split][stem]["mask_key"]:
-                if prior[0] != split:
-                    os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
-                    moved += 1
-                else:
-                    reused += 1
-                samples[split][stem] = prior[1]
-            else:
-                todo.append((split, pair))
+    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
 
-    def manifest(samples: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
-        return {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
-                "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
-                "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}
+    def save_manifest(skipped: dict[str, str]) -> None:
+        atomic_write(processed_dir / "manifest.json", json.dumps(
+            {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
+             "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
+             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}, indent=1))
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
-    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1))
-
-    def entry_for(split: str, pair: ImagePair, info: dict[str, Any]) -> dict[str, Any]:
-        return {"image": pair.image_path.relative_to(raw_dir).as_posix(),
-                "mask": pair.mask_path.relative_to(raw_dir).as_posix(), **keys[split][pair.stem], **info}
-
+    save_manifest({})
     skipped: dict[str, str] = {}
     tasks = [(pair, str(processed_dir / split / f"{pair.stem}.npz"), float(working_scale), int(min_area))
              for split, pair in todo]
@@ -1452,26 +1478,20 @@ def build_processed_cache(
         for i, ((split, pair), result) in enumerate(zip(todo, outcomes)):
             if isinstance(result, Exception):
                 if on_error == "raise":
-                    # Keep the manifest honest about what was completed before stopping.
-                    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
+                    save_manifest(skipped)  # keep the manifest honest about what was completed
                     raise result
                 warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
                 continue
-            samples[split][pair.stem] = entry_for(split, pair, result)
+            samples[split][pair.stem] = {"image": pair.image_path.relative_to(raw_dir).as_posix(),
+                                         "mask": pair.mask_path.relative_to(raw_dir).as_posix(),
+                                         **keys[split][pair.stem], **result}
             if progress and (i + 1) % 50 == 0:
                 print(f"  processed {i + 1}/{len(todo)}", flush=True)
     finally:
         outcomes.close()
-
-    removed = 0
-    for split in SPLITS:
-        remove_stale_temporaries(processed_dir / split)  # left by a run killed mid-write
-        for path in (processed_dir / split).iterdir():
-            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
-                path.unlink()
-                removed += 1
-    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
+    removed = _remove_stale(processed_dir, samples)
+    save_manifest(skipped)
     converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
@@ -3532,7 +3552,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
                                  atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
@@ -3682,12 +3702,15 @@ def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0, re
     raise ValueError(f"schedule={schedule!r} is not one of {list(SCHEDULES)}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings."""
+def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig,
+                   epochs_done: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings, positioned for the
+    epoch after `epochs_done` (a resumed run: every group's lr is `initial_lr` times the factor
+    of that epoch, so the groups need an `initial_lr`)."""
     def factor(epoch: int) -> float:  # a closure: LambdaLR saves no state for plain functions
         return lr_factor(epoch, phase.schedule, phase.epochs, phase.warmup_epochs, phase.restart_period)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=epochs_done - 1)
 
 
 # %% [markdown]
@@ -3908,6 +3931,70 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
             f"{skipped}{' | best' if improved else ''}")
 
 
+def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
+    """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
+    is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
+    latest = spec.latest_path
+    if not latest.exists():
+        return None
+    if not spec.resume:
+        if ctx.is_main:
+            print(f"RESUME_TRAINING is off: phase {spec.phase.phase} starts over and will overwrite {latest}")
+        return None
+    state = load_checkpoint(latest)
+    if _phase1_moved_on(spec, state):
+        if ctx.is_main:
+            print(f"{spec.init_checkpoint} changed since phase 2 started (phase 1 trained further): "
+                  "phase 2 starts over from it")
+        return None
+    return state
+
+
+def _optimisation(model: nn.Module, pc: PhaseConfig, device: torch.device, precision: str,
+                  resume_state: Mapping[str, Any] | None) -> tuple[torch.optim.Optimizer, Any, Any]:
+    """(AdamW over the phase's parameter groups, its schedule, the fp16 gradient scaler), at
+    the resumed state when there is one."""
+    groups = model.param_groups(pc.phase, lr_decoder=pc.lr_decoder, lr_lora=pc.lr_lora, weight_decay=pc.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if resume_state is None:
+        return optimizer, make_scheduler(optimizer, pc), scaler
+    settings = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(resume_state["optimizer_state_dict"])
+    # The optimiser's state restores its old hyperparameters; this run's settings win
+    # (identical when nothing changed), at the schedule's position for the next epoch.
+    for group, (lr, weight_decay) in zip(optimizer.param_groups, settings):
+        group.update(initial_lr=lr, weight_decay=weight_decay)
+    scheduler = make_scheduler(optimizer, pc, epochs_done=int(resume_state["scheduler_state_dict"]["last_epoch"]))
+    scaler.load_state_dict(resume_state["scaler_state_dict"])
+    return optimizer, scheduler, scaler
+
+
+def _loaders(spec: TrainSpec, ctx: DistContext, device: torch.device) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
+    """(train set, val set, their loaders): training shuffled and padded so every rank runs the
+    same number of steps; validation in order, each item on exactly one rank so the summed
+    loss counts it once."""
+    pc = spec.phase
+    train_set = EpochItems(spec.train_data.build(), pc.seed)
+    val_set = EpochItems(spec.val_data.build(), pc.seed)
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty: check the processed cache and CROPS_PER_IMAGE")
+    shard = dict(rank=ctx.rank, world_size=ctx.world_size, pin_memory=device.type == "cuda")
+    train_loader = make_loader(train_set, pc.batch_size, True, pc.num_workers, pc.seed, **shard)
+    val_loader = make_loader(val_set, pc.batch_size, False, pc.num_workers, pc.seed, pad=False, **shard)
+    return train_set, val_set, train_loader, val_loader
+
+
+def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> tuple[nn.Module, Callable]:
+    """(the module whose `.train()`/`.no_sync()` the loop uses: the model or its DDP wrapper,
+    the forward to call: that module, compiled when asked for)."""
+    module: nn.Module = model
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return module, (_CompileFallback(module) if use_compile else module)
+
+
 class _PhaseRun:
     """The objects of one phase in one process, and the loop over its epochs."""
 
@@ -3919,18 +4006,8 @@ class _PhaseRun:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
-        # The same initial weights on every rank (DDP also broadcasts rank 0's when wrapping).
-        seed_everything(pc.seed)
-        resume_state = None
-        if spec.resume and spec.latest_path.exists():
-            resume_state = load_checkpoint(spec.latest_path)
-        elif spec.latest_path.exists() and ctx.is_main:
-            print(f"RESUME_TRAINING is off: phase {pc.phase} starts over and will overwrite {spec.latest_path}")
-        if resume_state is not None and _phase1_moved_on(spec, resume_state):
-            if ctx.is_main:
-                print(f"{spec.init_checkpoint} changed since phase 2 started (phase 1 trained further): "
-                      "phase 2 starts over from it")
-            resume_state = None
+        seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        resume_state = _resume_state(spec, ctx)
         self.model, self.weights_source, self.init_id = _setup_model(spec, model, resume_state)
         self.model.to(self.device)
         if self.device.type == "cuda":
@@ -3940,49 +4017,21 @@ class _PhaseRun:
         self.resumed = resume_state is not None
         if self.finished_before:
             return
-
-        groups = self.model.param_groups(pc.phase, lr_decoder=pc.lr_decoder, lr_lora=pc.lr_lora,
-                                         weight_decay=pc.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups)
-        self.scheduler = make_scheduler(self.optimizer, pc)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.optimizer, self.scheduler, self.scaler = _optimisation(self.model, pc, self.device, self.precision,
+                                                                    resume_state)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(self.optimizer.param_groups)]
         if resume_state is not None:
-            settings = [(g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(resume_state["optimizer_state_dict"])
-            self.scheduler.load_state_dict(resume_state["scheduler_state_dict"])
-            self.scaler.load_state_dict(resume_state["scaler_state_dict"])
-            # The optimiser's state restores its old hyperparameters; this run's settings win
-            # (identical when nothing changed), at the schedule's position for this epoch.
-            epoch = self.scheduler.last_epoch
-            for group, (lr, wd), factor in zip(self.optimizer.param_groups, settings, self.scheduler.lr_lambdas):
-                group.update(initial_lr=lr, weight_decay=wd, lr=lr * factor(epoch))
-            self.scheduler.base_lrs = [lr for lr, _ in settings]
-            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
             restore_rng_state(resume_state["rng"])  # last: building the objects above drew random numbers
-
-        self.train_set = EpochItems(spec.train_data.build(), pc.seed)
-        self.val_set = EpochItems(spec.val_data.build(), pc.seed)
-        if len(self.train_set) == 0:
-            raise ValueError("the training set is empty: check the processed cache and CROPS_PER_IMAGE")
+        self.train_set, self.val_set, self.train_loader, self.val_loader = _loaders(spec, ctx, self.device)
         self.loss_fn = spec.loss.build()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        # Training: shuffled and padded so every rank runs the same number of steps; validation:
-        # in order, each item on exactly one rank so the summed loss counts it once.
-        shard = dict(rank=ctx.rank, world_size=ctx.world_size, pin_memory=self.device.type == "cuda")
-        self.train_loader = make_loader(self.train_set, pc.batch_size, True, pc.num_workers, pc.seed, **shard)
-        self.val_loader = make_loader(self.val_set, pc.batch_size, False, pc.num_workers, pc.seed, pad=False, **shard)
         self.sampler: EpochSampler = self.train_loader.sampler
         per_step = pc.batch_size * ctx.world_size
         self.accum = max(1, round(pc.grad_accum_target / per_step)) if pc.grad_accum_target else 1
         self.step_sizes = _group_sizes(len(self.sampler), pc.batch_size, self.accum)
-        self.train_module: nn.Module = self.model
-        if ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.forward: Callable = _CompileFallback(self.train_module) if pc.use_compile else self.train_module
+        self.train_module, self.forward = _training_module(self.model, ctx, pc.use_compile)
         self.consecutive_bad = 0
 
     @property
@@ -5081,18 +5130,18 @@ def cells_from_maps(
 class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).
 
-    image uint8 (h, w, 3); true_inst int32 (h, w); true_cls uint8 (h, w); pred_inst int32
-    (h, w); classes int64, class_probs and scores float32 (N + 1,) by predicted cell id;
-    maps as `predict_maps` returns them, or None.
+    image uint8 (h, w, 3) (None where only metrics are wanted); true_inst int32 (h, w);
+    true_cls uint8 (h, w); pred_inst int32 (h, w); classes int64, class_probs (or None) and
+    scores float32 (N + 1,) by predicted cell id; maps as `predict_maps` returns them, or None.
     """
 
     stem: str
-    image: np.ndarray
+    image: np.ndarray | None
     true_inst: np.ndarray
     true_cls: np.ndarray
     pred_inst: np.ndarray
     classes: np.ndarray
-    class_probs: np.ndarray
+    class_probs: np.ndarray | None
     scores: np.ndarray
     maps: dict[str, np.ndarray] | None
 
@@ -6215,7 +6264,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import write_json_atomic
-from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
+from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -6584,6 +6633,135 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
+@dataclasses.dataclass
+class _Pooled:
+    """Sums over the images of a set, from which the pooled ("dataset") metrics follow."""
+
+    n_classes: int
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    iou_sum: float = 0.0
+    aji_inter: float = 0.0
+    aji_union: float = 0.0
+    per_class: np.ndarray = dataclasses.field(init=False)  # (C, 4): tp, fp, fn, iou_sum of each class
+    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion
+
+    def __post_init__(self) -> None:
+        self.per_class = np.zeros((self.n_classes, 4))
+        self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+
+
+def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_threshold: float,
+                 pooled: _Pooled) -> tuple[dict[str, Any], PairTable]:
+    """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
+    adds the image's counts to `pooled`."""
+    t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
+    p_inst = _as_label_map(p.pred_inst, f"{p.stem}: pred_inst")
+    if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
+        raise ValueError(f"image {p.stem}: instance ids must be non-negative")
+    t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
+    p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
+    pairs = pair_table(t_inst, p_inst)
+    mt, mp, miou = match_instances(pairs, iou_threshold)
+    tp = int(miou.size)
+    fp, fn = pairs.n_pred - tp, pairs.n_true - tp
+    aji = _aji(pairs)
+    confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
+    iou_c, dice_c = iou_dice_from_confusion(confusion)
+    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
+    true_counts = np.bincount(t_class[1:], minlength=n_classes)
+    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
+    same = t_class[mt] == p_class[mp]  # matched and of the same class: a true positive of that class
+    tp_c = np.bincount(t_class[mt][same], minlength=n_classes)
+    pooled.per_class += np.stack([tp_c, pred_counts - tp_c, true_counts - tp_c,
+                                  np.bincount(t_class[mt][same], weights=miou[same], minlength=n_classes)], axis=1)
+    pooled.tp, pooled.fp, pooled.fn = pooled.tp + tp, pooled.fp + fp, pooled.fn + fn
+    pooled.iou_sum += float(miou.sum())
+    pooled.aji_inter += aji["intersection"]
+    pooled.aji_union += aji["union"]
+    pooled.confusion += confusion
+    cell_classes = range(1, n_classes)
+    record = dict(
+        image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+        aji=aji["aji"],
+        pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
+        pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
+        true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
+        true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
+        pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
+    )
+    return record, pairs
+
+
+def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
+                     names: Sequence[str]) -> dict[str, Any]:
+    """The pooled ("dataset") block of the metrics from the summed counts."""
+    per_class_pq = {names[c]: dict(**_pq_from_counts(int(tp), int(fp), int(fn), float(s)), tp=int(tp), fp=int(fp), fn=int(fn))
+                    for c, (tp, fp, fn, s) in enumerate(pooled.per_class) if c > 0}
+    iou_all, dice_all = iou_dice_from_confusion(pooled.confusion)
+    return dict(
+        **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
+        **_prf(pooled.tp, pooled.fp, pooled.fn),
+        aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
+        map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
+        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
+        pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
+        true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
+    )
+
+
+def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
+    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")}
+    means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
+    means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
+    errors = np.array([r["count_error"] for r in records], dtype=np.float64)
+    trues = np.array([r["true_count"] for r in records], dtype=np.float64)
+    means["count_error"] = float(errors.mean()) if errors.size else math.nan
+    means["count_abs_error"] = float(np.abs(errors).mean()) if errors.size else math.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(errors) / trues
+    means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    return means
+
+
+def evaluate_split(
+    predictions: Sequence[SplitPrediction],
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Every metric of a set of predictions (`uni_seg.infer.predict_split`'s records), per image
+    and pooled over the set.
+
+    Each record's `true_inst`/`pred_inst` are int label maps (H, W), 0 background;
+    `true_cls` a class map int (H, W) in 0..C-1 or a vector by true id; `classes` a vector by
+    predicted id (or a class map, whose majority per cell counts); `scores` a confidence per
+    predicted id (vector, or mapping id -> score). `n_classes` C includes background (class
+    0); `class_names` C names (default `default_class_names(C)`); `iou_threshold` the
+    matching threshold of PQ and detection (standard 0.5).
+
+    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
+    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
+    (see `METRICS_SCHEMA_DOC`).
+    """
+    names = list(class_names) if class_names is not None else default_class_names(n_classes)
+    if len(names) != n_classes:
+        raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
+    pooled = _Pooled(n_classes)
+    records, tables = [], []
+    for p in predictions:
+        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled)
+        records.append(record)
+        tables.append(pairs)
+    coco = _coco_ap(tables, [p.scores for p in predictions], None)
+    return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
+                dataset=_dataset_metrics(pooled, records, coco, names),
+                per_image_mean=_per_image_means(records, names), per_image=records)
+
+
 def evaluate_predictions(
     true_insts: Sequence[np.ndarray],
     true_classes: Sequence[np.ndarray],
@@ -6595,131 +6773,16 @@ def evaluate_predictions(
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Every metric of a set of predictions, per image and pooled over the set.
-
-    Args:
-        true_insts, pred_insts: per image, int label maps (H, W), 0 background.
-        true_classes, pred_classes: per image, either a class map int (H, W) in 0..C-1 (as
-            `parse_mask_to_instances` returns) or a vector indexed by instance id (as
-            `uni_seg.infer.classify_instances` returns). A cell's class from a map is the
-            majority over its pixels.
-        pred_scores: per image, confidence per predicted id (mapping or vector by id).
-        n_classes: C, including background (class 0).
-        image_names: names for the per-image records (default "0", "1", ...).
-        class_names: C names (default `default_class_names(C)`).
-        iou_threshold: matching threshold of PQ and detection (standard 0.5).
-
-    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
-    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
-    (see `METRICS_SCHEMA_DOC`).
-    """
+    """`evaluate_split` for label maps that come as separate lists, one entry per image
+    (true_insts, pred_insts: int label maps; true_classes, pred_classes: class maps or vectors
+    by id; pred_scores: vectors or mappings by id; image_names default "0", "1", ...)."""
     n = len(true_insts)
     if not n == len(true_classes) == len(pred_insts) == len(pred_classes) == len(pred_scores):
         raise ValueError("true_insts, true_classes, pred_insts, pred_classes and pred_scores must have one entry per image")
-    names = list(class_names) if class_names is not None else default_class_names(n_classes)
-    if len(names) != n_classes:
-        raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
-    image_names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
-    cell_classes = range(1, n_classes)
-    pooled = dict(tp=0, fp=0, fn=0, iou_sum=0.0, aji_inter=0.0, aji_union=0.0)
-    pooled_cls = {c: dict(tp=0, fp=0, fn=0, iou_sum=0.0) for c in cell_classes}
-    confusion_total = np.zeros((n_classes, n_classes), dtype=np.int64)
-    records: list[dict[str, Any]] = []
-    tables: list[PairTable] = []
-    for i in range(n):
-        t_inst = _as_label_map(true_insts[i], f"true_insts[{i}]")
-        p_inst = _as_label_map(pred_insts[i], f"pred_insts[{i}]")
-        if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
-            raise ValueError(f"image {image_names[i]}: instance ids must be non-negative")
-        t_lut, t_cls_map = _class_lut(true_classes[i], t_inst, n_classes, f"true_classes[{i}]")
-        p_lut, p_cls_map = _class_lut(pred_classes[i], p_inst, n_classes, f"pred_classes[{i}]")
-        pairs = pair_table(t_inst, p_inst)
-        tables.append(pairs)
-        mt, mp, miou = match_instances(pairs, iou_threshold)
-        tp = int(miou.size)
-        fp, fn = pairs.n_pred - tp, pairs.n_true - tp
-        aji = _aji(pairs)
-        confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
-        confusion_total += confusion
-        iou_c, dice_c = iou_dice_from_confusion(confusion)
-        t_class = t_lut[pairs.true_ids]  # class per renumbered instance (index 0 background)
-        p_class = p_lut[pairs.pred_ids]
-        true_counts = np.bincount(t_class[1:], minlength=n_classes)
-        pred_counts = np.bincount(p_class[1:], minlength=n_classes)
-        for c in cell_classes:
-            same = (t_class[mt] == c) & (p_class[mp] == c)
-            tp_c = int(same.sum())
-            pooled_cls[c]["tp"] += tp_c
-            pooled_cls[c]["fp"] += int(pred_counts[c]) - tp_c
-            pooled_cls[c]["fn"] += int(true_counts[c]) - tp_c
-            pooled_cls[c]["iou_sum"] += float(miou[same].sum())
-        pooled["tp"] += tp
-        pooled["fp"] += fp
-        pooled["fn"] += fn
-        pooled["iou_sum"] += float(miou.sum())
-        pooled["aji_inter"] += aji["intersection"]
-        pooled["aji_union"] += aji["union"]
-        records.append(
-            dict(
-                image=image_names[i],
-                **_pq_from_counts(tp, fp, fn, float(miou.sum())),
-                tp=tp,
-                fp=fp,
-                fn=fn,
-                **_prf(tp, fp, fn),
-                aji=aji["aji"],
-                pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
-                pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
-                true_count=pairs.n_true,
-                pred_count=pairs.n_pred,
-                count_error=pairs.n_pred - pairs.n_true,
-                true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
-                pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
-            )
-        )
-    coco = _coco_ap(tables, pred_scores, None)
-    iou_all, dice_all = iou_dice_from_confusion(confusion_total)
-    per_class_pq = {
-        names[c]: dict(**_pq_from_counts(v["tp"], v["fp"], v["fn"], v["iou_sum"]), tp=v["tp"], fp=v["fp"], fn=v["fn"])
-        for c, v in pooled_cls.items()
-    }
-    count_errors = np.array([r["count_error"] for r in records], dtype=np.float64)
-    true_counts_arr = np.array([r["true_count"] for r in records], dtype=np.float64)
-    dataset = dict(
-        **_pq_from_counts(pooled["tp"], pooled["fp"], pooled["fn"], pooled["iou_sum"]),
-        tp=pooled["tp"],
-        fp=pooled["fp"],
-        fn=pooled["fn"],
-        **_prf(pooled["tp"], pooled["fp"], pooled["fn"]),
-        aji=pooled["aji_inter"] / pooled["aji_union"] if pooled["aji_union"] > 0 else math.nan,
-        map=coco["map"],
-        ap50=coco["ap50"],
-        ap75=coco["ap75"],
-        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]),
-        per_class_pq=per_class_pq,
-        pixel_iou={names[c]: float(iou_all[c]) for c in range(n_classes)},
-        pixel_dice={names[c]: float(dice_all[c]) for c in range(n_classes)},
-        true_count=int(true_counts_arr.sum()),
-        pred_count=int(true_counts_arr.sum() + count_errors.sum()),
-    )
-    per_image_mean = {
-        key: _nanmean([r[key] for r in records]) for key in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")
-    }
-    per_image_mean["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
-    per_image_mean["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
-    per_image_mean["count_error"] = float(count_errors.mean()) if n else math.nan
-    per_image_mean["count_abs_error"] = float(np.abs(count_errors).mean()) if n else math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.abs(count_errors) / true_counts_arr
-    per_image_mean["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
-    return dict(
-        n_images=n,
-        class_names=names,
-        iou_threshold=iou_threshold,
-        dataset=dataset,
-        per_image_mean=per_image_mean,
-        per_image=records,
-    )
+    names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
+    records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
+               for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
+    return evaluate_split(records, n_classes, class_names, iou_threshold)
 
 
 # %% [markdown]
@@ -6924,7 +6987,7 @@ print(METRICS_SCHEMA_DOC)
 from uni_seg.data import load_manifest
 from uni_seg.infer import predict_split
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
-from uni_seg.metrics import evaluate_predictions, tune_postproc, write_metrics_json
+from uni_seg.metrics import evaluate_split, tune_postproc, write_metrics_json
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
 test_predictions = None
@@ -6948,11 +7011,7 @@ print(f"post-processing parameters, {_source}: {POSTPROC_PARAMS}")
 if cfg.run_evaluation:
     test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
                                      keep_maps=False)  # maps of the figure images are re-made in §10
-    metrics = evaluate_predictions(
-        [p.true_inst for p in test_predictions], [p.true_cls for p in test_predictions],
-        [p.pred_inst for p in test_predictions], [p.classes for p in test_predictions],
-        [p.scores for p in test_predictions], cfg.n_classes, image_names=[p.stem for p in test_predictions],
-    )
+    metrics = evaluate_split(test_predictions, cfg.n_classes)
     _manifest = load_manifest(cfg.processed_dir)
     _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
     metrics_document = write_metrics_json(

@@ -15,7 +15,7 @@ import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -636,6 +636,71 @@ def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str, dict[str, ImagePair]]:
+    """{split: {stem: pair}}: the train partition split into train/val, the test partition as it is."""
+    train, val = split_train_val((p.stem for p in scan.pairs["train"]), val_fraction, seed)
+    split_of = {**{s: "train" for s in train}, **{s: "val" for s in val}}
+    wanted: dict[str, dict[str, ImagePair]] = {"train": {}, "val": {}, "test": {}}
+    for pair in scan.pairs["train"]:
+        wanted[split_of[pair.stem]][pair.stem] = pair
+    for pair in scan.pairs["test"]:
+        wanted["test"][pair.stem] = pair
+    return wanted
+
+
+def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """Where each stem's processed file is now, when the old manifest vouches for it and was made
+    with the same content parameters: (partition, stem) -> (split, manifest entry)."""
+    try:
+        old = load_manifest(processed_dir)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if {k: old.get("params", {}).get(k) for k in content} != dict(content):
+        return {}
+    return {("test" if split == "test" else "train", stem): (split, entry)
+            for split, entries in old.get("samples", {}).items() for stem, entry in entries.items()
+            if (processed_dir / split / f"{stem}.npz").is_file()}
+
+
+def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, ImagePair]],
+                       keys: Mapping[str, Mapping[str, dict[str, Any]]],
+                       valid: Mapping[tuple[str, str], tuple[str, dict[str, Any]]]
+                       ) -> tuple[dict[str, dict[str, Any]], list[tuple[str, ImagePair]], int, int]:
+    """Keep each processed file whose raw files are unchanged (moving it when its split
+    changed) and list the pairs to (re)write: (samples kept, todo, moved, reused)."""
+    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    todo: list[tuple[str, ImagePair]] = []
+    moved = reused = 0
+    for split in SPLITS:
+        part = "test" if split == "test" else "train"
+        for stem, pair in wanted[split].items():
+            prior = valid.get((part, stem))
+            unchanged = prior is not None and all(prior[1].get(k) == keys[split][stem][k] for k in ("image_key", "mask_key"))
+            if not unchanged:
+                todo.append((split, pair))
+                continue
+            if prior[0] != split:
+                os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
+                moved += 1
+            else:
+                reused += 1
+            samples[split][stem] = prior[1]
+    return samples, todo, moved, reused
+
+
+def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
+    """Delete processed files no longer in the dataset, and temporaries of killed writers;
+    returns the number of processed files removed."""
+    removed = 0
+    for split in SPLITS:
+        remove_stale_temporaries(processed_dir / split)
+        for path in (processed_dir / split).iterdir():
+            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def build_processed_cache(
     raw_dir: str | Path,
     processed_dir: str | Path,
@@ -667,64 +732,25 @@ def build_processed_cache(
         raise ValueError(f"working_scale={working_scale} must be in (0, 4]")
     scan = scan_dataset(raw_dir)
     scan.warn()
-    train, val = split_train_val((p.stem for p in scan.pairs["train"]), val_fraction, seed)
-    split_of = {**{s: "train" for s in train}, **{s: "val" for s in val}}
-    wanted: dict[str, dict[str, ImagePair]] = {"train": {}, "val": {}, "test": {}}
-    for pair in scan.pairs["train"]:
-        wanted[split_of[pair.stem]][pair.stem] = pair
-    for pair in scan.pairs["test"]:
-        wanted["test"][pair.stem] = pair
+    wanted = _wanted_pairs(scan, val_fraction, seed)
     content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area)}
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
-
-    try:
-        old = load_manifest(processed_dir)
-    except (FileNotFoundError, json.JSONDecodeError):
-        old = {}
-    old_content = {k: old.get("params", {}).get(k) for k in content}
-    # Where each stem's valid processed file is now: (partition, stem) -> (split, entry).
-    valid: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
-    if old_content == content:
-        for split, entries in old.get("samples", {}).items():
-            for stem, entry in entries.items():
-                if (processed_dir / split / f"{stem}.npz").is_file():
-                    valid[("test" if split == "test" else "train", stem)] = (split, entry)
-
+    valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
     keys = {s: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
                 for stem, p in wanted[s].items()} for s in SPLITS}
-    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
-    todo: list[tuple[str, ImagePair]] = []
-    moved = reused = 0
-    for split in SPLITS:
-        part = "test" if split == "test" else "train"
-        for stem, pair in wanted[split].items():
-            prior = valid.get((part, stem))
-            if prior and prior[1].get("image_key") == keys[split][stem]["image_key"] \
-                    and prior[1].get("mask_key") == keys[split][stem]["mask_key"]:
-                if prior[0] != split:
-                    os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
-                    moved += 1
-                else:
-                    reused += 1
-                samples[split][stem] = prior[1]
-            else:
-                todo.append((split, pair))
+    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
 
-    def manifest(samples: dict[str, dict[str, Any]], skipped: dict[str, str]) -> dict[str, Any]:
-        return {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
-                "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
-                "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}
+    def save_manifest(skipped: dict[str, str]) -> None:
+        atomic_write(processed_dir / "manifest.json", json.dumps(
+            {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
+             "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
+             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}, indent=1))
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
-    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, {}), indent=1))
-
-    def entry_for(split: str, pair: ImagePair, info: dict[str, Any]) -> dict[str, Any]:
-        return {"image": pair.image_path.relative_to(raw_dir).as_posix(),
-                "mask": pair.mask_path.relative_to(raw_dir).as_posix(), **keys[split][pair.stem], **info}
-
+    save_manifest({})
     skipped: dict[str, str] = {}
     tasks = [(pair, str(processed_dir / split / f"{pair.stem}.npz"), float(working_scale), int(min_area))
              for split, pair in todo]
@@ -733,26 +759,20 @@ def build_processed_cache(
         for i, ((split, pair), result) in enumerate(zip(todo, outcomes)):
             if isinstance(result, Exception):
                 if on_error == "raise":
-                    # Keep the manifest honest about what was completed before stopping.
-                    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
+                    save_manifest(skipped)  # keep the manifest honest about what was completed
                     raise result
                 warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
                 continue
-            samples[split][pair.stem] = entry_for(split, pair, result)
+            samples[split][pair.stem] = {"image": pair.image_path.relative_to(raw_dir).as_posix(),
+                                         "mask": pair.mask_path.relative_to(raw_dir).as_posix(),
+                                         **keys[split][pair.stem], **result}
             if progress and (i + 1) % 50 == 0:
                 print(f"  processed {i + 1}/{len(todo)}", flush=True)
     finally:
         outcomes.close()
-
-    removed = 0
-    for split in SPLITS:
-        remove_stale_temporaries(processed_dir / split)  # left by a run killed mid-write
-        for path in (processed_dir / split).iterdir():
-            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
-                path.unlink()
-                removed += 1
-    atomic_write(processed_dir / "manifest.json", json.dumps(manifest(samples, skipped), indent=1))
+    removed = _remove_stale(processed_dir, samples)
+    save_manifest(skipped)
     converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
                                  atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
@@ -158,12 +158,15 @@ def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0, re
     raise ValueError(f"schedule={schedule!r} is not one of {list(SCHEDULES)}")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings."""
+def make_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseConfig,
+                   epochs_done: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-epoch `LambdaLR` following `lr_factor` for `phase`'s settings, positioned for the
+    epoch after `epochs_done` (a resumed run: every group's lr is `initial_lr` times the factor
+    of that epoch, so the groups need an `initial_lr`)."""
     def factor(epoch: int) -> float:  # a closure: LambdaLR saves no state for plain functions
         return lr_factor(epoch, phase.schedule, phase.epochs, phase.warmup_epochs, phase.restart_period)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor, last_epoch=epochs_done - 1)
 
 
 # notebook cell 63 (id 6bf60f41), §5 "Processes, devices and data order"
@@ -352,6 +355,70 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
             f"{skipped}{' | best' if improved else ''}")
 
 
+def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
+    """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
+    is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
+    latest = spec.latest_path
+    if not latest.exists():
+        return None
+    if not spec.resume:
+        if ctx.is_main:
+            print(f"RESUME_TRAINING is off: phase {spec.phase.phase} starts over and will overwrite {latest}")
+        return None
+    state = load_checkpoint(latest)
+    if _phase1_moved_on(spec, state):
+        if ctx.is_main:
+            print(f"{spec.init_checkpoint} changed since phase 2 started (phase 1 trained further): "
+                  "phase 2 starts over from it")
+        return None
+    return state
+
+
+def _optimisation(model: nn.Module, pc: PhaseConfig, device: torch.device, precision: str,
+                  resume_state: Mapping[str, Any] | None) -> tuple[torch.optim.Optimizer, Any, Any]:
+    """(AdamW over the phase's parameter groups, its schedule, the fp16 gradient scaler), at
+    the resumed state when there is one."""
+    groups = model.param_groups(pc.phase, lr_decoder=pc.lr_decoder, lr_lora=pc.lr_lora, weight_decay=pc.weight_decay)
+    optimizer = torch.optim.AdamW(groups)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    if resume_state is None:
+        return optimizer, make_scheduler(optimizer, pc), scaler
+    settings = [(g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    optimizer.load_state_dict(resume_state["optimizer_state_dict"])
+    # The optimiser's state restores its old hyperparameters; this run's settings win
+    # (identical when nothing changed), at the schedule's position for the next epoch.
+    for group, (lr, weight_decay) in zip(optimizer.param_groups, settings):
+        group.update(initial_lr=lr, weight_decay=weight_decay)
+    scheduler = make_scheduler(optimizer, pc, epochs_done=int(resume_state["scheduler_state_dict"]["last_epoch"]))
+    scaler.load_state_dict(resume_state["scaler_state_dict"])
+    return optimizer, scheduler, scaler
+
+
+def _loaders(spec: TrainSpec, ctx: DistContext, device: torch.device) -> tuple[Dataset, Dataset, DataLoader, DataLoader]:
+    """(train set, val set, their loaders): training shuffled and padded so every rank runs the
+    same number of steps; validation in order, each item on exactly one rank so the summed
+    loss counts it once."""
+    pc = spec.phase
+    train_set = EpochItems(spec.train_data.build(), pc.seed)
+    val_set = EpochItems(spec.val_data.build(), pc.seed)
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty: check the processed cache and CROPS_PER_IMAGE")
+    shard = dict(rank=ctx.rank, world_size=ctx.world_size, pin_memory=device.type == "cuda")
+    train_loader = make_loader(train_set, pc.batch_size, True, pc.num_workers, pc.seed, **shard)
+    val_loader = make_loader(val_set, pc.batch_size, False, pc.num_workers, pc.seed, pad=False, **shard)
+    return train_set, val_set, train_loader, val_loader
+
+
+def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> tuple[nn.Module, Callable]:
+    """(the module whose `.train()`/`.no_sync()` the loop uses: the model or its DDP wrapper,
+    the forward to call: that module, compiled when asked for)."""
+    module: nn.Module = model
+    if ctx.distributed:
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    return module, (_CompileFallback(module) if use_compile else module)
+
+
 class _PhaseRun:
     """The objects of one phase in one process, and the loop over its epochs."""
 
@@ -363,18 +430,8 @@ class _PhaseRun:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
-        # The same initial weights on every rank (DDP also broadcasts rank 0's when wrapping).
-        seed_everything(pc.seed)
-        resume_state = None
-        if spec.resume and spec.latest_path.exists():
-            resume_state = load_checkpoint(spec.latest_path)
-        elif spec.latest_path.exists() and ctx.is_main:
-            print(f"RESUME_TRAINING is off: phase {pc.phase} starts over and will overwrite {spec.latest_path}")
-        if resume_state is not None and _phase1_moved_on(spec, resume_state):
-            if ctx.is_main:
-                print(f"{spec.init_checkpoint} changed since phase 2 started (phase 1 trained further): "
-                      "phase 2 starts over from it")
-            resume_state = None
+        seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        resume_state = _resume_state(spec, ctx)
         self.model, self.weights_source, self.init_id = _setup_model(spec, model, resume_state)
         self.model.to(self.device)
         if self.device.type == "cuda":
@@ -384,49 +441,21 @@ class _PhaseRun:
         self.resumed = resume_state is not None
         if self.finished_before:
             return
-
-        groups = self.model.param_groups(pc.phase, lr_decoder=pc.lr_decoder, lr_lora=pc.lr_lora,
-                                         weight_decay=pc.weight_decay)
-        self.optimizer = torch.optim.AdamW(groups)
-        self.scheduler = make_scheduler(self.optimizer, pc)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.optimizer, self.scheduler, self.scaler = _optimisation(self.model, pc, self.device, self.precision,
+                                                                    resume_state)
         self.trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.group_names = [str(g.get("name", f"group{i}")) for i, g in enumerate(self.optimizer.param_groups)]
         if resume_state is not None:
-            settings = [(g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(resume_state["optimizer_state_dict"])
-            self.scheduler.load_state_dict(resume_state["scheduler_state_dict"])
-            self.scaler.load_state_dict(resume_state["scaler_state_dict"])
-            # The optimiser's state restores its old hyperparameters; this run's settings win
-            # (identical when nothing changed), at the schedule's position for this epoch.
-            epoch = self.scheduler.last_epoch
-            for group, (lr, wd), factor in zip(self.optimizer.param_groups, settings, self.scheduler.lr_lambdas):
-                group.update(initial_lr=lr, weight_decay=wd, lr=lr * factor(epoch))
-            self.scheduler.base_lrs = [lr for lr, _ in settings]
-            self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
             restore_rng_state(resume_state["rng"])  # last: building the objects above drew random numbers
-
-        self.train_set = EpochItems(spec.train_data.build(), pc.seed)
-        self.val_set = EpochItems(spec.val_data.build(), pc.seed)
-        if len(self.train_set) == 0:
-            raise ValueError("the training set is empty: check the processed cache and CROPS_PER_IMAGE")
+        self.train_set, self.val_set, self.train_loader, self.val_loader = _loaders(spec, ctx, self.device)
         self.loss_fn = spec.loss.build()
         if isinstance(self.loss_fn, nn.Module):
             self.loss_fn.to(self.device)
-        # Training: shuffled and padded so every rank runs the same number of steps; validation:
-        # in order, each item on exactly one rank so the summed loss counts it once.
-        shard = dict(rank=ctx.rank, world_size=ctx.world_size, pin_memory=self.device.type == "cuda")
-        self.train_loader = make_loader(self.train_set, pc.batch_size, True, pc.num_workers, pc.seed, **shard)
-        self.val_loader = make_loader(self.val_set, pc.batch_size, False, pc.num_workers, pc.seed, pad=False, **shard)
         self.sampler: EpochSampler = self.train_loader.sampler
         per_step = pc.batch_size * ctx.world_size
         self.accum = max(1, round(pc.grad_accum_target / per_step)) if pc.grad_accum_target else 1
         self.step_sizes = _group_sizes(len(self.sampler), pc.batch_size, self.accum)
-        self.train_module: nn.Module = self.model
-        if ctx.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_module = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.forward: Callable = _CompileFallback(self.train_module) if pc.use_compile else self.train_module
+        self.train_module, self.forward = _training_module(self.model, ctx, pc.use_compile)
         self.consecutive_bad = 0
 
     @property

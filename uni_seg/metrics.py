@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import write_json_atomic
-from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
+from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -380,6 +380,135 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
+@dataclasses.dataclass
+class _Pooled:
+    """Sums over the images of a set, from which the pooled ("dataset") metrics follow."""
+
+    n_classes: int
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    iou_sum: float = 0.0
+    aji_inter: float = 0.0
+    aji_union: float = 0.0
+    per_class: np.ndarray = dataclasses.field(init=False)  # (C, 4): tp, fp, fn, iou_sum of each class
+    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion
+
+    def __post_init__(self) -> None:
+        self.per_class = np.zeros((self.n_classes, 4))
+        self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
+
+
+def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_threshold: float,
+                 pooled: _Pooled) -> tuple[dict[str, Any], PairTable]:
+    """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
+    adds the image's counts to `pooled`."""
+    t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
+    p_inst = _as_label_map(p.pred_inst, f"{p.stem}: pred_inst")
+    if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
+        raise ValueError(f"image {p.stem}: instance ids must be non-negative")
+    t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
+    p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
+    pairs = pair_table(t_inst, p_inst)
+    mt, mp, miou = match_instances(pairs, iou_threshold)
+    tp = int(miou.size)
+    fp, fn = pairs.n_pred - tp, pairs.n_true - tp
+    aji = _aji(pairs)
+    confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
+    iou_c, dice_c = iou_dice_from_confusion(confusion)
+    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
+    true_counts = np.bincount(t_class[1:], minlength=n_classes)
+    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
+    same = t_class[mt] == p_class[mp]  # matched and of the same class: a true positive of that class
+    tp_c = np.bincount(t_class[mt][same], minlength=n_classes)
+    pooled.per_class += np.stack([tp_c, pred_counts - tp_c, true_counts - tp_c,
+                                  np.bincount(t_class[mt][same], weights=miou[same], minlength=n_classes)], axis=1)
+    pooled.tp, pooled.fp, pooled.fn = pooled.tp + tp, pooled.fp + fp, pooled.fn + fn
+    pooled.iou_sum += float(miou.sum())
+    pooled.aji_inter += aji["intersection"]
+    pooled.aji_union += aji["union"]
+    pooled.confusion += confusion
+    cell_classes = range(1, n_classes)
+    record = dict(
+        image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+        aji=aji["aji"],
+        pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
+        pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
+        true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
+        true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
+        pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
+    )
+    return record, pairs
+
+
+def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
+                     names: Sequence[str]) -> dict[str, Any]:
+    """The pooled ("dataset") block of the metrics from the summed counts."""
+    per_class_pq = {names[c]: dict(**_pq_from_counts(int(tp), int(fp), int(fn), float(s)), tp=int(tp), fp=int(fp), fn=int(fn))
+                    for c, (tp, fp, fn, s) in enumerate(pooled.per_class) if c > 0}
+    iou_all, dice_all = iou_dice_from_confusion(pooled.confusion)
+    return dict(
+        **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
+        **_prf(pooled.tp, pooled.fp, pooled.fn),
+        aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
+        map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
+        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
+        pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
+        true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
+    )
+
+
+def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
+    """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
+    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")}
+    means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
+    means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
+    errors = np.array([r["count_error"] for r in records], dtype=np.float64)
+    trues = np.array([r["true_count"] for r in records], dtype=np.float64)
+    means["count_error"] = float(errors.mean()) if errors.size else math.nan
+    means["count_abs_error"] = float(np.abs(errors).mean()) if errors.size else math.nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = np.abs(errors) / trues
+    means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    return means
+
+
+def evaluate_split(
+    predictions: Sequence[SplitPrediction],
+    n_classes: int,
+    class_names: Sequence[str] | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Every metric of a set of predictions (`uni_seg.infer.predict_split`'s records), per image
+    and pooled over the set.
+
+    Each record's `true_inst`/`pred_inst` are int label maps (H, W), 0 background;
+    `true_cls` a class map int (H, W) in 0..C-1 or a vector by true id; `classes` a vector by
+    predicted id (or a class map, whose majority per cell counts); `scores` a confidence per
+    predicted id (vector, or mapping id -> score). `n_classes` C includes background (class
+    0); `class_names` C names (default `default_class_names(C)`); `iou_threshold` the
+    matching threshold of PQ and detection (standard 0.5).
+
+    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
+    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
+    (see `METRICS_SCHEMA_DOC`).
+    """
+    names = list(class_names) if class_names is not None else default_class_names(n_classes)
+    if len(names) != n_classes:
+        raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
+    pooled = _Pooled(n_classes)
+    records, tables = [], []
+    for p in predictions:
+        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled)
+        records.append(record)
+        tables.append(pairs)
+    coco = _coco_ap(tables, [p.scores for p in predictions], None)
+    return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
+                dataset=_dataset_metrics(pooled, records, coco, names),
+                per_image_mean=_per_image_means(records, names), per_image=records)
+
+
 def evaluate_predictions(
     true_insts: Sequence[np.ndarray],
     true_classes: Sequence[np.ndarray],
@@ -391,131 +520,16 @@ def evaluate_predictions(
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
 ) -> dict[str, Any]:
-    """Every metric of a set of predictions, per image and pooled over the set.
-
-    Args:
-        true_insts, pred_insts: per image, int label maps (H, W), 0 background.
-        true_classes, pred_classes: per image, either a class map int (H, W) in 0..C-1 (as
-            `parse_mask_to_instances` returns) or a vector indexed by instance id (as
-            `uni_seg.infer.classify_instances` returns). A cell's class from a map is the
-            majority over its pixels.
-        pred_scores: per image, confidence per predicted id (mapping or vector by id).
-        n_classes: C, including background (class 0).
-        image_names: names for the per-image records (default "0", "1", ...).
-        class_names: C names (default `default_class_names(C)`).
-        iou_threshold: matching threshold of PQ and detection (standard 0.5).
-
-    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
-    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
-    (see `METRICS_SCHEMA_DOC`).
-    """
+    """`evaluate_split` for label maps that come as separate lists, one entry per image
+    (true_insts, pred_insts: int label maps; true_classes, pred_classes: class maps or vectors
+    by id; pred_scores: vectors or mappings by id; image_names default "0", "1", ...)."""
     n = len(true_insts)
     if not n == len(true_classes) == len(pred_insts) == len(pred_classes) == len(pred_scores):
         raise ValueError("true_insts, true_classes, pred_insts, pred_classes and pred_scores must have one entry per image")
-    names = list(class_names) if class_names is not None else default_class_names(n_classes)
-    if len(names) != n_classes:
-        raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
-    image_names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
-    cell_classes = range(1, n_classes)
-    pooled = dict(tp=0, fp=0, fn=0, iou_sum=0.0, aji_inter=0.0, aji_union=0.0)
-    pooled_cls = {c: dict(tp=0, fp=0, fn=0, iou_sum=0.0) for c in cell_classes}
-    confusion_total = np.zeros((n_classes, n_classes), dtype=np.int64)
-    records: list[dict[str, Any]] = []
-    tables: list[PairTable] = []
-    for i in range(n):
-        t_inst = _as_label_map(true_insts[i], f"true_insts[{i}]")
-        p_inst = _as_label_map(pred_insts[i], f"pred_insts[{i}]")
-        if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
-            raise ValueError(f"image {image_names[i]}: instance ids must be non-negative")
-        t_lut, t_cls_map = _class_lut(true_classes[i], t_inst, n_classes, f"true_classes[{i}]")
-        p_lut, p_cls_map = _class_lut(pred_classes[i], p_inst, n_classes, f"pred_classes[{i}]")
-        pairs = pair_table(t_inst, p_inst)
-        tables.append(pairs)
-        mt, mp, miou = match_instances(pairs, iou_threshold)
-        tp = int(miou.size)
-        fp, fn = pairs.n_pred - tp, pairs.n_true - tp
-        aji = _aji(pairs)
-        confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
-        confusion_total += confusion
-        iou_c, dice_c = iou_dice_from_confusion(confusion)
-        t_class = t_lut[pairs.true_ids]  # class per renumbered instance (index 0 background)
-        p_class = p_lut[pairs.pred_ids]
-        true_counts = np.bincount(t_class[1:], minlength=n_classes)
-        pred_counts = np.bincount(p_class[1:], minlength=n_classes)
-        for c in cell_classes:
-            same = (t_class[mt] == c) & (p_class[mp] == c)
-            tp_c = int(same.sum())
-            pooled_cls[c]["tp"] += tp_c
-            pooled_cls[c]["fp"] += int(pred_counts[c]) - tp_c
-            pooled_cls[c]["fn"] += int(true_counts[c]) - tp_c
-            pooled_cls[c]["iou_sum"] += float(miou[same].sum())
-        pooled["tp"] += tp
-        pooled["fp"] += fp
-        pooled["fn"] += fn
-        pooled["iou_sum"] += float(miou.sum())
-        pooled["aji_inter"] += aji["intersection"]
-        pooled["aji_union"] += aji["union"]
-        records.append(
-            dict(
-                image=image_names[i],
-                **_pq_from_counts(tp, fp, fn, float(miou.sum())),
-                tp=tp,
-                fp=fp,
-                fn=fn,
-                **_prf(tp, fp, fn),
-                aji=aji["aji"],
-                pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
-                pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
-                true_count=pairs.n_true,
-                pred_count=pairs.n_pred,
-                count_error=pairs.n_pred - pairs.n_true,
-                true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
-                pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
-            )
-        )
-    coco = _coco_ap(tables, pred_scores, None)
-    iou_all, dice_all = iou_dice_from_confusion(confusion_total)
-    per_class_pq = {
-        names[c]: dict(**_pq_from_counts(v["tp"], v["fp"], v["fn"], v["iou_sum"]), tp=v["tp"], fp=v["fp"], fn=v["fn"])
-        for c, v in pooled_cls.items()
-    }
-    count_errors = np.array([r["count_error"] for r in records], dtype=np.float64)
-    true_counts_arr = np.array([r["true_count"] for r in records], dtype=np.float64)
-    dataset = dict(
-        **_pq_from_counts(pooled["tp"], pooled["fp"], pooled["fn"], pooled["iou_sum"]),
-        tp=pooled["tp"],
-        fp=pooled["fp"],
-        fn=pooled["fn"],
-        **_prf(pooled["tp"], pooled["fp"], pooled["fn"]),
-        aji=pooled["aji_inter"] / pooled["aji_union"] if pooled["aji_union"] > 0 else math.nan,
-        map=coco["map"],
-        ap50=coco["ap50"],
-        ap75=coco["ap75"],
-        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]),
-        per_class_pq=per_class_pq,
-        pixel_iou={names[c]: float(iou_all[c]) for c in range(n_classes)},
-        pixel_dice={names[c]: float(dice_all[c]) for c in range(n_classes)},
-        true_count=int(true_counts_arr.sum()),
-        pred_count=int(true_counts_arr.sum() + count_errors.sum()),
-    )
-    per_image_mean = {
-        key: _nanmean([r[key] for r in records]) for key in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")
-    }
-    per_image_mean["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
-    per_image_mean["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
-    per_image_mean["count_error"] = float(count_errors.mean()) if n else math.nan
-    per_image_mean["count_abs_error"] = float(np.abs(count_errors).mean()) if n else math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.abs(count_errors) / true_counts_arr
-    per_image_mean["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
-    return dict(
-        n_images=n,
-        class_names=names,
-        iou_threshold=iou_threshold,
-        dataset=dataset,
-        per_image_mean=per_image_mean,
-        per_image=records,
-    )
+    names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
+    records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
+               for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
+    return evaluate_split(records, n_classes, class_names, iou_threshold)
 
 
 # notebook cell 115 (id 1e4b6b1f), §9 "results/metrics.json"

@@ -453,18 +453,18 @@ def cells_from_maps(
 class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).
 
-    image uint8 (h, w, 3); true_inst int32 (h, w); true_cls uint8 (h, w); pred_inst int32
-    (h, w); classes int64, class_probs and scores float32 (N + 1,) by predicted cell id;
-    maps as `predict_maps` returns them, or None.
+    image uint8 (h, w, 3) (None where only metrics are wanted); true_inst int32 (h, w);
+    true_cls uint8 (h, w); pred_inst int32 (h, w); classes int64, class_probs (or None) and
+    scores float32 (N + 1,) by predicted cell id; maps as `predict_maps` returns them, or None.
     """
 
     stem: str
-    image: np.ndarray
+    image: np.ndarray | None
     true_inst: np.ndarray
     true_cls: np.ndarray
     pred_inst: np.ndarray
     classes: np.ndarray
-    class_probs: np.ndarray
+    class_probs: np.ndarray | None
     scores: np.ndarray
     maps: dict[str, np.ndarray] | None
 
