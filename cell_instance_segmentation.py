@@ -36,8 +36,26 @@
 # Data flows one way: raw files → instance maps → targets → batches → model maps →
 # instances → metrics, figures and exports.
 
+# %% [markdown] tags=["contents"]
+# **Contents** (each section's library modules in brackets; its export cells are collapsed,
+# the story comes first)
+#
+# 0. [Setup and parameters](#section-0) (`uni_seg.config`)
+# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
+# 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
+# 3. [Model](#section-3) (`uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
+# 4. [Losses](#section-4) (`uni_seg.losses`)
+# 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
+# 6. [Phase 1: decoder on the frozen backbone](#section-6)
+# 7. [Phase 2: LoRA adapters](#section-7)
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
+# 9. [Evaluation](#section-9) (`uni_seg.metrics`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model
+# 10. [Figures](#section-10) (`uni_seg.viz`): Exports of the test images
+# 11. [The command line](#section-11) (`uni_seg.cli`)
+
 # %% [markdown]
 # ## 0. Setup and parameters (`uni_seg.config`)
+# <a id="section-0"></a>
 #
 # Every knob of the run is a papermill parameter in the next cell. Profiles set the
 # defaults (`demo` for a CPU laptop, `full` for the real dataset on a GPU); any parameter
@@ -194,6 +212,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 # Defaults shared by both profiles: the same values the parameters cell shows, so that
 # `resolve_config` called from a script behaves like the notebook (a test keeps them equal).
+
+# %% [markdown]
+# Defaults shared by both profiles, the same values the parameters cell shows (a test keeps them equal), so a script that calls `resolve_config` behaves like the notebook.
+
+# %% tags=["export"]
 COMMON_DEFAULTS: dict[str, Any] = dict(
     seed=42,
     resume_training=True,
@@ -230,6 +253,10 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+# %% [markdown]
+# `RunConfig` is the merged, frozen result: one field per parameter, so a run's settings are written once and can be saved with its results.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of one run, after the profile's defaults and explicit parameters merged.
@@ -299,6 +326,10 @@ class RunConfig:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
+# %% [markdown]
+# `resolve_config` merges defaults, profile and explicit parameters, and checks every value it can check without data or a model.
+
+# %% tags=["export"]
 _PATH_FIELDS = ("data_dir", "processed_dir", "checkpoint_dir", "results_dir")
 _CHOICES = {
     "backbone": ("uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"),
@@ -402,6 +433,10 @@ def autocast(device: "torch.device", precision: str) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+# %% [markdown]
+# Seeding, and whether a Hugging Face token is configured (the token itself is never read into the run).
+
+# %% tags=["export"]
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run is repeatable."""
     import torch
@@ -423,6 +458,10 @@ def hf_token_available() -> bool:
         return False
 
 
+# %% [markdown]
+# A `Factory` is a picklable recipe ("module:callable" and plain keyword arguments): how spawned DDP workers rebuild the model, datasets and loss of a notebook run, whose objects cannot be sent to another process.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class Factory:
     """A picklable recipe for an object: `target` names a callable as "package.module:name".
@@ -449,6 +488,10 @@ class Factory:
         return self.resolve()(**{**self.kwargs, **overrides})
 
 
+# %% [markdown]
+# `Settings` is what every settings object of the project shares (post-processing and inference below): built from a plain dict with an error that names an unknown key and its closest match, validated when made, saved and read as JSON.
+
+# %% tags=["export"]
 class Settings:
     """What every settings dataclass of the project shares (post-processing, inference): built
     from a plain dict with a clear error for an unknown name, turned back into one, changed by
@@ -545,6 +588,10 @@ def write_json_atomic(path: str | Path, doc: Any) -> Path:
     return Path(path)
 
 
+# %% [markdown]
+# The rename must survive a power cut too (the folder is fsynced), and temporaries left by a killed writer are removed, except a live writer's.
+
+# %% tags=["export"]
 def _fsync_dir(folder: Path) -> None:
     """fsync a folder (the record of a rename); a no-op where folders cannot be opened."""
     try:
@@ -611,6 +658,7 @@ print(json.dumps(cfg.as_dict(), indent=1))
 
 # %% [markdown]
 # ## 1. Data (`uni_seg.data`)
+# <a id="section-1"></a>
 #
 # From raw files to instance maps at the working scale, in four steps:
 #
@@ -785,6 +833,10 @@ def _decode_file(path: str | Path) -> np.ndarray:
     return array
 
 
+# %% [markdown]
+# From decoded bytes to what the pipeline works on: RGB uint8 for images (with a note of every conversion, which the cache summary counts), the stored values for masks.
+
+# %% tags=["export"]
 def read_image_with_notes(path: str | Path) -> tuple[np.ndarray, list[str]]:
     """`read_image`, plus the conversions it made: a subset of "grayscale", "rgba", "16-bit"."""
     array = _decode_file(path)
@@ -901,6 +953,10 @@ def _palette_class_map(rgb: np.ndarray, where: str) -> np.ndarray:
     return lut[inverse].reshape(rgb.shape[:2])
 
 
+# %% [markdown]
+# The class map's connected components, class by class, are the instances; specks under `min_area` are dropped.
+
+# %% tags=["export"]
 def parse_mask_to_instances(
     mask: np.ndarray, min_area: int = 30, source: str | Path | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -942,6 +998,10 @@ def relabel_sequential(inst: np.ndarray) -> np.ndarray:
     return lut[inst]
 
 
+# %% [markdown]
+# Cells per image and likely merged clumps, for the run's own training split (see the markdown above for the rule).
+
+# %% tags=["export"]
 def instance_statistics(
     inst_maps: Iterable[np.ndarray],
     clump_area_factor: float = 2.0,
@@ -1028,6 +1088,10 @@ def _list_files(folder: Path, suffixes: tuple[str, ...], ignored: list[str]) -> 
     return found
 
 
+# %% [markdown]
+# `scan_dataset` walks both partitions in either layout and pairs images with masks by stem; every file it leaves out is named in the result.
+
+# %% tags=["export"]
 def scan_dataset(root: str | Path) -> DatasetScan:
     """Find image/mask pairs under `root` in the Kaggle or the seed layout.
 
@@ -1251,6 +1315,10 @@ def resize_to_working_scale(
     return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(np.uint8)
 
 
+# %% [markdown]
+# One raw pair read, parsed, checked for matching sizes and written at the working scale: the unit of work of the cache (and of its worker processes).
+
+# %% tags=["export"]
 def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Read and parse one raw pair: image RGB uint8 (H, W, 3), inst int32, cls uint8 (H, W), and
     the image conversions made. Raises `DataError` naming the file on any problem, including an
@@ -1277,6 +1345,10 @@ def _file_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
+# %% [markdown]
+# What a cache build did, for the run's log: counts, what was reused, moved, removed, skipped and converted.
+
+# %% tags=["export"]
 @dataclasses.dataclass
 class CacheSummary:
     """The outcome of `build_processed_cache`: images per split, what was written, reused
@@ -1313,6 +1385,10 @@ class CacheSummary:
         return text + ("; " + "; ".join(extras) if extras else "")
 
 
+# %% [markdown]
+# The rewrite itself, in this process or a pool of workers; a bad file comes back as its error so that `on_error="skip"` can go on.
+
+# %% tags=["export"]
 def _process_one(task: tuple[ImagePair, str, float, int]) -> dict[str, Any]:
     """Worker: read, parse, resize and write one pair; returns its manifest entry."""
     pair, out_path, scale, min_area = task
@@ -1355,6 +1431,10 @@ def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+# %% [markdown]
+# The stages of a build: what the dataset wants where, what the old cache still vouches for, what can be kept or moved, and what is stale.
+
+# %% tags=["export"]
 def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str, dict[str, ImagePair]]:
     """{split: {stem: pair}}: the train partition split into train/val, the test partition as it is."""
     train, val = split_train_val((p.stem for p in scan.pairs["train"]), val_fraction, seed)
@@ -1420,6 +1500,10 @@ def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]])
     return removed
 
 
+# %% [markdown]
+# `build_processed_cache` runs those stages, writing the manifest before and after the rewrite so it never vouches for a half-written file.
+
+# %% tags=["export"]
 def build_processed_cache(
     raw_dir: str | Path,
     processed_dir: str | Path,
@@ -1502,6 +1586,10 @@ def build_processed_cache(
     )
 
 
+# %% [markdown]
+# Reading the cache back, split by split.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class ProcessedSample:
     """One cached image: where its .npz is and where it came from."""
@@ -1623,6 +1711,10 @@ def _rho(box: tuple[slice, slice], y: float, x: float, a: float, b: float, theta
     return np.sqrt((u / a) ** 2 + (v / b) ** 2)
 
 
+# %% [markdown]
+# The annotators' separation lines: clearing the boundary pixels of touching cells leaves a 2 px background line, as in the real masks.
+
+# %% tags=["export"]
 def separation_lines(inst: np.ndarray) -> np.ndarray:
     """bool (H, W): pixels of an instance that have an 8-neighbour in a different instance.
 
@@ -1640,6 +1732,85 @@ def separation_lines(inst: np.ndarray) -> np.ndarray:
     return line
 
 
+# %% [markdown]
+# One smear in three steps: its cells drawn as optical densities, the densities photographed (light, blur, noise), and the mask drawn the way the annotators draw it.
+
+# %% tags=["export"]
+def _draw_cells(rng: np.random.Generator, cells: list[tuple[int, tuple[float, float, float]]],
+                shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw `cells` ((class, (y, x, radius)), later ones on top) as optical densities: (od float32
+    (H, W, 3), inst int32 (H, W) 1..N, cls uint8 (H, W)). A cell overlapped from two sides can
+    be cut in pieces: each keeps its largest piece."""
+    od = np.zeros((*shape, 3), np.float32)
+    inst = np.zeros(shape, np.int32)
+    cls = np.zeros(shape, np.uint8)
+    for label, (klass, (y, x, r)) in enumerate(cells, start=1):
+        aspect = rng.uniform(1.0, 1.25) if klass != 3 else rng.uniform(1.0, 1.4)
+        a, b, theta = r * math.sqrt(aspect), r / math.sqrt(aspect), rng.uniform(0, math.pi)
+        box = _box(y, x, max(a, b) + 2, shape)
+        if box is None:
+            continue
+        rho = _rho(box, y, x, a, b, theta)
+        inside = rho <= 1.0
+        edge = np.clip((1.0 - rho) * min(a, b), 0.0, 1.0)  # ~1 px anti-aliased rim
+        if klass == 1:  # biconcave disc: dark rim, pale centre
+            profile = edge * (1.0 - 0.55 * np.exp(-((rho / 0.5) ** 2)) + 0.25 * np.exp(-(((rho - 0.85) / 0.12) ** 2)))
+            od[box] += profile[..., None] * _OD_RBC * rng.uniform(0.85, 1.15)
+        elif klass == 2:  # white cell: faint cytoplasm, 2-4 nuclear lobes
+            od[box] += edge[..., None] * _OD_WBC_CYTO
+            for _ in range(rng.integers(2, 5)):
+                ly, lx = y + rng.normal(0, 0.25 * r), x + rng.normal(0, 0.25 * r)
+                lobe = _rho(box, ly, lx, 0.38 * r, 0.28 * r, rng.uniform(0, math.pi))
+                lobe_edge = np.clip((1.0 - lobe) * 0.28 * r, 0.0, 1.0) * inside
+                od[box] += lobe_edge[..., None] * _OD_NUCLEUS / 1.6
+        else:  # platelet: small, dense, granular
+            od[box] += edge[..., None] * _OD_PLATELET * rng.uniform(0.8, 1.2)
+        inst[box][inside] = label
+        cls[box][inside] = klass
+    for label, sl in enumerate(ndi.find_objects(inst), start=1):
+        if sl is None:
+            continue
+        n, pieces, stats, _ = cv2.connectedComponentsWithStats((inst[sl] == label).view(np.uint8), connectivity=8)
+        if n > 2:
+            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+            drop = (pieces > 0) & (pieces != largest)
+            inst[sl][drop] = 0
+            cls[sl][drop] = 0
+    return od, relabel_sequential(inst), cls
+
+
+def _photograph(rng: np.random.Generator, od: np.ndarray, stain: np.ndarray, noise_std: float) -> np.ndarray:
+    """uint8 (H, W, 3) RGB: light through the optical densities `od` (H, W, 3) at per-channel
+    stain strength `stain`, under uneven illumination, slightly blurred, with sensor noise."""
+    height, width = od.shape[:2]
+    background = (np.array([232, 222, 228]) * rng.uniform(0.95, 1.03, 3)).astype(np.float32)
+    gy, gx = rng.uniform(-0.06, 0.06, 2)
+    light = (1.0 + gy * (np.arange(height, dtype=np.float32)[:, None] / height - 0.5)
+             + gx * (np.arange(width, dtype=np.float32)[None, :] / width - 0.5))  # uneven illumination
+    image = background * light[..., None] * np.exp(-od * stain)
+    image = cv2.GaussianBlur(image, (0, 0), 0.7)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * noise_std
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+
+def _draw_mask(inst: np.ndarray, cls: np.ndarray, mask_style: str) -> np.ndarray:
+    """The mask file's content, uint8 (H, W, 3): binary {0, 255} or MASK_PALETTE colours, with a
+    background line where cells touch, as the annotators draw it."""
+    visible = (inst > 0) & ~separation_lines(inst)
+    if mask_style == "binary":
+        return np.repeat((visible * 255).astype(np.uint8)[..., None], 3, axis=2)
+    if mask_style == "palette":
+        colours = np.zeros((4, 3), np.uint8)
+        for klass, colour in _MASK_COLOURS.items():
+            colours[klass] = colour
+        return colours[np.where(visible, cls, 0)]
+    raise ValueError(f"mask_style={mask_style!r} is not 'binary' or 'palette'")
+
+
+# %% [markdown]
+# `render_synthetic_smear` places the cells (overlapping up to `max_overlap`, white cells first, platelets last) and runs those three steps.
+
+# %% tags=["export"]
 def render_synthetic_smear(
     rng: np.random.Generator,
     height: int = 480,
@@ -1671,69 +1842,17 @@ def render_synthetic_smear(
     platelets = _place(rng, rng.uniform(0.12, 0.17, rng.integers(n_platelets[0], n_platelets[1] + 1)) * cell_diameter,
                        height, width, centres, radii, min_gap=1.05, attempts=200)
 
-    od = np.zeros((height, width, 3), np.float32)
-    inst = np.zeros(shape, np.int32)
-    cls = np.zeros(shape, np.uint8)
     stain = rng.uniform(0.85, 1.15, 3).astype(np.float32)  # per-image stain strength per channel
     cells = [(1, c) for c in rbcs] + [(2, c) for c in wbcs] + [(3, c) for c in platelets]  # drawing order: top last
-    for label, (klass, (y, x, r)) in enumerate(cells, start=1):
-        aspect = rng.uniform(1.0, 1.25) if klass != 3 else rng.uniform(1.0, 1.4)
-        a, b, theta = r * math.sqrt(aspect), r / math.sqrt(aspect), rng.uniform(0, math.pi)
-        box = _box(y, x, max(a, b) + 2, shape)
-        if box is None:
-            continue
-        rho = _rho(box, y, x, a, b, theta)
-        inside = rho <= 1.0
-        edge = np.clip((1.0 - rho) * min(a, b), 0.0, 1.0)  # ~1 px anti-aliased rim
-        if klass == 1:  # biconcave disc: dark rim, pale centre
-            profile = edge * (1.0 - 0.55 * np.exp(-((rho / 0.5) ** 2)) + 0.25 * np.exp(-(((rho - 0.85) / 0.12) ** 2)))
-            od[box] += profile[..., None] * _OD_RBC * rng.uniform(0.85, 1.15)
-        elif klass == 2:  # white cell: faint cytoplasm, 2-4 nuclear lobes
-            od[box] += edge[..., None] * _OD_WBC_CYTO
-            for _ in range(rng.integers(2, 5)):
-                ly, lx = y + rng.normal(0, 0.25 * r), x + rng.normal(0, 0.25 * r)
-                lobe = _rho(box, ly, lx, 0.38 * r, 0.28 * r, rng.uniform(0, math.pi))
-                lobe_edge = np.clip((1.0 - lobe) * 0.28 * r, 0.0, 1.0) * inside
-                od[box] += lobe_edge[..., None] * _OD_NUCLEUS / 1.6
-        else:  # platelet: small, dense, granular
-            od[box] += edge[..., None] * _OD_PLATELET * rng.uniform(0.8, 1.2)
-        inst[box][inside] = label
-        cls[box][inside] = klass
-
-    # A cell overlapped from two sides can be cut in pieces: keep each id's largest piece.
-    for label, sl in enumerate(ndi.find_objects(inst), start=1):
-        if sl is None:
-            continue
-        n, pieces, stats, _ = cv2.connectedComponentsWithStats((inst[sl] == label).view(np.uint8), connectivity=8)
-        if n > 2:
-            largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-            drop = (pieces > 0) & (pieces != largest)
-            inst[sl][drop] = 0
-            cls[sl][drop] = 0
-    inst = relabel_sequential(inst)
-
-    background = (np.array([232, 222, 228]) * rng.uniform(0.95, 1.03, 3)).astype(np.float32)
-    gy, gx = rng.uniform(-0.06, 0.06, 2)
-    light = (1.0 + gy * (np.arange(height, dtype=np.float32)[:, None] / height - 0.5)
-             + gx * (np.arange(width, dtype=np.float32)[None, :] / width - 0.5))  # uneven illumination
-    image = background * light[..., None] * np.exp(-od * stain)
-    image = cv2.GaussianBlur(image, (0, 0), 0.7)
-    image += rng.standard_normal(image.shape, dtype=np.float32) * noise_std
-    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
-
-    visible = (inst > 0) & ~separation_lines(inst)
-    if mask_style == "binary":
-        mask = np.repeat((visible * 255).astype(np.uint8)[..., None], 3, axis=2)
-    elif mask_style == "palette":
-        colours = np.zeros((4, 3), np.uint8)
-        for klass, colour in _MASK_COLOURS.items():
-            colours[klass] = colour
-        mask = colours[np.where(visible, cls, 0)]
-    else:
-        raise ValueError(f"mask_style={mask_style!r} is not 'binary' or 'palette'")
-    return SyntheticSmear(image=image, mask=mask, inst=inst, cls=cls)
+    od, inst, cls = _draw_cells(rng, cells, shape)
+    image = _photograph(rng, od, stain, noise_std)
+    return SyntheticSmear(image=image, mask=_draw_mask(inst, cls, mask_style), inst=inst, cls=cls)
 
 
+# %% [markdown]
+# A whole dataset in the Kaggle layout, with the true maps beside it; regenerated only when its parameters change.
+
+# %% tags=["export"]
 def generate_synthetic_dataset(
     out_dir: str | Path,
     n_train: int,
@@ -1840,6 +1959,7 @@ print(f"train split: {_stats['n_instances']} cells in {_stats['n_images']} image
 
 # %% [markdown]
 # ## 2. Targets and augmentation (`uni_seg.targets`)
+# <a id="section-2"></a>
 #
 # The network learns three maps per pixel, all computed from the instance map:
 #
@@ -1972,6 +2092,10 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
         node.set_random_seed(int(s))  # parents first: a Compose propagates, its children override
 
 
+# %% [markdown]
+# The two transform pipelines: geometric (image and instance map together) and photometric (image only).
+
+# %% tags=["export"]
 def geometric_transform(crop_size: int) -> A.Compose:
     """Random crop of `crop_size` with flips, rotation, scaling and distortion; the `mask`
     (instance map, int32) is warped with nearest-neighbour interpolation and 0 fill."""
@@ -2013,6 +2137,10 @@ def photometric_transform() -> A.Compose:
     )
 
 
+# %% [markdown]
+# `CellAugmenter` chains them with the targets recomputed in between, so HV always describes the warped cells.
+
+# %% tags=["export"]
 class CellAugmenter:
     """Geometric -> targets -> photometric, for one (image, inst, cls) at a time."""
 
@@ -2103,6 +2231,10 @@ def _to_item(image: np.ndarray, inst: np.ndarray, targets: dict[str, np.ndarray]
     }
 
 
+# %% [markdown]
+# `CellCropDataset`: random augmented crops for training, the fixed tile grid of each image for validation and test.
+
+# %% tags=["export"]
 class CellCropDataset(Dataset):
     """Crops of the processed cache with their targets.
 
@@ -2186,6 +2318,10 @@ class CellCropDataset(Dataset):
         return _to_item(image, inst, targets_from_instances(inst, cls))
 
 
+# %% [markdown]
+# Each item drawn under seeds from `(seed, epoch, index)`, whatever worker or GPU draws it; `EpochItems` does it for any dataset that uses the global generators.
+
+# %% tags=["export"]
 def item_seed(seed: int, epoch: int, index: int) -> int:
     """A 32-bit seed for item `index` of epoch `epoch`, well mixed (NumPy's SeedSequence)."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
@@ -2223,6 +2359,10 @@ class EpochItems(Dataset):
             torch.set_rng_state(saved[2])
 
 
+# %% [markdown]
+# The sampler yields `(epoch, index)` pairs, so persistent workers learn the epoch, and shards the order over DDP ranks.
+
+# %% tags=["export"]
 class EpochSampler(Sampler):
     """Indices as `(epoch, index)` pairs for `n` items: a fresh permutation per epoch drawn
     from `(seed, epoch)` when `shuffle`, else 0..n-1; sharded over `world_size` ranks (rank r
@@ -2253,6 +2393,10 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in order[self.rank:total:self.world_size]])
 
 
+# %% [markdown]
+# `make_loader` builds every DataLoader of the project, with workers started the way §1's `worker_context` chooses.
+
+# %% tags=["export"]
 def _worker_init(worker_id: int) -> None:
     # One thread per worker: N workers x N OpenCV/torch threads would oversubscribe the CPU.
     cv2.setNumThreads(1)
@@ -2328,6 +2472,7 @@ plt.show()
 
 # %% [markdown]
 # ## 3. Model (`uni_seg.model`)
+# <a id="section-3"></a>
 #
 # The network has three parts, each a separate module tree so that training can treat them
 # differently:
@@ -2402,6 +2547,10 @@ def _uni2h_kwargs() -> dict[str, Any]:
     )
 
 
+# %% [markdown]
+# A registry entry says everything needed to build a backbone locally and find its weights; the registry itself is a plain table of them.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
     """One entry of the backbone registry.
@@ -2532,6 +2681,10 @@ def _cached_weights_file(repo_id: str) -> str | None:
     return None
 
 
+# %% [markdown]
+# One access check with a deadline decides between *no network*, *no access* and *go* before any download starts, so a compute node without internet answers in seconds.
+
+# %% tags=["export"]
 def _check_access(repo_id: str, token: bool | None, timeout: float, network: dict[str, str]) -> None:
     """Raise `WeightsUnavailable` unless `repo_id` answers and grants access within `timeout` s.
 
@@ -2577,6 +2730,10 @@ def _check_access(repo_id: str, token: bool | None, timeout: float, network: dic
     raise WeightsUnavailable(network["down"])
 
 
+# %% [markdown]
+# Reading and downloading weight files, and the two sources of pretrained weights: the gated hub repository and timm's ImageNet checkpoint.
+
+# %% tags=["export"]
 def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -2637,6 +2794,10 @@ def _imagenet_state_dict(
     return _download_weights(repo_id, False), f"timm {spec.imagenet_tag}, downloaded"
 
 
+# %% [markdown]
+# Loading a state dict into the backbone (with LayerScale set to 1 for ImageNet weights), and `load_backbone_weights`, which tries the sources in order and says in one line what it loaded and why not the others.
+
+# %% tags=["export"]
 def _load_into_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
     """Copy `state` into `backbone`; ImageNet weights into a LayerScale ViT get LayerScale = 1.
 
@@ -2820,8 +2981,8 @@ def default_reassemble_channels(decoder_channels: int) -> tuple[int, int, int, i
 # checkpoint is rebuilt with the same keys.
 
 # %% tags=["export"]
-class CellSegModel(nn.Module):
-    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads. Build with `build_model`.
+class _CellSegNetwork(nn.Module):
+    """The network of `CellSegModel`: backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads.
 
     `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
     "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
@@ -2873,21 +3034,6 @@ class CellSegModel(nn.Module):
             {"np": Head(decoder_channels, 1), "hv": Head(decoder_channels, 2), "nc": Head(decoder_channels, n_classes)}
         )
 
-    # ----- configuration -------------------------------------------------------------------
-    @property
-    def config(self) -> dict[str, Any]:
-        """Everything `build_model(**config, weights="none")` needs to rebuild this architecture."""
-        return dict(
-            backbone=self.spec.name,
-            n_classes=self.n_classes,
-            decoder_channels=self.decoder_channels,
-            reassemble_channels=list(self.reassemble_channels),
-            hv_activation=self.hv_activation,
-            lora_rank=self.lora_rank,
-            lora_alpha=self.lora_alpha,
-        )
-
-    # ----- forward -------------------------------------------------------------------------
     def backbone_frozen(self) -> bool:
         """True when no backbone parameter trains: its forward then runs without autograd."""
         return not any(p.requires_grad for p in self.backbone.parameters())
@@ -2925,7 +3071,15 @@ class CellSegModel(nn.Module):
             out["hv"] = torch.tanh(out["hv"])
         return out
 
-    # ----- parameters per phase -------------------------------------------------------------
+
+# %% [markdown]
+# Which parameters train, phase by phase: the split between backbone and decoder, and the
+# optimiser's parameter groups with their learning rates.
+
+# %% tags=["export"]
+class _PhaseParameters(_CellSegNetwork):
+    """`CellSegModel`'s control of which parameters train in each phase (see `set_phase`)."""
+
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Pyramid and head parameters (everything outside `.backbone`)."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
@@ -2970,7 +3124,35 @@ class CellSegModel(nn.Module):
         """Recompute backbone activations in backward (phase 2 on big ViTs: less memory, ~30 % slower)."""
         self.backbone.set_grad_checkpointing(enable)
 
-    # ----- LoRA ------------------------------------------------------------------------------
+
+# %% [markdown]
+# LoRA adapters (peft) on every attention `qkv` projection of the backbone: injected, saved and
+# loaded alone, and merged back into plain weights for inference. `CellSegModel` is the network
+# with both of these.
+
+# %% tags=["export"]
+class CellSegModel(_PhaseParameters):
+    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
+    parameter control and LoRA adapters. Build with `build_model`.
+
+    `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
+    "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
+    "nc": (B, n_classes, H, W) logits, all float (the autocast dtype under autocast).
+    """
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything `build_model(**config, weights="none")` needs to rebuild this architecture."""
+        return dict(
+            backbone=self.spec.name,
+            n_classes=self.n_classes,
+            decoder_channels=self.decoder_channels,
+            reassemble_channels=list(self.reassemble_channels),
+            hv_activation=self.hv_activation,
+            lora_rank=self.lora_rank,
+            lora_alpha=self.lora_alpha,
+        )
+
     def add_lora(self, rank: int = 4, alpha: float = 8.0) -> None:
         """Inject LoRA adapters (peft) into every block's `attn.qkv`; B = 0, so outputs do not change.
 
@@ -3031,12 +3213,15 @@ class CellSegModel(nn.Module):
                 setattr(parent, child, module.get_base_layer())
         self.lora_rank = self.lora_alpha = None
 
-    # ----- bookkeeping -----------------------------------------------------------------------
     def parameter_counts(self) -> dict[str, int]:
         """Parameter counts: backbone (without LoRA), lora, decoder, total, trainable."""
         return count_parameters(self)
 
 
+# %% [markdown]
+# Parameter counts, and `build_model`: the one way to make a model, whatever the backbone.
+
+# %% tags=["export"]
 def get_lora_keys(model: CellSegModel) -> list[str]:
     """peft's names of the adapter tensors in `model.backbone` (without the adapter name)."""
     return [k.replace(".default", "") for k in model.backbone.state_dict() if "lora_" in k]
@@ -3143,6 +3328,7 @@ with torch.no_grad():
 
 # %% [markdown]
 # ## 4. Losses (`uni_seg.losses`)
+# <a id="section-4"></a>
 #
 # One loss per head, each the sum of two terms that fail in different ways:
 #
@@ -3207,6 +3393,10 @@ def sobel_gradients(maps: torch.Tensor, size: int = 5) -> tuple[torch.Tensor, to
     return grads[:, :, 0], grads[:, :, 1]
 
 
+# %% [markdown]
+# The three head losses, each two terms that fail in different ways.
+
+# %% tags=["export"]
 def soft_dice_loss(prob: torch.Tensor, target: torch.Tensor, dims: Sequence[int], smooth: float = 1.0) -> torch.Tensor:
     """`1 - (2·Σ p·t + s) / (Σ p + Σ t + s)` summed over `dims` (the rest kept); in [0, 1].
 
@@ -3253,6 +3443,10 @@ def nc_loss(
     return ce, dice
 
 
+# %% [markdown]
+# `CellSegLoss` weighs them into one total, in fp32 whatever the autocast dtype, and returns each part for the logs.
+
+# %% tags=["export"]
 class CellSegLoss(nn.Module):
     """Weighted sum of the NP, HV and NC losses.
 
@@ -3343,6 +3537,7 @@ print(f"x-ramp: mean |d/dx| {_gx[..., 2:-2, 2:-2].abs().mean().item():.3f}, mean
 
 # %% [markdown]
 # ## 5. Training engine (`uni_seg.engine`)
+# <a id="section-5"></a>
 #
 # One training loop serves both phases. §6 and §7 only choose its settings: phase 1 trains
 # the decoder on the frozen backbone, phase 2 adds LoRA adapters to the backbone and trains
@@ -3447,6 +3642,10 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
+# %% [markdown]
+# Reading a checkpoint safely (`weights_only=True`: a foreign pickle is refused, never run) and checking that it comes from this run's architecture.
+
+# %% tags=["export"]
 def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Read one of our checkpoints on the CPU, safely (`weights_only=True`: no pickled code runs).
 
@@ -3502,6 +3701,10 @@ def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, m
                               "instead of resuming it).")
 
 
+# %% [markdown]
+# For inference a checkpoint is enough: it rebuilds its own architecture, without any download.
+
+# %% tags=["export"]
 def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                                builder: str = "uni_seg.model:build_model") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint for inference: `(model in eval mode on device, meta)`.
@@ -3617,6 +3820,10 @@ class PhaseConfig:
             raise ValueError("phase 2 needs lr_lora (the learning rate of the LoRA adapters)")
 
 
+# %% [markdown]
+# `TrainSpec` is a phase with everything it runs on, as plain values; `TrainResult` is what it leaves behind.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
     """Everything one phase needs, as plain picklable values.
@@ -3807,6 +4014,10 @@ def _group_sizes(n_items: int, batch_size: int, accum: int) -> list[int]:
     return [sum(sizes[i:i + accum]) for i in range(0, len(sizes), accum)]
 
 
+# %% [markdown]
+# Validation: every rank its shard, one all-reduce of the sums, each crop weighing the same.
+
+# %% tags=["export"]
 def _all_reduce(values: torch.Tensor, ctx: DistContext, op: Any = None) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(values, op=dist.ReduceOp.SUM if op is None else op)
@@ -3843,6 +4054,10 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: to
     return means
 
 
+# %% [markdown]
+# Where a phase's weights start: the model as built (phase 1), phase 1's best plus fresh adapters (a new phase 2), or the checkpoint's (a resume).
+
+# %% tags=["export"]
 def _setup_model(spec: TrainSpec, model: nn.Module | None,
                  resume_state: dict | None) -> tuple[nn.Module, str, str | None]:
     """Build (or take) the model and bring it to the phase's starting weights: phase 1's best
@@ -3890,6 +4105,10 @@ def _phase1_moved_on(spec: TrainSpec, resume_state: Mapping[str, Any]) -> bool:
     return current is not None and current != resume_state.get("init_checkpoint_id")
 
 
+# %% [markdown]
+# Where a phase stands (what a checkpoint stores besides the state dicts), and the one summary line per epoch.
+
+# %% tags=["export"]
 @dataclasses.dataclass
 class _Progress:
     """Where a phase stands: what the checkpoint stores besides the state dicts."""
@@ -3931,6 +4150,10 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
             f"{skipped}{' | best' if improved else ''}")
 
 
+# %% [markdown]
+# The set-up of a phase, stage by stage: whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
+
+# %% tags=["export"]
 def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
     """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
     is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
@@ -3995,8 +4218,13 @@ def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> t
     return module, (_CompileFallback(module) if use_compile else module)
 
 
-class _PhaseRun:
-    """The objects of one phase in one process, and the loop over its epochs."""
+# %% [markdown]
+# A phase in one process: `_PhaseSetup` builds its objects in the stages above.
+
+# %% tags=["export"]
+class _PhaseSetup:
+    """The objects of one phase in one process: model at its starting weights, optimiser,
+    schedule, scaler, loaders, and the resumed progress when there is one."""
 
     def __init__(self, spec: TrainSpec, model: nn.Module | None, ctx: DistContext) -> None:
         pc = self.pc = spec.phase
@@ -4052,54 +4280,15 @@ class _PhaseRun:
                      f"({pc.batch_size * ctx.world_size}); using {effective}")
         return line
 
-    def fit(self) -> TrainResult:
-        spec, pc, ctx, progress = self.spec, self.pc, self.ctx, self.progress
-        if self.finished_before:
-            if ctx.is_main:
-                print(f"Phase {pc.phase} already finished after epoch {progress.epoch} "
-                      f"({progress.stop_reason or 'max_epochs'}; best_val_loss={progress.best_val_loss:.4f}); "
-                      "nothing to train")
-                _write_outputs(spec, progress.history)
-            return progress.result(spec)
-        if ctx.is_main:
-            print(f"Resuming from epoch {progress.epoch} (best_val_loss={progress.best_val_loss:.4f})"
-                  if self.resumed else self.describe(), flush=True)
-        progress.stop_reason = None
-        for epoch in range(progress.epoch, pc.epochs):
-            t0 = time.perf_counter()
-            stats = self.train_epoch(epoch)
-            train_seconds = time.perf_counter() - t0
-            val = evaluate(self.model, self.val_loader, self.loss_fn, self.device, self.precision, ctx)
-            lrs = {f"lr_{name}": float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups)}
-            self.scheduler.step()
-            improved, early_stop = self.decide(val.get("loss", math.nan))
-            progress.epoch = epoch + 1
-            if improved:
-                progress.best_val_loss, progress.best_epoch, progress.patience_counter = val["loss"], epoch + 1, 0
-            else:
-                progress.patience_counter += 1
-            if early_stop or epoch + 1 >= pc.epochs:
-                progress.stop_reason = "early_stopping" if early_stop else "max_epochs"
-            row: dict[str, Any] = {"epoch": epoch + 1}
-            row.update({("train_loss" if k == "loss" else f"train_{k}"): v for k, v in stats.pop("means").items()})
-            row.update({("val_loss" if k == "loss" else f"val_{k}"): v for k, v in val.items()})
-            row.update(lrs)
-            row.update(seconds=time.perf_counter() - t0, train_seconds=train_seconds, **stats, improved=improved)
-            progress.history.append(row)
-            if ctx.is_main:
-                self.save(improved)
-                print(_summary_line(pc.phase, pc.epochs, row, improved), flush=True)
-            if progress.stop_reason:
-                break
-        if ctx.is_main:
-            if progress.stop_reason == "early_stopping":
-                print(f"phase {pc.phase}: early stopping after epoch {progress.epoch} (no improvement for "
-                      f"{pc.patience} epochs); best epoch {progress.best_epoch}, val loss {progress.best_val_loss:.4f}")
-            _write_outputs(spec, progress.history)
-        else:
-            print(f"[rank {ctx.rank}] phase {pc.phase} left the loop after epoch {progress.epoch} "
-                  f"({progress.stop_reason})", flush=True)
-        return progress.result(spec)
+
+# %% [markdown]
+# One epoch: each micro-batch's loss is scaled by its share of the optimiser step, so every
+# crop weighs the same; the step is taken, or skipped when any rank saw a non-finite value.
+
+# %% tags=["export"]
+class _PhaseSteps(_PhaseSetup):
+    """One epoch of training: micro-batches, accumulation, and the optimiser step that a
+    non-finite loss or gradient skips."""
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over this rank's shard. Returns {"means": {loss, <head>...} over all ranks,
@@ -4181,6 +4370,64 @@ class _PhaseRun:
         self.optimizer.zero_grad(set_to_none=True)
         return not bad
 
+
+# %% [markdown]
+# The loop over epochs, the early-stopping decision (taken on rank 0, broadcast to all) and the
+# checkpoints (best first, then latest).
+
+# %% tags=["export"]
+class _PhaseRun(_PhaseSteps):
+    """The loop over a phase's epochs: train, validate, decide, checkpoint."""
+
+    def fit(self) -> TrainResult:
+        spec, pc, ctx, progress = self.spec, self.pc, self.ctx, self.progress
+        if self.finished_before:
+            if ctx.is_main:
+                print(f"Phase {pc.phase} already finished after epoch {progress.epoch} "
+                      f"({progress.stop_reason or 'max_epochs'}; best_val_loss={progress.best_val_loss:.4f}); "
+                      "nothing to train")
+                _write_outputs(spec, progress.history)
+            return progress.result(spec)
+        if ctx.is_main:
+            print(f"Resuming from epoch {progress.epoch} (best_val_loss={progress.best_val_loss:.4f})"
+                  if self.resumed else self.describe(), flush=True)
+        progress.stop_reason = None
+        for epoch in range(progress.epoch, pc.epochs):
+            t0 = time.perf_counter()
+            stats = self.train_epoch(epoch)
+            train_seconds = time.perf_counter() - t0
+            val = evaluate(self.model, self.val_loader, self.loss_fn, self.device, self.precision, ctx)
+            lrs = {f"lr_{name}": float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups)}
+            self.scheduler.step()
+            improved, early_stop = self.decide(val.get("loss", math.nan))
+            progress.epoch = epoch + 1
+            if improved:
+                progress.best_val_loss, progress.best_epoch, progress.patience_counter = val["loss"], epoch + 1, 0
+            else:
+                progress.patience_counter += 1
+            if early_stop or epoch + 1 >= pc.epochs:
+                progress.stop_reason = "early_stopping" if early_stop else "max_epochs"
+            row: dict[str, Any] = {"epoch": epoch + 1}
+            row.update({("train_loss" if k == "loss" else f"train_{k}"): v for k, v in stats.pop("means").items()})
+            row.update({("val_loss" if k == "loss" else f"val_{k}"): v for k, v in val.items()})
+            row.update(lrs)
+            row.update(seconds=time.perf_counter() - t0, train_seconds=train_seconds, **stats, improved=improved)
+            progress.history.append(row)
+            if ctx.is_main:
+                self.save(improved)
+                print(_summary_line(pc.phase, pc.epochs, row, improved), flush=True)
+            if progress.stop_reason:
+                break
+        if ctx.is_main:
+            if progress.stop_reason == "early_stopping":
+                print(f"phase {pc.phase}: early stopping after epoch {progress.epoch} (no improvement for "
+                      f"{pc.patience} epochs); best epoch {progress.best_epoch}, val loss {progress.best_val_loss:.4f}")
+            _write_outputs(spec, progress.history)
+        else:
+            print(f"[rank {ctx.rank}] phase {pc.phase} left the loop after epoch {progress.epoch} "
+                  f"({progress.stop_reason})", flush=True)
+        return progress.result(spec)
+
     def decide(self, val_loss: float) -> tuple[bool, bool]:
         """(improved, stop early): decided on rank 0, the same on every rank."""
         p = self.progress
@@ -4214,6 +4461,10 @@ class _PhaseRun:
         atomic_write(self.spec.history_path, json.dumps(p.history, indent=1))
 
 
+# %% [markdown]
+# `train_phase` is the engine's one entry point: build the phase, run it, return what it left.
+
+# %% tags=["export"]
 def _write_outputs(spec: TrainSpec, history: list[dict[str, Any]]) -> None:
     atomic_write(spec.history_path, json.dumps(history, indent=1))
     if spec.plot and history:
@@ -4349,6 +4600,10 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
     return DistContext(rank, world_size, local_rank, device)
 
 
+# %% [markdown]
+# `launch_training` trains in this process, or spawns one DDP rank per GPU (CPU processes on gloo in the tests).
+
+# %% tags=["export"]
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
@@ -4393,6 +4648,10 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
     return _Progress.from_checkpoint(load_checkpoint(spec.latest_path, mmap=True)).result(spec)
 
 
+# %% [markdown]
+# From the notebook's `RunConfig` to the settings and specs of each phase.
+
+# %% tags=["export"]
 def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
     """The `PhaseConfig` of `phase` (1 or 2) from a `RunConfig`'s parameters."""
     common = dict(weight_decay=cfg.weight_decay, grad_accum_target=cfg.grad_accum_target, precision=cfg.precision,
@@ -4441,6 +4700,10 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     )
 
 
+# %% [markdown]
+# The command line: a profile and `-p NAME VALUE` parameters, as the notebook takes them; under `torchrun`/`srun` each task joins the job.
+
+# %% tags=["export"]
 def _parse_value(text: str) -> Any:
     """A CLI parameter value: JSON when it parses (numbers, true/false/null, lists), else the string."""
     for candidate in (text, text.replace("True", "true").replace("False", "false").replace("None", "null")):
@@ -4533,6 +4796,7 @@ for _phase in (1, 2):
 
 # %% [markdown]
 # ## 6. Phase 1: decoder on the frozen backbone
+# <a id="section-6"></a>
 #
 # The backbone's weights stay exactly as pretrained; only the DPT pyramid and the three heads
 # learn, so they settle on the backbone's features before anything in the backbone moves.
@@ -4565,6 +4829,7 @@ else:
 
 # %% [markdown]
 # ## 7. Phase 2: LoRA adapters
+# <a id="section-7"></a>
 #
 # Phase 2 starts from phase 1's best checkpoint, injects LoRA adapters (rank `LORA_RANK`)
 # into every attention `qkv` projection of the backbone, and trains the adapters at
@@ -4616,6 +4881,7 @@ else:
 
 # %% [markdown]
 # ## 8. Inference and post-processing (`uni_seg.postproc`)
+# <a id="section-8"></a>
 #
 # The model gives three maps per pixel; a pathologist wants a list of cells. This part of the
 # section turns the maps into an instance label map (one integer per cell), gives each cell a
@@ -4726,6 +4992,10 @@ class PostprocParams(Settings):
 DEFAULT_POSTPROC_PARAMS = PostprocParams()
 
 
+# %% [markdown]
+# The seam energy: HV smoothed over the cells only, then the Sobel derivatives that drop across a seam.
+
+# %% tags=["export"]
 def validate_maps(np_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(np_prob float32 (H, W), hv float32 (2, H, W)); `ValueError` naming the shapes if they do not fit."""
     np_prob = np.asarray(np_prob, dtype=np.float32)
@@ -4804,6 +5074,10 @@ def seam_energy(np_prob: np.ndarray, hv: np.ndarray, hv_smooth_sigma: float, sob
     return hv_energy(smooth_hv(hv, np_prob, hv_smooth_sigma), sobel_ksize)
 
 
+# %% [markdown]
+# Foreground blobs and their holes: OpenCV's labelling and contours, which a tile-independent result needs to be local.
+
+# %% tags=["export"]
 def _components(mask: np.ndarray, connectivity: int) -> tuple[int, np.ndarray, np.ndarray]:
     """Connected components: (n + 1, labels int32 (H, W), areas int64 (n + 1,)), 0 = background.
 
@@ -4847,6 +5121,10 @@ def _inner_square_side(element: np.ndarray) -> int:
     return 2 * h + 1
 
 
+# %% [markdown]
+# The watershed of the blobs that hold two or more markers, and the merge of pieces that no seam separates.
+
+# %% tags=["export"]
 def _split_blobs(energy: np.ndarray, inside: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Watershed of the blobs `inside` (bool (h, w)) from `seeds` (int (h, w), 0 = none) on
     `energy`: (labels (h, w) = the seed ids, 0 outside; the flooded pixels, bool (h, w)).
@@ -4912,6 +5190,10 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     return np.take(lut, grown)
 
 
+# %% [markdown]
+# `instances_from_energy` puts the steps together; `instances_from_maps` is the same from the maps.
+
+# %% tags=["export"]
 def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocParams) -> np.ndarray:
     """`instances_from_maps` from a precomputed `seam_energy` (float32 (H, W)) with parameters
     `p`. Lets a parameter search reuse the energy across the parameters that do not change it."""
@@ -4984,6 +5266,10 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocPa
     return out
 
 
+# %% [markdown]
+# `instances_from_maps` is the function to call: the maps in, the cells out.
+
+# %% tags=["export"]
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
                         **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
@@ -5369,6 +5655,10 @@ def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> list[
     return counts
 
 
+# %% [markdown]
+# COCO RLE of a mask, and of every cell of a label map from its bounding box only.
+
+# %% tags=["export"]
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     """COCO compressed RLE of a binary mask (H, W): {"size": [H, W], "counts": str}.
 
@@ -5430,6 +5720,10 @@ def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
     return out
 
 
+# %% [markdown]
+# Outlines: polygons for GeoJSON, and the boundary pixels drawn in an overlay.
+
+# %% tags=["export"]
 def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[float]]]]:
     """Outline polygon(s) of every cell: {id: [ring, ...]}, each ring [[x, y], ...] closed.
 
@@ -5550,6 +5844,10 @@ def cell_table(
     }
 
 
+# %% [markdown]
+# The cells as a GeoJSON FeatureCollection that QuPath imports, and the two plain file writers.
+
+# %% tags=["export"]
 def _fmt(value: Any) -> Any:
     if isinstance(value, (float, np.floating)):
         return f"{float(value):.6g}"
@@ -5750,6 +6048,10 @@ def inference_settings_from_config(cfg: Any, device: str | None = None) -> Infer
                              device=device)
 
 
+# %% [markdown]
+# Resizing images and label maps, and the blending window whose ramps add up to one where tiles overlap.
+
+# %% tags=["export"]
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
     (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
@@ -5852,6 +6154,10 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
     return torch.cat([np_prob, hv, torch.softmax(nc_logits, dim=1)], dim=1)
 
 
+# %% [markdown]
+# `predict_maps`: resize, tile, run in batches (with TTA when asked), blend on the device.
+
+# %% tags=["export"]
 def predict_maps(
     model: torch.nn.Module, image: np.ndarray, settings: InferenceSettings = InferenceSettings()
 ) -> dict[str, np.ndarray]:
@@ -5973,7 +6279,9 @@ def segment_image(
 
 
 # %% [markdown]
-# **Folder inference.** `run_folder_inference` segments every image of a folder with a model
+# ### Folder inference and the command line
+#
+# `run_folder_inference` segments every image of a folder with a model
 # in memory (the notebook's export stage calls it); the command line
 #
 #     python -m uni_seg.infer --checkpoint checkpoints/best_phase2.pth --input DIR --output DIR [--tta]
@@ -6006,6 +6314,10 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
     return files[:limit] if limit is not None else files
 
 
+# %% [markdown]
+# `run_folder_inference` segments and exports each image in turn; one that fails is reported and skipped.
+
+# %% tags=["export"]
 def run_folder_inference(
     model: torch.nn.Module,
     input_dir: Path,
@@ -6215,6 +6527,7 @@ else:
 
 # %% [markdown]
 # ## 9. Evaluation (`uni_seg.metrics`)
+# <a id="section-9"></a>
 #
 # How good are the cells? Several views, each answering a different question:
 #
@@ -6309,6 +6622,10 @@ def _ids_and_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return codes, values[order], counts[order].astype(np.int64), np.arange(values.size, dtype=np.int64)
 
 
+# %% [markdown]
+# Every metric starts from the table of overlapping (true, predicted) pairs; `pair_table` builds it in one pass over the pixels.
+
+# %% tags=["export"]
 @dataclasses.dataclass(frozen=True)
 class PairTable:
     """Overlaps of a true and a predicted label map.
@@ -6368,6 +6685,10 @@ def pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
     return PairTable(true_ids, pred_ids, true_area, pred_area, t_index[pair_keys // stride], p_index[pair_keys % stride], inter)
 
 
+# %% [markdown]
+# Matches at IoU > 0.5, then panoptic quality and AJI from them.
+
+# %% tags=["export"]
 def match_instances(pairs: PairTable, iou_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One-to-one matches with IoU > `iou_threshold`: (true index, pred index, IoU), each (M,).
 
@@ -6448,6 +6769,10 @@ def _aji(pairs: PairTable) -> dict[str, float]:
     return dict(aji=aji, intersection=total_inter, union=total_union)
 
 
+# %% [markdown]
+# COCO mask AP, following pycocotools' greedy matching and 101-point interpolation.
+
+# %% tags=["export"]
 def _score_vector(scores: Any, pred_ids: np.ndarray, image: int) -> np.ndarray:
     ids = pred_ids[1:]
     if isinstance(scores, Mapping):
@@ -6496,6 +6821,10 @@ def _coco_image_matches(pairs: PairTable, order: np.ndarray, iou_thrs: np.ndarra
     return matched
 
 
+# %% [markdown]
+# `coco_ap` ranks the detections of every image together by score, as COCOeval does.
+
+# %% tags=["export"]
 def coco_ap(
     true_maps: Sequence[np.ndarray],
     pred_maps: Sequence[np.ndarray],
@@ -6613,6 +6942,10 @@ def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str)
     raise ValueError(f"{name} must be a class map {inst.shape} or a vector indexed by instance id; got shape {classes.shape}")
 
 
+# %% [markdown]
+# Small shared pieces: class names, a NaN-aware mean, detection precision/recall/F1.
+
+# %% tags=["export"]
 def default_class_names(n_classes: int) -> list[str]:
     """["background", "RBC", "WBC", "Platelet"] for 4 classes, else background + class_k."""
     if n_classes == 4:
@@ -6633,6 +6966,10 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
+# %% [markdown]
+# One image scored: its record, and its counts added to the pooled sums.
+
+# %% tags=["export"]
 @dataclasses.dataclass
 class _Pooled:
     """Sums over the images of a set, from which the pooled ("dataset") metrics follow."""
@@ -6694,6 +7031,10 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
     return record, pairs
 
 
+# %% [markdown]
+# The pooled and the per-image-mean blocks of the metrics.
+
+# %% tags=["export"]
 def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
                      names: Sequence[str]) -> dict[str, Any]:
     """The pooled ("dataset") block of the metrics from the summed counts."""
@@ -6727,6 +7068,10 @@ def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str])
     return means
 
 
+# %% [markdown]
+# `evaluate_split` scores a set of predictions; `evaluate_predictions` is the same for separate lists.
+
+# %% tags=["export"]
 def evaluate_split(
     predictions: Sequence[SplitPrediction],
     n_classes: int,
@@ -6843,6 +7188,10 @@ def validate_metrics_document(doc: Mapping[str, Any]) -> None:
         raise ValueError(f"metrics document does not follow {METRICS_SCHEMA}: missing {', '.join(missing)}")
 
 
+# %% [markdown]
+# Writing the document: NaN becomes null, the schema is checked, the file is written atomically.
+
+# %% tags=["export"]
 def _jsonable(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -7056,6 +7405,7 @@ if cfg.run_evaluation:
 
 # %% [markdown]
 # ## 10. Figures (`uni_seg.viz`)
+# <a id="section-10"></a>
 #
 # Numbers say how good the model is; pictures say *why*. For a few test images the sample
 # figure puts side by side:
@@ -7137,6 +7487,10 @@ def class_map_rgb(cls: np.ndarray) -> np.ndarray:
     return lut[cls]
 
 
+# %% [markdown]
+# The error map colours every cell by its fate under the IoU > 0.5 matching.
+
+# %% tags=["export"]
 def error_map(
     true_inst: np.ndarray, pred_inst: np.ndarray, image: np.ndarray | None = None, iou_threshold: float = 0.5
 ) -> tuple[np.ndarray, dict[str, int]]:
@@ -7171,6 +7525,10 @@ def error_map(
     return out.astype(np.uint8), counts
 
 
+# %% [markdown]
+# The three-row sample figure of one image, and the few images a run draws it for.
+
+# %% tags=["export"]
 def _panel(ax, data, title, **kwargs):
     im = ax.imshow(data, interpolation="nearest", **kwargs)
     ax.set_title(title, fontsize=10)
@@ -7247,6 +7605,10 @@ def save_sample_figures(
     return paths
 
 
+# %% [markdown]
+# Two set-level plots: cell areas, true against predicted, and cell counts per image.
+
+# %% tags=["export"]
 def _areas(inst: np.ndarray) -> np.ndarray:
     counts = np.bincount(np.asarray(inst).ravel())
     return counts[1:][counts[1:] > 0]
@@ -7381,6 +7743,7 @@ else:
 
 # %% [markdown]
 # ## 11. The command line (`uni_seg.cli`)
+# <a id="section-11"></a>
 #
 # Installed with the project (`pip install -e .`, which `make setup` runs), one command serves
 # every entry point, so a user on a cluster types `uni-seg infer ...` rather than remembering

@@ -14,8 +14,9 @@ heading `## N. Title`. A heading names the module its `export` cells go to by a 
 the next heading that names one or the next section. A module belongs to one section (its
 subsections may feed several modules, e.g. section 8 feeds postproc, export and infer). Every
 code cell tagged `export` is appended, in notebook order, to its module `uni_seg/<module>.py`,
-after a comment line that points back to the cell (its index and id in the notebook, and its
-section and subsection), so that a traceback leads to the cell to edit, as nbdev does.
+after a comment line that points back to the cell (its section and subsection, and its cell id,
+which stays the same when cells are added elsewhere), so that a traceback leads to the cell to
+edit, as nbdev does.
 
 Each generated module starts with a line saying it is generated and from which section. A
 module that defines a top-level `main()` gets the `if __name__ == "__main__"` guard appended
@@ -23,9 +24,11 @@ here (so `python -m uni_seg.<module>` works) rather than in the notebook, where 
 also `"__main__"` and the guard would fire inside the kernel.
 
 The notebook itself is normalised: outputs and execution counts cleared, so that the committed
-source holds no run results (executed copies live under `results/`), and every export cell's
-source collapsed in Jupyter (`jupyter.source_hidden`), so that a reader meets the story first.
-The jupytext pair leaves that display flag out. Running this twice changes nothing.
+source holds no run results (executed copies live under `results/`); every export cell's
+source collapsed in Jupyter (`jupyter.source_hidden`), so that a reader meets the story first
+(the jupytext pair leaves that display flag out); every section heading given an anchor, and
+the markdown cell tagged `contents` rewritten as the table of contents. Running this twice
+changes nothing.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ def render_module(name: str, entry: dict) -> str:
     chunks = []
     for index, cell_id, subsection, source in entry["sources"]:
         where = f'§{entry["section"]}' + (f' "{subsection}"' if subsection else "")
-        chunks.append(f"# notebook cell {index} (id {cell_id}), {where}\n{source}")
+        chunks.append(f"# notebook {where}, cell id {cell_id}\n{source}")
     body = "\n\n\n".join(chunks)
     text = header + "\n" + body + "\n"
     if re.search(r"^def main\(", body, flags=re.MULTILINE):
@@ -143,9 +146,48 @@ def render_init(modules: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+CONTENTS_TAG = "contents"
+
+
+def section_anchor(number: int) -> str:
+    """The HTML anchor every section heading carries (Jupyter, nbconvert and GitHub all follow it)."""
+    return f'<a id="section-{number}"></a>'
+
+
+def update_navigation(nb, modules: dict[str, dict]) -> None:
+    """Give every section heading its anchor (second line) and rewrite the cell tagged
+    `contents` as a linked table of contents: sections, their subsections and the modules they
+    export to. Derived from the headings, so it cannot go stale."""
+    sections: list[tuple[int, str, list[str]]] = []
+    for cell in nb.cells:
+        first = _heading(cell)
+        if heading := SECTION_HEADING.match(first):
+            number = int(heading.group(1))
+            lines = cell.source.strip("\n").splitlines()
+            if len(lines) > 1 and lines[1].startswith('<a id="section-'):
+                del lines[1]
+            lines.insert(1, section_anchor(number))
+            cell.source = "\n".join(lines)
+            sections.append((number, MODULE_IN_HEADING.sub("", heading.group(2)).strip(), []))
+        elif (sub := SUBSECTION_HEADING.match(first)) and sections:
+            sections[-1][2].append(MODULE_IN_HEADING.sub("", sub.group(1)).strip())
+    by_section: dict[int, list[str]] = {}
+    for name, entry in sorted(modules.items(), key=lambda item: item[1]["sources"][0][0]):
+        by_section.setdefault(entry["section"], []).append(f"`uni_seg.{name}`")
+    rows = ["**Contents** (each section's library modules in brackets; its export cells are collapsed,",
+            "the story comes first)", ""]
+    for number, title, subs in sections:
+        mods = f" ({', '.join(by_section[number])})" if number in by_section else ""
+        rows.append(f"{number}. [{title}](#section-{number}){mods}" + (f": {'; '.join(subs)}" if subs else ""))
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and CONTENTS_TAG in _cell_tags(cell):
+            cell.source = "\n".join(rows)
+
+
 def normalised_notebook(nb) -> str:
-    """The notebook with outputs, execution counts and run metadata cleared and export cells
-    collapsed, as ipynb text."""
+    """The notebook with outputs, execution counts and run metadata cleared, export cells
+    collapsed and the navigation (section anchors, contents) up to date, as ipynb text."""
+    update_navigation(nb, split_into_modules(nb))
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
