@@ -50,7 +50,7 @@
 # 7. [Phase 2: LoRA adapters](#section-7)
 # 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model
-# 10. [Figures](#section-10) (`uni_seg.viz`): Exports of the test images
+# 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`)
 
 # %% [markdown]
@@ -151,7 +151,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
     import torch
@@ -213,7 +213,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 # Defaults shared by both profiles: the same values the parameters cell shows, so that
 # `resolve_config` called from a script behaves like the notebook (a test keeps them equal).
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Defaults shared by both profiles, the same values the parameters cell shows (a test keeps them equal), so a script that calls `resolve_config` behaves like the notebook.
 
 # %% tags=["export"]
@@ -253,7 +253,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
 )
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `RunConfig` is the merged, frozen result: one field per parameter, so a run's settings are written once and can be saved with its results.
 
 # %% tags=["export"]
@@ -326,7 +326,7 @@ class RunConfig:
         return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `resolve_config` merges defaults, profile and explicit parameters, and checks every value it can check without data or a model.
 
 # %% tags=["export"]
@@ -375,7 +375,53 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     return RunConfig(**merged)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
+# Reports show settings and results as tables, not printed dicts: Markdown tables render in
+# Jupyter and in nbconvert's HTML, and read well in a plain-text log.
+
+# %% tags=["export"]
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table: `header` cells, then one row per entry (values shown with `str`;
+    `|` escaped so a value cannot break the table)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def config_table(config: Mapping[str, Any], columns: int = 3) -> str:
+    """The settings of a run (`RunConfig.as_dict()`) as a Markdown table, parameter names as
+    the notebook spells them (upper case), in the parameters' order, `columns` pairs of
+    (parameter, value) side by side so that ~60 settings fit on one screen."""
+    cells = [(f"`{name.upper()}`", f"`{value!r}`") for name, value in config.items()]
+    per_column = -(-len(cells) // columns)
+    rows = []
+    for r in range(per_column):
+        row: list[str] = []
+        for c in range(columns):
+            k = c * per_column + r
+            row += cells[k] if k < len(cells) else ("", "")
+        rows.append(row)
+    return markdown_table(("parameter", "value") * columns, rows)
+
+
+def show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (rendered in Jupyter and the HTML reports, the text itself
+    in papermill's log); print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display({"text/markdown": text, "text/plain": text}, raw=True)
+    else:
+        print(text)
+
+
+# %% [markdown] tags=["why"]
 # Device and precision. bf16 autocast runs on CPUs and on Ampere or newer GPUs; older GPUs
 # (V100, P100) train in fp16 with a gradient scaler. `PRECISION` can force either, or fp32.
 
@@ -433,7 +479,7 @@ def autocast(device: "torch.device", precision: str) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Seeding, and whether a Hugging Face token is configured (the token itself is never read into the run).
 
 # %% tags=["export"]
@@ -458,7 +504,7 @@ def hf_token_available() -> bool:
         return False
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # A `Factory` is a picklable recipe ("module:callable" and plain keyword arguments): how spawned DDP workers rebuild the model, datasets and loss of a notebook run, whose objects cannot be sent to another process.
 
 # %% tags=["export"]
@@ -488,7 +534,7 @@ class Factory:
         return self.resolve()(**{**self.kwargs, **overrides})
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `Settings` is what every settings object of the project shares (post-processing and inference below): built from a plain dict with an error that names an unknown key and its closest match, validated when made, saved and read as JSON.
 
 # %% tags=["export"]
@@ -588,7 +634,7 @@ def write_json_atomic(path: str | Path, doc: Any) -> Path:
     return Path(path)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The rename must survive a power cut too (the folder is fsynced), and temporaries left by a killed writer are removed, except a live writer's.
 
 # %% tags=["export"]
@@ -654,7 +700,7 @@ for folder in (cfg.checkpoint_dir, cfg.results_dir):
 print(f"profile {cfg.profile!r}, run {cfg.run_name!r}; torch {torch.__version__} on {DEVICE} ({AMP_PRECISION}); "
       f"python {sys.version.split()[0]}")
 print(f"Hugging Face token configured: {hf_token_available()}")
-print(json.dumps(cfg.as_dict(), indent=1))
+show_markdown(config_table(cfg.as_dict()))
 
 # %% [markdown]
 # ## 1. Data (`uni_seg.data`)
@@ -833,7 +879,7 @@ def _decode_file(path: str | Path) -> np.ndarray:
     return array
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # From decoded bytes to what the pipeline works on: RGB uint8 for images (with a note of every conversion, which the cache summary counts), the stored values for masks.
 
 # %% tags=["export"]
@@ -953,7 +999,7 @@ def _palette_class_map(rgb: np.ndarray, where: str) -> np.ndarray:
     return lut[inverse].reshape(rgb.shape[:2])
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The class map's connected components, class by class, are the instances; specks under `min_area` are dropped.
 
 # %% tags=["export"]
@@ -998,7 +1044,7 @@ def relabel_sequential(inst: np.ndarray) -> np.ndarray:
     return lut[inst]
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Cells per image and likely merged clumps, for the run's own training split (see the markdown above for the rule).
 
 # %% tags=["export"]
@@ -1088,7 +1134,7 @@ def _list_files(folder: Path, suffixes: tuple[str, ...], ignored: list[str]) -> 
     return found
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `scan_dataset` walks both partitions in either layout and pairs images with masks by stem; every file it leaves out is named in the result.
 
 # %% tags=["export"]
@@ -1315,7 +1361,7 @@ def resize_to_working_scale(
     return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(np.uint8)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One raw pair read, parsed, checked for matching sizes and written at the working scale: the unit of work of the cache (and of its worker processes).
 
 # %% tags=["export"]
@@ -1345,7 +1391,7 @@ def _file_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns]
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # What a cache build did, for the run's log: counts, what was reused, moved, removed, skipped and converted.
 
 # %% tags=["export"]
@@ -1385,7 +1431,7 @@ class CacheSummary:
         return text + ("; " + "; ".join(extras) if extras else "")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The rewrite itself, in this process or a pool of workers; a bad file comes back as its error so that `on_error="skip"` can go on.
 
 # %% tags=["export"]
@@ -1431,7 +1477,7 @@ def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The stages of a build: what the dataset wants where, what the old cache still vouches for, what can be kept or moved, and what is stale.
 
 # %% tags=["export"]
@@ -1500,7 +1546,7 @@ def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]])
     return removed
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `build_processed_cache` runs those stages, writing the manifest before and after the rewrite so it never vouches for a half-written file.
 
 # %% tags=["export"]
@@ -1586,7 +1632,7 @@ def build_processed_cache(
     )
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Reading the cache back, split by split.
 
 # %% tags=["export"]
@@ -1711,7 +1757,7 @@ def _rho(box: tuple[slice, slice], y: float, x: float, a: float, b: float, theta
     return np.sqrt((u / a) ** 2 + (v / b) ** 2)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The annotators' separation lines: clearing the boundary pixels of touching cells leaves a 2 px background line, as in the real masks.
 
 # %% tags=["export"]
@@ -1732,7 +1778,7 @@ def separation_lines(inst: np.ndarray) -> np.ndarray:
     return line
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One smear in three steps: its cells drawn as optical densities, the densities photographed (light, blur, noise), and the mask drawn the way the annotators draw it.
 
 # %% tags=["export"]
@@ -1807,7 +1853,7 @@ def _draw_mask(inst: np.ndarray, cls: np.ndarray, mask_style: str) -> np.ndarray
     raise ValueError(f"mask_style={mask_style!r} is not 'binary' or 'palette'")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `render_synthetic_smear` places the cells (overlapping up to `max_overlap`, white cells first, platelets last) and runs those three steps.
 
 # %% tags=["export"]
@@ -1849,7 +1895,7 @@ def render_synthetic_smear(
     return SyntheticSmear(image=image, mask=_draw_mask(inst, cls, mask_style), inst=inst, cls=cls)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # A whole dataset in the Kaggle layout, with the true maps beside it; regenerated only when its parameters change.
 
 # %% tags=["export"]
@@ -1924,8 +1970,7 @@ def load_synthetic_truth(image_pair: ImagePair) -> tuple[np.ndarray, np.ndarray]
 # cache is built or refreshed (`RUN_PREPROCESS`), and the split table is printed from it.
 
 # %%
-from IPython.display import display
-
+from uni_seg.config import show_markdown
 from uni_seg.data import (build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed,
                           partition_image_folder)
 from uni_seg.synthetic import generate_synthetic_dataset
@@ -1945,7 +1990,7 @@ if cfg.run_preprocess:
 _manifest = load_manifest(cfg.processed_dir)
 split_table = format_split_table({s: len(v) for s, v in _manifest["split"].items()},
                                  _manifest["params"]["val_fraction"], _manifest["params"]["seed"])
-display({"text/markdown": split_table, "text/plain": split_table}, raw=True)  # a table in reports and logs
+show_markdown(split_table)
 
 # %% [markdown]
 # Cells per image and likely merged clumps in this run's training split, at the working scale
@@ -2092,7 +2137,7 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
         node.set_random_seed(int(s))  # parents first: a Compose propagates, its children override
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The two transform pipelines: geometric (image and instance map together) and photometric (image only).
 
 # %% tags=["export"]
@@ -2137,7 +2182,7 @@ def photometric_transform() -> A.Compose:
     )
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `CellAugmenter` chains them with the targets recomputed in between, so HV always describes the warped cells.
 
 # %% tags=["export"]
@@ -2231,7 +2276,7 @@ def _to_item(image: np.ndarray, inst: np.ndarray, targets: dict[str, np.ndarray]
     }
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `CellCropDataset`: random augmented crops for training, the fixed tile grid of each image for validation and test.
 
 # %% tags=["export"]
@@ -2318,7 +2363,7 @@ class CellCropDataset(Dataset):
         return _to_item(image, inst, targets_from_instances(inst, cls))
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Each item drawn under seeds from `(seed, epoch, index)`, whatever worker or GPU draws it; `EpochItems` does it for any dataset that uses the global generators.
 
 # %% tags=["export"]
@@ -2359,7 +2404,7 @@ class EpochItems(Dataset):
             torch.set_rng_state(saved[2])
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The sampler yields `(epoch, index)` pairs, so persistent workers learn the epoch, and shards the order over DDP ranks.
 
 # %% tags=["export"]
@@ -2393,7 +2438,7 @@ class EpochSampler(Sampler):
         return iter([(self.epoch, int(i)) for i in order[self.rank:total:self.world_size]])
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `make_loader` builds every DataLoader of the project, with workers started the way §1's `worker_context` chooses.
 
 # %% tags=["export"]
@@ -2547,7 +2592,7 @@ def _uni2h_kwargs() -> dict[str, Any]:
     )
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # A registry entry says everything needed to build a backbone locally and find its weights; the registry itself is a plain table of them.
 
 # %% tags=["export"]
@@ -2681,7 +2726,7 @@ def _cached_weights_file(repo_id: str) -> str | None:
     return None
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One access check with a deadline decides between *no network*, *no access* and *go* before any download starts, so a compute node without internet answers in seconds.
 
 # %% tags=["export"]
@@ -2730,7 +2775,7 @@ def _check_access(repo_id: str, token: bool | None, timeout: float, network: dic
     raise WeightsUnavailable(network["down"])
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Reading and downloading weight files, and the two sources of pretrained weights: the gated hub repository and timm's ImageNet checkpoint.
 
 # %% tags=["export"]
@@ -2794,7 +2839,7 @@ def _imagenet_state_dict(
     return _download_weights(repo_id, False), f"timm {spec.imagenet_tag}, downloaded"
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Loading a state dict into the backbone (with LayerScale set to 1 for ImageNet weights), and `load_backbone_weights`, which tries the sources in order and says in one line what it loaded and why not the others.
 
 # %% tags=["export"]
@@ -3072,7 +3117,7 @@ class _CellSegNetwork(nn.Module):
         return out
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Which parameters train, phase by phase: the split between backbone and decoder, and the
 # optimiser's parameter groups with their learning rates.
 
@@ -3125,7 +3170,7 @@ class _PhaseParameters(_CellSegNetwork):
         self.backbone.set_grad_checkpointing(enable)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # LoRA adapters (peft) on every attention `qkv` projection of the backbone: injected, saved and
 # loaded alone, and merged back into plain weights for inference. `CellSegModel` is the network
 # with both of these.
@@ -3218,7 +3263,7 @@ class CellSegModel(_PhaseParameters):
         return count_parameters(self)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Parameter counts, and `build_model`: the one way to make a model, whatever the backbone.
 
 # %% tags=["export"]
@@ -3393,7 +3438,7 @@ def sobel_gradients(maps: torch.Tensor, size: int = 5) -> tuple[torch.Tensor, to
     return grads[:, :, 0], grads[:, :, 1]
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The three head losses, each two terms that fail in different ways.
 
 # %% tags=["export"]
@@ -3443,7 +3488,7 @@ def nc_loss(
     return ce, dice
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `CellSegLoss` weighs them into one total, in fp32 whatever the autocast dtype, and returns each part for the logs.
 
 # %% tags=["export"]
@@ -3642,7 +3687,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Reading a checkpoint safely (`weights_only=True`: a foreign pickle is refused, never run) and checking that it comes from this run's architecture.
 
 # %% tags=["export"]
@@ -3701,7 +3746,7 @@ def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, m
                               "instead of resuming it).")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # For inference a checkpoint is enough: it rebuilds its own architecture, without any download.
 
 # %% tags=["export"]
@@ -3820,7 +3865,7 @@ class PhaseConfig:
             raise ValueError("phase 2 needs lr_lora (the learning rate of the LoRA adapters)")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `TrainSpec` is a phase with everything it runs on, as plain values; `TrainResult` is what it leaves behind.
 
 # %% tags=["export"]
@@ -4014,7 +4059,7 @@ def _group_sizes(n_items: int, batch_size: int, accum: int) -> list[int]:
     return [sum(sizes[i:i + accum]) for i in range(0, len(sizes), accum)]
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Validation: every rank its shard, one all-reduce of the sums, each crop weighing the same.
 
 # %% tags=["export"]
@@ -4054,7 +4099,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: to
     return means
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Where a phase's weights start: the model as built (phase 1), phase 1's best plus fresh adapters (a new phase 2), or the checkpoint's (a resume).
 
 # %% tags=["export"]
@@ -4105,7 +4150,7 @@ def _phase1_moved_on(spec: TrainSpec, resume_state: Mapping[str, Any]) -> bool:
     return current is not None and current != resume_state.get("init_checkpoint_id")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Where a phase stands (what a checkpoint stores besides the state dicts), and the one summary line per epoch.
 
 # %% tags=["export"]
@@ -4150,7 +4195,7 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
             f"{skipped}{' | best' if improved else ''}")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The set-up of a phase, stage by stage: whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
 
 # %% tags=["export"]
@@ -4218,7 +4263,7 @@ def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> t
     return module, (_CompileFallback(module) if use_compile else module)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # A phase in one process: `_PhaseSetup` builds its objects in the stages above.
 
 # %% tags=["export"]
@@ -4281,7 +4326,7 @@ class _PhaseSetup:
         return line
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One epoch: each micro-batch's loss is scaled by its share of the optimiser step, so every
 # crop weighs the same; the step is taken, or skipped when any rank saw a non-finite value.
 
@@ -4371,7 +4416,7 @@ class _PhaseSteps(_PhaseSetup):
         return not bad
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The loop over epochs, the early-stopping decision (taken on rank 0, broadcast to all) and the
 # checkpoints (best first, then latest).
 
@@ -4461,7 +4506,7 @@ class _PhaseRun(_PhaseSteps):
         atomic_write(self.spec.history_path, json.dumps(p.history, indent=1))
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `train_phase` is the engine's one entry point: build the phase, run it, return what it left.
 
 # %% tags=["export"]
@@ -4600,7 +4645,7 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
     return DistContext(rank, world_size, local_rank, device)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `launch_training` trains in this process, or spawns one DDP rank per GPU (CPU processes on gloo in the tests).
 
 # %% tags=["export"]
@@ -4648,7 +4693,7 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
     return _Progress.from_checkpoint(load_checkpoint(spec.latest_path, mmap=True)).result(spec)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # From the notebook's `RunConfig` to the settings and specs of each phase.
 
 # %% tags=["export"]
@@ -4700,7 +4745,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     )
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The command line: a profile and `-p NAME VALUE` parameters, as the notebook takes them; under `torchrun`/`srun` each task joins the job.
 
 # %% tags=["export"]
@@ -4992,7 +5037,7 @@ class PostprocParams(Settings):
 DEFAULT_POSTPROC_PARAMS = PostprocParams()
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The seam energy: HV smoothed over the cells only, then the Sobel derivatives that drop across a seam.
 
 # %% tags=["export"]
@@ -5074,7 +5119,7 @@ def seam_energy(np_prob: np.ndarray, hv: np.ndarray, hv_smooth_sigma: float, sob
     return hv_energy(smooth_hv(hv, np_prob, hv_smooth_sigma), sobel_ksize)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Foreground blobs and their holes: OpenCV's labelling and contours, which a tile-independent result needs to be local.
 
 # %% tags=["export"]
@@ -5121,7 +5166,7 @@ def _inner_square_side(element: np.ndarray) -> int:
     return 2 * h + 1
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The watershed of the blobs that hold two or more markers, and the merge of pieces that no seam separates.
 
 # %% tags=["export"]
@@ -5190,7 +5235,7 @@ def _merge_without_seam(grown: np.ndarray, energy: np.ndarray, flood: np.ndarray
     return np.take(lut, grown)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `instances_from_energy` puts the steps together; `instances_from_maps` is the same from the maps.
 
 # %% tags=["export"]
@@ -5266,7 +5311,7 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocPa
     return out
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `instances_from_maps` is the function to call: the maps in, the cells out.
 
 # %% tags=["export"]
@@ -5300,7 +5345,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     return instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Each cell's class is a vote of its pixels. The vote is a bincount over (cell, class) pairs;
 # no per-cell mask is ever built. The same trick gives each cell's detection score, the
 # mean NP probability inside it (COCO mAP ranks detections by it).
@@ -5442,7 +5487,7 @@ class SplitPrediction:
         return {i: float(s) for i, s in enumerate(self.scores) if i > 0}
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The parameters that evaluation and inference use live in one small JSON file,
 # `results/postproc_params.json`, written by the tuning cell of section 9 (`tune_postproc`
 # needs the metrics) and read back here; without it the defaults above apply.
@@ -5655,7 +5700,7 @@ def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> list[
     return counts
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # COCO RLE of a mask, and of every cell of a label map from its bounding box only.
 
 # %% tags=["export"]
@@ -5720,7 +5765,7 @@ def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
     return out
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Outlines: polygons for GeoJSON, and the boundary pixels drawn in an overlay.
 
 # %% tags=["export"]
@@ -5792,7 +5837,7 @@ def draw_overlay(
     return out
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The per-cell table uses `skimage.measure.regionprops_table` (one pass per property over
 # the cells' bounding boxes). Sizes are in pixels at the original resolution; mean intensity
 # is of the grey-level image (0..255), dark for stained cells.
@@ -5844,7 +5889,7 @@ def cell_table(
     }
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The cells as a GeoJSON FeatureCollection that QuPath imports, and the two plain file writers.
 
 # %% tags=["export"]
@@ -5911,7 +5956,7 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
     return Path(path)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One image's files, and its cells as COCO annotations (the folder's `coco_instances.json`
 # collects them):
 
@@ -6048,7 +6093,7 @@ def inference_settings_from_config(cfg: Any, device: str | None = None) -> Infer
                              device=device)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Resizing images and label maps, and the blending window whose ramps add up to one where tiles overlap.
 
 # %% tags=["export"]
@@ -6154,7 +6199,7 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
     return torch.cat([np_prob, hv, torch.softmax(nc_logits, dim=1)], dim=1)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `predict_maps`: resize, tile, run in batches (with TTA when asked), blend on the device.
 
 # %% tags=["export"]
@@ -6314,7 +6359,7 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
     return files[:limit] if limit is not None else files
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `run_folder_inference` segments and exports each image in turn; one that fails is reported and skipped.
 
 # %% tags=["export"]
@@ -6378,7 +6423,7 @@ def run_folder_inference(
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `predict_split` runs the same whole-image inference on the processed cache (images already
 # at the working scale), for evaluation and figures: it returns, per image, the true and the
 # predicted cells and (optionally) the blended maps (~13 MB per 800x600 image).
@@ -6417,7 +6462,7 @@ def predict_split(
     return out
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The command line. Options default to the checkpoint's working scale and the tuned
 # post-processing parameters when `results/postproc_params.json` exists.
 
@@ -6576,7 +6621,7 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.config import write_json_atomic
+from uni_seg.config import markdown_table, write_json_atomic
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
@@ -6622,7 +6667,7 @@ def _ids_and_areas(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return codes, values[order], counts[order].astype(np.int64), np.arange(values.size, dtype=np.int64)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Every metric starts from the table of overlapping (true, predicted) pairs; `pair_table` builds it in one pass over the pixels.
 
 # %% tags=["export"]
@@ -6685,7 +6730,7 @@ def pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
     return PairTable(true_ids, pred_ids, true_area, pred_area, t_index[pair_keys // stride], p_index[pair_keys % stride], inter)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Matches at IoU > 0.5, then panoptic quality and AJI from them.
 
 # %% tags=["export"]
@@ -6769,7 +6814,7 @@ def _aji(pairs: PairTable) -> dict[str, float]:
     return dict(aji=aji, intersection=total_inter, union=total_union)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # COCO mask AP, following pycocotools' greedy matching and 101-point interpolation.
 
 # %% tags=["export"]
@@ -6821,7 +6866,7 @@ def _coco_image_matches(pairs: PairTable, order: np.ndarray, iou_thrs: np.ndarra
     return matched
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `coco_ap` ranks the detections of every image together by score, as COCOeval does.
 
 # %% tags=["export"]
@@ -6886,7 +6931,7 @@ def _coco_ap(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: 
     return dict(map=float(precision.mean()), ap50=float(precision[0].mean()), ap75=float(precision[5].mean()))
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Pixel-level class quality and counts, then one function that evaluates a whole set of
 # predictions and returns every number above, per image and pooled.
 
@@ -6942,7 +6987,7 @@ def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str)
     raise ValueError(f"{name} must be a class map {inst.shape} or a vector indexed by instance id; got shape {classes.shape}")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Small shared pieces: class names, a NaN-aware mean, detection precision/recall/F1.
 
 # %% tags=["export"]
@@ -6966,7 +7011,7 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # One image scored: its record, and its counts added to the pooled sums.
 
 # %% tags=["export"]
@@ -7031,7 +7076,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
     return record, pairs
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The pooled and the per-image-mean blocks of the metrics.
 
 # %% tags=["export"]
@@ -7068,7 +7113,7 @@ def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str])
     return means
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # `evaluate_split` scores a set of predictions; `evaluate_predictions` is the same for separate lists.
 
 # %% tags=["export"]
@@ -7188,7 +7233,7 @@ def validate_metrics_document(doc: Mapping[str, Any]) -> None:
         raise ValueError(f"metrics document does not follow {METRICS_SCHEMA}: missing {', '.join(missing)}")
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Writing the document: NaN becomes null, the schema is checked, the file is written atomically.
 
 # %% tags=["export"]
@@ -7377,6 +7422,32 @@ if cfg.run_evaluation:
 else:
     print("RUN_EVALUATION=False: no evaluation")
 
+# %% [markdown] tags=["why"]
+# The headline numbers as a table (the report's summary shows the same table): `metrics_table`
+# reads them from the metrics document.
+
+# %% tags=["export"]
+def metrics_table(doc: Mapping[str, Any]) -> str:
+    """The headline metrics of a `write_metrics_json` document as a Markdown table: metric,
+    pooled over the set, mean over the images; undefined values (a class absent from truth and
+    prediction) say so."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    d, m = doc["dataset"], doc["per_image_mean"]
+    rows = [("PQ / SQ / RQ", f"{f(d['pq'])} / {f(d['sq'])} / {f(d['rq'])}", f"{f(m['pq'])} / {f(m['sq'])} / {f(m['rq'])}"),
+            ("precision / recall / F1 (IoU 0.5)", f"{f(d['precision'])} / {f(d['recall'])} / {f(d['f1'])}",
+             f"{f(m['precision'])} / {f(m['recall'])} / {f(m['f1'])}"),
+            ("COCO mAP@[.50:.95] / AP50 / AP75", f"{f(d['map'])} / {f(d['ap50'])} / {f(d['ap75'])}", "-"),
+            ("AJI", f(d["aji"]), f(m["aji"])),
+            ("cells true / predicted", f"{d['true_count']} / {d['pred_count']}",
+             "count error " + ("undefined" if m["count_error"] is None else
+                               f"{m['count_error']:+.2f} (mean absolute {m['count_abs_error']:.2f})"))]
+    rows += [(f"pixel IoU / Dice: {name}", f"{f(d['pixel_iou'][name])} / {f(d['pixel_dice'][name])}",
+              f"{f(m['pixel_iou'][name])} / {f(m['pixel_dice'][name])}") for name in doc["class_names"]]
+    return markdown_table(("metric", f"pooled ({doc['n_images']} images)", "per-image mean"), rows)
+
+
 # %% [markdown]
 # The headline numbers. "Pooled" sums true positives, false positives and false negatives over
 # all test images before dividing (the standard for PQ, detection and COCO mAP); "per-image
@@ -7384,23 +7455,11 @@ else:
 # per class; on the Kaggle masks every cell is class 1 (RBC), so WBC and platelet are undefined.
 
 # %%
+from uni_seg.config import show_markdown
+from uni_seg.metrics import metrics_table
+
 if cfg.run_evaluation:
-    _d, _m = metrics_document["dataset"], metrics_document["per_image_mean"]
-    _rows = [("PQ / SQ / RQ", f"{_d['pq']:.4f} / {_d['sq']:.4f} / {_d['rq']:.4f}", f"{_m['pq']:.4f} / {_m['sq']:.4f} / {_m['rq']:.4f}"),
-             ("precision / recall / F1 (IoU 0.5)", f"{_d['precision']:.4f} / {_d['recall']:.4f} / {_d['f1']:.4f}",
-              f"{_m['precision']:.4f} / {_m['recall']:.4f} / {_m['f1']:.4f}"),
-             ("COCO mAP@[.50:.95] / AP50 / AP75", f"{_d['map']:.4f} / {_d['ap50']:.4f} / {_d['ap75']:.4f}", "-"),
-             ("AJI", f"{_d['aji']:.4f}", f"{_m['aji']:.4f}"),
-             ("cells true / predicted", f"{_d['true_count']} / {_d['pred_count']}",
-              f"mean count error {_m['count_error']:+.2f} (|{_m['count_abs_error']:.2f}|)")]
-    _fmt = lambda value: "undefined" if value is None else f"{value:.4f}"  # None: class absent from truth and prediction
-    _rows += [(f"pixel IoU / Dice: {name}", f"{_fmt(_d['pixel_iou'][name])} / {_fmt(_d['pixel_dice'][name])}",
-               f"{_fmt(_m['pixel_iou'][name])} / {_fmt(_m['pixel_dice'][name])}")
-              for name in metrics_document["class_names"]]
-    _width = max(len(r[0]) for r in _rows)
-    print(f"{'metric':<{_width}}  {'pooled':<28}  per-image mean")
-    for _name, _pooled, _mean in _rows:
-        print(f"{_name:<{_width}}  {_pooled:<28}  {_mean}")
+    show_markdown(metrics_table(metrics_document))
     print(f"backbone {cfg.backbone}, weights: {metrics_document['model']['weights_source']}")
 
 # %% [markdown]
@@ -7487,7 +7546,7 @@ def class_map_rgb(cls: np.ndarray) -> np.ndarray:
     return lut[cls]
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The error map colours every cell by its fate under the IoU > 0.5 matching.
 
 # %% tags=["export"]
@@ -7525,7 +7584,7 @@ def error_map(
     return out.astype(np.uint8), counts
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # The three-row sample figure of one image, and the few images a run draws it for.
 
 # %% tags=["export"]
@@ -7605,7 +7664,7 @@ def save_sample_figures(
     return paths
 
 
-# %% [markdown]
+# %% [markdown] tags=["why"]
 # Two set-level plots: cell areas, true against predicted, and cell counts per image.
 
 # %% tags=["export"]
@@ -7740,6 +7799,97 @@ if cfg.run_export and "model" in globals():
         print(Path(export_report.summary_path).read_text())
 else:
     print("export off or no model: no exports")
+
+# %% [markdown]
+# ### The run at a glance (`uni_seg.report`)
+#
+# What a reviewer needs first, in ten seconds: which data and split, which backbone and where
+# its weights came from (a banner when they are random or a fallback, because then the
+# figures say nothing about the foundation model), the headline metrics, and where the
+# figures are. The cell below shows it; `tools/render_report.py` puts a copy at the top of
+# both HTML reports (and, when a run fails, a banner naming the cell that failed instead).
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from uni_seg.config import markdown_table
+from uni_seg.metrics import metrics_table
+
+#: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
+SUMMARY_TAG = "summary"
+
+
+def banner(text: str, level: str = "warning") -> str:
+    """A coloured box (raw HTML inside Markdown: Jupyter and nbconvert render it) holding `text`;
+    `level` "warning" (amber), "error" (red) or "note" (blue)."""
+    colours = {"warning": ("#b7791f", "#fff8e1"), "error": ("#c0392b", "#fdecea"), "note": ("#2b6cb0", "#ebf4ff")}
+    edge, fill = colours[level]
+    return (f'<div style="border:2px solid {edge};background:{fill};padding:8px 12px;margin:8px 0;'
+            f'border-radius:4px"><b>{html.escape(level.upper())}</b>: {html.escape(text)}</div>')
+
+
+def weights_warning(backbone: str, weights: str, weights_source: str | None) -> str | None:
+    """Why a reader should not take the results for the foundation model's, or None: random
+    weights, or a fallback from the pathology weights to others."""
+    if weights_source in (None, "none", "unknown"):
+        return (f"the backbone {backbone!r} ran on RANDOM weights (WEIGHTS={weights!r} loaded no pretrained "
+                "weights): these results say nothing about a pretrained foundation model.")
+    if weights == "auto" and weights_source != "hub":
+        return (f"the backbone {backbone!r} fell back to {weights_source!r} weights (WEIGHTS='auto' could not load "
+                "the pathology weights): these are not the foundation model's results.")
+    return None
+
+
+def run_summary(run_name: str, profile: str, backbone: str, weights: str, weights_source: str | None,
+                split_sizes: Mapping[str, int], data_dir: str | Path, metrics_doc: Mapping[str, Any] | None,
+                figures: Sequence[tuple[str, str]] = (), weights_line: str = "") -> str:
+    """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
+    when `weights_warning` has one), the headline metrics (`metrics_table`, or a note that
+    evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
+    split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
+    lines = [f"### Run `{run_name}` at a glance", ""]
+    warning = weights_warning(backbone, weights, weights_source)
+    if warning:
+        lines += [banner(warning), ""]
+    lines += [markdown_table(("", ""), [
+        ("data", f"`{data_dir}`: {split} images"),
+        ("profile", f"`{profile}`"),
+        ("backbone", f"`{backbone}`, weights `{weights}` -> loaded: **{weights_source or 'unknown'}**"),
+    ] + ([("weights, in full", weights_line)] if weights_line else [])), ""]
+    if metrics_doc is not None:
+        lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
+                  metrics_table(metrics_doc), ""]
+    else:
+        lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
+    if figures:
+        lines += ["Figures: " + " · ".join(f"[{title}]({href})" for title, href in figures)
+                  + " (drawn in [section 10](#section-10))."]
+    return "\n".join(lines)
+
+
+# %% tags=["summary"]
+import os
+
+from uni_seg.config import show_markdown
+from uni_seg.report import run_summary
+
+_report_dir = cfg.results_dir / "reports"  # where tools/run_notebook.sh writes the HTML reports
+_figures = [(Path(p).stem.replace("_", " "), os.path.relpath(p, _report_dir)) for p in globals().get("figure_paths", [])]
+_checkpoint_source = (globals().get("checkpoint_meta") or {}).get("weights_source")
+run_summary_text = run_summary(
+    cfg.run_name, cfg.profile, cfg.backbone, cfg.weights, _checkpoint_source or getattr(model, "weights_source", None),
+    {name: len(stems) for name, stems in load_manifest(cfg.processed_dir)["split"].items()}, cfg.data_dir,
+    globals().get("metrics_document") if cfg.run_evaluation else None, _figures,
+    # what §3 printed, unless the model came from a checkpoint (which records its own weights)
+    weights_line=(globals().get("checkpoint_meta") or {}).get("weights_message", "") if globals().get("checkpoint_meta")
+    else getattr(model, "weights_message", ""),
+)
+show_markdown(run_summary_text)
 
 # %% [markdown]
 # ## 11. The command line (`uni_seg.cli`)

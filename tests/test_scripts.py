@@ -33,7 +33,7 @@ def test_scripts_pass_shellcheck():
 
 @pytest.fixture
 def recording_python(tmp_path):
-    """A stand-in interpreter that records its arguments and plays papermill/nbconvert/jupyter."""
+    """A stand-in interpreter that records its arguments and plays papermill/jupyter/the report renderer."""
     log = tmp_path / "calls.txt"
     fake = tmp_path / "python"
     fake.write_text(
@@ -67,8 +67,8 @@ def test_slurm_script_hands_its_settings_to_papermill(script, expected, recordin
     for fragment in expected + ["-p SEED 7", f"-p RESULTS_DIR {tmp_path / 'results'}"]:
         assert fragment in papermill_call + " ", (fragment, papermill_call)
     assert (tmp_path / "logs" / f"{expected[0].split()[2]}_4242.log").exists()
-    calls = log.read_text()
-    assert "nbconvert --to html" in calls and "--no-input" in calls
+    report_call = next(line for line in log.read_text().splitlines() if "render_report.py" in line)
+    assert report_call.endswith(f"{tmp_path / 'results' / 'reports'} {expected[0].split()[2]}")  # both HTML reports
 
 
 def test_run_notebook_rejects_a_bad_run_name(tmp_path):
@@ -86,4 +86,58 @@ def test_run_notebook_reports_a_failed_run_and_exits_nonzero(recording_python, t
     result = subprocess.run(["bash", "tools/run_notebook.sh", "broken"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0
     assert "FAILED" in result.stderr
-    assert "nbconvert --to html" in log.read_text()  # the report of the failed run is still rendered
+    assert "render_report.py" in log.read_text()  # the reports of the failed run are still rendered
+
+
+def _executed_notebook(error_in_section: str | None = None):
+    """A small executed notebook: title, contents, a section with an export cell and its note,
+    a story cell with output, and the summary cell (or an error instead of it)."""
+    nbformat = pytest.importorskip("nbformat")
+    v4 = nbformat.v4
+    title = v4.new_markdown_cell("# The title")
+    contents = v4.new_markdown_cell("**Contents**")
+    contents.metadata["tags"] = ["contents"]
+    section = v4.new_markdown_cell("## 1. Data (`uni_seg.data`)")
+    why = v4.new_markdown_cell("What the code below does.")
+    why.metadata["tags"] = ["why"]
+    export = v4.new_code_cell("def f():\n    return 1")
+    export.metadata["tags"] = ["export"]
+    story = v4.new_code_cell("print('hello')", outputs=[v4.new_output("stream", name="stdout", text="hello\n")])
+    summary = v4.new_code_cell("show_markdown(summary)", outputs=[
+        v4.new_output("display_data", data={"text/markdown": "### Run `x` at a glance\nPQ 0.9", "text/plain": "x"})])
+    summary.metadata["tags"] = ["summary"]
+    cells = [title, contents, section, why, export, story, summary]
+    if error_in_section:
+        story.outputs = [v4.new_output("error", ename="ValueError", evalue="EPOCHS_PHASE1=-1 must be >= 1", traceback=[])]
+        summary.outputs = []
+    return v4.new_notebook(cells=cells)
+
+
+def _render(tmp_path, nb):
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("render_report", ROOT / "tools" / "render_report.py")
+    render_report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render_report)
+    nbformat.write(nb, tmp_path / "run.ipynb")
+    full, reviewers = render_report.render(tmp_path / "run.ipynb", tmp_path / "reports", "run")
+    body = lambda path: path.read_text().split("<body", 1)[1]  # noqa: E731 (the page's own text, not its CSS)
+    return body(full), body(reviewers)
+
+
+def test_reports_open_with_the_summary_and_reviewers_see_no_library_code(tmp_path):
+    full, reviewers = _render(tmp_path, _executed_notebook())
+    for page in (full, reviewers):
+        assert page.index("The title") < page.index("at a glance") < page.index("<strong>Contents") < page.index("1. Data")
+    assert "What the code below does." in full and "What the code below does." not in reviewers
+    assert "celltag_export" in full and "celltag_export" not in reviewers
+    assert "hello" in reviewers
+
+
+def test_a_failed_run_opens_with_a_banner_naming_the_failed_cell(tmp_path):
+    _, reviewers = _render(tmp_path, _executed_notebook(error_in_section="1"))
+    assert "RUN FAILED" in reviewers and "1. Data" in reviewers
+    assert reviewers.index("RUN FAILED") < reviewers.index("<strong>Contents")
+    assert "EPOCHS_PHASE1=-1 must be &gt;= 1" in reviewers

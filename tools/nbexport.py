@@ -23,6 +23,9 @@ module that defines a top-level `main()` gets the `if __name__ == "__main__"` gu
 here (so `python -m uni_seg.<module>` works) rather than in the notebook, where `__name__` is
 also `"__main__"` and the guard would fire inside the kernel.
 
+A markdown cell tagged `why` is the one-line note in front of an export cell (what the code below
+does and why); the reviewers' HTML report leaves both out (tools/render_report.py).
+
 The notebook itself is normalised: outputs and execution counts cleared, so that the committed
 source holds no run results (executed copies live under `results/`); every export cell's
 source collapsed in Jupyter (`jupyter.source_hidden`), so that a reader meets the story first

@@ -50,10 +50,8 @@ status=0
   -p RUN_NAME "$run_name" -p RESULTS_DIR "$results_dir" "$@" 2>&1 | tee "$log" || status=$?
 
 if [ -f "$executed" ]; then
-  "$PYTHON" -m jupyter nbconvert --to html --log-level WARN "$executed" \
-    --output "$run_name" --output-dir "$report_dir"
-  "$PYTHON" -m jupyter nbconvert --to html --no-input --log-level WARN "$executed" \
-    --output "$run_name.no-code" --output-dir "$report_dir"
+  # the run's summary (or, if it failed, a banner naming the failed cell) goes on top of both
+  "$PYTHON" tools/render_report.py "$executed" "$report_dir" "$run_name" >/dev/null
   echo "reports: $report_dir/$run_name.html (with code), $report_dir/$run_name.no-code.html (for reviewers)"
 fi
 if [ "$status" -ne 0 ]; then

@@ -17,9 +17,10 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.postproc     section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export       section 8: Inference and post-processing (Exports)
     uni_seg.infer        section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
-    uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing)
+    uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
     uni_seg.viz          section 10: Figures
+    uni_seg.report       section 10: Figures (The run at a glance)
     uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'cli']
+__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']

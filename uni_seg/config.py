@@ -14,7 +14,7 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
     import torch
@@ -228,6 +228,48 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     if len(merged["class_weights"]) != merged["n_classes"]:
         raise ValueError(f"CLASS_WEIGHTS has {len(merged['class_weights'])} weights for N_CLASSES={merged['n_classes']}")
     return RunConfig(**merged)
+
+
+# notebook §0, cell id ebdaf316
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table: `header` cells, then one row per entry (values shown with `str`;
+    `|` escaped so a value cannot break the table)."""
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def config_table(config: Mapping[str, Any], columns: int = 3) -> str:
+    """The settings of a run (`RunConfig.as_dict()`) as a Markdown table, parameter names as
+    the notebook spells them (upper case), in the parameters' order, `columns` pairs of
+    (parameter, value) side by side so that ~60 settings fit on one screen."""
+    cells = [(f"`{name.upper()}`", f"`{value!r}`") for name, value in config.items()]
+    per_column = -(-len(cells) // columns)
+    rows = []
+    for r in range(per_column):
+        row: list[str] = []
+        for c in range(columns):
+            k = c * per_column + r
+            row += cells[k] if k < len(cells) else ("", "")
+        rows.append(row)
+    return markdown_table(("parameter", "value") * columns, rows)
+
+
+def show_markdown(text: str) -> None:
+    """Display Markdown in a notebook (rendered in Jupyter and the HTML reports, the text itself
+    in papermill's log); print it elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display({"text/markdown": text, "text/plain": text}, raw=True)
+    else:
+        print(text)
 
 
 # notebook §0, cell id c52ca8d7

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.config import write_json_atomic
+from uni_seg.config import markdown_table, write_json_atomic
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
@@ -679,3 +679,25 @@ def tune_postproc(
         table.append(dict(**s, pq=_nanmean(pqs)))
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
     return candidates[order[0]], [table[k] for k in order]
+
+
+# notebook §9 "Evaluating the trained model", cell id 6cca9442
+def metrics_table(doc: Mapping[str, Any]) -> str:
+    """The headline metrics of a `write_metrics_json` document as a Markdown table: metric,
+    pooled over the set, mean over the images; undefined values (a class absent from truth and
+    prediction) say so."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+
+    d, m = doc["dataset"], doc["per_image_mean"]
+    rows = [("PQ / SQ / RQ", f"{f(d['pq'])} / {f(d['sq'])} / {f(d['rq'])}", f"{f(m['pq'])} / {f(m['sq'])} / {f(m['rq'])}"),
+            ("precision / recall / F1 (IoU 0.5)", f"{f(d['precision'])} / {f(d['recall'])} / {f(d['f1'])}",
+             f"{f(m['precision'])} / {f(m['recall'])} / {f(m['f1'])}"),
+            ("COCO mAP@[.50:.95] / AP50 / AP75", f"{f(d['map'])} / {f(d['ap50'])} / {f(d['ap75'])}", "-"),
+            ("AJI", f(d["aji"]), f(m["aji"])),
+            ("cells true / predicted", f"{d['true_count']} / {d['pred_count']}",
+             "count error " + ("undefined" if m["count_error"] is None else
+                               f"{m['count_error']:+.2f} (mean absolute {m['count_abs_error']:.2f})"))]
+    rows += [(f"pixel IoU / Dice: {name}", f"{f(d['pixel_iou'][name])} / {f(d['pixel_dice'][name])}",
+              f"{f(m['pixel_iou'][name])} / {f(m['pixel_dice'][name])}") for name in doc["class_names"]]
+    return markdown_table(("metric", f"pooled ({doc['n_images']} images)", "per-image mean"), rows)
