@@ -69,9 +69,9 @@ from typing import Optional  # papermill reads Optional[...] annotations (not X 
 
 # --- run ---
 PROFILE: str = "demo"  # parameter set: "demo" (synthetic data, tiny ViT, CPU minutes) or "full" (Kaggle BCCD, UNI, GPU hours)
-RUN_NAME: Optional[str] = None  # name of this run in reports; None = "<profile>"
+RUN_NAME: Optional[str] = None  # name of this run in reports; None: the profile's name
 SEED: int = 42  # seed for the split, augmentation order and weight init
-N_GPUS: Optional[int] = None  # GPUs to train on; >1 trains with DistributedDataParallel; None = all visible (0 on CPU)
+N_GPUS: Optional[int] = None  # GPUs to train on; >1 trains with DistributedDataParallel; 0 trains on the CPU; None: all visible
 RESUME_TRAINING: bool = True  # continue from checkpoints/latest_phase{1,2}.pth when they exist
 # --- stages (any subset can run, e.g. evaluation only from existing checkpoints) ---
 RUN_PREPROCESS: bool = True  # build or refresh the processed cache (a no-op when it is current)
@@ -80,7 +80,7 @@ RUN_PHASE2: bool = True  # train LoRA adapters + decoder, starting from phase 1'
 RUN_EVALUATION: bool = True  # tune post-processing on val, evaluate on test, write metrics and figures
 RUN_EXPORT: bool = True  # run folder inference on test images and write label maps, CSV, GeoJSON, COCO
 # --- paths ---
-DATA_DIR: Optional[str] = None  # raw dataset root in Kaggle layout {train,test}/{original,mask}; None = profile default
+DATA_DIR: Optional[str] = None  # raw dataset root in Kaggle layout {train,test}/{original,mask}; None: the profile's
 PROCESSED_DIR: str = "data/processed"  # processed cache at the working scale
 CHECKPOINT_DIR: str = "checkpoints"  # latest/best checkpoints of both phases
 RESULTS_DIR: str = "results"  # metrics, figures, exports and reports
@@ -90,7 +90,7 @@ CROP_SIZE: Optional[int] = None  # training crop side in pixels at the working s
 VAL_FRACTION: float = 0.15  # share of the train partition held out for validation
 MIN_CELL_AREA: int = 30  # connected components smaller than this (raw pixels) are annotation specks, not cells
 SYNTHETIC_IMAGES: Optional[int] = None  # demo: number of synthetic train-partition images to generate (test gets a fifth)
-NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None = profile default
+NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None: the profile's
 # --- model ---
 BACKBONE: Optional[str] = None  # "uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"
 WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet" or "none" (random init)
@@ -130,7 +130,18 @@ TILE_OVERLAP: Optional[int] = None  # overlap between neighbouring tiles in pixe
 USE_TTA: bool = False  # test-time augmentation: average over flips and 90-degree rotations
 TUNE_POSTPROC: bool = True  # grid-search the watershed parameters on val to maximise PQ
 N_FIGURE_SAMPLES: int = 3  # test images drawn in the sample figures
-EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference; None = all
+EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference; None: all
+
+# %% [markdown]
+# A parameter given under a name the notebook does not know (`-p EPOCS_PHASE1 1`) would be
+# ignored without a word, so the names are checked first, before any work, and the closest
+# valid name is suggested. (In this notebook only parameters and library constants are
+# written in upper case.)
+
+# %%
+from uni_seg.config import check_parameter_names
+
+check_parameter_names(globals())
 
 # %% [markdown]
 # The profiles. `resolve_config` merges a profile's defaults with the parameters given
@@ -146,8 +157,10 @@ import dataclasses
 import difflib
 import importlib
 import json
+import math
 import os
 import random
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -351,7 +364,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(parameters) - fields)
     if unknown:
-        raise ValueError(f"unknown parameter(s): {', '.join(n.upper() for n in unknown)}")
+        raise ValueError(_unknown_names_message([n.upper() for n in unknown]))
     merged: dict[str, Any] = {"profile": profile, "run_name": profile, **COMMON_DEFAULTS, **PROFILES[profile]}
     merged.update({k: v for k, v in parameters.items() if v is not None})
     missing = sorted(fields - set(merged))
@@ -372,7 +385,77 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"VAL_FRACTION={merged['val_fraction']} must be in (0, 1)")
     if len(merged["class_weights"]) != merged["n_classes"]:
         raise ValueError(f"CLASS_WEIGHTS has {len(merged['class_weights'])} weights for N_CLASSES={merged['n_classes']}")
+    _check_values(merged)
     return RunConfig(**merged)
+
+
+# %% [markdown] tags=["why"]
+# Every value is checked here, in §0, before any data or model is built: a negative epoch count
+# found after an hour of preprocessing is an hour lost. All problems are named at once.
+
+# %% tags=["export"]
+#: Integer parameters and their smallest allowed value.
+_INT_AT_LEAST: dict[str, int] = dict(
+    seed=0, min_cell_area=0, synthetic_images=0, num_workers=0, n_classes=2, decoder_channels=8, lora_rank=1,
+    epochs_phase1=1, patience_phase1=1, batch_size_phase1=1, warmup_epochs=0, restart_period=1, epochs_phase2=1,
+    patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
+    crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
+#: Integer parameters that may also be None (their default), and their smallest value.
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0)
+_POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
+_NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
+_FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
+          "use_compile", "use_tta", "tune_postproc")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(merged: Mapping[str, Any]) -> None:
+    """`ValueError` naming every parameter of `merged` (lower-case names) whose value has the
+    wrong type or is out of range."""
+    problems = []
+    for name, low in {**_INT_AT_LEAST, **_OPTIONAL_INT_AT_LEAST}.items():
+        value = merged[name]
+        if value is None and name in _OPTIONAL_INT_AT_LEAST:
+            continue
+        if not _is_int(value) or value < low:
+            problems.append(f"{name.upper()}={value!r} must be an integer >= {low}")
+    for name in _POSITIVE_NUMBERS + _NON_NEGATIVE_NUMBERS:
+        value = merged[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
+            problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
+    for name in _FLAGS:
+        if not isinstance(merged[name], bool):
+            problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
+    if _is_int(merged["tile_overlap"]) and _is_int(merged["tile_size"]) and merged["tile_overlap"] >= merged["tile_size"]:
+        problems.append(f"TILE_OVERLAP={merged['tile_overlap']} must be smaller than TILE_SIZE={merged['tile_size']}")
+    if not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in merged["class_weights"]):
+        problems.append(f"CLASS_WEIGHTS={list(merged['class_weights'])} must all be numbers > 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _unknown_names_message(names: Sequence[str]) -> str:
+    known = [f.name.upper() for f in dataclasses.fields(RunConfig)]
+    hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, known, 1)) else n for n in names]
+    return (f"unknown parameter(s) {', '.join(hints)}; `papermill --help-notebook cell_instance_segmentation.ipynb` "
+            "lists them all")
+
+
+def check_parameter_names(namespace: Mapping[str, Any]) -> None:
+    """Raise `ValueError` when the notebook's namespace holds an upper-case name of a plain value
+    (what papermill injects: None, bool, number, str, list) that is neither a parameter nor a
+    constant of an imported `uni_seg` module: a mistyped parameter that would be ignored."""
+    known = {f.name.upper() for f in dataclasses.fields(RunConfig)}
+    library = set().union(*(vars(m) for name, m in list(sys.modules.items()) if name.startswith("uni_seg.")))
+    given = [name for name, value in namespace.items() if name.isupper() and not name.startswith("_")
+             and (value is None or isinstance(value, (bool, int, float, str, list, tuple)))]
+    unknown = sorted(set(given) - known - library)
+    if unknown:
+        raise ValueError(_unknown_names_message(unknown))
 
 
 # %% [markdown] tags=["why"]
@@ -441,6 +524,37 @@ def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
             raise RuntimeError(f"device={kind!r} was asked for but no GPU is visible")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def cuda_diagnosis() -> str:
+    """Why torch sees no (or fewer) GPUs, in a few words for an error message ("" when it sees some)."""
+    import torch
+
+    if torch.cuda.device_count():
+        return ""
+    if torch.version.cuda is None:
+        return f" (this torch, {torch.__version__}, is a CPU-only build)"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f" (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no GPU"
+            + (f"; CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "")
+            + ": check `nvidia-smi` and that the driver supports that CUDA version)")
+
+
+def check_training_device(profile: str, n_gpus: int | None, trains: bool, backbone: str) -> None:
+    """Refuse, before any work, a training run that would not get the GPUs it expects: `N_GPUS`
+    above the GPUs visible, or the full profile (hours of a ViT-L on a GPU) falling back to the
+    CPU because none is visible, unless `N_GPUS=0` asks for the CPU. `trains`: whether the run
+    trains at all (evaluation alone runs anywhere). `ValueError` saying what to do."""
+    if not trains:
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if n_gpus is not None and n_gpus > visible:
+        raise ValueError(f"N_GPUS={n_gpus} but {visible} GPU(s) are visible{cuda_diagnosis()}")
+    if profile == "full" and n_gpus is None and visible == 0:
+        raise ValueError(f"the full profile trains {backbone!r} on a GPU, and none is visible{cuda_diagnosis()}; "
+                         "set N_GPUS=0 to train on the CPU anyway (very slow)")
 
 
 def device_for_gpus(n_gpus: int | None) -> str:
@@ -538,6 +652,54 @@ class Factory:
 # `Settings` is what every settings object of the project shares (post-processing and inference below): built from a plain dict with an error that names an unknown key and its closest match, validated when made, saved and read as JSON.
 
 # %% tags=["export"]
+#: Errors a command line reports in one line (a file or folder missing, in the way or not
+#: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+
+
+@contextlib.contextmanager
+def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Inside a command's `main`: an error of `USER_ERRORS` + `expected` ends the command with
+    `<prog>: error: <message>` on stderr and exit status 2, no traceback; anything else (a bug)
+    keeps its traceback."""
+    try:
+        yield
+    except USER_ERRORS + tuple(expected) as error:
+        message = str(error).strip() or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
+    """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: {names[0]} {a!r}, {names[1]} {b!r}")
+    return lines
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], limit: int = 3) -> str:
+    """What keeps `given` (a state dict) from loading into a module whose state dict is
+    `expected`, in one line: tensors of another shape, missing and unexpected keys, each with
+    its count and its first `limit` names ("" when it fits). Tensors only need a `.shape`."""
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    wrong = [k for k in expected if k in given and shape(expected[k]) != shape(given[k])]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    parts = []
+    if wrong:
+        shown = ", ".join(f"{k}: file {shape(given[k])}, model {shape(expected[k])}" for k in wrong[:limit])
+        parts.append(f"{len(wrong)} tensor(s) of another shape ({shown}{', ...' if len(wrong) > limit else ''})")
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} key(s) ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})")
+    return "; ".join(parts)
+
+
 class Settings:
     """What every settings dataclass of the project shares (post-processing, inference): built
     from a plain dict with a clear error for an unknown name, turned back into one, changed by
@@ -691,13 +853,14 @@ if not (REPO_ROOT / "uni_seg").is_dir():
 _parameters = {field.name: globals()[field.name.upper()] for field in dataclasses.fields(RunConfig)
                if field.name != "profile"}
 cfg = resolve_config(PROFILE, **_parameters)
+check_training_device(cfg.profile, cfg.n_gpus, cfg.run_phase1 or cfg.run_phase2, cfg.backbone)
 seed_everything(cfg.seed)
 DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
-AMP_PRECISION = resolve_precision(cfg.precision, DEVICE)
+amp_precision = resolve_precision(cfg.precision, DEVICE)
 for folder in (cfg.checkpoint_dir, cfg.results_dir):
     folder.mkdir(parents=True, exist_ok=True)
 
-print(f"profile {cfg.profile!r}, run {cfg.run_name!r}; torch {torch.__version__} on {DEVICE} ({AMP_PRECISION}); "
+print(f"profile {cfg.profile!r}, run {cfg.run_name!r}; torch {torch.__version__} on {DEVICE} ({amp_precision}); "
       f"python {sys.version.split()[0]}")
 print(f"Hugging Face token configured: {hf_token_available()}")
 show_markdown(config_table(cfg.as_dict()))
@@ -1695,7 +1858,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.config import atomic_write
-from uni_seg.data import MASK_PALETTE, PARTITIONS, ImagePair, relabel_sequential, save_npz_atomic, write_image
+from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
+                          relabel_sequential, save_npz_atomic, write_image)
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -1963,20 +2127,44 @@ def load_synthetic_truth(image_pair: ImagePair) -> tuple[np.ndarray, np.ndarray]
         return data["inst"], data["cls"]
 
 
+# %% [markdown] tags=["why"]
+# Synthetic smears are made only where they were asked for: a mistyped `DATA_DIR` must not be
+# quietly filled with fake data and trained on.
+
+# %% tags=["export"]
+def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_given: bool,
+                          synthetic_images_given: bool) -> bool:
+    """Whether a run should (re)generate synthetic smears in `data_dir`: it wants some
+    (`synthetic_images` > 0) and asked for them there, by giving `SYNTHETIC_IMAGES` itself or by
+    leaving `DATA_DIR` at the profile's synthetic folder, or the folder holds synthetic smears
+    already. Raises `DataError` naming the folder and the layouts looked for when no dataset is
+    there and none will be made."""
+    data_dir = Path(data_dir)
+    ours = (data_dir / "synthetic.json").is_file()
+    has_dataset = partition_image_folder(data_dir, "train") is not None
+    wanted = synthetic_images > 0 and (synthetic_images_given or not data_dir_given or ours)
+    if not wanted and not has_dataset:
+        layouts = " or ".join(f"{{train,test}}/{{{images},{masks}}}" for images, masks in LAYOUTS)
+        hint = " (to generate synthetic smears there, set SYNTHETIC_IMAGES)" if data_dir_given else ""
+        raise DataError(f"DATA_DIR={str(data_dir)!r} holds no dataset: looked for {layouts}{hint}")
+    return wanted and (ours or not has_dataset)
+
+
 # %% [markdown]
 # ### This run's data
-# With `SYNTHETIC_IMAGES` > 0 (the demo profile) and no dataset at `DATA_DIR` yet, synthetic
-# smears are generated there (the test partition gets a fifth as many, at least two). Then the
-# cache is built or refreshed (`RUN_PREPROCESS`), and the split table is printed from it.
+# Synthetic smears are generated where they were asked for (the demo profile's own folder, or
+# any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
+# least two); a `DATA_DIR` that holds no dataset otherwise stops the run here, naming it. Then
+# the cache is built or refreshed (`RUN_PREPROCESS`), and the split table is printed from it.
 
 # %%
 from uni_seg.config import show_markdown
 from uni_seg.data import (build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed,
                           partition_image_folder)
-from uni_seg.synthetic import generate_synthetic_dataset
+from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted
 
-_has_dataset = partition_image_folder(cfg.data_dir, "train") is not None
-if cfg.synthetic_images > 0 and (not _has_dataset or (cfg.data_dir / "synthetic.json").is_file()):
+# DATA_DIR and SYNTHETIC_IMAGES are None when they were not given (the profile's values apply)
+if synthetic_data_wanted(cfg.data_dir, cfg.synthetic_images, DATA_DIR is not None, SYNTHETIC_IMAGES is not None):
     _n_test = max(2, round(cfg.synthetic_images / 5))
     generate_synthetic_dataset(cfg.data_dir, cfg.synthetic_images, _n_test, seed=cfg.seed)
     print(f"synthetic smears in {cfg.data_dir}: {cfg.synthetic_images} train + {_n_test} test")
@@ -3638,6 +3826,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -3646,7 +3835,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory, atomic_open
+from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
@@ -3700,15 +3889,14 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     pickle, a foreign state dict), or is damaged.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (e.g. {path / 'best_phase2.pth'})")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for damage
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        reason = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
-        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint (refused without unpickling: "
-                              f"{reason[:300]})") from None
+        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {_refusal_reason(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a uni_seg checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
                               "was it written by another program?")
@@ -3718,19 +3906,33 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
+def _refusal_reason(error: BaseException) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line. torch's
+    own message is long, and its first advice (load with weights_only=False) would run
+    whatever code the file holds: never repeat it."""
+    text = str(error)
+    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
+        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
+                "(refused without unpickling: none of its code ran)")
+    if "WeightsUnpickler error:" in text:
+        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
+                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
+        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "the file is empty or ends early (cut short while it was copied or written?)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
+    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
+                                                                                           "Check the documentation"))),
+                 type(error).__name__)
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return f"a damaged or cut-short PyTorch file ({first})"
+    return f"{type(error).__name__}: {first[:200]}"
+
+
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """`model.config` as JSON-like values (tuples -> lists), without a "weights" key."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "weights"}, default=str))
-
-
-def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lines 'key: checkpoint X, this run Y' for every key whose values differ."""
-    lines = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if a != b:
-            lines.append(f"{key}: checkpoint {a!r}, this run {b!r}")
-    return lines
 
 
 def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, model_config: Mapping[str, Any],
@@ -3757,20 +3959,21 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
     "working_scale", "weights_source", "phase", "epoch", "best_val_loss", "best_epoch",
-    "history" and "path".
+    "history", "checkpoint_id" (what tuned post-processing parameters are matched against)
+    and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
     if "verbose" in inspect.signature(factory.resolve()).parameters:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next
     model = factory.build()
-    try:
-        model.load_state_dict(ckpt["model_state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes ({exc})") from None
+    problems = state_dict_mismatch(model.state_dict(), ckpt["model_state_dict"])
+    if problems:
+        raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
+    model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "phase", "epoch",
-                                      "best_val_loss", "best_epoch", "history")}
+                                      "best_val_loss", "best_epoch", "history", "checkpoint_id")}
     meta["path"] = Path(path)
     return model, meta
 
@@ -4600,7 +4803,10 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -4609,7 +4815,8 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import Factory, resolve_config, resolve_device
+from uni_seg.config import Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config, resolve_device
+from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 
@@ -4630,9 +4837,24 @@ def env_world() -> tuple[int, int, int] | None:
     return None
 
 
+def rank_gpu(local_rank: int) -> int:
+    """The GPU index of a rank on its node: `local_rank` when the task sees every GPU of the node,
+    0 when it sees only its own (SLURM's `--gpus-per-task=1` binds one GPU per task).
+    `RuntimeError` naming what is visible when neither holds."""
+    visible = torch.cuda.device_count()
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise RuntimeError(f"LOCAL_RANK={local_rank} but this task sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES={shown}): "
+                       "give each task one GPU (--gpus-per-task=1) or all of the node's")
+
+
 def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: str) -> DistContext:
     """Join the process group (NCCL on GPUs, gloo on CPUs) through MASTER_ADDR/MASTER_PORT."""
-    device = resolve_device(device_kind, local_rank)
+    on_gpu = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
+    device = resolve_device(device_kind, rank_gpu(local_rank) if on_gpu else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -4649,7 +4871,32 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
 # `launch_training` trains in this process, or spawns one DDP rank per GPU (CPU processes on gloo in the tests).
 
 # %% tags=["export"]
+def _exit_with_parent() -> None:
+    """End this process when the process that spawned it dies (a rank must not train on, holding
+    a GPU, after the notebook or job that started it was killed). On Linux the kernel sends
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
+    _exit_with_parent()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     ctx = init_distributed(rank, world_size, rank, spec.device)
@@ -4676,8 +4923,8 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
         n_gpus = torch.cuda.device_count() if spec.device != "cpu" else 1
     if n_gpus <= 1:
         return train_phase(spec, model=model)
-    if resolve_device(spec.device).type == "cuda" and torch.cuda.device_count() < n_gpus:
-        raise ValueError(f"N_GPUS={n_gpus} but only {torch.cuda.device_count()} GPU(s) are visible")
+    if spec.device != "cpu" and torch.cuda.device_count() < n_gpus:  # several CPU processes only when asked for
+        raise ValueError(f"N_GPUS={n_gpus} but {torch.cuda.device_count()} GPU(s) are visible{cuda_diagnosis()}")
     print(f"phase {spec.phase.phase}: DistributedDataParallel on {n_gpus} processes "
           f"({'GPUs' if resolve_device(spec.device).type == 'cuda' else 'CPU, gloo'})", flush=True)
     import torch.multiprocessing as mp
@@ -4786,22 +5033,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -
         n_default = None
     else:
         params = {name.lower(): _parse_value(value) for name, value in args.param}
-        cfg = resolve_config(args.profile, **params)
+        profile = params.pop("profile", args.profile)  # -p PROFILE x, as papermill takes it, is --profile x
+        try:  # every parameter is checked before any work
+            cfg = resolve_config(profile, **params)
+            if env_world() is None:  # under srun/torchrun each task sees its own GPU; N_GPUS does not apply
+                check_training_device(cfg.profile, cfg.n_gpus if args.nproc is None else args.nproc, True, cfg.backbone)
+        except ValueError as error:
+            parser.error(str(error))
         phases = [1, 2] if args.phase == "both" else [int(args.phase)]
         specs = [spec_from_config(cfg, ph, device=args.device, progress=not args.no_progress) for ph in phases]
         n_default = cfg.n_gpus
     if args.no_progress:
         specs = [dataclasses.replace(s, progress=False) for s in specs]
     world = env_world()
-    for spec in specs:
-        if world is not None and world[1] > 1:  # torchrun / srun: this process is one rank
-            rank, world_size, local_rank = world
-            ctx = init_distributed(rank, world_size, local_rank, spec.device)
-            train_phase(spec, ctx=ctx)
-            dist.barrier()
-        else:
-            n = args.nproc if args.nproc is not None else n_default
-            launch_training(spec, n)
+    with errors_as_messages(prog, (CheckpointError, DataError, TrainingDivergedError)):
+        for spec in specs:
+            if world is not None and world[1] > 1:  # torchrun / srun: this process is one rank
+                rank, world_size, local_rank = world
+                ctx = init_distributed(rank, world_size, local_rank, spec.device)
+                train_phase(spec, ctx=ctx)
+                dist.barrier()
+            else:
+                n = args.nproc if args.nproc is not None else n_default
+                launch_training(spec, n)
     if dist.is_initialized():
         dist.destroy_process_group()
 
@@ -4859,12 +5113,12 @@ from IPython.display import Image, display
 
 from uni_seg.train import launch_training, spec_from_config
 
-N_TRAIN_PROCESSES = cfg.n_gpus if cfg.n_gpus is not None else torch.cuda.device_count()
+n_train_processes = cfg.n_gpus if cfg.n_gpus is not None else torch.cuda.device_count()
 spec_phase1 = spec_from_config(cfg, phase=1)
 print(spec_phase1.phase)
 if cfg.run_phase1:
     # One process trains the model built in §3 in place (no second download of its weights).
-    result_phase1 = launch_training(spec_phase1, N_TRAIN_PROCESSES, model=model if N_TRAIN_PROCESSES <= 1 else None)
+    result_phase1 = launch_training(spec_phase1, n_train_processes, model=model if n_train_processes <= 1 else None)
     print(f"phase 1: {result_phase1.epochs_done} epochs ({result_phase1.stop_reason}); best val loss "
           f"{result_phase1.best_val_loss:.4f} at epoch {result_phase1.best_epoch} -> {result_phase1.best_checkpoint}")
     display(Image(filename=str(result_phase1.curves_path)))
@@ -4894,7 +5148,7 @@ from uni_seg.checkpoints import load_model_from_checkpoint
 spec_phase2 = spec_from_config(cfg, phase=2)
 print(spec_phase2.phase)
 if cfg.run_phase2:
-    result_phase2 = launch_training(spec_phase2, N_TRAIN_PROCESSES)
+    result_phase2 = launch_training(spec_phase2, n_train_processes)
     print(f"phase 2: {result_phase2.epochs_done} epochs ({result_phase2.stop_reason}); best val loss "
           f"{result_phase2.best_val_loss:.4f} at epoch {result_phase2.best_epoch} -> {result_phase2.best_checkpoint}")
     display(Image(filename=str(result_phase2.curves_path)))
@@ -5493,11 +5747,15 @@ class SplitPrediction:
 # needs the metrics) and read back here; without it the defaults above apply.
 
 # %% tags=["export"]
-def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None, **extra: Any) -> Path:
-    """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
-    (results/postproc_params.json) atomically (temp file + rename)."""
+def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None,
+                         tuned_for: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+    """Write `{"params": {...}, "score": {"pq": score}, "tuned_for": {...}, "created": ...,
+    **extra}` to `path` (results/postproc_params.json) atomically. `tuned_for` names the model
+    the parameters were tuned for: {"checkpoint": path, "checkpoint_id": its id}, which
+    `select_postproc` checks before using them for another model."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)), created=created, **extra)
+    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)),
+               tuned_for=dict(tuned_for) if tuned_for else None, created=created, **extra)
     return write_json_atomic(path, doc)
 
 
@@ -5523,6 +5781,35 @@ def read_postproc_document(path: str | Path) -> tuple[PostprocParams, dict[str, 
 def load_postproc_params(path: str | Path) -> PostprocParams:
     """The `PostprocParams` saved by `save_postproc_params` (errors as `read_postproc_document`)."""
     return read_postproc_document(path)[0]
+
+
+def select_postproc(explicit: str | Path | None, default: str | Path | None,
+                    checkpoint_id: str | None) -> tuple[PostprocParams, str]:
+    """The post-processing parameters for a model, and one line saying which and from where.
+
+    `explicit` (a file the user named) is used as given, with a warning in the line when it
+    was tuned for another checkpoint. `default` (e.g. results/postproc_params.json) is used only
+    when it says it was tuned for this checkpoint (`checkpoint_id`); otherwise the defaults
+    are, and the line says why. `FileNotFoundError` when `explicit` does not exist.
+    """
+    def tuned_for(doc: Mapping[str, Any]) -> str | None:
+        return (doc.get("tuned_for") or {}).get("checkpoint_id")
+
+    if explicit is not None:
+        params, doc = read_postproc_document(explicit)
+        other = tuned_for(doc)
+        note = ("" if other == checkpoint_id and other is not None else
+                " (WARNING: it does not say which checkpoint it was tuned for)" if other is None else
+                f" (WARNING: tuned for another checkpoint, {doc['tuned_for'].get('checkpoint')})")
+        return params, f"post-processing: {explicit}, as asked{note}"
+    if default is None or not Path(default).is_file():
+        return DEFAULT_POSTPROC_PARAMS, f"post-processing: the defaults ({default} not found)"
+    params, doc = read_postproc_document(default)
+    if checkpoint_id is not None and tuned_for(doc) == checkpoint_id:
+        return params, f"post-processing: {default}, tuned for this checkpoint"
+    why = "does not say which checkpoint it was tuned for" if tuned_for(doc) is None else "was tuned for another checkpoint"
+    return DEFAULT_POSTPROC_PARAMS, (f"post-processing: the defaults ({default} {why}; pass it with --postproc to "
+                                     "use it anyway)")
 
 
 # %% [markdown]
@@ -5630,8 +5917,13 @@ print("class by cell:", demo_classes[1:].tolist(), "scores:", [round(float(v), 2
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime
+import errno
 import json
+import os
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -5639,12 +5931,14 @@ from typing import Any
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import regionprops_table
+from skimage.measure import find_contours, regionprops_table
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
-from uni_seg.config import atomic_open, atomic_write
-from uni_seg.data import CLASS_DISPLAY_COLOURS, CLASS_NAMES, check_rgb_image, class_colour, class_name, write_image
+from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
+                            write_json_atomic)
+from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour,
+                          class_name, read_mask, write_image)
 from uni_seg.postproc import Segmentation
 
 
@@ -5769,32 +6063,54 @@ def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
 # Outlines: polygons for GeoJSON, and the boundary pixels drawn in an overlay.
 
 # %% tags=["export"]
-def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[float]]]]:
-    """Outline polygon(s) of every cell: {id: [ring, ...]}, each ring [[x, y], ...] closed.
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed (row, col) ring: > 0 for an outline, < 0 for a hole's (the
+    orientation `find_contours` gives them)."""
+    y, x = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
 
-    From `cv2.findContours` (external contours, so holes are not kept) on each cell's
-    bounding box; coordinates are image pixels with the pixel centre at +0.5 (QuPath's
-    convention), so an outline passes through the centres of the cell's boundary pixels. A
-    cell too thin for a contour of 3 points gets its bounding-box rectangle.
+
+def _without_collinear(ring: np.ndarray) -> np.ndarray:
+    """A closed ring (first point = last) without the vertices that lie exactly on the line
+    through their neighbours (marching squares puts one on every pixel edge crossed)."""
+    points = ring[:-1]
+    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    kept = points[np.abs(turn) > 1e-9]
+    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
+
+
+def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[list[float]]]]]:
+    """The outline of every cell as valid polygons: {id: [polygon, ...]}, one polygon per
+    separate piece of the cell, each `[shell, hole, ...]`, each ring [[x, y], ...] closed.
+
+    Marching squares (`skimage.measure.find_contours` at level 0.5 on each cell's bounding
+    box) rather than OpenCV's pixel-centre tracing, because a traced outline passes twice
+    through a pixel where the cell is pinched to a diagonal contact, and such a ring touches
+    itself: an invalid polygon that QuPath repairs or drops. The iso-line never touches itself
+    (`fully_connected="high"` keeps diagonal neighbours in one piece, as the cells' 8-connected
+    labelling does), follows the pixel edges with the corners cut, and keeps holes as interior
+    rings. Coordinates are image pixels with the pixel centre at +0.5 (QuPath's convention);
+    vertices exactly on a straight run are dropped.
     """
     inst = np.asarray(inst)
-    out: dict[int, list[list[list[float]]]] = {}
+    out: dict[int, list[list[list[list[float]]]]] = {}
     for index, box in enumerate(ndi.find_objects(inst)):
         if box is None:
             continue
         cell = index + 1
-        r0, c0 = box[0].start, box[1].start
-        crop = np.pad((inst[box] == cell).astype(np.uint8), 1)
-        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        rings = []
-        for contour in contours:
-            points = contour[:, 0, :].astype(np.float64) + (c0 - 1 + 0.5, r0 - 1 + 0.5)
-            if len(points) >= 3:
-                rings.append(np.vstack([points, points[:1]]).round(2).tolist())
-        if not rings:
-            x0, y0, x1, y1 = c0, r0, box[1].stop, box[0].stop
-            rings = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
-        out[cell] = rings
+        offset = np.array([box[0].start - 1 + 0.5, box[1].start - 1 + 0.5])  # (row, col) of the padded crop's origin
+        crop = np.pad((inst[box] == cell).astype(np.float32), 1)
+        rings = [_without_collinear(c) for c in find_contours(crop, 0.5, fully_connected="high")]
+        shells = [r for r in rings if _signed_area(r) > 0]
+        holes = [r for r in rings if _signed_area(r) < 0]
+        polygons = [[s] for s in sorted(shells, key=_signed_area, reverse=True)]
+        for hole in holes:  # each hole belongs to the smallest shell around it
+            inside = [k for k, p in enumerate(polygons)
+                      if cv2.pointPolygonTest(p[0][:, ::-1].astype(np.float32), (float(hole[0, 1]), float(hole[0, 0])), False) > 0]
+            if inside:
+                polygons[min(inside, key=lambda k: _signed_area(polygons[k][0]))].append(hole)
+        out[cell] = [[((ring + offset)[:, ::-1]).round(2).tolist() for ring in polygon] for polygon in polygons]
     return out
 
 
@@ -5917,9 +6233,9 @@ def cells_geojson(
     numeric = [c for c in table if c not in ("id", "class")]
     features = []
     for row, cell in enumerate(np.asarray(table["id"]).tolist()):
-        rings = polygons[cell]
-        geometry = {"type": "Polygon", "coordinates": [rings[0]]} if len(rings) == 1 else {
-            "type": "MultiPolygon", "coordinates": [[ring] for ring in rings]}
+        pieces = polygons[cell]
+        geometry = {"type": "Polygon", "coordinates": pieces[0]} if len(pieces) == 1 else {
+            "type": "MultiPolygon", "coordinates": pieces}
         cls = int(table["class_id"][row])
         measurements = {name: float(table[name][row]) for name in numeric}
         measurements["cell_id"] = cell
@@ -5992,6 +6308,188 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
 
 
 # %% [markdown]
+# **One run per output folder.** Folder inference writes four files per image and two per
+# folder, and a run record, `run.json`: what produced the folder (checkpoint, settings,
+# post-processing and where it came from), whether it finished, and which inputs were left out
+# and why. Every input gets its own export name, whatever the file names (`good.png`,
+# `good.jpg` and `good_png.png` become `good_png`, `good_jpg` and `good_png-2`; `summary.csv`
+# maps each input to its name). A folder that already holds files is refused unless the user
+# says what to do: `--overwrite` removes an earlier run's outputs first, `--resume` finishes an
+# interrupted run (same checkpoint, settings and input) and redoes only the images whose files
+# are not all there. The folder-level files are removed when a run starts and written at its
+# end, so a killed run never leaves the previous run's summary beside its own images.
+
+# %% tags=["export"]
+#: The files `export_segmentation` writes for an image exported as <name>.
+IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_overlay.png", "_cells.csv", "_cells.geojson")
+#: The folder-level files, written when a run ends.
+FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
+RUN_RECORD = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderPlan:
+    """What folder inference will read: `images` (input file, export name) in sorted order,
+    `skipped` (entry, why it is not read: a folder named like an image, a broken or looping
+    link, an unreadable entry) and `ignored`, the number of files that are not images."""
+
+    images: list[tuple[Path, str]]
+    skipped: list[tuple[Path, str]]
+    ignored: int
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """A distinct export name per input file: its stem; `<stem>_<suffix>` where two inputs
+    share a stem; `-2`, `-3`, ... after any name still taken (compared case-insensitively, as
+    macOS and Windows file systems do). Deterministic for a sorted list."""
+    stems = Counter(p.stem.casefold() for p in files)
+    names, taken = [], set()
+    for p in files:
+        base = p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, k = base, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why an entry with an image suffix cannot be read as an image file, or None."""
+    try:
+        if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    return f"symbolic link loop (it points to {os.readlink(path)}, which leads back to itself)"
+                return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
+        if path.is_dir():
+            return "a folder, not an image file"
+        if not path.is_file():
+            return "not a regular file"
+    except OSError as error:  # a link loop (ELOOP), a permission problem
+        return f"cannot be read ({error.strerror or error})"
+    return None
+
+
+def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
+    """The images directly in `input_dir` (by `IMAGE_SUFFIXES`, case-insensitive), at most
+    `limit`, with their export names, and every entry left out and why.
+    `FileNotFoundError`/`NotADirectoryError` naming the folder when it is not one."""
+    input_dir = Path(input_dir)
+    if not input_dir.exists():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    if not input_dir.is_dir():
+        raise NotADirectoryError(f"input {input_dir} is a file, not a folder of images")
+    images, skipped, ignored = [], [], 0
+    for entry in sorted(input_dir.iterdir()):
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            ignored += 1
+            continue
+        problem = _entry_problem(entry)
+        if problem:
+            skipped.append((entry, problem))
+        else:
+            images.append(entry)
+    images = images[:limit] if limit is not None else images
+    return FolderPlan(list(zip(images, output_names(images))), skipped, ignored)
+
+
+# %% [markdown] tags=["why"]
+# Starting a run in an output folder: refuse, overwrite or resume, as the user asked; and
+# finishing it.
+
+# %% tags=["export"]
+def earlier_outputs(output_dir: Path) -> list[Path]:
+    """The files an earlier folder inference wrote into `output_dir` (by their names)."""
+    names = (*FOLDER_EXPORTS, RUN_RECORD)
+    return sorted(p for p in output_dir.iterdir() if p.is_file() and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES)))
+
+
+def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
+              resume: bool = False) -> set[str]:
+    """Prepare `output_dir` for a run described by `record` (JSON-ready: checkpoint, settings,
+    post-processing, input) and write its run record with status "running". Returns the export
+    names already complete (all of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an
+    empty set.
+
+    A non-empty folder is refused (`FileExistsError` saying what to pass) unless `overwrite`
+    (an earlier run's files are removed; anything else is left alone) or `resume` (the earlier
+    record must describe the same run: `ValueError` naming every difference otherwise). The
+    folder-level files are removed either way, so they only ever describe a finished run.
+    """
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume exclude each other: replace the earlier run, or finish it")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    present = sorted(output_dir.iterdir())
+    done: set[str] = set()
+    if resume:
+        previous_path = output_dir / RUN_RECORD
+        if not previous_path.is_file():
+            raise FileNotFoundError(f"--resume: {output_dir} holds no {RUN_RECORD}, so there is no run to finish")
+        previous = json.loads(previous_path.read_text())
+        keys = ("checkpoint", "settings", "postproc", "input")
+        diffs = describe_differences({k: previous.get(k) for k in keys}, {k: record.get(k) for k in keys},
+                                     names=("earlier run", "this run"))
+        if diffs:
+            raise ValueError(f"--resume: {output_dir} holds another run: " + "; ".join(diffs)
+                             + ". Use --overwrite to replace it, or another --output folder")
+        names = {p.name[: -len(s)] for p in present for s in IMAGE_EXPORT_SUFFIXES if p.name.endswith(s)}
+        done = {n for n in names if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+    elif overwrite:
+        for path in earlier_outputs(output_dir):
+            path.unlink()
+    elif present:
+        shown = ", ".join(p.name for p in present[:3]) + (", ..." if len(present) > 3 else "")
+        raise FileExistsError(f"output folder {output_dir} is not empty ({len(present)} entries: {shown}); pass "
+                              "--overwrite to replace an earlier run's outputs, or --resume to finish an interrupted run")
+    for name in FOLDER_EXPORTS:
+        (output_dir / name).unlink(missing_ok=True)
+    write_json_atomic(output_dir / RUN_RECORD, {**record, "status": "running", "started": _now(), "resumed": len(done)})
+    return done
+
+
+def finish_run(output_dir: str | Path, **outcome: Any) -> Path:
+    """Mark the run in `output_dir` finished ("complete"), with `outcome` (counts, skipped
+    entries, failures) added to its record; returns the record's path."""
+    path = Path(output_dir) / RUN_RECORD
+    record = json.loads(path.read_text())
+    return write_json_atomic(path, {**record, **outcome, "status": "complete", "finished": _now()})
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# %% [markdown] tags=["why"]
+# A resumed run reads back the images it finished before: the label map and the per-cell table
+# hold everything the folder-level files need.
+
+# %% tags=["export"]
+def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inst int32 (H, W), classes int64 (N + 1,), scores float32 (N + 1,)) of an image that
+    `export_segmentation` wrote as `name` into `output_dir`; `DataError` naming a file that
+    cannot be read."""
+    inst = read_mask(Path(output_dir) / f"{name}_instances.png").astype(np.int32)
+    table_path = Path(output_dir) / f"{name}_cells.csv"
+    with open(table_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    n = int(inst.max(initial=0))
+    classes, scores = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.float32)
+    try:
+        for row in rows:
+            cell = int(row["id"])
+            classes[cell], scores[cell] = int(row["class_id"]), float(row["score"])
+    except (KeyError, ValueError, IndexError) as error:
+        raise DataError(f"{table_path}: not a cell table of this label map ({type(error).__name__}: {error})") from None
+    return inst, classes, scores
+
+
+# %% [markdown]
 # ### Tiled inference on full-size images (`uni_seg.infer`)
 #
 # The model was trained on crops at the working scale; a smear photograph is larger (BCCD:
@@ -6020,7 +6518,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -6028,10 +6526,12 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
-from uni_seg.export import coco_annotations, export_segmentation, write_csv
-from uni_seg.postproc import PostprocParams, Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
+                            write_csv)
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_from_maps,
+                              select_postproc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -6338,12 +6838,14 @@ def segment_image(
 # %% tags=["export"]
 @dataclasses.dataclass
 class FolderReport:
-    """What `run_folder_inference` did: per-image rows of the summary, failures, files written."""
+    """What `run_folder_inference` did: per-input rows of the summary (images and skipped
+    entries), failures by file name, the files written."""
 
     rows: list[dict[str, Any]]
     failed: dict[str, str]
     coco_path: Path
     summary_path: Path
+    record_path: Path
 
     @property
     def n_ok(self) -> int:
@@ -6351,16 +6853,21 @@ class FolderReport:
 
 
 def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
-    """Image files directly in `input_dir` (by `IMAGE_SUFFIXES`), sorted, at most `limit`."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return files[:limit] if limit is not None else files
+    """Image files directly in `input_dir` (by `IMAGE_SUFFIXES`), sorted, at most `limit`
+    (`plan_folder`'s images, without their export names)."""
+    return [path for path, _ in plan_folder(input_dir, limit).images]
+
+
+def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
+                           "n_cells": ""}
+    row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
+    return row
 
 
 # %% [markdown] tags=["why"]
-# `run_folder_inference` segments and exports each image in turn; one that fails is reported and skipped.
+# `run_folder_inference` segments and exports each image in turn (or reads back one a resumed
+# run finished before); one that fails is reported and skipped.
 
 # %% tags=["export"]
 def run_folder_inference(
@@ -6373,23 +6880,31 @@ def run_folder_inference(
     class_names: Sequence[str] = CLASS_NAMES,
     object_type: str = "detection",
     progress: bool = True,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
-    Per image see `export_segmentation`; per folder `coco_instances.json` (COCO instances with
-    RLE masks and a `score` per annotation; its "annotations" list is also a valid COCO
-    results file) and `summary.csv` (image, status, error, width, height, n_cells and a count
-    per class). Images that fail (unreadable, or any error while segmenting) are reported on
-    stderr, listed in the summary with their error, and skipped. `settings` and `postproc` as
-    in `segment_image`.
+    Per image see `export_segmentation` (file names from `plan_folder`: distinct whatever the
+    inputs are called); per folder `coco_instances.json` (COCO instances with RLE masks and a
+    `score` per annotation; its "annotations" list is also a valid COCO results file),
+    `summary.csv` (image, export name, status ok/failed/skipped, error, width, height, n_cells
+    and a count per class; entries left out are listed with the reason) and `run.json` (see
+    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
+    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
+    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
+    into the run record, and a resumed run must have the same.
     """
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = list_images(input_dir, limit)
-    stems = [p.stem for p in files]
-    names = [p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
+    plan = plan_folder(input_dir, limit)
+    postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
+              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
+    done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
     n_classes = len(class_names)
     coco: dict[str, Any] = {
         "info": {"description": "uni_seg cell instances", "version": "1.0"},
@@ -6398,18 +6913,21 @@ def run_folder_inference(
     }
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
-    for path, name in zip(tqdm(files, desc="segmenting", unit="image", disable=not progress), names):
-        row: dict[str, Any] = {"image": path.name, "status": "ok", "error": "", "width": "", "height": "", "n_cells": ""}
-        row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, n_classes)})
+    for path, name in tqdm(plan.images, desc="segmenting", unit="image", disable=not progress):
+        row = _summary_row(path, name, class_names)
         try:
-            image = read_image(path)
-            seg = segment_image(model, image, settings, postproc, keep_maps=False)
-            export_segmentation(output_dir, name, image, seg, class_names, object_type)
+            if name in done:  # finished by the run this one resumes
+                inst, classes, scores = read_exported_image(output_dir, name)
+            else:
+                image = read_image(path)
+                seg = segment_image(model, image, settings, postproc, keep_maps=False)
+                export_segmentation(output_dir, name, image, seg, class_names, object_type)
+                inst, classes, scores = seg.inst, seg.classes, seg.scores
             image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-            coco["annotations"] += coco_annotations(seg.inst, seg.classes, seg.scores, image_id, len(coco["annotations"]) + 1)
-            counts = np.bincount(seg.classes[1:], minlength=n_classes)
-            row.update(width=image.shape[1], height=image.shape[0], n_cells=seg.n_cells)
+            coco["images"].append({"id": image_id, "file_name": path.name, "height": inst.shape[0], "width": inst.shape[1]})
+            coco["annotations"] += coco_annotations(inst, classes, scores, image_id, len(coco["annotations"]) + 1)
+            counts = np.bincount(classes[1:], minlength=n_classes)
+            row.update(width=inst.shape[1], height=inst.shape[0], n_cells=len(classes) - 1)
             row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, n_classes)})
         except Exception as error:  # one bad image must not stop the folder
             message = f"{type(error).__name__}: {error}"
@@ -6417,10 +6935,15 @@ def run_folder_inference(
             row.update(status="failed", error=message)
             tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
         rows.append(row)
+    for entry, why in plan.skipped:
+        rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
+        print(f"left out {entry}: {why}", file=sys.stderr)
     coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
-    columns = {key: [r[key] for r in rows] for key in (rows[0] if rows else {"image": [], "status": [], "error": []})}
-    summary_path = write_csv(output_dir / "summary.csv", columns)
-    return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path)
+    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
+    record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
+                             resumed=len(done & {n for _, n in plan.images}), failed=failed,
+                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored)
+    return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
 
 
 # %% [markdown] tags=["why"]
@@ -6475,29 +6998,33 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
     return model.eval(), meta
 
 
-def _read_postproc(path: Path | None, explicit: bool) -> PostprocParams | None:
-    if path is None or (not explicit and not Path(path).exists()):
-        print(f"post-processing: defaults ({path} not found)", file=sys.stderr)
-        return None
-    if not Path(path).exists():
-        raise FileNotFoundError(f"--postproc {path} does not exist")
-    return load_postproc_params(path)
+# %% [markdown] tags=["why"]
+# The command line checks every option before it loads anything, says in its first lines what
+# it runs with (model, settings, which post-processing and from where), and reports the errors
+# a user can fix in one line.
 
-
+# %% tags=["export"]
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
     """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
     import argparse
 
+    from uni_seg.checkpoints import CheckpointError
+    from uni_seg.data import DataError
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Segment and classify the cells of every image in a folder; write label maps, "
-        "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON and a summary CSV.",
+        "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created)")
-    parser.add_argument("--postproc", type=Path, default=None,
-                        help="post-processing parameters JSON (default: results/postproc_params.json if present)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
+                        "unless --overwrite or --resume)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --output")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (same checkpoint, "
+                        "settings and input): only images whose files are missing are segmented")
+    parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
+                        "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
     parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
     parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
@@ -6511,31 +7038,50 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    try:  # every option is checked before anything is loaded
+    # Every option is checked before anything is loaded or any image read.
+    try:
         settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
                                      tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
                                      batch_size=args.batch_size, precision=args.precision, device=args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    device = resolve_device(args.device)
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} does not exist")
-    postproc = _read_postproc(args.postproc or Path("results/postproc_params.json"), explicit=args.postproc is not None)
-    model, meta = load_inference_model(args.checkpoint, device)
-    if args.working_scale is None:
-        settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
-    n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
-    names = tuple(class_name(c) for c in range(n_classes))
-    _, precision = settings.placement(model)
-    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale "
-          f"{settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, TTA {'on' if settings.tta else 'off'}",
-          file=sys.stderr)
-    report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                  args.object_type, progress=not args.no_progress)
-    if not report.rows:
+    except ValueError as error:  # name the option, not the settings field
+        field = str(error).split("=", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {error}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit={args.limit} must be >= 1")
+    if args.overwrite and args.resume:
+        parser.error("--overwrite and --resume exclude each other")
+    with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
+        if args.checkpoint.is_dir():
+            raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
+                                    "(e.g. checkpoints/best_phase2.pth)")
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+        plan_folder(args.input)  # the input folder exists and is a folder
+        device = resolve_device(args.device)
+        model, meta = load_inference_model(args.checkpoint, device)
+        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
+                                                  meta.get("checkpoint_id"))
+        if args.working_scale is None:
+            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
+        names = tuple(class_name(c) for c in range(n_classes))
+        _, precision = settings.placement(model)
+        print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
+              f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
+              f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
+        print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
+                      "postproc_source": postproc_line}
+        report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
+                                      args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
+                                      resume=args.resume, provenance=provenance)
+    n_images = sum(r["status"] != "skipped" for r in report.rows)
+    if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
-    print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)
-    if report.failed or not report.rows:
+    skipped = len(report.rows) - n_images
+    print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed, {skipped} entr{'y' if skipped == 1 else 'ies'} "
+          f"left out; summary: {report.summary_path}", file=sys.stderr)
+    if report.failed or not n_images:
         raise SystemExit(1)
 
 
@@ -7372,34 +7918,37 @@ print(METRICS_SCHEMA_DOC)
 #
 # The watershed's parameters are tuned on the **validation** images (never on test): the model's
 # maps for each validation image are computed once, and the grid search re-runs only the
-# post-processing. The best parameters go to `results/postproc_params.json`, which evaluation,
-# the figures and folder inference all read. The test images are then predicted whole (tiled,
+# post-processing. The best parameters go to `results/postproc_params.json`, with the id of the
+# checkpoint they were tuned for; evaluation and the figures use them, and a later run (or
+# `uni-seg infer`) reads them back only for that checkpoint: parameters tuned for one model
+# say nothing about another. The test images are then predicted whole (tiled,
 # at the working scale, the same resolution the cache holds their true instances at) and every
 # metric is written to `results/metrics.json`.
 
 # %%
 from uni_seg.data import load_manifest
 from uni_seg.infer import predict_split
-from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
+from uni_seg.postproc import save_postproc_params, select_postproc
 from uni_seg.metrics import evaluate_split, tune_postproc, write_metrics_json
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
+_checkpoint_id = (checkpoint_meta or {}).get("checkpoint_id")  # what the tuned parameters are for
 test_predictions = None
 if cfg.run_evaluation and cfg.tune_postproc:
     _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True)
     POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
                                             [p.true_inst for p in _val])
-    save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)")
-    _source = f"tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), saved to {POSTPROC_PATH}"
+    save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
+                         tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
+    _source = (f"post-processing: tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), "
+               f"saved to {POSTPROC_PATH}")
     print("top settings:")
     for _row in _table[:5]:
         print("  ", _row)
     del _val
-elif POSTPROC_PATH.exists():
-    POSTPROC_PARAMS, _source = load_postproc_params(POSTPROC_PATH), f"read from {POSTPROC_PATH}"
-else:
-    POSTPROC_PARAMS, _source = DEFAULT_POSTPROC_PARAMS, "the defaults (nothing tuned)"
-print(f"post-processing parameters, {_source}: {POSTPROC_PARAMS}")
+else:  # tuned by an earlier run: only if for this checkpoint
+    POSTPROC_PARAMS, _source = select_postproc(None, POSTPROC_PATH, _checkpoint_id)
+print(f"{_source}: {POSTPROC_PARAMS}")
 
 # %%
 if cfg.run_evaluation:
@@ -7793,7 +8342,7 @@ if cfg.run_export and "model" in globals():
         print(f"no test images under {cfg.data_dir}/test: skipping the export")
     else:
         export_report = run_folder_inference(model, _test_dir, cfg.results_dir / "exports", INFERENCE, POSTPROC_PARAMS,
-                                             limit=cfg.export_images, progress=False)
+                                             limit=cfg.export_images, progress=False, overwrite=True)
         print(f"exported {export_report.n_ok} image(s) to {cfg.results_dir / 'exports'}; "
               f"failed: {export_report.failed or 'none'}")
         print(Path(export_report.summary_path).read_text())

@@ -16,10 +16,14 @@ cd "${SLURM_SUBMIT_DIR:-$(dirname "$(readlink -f "$0")")}"
 RUN_NAME=${RUN_NAME:-train}
 PROFILE=${PROFILE:-full}
 RESUME_TRAINING=${RESUME_TRAINING:-True}
+N_GPUS=${N_GPUS:-1}   # the GPU granted above (--gres=gpu:1); N_GPUS=0 trains on the CPU
+# DataLoader workers: the CPUs SLURM granted (--cpus-per-task above), one left for the training
+# process itself, unless NUM_WORKERS is set.
+NUM_WORKERS=${NUM_WORKERS:-$(( ${SLURM_CPUS_PER_TASK:-8} > 1 ? ${SLURM_CPUS_PER_TASK:-8} - 1 : 1 ))}
 EXTRA_PARAMS=${EXTRA_PARAMS:-}   # more papermill arguments, e.g. "-p BACKBONE vit_large_imagenet"
 # ---------------------------------------------------------------------------------------------
 
 source tools/activate_env.sh
 read -ra extra <<< "$EXTRA_PARAMS"
-exec tools/run_notebook.sh "$RUN_NAME" -p PROFILE "$PROFILE" -p N_GPUS 1 \
+exec tools/run_notebook.sh "$RUN_NAME" -p PROFILE "$PROFILE" -p N_GPUS "$N_GPUS" -p NUM_WORKERS "$NUM_WORKERS" \
   -p RESUME_TRAINING "$RESUME_TRAINING" "${extra[@]}"

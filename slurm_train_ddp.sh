@@ -9,7 +9,7 @@
 # Train both phases with DistributedDataParallel on the GPUs of one node, then evaluate,
 # export and render the HTML reports. The notebook's training cell spawns one process per GPU
 # (N_GPUS, injected below); rank 0 writes checkpoints, logs and figures. Resubmitting this
-# script continues an interrupted run. For several nodes see HPC_SETUP_GUIDE.md (srun + uni_seg.train).
+# script continues an interrupted run. For several nodes: slurm_train_multinode.sh.
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$(readlink -f "$0")")}"
 
@@ -19,10 +19,14 @@ PROFILE=${PROFILE:-full}
 RESUME_TRAINING=${RESUME_TRAINING:-True}
 # GPUs: what SLURM granted on this node (--gres=gpu:N above), unless N_GPUS is set.
 N_GPUS=${N_GPUS:-${SLURM_GPUS_ON_NODE:-4}}
+# DataLoader workers per rank: the node's CPUs (--cpus-per-task above) shared by the N_GPUS
+# ranks, one CPU each left for the rank itself (16 CPUs, 4 GPUs: 3 workers per rank).
+cpus=${SLURM_CPUS_PER_TASK:-16}
+NUM_WORKERS=${NUM_WORKERS:-$(( cpus / N_GPUS > 1 ? cpus / N_GPUS - 1 : 1 ))}
 EXTRA_PARAMS=${EXTRA_PARAMS:-}   # more papermill arguments, e.g. "-p BATCH_SIZE_PHASE1 8"
 # ---------------------------------------------------------------------------------------------
 
 source tools/activate_env.sh
 read -ra extra <<< "$EXTRA_PARAMS"
-exec tools/run_notebook.sh "$RUN_NAME" -p PROFILE "$PROFILE" -p N_GPUS "$N_GPUS" \
+exec tools/run_notebook.sh "$RUN_NAME" -p PROFILE "$PROFILE" -p N_GPUS "$N_GPUS" -p NUM_WORKERS "$NUM_WORKERS" \
   -p RESUME_TRAINING "$RESUME_TRAINING" "${extra[@]}"

@@ -81,7 +81,7 @@ def test_resubmitted_train_script_resumes_instead_of_starting_over(workspace):
     params = " ".join(tiny_parameters(workspace, epochs=2))
     run(["bash", "slurm_train.sh"], workspace,
         {"SLURM_JOB_ID": "101", "SLURM_SUBMIT_DIR": str(ROOT), "PROFILE": "demo", "RUN_NAME": "resumed",
-         "EXTRA_PARAMS": params})
+         "N_GPUS": "0", "EXTRA_PARAMS": params})  # no GPU here: the script would (rightly) refuse N_GPUS=1
     text = executed_text(workspace, "resumed")
     assert "Resuming from epoch 1" in text
     assert (workspace / "logs" / "resumed_101.log").exists()

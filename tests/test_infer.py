@@ -1,11 +1,6 @@
 """Tiled whole-image inference, TTA, exports and the folder CLI of `uni_seg.infer`.
 
-The model is replaced by small stand-ins that honour its contract (float32 (B, 3, H, W) in
-[0, 1] -> dict np/hv/nc logits):
-* `PointwiseModel`: every output pixel depends only on the same input pixel, so tiled
-  blending must reproduce a single whole-image pass exactly, whatever the tile size;
-* `EquivariantModel`: labels the bright blobs of the tile it is given and returns their exact
-  HV maps, so its output commutes with flips/rotations and TTA must give the plain output.
+The model is replaced by the small stand-ins of `tests/stand_ins.py`.
 """
 
 from __future__ import annotations
@@ -20,75 +15,10 @@ import numpy as np
 import pytest
 import torch
 from real_subset import require_real_subset
-from scipy import ndimage as ndi
+from stand_ins import EquivariantModel, PointwiseModel, disks_image, exact_hv
 
 from uni_seg import data, export, infer
 from uni_seg.config import ATOMIC_TEMP_GLOB
-
-
-class PointwiseModel(torch.nn.Module):
-    def __init__(self, n_classes: int = 4):
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(6.0))
-        self.n_classes = n_classes
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-        nc = torch.cat([r, g, b, 1 - r][: self.n_classes], dim=1) * self.scale
-        return {"np": (r - 0.5) * self.scale, "hv": torch.cat([2 * g - 1, 2 * b - 1], dim=1), "nc": nc}
-
-
-def exact_hv(inst: np.ndarray) -> np.ndarray:
-    """HV maps with float centroids: exactly equivariant under flips and quarter turns."""
-    hv = np.zeros((2,) + inst.shape, dtype=np.float64)
-    n = int(inst.max())
-    if n == 0:
-        return hv.astype(np.float32)
-    ys, xs = np.indices(inst.shape, dtype=np.float64)
-    ids = np.arange(1, n + 1)
-    fg = inst > 0
-    area = np.bincount(inst.ravel(), minlength=n + 1)
-    for ch, coord in enumerate((xs, ys)):
-        centre = np.bincount(inst.ravel(), weights=coord.ravel(), minlength=n + 1) / np.maximum(area, 1)
-        d = coord - centre[inst]
-        hi = np.zeros(n + 1)
-        lo = np.zeros(n + 1)
-        hi[1:] = ndi.maximum(d, inst, ids)
-        lo[1:] = ndi.minimum(d, inst, ids)
-        pos = np.where(d > 0, d / np.where(hi[inst] > 0, hi[inst], 1), 0)
-        neg = np.where(d < 0, d / np.where(lo[inst] < 0, -lo[inst], 1), 0)
-        hv[ch] = np.where(fg, pos + neg, 0)
-    return hv.astype(np.float32)
-
-
-class EquivariantModel(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.dummy = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = {"np": [], "hv": [], "nc": []}
-        for tile in x.detach().cpu().numpy():
-            fg = tile[0] > 0.5
-            inst, _ = ndi.label(fg, structure=np.ones((3, 3)))
-            outs["np"].append(np.where(fg, 8.0, -8.0)[None])
-            outs["hv"].append(exact_hv(inst))
-            outs["nc"].append(np.stack([~fg * 5.0, tile[1] * 5, tile[2] * 5, tile[0]]))
-        return {k: torch.from_numpy(np.stack(v).astype(np.float32)).to(x.device) + 0 * self.dummy for k, v in outs.items()}
-
-
-def disks_image(shape, centres, radius, seed=0) -> tuple[np.ndarray, np.ndarray]:
-    """RGB uint8 image with bright disks (channel 0) on a dark background, and their labels."""
-    rng = np.random.default_rng(seed)
-    ys, xs = np.indices(shape)
-    inst = np.zeros(shape, np.int32)
-    for i, (cy, cx) in enumerate(centres, 1):
-        inst[(ys - cy) ** 2 + (xs - cx) ** 2 <= radius**2] = i
-    image = rng.integers(0, 60, size=shape + (3,)).astype(np.uint8)
-    image[inst > 0, 0] = 230
-    image[inst > 0, 1] = rng.integers(100, 255, size=int((inst > 0).sum()))
-    return image, inst
-
 
 # ---------------------------------------------------------------- tiling and blending
 
@@ -273,7 +203,7 @@ def test_polygons_and_geojson_follow_qupath_format():
     inst[50:52, 5:8] = 2  # a cell in two pieces -> MultiPolygon
     inst[0, 59] = 3  # one pixel
     polygons = export.cell_polygons(inst)
-    ring = np.asarray(polygons[1][0])
+    ring = np.asarray(polygons[1][0][0])  # the first piece's outline
     assert (ring[0] == ring[-1]).all() and len(ring) >= 4
     x, y = ring[:, 0], ring[:, 1]
     area = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
@@ -384,8 +314,10 @@ def test_cli_runs_on_a_folder_and_exits_1_when_an_image_failed(tmp_path, monkeyp
     infer.main(["--checkpoint", str(checkpoint), "--input", "in", "--output", "out2", "--limit", "1",
                 "--tile-size", "32", "--overlap", "8", "--device", "cpu", "--no-progress"])
     assert sorted(p.name for p in (tmp_path / "out2").glob("*.geojson")) == ["img0_cells.geojson"]
-    with pytest.raises(FileNotFoundError, match="nope.json"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # an expected error: one line, no traceback
         infer.main(["--checkpoint", str(checkpoint), "--input", "in", "--output", "out3", "--postproc", "nope.json"])
+    assert exit_info.value.code == 2 and "nope.json" in capsys.readouterr().err
 
 
 def test_read_image_names_the_bad_file(tmp_path):

@@ -131,11 +131,15 @@ def test_uni2h_architecture_on_meta_device():
 
 
 # ----- weights sources -----------------------------------------------------------------------
-def test_fake_token_without_network_falls_back_to_none_quickly(monkeypatch, capsys):
+def test_fake_token_without_network_falls_back_to_none(monkeypatch, capsys):
+    import huggingface_hub
+
+    def unreachable(*args, **kwargs):  # what a node without a network answers, whatever this machine has
+        raise ConnectionError("Failed to resolve 'huggingface.co' (Name or service not known)")
+
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    start = time.perf_counter()
+    monkeypatch.setattr(huggingface_hub, "auth_check", unreachable)
     source, mean, std, line = M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
-    assert time.perf_counter() - start < 10
     assert source == "none" and "RANDOM INIT" in line
     assert "hub: no network" in line and "imagenet: no network" in line
     assert FAKE_TOKEN not in line and FAKE_TOKEN not in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["slurm_train.sh", "slurm_train_ddp.sh", "slurm_eval.sh", "tools/run_notebook.sh",
+SCRIPTS = ["slurm_train.sh", "slurm_train_ddp.sh", "slurm_train_multinode.sh", "slurm_eval.sh", "tools/run_notebook.sh",
            "tools/setup_env.sh", "tools/activate_env.sh", ".ci/run", "bench/gpu_suite.sh"]
 
 
@@ -51,16 +51,18 @@ def recording_python(tmp_path):
 @pytest.mark.parametrize(
     "script, expected",
     [
-        ("slurm_train.sh", ["-p RUN_NAME train ", "-p PROFILE full", "-p N_GPUS 1", "-p RESUME_TRAINING True"]),
-        ("slurm_train_ddp.sh", ["-p RUN_NAME train_ddp ", "-p N_GPUS 2", "-p RESUME_TRAINING True"]),
+        ("slurm_train.sh", ["-p RUN_NAME train ", "-p PROFILE full", "-p N_GPUS 1", "-p RESUME_TRAINING True",
+                            "-p NUM_WORKERS 7"]),  # 8 CPUs: one for the training process itself
+        ("slurm_train_ddp.sh", ["-p RUN_NAME train_ddp ", "-p N_GPUS 2", "-p RESUME_TRAINING True",
+                                "-p NUM_WORKERS 3"]),  # 8 CPUs shared by 2 ranks
         ("slurm_eval.sh", ["-p RUN_NAME eval ", "-p RUN_PHASE1 False", "-p RUN_PHASE2 False", "-p RUN_EVALUATION True"]),
     ],
 )
 def test_slurm_script_hands_its_settings_to_papermill(script, expected, recording_python, tmp_path):
     fake, log = recording_python
     env = {**os.environ, "PYTHON": str(fake), "SLURM_JOB_ID": "4242", "SLURM_SUBMIT_DIR": str(ROOT),
-           "SLURM_GPUS_ON_NODE": "2", "RESULTS_DIR": str(tmp_path / "results"), "LOG_DIR": str(tmp_path / "logs"),
-           "EXTRA_PARAMS": "-p SEED 7"}
+           "SLURM_GPUS_ON_NODE": "2", "SLURM_CPUS_PER_TASK": "8", "RESULTS_DIR": str(tmp_path / "results"),
+           "LOG_DIR": str(tmp_path / "logs"), "EXTRA_PARAMS": "-p SEED 7"}
     result = subprocess.run(["bash", str(ROOT / script)], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     papermill_call = next(line for line in log.read_text().splitlines() if "papermill" in line)
@@ -141,3 +143,28 @@ def test_a_failed_run_opens_with_a_banner_naming_the_failed_cell(tmp_path):
     assert "RUN FAILED" in reviewers and "1. Data" in reviewers
     assert reviewers.index("RUN FAILED") < reviewers.index("<strong>Contents")
     assert "EPOCHS_PHASE1=-1 must be &gt;= 1" in reviewers
+
+
+def test_multinode_script_meets_at_the_first_host_and_runs_one_rank_per_task(recording_python, tmp_path):
+    fake, log = recording_python
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] && printf "gpu-a07\\ngpu-a08\\n"\n')
+    (bin_dir / "srun").write_text(f'#!/usr/bin/env bash\necho "srun MASTER_ADDR=$MASTER_ADDR MASTER_PORT=$MASTER_PORT $*" >> "{log}"\n')
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHON": str(fake),
+           "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu-a[07-08]", "SLURM_NTASKS": "8",
+           "SLURM_CPUS_PER_TASK": "4", "SLURM_SUBMIT_DIR": str(ROOT), "RESULTS_DIR": str(tmp_path / "results"),
+           "LOG_DIR": str(tmp_path / "logs")}
+    result = subprocess.run(["bash", str(ROOT / "slurm_train_multinode.sh")], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = log.read_text().splitlines()
+    papermill = [c for c in calls if "papermill" in c]
+    srun = [c for c in calls if c.startswith("srun ")]
+    assert len(papermill) == 2 and len(srun) == 1
+    assert "-p RUN_PHASE1 False -p RUN_PHASE2 False -p RUN_EVALUATION False" in papermill[0]  # the cache only
+    assert srun[0].startswith("srun MASTER_ADDR=gpu-a07 MASTER_PORT=23456 --kill-on-bad-exit=1")
+    assert "-m uni_seg.train --phase both" in srun[0] and "-p NUM_WORKERS 3" in srun[0]
+    assert "-p RUN_PHASE1 False -p RUN_PHASE2 False" in papermill[1] and "RUN_EVALUATION False" not in papermill[1]

@@ -435,15 +435,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
 
 
-def _kill_at_random(spec_path: Path, rng: random.Random, ckpt_dir: Path) -> bool:
-    """Start training, SIGKILL it at a random moment after it starts its epochs (it prints a
-    line then); True when the kill caught a checkpoint write (a temporary file existed)."""
+def _kill_at_random(spec_path: Path, rng: random.Random, ckpt_dir: Path, after_epoch: int = 1,
+                    longest: float = 1.0) -> bool:
+    """Start training and SIGKILL it `rng.uniform(0, longest)` seconds after it has written the
+    checkpoint of epoch `after_epoch` of this run (it prints the epoch's line once the
+    checkpoint is on disk), so that a checkpoint to resume from always exists; True when the
+    kill caught a checkpoint write (a temporary file existed). The moment comes from `rng`:
+    seeded, so a failure can be replayed."""
     proc = subprocess.Popen(_train_cmd(spec_path), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    for line in proc.stdout:  # "phase 1: ... trainable parameters" or "Resuming from epoch N"
-        if line.startswith(("phase 1:", "Resuming from epoch", "Phase 1 already finished")):
+    epochs_seen = 0
+    for line in proc.stdout:  # "phase 1 epoch   N/M | ..." after each epoch's checkpoint
+        if line.startswith("phase 1 epoch"):
+            epochs_seen += 1
+        if epochs_seen >= after_epoch or line.startswith("Phase 1 already finished"):
             break
-    time.sleep(rng.uniform(0.0, 1.0))
+    time.sleep(rng.uniform(0.0, longest))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
@@ -452,13 +459,29 @@ def _kill_at_random(spec_path: Path, rng: random.Random, ckpt_dir: Path) -> bool
 
 def test_sigkill_at_a_random_moment_resumes_from_an_intact_checkpoint(tmp_path):
     spec_path = _kill_spec(tmp_path, epochs=30)
-    _kill_at_random(spec_path, random.Random(), tmp_path / "checkpoints")
+    _kill_at_random(spec_path, random.Random(20261202), tmp_path / "checkpoints")
     ckpt = C.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")  # intact
     spec = T.spec_from_json(spec_path.read_text())
     res = E.train_phase(dataclasses.replace(spec, phase=dataclasses.replace(spec.phase, epochs=ckpt["epoch"] + 1)))
     assert res.epochs_done == ckpt["epoch"] + 1
     assert [r["epoch"] for r in res.history] == list(range(1, ckpt["epoch"] + 2))
     assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))  # stale temporaries cleaned
+
+
+def test_killed_after_a_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_path):
+    epochs = 12
+    ref = tmp_path / "ref"
+    subprocess.run(_train_cmd(_kill_spec(ref, epochs)), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    work = tmp_path / "killed"
+    spec_path = _kill_spec(work, epochs)
+    _kill_at_random(spec_path, random.Random(7), work / "checkpoints", after_epoch=2, longest=0.05)
+    killed_at = C.load_checkpoint(work / "checkpoints/latest_phase1.pth")["epoch"]
+    assert 2 <= killed_at < epochs  # the run was cut, after a checkpoint: what follows is a resume
+    subprocess.run(_train_cmd(spec_path), cwd=ROOT, env=_env(), check=True, capture_output=True)
+    a = C.load_checkpoint(ref / "checkpoints/latest_phase1.pth")
+    b = C.load_checkpoint(work / "checkpoints/latest_phase1.pth")
+    assert strip_timing(a["history"]) == strip_timing(b["history"])
+    assert all(torch.equal(a["model_state_dict"][k], b["model_state_dict"][k]) for k in a["model_state_dict"])
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory, atomic_open
+from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
@@ -66,15 +67,14 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     pickle, a foreign state dict), or is damaged.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (e.g. {path / 'best_phase2.pth'})")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for damage
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        reason = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
-        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint (refused without unpickling: "
-                              f"{reason[:300]})") from None
+        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {_refusal_reason(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a uni_seg checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
                               "was it written by another program?")
@@ -84,19 +84,33 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     return ckpt
 
 
+def _refusal_reason(error: BaseException) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line. torch's
+    own message is long, and its first advice (load with weights_only=False) would run
+    whatever code the file holds: never repeat it."""
+    text = str(error)
+    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
+        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
+                "(refused without unpickling: none of its code ran)")
+    if "WeightsUnpickler error:" in text:
+        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
+                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
+        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "the file is empty or ends early (cut short while it was copied or written?)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
+    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
+                                                                                           "Check the documentation"))),
+                 type(error).__name__)
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return f"a damaged or cut-short PyTorch file ({first})"
+    return f"{type(error).__name__}: {first[:200]}"
+
+
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """`model.config` as JSON-like values (tuples -> lists), without a "weights" key."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "weights"}, default=str))
-
-
-def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Lines 'key: checkpoint X, this run Y' for every key whose values differ."""
-    lines = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if a != b:
-            lines.append(f"{key}: checkpoint {a!r}, this run {b!r}")
-    return lines
 
 
 def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, model_config: Mapping[str, Any],
@@ -120,19 +134,20 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
     "working_scale", "weights_source", "phase", "epoch", "best_val_loss", "best_epoch",
-    "history" and "path".
+    "history", "checkpoint_id" (what tuned post-processing parameters are matched against)
+    and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
     if "verbose" in inspect.signature(factory.resolve()).parameters:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next
     model = factory.build()
-    try:
-        model.load_state_dict(ckpt["model_state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes ({exc})") from None
+    problems = state_dict_mismatch(model.state_dict(), ckpt["model_state_dict"])
+    if problems:
+        raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
+    model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "phase", "epoch",
-                                      "best_val_loss", "best_epoch", "history")}
+                                      "best_val_loss", "best_epoch", "history", "checkpoint_id")}
     meta["path"] = Path(path)
     return model, meta

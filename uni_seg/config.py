@@ -9,8 +9,10 @@ import dataclasses
 import difflib
 import importlib
 import json
+import math
 import os
 import random
+import sys
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -206,7 +208,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     unknown = sorted(set(parameters) - fields)
     if unknown:
-        raise ValueError(f"unknown parameter(s): {', '.join(n.upper() for n in unknown)}")
+        raise ValueError(_unknown_names_message([n.upper() for n in unknown]))
     merged: dict[str, Any] = {"profile": profile, "run_name": profile, **COMMON_DEFAULTS, **PROFILES[profile]}
     merged.update({k: v for k, v in parameters.items() if v is not None})
     missing = sorted(fields - set(merged))
@@ -227,7 +229,73 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"VAL_FRACTION={merged['val_fraction']} must be in (0, 1)")
     if len(merged["class_weights"]) != merged["n_classes"]:
         raise ValueError(f"CLASS_WEIGHTS has {len(merged['class_weights'])} weights for N_CLASSES={merged['n_classes']}")
+    _check_values(merged)
     return RunConfig(**merged)
+
+
+# notebook §0, cell id 579eb456
+#: Integer parameters and their smallest allowed value.
+_INT_AT_LEAST: dict[str, int] = dict(
+    seed=0, min_cell_area=0, synthetic_images=0, num_workers=0, n_classes=2, decoder_channels=8, lora_rank=1,
+    epochs_phase1=1, patience_phase1=1, batch_size_phase1=1, warmup_epochs=0, restart_period=1, epochs_phase2=1,
+    patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
+    crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
+#: Integer parameters that may also be None (their default), and their smallest value.
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0)
+_POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
+_NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
+_FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
+          "use_compile", "use_tta", "tune_postproc")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_values(merged: Mapping[str, Any]) -> None:
+    """`ValueError` naming every parameter of `merged` (lower-case names) whose value has the
+    wrong type or is out of range."""
+    problems = []
+    for name, low in {**_INT_AT_LEAST, **_OPTIONAL_INT_AT_LEAST}.items():
+        value = merged[name]
+        if value is None and name in _OPTIONAL_INT_AT_LEAST:
+            continue
+        if not _is_int(value) or value < low:
+            problems.append(f"{name.upper()}={value!r} must be an integer >= {low}")
+    for name in _POSITIVE_NUMBERS + _NON_NEGATIVE_NUMBERS:
+        value = merged[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
+            problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
+    for name in _FLAGS:
+        if not isinstance(merged[name], bool):
+            problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
+    if _is_int(merged["tile_overlap"]) and _is_int(merged["tile_size"]) and merged["tile_overlap"] >= merged["tile_size"]:
+        problems.append(f"TILE_OVERLAP={merged['tile_overlap']} must be smaller than TILE_SIZE={merged['tile_size']}")
+    if not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in merged["class_weights"]):
+        problems.append(f"CLASS_WEIGHTS={list(merged['class_weights'])} must all be numbers > 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _unknown_names_message(names: Sequence[str]) -> str:
+    known = [f.name.upper() for f in dataclasses.fields(RunConfig)]
+    hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, known, 1)) else n for n in names]
+    return (f"unknown parameter(s) {', '.join(hints)}; `papermill --help-notebook cell_instance_segmentation.ipynb` "
+            "lists them all")
+
+
+def check_parameter_names(namespace: Mapping[str, Any]) -> None:
+    """Raise `ValueError` when the notebook's namespace holds an upper-case name of a plain value
+    (what papermill injects: None, bool, number, str, list) that is neither a parameter nor a
+    constant of an imported `uni_seg` module: a mistyped parameter that would be ignored."""
+    known = {f.name.upper() for f in dataclasses.fields(RunConfig)}
+    library = set().union(*(vars(m) for name, m in list(sys.modules.items()) if name.startswith("uni_seg.")))
+    given = [name for name, value in namespace.items() if name.isupper() and not name.startswith("_")
+             and (value is None or isinstance(value, (bool, int, float, str, list, tuple)))]
+    unknown = sorted(set(given) - known - library)
+    if unknown:
+        raise ValueError(_unknown_names_message(unknown))
 
 
 # notebook §0, cell id ebdaf316
@@ -288,6 +356,37 @@ def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
             raise RuntimeError(f"device={kind!r} was asked for but no GPU is visible")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def cuda_diagnosis() -> str:
+    """Why torch sees no (or fewer) GPUs, in a few words for an error message ("" when it sees some)."""
+    import torch
+
+    if torch.cuda.device_count():
+        return ""
+    if torch.version.cuda is None:
+        return f" (this torch, {torch.__version__}, is a CPU-only build)"
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return (f" (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no GPU"
+            + (f"; CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "")
+            + ": check `nvidia-smi` and that the driver supports that CUDA version)")
+
+
+def check_training_device(profile: str, n_gpus: int | None, trains: bool, backbone: str) -> None:
+    """Refuse, before any work, a training run that would not get the GPUs it expects: `N_GPUS`
+    above the GPUs visible, or the full profile (hours of a ViT-L on a GPU) falling back to the
+    CPU because none is visible, unless `N_GPUS=0` asks for the CPU. `trains`: whether the run
+    trains at all (evaluation alone runs anywhere). `ValueError` saying what to do."""
+    if not trains:
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    if n_gpus is not None and n_gpus > visible:
+        raise ValueError(f"N_GPUS={n_gpus} but {visible} GPU(s) are visible{cuda_diagnosis()}")
+    if profile == "full" and n_gpus is None and visible == 0:
+        raise ValueError(f"the full profile trains {backbone!r} on a GPU, and none is visible{cuda_diagnosis()}; "
+                         "set N_GPUS=0 to train on the CPU anyway (very slow)")
 
 
 def device_for_gpus(n_gpus: int | None) -> str:
@@ -376,6 +475,54 @@ class Factory:
 
 
 # notebook §0, cell id 81cb08e9
+#: Errors a command line reports in one line (a file or folder missing, in the way or not
+#: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+
+
+@contextlib.contextmanager
+def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Inside a command's `main`: an error of `USER_ERRORS` + `expected` ends the command with
+    `<prog>: error: <message>` on stderr and exit status 2, no traceback; anything else (a bug)
+    keeps its traceback."""
+    try:
+        yield
+    except USER_ERRORS + tuple(expected) as error:
+        message = str(error).strip() or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
+    """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: {names[0]} {a!r}, {names[1]} {b!r}")
+    return lines
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], limit: int = 3) -> str:
+    """What keeps `given` (a state dict) from loading into a module whose state dict is
+    `expected`, in one line: tensors of another shape, missing and unexpected keys, each with
+    its count and its first `limit` names ("" when it fits). Tensors only need a `.shape`."""
+    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
+    wrong = [k for k in expected if k in given and shape(expected[k]) != shape(given[k])]
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    parts = []
+    if wrong:
+        shown = ", ".join(f"{k}: file {shape(given[k])}, model {shape(expected[k])}" for k in wrong[:limit])
+        parts.append(f"{len(wrong)} tensor(s) of another shape ({shown}{', ...' if len(wrong) > limit else ''})")
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} key(s) ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})")
+    return "; ".join(parts)
+
+
 class Settings:
     """What every settings dataclass of the project shares (post-processing, inference): built
     from a plain dict with a clear error for an unknown name, turned back into one, changed by

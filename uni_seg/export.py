@@ -5,8 +5,13 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime
+import errno
 import json
+import os
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,12 +19,14 @@ from typing import Any
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.measure import regionprops_table
+from skimage.measure import find_contours, regionprops_table
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
-from uni_seg.config import atomic_open, atomic_write
-from uni_seg.data import CLASS_DISPLAY_COLOURS, CLASS_NAMES, check_rgb_image, class_colour, class_name, write_image
+from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
+                            write_json_atomic)
+from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour,
+                          class_name, read_mask, write_image)
 from uni_seg.postproc import Segmentation
 
 
@@ -138,32 +145,54 @@ def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
 
 
 # notebook §8 "Exports", cell id 89046b3c
-def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[float]]]]:
-    """Outline polygon(s) of every cell: {id: [ring, ...]}, each ring [[x, y], ...] closed.
+def _signed_area(ring: np.ndarray) -> float:
+    """Shoelace area of a closed (row, col) ring: > 0 for an outline, < 0 for a hole's (the
+    orientation `find_contours` gives them)."""
+    y, x = ring[:, 0], ring[:, 1]
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
 
-    From `cv2.findContours` (external contours, so holes are not kept) on each cell's
-    bounding box; coordinates are image pixels with the pixel centre at +0.5 (QuPath's
-    convention), so an outline passes through the centres of the cell's boundary pixels. A
-    cell too thin for a contour of 3 points gets its bounding-box rectangle.
+
+def _without_collinear(ring: np.ndarray) -> np.ndarray:
+    """A closed ring (first point = last) without the vertices that lie exactly on the line
+    through their neighbours (marching squares puts one on every pixel edge crossed)."""
+    points = ring[:-1]
+    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    kept = points[np.abs(turn) > 1e-9]
+    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
+
+
+def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[list[float]]]]]:
+    """The outline of every cell as valid polygons: {id: [polygon, ...]}, one polygon per
+    separate piece of the cell, each `[shell, hole, ...]`, each ring [[x, y], ...] closed.
+
+    Marching squares (`skimage.measure.find_contours` at level 0.5 on each cell's bounding
+    box) rather than OpenCV's pixel-centre tracing, because a traced outline passes twice
+    through a pixel where the cell is pinched to a diagonal contact, and such a ring touches
+    itself: an invalid polygon that QuPath repairs or drops. The iso-line never touches itself
+    (`fully_connected="high"` keeps diagonal neighbours in one piece, as the cells' 8-connected
+    labelling does), follows the pixel edges with the corners cut, and keeps holes as interior
+    rings. Coordinates are image pixels with the pixel centre at +0.5 (QuPath's convention);
+    vertices exactly on a straight run are dropped.
     """
     inst = np.asarray(inst)
-    out: dict[int, list[list[list[float]]]] = {}
+    out: dict[int, list[list[list[list[float]]]]] = {}
     for index, box in enumerate(ndi.find_objects(inst)):
         if box is None:
             continue
         cell = index + 1
-        r0, c0 = box[0].start, box[1].start
-        crop = np.pad((inst[box] == cell).astype(np.uint8), 1)
-        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        rings = []
-        for contour in contours:
-            points = contour[:, 0, :].astype(np.float64) + (c0 - 1 + 0.5, r0 - 1 + 0.5)
-            if len(points) >= 3:
-                rings.append(np.vstack([points, points[:1]]).round(2).tolist())
-        if not rings:
-            x0, y0, x1, y1 = c0, r0, box[1].stop, box[0].stop
-            rings = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
-        out[cell] = rings
+        offset = np.array([box[0].start - 1 + 0.5, box[1].start - 1 + 0.5])  # (row, col) of the padded crop's origin
+        crop = np.pad((inst[box] == cell).astype(np.float32), 1)
+        rings = [_without_collinear(c) for c in find_contours(crop, 0.5, fully_connected="high")]
+        shells = [r for r in rings if _signed_area(r) > 0]
+        holes = [r for r in rings if _signed_area(r) < 0]
+        polygons = [[s] for s in sorted(shells, key=_signed_area, reverse=True)]
+        for hole in holes:  # each hole belongs to the smallest shell around it
+            inside = [k for k, p in enumerate(polygons)
+                      if cv2.pointPolygonTest(p[0][:, ::-1].astype(np.float32), (float(hole[0, 1]), float(hole[0, 0])), False) > 0]
+            if inside:
+                polygons[min(inside, key=lambda k: _signed_area(polygons[k][0]))].append(hole)
+        out[cell] = [[((ring + offset)[:, ::-1]).round(2).tolist() for ring in polygon] for polygon in polygons]
     return out
 
 
@@ -278,9 +307,9 @@ def cells_geojson(
     numeric = [c for c in table if c not in ("id", "class")]
     features = []
     for row, cell in enumerate(np.asarray(table["id"]).tolist()):
-        rings = polygons[cell]
-        geometry = {"type": "Polygon", "coordinates": [rings[0]]} if len(rings) == 1 else {
-            "type": "MultiPolygon", "coordinates": [[ring] for ring in rings]}
+        pieces = polygons[cell]
+        geometry = {"type": "Polygon", "coordinates": pieces[0]} if len(pieces) == 1 else {
+            "type": "MultiPolygon", "coordinates": pieces}
         cls = int(table["class_id"][row])
         measurements = {name: float(table[name][row]) for name in numeric}
         measurements["cell_id"] = cell
@@ -346,3 +375,165 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
             "bbox": rle["bbox"], "iscrowd": 0, "score": round(float(scores[cell]), 5),
         })
     return anns
+
+
+# notebook §8 "Exports", cell id a1d5c643
+#: The files `export_segmentation` writes for an image exported as <name>.
+IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_overlay.png", "_cells.csv", "_cells.geojson")
+#: The folder-level files, written when a run ends.
+FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
+RUN_RECORD = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderPlan:
+    """What folder inference will read: `images` (input file, export name) in sorted order,
+    `skipped` (entry, why it is not read: a folder named like an image, a broken or looping
+    link, an unreadable entry) and `ignored`, the number of files that are not images."""
+
+    images: list[tuple[Path, str]]
+    skipped: list[tuple[Path, str]]
+    ignored: int
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """A distinct export name per input file: its stem; `<stem>_<suffix>` where two inputs
+    share a stem; `-2`, `-3`, ... after any name still taken (compared case-insensitively, as
+    macOS and Windows file systems do). Deterministic for a sorted list."""
+    stems = Counter(p.stem.casefold() for p in files)
+    names, taken = [], set()
+    for p in files:
+        base = p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
+        name, k = base, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base}-{k}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _entry_problem(path: Path) -> str | None:
+    """Why an entry with an image suffix cannot be read as an image file, or None."""
+    try:
+        if path.is_symlink():
+            try:
+                os.stat(path)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    return f"symbolic link loop (it points to {os.readlink(path)}, which leads back to itself)"
+                return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
+        if path.is_dir():
+            return "a folder, not an image file"
+        if not path.is_file():
+            return "not a regular file"
+    except OSError as error:  # a link loop (ELOOP), a permission problem
+        return f"cannot be read ({error.strerror or error})"
+    return None
+
+
+def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
+    """The images directly in `input_dir` (by `IMAGE_SUFFIXES`, case-insensitive), at most
+    `limit`, with their export names, and every entry left out and why.
+    `FileNotFoundError`/`NotADirectoryError` naming the folder when it is not one."""
+    input_dir = Path(input_dir)
+    if not input_dir.exists():
+        raise FileNotFoundError(f"input folder {input_dir} does not exist")
+    if not input_dir.is_dir():
+        raise NotADirectoryError(f"input {input_dir} is a file, not a folder of images")
+    images, skipped, ignored = [], [], 0
+    for entry in sorted(input_dir.iterdir()):
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            ignored += 1
+            continue
+        problem = _entry_problem(entry)
+        if problem:
+            skipped.append((entry, problem))
+        else:
+            images.append(entry)
+    images = images[:limit] if limit is not None else images
+    return FolderPlan(list(zip(images, output_names(images))), skipped, ignored)
+
+
+# notebook §8 "Exports", cell id a9eb11fd
+def earlier_outputs(output_dir: Path) -> list[Path]:
+    """The files an earlier folder inference wrote into `output_dir` (by their names)."""
+    names = (*FOLDER_EXPORTS, RUN_RECORD)
+    return sorted(p for p in output_dir.iterdir() if p.is_file() and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES)))
+
+
+def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
+              resume: bool = False) -> set[str]:
+    """Prepare `output_dir` for a run described by `record` (JSON-ready: checkpoint, settings,
+    post-processing, input) and write its run record with status "running". Returns the export
+    names already complete (all of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an
+    empty set.
+
+    A non-empty folder is refused (`FileExistsError` saying what to pass) unless `overwrite`
+    (an earlier run's files are removed; anything else is left alone) or `resume` (the earlier
+    record must describe the same run: `ValueError` naming every difference otherwise). The
+    folder-level files are removed either way, so they only ever describe a finished run.
+    """
+    if overwrite and resume:
+        raise ValueError("--overwrite and --resume exclude each other: replace the earlier run, or finish it")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(output_dir)
+    present = sorted(output_dir.iterdir())
+    done: set[str] = set()
+    if resume:
+        previous_path = output_dir / RUN_RECORD
+        if not previous_path.is_file():
+            raise FileNotFoundError(f"--resume: {output_dir} holds no {RUN_RECORD}, so there is no run to finish")
+        previous = json.loads(previous_path.read_text())
+        keys = ("checkpoint", "settings", "postproc", "input")
+        diffs = describe_differences({k: previous.get(k) for k in keys}, {k: record.get(k) for k in keys},
+                                     names=("earlier run", "this run"))
+        if diffs:
+            raise ValueError(f"--resume: {output_dir} holds another run: " + "; ".join(diffs)
+                             + ". Use --overwrite to replace it, or another --output folder")
+        names = {p.name[: -len(s)] for p in present for s in IMAGE_EXPORT_SUFFIXES if p.name.endswith(s)}
+        done = {n for n in names if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+    elif overwrite:
+        for path in earlier_outputs(output_dir):
+            path.unlink()
+    elif present:
+        shown = ", ".join(p.name for p in present[:3]) + (", ..." if len(present) > 3 else "")
+        raise FileExistsError(f"output folder {output_dir} is not empty ({len(present)} entries: {shown}); pass "
+                              "--overwrite to replace an earlier run's outputs, or --resume to finish an interrupted run")
+    for name in FOLDER_EXPORTS:
+        (output_dir / name).unlink(missing_ok=True)
+    write_json_atomic(output_dir / RUN_RECORD, {**record, "status": "running", "started": _now(), "resumed": len(done)})
+    return done
+
+
+def finish_run(output_dir: str | Path, **outcome: Any) -> Path:
+    """Mark the run in `output_dir` finished ("complete"), with `outcome` (counts, skipped
+    entries, failures) added to its record; returns the record's path."""
+    path = Path(output_dir) / RUN_RECORD
+    record = json.loads(path.read_text())
+    return write_json_atomic(path, {**record, **outcome, "status": "complete", "finished": _now()})
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# notebook §8 "Exports", cell id def61eae
+def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inst int32 (H, W), classes int64 (N + 1,), scores float32 (N + 1,)) of an image that
+    `export_segmentation` wrote as `name` into `output_dir`; `DataError` naming a file that
+    cannot be read."""
+    inst = read_mask(Path(output_dir) / f"{name}_instances.png").astype(np.int32)
+    table_path = Path(output_dir) / f"{name}_cells.csv"
+    with open(table_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    n = int(inst.max(initial=0))
+    classes, scores = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.float32)
+    try:
+        for row in rows:
+            cell = int(row["id"])
+            classes[cell], scores[cell] = int(row["class_id"]), float(row["score"])
+    except (KeyError, ValueError, IndexError) as error:
+        raise DataError(f"{table_path}: not a cell table of this label map ({type(error).__name__}: {error})") from None
+    return inst, classes, scores

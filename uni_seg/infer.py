@@ -8,7 +8,7 @@ import dataclasses
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,12 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
-from uni_seg.export import coco_annotations, export_segmentation, write_csv
-from uni_seg.postproc import PostprocParams, Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
+from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
+                            write_csv)
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_from_maps,
+                              select_postproc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,12 +288,14 @@ def segment_image(
 # notebook §8 "Folder inference and the command line", cell id a2c28312
 @dataclasses.dataclass
 class FolderReport:
-    """What `run_folder_inference` did: per-image rows of the summary, failures, files written."""
+    """What `run_folder_inference` did: per-input rows of the summary (images and skipped
+    entries), failures by file name, the files written."""
 
     rows: list[dict[str, Any]]
     failed: dict[str, str]
     coco_path: Path
     summary_path: Path
+    record_path: Path
 
     @property
     def n_ok(self) -> int:
@@ -299,12 +303,16 @@ class FolderReport:
 
 
 def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
-    """Image files directly in `input_dir` (by `IMAGE_SUFFIXES`), sorted, at most `limit`."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return files[:limit] if limit is not None else files
+    """Image files directly in `input_dir` (by `IMAGE_SUFFIXES`), sorted, at most `limit`
+    (`plan_folder`'s images, without their export names)."""
+    return [path for path, _ in plan_folder(input_dir, limit).images]
+
+
+def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
+                           "n_cells": ""}
+    row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
+    return row
 
 
 # notebook §8 "Folder inference and the command line", cell id 4003dedd
@@ -318,23 +326,31 @@ def run_folder_inference(
     class_names: Sequence[str] = CLASS_NAMES,
     object_type: str = "detection",
     progress: bool = True,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    provenance: Mapping[str, Any] | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
-    Per image see `export_segmentation`; per folder `coco_instances.json` (COCO instances with
-    RLE masks and a `score` per annotation; its "annotations" list is also a valid COCO
-    results file) and `summary.csv` (image, status, error, width, height, n_cells and a count
-    per class). Images that fail (unreadable, or any error while segmenting) are reported on
-    stderr, listed in the summary with their error, and skipped. `settings` and `postproc` as
-    in `segment_image`.
+    Per image see `export_segmentation` (file names from `plan_folder`: distinct whatever the
+    inputs are called); per folder `coco_instances.json` (COCO instances with RLE masks and a
+    `score` per annotation; its "annotations" list is also a valid COCO results file),
+    `summary.csv` (image, export name, status ok/failed/skipped, error, width, height, n_cells
+    and a count per class; entries left out are listed with the reason) and `run.json` (see
+    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
+    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
+    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
+    into the run record, and a resumed run must have the same.
     """
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    files = list_images(input_dir, limit)
-    stems = [p.stem for p in files]
-    names = [p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
+    plan = plan_folder(input_dir, limit)
+    postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
+              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
+    done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
     n_classes = len(class_names)
     coco: dict[str, Any] = {
         "info": {"description": "uni_seg cell instances", "version": "1.0"},
@@ -343,18 +359,21 @@ def run_folder_inference(
     }
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
-    for path, name in zip(tqdm(files, desc="segmenting", unit="image", disable=not progress), names):
-        row: dict[str, Any] = {"image": path.name, "status": "ok", "error": "", "width": "", "height": "", "n_cells": ""}
-        row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, n_classes)})
+    for path, name in tqdm(plan.images, desc="segmenting", unit="image", disable=not progress):
+        row = _summary_row(path, name, class_names)
         try:
-            image = read_image(path)
-            seg = segment_image(model, image, settings, postproc, keep_maps=False)
-            export_segmentation(output_dir, name, image, seg, class_names, object_type)
+            if name in done:  # finished by the run this one resumes
+                inst, classes, scores = read_exported_image(output_dir, name)
+            else:
+                image = read_image(path)
+                seg = segment_image(model, image, settings, postproc, keep_maps=False)
+                export_segmentation(output_dir, name, image, seg, class_names, object_type)
+                inst, classes, scores = seg.inst, seg.classes, seg.scores
             image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
-            coco["annotations"] += coco_annotations(seg.inst, seg.classes, seg.scores, image_id, len(coco["annotations"]) + 1)
-            counts = np.bincount(seg.classes[1:], minlength=n_classes)
-            row.update(width=image.shape[1], height=image.shape[0], n_cells=seg.n_cells)
+            coco["images"].append({"id": image_id, "file_name": path.name, "height": inst.shape[0], "width": inst.shape[1]})
+            coco["annotations"] += coco_annotations(inst, classes, scores, image_id, len(coco["annotations"]) + 1)
+            counts = np.bincount(classes[1:], minlength=n_classes)
+            row.update(width=inst.shape[1], height=inst.shape[0], n_cells=len(classes) - 1)
             row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, n_classes)})
         except Exception as error:  # one bad image must not stop the folder
             message = f"{type(error).__name__}: {error}"
@@ -362,10 +381,15 @@ def run_folder_inference(
             row.update(status="failed", error=message)
             tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
         rows.append(row)
+    for entry, why in plan.skipped:
+        rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
+        print(f"left out {entry}: {why}", file=sys.stderr)
     coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
-    columns = {key: [r[key] for r in rows] for key in (rows[0] if rows else {"image": [], "status": [], "error": []})}
-    summary_path = write_csv(output_dir / "summary.csv", columns)
-    return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path)
+    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
+    record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
+                             resumed=len(done & {n for _, n in plan.images}), failed=failed,
+                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored)
+    return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
 
 
 # notebook §8 "Folder inference and the command line", cell id 387a2d63
@@ -411,29 +435,28 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
     return model.eval(), meta
 
 
-def _read_postproc(path: Path | None, explicit: bool) -> PostprocParams | None:
-    if path is None or (not explicit and not Path(path).exists()):
-        print(f"post-processing: defaults ({path} not found)", file=sys.stderr)
-        return None
-    if not Path(path).exists():
-        raise FileNotFoundError(f"--postproc {path} does not exist")
-    return load_postproc_params(path)
-
-
+# notebook §8 "Folder inference and the command line", cell id 072ec889
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
     """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
     import argparse
 
+    from uni_seg.checkpoints import CheckpointError
+    from uni_seg.data import DataError
+
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Segment and classify the cells of every image in a folder; write label maps, "
-        "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON and a summary CSV.",
+        "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created)")
-    parser.add_argument("--postproc", type=Path, default=None,
-                        help="post-processing parameters JSON (default: results/postproc_params.json if present)")
+    parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
+                        "unless --overwrite or --resume)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --output")
+    parser.add_argument("--resume", action="store_true", help="finish an interrupted run in --output (same checkpoint, "
+                        "settings and input): only images whose files are missing are segmented")
+    parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
+                        "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
     parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
     parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
@@ -447,31 +470,50 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    try:  # every option is checked before anything is loaded
+    # Every option is checked before anything is loaded or any image read.
+    try:
         settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
                                      tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
                                      batch_size=args.batch_size, precision=args.precision, device=args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    device = resolve_device(args.device)
-    if not args.checkpoint.is_file():
-        parser.error(f"--checkpoint {args.checkpoint} does not exist")
-    postproc = _read_postproc(args.postproc or Path("results/postproc_params.json"), explicit=args.postproc is not None)
-    model, meta = load_inference_model(args.checkpoint, device)
-    if args.working_scale is None:
-        settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
-    n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
-    names = tuple(class_name(c) for c in range(n_classes))
-    _, precision = settings.placement(model)
-    print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale "
-          f"{settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, TTA {'on' if settings.tta else 'off'}",
-          file=sys.stderr)
-    report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                  args.object_type, progress=not args.no_progress)
-    if not report.rows:
+    except ValueError as error:  # name the option, not the settings field
+        field = str(error).split("=", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {error}")
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit={args.limit} must be >= 1")
+    if args.overwrite and args.resume:
+        parser.error("--overwrite and --resume exclude each other")
+    with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
+        if args.checkpoint.is_dir():
+            raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
+                                    "(e.g. checkpoints/best_phase2.pth)")
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
+        plan_folder(args.input)  # the input folder exists and is a folder
+        device = resolve_device(args.device)
+        model, meta = load_inference_model(args.checkpoint, device)
+        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
+                                                  meta.get("checkpoint_id"))
+        if args.working_scale is None:
+            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
+        names = tuple(class_name(c) for c in range(n_classes))
+        _, precision = settings.placement(model)
+        print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
+              f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
+              f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
+        print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
+                      "postproc_source": postproc_line}
+        report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
+                                      args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
+                                      resume=args.resume, provenance=provenance)
+    n_images = sum(r["status"] != "skipped" for r in report.rows)
+    if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
-    print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)
-    if report.failed or not report.rows:
+    skipped = len(report.rows) - n_images
+    print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed, {skipped} entr{'y' if skipped == 1 else 'ies'} "
+          f"left out; summary: {report.summary_path}", file=sys.stderr)
+    if report.failed or not n_images:
         raise SystemExit(1)
 
 

@@ -485,11 +485,15 @@ class SplitPrediction:
 
 
 # notebook §8, cell id b73bc171
-def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None, **extra: Any) -> Path:
-    """Write `{"params": {...}, "score": {"pq": score}, "created": ..., **extra}` to `path`
-    (results/postproc_params.json) atomically (temp file + rename)."""
+def save_postproc_params(path: str | Path, params: PostprocParams, score: float | None = None,
+                         tuned_for: Mapping[str, Any] | None = None, **extra: Any) -> Path:
+    """Write `{"params": {...}, "score": {"pq": score}, "tuned_for": {...}, "created": ...,
+    **extra}` to `path` (results/postproc_params.json) atomically. `tuned_for` names the model
+    the parameters were tuned for: {"checkpoint": path, "checkpoint_id": its id}, which
+    `select_postproc` checks before using them for another model."""
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)), created=created, **extra)
+    doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)),
+               tuned_for=dict(tuned_for) if tuned_for else None, created=created, **extra)
     return write_json_atomic(path, doc)
 
 
@@ -515,6 +519,35 @@ def read_postproc_document(path: str | Path) -> tuple[PostprocParams, dict[str, 
 def load_postproc_params(path: str | Path) -> PostprocParams:
     """The `PostprocParams` saved by `save_postproc_params` (errors as `read_postproc_document`)."""
     return read_postproc_document(path)[0]
+
+
+def select_postproc(explicit: str | Path | None, default: str | Path | None,
+                    checkpoint_id: str | None) -> tuple[PostprocParams, str]:
+    """The post-processing parameters for a model, and one line saying which and from where.
+
+    `explicit` (a file the user named) is used as given, with a warning in the line when it
+    was tuned for another checkpoint. `default` (e.g. results/postproc_params.json) is used only
+    when it says it was tuned for this checkpoint (`checkpoint_id`); otherwise the defaults
+    are, and the line says why. `FileNotFoundError` when `explicit` does not exist.
+    """
+    def tuned_for(doc: Mapping[str, Any]) -> str | None:
+        return (doc.get("tuned_for") or {}).get("checkpoint_id")
+
+    if explicit is not None:
+        params, doc = read_postproc_document(explicit)
+        other = tuned_for(doc)
+        note = ("" if other == checkpoint_id and other is not None else
+                " (WARNING: it does not say which checkpoint it was tuned for)" if other is None else
+                f" (WARNING: tuned for another checkpoint, {doc['tuned_for'].get('checkpoint')})")
+        return params, f"post-processing: {explicit}, as asked{note}"
+    if default is None or not Path(default).is_file():
+        return DEFAULT_POSTPROC_PARAMS, f"post-processing: the defaults ({default} not found)"
+    params, doc = read_postproc_document(default)
+    if checkpoint_id is not None and tuned_for(doc) == checkpoint_id:
+        return params, f"post-processing: {default}, tuned for this checkpoint"
+    why = "does not say which checkpoint it was tuned for" if tuned_for(doc) is None else "was tuned for another checkpoint"
+    return DEFAULT_POSTPROC_PARAMS, (f"post-processing: the defaults ({default} {why}; pass it with --postproc to "
+                                     "use it anyway)")
 
 
 # notebook §8 "Maps of known cells, for checks and benchmarks", cell id 4bb10203

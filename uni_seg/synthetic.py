@@ -16,7 +16,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.config import atomic_write
-from uni_seg.data import MASK_PALETTE, PARTITIONS, ImagePair, relabel_sequential, save_npz_atomic, write_image
+from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
+                          relabel_sequential, save_npz_atomic, write_image)
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -270,3 +271,22 @@ def load_synthetic_truth(image_pair: ImagePair) -> tuple[np.ndarray, np.ndarray]
     path = image_pair.image_path.parent.parent / "truth" / f"{image_pair.stem}.npz"
     with np.load(path) as data:
         return data["inst"], data["cls"]
+
+
+# notebook §1 "Synthetic smears", cell id 176cf437
+def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_given: bool,
+                          synthetic_images_given: bool) -> bool:
+    """Whether a run should (re)generate synthetic smears in `data_dir`: it wants some
+    (`synthetic_images` > 0) and asked for them there, by giving `SYNTHETIC_IMAGES` itself or by
+    leaving `DATA_DIR` at the profile's synthetic folder, or the folder holds synthetic smears
+    already. Raises `DataError` naming the folder and the layouts looked for when no dataset is
+    there and none will be made."""
+    data_dir = Path(data_dir)
+    ours = (data_dir / "synthetic.json").is_file()
+    has_dataset = partition_image_folder(data_dir, "train") is not None
+    wanted = synthetic_images > 0 and (synthetic_images_given or not data_dir_given or ours)
+    if not wanted and not has_dataset:
+        layouts = " or ".join(f"{{train,test}}/{{{images},{masks}}}" for images, masks in LAYOUTS)
+        hint = " (to generate synthetic smears there, set SYNTHETIC_IMAGES)" if data_dir_given else ""
+        raise DataError(f"DATA_DIR={str(data_dir)!r} holds no dataset: looked for {layouts}{hint}")
+    return wanted and (ours or not has_dataset)

@@ -9,7 +9,10 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +21,8 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import Factory, resolve_config, resolve_device
+from uni_seg.config import Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config, resolve_device
+from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 
@@ -39,9 +43,24 @@ def env_world() -> tuple[int, int, int] | None:
     return None
 
 
+def rank_gpu(local_rank: int) -> int:
+    """The GPU index of a rank on its node: `local_rank` when the task sees every GPU of the node,
+    0 when it sees only its own (SLURM's `--gpus-per-task=1` binds one GPU per task).
+    `RuntimeError` naming what is visible when neither holds."""
+    visible = torch.cuda.device_count()
+    if local_rank < visible:
+        return local_rank
+    if visible == 1:
+        return 0
+    shown = os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+    raise RuntimeError(f"LOCAL_RANK={local_rank} but this task sees {visible} GPU(s) (CUDA_VISIBLE_DEVICES={shown}): "
+                       "give each task one GPU (--gpus-per-task=1) or all of the node's")
+
+
 def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: str) -> DistContext:
     """Join the process group (NCCL on GPUs, gloo on CPUs) through MASTER_ADDR/MASTER_PORT."""
-    device = resolve_device(device_kind, local_rank)
+    on_gpu = device_kind == "cuda" or (device_kind == "auto" and torch.cuda.is_available())
+    device = resolve_device(device_kind, rank_gpu(local_rank) if on_gpu else 0)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
@@ -55,7 +74,32 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
 
 
 # notebook §5 "Launching: one process, several GPUs, or a cluster", cell id 1283c7a1
+def _exit_with_parent() -> None:
+    """End this process when the process that spawned it dies (a rank must not train on, holding
+    a GPU, after the notebook or job that started it was killed). On Linux the kernel sends
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
+    _exit_with_parent()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     ctx = init_distributed(rank, world_size, rank, spec.device)
@@ -82,8 +126,8 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
         n_gpus = torch.cuda.device_count() if spec.device != "cpu" else 1
     if n_gpus <= 1:
         return train_phase(spec, model=model)
-    if resolve_device(spec.device).type == "cuda" and torch.cuda.device_count() < n_gpus:
-        raise ValueError(f"N_GPUS={n_gpus} but only {torch.cuda.device_count()} GPU(s) are visible")
+    if spec.device != "cpu" and torch.cuda.device_count() < n_gpus:  # several CPU processes only when asked for
+        raise ValueError(f"N_GPUS={n_gpus} but {torch.cuda.device_count()} GPU(s) are visible{cuda_diagnosis()}")
     print(f"phase {spec.phase.phase}: DistributedDataParallel on {n_gpus} processes "
           f"({'GPUs' if resolve_device(spec.device).type == 'cuda' else 'CPU, gloo'})", flush=True)
     import torch.multiprocessing as mp
@@ -186,22 +230,29 @@ def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -
         n_default = None
     else:
         params = {name.lower(): _parse_value(value) for name, value in args.param}
-        cfg = resolve_config(args.profile, **params)
+        profile = params.pop("profile", args.profile)  # -p PROFILE x, as papermill takes it, is --profile x
+        try:  # every parameter is checked before any work
+            cfg = resolve_config(profile, **params)
+            if env_world() is None:  # under srun/torchrun each task sees its own GPU; N_GPUS does not apply
+                check_training_device(cfg.profile, cfg.n_gpus if args.nproc is None else args.nproc, True, cfg.backbone)
+        except ValueError as error:
+            parser.error(str(error))
         phases = [1, 2] if args.phase == "both" else [int(args.phase)]
         specs = [spec_from_config(cfg, ph, device=args.device, progress=not args.no_progress) for ph in phases]
         n_default = cfg.n_gpus
     if args.no_progress:
         specs = [dataclasses.replace(s, progress=False) for s in specs]
     world = env_world()
-    for spec in specs:
-        if world is not None and world[1] > 1:  # torchrun / srun: this process is one rank
-            rank, world_size, local_rank = world
-            ctx = init_distributed(rank, world_size, local_rank, spec.device)
-            train_phase(spec, ctx=ctx)
-            dist.barrier()
-        else:
-            n = args.nproc if args.nproc is not None else n_default
-            launch_training(spec, n)
+    with errors_as_messages(prog, (CheckpointError, DataError, TrainingDivergedError)):
+        for spec in specs:
+            if world is not None and world[1] > 1:  # torchrun / srun: this process is one rank
+                rank, world_size, local_rank = world
+                ctx = init_distributed(rank, world_size, local_rank, spec.device)
+                train_phase(spec, ctx=ctx)
+                dist.barrier()
+            else:
+                n = args.nproc if args.nproc is not None else n_default
+                launch_training(spec, n)
     if dist.is_initialized():
         dist.destroy_process_group()
 
