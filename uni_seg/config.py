@@ -187,11 +187,29 @@ class RunConfig:
 # notebook §0, cell id 86f4d11c
 _PATH_FIELDS = ("data_dir", "processed_dir", "checkpoint_dir", "results_dir")
 _CHOICES = {
-    "backbone": ("uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"),
-    "weights": ("auto", "hub", "imagenet", "none"),
+    # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
+    "backbone": ("uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
+                 "vit_small", "vit_tiny"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "hv_activation": ("linear", "tanh"),
 }
+#: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
+WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
+#: The weight files `WEIGHTS` may name (or a folder may hold): safetensors, or torch pickles read safely.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def check_weights_setting(weights: str, name: str = "WEIGHTS") -> None:
+    """`ValueError` naming `name` unless `weights` is one of `WEIGHT_CHOICES`, an existing file
+    ending in one of `WEIGHT_FILE_SUFFIXES`, or an existing folder (§3 finds the file in it)."""
+    if weights in WEIGHT_CHOICES:
+        return
+    path = Path(weights).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix in WEIGHT_FILE_SUFFIXES):
+        return
+    if path.is_file():
+        raise ValueError(f"{name}={weights!r} is a file but not a weights file ({', '.join(WEIGHT_FILE_SUFFIXES)})")
+    raise ValueError(f"{name}={weights!r} is not one of {list(WEIGHT_CHOICES)} and no such file or folder exists")
 
 
 def resolve_config(profile: str, **parameters: Any) -> RunConfig:
@@ -218,6 +236,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
+    check_weights_setting(merged["weights"])
     for name in ("crop_size", "tile_size"):
         if merged[name] % 16:
             raise ValueError(f"{name.upper()}={merged[name]} must be a multiple of 16 (the ViT patch size)")
