@@ -4198,8 +4198,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "phase", "epoch", "best_val_loss", "best_epoch",
-    "history" and "path".
+    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    weights came from, §3; None in checkpoints older than that record), "weights_message" (its
+    one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history" and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
@@ -4211,8 +4212,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes ({exc})") from None
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "phase", "epoch",
-                                      "best_val_loss", "best_epoch", "history")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
+                                      "epoch", "best_val_loss", "best_epoch", "history")}
+    meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
 
@@ -4545,19 +4547,26 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: to
 # Where a phase's weights start: the model as built (phase 1), phase 1's best plus fresh adapters (a new phase 2), or the checkpoint's (a resume).
 
 # %% tags=["export"]
+def _weights_record(ckpt: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any] | None]:
+    """(weights_source, weights_provenance) a checkpoint records (`source` when it names none);
+    the provenance is None for a checkpoint written before provenance was recorded."""
+    return str(ckpt.get("weights_source", source)), ckpt.get("weights_provenance")
+
+
 def _setup_model(spec: TrainSpec, model: nn.Module | None,
-                 resume_state: dict | None) -> tuple[nn.Module, str, str | None]:
+                 resume_state: dict | None) -> tuple[nn.Module, tuple[str, dict[str, Any] | None], str | None]:
     """Build (or take) the model and bring it to the phase's starting weights: phase 1's best
     plus fresh adapters for a new phase 2, the checkpoint's weights for a resume (after checking
     that the checkpoint describes this architecture).
 
-    Returns (model, weights_source, id of the phase 1 checkpoint phase 2 started from or None)."""
+    Returns (model, (weights_source, weights_provenance) of its backbone, id of the phase 1
+    checkpoint phase 2 started from or None)."""
     pc = spec.phase
     if model is None:
         # A resumed run loads every weight from the checkpoint: no point fetching pretrained ones.
         overrides = {"weights": "none"} if resume_state is not None and "weights" in spec.model.kwargs else {}
         model = spec.model.build(**overrides)
-    weights_source = str(getattr(model, "weights_source", "none"))
+    weights = (str(getattr(model, "weights_source", "none")), getattr(model, "weights_provenance", None))
     init_id = resume_state.get("init_checkpoint_id") if resume_state is not None else None
     model.freeze_backbone()
     if pc.phase == 2:
@@ -4571,15 +4580,15 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
             check_compatible(init, spec.init_checkpoint, phase=1, model_config=model.config,
                              working_scale=spec.working_scale)
             model.load_state_dict(init["model_state_dict"])
-            weights_source = str(init.get("weights_source", weights_source))
+            weights = _weights_record(init, weights[0])
             init_id = init.get("checkpoint_id")
         model.add_lora(*spec.lora)
     if resume_state is not None:
         check_compatible(resume_state, spec.latest_path, phase=pc.phase, model_config=model.config,
                          working_scale=spec.working_scale)
         model.load_state_dict(resume_state["model_state_dict"])
-        weights_source = str(resume_state.get("weights_source", weights_source))
-    return model, weights_source, init_id
+        weights = _weights_record(resume_state, weights[0])
+    return model, weights, init_id
 
 
 def _phase1_moved_on(spec: TrainSpec, resume_state: Mapping[str, Any]) -> bool:
@@ -4723,7 +4732,8 @@ class _PhaseSetup:
             remove_stale_temporaries(spec.checkpoint_dir)
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
-        self.model, self.weights_source, self.init_id = _setup_model(spec, model, resume_state)
+        self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,
+                                                                                              resume_state)
         self.model.to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
@@ -4934,8 +4944,8 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
-            "weights_source": self.weights_source, "phase_config": dataclasses.asdict(self.pc),
-            "precision": self.precision, "world_size": self.ctx.world_size,
+            "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
+            "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
             "history": p.history, "rng": capture_rng_state(), "torch_version": str(torch.__version__),
@@ -7620,12 +7630,13 @@ def evaluate_predictions(
 # %% [markdown]
 # ### `results/metrics.json`
 #
-# One file per evaluation, one schema (`"schema": "uni_seg.metrics/1"`):
+# One file per evaluation, one schema (`"schema": "uni_seg.metrics/2"`; version 2 added the
+# weights' provenance):
 #
 # | key | content |
 # |---|---|
 # | `schema`, `created` | schema version; UTC time written |
-# | `model` | `backbone`, `weights` (the setting), `weights_source` (what was loaded: hub / imagenet / none), `checkpoint` |
+# | `model` | `backbone`, `weights` (the setting), `weights_source` (what was loaded: hub / file / imagenet / none), `weights_provenance` (where from: `kind`, `repo` and `revision` and `filename` of a hub or ImageNet download, `path` and `sha256` of a file, and `message`, the one-line report; null when unknown), `checkpoint` |
 # | `postproc_params` | the `instances_from_maps` parameters used |
 # | `split_sizes` | images per split, e.g. `{"train": 76, "val": 14, "test": 10}` |
 # | `n_images`, `class_names`, `iou_threshold` | what was evaluated |
@@ -7637,9 +7648,11 @@ def evaluate_predictions(
 # Undefined numbers (e.g. PQ of an image with no cells at all) are `null`.
 
 # %% tags=["export"]
-METRICS_SCHEMA = "uni_seg.metrics/1"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/1):
-schema, created; model {backbone, weights, weights_source, checkpoint}; postproc_params {...};
+METRICS_SCHEMA = "uni_seg.metrics/2"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+schema, created; model {backbone, weights, weights_source,
+                        weights_provenance {kind backbone repo revision filename path sha256 message} or null,
+                        checkpoint}; postproc_params {...};
 split_sizes {split: n}; n_images; class_names [C]; iou_threshold;
 dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq per_class_pq{class:{pq sq rq tp fp fn}}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
@@ -7652,7 +7665,7 @@ extra {...}. Undefined values are null."""
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
          "dataset", "per_image_mean", "per_image", "extra"),
-    "model": ("backbone", "weights", "weights_source", "checkpoint"),
+    "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
     "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "pixel_iou", "pixel_dice", "count_error",
@@ -7704,18 +7717,22 @@ def write_metrics_json(
     postproc_params: PostprocParams | Mapping[str, Any],
     split_sizes: Mapping[str, int],
     weights_source: str | None = None,
+    weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
-    post-processing produced it and how big each split was. NaN/inf become null.
+    post-processing produced it and how big each split was; `weights_provenance` is where the
+    backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
+    it). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
+                   weights_provenance=None if weights_provenance is None else dict(weights_provenance),
                    checkpoint=None if checkpoint is None else str(checkpoint)),
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
@@ -7850,9 +7867,10 @@ if cfg.run_evaluation:
     metrics = evaluate_split(test_predictions, cfg.n_classes)
     _manifest = load_manifest(cfg.processed_dir)
     _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
+    _provenance = (checkpoint_meta or {}).get("weights_provenance") or getattr(model, "weights_provenance", None)
     metrics_document = write_metrics_json(
         cfg.results_dir / "metrics.json", metrics, backbone=cfg.backbone, weights=cfg.weights,
-        weights_source=_weights_source, postproc_params=POSTPROC_PARAMS,
+        weights_source=_weights_source, weights_provenance=_provenance, postproc_params=POSTPROC_PARAMS,
         split_sizes={name: len(stems) for name, stems in _manifest["split"].items()},
         checkpoint=best_checkpoint, extra={"run_name": cfg.run_name, "profile": cfg.profile,
                                            "inference": INFERENCE.as_dict()},
@@ -8287,11 +8305,28 @@ def weights_warning(backbone: str, weights: str, weights_source: str | None) -> 
     return None
 
 
+def weights_origin(provenance: Mapping[str, Any] | None) -> str:
+    """Where backbone weights came from, for a reader, from a provenance record (§3's
+    `weights_provenance`): the hub repository and revision, or the file and its SHA-256."""
+    if not provenance:
+        return "not recorded"
+    kind = provenance.get("kind")
+    if kind in ("hub", "imagenet"):
+        revision = provenance.get("revision")
+        return (f"`hf-hub:{provenance.get('repo')}`" + (f" at revision `{revision}`" if revision else "")
+                + (f", file `{provenance.get('filename')}`" if provenance.get("filename") else ""))
+    if kind == "file":
+        return f"file `{provenance.get('path')}`, sha256 `{provenance.get('sha256')}`"
+    return "none: random initialisation"
+
+
 def run_summary(run_name: str, profile: str, backbone: str, weights: str, weights_source: str | None,
                 split_sizes: Mapping[str, int], data_dir: str | Path, metrics_doc: Mapping[str, Any] | None,
-                figures: Sequence[tuple[str, str]] = (), weights_line: str = "") -> str:
+                figures: Sequence[tuple[str, str]] = (), weights_line: str = "",
+                weights_provenance: Mapping[str, Any] | None = None) -> str:
     """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
-    when `weights_warning` has one), the headline metrics (`metrics_table`, or a note that
+    when `weights_warning` has one) and where they came from (`weights_origin` of
+    `weights_provenance`, when given), the headline metrics (`metrics_table`, or a note that
     evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
     split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
     lines = [f"### Run `{run_name}` at a glance", ""]
@@ -8302,7 +8337,8 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
         ("data", f"`{data_dir}`: {split} images"),
         ("profile", f"`{profile}`"),
         ("backbone", f"`{backbone}`, weights `{weights}` -> loaded: **{weights_source or 'unknown'}**"),
-    ] + ([("weights, in full", weights_line)] if weights_line else [])), ""]
+    ] + ([("weights from", weights_origin(weights_provenance))] if weights_provenance is not None else [])
+      + ([("weights, in full", weights_line)] if weights_line else [])), ""]
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
@@ -8322,14 +8358,14 @@ from uni_seg.report import run_summary
 
 _report_dir = cfg.results_dir / "reports"  # where tools/run_notebook.sh writes the HTML reports
 _figures = [(Path(p).stem.replace("_", " "), os.path.relpath(p, _report_dir)) for p in globals().get("figure_paths", [])]
-_checkpoint_source = (globals().get("checkpoint_meta") or {}).get("weights_source")
+_meta = globals().get("checkpoint_meta") or {}
 run_summary_text = run_summary(
-    cfg.run_name, cfg.profile, cfg.backbone, cfg.weights, _checkpoint_source or getattr(model, "weights_source", None),
+    cfg.run_name, cfg.profile, cfg.backbone, cfg.weights, _meta.get("weights_source") or getattr(model, "weights_source", None),
     {name: len(stems) for name, stems in load_manifest(cfg.processed_dir)["split"].items()}, cfg.data_dir,
     globals().get("metrics_document") if cfg.run_evaluation else None, _figures,
-    # what §3 printed, unless the model came from a checkpoint (which records its own weights)
-    weights_line=(globals().get("checkpoint_meta") or {}).get("weights_message", "") if globals().get("checkpoint_meta")
-    else getattr(model, "weights_message", ""),
+    # what §3 loaded, unless the model came from a checkpoint (which records its own weights)
+    weights_line=(_meta.get("weights_message") or "") if _meta else getattr(model, "weights_message", ""),
+    weights_provenance=(_meta.get("weights_provenance") if _meta else getattr(model, "weights_provenance", None)) or {},
 )
 show_markdown(run_summary_text)
 
