@@ -43,7 +43,7 @@
 # 0. [Setup and parameters](#section-0) (`uni_seg.config`)
 # 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
-# 3. [Model](#section-3) (`uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
+# 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
@@ -92,8 +92,8 @@ MIN_CELL_AREA: int = 30  # connected components smaller than this (raw pixels) a
 SYNTHETIC_IMAGES: Optional[int] = None  # demo: number of synthetic train-partition images to generate (test gets a fifth)
 NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None: the profile's
 # --- model ---
-BACKBONE: Optional[str] = None  # "uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"
-WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet" or "none" (random init)
+BACKBONE: Optional[str] = None  # "uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)
+WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one
 N_CLASSES: int = 4  # background, RBC, WBC, platelet
 DECODER_CHANNELS: Optional[int] = None  # channels of the fused DPT pyramid
 HV_ACTIVATION: str = "linear"  # HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))
@@ -345,11 +345,29 @@ class RunConfig:
 # %% tags=["export"]
 _PATH_FIELDS = ("data_dir", "processed_dir", "checkpoint_dir", "results_dir")
 _CHOICES = {
-    "backbone": ("uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"),
-    "weights": ("auto", "hub", "imagenet", "none"),
+    # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
+    "backbone": ("uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
+                 "vit_small", "vit_tiny"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "hv_activation": ("linear", "tanh"),
 }
+#: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
+WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
+#: The weight files `WEIGHTS` may name (or a folder may hold): safetensors, or torch pickles read safely.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def check_weights_setting(weights: str, name: str = "WEIGHTS") -> None:
+    """`ValueError` naming `name` unless `weights` is one of `WEIGHT_CHOICES`, an existing file
+    ending in one of `WEIGHT_FILE_SUFFIXES`, or an existing folder (§3 finds the file in it)."""
+    if weights in WEIGHT_CHOICES:
+        return
+    path = Path(weights).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix in WEIGHT_FILE_SUFFIXES):
+        return
+    if path.is_file():
+        raise ValueError(f"{name}={weights!r} is a file but not a weights file ({', '.join(WEIGHT_FILE_SUFFIXES)})")
+    raise ValueError(f"{name}={weights!r} is not one of {list(WEIGHT_CHOICES)} and no such file or folder exists")
 
 
 def resolve_config(profile: str, **parameters: Any) -> RunConfig:
@@ -376,6 +394,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
+    check_weights_setting(merged["weights"])
     for name in ("crop_size", "tile_size"):
         if merged[name] % 16:
             raise ValueError(f"{name.upper()}={merged[name]} must be a multiple of 16 (the ViT patch size)")
@@ -682,21 +701,29 @@ def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
     return lines
 
 
-def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], limit: int = 3) -> str:
-    """What keeps `given` (a state dict) from loading into a module whose state dict is
-    `expected`, in one line: tensors of another shape, missing and unexpected keys, each with
-    its count and its first `limit` names ("" when it fits). Tensors only need a `.shape`."""
-    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
-    wrong = [k for k in expected if k in given and shape(expected[k]) != shape(given[k])]
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], *, limit: int = 3,
+                        may_be_missing: Sequence[str] = (), shape_fits: Callable[[str, tuple, tuple], bool] | None = None,
+                        model: str = "model") -> str:
+    """What keeps a state dict `given` from loading into a module whose state dict is `expected`,
+    in one line: keys of another shape, missing and unexpected keys, each with its count and its
+    first `limit` names ("" when it fits). Values are tensors (their `.shape`) or shapes.
+    `may_be_missing`: keys the loader fills itself; `shape_fits(key, given, expected)`: a shape
+    difference the loader adapts (a position table it resamples); `model`: what the module is
+    called in the message ("model", "backbone")."""
+    def shape(value: Any) -> tuple:
+        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+    want, have = {k: shape(v) for k, v in expected.items()}, {k: shape(v) for k, v in given.items()}
+    reshaped = [k for k in want if k in have and have[k] != want[k] and not (shape_fits and shape_fits(k, have[k], want[k]))]
+    missing = [k for k in want if k not in have and k not in may_be_missing]
+    unexpected = [k for k in have if k not in want]
     parts = []
-    if wrong:
-        shown = ", ".join(f"{k}: file {shape(given[k])}, model {shape(expected[k])}" for k in wrong[:limit])
-        parts.append(f"{len(wrong)} tensor(s) of another shape ({shown}{', ...' if len(wrong) > limit else ''})")
+    if reshaped:
+        shown = "; ".join(f"{k} {have[k]} in the file, {want[k]} in the {model}" for k in reshaped[:limit])
+        parts.append(f"{len(reshaped)} key(s) of another shape (first: {shown})")
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            parts.append(f"{len(keys)} {label} key(s) ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})")
+            parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:limit])})")
     return "; ".join(parts)
 
 
@@ -2727,41 +2754,55 @@ plt.show()
 # The model takes RGB images in [0, 1] and normalises them itself with the mean and standard
 # deviation its backbone weights were trained with, so data code never needs to know which
 # backbone is in use.
+#
+# The code comes in three modules, in the order they build on each other: the backbone registry
+# (`uni_seg.backbones`: which backbones exist and how to build them), where their weights come
+# from (`uni_seg.weights`: the hub, a local file, the cache of an offline node, and the
+# `fetch` command for a login node), and the network itself (`uni_seg.model`: pyramid, heads,
+# phases, LoRA, and `build_model`, the one constructor).
 
 # %% [markdown]
-# ### The backbone registry
+# ### The backbone registry (`uni_seg.backbones`)
 #
-# Each name maps to the timm constructor and its arguments (copied from the model cards),
-# the four tapped blocks, where pretrained weights come from and the pixel statistics they
-# expect. `uni` and `uni2-h` are gated on the Hugging Face hub: their weights need a token
-# whose account the authors approved. `vit_large_imagenet` is the same ViT-L/16 shape trained
-# on ImageNet (public). `vit_small` and `vit_tiny` exist so the demo and the tests run on a
-# CPU in minutes.
+# Each name maps to the timm constructor and its arguments (copied from the model cards), the
+# four tapped blocks, where pretrained weights come from and the pixel statistics they expect.
+# Which backbone serves whom:
 #
-# UNI2-h cuts 14-pixel patches, not 16. So that every backbone yields the same pyramid (token
-# grid = input / 16), the model resizes its input by 14/16 before a patch-14 backbone: a 224
-# input becomes 196 pixels, 14×14 tokens, exactly as for UNI. Inputs stay "any multiple of 16"
-# for every backbone; the cost is a 12.5 % downsampling inside UNI2-h only.
+# | `BACKBONE` | weights | access | for whom |
+# |---|---|---|---|
+# | `uni` | UNI (Chen et al. 2024): ViT-L/16, DINOv2 on 100M+ H&E patches, `MahmoodLab/UNI` | **gated**: request access on the model page, then a token | histology; the reference this project was designed for |
+# | `uni2-h` | UNI2-h: ViT-H/14 with registers, 200M+ patches, `MahmoodLab/UNI2-h` | **gated** | the same, bigger |
+# | `dinobloom-s`, `-b`, `-l`, `-g` | DinoBloom (Koch et al., MICCAI 2024): DINOv2 ViT-S/B/L/G-14 trained further on 13 public peripheral-blood and bone-marrow single-cell datasets, `1aurent/vit_{small,base,large,giant}_patch14_224.dinobloom` | **public** (Apache-2.0): no token, no approval | blood smears: the blood-specific choice anyone can download |
+# | `vit_large_imagenet` | ImageNet-21k/1k ViT-L/16 (timm) | public | a natural-image baseline |
+# | `vit_small`, `vit_tiny` | ImageNet (timm) or random | public | tests and CPU demos |
+#
+# Without UNI access (the original write-up never got it in time), DinoBloom is the route:
+# a foundation model trained on the very cells this project segments, loadable by anyone.
+# Its repositories hold timm checkpoints (`model.safetensors`, with a `config.json` naming the
+# architecture `vit_*_patch14_dinov2`), made for 224-pixel inputs (16×16 patches of 14 pixels).
+# The architecture is always built here from the registry, never from a downloaded config, so
+# a checkpoint can be rebuilt offline. For DinoBloom the public fallback (`WEIGHTS="imagenet"`,
+# or the second step of `auto`) is timm's DINOv2 LVD-142M checkpoint of the same size, the
+# natural-image weights DinoBloom started from. Taps are spread evenly over the depth
+# (12, 12, 24 and 40 blocks).
+#
+# UNI2-h and DinoBloom cut 14-pixel patches, not 16. So that every backbone yields the same
+# pyramid (token grid = input / 16), the model resizes its input by 14/16 before a patch-14
+# backbone: a 224 input becomes 196 pixels, 14×14 tokens, exactly as for UNI. Inputs stay "any
+# multiple of 16" for every backbone; the cost is a 12.5 % downsampling inside those backbones.
 
 # %% tags=["export"]
 from __future__ import annotations
 
 import dataclasses
-import os
-import threading
 from typing import Any, Callable
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
-HV_ACTIVATIONS = ("linear", "tanh")
-PYRAMID_STRIDES = (2, 4, 8, 16)  # output stride of each reassembled tap, earliest block first
-TOKEN_STRIDE = 16  # input pixels per token on every backbone (patch-14 backbones get a resized input)
 
 
 def _even_taps(depth: int, n: int = 4) -> tuple[int, ...]:
@@ -2780,6 +2821,12 @@ def _uni2h_kwargs() -> dict[str, Any]:
     )
 
 
+def _dinobloom_kwargs() -> dict[str, Any]:
+    # timm's vit_*_patch14_dinov2 constructors already set patch 14, LayerScale and (giant)
+    # SwiGLU; DinoBloom was trained at 224 pixels, so its position table is 16x16 + class token.
+    return dict(img_size=224, num_classes=0, dynamic_img_size=True)
+
+
 # %% [markdown] tags=["why"]
 # A registry entry says everything needed to build a backbone locally and find its weights; the registry itself is a plain table of them.
 
@@ -2789,10 +2836,11 @@ class BackboneSpec:
     """One entry of the backbone registry.
 
     `timm_name` and `timm_kwargs()` build the architecture (always locally, never from a
-    downloaded config, so that a checkpoint can be rebuilt offline). `hub_id` is the gated
-    Hugging Face repository of pathology weights, `imagenet_tag` the timm pretrained tag of
-    public ImageNet weights for the same shape; either may be `None`. `mean`/`std` are the
-    pixel statistics of the hub weights (and of random init).
+    downloaded config, so that a checkpoint can be rebuilt offline). `hub_id` is the Hugging
+    Face repository of the backbone's own weights, spelt as its model card spells it; `gated`
+    says whether it needs a token whose account the authors approved. `imagenet_tag` is the
+    timm pretrained tag of public natural-image weights for the same shape. Either may be
+    `None`. `mean`/`std` are the pixel statistics of the hub weights (and of random init).
     """
 
     name: str
@@ -2801,10 +2849,27 @@ class BackboneSpec:
     depth: int
     taps: tuple[int, ...]
     hub_id: str | None
+    gated: bool
     imagenet_tag: str | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     description: str
+
+
+def _timm_vit(name: str, timm_name: str, depth: int, imagenet_tag: str, description: str) -> BackboneSpec:
+    """A registry entry for a plain timm ViT with public ImageNet weights and no hub weights of its own."""
+    return BackboneSpec(name, timm_name, lambda: dict(num_classes=0, dynamic_img_size=True), depth, _even_taps(depth),
+                        None, False, imagenet_tag, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), description)
+
+
+def _dinobloom(size: str, timm_size: str, depth: int, parameters: str) -> BackboneSpec:
+    """The registry entry of DinoBloom-`size` (S, B, L or G): public weights on the hub, DINOv2 as the fallback."""
+    return BackboneSpec(
+        f"dinobloom-{size}", f"vit_{timm_size}_patch14_dinov2", _dinobloom_kwargs, depth, _even_taps(depth),
+        f"1aurent/vit_{timm_size}_patch14_224.dinobloom", False, f"vit_{timm_size}_patch14_dinov2.lvd142m",
+        IMAGENET_MEAN, IMAGENET_STD,
+        f"DinoBloom-{size.upper()}: DINOv2 ViT-{size.upper()}/14 on 13 blood and bone-marrow cell datasets ({parameters})",
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -2812,33 +2877,25 @@ BACKBONES: dict[str, BackboneSpec] = {
     for spec in (
         BackboneSpec(
             "uni", "vit_large_patch16_224",
-            # UNI model card: timm.create_model("hf-hub:MahmoodLab/uni", init_values=1e-5, dynamic_img_size=True)
+            # UNI model card: timm.create_model("hf-hub:MahmoodLab/UNI", init_values=1e-5, dynamic_img_size=True)
             lambda: dict(img_size=224, patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True),
-            24, (5, 11, 17, 23), "MahmoodLab/uni", "vit_large_patch16_224.augreg_in21k_ft_in1k",
+            24, (5, 11, 17, 23), "MahmoodLab/UNI", True, "vit_large_patch16_224.augreg_in21k_ft_in1k",
             IMAGENET_MEAN, IMAGENET_STD, "UNI: ViT-L/16, DINOv2 on 100M+ H&E patches (304M parameters)",
         ),
         BackboneSpec(
-            "uni2-h", "vit_giant_patch14_224", _uni2h_kwargs, 24, (5, 11, 17, 23), "MahmoodLab/UNI2-h", None,
+            "uni2-h", "vit_giant_patch14_224", _uni2h_kwargs, 24, (5, 11, 17, 23), "MahmoodLab/UNI2-h", True, None,
             IMAGENET_MEAN, IMAGENET_STD, "UNI2-h: ViT-H/14 with registers, 200M+ patches (681M parameters)",
         ),
-        BackboneSpec(
-            "vit_large_imagenet", "vit_large_patch16_224",
-            lambda: dict(num_classes=0, dynamic_img_size=True),
-            24, (5, 11, 17, 23), None, "vit_large_patch16_224.augreg_in21k_ft_in1k",
-            (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "ViT-L/16 trained on ImageNet-21k, fine-tuned on ImageNet-1k",
-        ),
-        BackboneSpec(
-            "vit_small", "vit_small_patch16_224",
-            lambda: dict(num_classes=0, dynamic_img_size=True),
-            12, _even_taps(12), None, "vit_small_patch16_224.augreg_in21k_ft_in1k",
-            (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "ViT-S/16 (22M parameters), for tests and CPU demos",
-        ),
-        BackboneSpec(
-            "vit_tiny", "vit_tiny_patch16_224",
-            lambda: dict(num_classes=0, dynamic_img_size=True),
-            12, _even_taps(12), None, "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-            (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "ViT-Ti/16 (5.5M parameters), for tests and CPU demos",
-        ),
+        _dinobloom("s", "small", 12, "22M parameters"),
+        _dinobloom("b", "base", 12, "86M parameters"),
+        _dinobloom("l", "large", 24, "303M parameters"),
+        _dinobloom("g", "giant", 40, "1.1B parameters"),
+        _timm_vit("vit_large_imagenet", "vit_large_patch16_224", 24, "vit_large_patch16_224.augreg_in21k_ft_in1k",
+                  "ViT-L/16 trained on ImageNet-21k, fine-tuned on ImageNet-1k"),
+        _timm_vit("vit_small", "vit_small_patch16_224", 12, "vit_small_patch16_224.augreg_in21k_ft_in1k",
+                  "ViT-S/16 (22M parameters), for tests and CPU demos"),
+        _timm_vit("vit_tiny", "vit_tiny_patch16_224", 12, "vit_tiny_patch16_224.augreg_in21k_ft_in1k",
+                  "ViT-Ti/16 (5.5M parameters), for tests and CPU demos"),
     )
 }
 
@@ -2856,31 +2913,91 @@ def create_backbone(spec: BackboneSpec) -> nn.Module:
 
 
 # %% [markdown]
-# ### Where the weights come from
+# The registry, as the code holds it:
+
+# %%
+from uni_seg.backbones import BACKBONES
+from uni_seg.config import markdown_table, show_markdown
+
+show_markdown(markdown_table(
+    ("`BACKBONE`", "timm architecture", "tapped blocks", "hub weights", "access", "what"),
+    [(f"`{s.name}`", f"`{s.timm_name}`", ", ".join(map(str, s.taps)), f"`{s.hub_id}`" if s.hub_id else "-",
+      ("gated" if s.gated else "public") if s.hub_id else "-", s.description) for s in BACKBONES.values()]))
+
+
+# %% [markdown]
+# ### Where the weights come from (`uni_seg.weights`)
 #
-# `weights` is one of `hub` (the gated pathology weights), `imagenet`, `none` (random init) or
-# `auto`, which tries them in that order and takes the first that loads. Each call prints one
-# line saying what was loaded and why the sources before it were not: *no token*, *no access*
-# (the token's account is not approved for the model), *no network*, or *no such checkpoint*
-# for that backbone. An explicit `hub` or `imagenet` that cannot be met raises an error rather
-# than silently training on something else.
+# `WEIGHTS` (`weights` here) is one of `hub` (the backbone's own weights: UNI's, UNI2-h's or
+# DinoBloom's), `imagenet` (public natural-image weights of the same shape), `none` (random
+# init) or `auto`, which tries hub, then imagenet, then none, and takes the first that loads.
+# It may also be a **path**: a `model.safetensors`, `pytorch_model.bin` or `.pth` file, or a
+# folder holding one (what the UNI card's offline recipe, `hf_hub_download(..., local_dir=...)`,
+# leaves behind). Each call prints one line saying what was loaded and why the sources before
+# it were not: *no token*, *no access* (the token's account is not approved for the model),
+# *no network*, *server failure* (the hub answered, with an error of its own), or *no such
+# checkpoint* for that backbone. An explicit `hub`, `imagenet` or path that cannot be met
+# raises an error rather than silently training on something else.
 #
-# Nothing here may hang a run on a machine without internet: weights already in the local
-# Hugging Face cache load without asking the network; otherwise one short access check (in a
-# thread with a deadline, `hub_timeout` seconds) decides between "no network", "no access"
-# and "go" before any download starts. The token is read by `huggingface_hub` from `HF_TOKEN`
-# or the cached login; it is never printed, logged, or put in the model's config or
-# checkpoints.
+# Nothing here may hang a run on a machine without internet. Weights already in the local
+# Hugging Face cache load without asking the network, whichever spelling filled the cache
+# (hub names are case-insensitive, cache folders are not: `MahmoodLab/uni` and
+# `MahmoodLab/UNI` are one model). With `HF_HUB_OFFLINE=1` nothing else is tried. Otherwise
+# one short check (in a thread with a deadline, `hub_timeout` seconds) asks for access and the
+# repository's file list, and decides between "no network", "no access", "server failure" and
+# "go" before any download starts. Gated repositories are asked with the token that
+# `huggingface_hub` reads from `HF_TOKEN` or the cached login; public ones anonymously, so a
+# stale token cannot turn "public" into "no access". The token is never printed, logged, or
+# put in the model's config, its checkpoints or any report.
 #
-# ImageNet weights loaded into the UNI shape: UNI's blocks have LayerScale (`init_values`),
-# the ImageNet ViT-L has none, so the LayerScale factors are set to 1 (an exact identity) and
-# the pixel statistics switch to the ImageNet checkpoint's. The statistics are buffers of the
-# model, saved with every checkpoint, so a model rebuilt from a checkpoint normalises the way
-# it was trained.
+# Every file is read safely (safetensors, or `torch.load(weights_only=True)`: no pickled code
+# runs) and its keys are checked strictly against the architecture: a file made for another
+# backbone (a UNI2-h file given to `uni`, a DinoBloom-B file to `dinobloom-s`) is one error
+# naming the file, the backbone, the first differing keys and shapes and how many there are.
+# The one tolerated difference is the size of the position-embedding table (DINOv2 checkpoints
+# come with tables for 224 or 518 pixels): it is resampled to this backbone's grid by timm's own
+# checkpoint filter, applied to that table alone, so that nothing else (a patch embedding of
+# another size, say) is adapted behind the user's back.
+#
+# ImageNet weights loaded into a LayerScale shape (UNI's blocks have LayerScale, the ImageNet
+# ViT-L has none): the LayerScale factors are set to 1 (an exact identity) and the pixel
+# statistics switch to the ImageNet checkpoint's. The statistics are buffers of the model,
+# saved with every checkpoint, so a model rebuilt from a checkpoint normalises the way it was
+# trained. Where the weights came from (hub repository and revision, or file path and its
+# SHA-256) travels with the model into checkpoints, `metrics.json` and the report.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from uni_seg.backbones import BACKBONES, BackboneSpec, backbone_spec, create_backbone
+from uni_seg.config import WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting, state_dict_mismatch
+
+#: The weight files of a hub repository (or of a folder), in the order they are preferred.
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
 class WeightsUnavailable(RuntimeError):
     """A weights source that cannot be used here; the message says why in a few words."""
+
+
+class WeightsMismatch(RuntimeError):
+    """Weights that do not fit the backbone's architecture; the message names the file, the
+    backbone and the first differing keys and shapes."""
 
 
 def _scrub(text: str) -> str:
@@ -2903,38 +3020,99 @@ def _offline_mode() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+# %% [markdown] tags=["why"]
+# The local cache first: a repository's weights under any spelling of its name (the cache folder is case-sensitive, the hub is not), and the revision the cached copy is of.
+
+# %% tags=["export"]
+def _cache_spellings(repo_id: str) -> list[str]:
+    """`repo_id`, then every other spelling of it that has a folder in the local hub cache
+    (`models--MahmoodLab--uni` is `MahmoodLab/UNI` spelt as its card once did)."""
+    from huggingface_hub import constants
+
+    wanted = f"models--{repo_id.replace('/', '--')}".lower()
+    try:
+        folders = sorted(os.listdir(constants.HF_HUB_CACHE))
+    except OSError:  # no cache yet
+        folders = []
+    found = [name[len("models--"):].replace("--", "/", 1) for name in folders if name.lower() == wanted]
+    return [repo_id] + [spelling for spelling in found if spelling != repo_id]
+
+
 def _cached_weights_file(repo_id: str) -> str | None:
-    """Path of `repo_id`'s weights in the local Hugging Face cache, or None (asks no network)."""
+    """Path of `repo_id`'s weights in the local Hugging Face cache under any spelling, or None (asks no network)."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        path = try_to_load_from_cache(repo_id, filename)
-        if isinstance(path, str):
-            return path
+    for spelling in _cache_spellings(repo_id):
+        for filename in HUB_WEIGHT_FILES:
+            path = try_to_load_from_cache(spelling, filename)
+            if isinstance(path, str):
+                return path
     return None
 
 
+def _snapshot_revision(path: str | Path) -> str | None:
+    """The commit a hub-cache file belongs to (`.../snapshots/<commit>/<file>`), or None elsewhere."""
+    parent = Path(path).parent
+    return parent.name if parent.parent.name == "snapshots" else None
+
+
 # %% [markdown] tags=["why"]
-# One access check with a deadline decides between *no network*, *no access* and *go* before any download starts, so a compute node without internet answers in seconds.
+# Why the hub said no, in a few words: no access, a server failure (a 5xx is the hub's fault, not the user's), or no answer at all: no network, which is remembered so that a second source does not wait again.
 
 # %% tags=["export"]
-def _check_access(repo_id: str, token: bool | None, timeout: float, network: dict[str, str]) -> None:
-    """Raise `WeightsUnavailable` unless `repo_id` answers and grants access within `timeout` s.
+def _what_happened(error: BaseException) -> BaseException:
+    """The error behind `error`: `hf_hub_download` wraps a failed request in
+    `LocalEntryNotFoundError` ("not in the local cache"), and what it wraps is what happened."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    while isinstance(error, LocalEntryNotFoundError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _hub_refusal(error: BaseException, repo_id: str) -> str | None:
+    """What the hub's answer in `error` means, in a few words (no access, server failure), or
+    None when no answer came (no network, a dropped connection, a full disk)."""
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    error = _what_happened(error)
+    if isinstance(error, GatedRepoError):
+        return f"no access (this token's account is not approved for {repo_id}; request it on the model page)"
+    if isinstance(error, RepositoryNotFoundError):
+        return f"no access ({repo_id} is not visible to this token)"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status == 401:
+        return "no access (the token was rejected: 401)"
+    if isinstance(status, int) and status >= 500:  # the hub's own failure, not the user's
+        return f"server failure (huggingface.co answered HTTP {status}; try again later)"
+    if status is not None:
+        return f"no access (hub answered HTTP {status})"
+    return None
+
+
+def _error_text(error: BaseException) -> str:
+    """`Type: message` of what happened, short and without any token in it."""
+    error = _what_happened(error)
+    return f"{type(error).__name__}: {_scrub(str(error))[:80]}"
+
+
+def _probe_hub(repo_id: str, token: bool | None, timeout: float, network: dict[str, str]) -> tuple[str, str | None]:
+    """`(weights file name, revision)` of `repo_id` once it has answered and granted access
+    within `timeout` s; `WeightsUnavailable` saying why not otherwise.
 
     `token=None`: the configured token; `False`: anonymous (public repos). `network` remembers a
     "no network" verdict so that a second source does not wait again.
     """
     if "down" in network:
         raise WeightsUnavailable(network["down"])
-    from huggingface_hub import auth_check
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+    import huggingface_hub
 
-    outcome: dict[str, BaseException | None] = {}
+    outcome: dict[str, Any] = {}
 
     def probe() -> None:
         try:
-            auth_check(repo_id, token=token)
-            outcome["error"] = None
+            huggingface_hub.auth_check(repo_id, token=token)
+            outcome["info"] = huggingface_hub.model_info(repo_id, token=token)
         except BaseException as error:  # noqa: BLE001 - classified below
             outcome["error"] = error
 
@@ -2942,168 +3120,390 @@ def _check_access(repo_id: str, token: bool | None, timeout: float, network: dic
     thread = threading.Thread(target=probe, daemon=True)
     thread.start()
     thread.join(timeout)
-    if "error" not in outcome:
+    if not outcome:
         network["down"] = f"no network (huggingface.co gave no answer within {timeout:g} s)"
         raise WeightsUnavailable(network["down"])
-    error = outcome["error"]
-    if error is None:
-        return
-    if isinstance(error, GatedRepoError):
-        raise WeightsUnavailable(
-            f"no access (this token's account is not approved for {repo_id}; request it on the model page)"
-        )
-    if isinstance(error, RepositoryNotFoundError):
-        raise WeightsUnavailable(f"no access ({repo_id} is not visible to this token)")
-    status = getattr(getattr(error, "response", None), "status_code", None)
-    if isinstance(error, HfHubHTTPError) and status == 401:
-        raise WeightsUnavailable("no access (the token was rejected: 401)")
-    if isinstance(error, HfHubHTTPError) and status is not None:
-        raise WeightsUnavailable(f"no access (hub answered HTTP {status})")
-    network["down"] = f"no network ({type(error).__name__}: {_scrub(str(error))[:80]})"
-    raise WeightsUnavailable(network["down"])
+    if "error" in outcome:
+        refusal = _hub_refusal(outcome["error"], repo_id)
+        if refusal is not None:
+            raise WeightsUnavailable(refusal)
+        network["down"] = f"no network ({_error_text(outcome['error'])})"
+        raise WeightsUnavailable(network["down"])
+    files = {sibling.rfilename for sibling in outcome["info"].siblings or ()}
+    filename = next((name for name in HUB_WEIGHT_FILES if name in files), None)
+    if filename is None:
+        raise WeightsUnavailable(f"{repo_id} holds neither {' nor '.join(HUB_WEIGHT_FILES)}")
+    return filename, outcome["info"].sha
 
 
 # %% [markdown] tags=["why"]
-# Reading and downloading weight files, and the two sources of pretrained weights: the gated hub repository and timm's ImageNet checkpoint.
+# Downloading one known file (a failed transfer says why, classified as above), and reading any weights file safely, with one line naming the file when it is not a state dict.
 
 # %% tags=["export"]
-def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _download_weights(repo_id: str, token: bool | None) -> dict[str, torch.Tensor]:
-    """Download (or reuse the cached copy of) `repo_id`'s weights; a failed transfer is `WeightsUnavailable`."""
+def _download(repo_id: str, filename: str, revision: str | None, token: bool | None,
+              local_dir: str | Path | None = None) -> str:
+    """Path of `filename` of `repo_id` at `revision`, downloaded into the hub cache (or into
+    `local_dir`); `WeightsUnavailable` saying why a transfer failed."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
 
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        try:
-            path = hf_hub_download(repo_id, filename, token=token)
-        except EntryNotFoundError:
-            continue
-        except Exception as error:  # connection dropped, disk full, ...: say so and let "auto" fall back
-            raise WeightsUnavailable(f"download failed ({type(error).__name__}: {_scrub(str(error))[:80]})") from None
-        return _read_weights_file(path)
-    raise WeightsUnavailable(f"{repo_id} holds neither model.safetensors nor pytorch_model.bin")
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, token=token, local_dir=local_dir)
+    except Exception as error:  # connection dropped, disk full, server failure, ...: say so
+        raise WeightsUnavailable(f"download failed: {_hub_refusal(error, repo_id) or _error_text(error)}") from None
 
 
-def _hub_state_dict(
-    spec: BackboneSpec, timeout: float, network: dict[str, str]
-) -> tuple[dict[str, torch.Tensor], str]:
-    """The gated pathology weights of `spec` and where they came from; `WeightsUnavailable` if none."""
-    if spec.hub_id is None:
-        raise WeightsUnavailable(f"no hub checkpoint for {spec.name!r}")
-    cached = _cached_weights_file(spec.hub_id)
-    if cached is not None:
-        return _read_weights_file(cached), f"hf-hub:{spec.hub_id}, local cache"
-    from huggingface_hub import get_token
+def _read_weights_file(path: str | Path, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a `.safetensors` file, or of a torch pickle read with `weights_only=True`
+    (no pickled code runs), on `device`: "cpu", or "meta" for shapes only (nothing is read but
+    the file's index). `WeightsUnavailable` naming the file when it cannot be read or holds
+    something other than a flat dict of tensors."""
+    path = str(path)
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+            from safetensors.torch import load_file
 
-    if get_token() is None:
-        raise WeightsUnavailable("no token (set HF_TOKEN or run `hf auth login`)")
-    if _offline_mode():
-        raise WeightsUnavailable("no network (HF_HUB_OFFLINE is set and the weights are not cached)")
-    _check_access(spec.hub_id, None, timeout, network)
-    return _download_weights(spec.hub_id, None), f"hf-hub:{spec.hub_id}, downloaded"
+            if device == "meta":
+                with safe_open(path, framework="pt") as handle:
+                    state = {k: torch.empty(handle.get_slice(k).get_shape(), device="meta") for k in handle.keys()}
+            else:
+                state = load_file(path, device=device)
+        else:
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # damaged, truncated, or a pickle with code in it
+        # torch's refusal of a pickle opens with paragraphs of advice; its reason follows "WeightsUnpickler error:"
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(error), flags=re.DOTALL)
+        reason = found.group(1) if found else (str(error).strip().splitlines() or [""])[0]
+        raise WeightsUnavailable(f"{path} is not a readable weights file ({type(error).__name__}: "
+                                 f"{' '.join(reason.split())[:200]})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = list(state)[:4] if isinstance(state, Mapping) else []
+        raise WeightsUnavailable(f"{path} holds a {type(state).__name__} (keys {keys}), not a state dict of tensors; "
+                                 "a training checkpoint must be converted to the backbone's own state dict first")
+    return dict(state)
 
 
-def _imagenet_state_dict(
-    spec: BackboneSpec, timeout: float, network: dict[str, str]
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Public ImageNet weights for `spec`'s shape; `WeightsUnavailable` if none can be had."""
-    if spec.imagenet_tag is None:
-        raise WeightsUnavailable(f"no ImageNet checkpoint for the {spec.name!r} architecture")
-    repo_id = timm.models.get_pretrained_cfg(spec.imagenet_tag).hf_hub_id
-    cached = _cached_weights_file(repo_id)
-    if cached is not None:
-        return _read_weights_file(cached), f"timm {spec.imagenet_tag}, local cache"
-    if _offline_mode():
-        raise WeightsUnavailable("no network (HF_HUB_OFFLINE is set and the weights are not cached)")
-    # Public repository: ask anonymously, so that a stale token cannot turn "public" into a 401.
-    _check_access(repo_id, False, timeout, network)
-    return _download_weights(repo_id, False), f"timm {spec.imagenet_tag}, downloaded"
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 24) -> str:
+    """SHA-256 of a file as hex, read in chunks of `chunk_bytes` (weights files reach several GB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # %% [markdown] tags=["why"]
-# Loading a state dict into the backbone (with LayerScale set to 1 for ImageNet weights), and `load_backbone_weights`, which tries the sources in order and says in one line what it loaded and why not the others.
+# The strict check of keys and shapes, shared by loading and by `fetch` (which checks shapes only, on the "meta" device): the first differences and how many, in one line. The position table may differ in size: it is resampled the way timm does.
 
 # %% tags=["export"]
-def _load_into_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], source: str) -> int:
-    """Copy `state` into `backbone`; ImageNet weights into a LayerScale ViT get LayerScale = 1.
+def _without_head(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """`mapping` without classifier keys (`head.*`): every backbone here is a feature extractor."""
+    return {k: v for k, v in mapping.items() if not k.startswith("head.")}
 
-    Returns the number of LayerScale vectors set to 1 (0 when the shapes match exactly).
 
-    Raises `RuntimeError` listing the first mismatched keys (the architecture and the
-    checkpoint disagree: a bug, not a missing download).
+def _fit_problems(expected: Mapping[str, Sequence[int]], given: Mapping[str, Sequence[int]],
+                  may_be_missing: Sequence[str] = ()) -> str | None:
+    """What keeps weights of shapes `given` (key -> shape) from loading into a backbone of shapes
+    `expected` (§0's `state_dict_mismatch`); None when they fit. A position table (`pos_embed`) of
+    the same width but another length fits: it is resampled."""
+    def resamplable(key: str, have: tuple, want: tuple) -> bool:
+        return key == "pos_embed" and len(have) == len(want) == 3 and have[-1] == want[-1]
+
+    return state_dict_mismatch(expected, given, may_be_missing=may_be_missing, shape_fits=resamplable,
+                               model="backbone") or None
+
+
+def _resample_position_table(backbone: nn.Module, state: dict[str, torch.Tensor]) -> str | None:
+    """Resample `state["pos_embed"]` in place to `backbone`'s token grid when its length differs;
+    a note for the report, or None. timm's own checkpoint filter does the resampling, given that
+    one table, so nothing else in the file is adapted."""
+    given, own = state.get("pos_embed"), getattr(backbone, "pos_embed", None)
+    if given is None or own is None or given.shape == own.shape:
+        return None
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state["pos_embed"] = checkpoint_filter_fn({"pos_embed": given}, backbone)["pos_embed"]
+    return f"position table resampled from {given.shape[1]} to {own.shape[1]} tokens"
+
+
+# %% [markdown] tags=["why"]
+# Copying a checked state dict into the backbone: ImageNet weights into a LayerScale ViT get LayerScale = 1; anything else must fit exactly (bar the position table).
+
+# %% tags=["export"]
+def _load_into_backbone(backbone: nn.Module, state: dict[str, torch.Tensor], source: str,
+                        described: str | None = None) -> list[str]:
+    """Copy `state` into `backbone`; returns notes for the one-line report (LayerScale set to 1,
+    position table resampled).
+
+    `source` "imagenet": timm's checkpoint filter adapts the file as timm would, and LayerScale
+    vectors the file lacks are set to 1. Any other source must fit exactly, except the length of
+    the position table. Raises `WeightsMismatch`, "`described` do not fit: ..." (default
+    "<source> weights"), naming the first differing keys and shapes and their counts.
     """
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    state = _without_head(state)
     if source == "imagenet":
         from timm.models.vision_transformer import checkpoint_filter_fn
 
-        state = checkpoint_filter_fn(state, backbone)  # resamples position embeddings if sizes differ
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    result = backbone.load_state_dict(state, strict=False)
-    layer_scale = [k for k in result.missing_keys if k.endswith(("ls1.gamma", "ls2.gamma"))]
-    missing = [k for k in result.missing_keys if k not in layer_scale or source != "imagenet"]
-    if missing or result.unexpected_keys:
-        raise RuntimeError(
-            f"{source} weights do not fit the backbone: missing {missing[:4]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:4]} ({len(result.unexpected_keys)})"
-        )
+        state = _without_head(checkpoint_filter_fn(state, backbone))  # resamples position embeddings if sizes differ
+    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    layer_scale = ([k for k in expected if k.endswith(("ls1.gamma", "ls2.gamma")) and k not in state]
+                   if source == "imagenet" else [])
+    problems = _fit_problems(expected, {k: tuple(v.shape) for k, v in state.items()}, may_be_missing=layer_scale)
+    if problems:
+        raise WeightsMismatch(f"{described or f'{source} weights'} do not fit: {problems}")
+    notes = [note] if (note := _resample_position_table(backbone, state)) else []
+    backbone.load_state_dict(state, strict=False)
     if layer_scale:
         params = dict(backbone.named_parameters())
         with torch.no_grad():
             for key in layer_scale:
                 params[key].fill_(1.0)
-    return len(layer_scale)
+        notes.append("LayerScale set to 1")
+    return notes
 
 
-def load_backbone_weights(
-    backbone: nn.Module, spec: BackboneSpec, weights: str = "auto", hub_timeout: float = 8.0
-) -> tuple[str, tuple[float, ...], tuple[float, ...], str]:
-    """Load pretrained weights into `backbone` as `weights` asks; returns `(source, mean, std, line)`.
+# %% [markdown] tags=["why"]
+# A local weights file or folder: which file a folder means, read and fingerprinted (SHA-256), so a result can be traced to the exact bytes.
 
-    `source` is what was loaded: "hub", "imagenet" or "none"; `mean`/`std` the RGB pixel
-    statistics those weights expect; `line` the one-line report (no token in it). Raises
-    `WeightsUnavailable` when an explicit "hub" or "imagenet" cannot be met, `ValueError` for
-    an unknown `weights`.
+# %% tags=["export"]
+def resolve_weights_path(weights: str | Path) -> Path:
+    """The weights file `weights` names: the file itself, or in a folder `model.safetensors`,
+    else `pytorch_model.bin`, else its only `.safetensors`/`.bin`/`.pth` file. `WeightsUnavailable`
+    naming the folder when it holds none, or several and none of the two preferred names."""
+    path = Path(weights).expanduser().absolute()
+    if not path.is_dir():
+        check_weights_setting(str(path), "weights")
+        return path
+    for name in HUB_WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_FILE_SUFFIXES)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise WeightsUnavailable(f"folder {path} holds no weights file ({', '.join(WEIGHT_FILE_SUFFIXES)})")
+    raise WeightsUnavailable(f"folder {path} holds {len(files)} weights files ({', '.join(p.name for p in files[:4])}): "
+                             "give WEIGHTS the path of the one to use")
+
+
+def _file_state_dict(weights: str) -> tuple[dict[str, torch.Tensor], Path, str]:
+    """(state, path, sha256) of the local weights file `weights` names (a file or a folder)."""
+    path = resolve_weights_path(weights)
+    return _read_weights_file(path), path, file_sha256(path)
+
+
+def weights_provenance(backbone: str, kind: str, message: str, *, repo: str | None = None,
+                       revision: str | None = None, filename: str | None = None, path: str | Path | None = None,
+                       sha256: str | None = None) -> dict[str, str | None]:
+    """Where a backbone's weights came from, as plain JSON (stored in checkpoints, `metrics.json`
+    and the report): `kind` "hub" or "imagenet" (with `repo`, `revision`, `filename`), "file"
+    (with `path`, `sha256`) or "none"; `backbone`; `message`, the one-line report."""
+    return dict(kind=kind, backbone=backbone, repo=repo, revision=revision, filename=filename,
+                path=None if path is None else str(path), sha256=sha256, message=message)
+
+
+# %% [markdown] tags=["why"]
+# The two hub sources: the backbone's own repository (gated ones with the configured token, public ones anonymously) and timm's public ImageNet checkpoint; the cache first, the network only when allowed and needed.
+
+# %% tags=["export"]
+def _hub_token(gated: bool) -> bool | None:
+    """The token argument for a repository: None (the configured token) for a gated one, False
+    (anonymous) for a public one. `WeightsUnavailable` when a gated one has no token to ask with."""
+    if not gated:
+        return False
+    from huggingface_hub import get_token
+
+    if get_token() is None:
+        raise WeightsUnavailable("no token (set HF_TOKEN or run `hf auth login`)")
+    return None
+
+
+def _from_hub(repo_id: str, gated: bool, timeout: float,
+              network: dict[str, str]) -> tuple[dict[str, torch.Tensor], str, dict[str, str | None]]:
+    """(state, "local cache" or "downloaded", {repo, revision, filename}) of `repo_id`'s weights:
+    from the cache under any spelling, else (network allowed) downloaded, with the configured
+    token when the repository is `gated`, anonymously otherwise."""
+    path = _cached_weights_file(repo_id)
+    where = "local cache"
+    if path is None:
+        if _offline_mode():
+            raise WeightsUnavailable("no network (HF_HUB_OFFLINE is set and the weights are not cached)")
+        token = _hub_token(gated)
+        filename, revision = _probe_hub(repo_id, token, timeout, network)
+        path, where = _download(repo_id, filename, revision, token), "downloaded"
+    return _read_weights_file(path), where, dict(repo=repo_id, revision=_snapshot_revision(path),
+                                                 filename=Path(path).name)
+
+
+def _hub_state_dict(spec: BackboneSpec, timeout: float,
+                    network: dict[str, str]) -> tuple[dict[str, torch.Tensor], str, dict[str, str | None]]:
+    """The backbone's own weights (UNI, UNI2-h, DinoBloom): (state, where, origin); `WeightsUnavailable` if none."""
+    if spec.hub_id is None:
+        raise WeightsUnavailable(f"no hub checkpoint for {spec.name!r}")
+    state, where, origin = _from_hub(spec.hub_id, spec.gated, timeout, network)
+    revision = f", revision {origin['revision'][:7]}" if origin["revision"] else ""
+    return state, f"hf-hub:{spec.hub_id}{revision}, {where}", origin
+
+
+def _imagenet_state_dict(spec: BackboneSpec, timeout: float,
+                         network: dict[str, str]) -> tuple[dict[str, torch.Tensor], str, dict[str, str | None]]:
+    """Public natural-image weights for `spec`'s shape: (state, where, origin); `WeightsUnavailable` if none."""
+    if spec.imagenet_tag is None:
+        raise WeightsUnavailable(f"no ImageNet checkpoint for the {spec.name!r} architecture")
+    repo_id = timm.models.get_pretrained_cfg(spec.imagenet_tag).hf_hub_id
+    state, where, origin = _from_hub(repo_id, False, timeout, network)
+    return state, f"timm {spec.imagenet_tag}, {where}", origin
+
+
+# %% [markdown] tags=["why"]
+# `load_backbone_weights` tries the sources `weights` asks for in order and says in one line what it loaded and why not the others; a path is loaded as it is, or not at all.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class LoadedWeights:
+    """What `load_backbone_weights` put into a backbone.
+
+    `source`: "hub", "file", "imagenet" or "none"; `mean`/`std`: the RGB pixel statistics those
+    weights expect; `message`: the one-line report (no token in it); `provenance`: where they
+    came from (`weights_provenance`), as checkpoints and `metrics.json` record it.
     """
-    if weights not in WEIGHT_CHOICES:
-        raise ValueError(f"weights={weights!r} is not one of {list(WEIGHT_CHOICES)}")
+
+    source: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    message: str
+    provenance: dict[str, str | None]
+
+
+def load_backbone_weights(backbone: nn.Module, spec: BackboneSpec, weights: str = "auto",
+                          hub_timeout: float = 8.0) -> LoadedWeights:
+    """Load pretrained weights into `backbone` as `weights` asks ("auto", "hub", "imagenet",
+    "none", or a weights file or folder, see the section's notes).
+
+    Raises `WeightsUnavailable` when an explicit "hub", "imagenet" or path cannot be met,
+    `WeightsMismatch` when the weights do not fit the architecture, `ValueError` for a
+    `weights` that is neither a choice nor an existing path.
+    """
+    check_weights_setting(weights, "weights")
     head = f"Backbone weights for {spec.name!r}:"
     if weights == "none":
-        return "none", spec.mean, spec.std, f"{head} none (random init, as asked: weights='none')."
+        line = f"{head} none (random init, as asked: weights='none')."
+        return LoadedWeights("none", spec.mean, spec.std, line, weights_provenance(spec.name, "none", line))
+    if weights not in WEIGHT_CHOICES:
+        state, path, sha256 = _file_state_dict(weights)
+        notes = _load_into_backbone(backbone, state, "file", f"the weights in {path} for backbone {spec.name!r} "
+                                                             f"({spec.timm_name})")
+        line = f"{head} file ({', '.join([str(path), f'sha256 {sha256[:12]}', *notes])})."
+        return LoadedWeights("file", spec.mean, spec.std, line,
+                             weights_provenance(spec.name, "file", line, path=path, sha256=sha256))
     order = ("hub", "imagenet") if weights == "auto" else (weights,)
     loaders = {"hub": _hub_state_dict, "imagenet": _imagenet_state_dict}
     reasons: list[str] = []
     network: dict[str, str] = {}
     for source in order:
         try:
-            state, where = loaders[source](spec, hub_timeout, network)
+            state, where, origin = loaders[source](spec, hub_timeout, network)
         except WeightsUnavailable as why:
             reasons.append(f"{source}: {why}")
             continue
-        if _load_into_backbone(backbone, state, source):
-            where += ", LayerScale set to 1"
+        notes = _load_into_backbone(backbone, state, source, f"the {source} weights of hf-hub:{origin['repo']} for "
+                                                             f"backbone {spec.name!r} ({spec.timm_name})")
         if source == "imagenet":
             pretrained = timm.models.get_pretrained_cfg(spec.imagenet_tag)
             mean, std = tuple(pretrained.mean), tuple(pretrained.std)
         else:
             mean, std = spec.mean, spec.std
         not_taken = f"; not loaded: {'; '.join(reasons)}" if reasons else ""
-        return source, mean, std, f"{head} {source} ({where}){not_taken}."
+        line = f"{head} {source} ({', '.join([where, *notes])}){not_taken}."
+        return LoadedWeights(source, mean, std, line, weights_provenance(spec.name, source, line, **origin))
     if weights != "auto":
         raise WeightsUnavailable(f"{head} weights={weights!r} cannot be loaded: {'; '.join(reasons)}")
-    return "none", spec.mean, spec.std, (
-        f"{head} none: RANDOM INIT, results are not those of a pretrained backbone; not loaded: {'; '.join(reasons)}."
-    )
+    line = f"{head} none: RANDOM INIT, results are not those of a pretrained backbone; not loaded: {'; '.join(reasons)}."
+    return LoadedWeights("none", spec.mean, spec.std, line, weights_provenance(spec.name, "none", line))
+
+
+# %% [markdown] tags=["why"]
+# `fetch`, for a login node: one backbone's hub weights downloaded (into the cache or a folder), checked against the architecture on the "meta" device (no memory, even for DinoBloom-G), and the exact setting compute nodes use.
+
+# %% tags=["export"]
+def fetch_weights(backbone: str, to: str | Path | None = None, timeout: float = 8.0) -> list[str]:
+    """Download `backbone`'s hub weights into the Hugging Face cache, or into folder `to`, check
+    that every key and shape fits its architecture, and return the lines saying what was fetched
+    and the settings a compute node without internet runs with. `WeightsUnavailable` (no
+    network, no access, no token, server failure) or `WeightsMismatch` otherwise."""
+    from huggingface_hub import constants
+
+    spec = backbone_spec(backbone)
+    if spec.hub_id is None:
+        raise WeightsUnavailable(f"{backbone!r} has no hub weights of its own (WEIGHTS=imagenet or none serve it)")
+    if _offline_mode():
+        raise WeightsUnavailable("no network (HF_HUB_OFFLINE is set: fetch where there is internet, without it)")
+    token = _hub_token(spec.gated)
+    filename, revision = _probe_hub(spec.hub_id, token, timeout, {})
+    local_dir = None if to is None else Path(to).expanduser().absolute()
+    path = Path(_download(spec.hub_id, filename, revision, token, local_dir))
+    with torch.device("meta"):  # shapes only: the check costs no memory
+        architecture = create_backbone(spec)
+    notes = _load_into_backbone(architecture, _read_weights_file(path, "meta"), "hub",
+                                f"the weights in {path} for backbone {spec.name!r} ({spec.timm_name})")
+    fits = f"every key and shape fits {spec.name!r} ({spec.timm_name}{''.join(', ' + n for n in notes)})"
+    size_mb = path.stat().st_size / 1e6
+    what = f"hf-hub:{spec.hub_id} (revision {revision or _snapshot_revision(path)}, {filename}, {size_mb:,.1f} MB)"
+    if local_dir is None:
+        return [f"Fetched {what} into the Hugging Face cache {constants.HF_HUB_CACHE}; {fits}.",
+                "On a compute node without internet that sees this cache (the same HF_HOME or HF_HUB_CACHE):",
+                "  export HF_HUB_OFFLINE=1", f"  BACKBONE={spec.name}", "  WEIGHTS=hub",
+                f'e.g. HF_HUB_OFFLINE=1 EXTRA_PARAMS="-p BACKBONE {spec.name} -p WEIGHTS hub" sbatch slurm_train.sh']
+    return [f"Fetched {what} into {path} (sha256 {file_sha256(path)}); {fits}.",
+            "On a compute node (no internet needed), with this folder visible:",
+            f"  BACKBONE={spec.name}", f"  WEIGHTS={path}",
+            f'e.g. EXTRA_PARAMS="-p BACKBONE {spec.name} -p WEIGHTS {path}" sbatch slurm_train.sh']
+
+
+def check_weights(backbone: str, weights: str = "hub", hub_timeout: float = 8.0) -> list[str]:
+    """Load `weights` into `backbone`'s architecture on the CPU exactly as a run would (offline
+    when `HF_HUB_OFFLINE` is set) and return the run's one-line report; raises as
+    `load_backbone_weights` does."""
+    spec = backbone_spec(backbone)
+    return [load_backbone_weights(create_backbone(spec), spec, weights, hub_timeout).message]
+
+
+# %% [markdown] tags=["why"]
+# The command line: `python -m uni_seg.weights fetch|check` (also `uni-seg weights`), whose expected failures are one line each, never a traceback.
+
+# %% tags=["export"]
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.weights") -> None:
+    """`fetch BACKBONE [--to DIR]` on a login node, `check BACKBONE [--weights W]` on a compute node."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Backbone weights: fetch them where there is internet (a login node), check them "
+                               "where a run will load them (a compute node). The Hugging Face token comes from "
+                               "HF_TOKEN or the cached login, never from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fetch = commands.add_parser("fetch", help="download a backbone's hub weights, check that they fit, and print "
+                                              "the settings for compute nodes")
+    fetch.add_argument("backbone", choices=[name for name, spec in BACKBONES.items() if spec.hub_id],
+                       help="the backbone whose own weights to fetch")
+    fetch.add_argument("--to", type=Path, default=None, metavar="DIR",
+                       help="download into DIR (a folder compute nodes see) instead of the Hugging Face cache")
+    fetch.add_argument("--timeout", type=float, default=8.0, metavar="S",
+                       help="seconds huggingface.co has to answer before 'no network' (default 8)")
+    check = commands.add_parser("check", help="load weights as a run would and print its one-line report")
+    check.add_argument("backbone", choices=list(BACKBONES), help="the backbone to load them into")
+    check.add_argument("--weights", default="hub", help="auto, hub, imagenet, or a weights file or folder (default hub)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "fetch":
+            lines = fetch_weights(args.backbone, args.to, args.timeout)
+        else:
+            lines = check_weights(args.backbone, args.weights)
+    except (WeightsUnavailable, WeightsMismatch, ValueError) as error:
+        print(f"{prog} {args.command} {args.backbone}: {_scrub(str(error))}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print("\n".join(lines))
 
 
 # %% [markdown]
-# ### The DPT pyramid and the heads
+# ### The DPT pyramid and the heads (`uni_seg.model`)
 #
 # Each tap passes through the backbone's final LayerNorm (as DINOv2's own dense heads do), so
 # the four arrive on one scale whatever their depth.
@@ -3124,6 +3524,22 @@ def load_backbone_weights(
 # available and bounds the output to (-1, 1).
 
 # %% tags=["export"]
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uni_seg.backbones import BackboneSpec, backbone_spec, create_backbone
+from uni_seg.weights import load_backbone_weights
+
+HV_ACTIVATIONS = ("linear", "tanh")
+PYRAMID_STRIDES = (2, 4, 8, 16)  # output stride of each reassembled tap, earliest block first
+TOKEN_STRIDE = 16  # input pixels per token on every backbone (patch-14 backbones get a resized input)
+
+
 class ResidualConvUnit(nn.Module):
     """`x + conv(relu(conv(relu(x))))`, 3×3, channels kept (DPT)."""
 
@@ -3167,6 +3583,10 @@ class FusionBlock(nn.Module):
         return self.mix(self.refine_out(x))
 
 
+# %% [markdown] tags=["why"]
+# The heads, and the default channel widths of the reassembled taps (fewer where the map is large).
+
+# %% tags=["export"]
 class Head(nn.Module):
     """3×3 conv, GroupNorm, ReLU, 1×1 conv to `out_channels` (at the fused map's stride)."""
 
@@ -3252,8 +3672,8 @@ class _CellSegNetwork(nn.Module):
         self.patch_size = int(backbone.patch_embed.patch_size[0])
         self.lora_rank: int | None = None
         self.lora_alpha: float | None = None
-        self.weights_source = "none"
-        self.weights_message = ""
+        self.weights_source, self.weights_message = "none", ""
+        self.weights_provenance: dict[str, str | None] | None = None  # where the weights came from (§3)
         # Persistent buffers: checkpoints carry the statistics the backbone was trained with.
         self.register_buffer("pixel_mean", torch.tensor(mean or spec.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor(std or spec.std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -3284,7 +3704,7 @@ class _CellSegNetwork(nn.Module):
             raise ValueError(f"model input sides must be multiples of {TOKEN_STRIDE}, got {height}x{width}")
         z = (x.float() - self.pixel_mean) / self.pixel_std
         if self.patch_size != TOKEN_STRIDE:
-            # Patch-14 backbones (UNI2-h): same token grid as a patch-16 one, see the registry notes.
+            # Patch-14 backbones (UNI2-h, DinoBloom): same token grid as a patch-16 one, see the registry notes.
             size = (height // TOKEN_STRIDE * self.patch_size, width // TOKEN_STRIDE * self.patch_size)
             z = F.interpolate(z, size=size, mode="bilinear", align_corners=False, antialias=True)
         if self.backbone_frozen():
@@ -3502,22 +3922,26 @@ def build_model(
 ) -> CellSegModel:
     """The one way to make a model: backbone `backbone` with `weights`, pyramid and heads.
 
-    `weights`: "auto" | "hub" | "imagenet" | "none" (see `load_backbone_weights`); pretrained
-    weights load before any LoRA injection. `lora_rank` (with `lora_alpha`, default 2·rank)
-    injects adapters, as `model.config` records them, so `build_model(**model.config,
-    weights="none")` rebuilds a model whose `state_dict` keys match. Prints the one-line
-    weights report unless `verbose=False`; `model.weights_source` and `model.weights_message`
-    keep it. The decoder is randomly initialised from torch's global RNG (seed first).
+    `weights`: "auto" | "hub" | "imagenet" | "none", or a weights file or folder (see
+    `uni_seg.weights.load_backbone_weights`); pretrained weights load before any LoRA injection.
+    `lora_rank` (with `lora_alpha`, default 2·rank) injects adapters, as `model.config` records
+    them, so `build_model(**model.config, weights="none")` rebuilds a model whose `state_dict`
+    keys match. Prints the one-line weights report unless `verbose=False`;
+    `model.weights_source`, `model.weights_message` and `model.weights_provenance` (where the
+    weights came from: hub repository and revision, or file path and SHA-256) keep it. The
+    decoder is randomly initialised from torch's global RNG (seed first).
     """
     spec = backbone_spec(backbone)
     vit = create_backbone(spec)
-    source, mean, std, line = load_backbone_weights(vit, spec, weights, hub_timeout)
-    model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation, mean, std)
-    model.weights_source, model.weights_message = source, line
+    loaded = load_backbone_weights(vit, spec, weights, hub_timeout)
+    model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation, loaded.mean,
+                         loaded.std)
+    model.weights_source, model.weights_message = loaded.source, loaded.message
+    model.weights_provenance = loaded.provenance
     if lora_rank:
         model.add_lora(lora_rank, lora_alpha if lora_alpha is not None else 2.0 * lora_rank)
     if verbose:
-        print(line)
+        print(loaded.message)
     return model
 
 
@@ -3532,7 +3956,7 @@ from uni_seg.model import build_model, parameter_counts_from_config
 model = build_model(cfg.backbone, cfg.weights, cfg.n_classes, decoder_channels=cfg.decoder_channels,
                     hv_activation=cfg.hv_activation)
 if model.weights_source == "none":
-    print("NOTE: this run trains on a randomly initialised backbone; its figures say nothing about UNI.")
+    print("NOTE: this run trains on a randomly initialised backbone; its figures say nothing about a pretrained one.")
 
 _rows = {
     f"{cfg.backbone}, decoder {cfg.decoder_channels} (this run)": model.parameter_counts(),
@@ -3547,6 +3971,22 @@ for _name, _c in _rows.items():
     print(f"{_name:<50}{_c['backbone']:>14,}{_c['lora']:>11,}{_c['decoder']:>13,}{_c['total']:>14,}")
 _vitl = _rows[f"uni (ViT-L/16), decoder 256 + LoRA rank {cfg.lora_rank}"]
 print(f"\nLoRA on ViT-L adds {_vitl['lora']:,} parameters, {100 * _vitl['lora'] / _vitl['backbone']:.2f} % of its backbone.")
+
+# %% [markdown]
+# The four DinoBloom sizes, counted the same way (decoder at 256 channels, LoRA rank
+# `LORA_RANK` on every block's `qkv`), to weigh what each costs before choosing one for a GPU:
+
+# %%
+from uni_seg.backbones import BACKBONES
+from uni_seg.config import markdown_table, show_markdown
+
+_dinobloom = {name: parameter_counts_from_config(name, n_classes=cfg.n_classes, decoder_channels=256,
+                                                 lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha)
+              for name in BACKBONES if name.startswith("dinobloom-")}
+show_markdown(markdown_table(
+    ("`BACKBONE`", "blocks", "tapped", "backbone", f"LoRA rank {cfg.lora_rank}", "decoder", "total"),
+    [(f"`{name}`", BACKBONES[name].depth, ", ".join(map(str, BACKBONES[name].taps)), f"{c['backbone']:,}",
+      f"{c['lora']:,}", f"{c['decoder']:,}", f"{c['total']:,}") for name, c in _dinobloom.items()]))
 
 # %% [markdown]
 # One forward pass on a batch of two training-size crops and on a non-square input, to show
@@ -3958,9 +4398,10 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "phase", "epoch", "best_val_loss", "best_epoch",
-    "history", "checkpoint_id" (what tuned post-processing parameters are matched against)
-    and "path".
+    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    weights came from, §3; None in checkpoints older than that record), "weights_message" (its
+    one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
+    "checkpoint_id" (what tuned post-processing parameters are matched against) and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
@@ -3972,8 +4413,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "phase", "epoch",
-                                      "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
+                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+    meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
 
@@ -4306,19 +4748,26 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: to
 # Where a phase's weights start: the model as built (phase 1), phase 1's best plus fresh adapters (a new phase 2), or the checkpoint's (a resume).
 
 # %% tags=["export"]
+def _weights_record(ckpt: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any] | None]:
+    """(weights_source, weights_provenance) a checkpoint records (`source` when it names none);
+    the provenance is None for a checkpoint written before provenance was recorded."""
+    return str(ckpt.get("weights_source", source)), ckpt.get("weights_provenance")
+
+
 def _setup_model(spec: TrainSpec, model: nn.Module | None,
-                 resume_state: dict | None) -> tuple[nn.Module, str, str | None]:
+                 resume_state: dict | None) -> tuple[nn.Module, tuple[str, dict[str, Any] | None], str | None]:
     """Build (or take) the model and bring it to the phase's starting weights: phase 1's best
     plus fresh adapters for a new phase 2, the checkpoint's weights for a resume (after checking
     that the checkpoint describes this architecture).
 
-    Returns (model, weights_source, id of the phase 1 checkpoint phase 2 started from or None)."""
+    Returns (model, (weights_source, weights_provenance) of its backbone, id of the phase 1
+    checkpoint phase 2 started from or None)."""
     pc = spec.phase
     if model is None:
         # A resumed run loads every weight from the checkpoint: no point fetching pretrained ones.
         overrides = {"weights": "none"} if resume_state is not None and "weights" in spec.model.kwargs else {}
         model = spec.model.build(**overrides)
-    weights_source = str(getattr(model, "weights_source", "none"))
+    weights = (str(getattr(model, "weights_source", "none")), getattr(model, "weights_provenance", None))
     init_id = resume_state.get("init_checkpoint_id") if resume_state is not None else None
     model.freeze_backbone()
     if pc.phase == 2:
@@ -4332,15 +4781,15 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
             check_compatible(init, spec.init_checkpoint, phase=1, model_config=model.config,
                              working_scale=spec.working_scale)
             model.load_state_dict(init["model_state_dict"])
-            weights_source = str(init.get("weights_source", weights_source))
+            weights = _weights_record(init, weights[0])
             init_id = init.get("checkpoint_id")
         model.add_lora(*spec.lora)
     if resume_state is not None:
         check_compatible(resume_state, spec.latest_path, phase=pc.phase, model_config=model.config,
                          working_scale=spec.working_scale)
         model.load_state_dict(resume_state["model_state_dict"])
-        weights_source = str(resume_state.get("weights_source", weights_source))
-    return model, weights_source, init_id
+        weights = _weights_record(resume_state, weights[0])
+    return model, weights, init_id
 
 
 def _phase1_moved_on(spec: TrainSpec, resume_state: Mapping[str, Any]) -> bool:
@@ -4484,7 +4933,8 @@ class _PhaseSetup:
             remove_stale_temporaries(spec.checkpoint_dir)
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
-        self.model, self.weights_source, self.init_id = _setup_model(spec, model, resume_state)
+        self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,
+                                                                                              resume_state)
         self.model.to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
@@ -4695,8 +5145,8 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
-            "weights_source": self.weights_source, "phase_config": dataclasses.asdict(self.pc),
-            "precision": self.precision, "world_size": self.ctx.world_size,
+            "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
+            "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
             "history": p.history, "rng": capture_rng_state(), "torch_version": str(torch.__version__),
@@ -7724,12 +8174,13 @@ def evaluate_predictions(
 # %% [markdown]
 # ### `results/metrics.json`
 #
-# One file per evaluation, one schema (`"schema": "uni_seg.metrics/1"`):
+# One file per evaluation, one schema (`"schema": "uni_seg.metrics/2"`; version 2 added the
+# weights' provenance):
 #
 # | key | content |
 # |---|---|
 # | `schema`, `created` | schema version; UTC time written |
-# | `model` | `backbone`, `weights` (the setting), `weights_source` (what was loaded: hub / imagenet / none), `checkpoint` |
+# | `model` | `backbone`, `weights` (the setting), `weights_source` (what was loaded: hub / file / imagenet / none), `weights_provenance` (where from: `kind`, `repo` and `revision` and `filename` of a hub or ImageNet download, `path` and `sha256` of a file, and `message`, the one-line report; null when unknown), `checkpoint` |
 # | `postproc_params` | the `instances_from_maps` parameters used |
 # | `split_sizes` | images per split, e.g. `{"train": 76, "val": 14, "test": 10}` |
 # | `n_images`, `class_names`, `iou_threshold` | what was evaluated |
@@ -7741,9 +8192,11 @@ def evaluate_predictions(
 # Undefined numbers (e.g. PQ of an image with no cells at all) are `null`.
 
 # %% tags=["export"]
-METRICS_SCHEMA = "uni_seg.metrics/1"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/1):
-schema, created; model {backbone, weights, weights_source, checkpoint}; postproc_params {...};
+METRICS_SCHEMA = "uni_seg.metrics/2"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+schema, created; model {backbone, weights, weights_source,
+                        weights_provenance {kind backbone repo revision filename path sha256 message} or null,
+                        checkpoint}; postproc_params {...};
 split_sizes {split: n}; n_images; class_names [C]; iou_threshold;
 dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq per_class_pq{class:{pq sq rq tp fp fn}}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
@@ -7756,7 +8209,7 @@ extra {...}. Undefined values are null."""
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
          "dataset", "per_image_mean", "per_image", "extra"),
-    "model": ("backbone", "weights", "weights_source", "checkpoint"),
+    "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
     "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "pixel_iou", "pixel_dice", "count_error",
@@ -7808,18 +8261,22 @@ def write_metrics_json(
     postproc_params: PostprocParams | Mapping[str, Any],
     split_sizes: Mapping[str, int],
     weights_source: str | None = None,
+    weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
-    post-processing produced it and how big each split was. NaN/inf become null.
+    post-processing produced it and how big each split was; `weights_provenance` is where the
+    backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
+    it). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
+                   weights_provenance=None if weights_provenance is None else dict(weights_provenance),
                    checkpoint=None if checkpoint is None else str(checkpoint)),
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
@@ -7957,9 +8414,10 @@ if cfg.run_evaluation:
     metrics = evaluate_split(test_predictions, cfg.n_classes)
     _manifest = load_manifest(cfg.processed_dir)
     _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
+    _provenance = (checkpoint_meta or {}).get("weights_provenance") or getattr(model, "weights_provenance", None)
     metrics_document = write_metrics_json(
         cfg.results_dir / "metrics.json", metrics, backbone=cfg.backbone, weights=cfg.weights,
-        weights_source=_weights_source, postproc_params=POSTPROC_PARAMS,
+        weights_source=_weights_source, weights_provenance=_provenance, postproc_params=POSTPROC_PARAMS,
         split_sizes={name: len(stems) for name, stems in _manifest["split"].items()},
         checkpoint=best_checkpoint, extra={"run_name": cfg.run_name, "profile": cfg.profile,
                                            "inference": INFERENCE.as_dict()},
@@ -8394,11 +8852,28 @@ def weights_warning(backbone: str, weights: str, weights_source: str | None) -> 
     return None
 
 
+def weights_origin(provenance: Mapping[str, Any] | None) -> str:
+    """Where backbone weights came from, for a reader, from a provenance record (§3's
+    `weights_provenance`): the hub repository and revision, or the file and its SHA-256."""
+    if not provenance:
+        return "not recorded"
+    kind = provenance.get("kind")
+    if kind in ("hub", "imagenet"):
+        revision = provenance.get("revision")
+        return (f"`hf-hub:{provenance.get('repo')}`" + (f" at revision `{revision}`" if revision else "")
+                + (f", file `{provenance.get('filename')}`" if provenance.get("filename") else ""))
+    if kind == "file":
+        return f"file `{provenance.get('path')}`, sha256 `{provenance.get('sha256')}`"
+    return "none: random initialisation"
+
+
 def run_summary(run_name: str, profile: str, backbone: str, weights: str, weights_source: str | None,
                 split_sizes: Mapping[str, int], data_dir: str | Path, metrics_doc: Mapping[str, Any] | None,
-                figures: Sequence[tuple[str, str]] = (), weights_line: str = "") -> str:
+                figures: Sequence[tuple[str, str]] = (), weights_line: str = "",
+                weights_provenance: Mapping[str, Any] | None = None) -> str:
     """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
-    when `weights_warning` has one), the headline metrics (`metrics_table`, or a note that
+    when `weights_warning` has one) and where they came from (`weights_origin` of
+    `weights_provenance`, when given), the headline metrics (`metrics_table`, or a note that
     evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
     split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
     lines = [f"### Run `{run_name}` at a glance", ""]
@@ -8409,7 +8884,8 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
         ("data", f"`{data_dir}`: {split} images"),
         ("profile", f"`{profile}`"),
         ("backbone", f"`{backbone}`, weights `{weights}` -> loaded: **{weights_source or 'unknown'}**"),
-    ] + ([("weights, in full", weights_line)] if weights_line else [])), ""]
+    ] + ([("weights from", weights_origin(weights_provenance))] if weights_provenance is not None else [])
+      + ([("weights, in full", weights_line)] if weights_line else [])), ""]
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
@@ -8429,14 +8905,14 @@ from uni_seg.report import run_summary
 
 _report_dir = cfg.results_dir / "reports"  # where tools/run_notebook.sh writes the HTML reports
 _figures = [(Path(p).stem.replace("_", " "), os.path.relpath(p, _report_dir)) for p in globals().get("figure_paths", [])]
-_checkpoint_source = (globals().get("checkpoint_meta") or {}).get("weights_source")
+_meta = globals().get("checkpoint_meta") or {}
 run_summary_text = run_summary(
-    cfg.run_name, cfg.profile, cfg.backbone, cfg.weights, _checkpoint_source or getattr(model, "weights_source", None),
+    cfg.run_name, cfg.profile, cfg.backbone, cfg.weights, _meta.get("weights_source") or getattr(model, "weights_source", None),
     {name: len(stems) for name, stems in load_manifest(cfg.processed_dir)["split"].items()}, cfg.data_dir,
     globals().get("metrics_document") if cfg.run_evaluation else None, _figures,
-    # what §3 printed, unless the model came from a checkpoint (which records its own weights)
-    weights_line=(globals().get("checkpoint_meta") or {}).get("weights_message", "") if globals().get("checkpoint_meta")
-    else getattr(model, "weights_message", ""),
+    # what §3 loaded, unless the model came from a checkpoint (which records its own weights)
+    weights_line=(_meta.get("weights_message") or "") if _meta else getattr(model, "weights_message", ""),
+    weights_provenance=(_meta.get("weights_provenance") if _meta else getattr(model, "weights_provenance", None)) or {},
 )
 show_markdown(run_summary_text)
 
@@ -8453,6 +8929,8 @@ show_markdown(run_summary_text)
 # |---|---|---|
 # | `uni-seg infer --checkpoint C --input DIR --output DIR` | segment a folder of images and write every export (§8) | `uni_seg.infer` |
 # | `uni-seg train --profile full -p NAME VALUE ...` | train phase 1 and/or 2, also one rank of a DDP job under `torchrun`/`srun` (§5) | `uni_seg.train` |
+# | `uni-seg weights fetch BACKBONE [--to DIR]` | on a login node: download a backbone's hub weights, check that they fit, print the `WEIGHTS` setting for compute nodes (§3) | `uni_seg.weights` |
+# | `uni-seg weights check BACKBONE --weights W` | on a compute node: load weights as a run would (offline with `HF_HUB_OFFLINE=1`) and print its one-line report (§3) | `uni_seg.weights` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -8469,6 +8947,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("uni_seg.infer", "segment every image of a folder; write label maps, overlays, CSV, GeoJSON, COCO"),
     "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
+    "weights": ("uni_seg.weights", "fetch a backbone's weights on a login node (and print the setting for offline "
+                                   "compute nodes), or check weights where a run will load them"),
 }
 
 

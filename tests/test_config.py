@@ -54,11 +54,28 @@ def test_explicit_parameters_win_and_none_means_profile_default():
         ({"typo_param": 1}, "TYPO_PARAM"),
         ({"class_weights": [1.0, 2.0]}, "CLASS_WEIGHTS has 2 weights"),
         ({"val_fraction": 1.5}, "VAL_FRACTION"),
+        ({"weights": "/no/such/weights.bin"}, "WEIGHTS='/no/such/weights.bin' is not one of ['auto', 'hub'"),
     ],
 )
 def test_bad_parameters_are_named(kwargs, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         resolve_config("demo", **kwargs)
+
+
+def test_backbone_choices_are_the_registry_and_weights_take_a_path(tmp_path):
+    """BACKBONE is checked here without importing torch; its choices must be §3's registry."""
+    from uni_seg.backbones import BACKBONES
+    from uni_seg.config import _CHOICES
+
+    assert _CHOICES["backbone"] == tuple(BACKBONES)
+    assert resolve_config("full", backbone="dinobloom-b").backbone == "dinobloom-b"
+    (tmp_path / "uni").mkdir()
+    (tmp_path / "uni" / "pytorch_model.bin").write_bytes(b"")
+    for weights in (tmp_path / "uni", tmp_path / "uni" / "pytorch_model.bin"):
+        assert resolve_config("full", weights=str(weights)).weights == str(weights)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match=re.escape("notes.txt' is a file but not a weights file (.safetensors, .bin")):
+        resolve_config("full", weights=str(tmp_path / "notes.txt"))
 
 
 def test_unknown_profile_is_named():

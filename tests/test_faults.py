@@ -295,8 +295,8 @@ def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
     expected = {f"blocks.{i}.w": torch.zeros(4, 4) for i in range(50)}
     given = {f"blocks.{i}.w": torch.zeros(8, 4) for i in range(48)} | {"extra": torch.zeros(1)}
     message = config.state_dict_mismatch(expected, given)
-    assert message.startswith("48 tensor(s) of another shape (blocks.0.w: file (8, 4), model (4, 4)")
-    assert "2 missing key(s)" in message and "1 unexpected key(s) (extra)" in message
+    assert message.startswith("48 key(s) of another shape (first: blocks.0.w (8, 4) in the file, (4, 4) in the model")
+    assert "2 missing (first: blocks.48.w, blocks.49.w)" in message and "1 unexpected (first: extra)" in message
     assert message.count("blocks.") <= 5 and "\n" not in message
     assert config.state_dict_mismatch(expected, expected) == ""
 

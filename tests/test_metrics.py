@@ -334,8 +334,23 @@ def test_metrics_json_schema(tmp_path):
     validate_metrics_document(loaded)
     assert loaded["per_image"][2]["pq"] is None
     assert loaded["model"] == {"backbone": "vit_tiny", "weights": "none", "weights_source": "none",
-                               "checkpoint": "checkpoints/best_phase2.pth"}
+                               "weights_provenance": None, "checkpoint": "checkpoints/best_phase2.pth"}
     assert loaded["split_sizes"] == {"train": 10, "val": 2, "test": 3}
     del loaded["dataset"]["map"]
     with pytest.raises(ValueError, match="dataset.map"):
         validate_metrics_document(loaded)
+
+
+def test_metrics_json_traces_the_result_to_its_weights(tmp_path):
+    """The model block carries where the backbone's weights came from, as the checkpoint recorded it."""
+    rng = np.random.default_rng(3)
+    m = evaluate_predictions(*_dataset(rng, 1), n_classes=4)
+    provenance = {"kind": "file", "backbone": "dinobloom-s", "repo": None, "revision": None, "filename": None,
+                  "path": "/weights/model.safetensors", "sha256": "ab" * 32, "message": "Backbone weights for ..."}
+    doc = write_metrics_json(tmp_path / "metrics.json", m, backbone="dinobloom-s", weights="/weights",
+                             weights_source="file", weights_provenance=provenance, postproc_params={},
+                             split_sizes={"test": 1})
+    assert json.loads((tmp_path / "metrics.json").read_text())["model"]["weights_provenance"] == provenance
+    del doc["model"]["weights_provenance"]
+    with pytest.raises(ValueError, match="model.weights_provenance"):
+        validate_metrics_document(doc)

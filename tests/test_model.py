@@ -1,7 +1,9 @@
-"""uni_seg.model: registry, weights sources (offline), pyramid shapes, phases, LoRA, config round trip.
+"""uni_seg.model (with uni_seg.backbones and uni_seg.weights): registry, weights sources
+(offline), pyramid shapes, phases, LoRA, config round trip.
 
 Everything runs on vit_tiny with a small decoder on CPU; ViT-L and UNI2-h are only counted on
-the "meta" device (no memory).
+the "meta" device (no memory). Loading real architectures from hub caches and files, and the
+`fetch` command, are in tests/test_weights.py.
 """
 
 from __future__ import annotations
@@ -15,24 +17,20 @@ import time
 import pytest
 import timm
 import torch
+from offline_hub import FAKE_TOKEN, fill_hub_cache, isolate_hub
 
 from uni_seg import model as M
-from uni_seg.model import BACKBONES, CellSegModel, build_model, count_parameters, parameter_counts_from_config
+from uni_seg import weights as W
+from uni_seg.backbones import BACKBONES
+from uni_seg.model import CellSegModel, build_model, count_parameters, parameter_counts_from_config
 
-FAKE_TOKEN = "hf_FAKEtokenFORtestsONLY0123456789abcdef"
 SMALL = dict(decoder_channels=32)
 
 
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch, tmp_path):
     """No token, an empty Hugging Face cache and home, so tests never see a developer's login."""
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    import huggingface_hub.constants as constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "stored_tokens"))
+    isolate_hub(monkeypatch, tmp_path)
 
 
 _BUILT: dict[str, CellSegModel] = {}
@@ -53,7 +51,8 @@ def seg_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
 
 # ----- registry and shapes -------------------------------------------------------------------
 def test_registry_names_taps_and_true_parameter_counts():
-    assert set(BACKBONES) == {"uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"}
+    assert set(BACKBONES) == {"uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny",
+                              "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g"}
     assert BACKBONES["uni"].taps == (5, 11, 17, 23) and BACKBONES["vit_tiny"].taps == (2, 5, 8, 11)
     for spec in BACKBONES.values():
         assert len(spec.taps) == 4 and spec.taps[-1] == spec.depth - 1 and list(spec.taps) == sorted(spec.taps)
@@ -130,6 +129,12 @@ def test_uni2h_architecture_on_meta_device():
     assert model.patch_size == 14 and out["np"].shape == (1, 1, 224, 160)
 
 
+def _source_and_line(*args, **kwargs) -> tuple[str, str]:
+    """`load_backbone_weights(*args, **kwargs)`: what it loaded and its one-line report."""
+    loaded = W.load_backbone_weights(*args, **kwargs)
+    return loaded.source, loaded.message
+
+
 # ----- weights sources -----------------------------------------------------------------------
 def test_fake_token_without_network_falls_back_to_none(monkeypatch, capsys):
     import huggingface_hub
@@ -139,14 +144,15 @@ def test_fake_token_without_network_falls_back_to_none(monkeypatch, capsys):
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(huggingface_hub, "auth_check", unreachable)
-    source, mean, std, line = M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
+    loaded = W.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
+    source, line = loaded.source, loaded.message
     assert source == "none" and "RANDOM INIT" in line
     assert "hub: no network" in line and "imagenet: no network" in line
     assert FAKE_TOKEN not in line and FAKE_TOKEN not in capsys.readouterr().out
 
 
 def test_no_token_is_named():
-    source, *_, line = M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
+    source, line = _source_and_line(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
     assert source == "none" and "hub: no token" in line
 
 
@@ -161,7 +167,7 @@ def test_no_access_is_named(monkeypatch):
 
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(huggingface_hub, "auth_check", gated)
-    source, *_, line = M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
+    source, line = _source_and_line(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=5)
     assert source == "none" and "hub: no access" in line and "imagenet: no access" in line
 
 
@@ -172,19 +178,19 @@ def test_a_hanging_hub_is_cut_off(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     monkeypatch.setattr(huggingface_hub, "auth_check", lambda *a, **k: release.wait(60))
     start = time.perf_counter()
-    source, *_, line = M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=0.5)
+    source, line = _source_and_line(torch.nn.Identity(), BACKBONES["uni"], "auto", hub_timeout=0.5)
     release.set()
     assert time.perf_counter() - start < 5  # one deadline, not one per source
     assert source == "none" and "gave no answer within 0.5 s" in line
 
 
 def test_explicit_sources_that_cannot_load_raise():
-    with pytest.raises(M.WeightsUnavailable, match="no token"):
-        M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "hub", hub_timeout=5)
-    with pytest.raises(M.WeightsUnavailable, match="no hub checkpoint"):
-        M.load_backbone_weights(torch.nn.Identity(), BACKBONES["vit_tiny"], "hub")
-    with pytest.raises(M.WeightsUnavailable, match="no ImageNet checkpoint"):
-        M.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni2-h"], "imagenet")
+    with pytest.raises(W.WeightsUnavailable, match="no token"):
+        W.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni"], "hub", hub_timeout=5)
+    with pytest.raises(W.WeightsUnavailable, match="no hub checkpoint"):
+        W.load_backbone_weights(torch.nn.Identity(), BACKBONES["vit_tiny"], "hub")
+    with pytest.raises(W.WeightsUnavailable, match="no ImageNet checkpoint"):
+        W.load_backbone_weights(torch.nn.Identity(), BACKBONES["uni2-h"], "imagenet")
 
 
 def test_weights_none_says_so(capsys):
@@ -196,15 +202,9 @@ def test_weights_none_says_so(capsys):
 def _fake_cached_imagenet(tmp_path, tag: str, state: dict[str, torch.Tensor]) -> None:
     """Lay `state` out as the Hugging Face cache would hold timm's `tag` checkpoint."""
     import huggingface_hub.constants as constants
-    from safetensors.torch import save_file
 
-    repo = timm.models.get_pretrained_cfg(tag).hf_hub_id
-    root = tmp_path / "hub" / f"models--{repo.replace('/', '--')}"
-    (root / "refs").mkdir(parents=True)
-    (root / "refs" / "main").write_text("0" * 40)
-    snapshot = root / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(snapshot / "model.safetensors"))
+    fill_hub_cache(tmp_path / "hub", timm.models.get_pretrained_cfg(tag).hf_hub_id, {"model.safetensors": state},
+                   revision="0" * 40)
     assert constants.HF_HUB_CACHE == str(tmp_path / "hub")
 
 
@@ -226,13 +226,13 @@ def test_imagenet_weights_into_a_layerscale_vit_set_layerscale_to_one():
     """UNI's shape has LayerScale; ImageNet ViT-L has none: gamma = 1 makes the copy exact."""
     plain = timm.create_model("vit_tiny_patch16_224", num_classes=1000, dynamic_img_size=True).eval()
     scaled = timm.create_model("vit_tiny_patch16_224", num_classes=0, init_values=1e-5, dynamic_img_size=True).eval()
-    M._load_into_backbone(scaled, plain.state_dict(), "imagenet")
+    W._load_into_backbone(scaled, plain.state_dict(), "imagenet")
     assert torch.all(scaled.blocks[3].ls1.gamma == 1.0)
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scaled.forward_features(x), plain.forward_features(x), atol=1e-6)
     with pytest.raises(RuntimeError, match="do not fit"):
-        M._load_into_backbone(scaled, plain.state_dict(), "hub")  # hub weights must match exactly
+        W._load_into_backbone(scaled, plain.state_dict(), "hub")  # hub weights must match exactly
 
 
 # ----- phases --------------------------------------------------------------------------------

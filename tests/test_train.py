@@ -53,6 +53,8 @@ class TinySegModel(nn.Module):
         if pad_floats:  # a big frozen buffer: makes checkpoint writes slow (kill tests)
             self.register_buffer("pad", torch.zeros(pad_floats))
         self.weights_source = "none" if weights == "none" else "imagenet"
+        self.weights_provenance = {"kind": self.weights_source, "backbone": backbone, "repo": "timm/tiny",
+                                   "revision": "abc123", "message": f"weights: {self.weights_source}"}
         self.lora_rank = self.lora_alpha = None
         if lora_rank:
             self.add_lora(lora_rank, lora_alpha)
@@ -298,6 +300,20 @@ def test_phase2_starts_from_phase1_best_and_stores_adapters(tmp_path):
     assert torch.equal(ckpt["model_state_dict"]["backbone.weight"], best1["backbone.weight"])  # frozen
     model, meta = C.load_model_from_checkpoint(p2.best_checkpoint, builder=f"{__name__}:TinySegModel")
     assert meta["phase"] == 2 and model.lora_rank == 2
+
+
+def test_weights_provenance_travels_from_phase_1_through_phase_2_and_resumes(tmp_path):
+    """Where the backbone's weights came from is recorded by phase 1, kept by phase 2 (whose
+    architecture is rebuilt without pretrained weights) and by a resume, and read back for inference."""
+    E.train_phase(tiny_spec(tmp_path, epochs=1, model={"weights": "imagenet"}))
+    recorded = C.load_checkpoint(tmp_path / "checkpoints/best_phase1.pth")["weights_provenance"]
+    assert recorded["kind"] == "imagenet" and recorded["revision"] == "abc123"
+    E.train_phase(tiny_spec(tmp_path, phase=2, epochs=1))  # rebuilt with weights="none"
+    E.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))  # resumed
+    ckpt = C.load_checkpoint(tmp_path / "checkpoints/latest_phase2.pth")
+    assert ckpt["weights_source"] == "imagenet" and ckpt["weights_provenance"] == recorded
+    _, meta = C.load_model_from_checkpoint(tmp_path / "checkpoints/latest_phase2.pth", builder=f"{__name__}:TinySegModel")
+    assert meta["weights_provenance"] == recorded and meta["weights_message"] == "weights: imagenet"
 
 
 def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):

@@ -87,3 +87,22 @@ def test_area_histogram_and_count_scatter(tmp_path, case):
 def test_class_counts_from_maps_and_vectors(case):
     assert viz._class_counts(case["true"], case["true_cls"], 4).tolist() == [0, 3, 1, 0]
     assert viz._class_counts(case["pred"], case["classes"], 4).tolist() == [0, 3, 0, 1]
+
+
+# ----- the run at a glance (uni_seg.report) ---------------------------------------------------
+@pytest.mark.parametrize("provenance, shown", [
+    ({"kind": "hub", "repo": "1aurent/vit_small_patch14_224.dinobloom", "revision": "5e74787f", "filename": "model.safetensors"},
+     "`hf-hub:1aurent/vit_small_patch14_224.dinobloom` at revision `5e74787f`, file `model.safetensors`"),
+    ({"kind": "file", "path": "/weights/uni/pytorch_model.bin", "sha256": "ab" * 32},
+     f"file `/weights/uni/pytorch_model.bin`, sha256 `{'ab' * 32}`"),
+    ({"kind": "none"}, "none: random initialisation"),
+    ({}, "not recorded"),
+])
+def test_run_summary_says_where_the_weights_came_from(provenance, shown):
+    from uni_seg.report import run_summary
+
+    text = run_summary("r", "full", "dinobloom-s", "hub", provenance.get("kind", "hub"), {"test": 3}, "data/raw", None,
+                       weights_provenance=provenance)
+    assert f"| weights from | {shown} |" in text
+    assert "weights from" not in run_summary("r", "full", "uni", "hub", "hub", {"test": 3}, "data/raw", None)
+

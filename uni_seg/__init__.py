@@ -9,7 +9,9 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.targets      section 2: Targets and augmentation
     uni_seg.augment      section 2: Targets and augmentation (Augmentation)
     uni_seg.dataset      section 2: Targets and augmentation (The Dataset and its loaders)
-    uni_seg.model        section 3: Model (The backbone registry, Where the weights come from, The DPT pyramid and the heads, The model)
+    uni_seg.backbones    section 3: Model (The backbone registry)
+    uni_seg.weights      section 3: Model (Where the weights come from)
+    uni_seg.model        section 3: Model (The DPT pyramid and the heads, The model)
     uni_seg.losses       section 4: Losses
     uni_seg.checkpoints  section 5: Training engine (Checkpoints)
     uni_seg.engine       section 5: Training engine (The settings of a phase, Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
@@ -23,4 +25,4 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']
+__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "infer": ("uni_seg.infer", "segment every image of a folder; write label maps, overlays, CSV, GeoJSON, COCO"),
     "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
+    "weights": ("uni_seg.weights", "fetch a backbone's weights on a login node (and print the setting for offline "
+                                   "compute nodes), or check weights where a run will load them"),
 }
 
 

@@ -189,11 +189,29 @@ class RunConfig:
 # notebook §0, cell id 86f4d11c
 _PATH_FIELDS = ("data_dir", "processed_dir", "checkpoint_dir", "results_dir")
 _CHOICES = {
-    "backbone": ("uni", "uni2-h", "vit_large_imagenet", "vit_small", "vit_tiny"),
-    "weights": ("auto", "hub", "imagenet", "none"),
+    # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
+    "backbone": ("uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
+                 "vit_small", "vit_tiny"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "hv_activation": ("linear", "tanh"),
 }
+#: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
+WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
+#: The weight files `WEIGHTS` may name (or a folder may hold): safetensors, or torch pickles read safely.
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".bin", ".pth")
+
+
+def check_weights_setting(weights: str, name: str = "WEIGHTS") -> None:
+    """`ValueError` naming `name` unless `weights` is one of `WEIGHT_CHOICES`, an existing file
+    ending in one of `WEIGHT_FILE_SUFFIXES`, or an existing folder (§3 finds the file in it)."""
+    if weights in WEIGHT_CHOICES:
+        return
+    path = Path(weights).expanduser()
+    if path.is_dir() or (path.is_file() and path.suffix in WEIGHT_FILE_SUFFIXES):
+        return
+    if path.is_file():
+        raise ValueError(f"{name}={weights!r} is a file but not a weights file ({', '.join(WEIGHT_FILE_SUFFIXES)})")
+    raise ValueError(f"{name}={weights!r} is not one of {list(WEIGHT_CHOICES)} and no such file or folder exists")
 
 
 def resolve_config(profile: str, **parameters: Any) -> RunConfig:
@@ -220,6 +238,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
+    check_weights_setting(merged["weights"])
     for name in ("crop_size", "tile_size"):
         if merged[name] % 16:
             raise ValueError(f"{name.upper()}={merged[name]} must be a multiple of 16 (the ViT patch size)")
@@ -505,21 +524,29 @@ def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
     return lines
 
 
-def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], limit: int = 3) -> str:
-    """What keeps `given` (a state dict) from loading into a module whose state dict is
-    `expected`, in one line: tensors of another shape, missing and unexpected keys, each with
-    its count and its first `limit` names ("" when it fits). Tensors only need a `.shape`."""
-    shape = lambda v: tuple(getattr(v, "shape", ()))  # noqa: E731
-    wrong = [k for k in expected if k in given and shape(expected[k]) != shape(given[k])]
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], *, limit: int = 3,
+                        may_be_missing: Sequence[str] = (), shape_fits: Callable[[str, tuple, tuple], bool] | None = None,
+                        model: str = "model") -> str:
+    """What keeps a state dict `given` from loading into a module whose state dict is `expected`,
+    in one line: keys of another shape, missing and unexpected keys, each with its count and its
+    first `limit` names ("" when it fits). Values are tensors (their `.shape`) or shapes.
+    `may_be_missing`: keys the loader fills itself; `shape_fits(key, given, expected)`: a shape
+    difference the loader adapts (a position table it resamples); `model`: what the module is
+    called in the message ("model", "backbone")."""
+    def shape(value: Any) -> tuple:
+        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+
+    want, have = {k: shape(v) for k, v in expected.items()}, {k: shape(v) for k, v in given.items()}
+    reshaped = [k for k in want if k in have and have[k] != want[k] and not (shape_fits and shape_fits(k, have[k], want[k]))]
+    missing = [k for k in want if k not in have and k not in may_be_missing]
+    unexpected = [k for k in have if k not in want]
     parts = []
-    if wrong:
-        shown = ", ".join(f"{k}: file {shape(given[k])}, model {shape(expected[k])}" for k in wrong[:limit])
-        parts.append(f"{len(wrong)} tensor(s) of another shape ({shown}{', ...' if len(wrong) > limit else ''})")
+    if reshaped:
+        shown = "; ".join(f"{k} {have[k]} in the file, {want[k]} in the {model}" for k in reshaped[:limit])
+        parts.append(f"{len(reshaped)} key(s) of another shape (first: {shown})")
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
-            parts.append(f"{len(keys)} {label} key(s) ({', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''})")
+            parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:limit])})")
     return "; ".join(parts)
 
 

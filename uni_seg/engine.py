@@ -270,19 +270,26 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: Callable, device: to
 
 
 # notebook §5 "The loop", cell id b36f51cd
+def _weights_record(ckpt: Mapping[str, Any], source: str) -> tuple[str, dict[str, Any] | None]:
+    """(weights_source, weights_provenance) a checkpoint records (`source` when it names none);
+    the provenance is None for a checkpoint written before provenance was recorded."""
+    return str(ckpt.get("weights_source", source)), ckpt.get("weights_provenance")
+
+
 def _setup_model(spec: TrainSpec, model: nn.Module | None,
-                 resume_state: dict | None) -> tuple[nn.Module, str, str | None]:
+                 resume_state: dict | None) -> tuple[nn.Module, tuple[str, dict[str, Any] | None], str | None]:
     """Build (or take) the model and bring it to the phase's starting weights: phase 1's best
     plus fresh adapters for a new phase 2, the checkpoint's weights for a resume (after checking
     that the checkpoint describes this architecture).
 
-    Returns (model, weights_source, id of the phase 1 checkpoint phase 2 started from or None)."""
+    Returns (model, (weights_source, weights_provenance) of its backbone, id of the phase 1
+    checkpoint phase 2 started from or None)."""
     pc = spec.phase
     if model is None:
         # A resumed run loads every weight from the checkpoint: no point fetching pretrained ones.
         overrides = {"weights": "none"} if resume_state is not None and "weights" in spec.model.kwargs else {}
         model = spec.model.build(**overrides)
-    weights_source = str(getattr(model, "weights_source", "none"))
+    weights = (str(getattr(model, "weights_source", "none")), getattr(model, "weights_provenance", None))
     init_id = resume_state.get("init_checkpoint_id") if resume_state is not None else None
     model.freeze_backbone()
     if pc.phase == 2:
@@ -296,15 +303,15 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
             check_compatible(init, spec.init_checkpoint, phase=1, model_config=model.config,
                              working_scale=spec.working_scale)
             model.load_state_dict(init["model_state_dict"])
-            weights_source = str(init.get("weights_source", weights_source))
+            weights = _weights_record(init, weights[0])
             init_id = init.get("checkpoint_id")
         model.add_lora(*spec.lora)
     if resume_state is not None:
         check_compatible(resume_state, spec.latest_path, phase=pc.phase, model_config=model.config,
                          working_scale=spec.working_scale)
         model.load_state_dict(resume_state["model_state_dict"])
-        weights_source = str(resume_state.get("weights_source", weights_source))
-    return model, weights_source, init_id
+        weights = _weights_record(resume_state, weights[0])
+    return model, weights, init_id
 
 
 def _phase1_moved_on(spec: TrainSpec, resume_state: Mapping[str, Any]) -> bool:
@@ -439,7 +446,8 @@ class _PhaseSetup:
             remove_stale_temporaries(spec.checkpoint_dir)
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
-        self.model, self.weights_source, self.init_id = _setup_model(spec, model, resume_state)
+        self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,
+                                                                                              resume_state)
         self.model.to(self.device)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed crop sizes: let cuDNN pick its fastest kernels
@@ -642,8 +650,8 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
-            "weights_source": self.weights_source, "phase_config": dataclasses.asdict(self.pc),
-            "precision": self.precision, "world_size": self.ctx.world_size,
+            "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
+            "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
             "history": p.history, "rng": capture_rng_state(), "torch_version": str(torch.__version__),

@@ -541,9 +541,11 @@ def evaluate_predictions(
 
 
 # notebook §9 "results/metrics.json", cell id 1e4b6b1f
-METRICS_SCHEMA = "uni_seg.metrics/1"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/1):
-schema, created; model {backbone, weights, weights_source, checkpoint}; postproc_params {...};
+METRICS_SCHEMA = "uni_seg.metrics/2"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+schema, created; model {backbone, weights, weights_source,
+                        weights_provenance {kind backbone repo revision filename path sha256 message} or null,
+                        checkpoint}; postproc_params {...};
 split_sizes {split: n}; n_images; class_names [C]; iou_threshold;
 dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq per_class_pq{class:{pq sq rq tp fp fn}}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
@@ -556,7 +558,7 @@ extra {...}. Undefined values are null."""
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
          "dataset", "per_image_mean", "per_image", "extra"),
-    "model": ("backbone", "weights", "weights_source", "checkpoint"),
+    "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
     "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "pixel_iou", "pixel_dice", "count_error",
@@ -605,18 +607,22 @@ def write_metrics_json(
     postproc_params: PostprocParams | Mapping[str, Any],
     split_sizes: Mapping[str, int],
     weights_source: str | None = None,
+    weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
-    post-processing produced it and how big each split was. NaN/inf become null.
+    post-processing produced it and how big each split was; `weights_provenance` is where the
+    backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
+    it). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
+                   weights_provenance=None if weights_provenance is None else dict(weights_provenance),
                    checkpoint=None if checkpoint is None else str(checkpoint)),
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},

@@ -37,11 +37,28 @@ def weights_warning(backbone: str, weights: str, weights_source: str | None) -> 
     return None
 
 
+def weights_origin(provenance: Mapping[str, Any] | None) -> str:
+    """Where backbone weights came from, for a reader, from a provenance record (§3's
+    `weights_provenance`): the hub repository and revision, or the file and its SHA-256."""
+    if not provenance:
+        return "not recorded"
+    kind = provenance.get("kind")
+    if kind in ("hub", "imagenet"):
+        revision = provenance.get("revision")
+        return (f"`hf-hub:{provenance.get('repo')}`" + (f" at revision `{revision}`" if revision else "")
+                + (f", file `{provenance.get('filename')}`" if provenance.get("filename") else ""))
+    if kind == "file":
+        return f"file `{provenance.get('path')}`, sha256 `{provenance.get('sha256')}`"
+    return "none: random initialisation"
+
+
 def run_summary(run_name: str, profile: str, backbone: str, weights: str, weights_source: str | None,
                 split_sizes: Mapping[str, int], data_dir: str | Path, metrics_doc: Mapping[str, Any] | None,
-                figures: Sequence[tuple[str, str]] = (), weights_line: str = "") -> str:
+                figures: Sequence[tuple[str, str]] = (), weights_line: str = "",
+                weights_provenance: Mapping[str, Any] | None = None) -> str:
     """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
-    when `weights_warning` has one), the headline metrics (`metrics_table`, or a note that
+    when `weights_warning` has one) and where they came from (`weights_origin` of
+    `weights_provenance`, when given), the headline metrics (`metrics_table`, or a note that
     evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
     split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
     lines = [f"### Run `{run_name}` at a glance", ""]
@@ -52,7 +69,8 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
         ("data", f"`{data_dir}`: {split} images"),
         ("profile", f"`{profile}`"),
         ("backbone", f"`{backbone}`, weights `{weights}` -> loaded: **{weights_source or 'unknown'}**"),
-    ] + ([("weights, in full", weights_line)] if weights_line else [])), ""]
+    ] + ([("weights from", weights_origin(weights_provenance))] if weights_provenance is not None else [])
+      + ([("weights, in full", weights_line)] if weights_line else [])), ""]
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
