@@ -131,6 +131,8 @@ USE_TTA: bool = False  # test-time augmentation: average over flips and 90-degre
 TUNE_POSTPROC: bool = True  # grid-search the watershed parameters on val to maximise PQ
 N_FIGURE_SAMPLES: int = 3  # test images drawn in the sample figures
 EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference; None: all
+EXPORT_OVERLAY: str = "jpg"  # overlay picture of each exported image: "jpg", "png" or "none"
+INFER_WORKERS: Optional[int] = None  # worker processes for the CPU side of inference, evaluation and tuning; 0: in this process; None: the usable CPUs minus one
 
 # %% [markdown]
 # A parameter given under a name the notebook does not know (`-p EPOCS_PHASE1 1`) would be
@@ -160,7 +162,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -263,6 +268,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     tune_postproc=True,
     n_figure_samples=3,
     export_images=None,
+    export_overlay="jpg",
+    infer_workers=None,
 )
 
 
@@ -332,6 +339,8 @@ class RunConfig:
     tune_postproc: bool
     n_figure_samples: int
     export_images: int | None
+    export_overlay: str
+    infer_workers: int | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -350,6 +359,7 @@ _CHOICES = {
                  "vit_small", "vit_tiny"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "hv_activation": ("linear", "tanh"),
+    "export_overlay": ("jpg", "png", "none"),
 }
 #: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
 WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
@@ -420,7 +430,7 @@ _INT_AT_LEAST: dict[str, int] = dict(
     patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
     crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
 #: Integer parameters that may also be None (their default), and their smallest value.
-_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0)
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
 _FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
@@ -690,6 +700,35 @@ def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()
         raise SystemExit(2) from None
 
 
+def exit_with_parent() -> None:
+    """End this process when the process that spawned it dies (a rank must not train on, holding
+    a GPU, nor a CPU worker on, after the notebook or job that started it was killed). On Linux the kernel sends
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+# %% [markdown] tags=["why"]
+# Two sets of settings, or a state dict and the model it should load into, are compared in one way
+# everywhere: differences named by key, the first few shown, the rest counted.
+
+# %% tags=["export"]
 def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                          names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
     """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""
@@ -956,6 +995,7 @@ show_markdown(config_table(cfg.as_dict()))
 # %% tags=["export"]
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -965,7 +1005,7 @@ import sys
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -1495,6 +1535,123 @@ def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseC
     return context
 
 
+# %% [markdown] tags=["why"]
+# The CPU side of inference, evaluation and tuning runs in a pool of worker processes, so that a
+# GPU never waits for Python: how many, and the pool itself (or this process, for debugging).
+
+# %% tags=["export"]
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity (what a SLURM job's cpuset allows), capped by
+    `SLURM_CPUS_PER_TASK` when set."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(cpus, int(slurm)) if slurm.isdigit() else cpus)
+
+
+def default_workers(device_type: str = "cuda") -> int:
+    """Worker processes for the CPU side. Next to a GPU ("cuda", "mps"): the usable CPUs minus
+    one for the process that feeds it. When the model itself runs on the CPU it is by far the
+    slowest stage and needs the cores: one worker (taking the exports off its path) where there
+    are 4 CPUs or more, else none."""
+    if device_type == "cpu":
+        return 1 if usable_cpus() >= 4 else 0
+    return max(0, usable_cpus() - 1)
+
+
+def _worker_started() -> None:
+    from uni_seg.config import exit_with_parent
+
+    cv2.setNumThreads(1)  # N workers x N OpenCV threads would oversubscribe the CPUs
+    exit_with_parent()
+
+
+def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
+    """("ok", fn(*args)), or ("error", "Type: message") when it raises an Exception: how a worker
+    reports a failed image without ending the run."""
+    try:
+        return "ok", fn(*args)
+    except Exception as error:  # one bad image must not stop a folder
+        return "error", f"{type(error).__name__}: {error}"
+
+
+# %% [markdown] tags=["why"]
+# The pool itself: worker processes that start small (no torch), report a failed item instead of
+# dying, and end with their parent, or, with 0 workers, this process.
+
+# %% tags=["export"]
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While worker processes are launched, this process's `__main__` looks interactive.
+
+    spawn and forkserver children run the parent's main script or module again (as
+    `__mp_main__`) before their first task. For `python -m uni_seg.infer`, or any script that
+    imports torch, that is torch in every worker: measured here 1.4 s more start-up and some
+    300 MB each. The workers only run functions of uni_seg's modules (which they import by
+    name), so they never need the main script; a Jupyter kernel's has no file and is skipped
+    the same way."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+class WorkerPool:
+    """Worker processes for the CPU side (`workers` > 0), or this process (`workers` == 0: every
+    call runs at once, in order, for debugging and tests). `submit(fn, *args)` returns a future
+    of `guarded(fn, *args)`; `fn` must be importable from a module (not defined in a script or
+    a notebook). Workers start from a forkserver that preloads `preload` (modules without torch:
+    small, fast workers, safe next to a CUDA context), use one thread each and end with their
+    parent. As a context manager, leaving by an exception (Ctrl-C) kills them."""
+
+    def __init__(self, workers: int, preload: Sequence[str] = ("uni_seg.export",)) -> None:
+        if workers < 0:
+            raise ValueError(f"workers={workers} must be >= 0 (0: everything in this process)")
+        self.workers = workers
+        self._executor = None
+        if workers:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+            if context.get_start_method() == "forkserver":
+                context.set_forkserver_preload(list(preload))
+            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started)
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        if self._executor is not None:
+            with _main_script_hidden():  # the executor launches its workers inside submit
+                return self._executor.submit(guarded, fn, *args)
+        future: Future = Future()
+        future.set_result(guarded(fn, *args))
+        return future
+
+    def close(self, kill: bool = False) -> None:
+        """Wait for the workers to finish (or, with `kill`, end them at once)."""
+        if self._executor is None:
+            return
+        if kill:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            # The executor has no public way to end running workers before Python 3.14
+            # (terminate_workers); a Ctrl-C must not leave them running.
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                process.terminate()
+        else:
+            self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self.close(kill=kind is not None)
+
+
 # %% [markdown]
 # ### The processed cache at the working scale
 # `WORKING_SCALE` is a resize factor from raw to working pixels. The seed squeezed whole
@@ -1530,6 +1687,32 @@ def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
     stride = tile_size - overlap
     n = math.ceil((length - tile_size) / stride) + 1
     return [int(round(s)) for s in np.linspace(0, length - tile_size, n)]
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
+    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
+
+    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
+    enlarging by an integer factor turns each pixel into an exact block.
+    """
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
+    # Two passes of `take` (columns first, so that the second copies whole rows): ~4x faster
+    # than one 2-D fancy index at 1600x1200.
+    return np.asarray(labels).take(cols, axis=1).take(rows, axis=0)
 
 
 def resize_to_working_scale(
@@ -1826,6 +2009,15 @@ def build_processed_cache(
 # Reading the cache back, split by split.
 
 # %% tags=["export"]
+def load_processed_arrays(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(image uint8 (h, w, 3), {"image", "inst" int32, "cls" uint8}) of one processed .npz: the
+    model's input and the truth, for the inference pipeline's workers (the image is one array,
+    sent once)."""
+    with np.load(path) as data:
+        truth = {"image": data["image"], "inst": data["inst"].astype(np.int32), "cls": data["cls"].astype(np.uint8)}
+    return truth["image"], truth
+
+
 @dataclasses.dataclass(frozen=True)
 class ProcessedSample:
     """One cached image: where its .npz is and where it came from."""
@@ -5253,10 +5445,7 @@ import dataclasses
 import datetime
 import json
 import os
-import signal
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -5265,7 +5454,8 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config, resolve_device
+from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, exit_with_parent,
+                            resolve_config, resolve_device)
 from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
@@ -5321,32 +5511,8 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
 # `launch_training` trains in this process, or spawns one DDP rank per GPU (CPU processes on gloo in the tests).
 
 # %% tags=["export"]
-def _exit_with_parent() -> None:
-    """End this process when the process that spawned it dies (a rank must not train on, holding
-    a GPU, after the notebook or job that started it was killed). On Linux the kernel sends
-    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before the request took effect
-                os._exit(1)
-            return
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
-    _exit_with_parent()
+    exit_with_parent()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     ctx = init_distributed(rank, world_size, rank, spec.device)
@@ -5698,6 +5864,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
 from uni_seg.config import Settings, write_json_atomic
+from uni_seg.data import resize_labels
 from uni_seg.targets import hv_maps
 
 
@@ -6079,17 +6246,19 @@ def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarra
         raise ValueError("inst must hold non-negative ids (0 = background)")
     n = int(inst.max()) if inst.size else 0
     n_cell_classes = nc_prob.shape[0] - 1
-    flat = inst.ravel().astype(np.int64)
-    vote = np.argmax(nc_prob[1:], axis=0).ravel()  # 0..C-2, i.e. class - 1
-    votes = np.bincount(flat * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
+    # Only the cells' pixels vote (background is most of a smear): index them once.
+    where = np.flatnonzero(inst.ravel())
+    labels = inst.ravel()[where].astype(np.int64)
+    probabilities = nc_prob.reshape(nc_prob.shape[0], -1)[:, where]  # (C, cell pixels)
+    vote = np.argmax(probabilities[1:], axis=0)  # 0..C-2, i.e. class - 1
+    votes = np.bincount(labels * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
     votes = votes.reshape(n + 1, n_cell_classes)
     classes = np.argmax(votes, axis=1).astype(np.int64) + 1
     areas = votes.sum(axis=1)
     classes[areas == 0] = 0
     classes[0] = 0
-    # Sum of each class's probability per cell: C bincounts, O(C * pixels).
-    sums = np.stack([np.bincount(flat, weights=nc_prob[c].ravel(), minlength=n + 1) for c in range(nc_prob.shape[0])])
-    chosen = sums[classes, np.arange(n + 1)]
+    # The chosen class's probability summed per cell: one bincount of each pixel's own cell's class.
+    chosen = np.bincount(labels, weights=probabilities[classes[labels], np.arange(labels.size)], minlength=n + 1)
     probs = np.where(areas > 0, chosen / np.maximum(areas, 1), 0.0).astype(np.float32)
     probs[0] = 0.0
     return classes, probs
@@ -6161,6 +6330,37 @@ def cells_from_maps(
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
 
+def cells_with_truth(maps: Mapping[str, np.ndarray], path: Path, truth: dict[str, np.ndarray],
+                     postproc: PostprocParams | None) -> tuple[dict, Mapping, tuple]:
+    """(truth, maps, `cells_from_maps(maps, postproc)`) of one processed image: the finish
+    stage of `predict_split`'s pipeline (here, away from torch, for its worker processes)."""
+    return truth, maps, cells_from_maps(maps, postproc)
+
+
+def cells_at_size(inst_working: np.ndarray, classes: np.ndarray, class_probs: np.ndarray, scores: np.ndarray,
+                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells found at the working scale, at the image's own size `shape` (H, W): (inst int32
+    (H, W) by nearest-neighbour enlargement, inst_working, classes, class_probs, scores), all
+    renumbered when shrinking (a working scale > 1) dropped a tiny cell, so they stay aligned
+    (enlarging keeps every pixel, so every cell)."""
+    inst = resize_labels(inst_working, shape)
+    n = len(classes) - 1
+    if (inst.shape[0] < inst_working.shape[0] or inst.shape[1] < inst_working.shape[1]) and n:
+        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
+        present[0] = True
+        if not present.all():
+            lut = np.cumsum(present).astype(np.int32) - 1
+            inst = lut[inst]
+            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
+            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
+    return inst.astype(np.int32, copy=False), inst_working, classes, class_probs, scores
+
+
+# %% [markdown] tags=["why"]
+# A split's predictions keep, per image, the cells and the truth they are scored against, at the
+# working scale.
+
+# %% tags=["export"]
 @dataclasses.dataclass
 class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).
@@ -6380,32 +6580,24 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import find_contours, regionprops_table
+
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
 from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
                             write_json_atomic)
-from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour,
-                          class_name, read_mask, write_image)
-from uni_seg.postproc import Segmentation
+from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour, class_name,
+                          read_image, read_mask, resize_image, working_shape, write_image)
+from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
 def _rle_string(counts: Sequence[int]) -> str:
-    """COCO's compressed string of RLE counts (pycocotools' `rleToString`)."""
-    out: list[str] = []
-    for i, count in enumerate(counts):
-        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift, as in C on a signed long
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    """COCO's compressed string of RLE counts (pycocotools' `rleToString`): each count after the
+    second as the difference from the count two before, in `_rle_chars`' 5-bit code."""
+    c = np.asarray(counts, dtype=np.int64)
+    values = c.copy()
+    values[3:] -= c[1:-2]
+    return _rle_chars(values)[0].tobytes().decode("ascii")
 
 
 def _rle_counts_from_string(s: str) -> list[int]:
@@ -6428,20 +6620,17 @@ def _rle_counts_from_string(s: str) -> list[int]:
     return counts
 
 
-def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> list[int]:
-    """RLE counts (background first) of foreground runs [starts[i], ends[i]) over `total` pixels."""
+def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> np.ndarray:
+    """RLE counts int64 (background first) of foreground runs [starts[i], ends[i]) over `total`
+    pixels."""
     if starts.size == 0:
-        return [total]
+        return np.array([total], dtype=np.int64)
     # Runs that touch (a cell spanning the full height continues into the next column) merge.
-    joined = np.flatnonzero(starts[1:] == ends[:-1])
-    if joined.size:
-        starts = np.delete(starts, joined + 1)
-        ends = np.delete(ends, joined)
-    bounds = np.stack([starts, ends], axis=1).ravel()
-    counts = np.diff(bounds, prepend=0).tolist()
-    if ends[-1] < total:
-        counts.append(total - int(ends[-1]))
-    return counts
+    keep_start = np.r_[True, starts[1:] != ends[:-1]]
+    keep_end = np.r_[starts[1:] != ends[:-1], True]
+    bounds = np.stack([starts[keep_start], ends[keep_end]], axis=1).ravel()
+    counts = np.diff(bounds, prepend=0)
+    return np.r_[counts, total - ends[-1]] if ends[-1] < total else counts
 
 
 # %% [markdown] tags=["why"]
@@ -6477,91 +6666,200 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
     return np.repeat(values, counts).reshape(w, h).T
 
 
+def _rle_chars(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCO's 5-bit character code of int64 `values` (already differenced): (characters uint8,
+    characters per value), all values at once."""
+    x = values.copy()
+    chars = np.full((x.size, 14), -1, dtype=np.int64)  # 14 groups of 5 bits hold any int64
+    active = np.ones(x.size, dtype=bool)
+    for k in range(14):
+        if not active.any():
+            break
+        group = x & 0x1F
+        x = x >> 5  # arithmetic shift, as in C on a signed long
+        more = np.where(group & 0x10, x != -1, x != 0) & active
+        chars[active, k] = (group | np.where(more, 0x20, 0))[active] + 48
+        active = more
+    present = chars >= 0
+    return chars[present].astype(np.uint8), present.sum(axis=1)
+
+
+# %% [markdown] tags=["why"]
+# Every cell's runs, read off the label map in one pass (column-major, as COCO counts them): its box
+# and its RLE follow without a pass per cell.
+
+# %% tags=["export"]
+def cell_runs(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal labels of `inst` (int (H, W)) in column-major order (COCO's), cells
+    only, grouped by cell and in image order within each: (labels, starts, ends) int64 (R,),
+    flat column-major positions, `ends` exclusive. A run may continue into the next column."""
+    flat = np.ascontiguousarray(np.asarray(inst).T).ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts, ends = np.r_[0, change], np.r_[change, flat.size]
+    labels = flat[starts].astype(np.int64)
+    keep = labels > 0
+    order = np.argsort(labels[keep], kind="stable")
+    return labels[keep][order], starts[keep][order], ends[keep][order]
+
+
+def cell_boxes(inst: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 (N,) of the cells present, boxes int64 (N, 4) = row start, row stop, column
+    start, column stop) of `inst` (int (H, W)), from its `cell_runs` (given or computed): what
+    `scipy.ndimage.find_objects` gives, at ~a third of its cost when the runs are needed anyway."""
+    height = inst.shape[0]
+    labels, starts, ends = cell_runs(inst) if runs is None else runs
+    if labels.size == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    across = starts // height != (ends - 1) // height  # a run into the next column covers every row
+    top = np.where(across, 0, starts % height)
+    bottom = np.where(across, height - 1, (ends - 1) % height)
+    boxes = np.stack([np.minimum.reduceat(top, first), np.maximum.reduceat(bottom, first) + 1,
+                      np.minimum.reduceat(starts // height, first), np.maximum.reduceat((ends - 1) // height, first) + 1], axis=1)
+    return labels[first], boxes
+
+
+def cell_rle_counts(inst: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                    ) -> dict[int, str]:
+    """{id: COCO compressed RLE counts} of every cell of `inst` (int (H, W)), from its
+    `cell_runs` (given or computed): the runs, grouped by cell, become every cell's counts at
+    once (zeros before each run, the run, zeros after the last), encoded in one vectorised
+    call. Per-cell work is one string slice."""
+    height, width = inst.shape
+    labels, starts, ends = cell_runs(inst) if runs is None else runs
+    if labels.size == 0:
+        return {}
+    first, last = np.r_[True, labels[1:] != labels[:-1]], np.r_[labels[1:] != labels[:-1], True]
+    previous_end = np.r_[0, ends[:-1]]
+    previous_end[first] = 0
+    tail = height * width - ends
+    with_tail = last & (tail > 0)
+    per_run = 2 + with_tail.astype(np.int64)
+    position = np.cumsum(per_run) - per_run
+    counts = np.empty(int(per_run.sum()), dtype=np.int64)
+    counts[position], counts[position + 1] = starts - previous_end, ends - starts
+    counts[position[with_tail] + 2] = tail[with_tail]
+    cell_start = np.zeros(counts.size, dtype=bool)
+    cell_start[position[first]] = True
+    index = np.arange(counts.size)
+    within = index - np.maximum.accumulate(np.where(cell_start, index, 0))
+    values = counts.copy()
+    later = np.flatnonzero(within > 2)
+    values[later] -= counts[later - 2]  # each count after the second, as the difference from two before
+    chars, n_chars = _rle_chars(values)
+    text = chars.tobytes().decode("ascii")
+    offsets = np.r_[0, np.cumsum(np.add.reduceat(n_chars, np.flatnonzero(cell_start)))]
+    return {int(c): text[offsets[k]:offsets[k + 1]] for k, c in enumerate(labels[first].tolist())}
+
+
+# %% [markdown] tags=["why"]
+# From the runs to each cell's outline, centre, area and mean grey: one pass over the image, each
+# cell cut out of its box only.
+
+# %% tags=["export"]
+@dataclasses.dataclass
+class CellShapes:
+    """What the exports need of every cell of a label map, from one pass over the cells'
+    bounding boxes (`cell_shapes`). `ids` int64 (N,) the cells present; per cell, in the order
+    of `ids`: `moments` float64 (N, 6) = area (pixels), centroid x, y (pixel indices) and the
+    central second moments xx, yy, xy (per pixel); `mean_intensity` float64 (N,) of the grey
+    image given, or NaN; and by id: `polygons` (valid outline polygons, see `cell_polygons`) and
+    `rles` (COCO RLE with "size", "counts", "bbox" [x, y, w, h], "area")."""
+
+    ids: np.ndarray
+    moments: np.ndarray
+    mean_intensity: np.ndarray
+    polygons: dict[int, list[list[np.ndarray]]]
+    rles: dict[int, dict[str, Any]]
+
+
+def cell_shapes(inst: np.ndarray, grey: np.ndarray | None = None, rles: bool = True) -> CellShapes:
+    """`CellShapes` of the label map `inst` (int (H, W), 0 background); `grey` uint8 (H, W) for
+    the mean intensities; `rles=False` skips the RLEs. One pass over the image finds the cells'
+    runs and boxes (`cell_runs`, `cell_boxes`); the rest costs the cells' boxes, never a
+    full-image mask per cell."""
+    inst = np.asarray(inst)
+    height, width = inst.shape
+    moments, intensity, polygons, encoded = [], [], {}, {}
+    runs = cell_runs(inst)
+    ids, boxes = cell_boxes(inst, runs)
+    framed = np.pad(inst, 1)  # once: each cell's window with a background margin is a plain slice
+    for cell, (r0, r1, c0, c1) in zip(ids.tolist(), boxes.tolist()):
+        window = framed[r0:r1 + 2, c0:c1 + 2] == cell
+        crop = window[1:-1, 1:-1]
+        m = cv2.moments(crop.view(np.uint8), binaryImage=True)
+        moments.append((m["m00"], c0 + m["m10"] / m["m00"], r0 + m["m01"] / m["m00"],
+                        m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]))
+        intensity.append(cv2.mean(grey[r0:r1, c0:c1], crop.view(np.uint8))[0] if grey is not None else np.nan)
+        polygons[cell] = _outline_polygons(window, (r0 - 1, c0 - 1))
+        if rles:
+            encoded[cell] = {"size": [height, width], "bbox": [int(c0), int(r0), int(crop.shape[1]), int(crop.shape[0])],
+                             "area": int(m["m00"])}
+    for cell, counts in (cell_rle_counts(inst, runs) if rles else {}).items():
+        encoded[cell]["counts"] = counts
+    return CellShapes(ids, np.asarray(moments, np.float64).reshape(-1, 6),
+                      np.asarray(intensity, np.float64), polygons, encoded)
+
+
 def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
     """COCO RLE of every cell of a label map, from its bounding box only.
 
     `inst` int (H, W) >= 0. Returns {id: {"size", "counts", "bbox": [x, y, w, h], "area"}}.
-    A cell's column-major runs inside its box are shifted to full-image positions, so the cost
-    is the box, not the image.
     """
-    inst = np.asarray(inst)
-    height, width = inst.shape
-    out: dict[int, dict[str, Any]] = {}
-    for index, box in enumerate(ndi.find_objects(inst)):
-        if box is None:
-            continue
-        cell = index + 1
-        r0, c0 = box[0].start, box[1].start
-        crop = inst[box] == cell
-        hc, wc = crop.shape
-        padded = np.zeros((wc, hc + 2), dtype=np.int8)  # one row of background above and below each column
-        padded[:, 1:-1] = crop.T
-        change = np.diff(padded.ravel())
-        q_start, q_end = np.flatnonzero(change == 1) + 1, np.flatnonzero(change == -1) + 1
-        starts = (c0 + q_start // (hc + 2)) * height + r0 + q_start % (hc + 2) - 1
-        ends = (c0 + q_end // (hc + 2)) * height + r0 + q_end % (hc + 2) - 1
-        out[cell] = {
-            "size": [height, width],
-            "counts": _rle_string(_counts_from_runs(starts, ends, height * width)),
-            "bbox": [int(c0), int(r0), int(wc), int(hc)],
-            "area": int(crop.sum()),
-        }
-    return out
+    return cell_shapes(inst).rles
 
 
 # %% [markdown] tags=["why"]
 # Outlines: polygons for GeoJSON, and the boundary pixels drawn in an overlay.
 
 # %% tags=["export"]
-def _signed_area(ring: np.ndarray) -> float:
-    """Shoelace area of a closed (row, col) ring: > 0 for an outline, < 0 for a hole's (the
-    orientation `find_contours` gives them)."""
-    y, x = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+def _outline_polygons(cell: np.ndarray, origin: tuple[int, int]) -> list[list[np.ndarray]]:
+    """Valid polygons of one cell's mask `cell` (bool (h, w), padded with background), each
+    `[shell, hole, ...]`, in image coordinates (pixel edges at integers) given the crop's
+    `origin` (row, column).
 
-
-def _without_collinear(ring: np.ndarray) -> np.ndarray:
-    """A closed ring (first point = last) without the vertices that lie exactly on the line
-    through their neighbours (marching squares puts one on every pixel edge crossed)."""
-    points = ring[:-1]
-    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
-    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    kept = points[np.abs(turn) > 1e-9]
-    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
-
-
-def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[list[float]]]]]:
-    """The outline of every cell as valid polygons: {id: [polygon, ...]}, one polygon per
-    separate piece of the cell, each `[shell, hole, ...]`, each ring [[x, y], ...] closed.
-
-    Marching squares (`skimage.measure.find_contours` at level 0.5 on each cell's bounding
-    box) rather than OpenCV's pixel-centre tracing, because a traced outline passes twice
-    through a pixel where the cell is pinched to a diagonal contact, and such a ring touches
-    itself: an invalid polygon that QuPath repairs or drops. The iso-line never touches itself
-    (`fully_connected="high"` keeps diagonal neighbours in one piece, as the cells' 8-connected
-    labelling does), follows the pixel edges with the corners cut, and keeps holes as interior
-    rings. Coordinates are image pixels with the pixel centre at +0.5 (QuPath's convention);
-    vertices exactly on a straight run are dropped.
+    OpenCV's contour tracing passes through pixel centres, so where a cell narrows to one pixel,
+    or to a diagonal contact, a traced ring runs back over itself: an invalid polygon. Traced on
+    the mask upsampled 2x, with each diagonal-only contact bridged by one sub-pixel, no part of
+    the cell is thinner than two sub-pixels, and the rings (0.25 px inside the pixel edges) never
+    touch themselves or each other; holes come as interior rings (`RETR_CCOMP`).
     """
-    inst = np.asarray(inst)
-    out: dict[int, list[list[list[list[float]]]]] = {}
-    for index, box in enumerate(ndi.find_objects(inst)):
-        if box is None:
-            continue
-        cell = index + 1
-        offset = np.array([box[0].start - 1 + 0.5, box[1].start - 1 + 0.5])  # (row, col) of the padded crop's origin
-        crop = np.pad((inst[box] == cell).astype(np.float32), 1)
-        rings = [_without_collinear(c) for c in find_contours(crop, 0.5, fully_connected="high")]
-        shells = [r for r in rings if _signed_area(r) > 0]
-        holes = [r for r in rings if _signed_area(r) < 0]
-        polygons = [[s] for s in sorted(shells, key=_signed_area, reverse=True)]
-        for hole in holes:  # each hole belongs to the smallest shell around it
-            inside = [k for k, p in enumerate(polygons)
-                      if cv2.pointPolygonTest(p[0][:, ::-1].astype(np.float32), (float(hole[0, 1]), float(hole[0, 0])), False) > 0]
-            if inside:
-                polygons[min(inside, key=lambda k: _signed_area(polygons[k][0]))].append(hole)
-        out[cell] = [[((ring + offset)[:, ::-1]).round(2).tolist() for ring in polygon] for polygon in polygons]
-    return out
+    up = cv2.resize(cell.view(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    a, b, c, d = up[:-1, :-1], up[:-1, 1:], up[1:, :-1], up[1:, 1:]
+    b |= a & d & ~(b | c) & 1  # [[1, 0], [0, 1]]: join the two through the upper right
+    a |= b & c & ~(a | d) & 1  # [[0, 1], [1, 0]]: through the upper left
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    # The staircase of a slanted edge, straightened: no vertex moves more than half a sub-pixel
+    # (0.25 px), less than the sub-pixel that separates any two parts of the outline.
+    contours = [cv2.approxPolyDP(c, 0.5, True) if len(c) > 8 else c for c in contours]
+    links = hierarchy[0]  # per contour: next, previous, first child, parent
+    scale = np.array([0.5, 0.5])
+    shift = np.array([origin[1], origin[0]], dtype=np.float64) + 0.25  # sub-pixel centre (u + 0.5) / 2
+
+    def ring(k: int) -> np.ndarray:
+        points = contours[k][:, 0, :] * scale + shift  # multiples of 0.25: exact in binary
+        return np.concatenate([points, points[:1]])
+
+    polygons = []
+    for k in np.flatnonzero(links[:, 3] < 0):
+        rings, child = [ring(k)], links[k][2]
+        while child >= 0:
+            rings.append(ring(child))
+            child = links[child][0]
+        polygons.append(rings)
+    return polygons
+
+
+def cell_polygons(inst: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
+    """The outline of every cell as valid polygons (shapely's `is_valid`, what QuPath needs):
+    {id: [polygon, ...]}, one polygon per separate piece of the cell, each `[shell, hole, ...]`,
+    each ring float64 (n, 2) of closed (x, y) vertices (multiples of 0.25), in image pixels with
+    the pixel centre at +0.5 (QuPath's convention). Computed on each cell's bounding box
+    (`_outline_polygons`)."""
+    return cell_shapes(inst, rles=False).polygons
 
 
 def cell_outlines(inst: np.ndarray) -> np.ndarray:
@@ -6581,32 +6879,37 @@ def cell_outlines(inst: np.ndarray) -> np.ndarray:
 
 
 def draw_overlay(
-    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None
+    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W, 3): `image` with each cell's outline drawn in its class colour.
 
-    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id. Outlines are the cells'
-    inner boundary pixels, thickened inwards to `thickness` pixels (default ~1 per 600 px of
-    the image's short side) by a grey dilation of the outline labels.
+    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id; `polygons` the cells'
+    `cell_polygons` (computed when not given). Outlines are the polygons drawn `thickness`
+    pixels wide (default ~1 per 600 px of the image's short side) with OpenCV's line drawing at
+    sub-pixel precision: one call per class, not a full-image pass per cell.
     """
     image = check_rgb_image(image)
     if thickness is None:
         thickness = max(1, round(min(inst.shape) / 600))
-    outline = np.where(cell_outlines(inst), inst, 0)
-    if thickness > 1:
-        outline = np.where(inst > 0, ndi.grey_dilation(outline, size=(thickness, thickness)), 0)
-    n_colors = max(int(np.max(classes, initial=0)) + 1, len(CLASS_DISPLAY_COLOURS))
-    lut = np.array([class_colour(c) for c in range(n_colors)], dtype=np.uint8)
-    out = image.copy()
-    on = outline > 0
-    out[on] = lut[np.asarray(classes)[outline[on]]]
+    polygons = cell_polygons(inst) if polygons is None else polygons
+    out = np.ascontiguousarray(image.copy())
+    shift = 4  # OpenCV's fixed point: coordinates x 16, pixel centres at integers (hence the -0.5)
+    by_class: dict[int, list[np.ndarray]] = {}
+    for cell, pieces in polygons.items():
+        rings = [np.round((r - 0.5) * (1 << shift)).astype(np.int32) for p in pieces for r in p]
+        by_class.setdefault(int(classes[cell]), []).extend(rings)
+    for klass, rings in by_class.items():
+        cv2.polylines(out, rings, True, tuple(int(v) for v in class_colour(klass)), thickness, cv2.LINE_8, shift)
     return out
 
 
 # %% [markdown] tags=["why"]
-# The per-cell table uses `skimage.measure.regionprops_table` (one pass per property over
-# the cells' bounding boxes). Sizes are in pixels at the original resolution; mean intensity
-# is of the grey-level image (0..255), dark for stained cells.
+# The per-cell table: pixel measures from each cell's image moments and outline measures from
+# the polygons the GeoJSON needs anyway, all from the one pass of `cell_shapes` (regionprops'
+# per-cell passes cost ~2 ms a cell). Sizes
+# are in pixels at the original resolution; mean intensity is of the grey-level image (0..255),
+# dark for stained cells.
 
 # %% tags=["export"]
 CELL_TABLE_COLUMNS: tuple[str, ...] = (
@@ -6622,21 +6925,32 @@ def cell_table(
     class_probs: np.ndarray,
     scores: np.ndarray,
     class_names: Sequence[str] = CLASS_NAMES,
+    shapes: CellShapes | None = None,
 ) -> dict[str, np.ndarray]:
     """Measurements of every cell: columns `CELL_TABLE_COLUMNS`, each an array of length N.
 
     `inst` int (H, W) with cells 1..N; `image` uint8 (H, W, 3) RGB; `classes`, `class_probs`,
-    `scores` (N + 1,) by cell id. Centroids in pixels (x column, y row), area in pixels,
-    perimeter and equivalent diameter in pixels.
+    `scores` (N + 1,) by cell id; `shapes` the cells' `cell_shapes` with the image's grey levels
+    (computed when not given). Pixel measures come from the cells' image moments: area, centroid
+    (x column, y row, pixel-index coordinates), equivalent diameter (of the disc of that area),
+    eccentricity (of the ellipse with the cell's second moments, as regionprops defines it),
+    mean intensity of the grey image (0..255). Outline measures come from the cell's outline
+    polygon: perimeter (its length, pixels), solidity (its area over its convex hull's).
     """
     grey = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY)
-    props = regionprops_table(
-        np.asarray(inst, dtype=np.int32),
-        intensity_image=grey,
-        properties=("label", "centroid", "area", "perimeter", "equivalent_diameter_area",
-                    "eccentricity", "solidity", "intensity_mean"),
-    )
-    ids = props["label"].astype(np.int64)
+    shapes = cell_shapes(inst, grey, rles=False) if shapes is None else shapes
+    ids = shapes.ids
+    a, cx, cy, mxx, myy, mxy = shapes.moments.T
+    half_trace, root = (mxx + myy) / 2, np.sqrt(((mxx - myy) / 2) ** 2 + mxy**2)
+    major, minor = half_trace + root, np.maximum(half_trace - root, 0.0)
+    eccentricity = np.where(major > 0, np.sqrt(np.clip(1.0 - minor / np.where(major > 0, major, 1), 0, 1)), 0.0)
+    perimeter, solidity = np.zeros(ids.size), np.zeros(ids.size)
+    for k, cell in enumerate(ids.tolist()):
+        outlines = [np.asarray(p[0], np.float32) for p in shapes.polygons.get(cell, [])]
+        if outlines:
+            perimeter[k] = sum(cv2.arcLength(s, True) for s in outlines)
+            hull = cv2.contourArea(cv2.convexHull(np.vstack(outlines)))
+            solidity[k] = sum(cv2.contourArea(s) for s in outlines) / hull if hull > 0 else 1.0
     cls = np.asarray(classes)[ids]
     return {
         "id": ids,
@@ -6644,15 +6958,58 @@ def cell_table(
         "class": np.array([class_name(int(c), class_names) for c in cls], dtype=object),
         "class_probability": np.asarray(class_probs)[ids],
         "score": np.asarray(scores)[ids],
-        "centroid_x": props["centroid-1"],
-        "centroid_y": props["centroid-0"],
-        "area": props["area"].astype(np.int64),
-        "perimeter": props["perimeter"],
-        "equivalent_diameter": props["equivalent_diameter_area"],
-        "eccentricity": props["eccentricity"],
-        "solidity": props["solidity"],
-        "mean_intensity": props["intensity_mean"],
+        "centroid_x": cx,
+        "centroid_y": cy,
+        "area": a.astype(np.int64),
+        "perimeter": perimeter,
+        "equivalent_diameter": np.sqrt(4 * a / np.pi),
+        "eccentricity": eccentricity,
+        "solidity": solidity,
+        "mean_intensity": shapes.mean_intensity,
     }
+
+
+# %% [markdown] tags=["why"]
+# The GeoJSON's vertices are most of its text (~14,000 of them in a 1600x1200 image) and
+# `json.dumps` of nested lists makes a Python object of each, the largest cost of the exports
+# after the outlines themselves. Every vertex is a multiple of 0.25, so its digits are computed
+# for all rings at once as arrays and compacted into one string.
+
+# %% tags=["export"]
+#: The characters after a coordinate's whole part, by its quarter: "", ".25", ".5", ".75" (-1: none).
+_QUARTER_SUFFIXES = np.array([[-1, -1, -1], [46, 50, 53], [46, 53, -1], [46, 55, 53]], dtype=np.int16)
+
+
+def _ring_texts(rings: Sequence[np.ndarray]) -> list[str]:
+    """JSON text "[[x,y],...]" of each ring (float (n, 2), every value a multiple of 0.25, as
+    `cell_polygons` gives them; ValueError otherwise): the same numbers `json.dumps` writes."""
+    if not rings:
+        return []
+    points = np.concatenate(rings)
+    quarters = np.rint(points * 4).astype(np.int64)
+    if not np.array_equal(quarters / 4, points):
+        raise ValueError("ring coordinates must be multiples of 0.25")
+    magnitude = np.abs(quarters)
+    whole = magnitude >> 2
+    n_digits = len(str(int(whole.max())))
+    powers = 10 ** np.arange(n_digits - 1, -1, -1, dtype=np.int64)
+    digits = (whole[..., None] // powers % 10 + 48).astype(np.int16)  # (M, 2, n_digits), leading zeros
+    used = 1 + (whole[..., None] >= 10 ** np.arange(1, n_digits + 1, dtype=np.int64)).sum(axis=-1)
+    digits[np.arange(n_digits) < n_digits - used[..., None]] = -1
+    sign = np.where(quarters < 0, 45, -1).astype(np.int16)[..., None]
+    number = np.concatenate([sign, digits, _QUARTER_SUFFIXES[magnitude & 3]], axis=-1)  # (M, 2, width)
+
+    def column(code: int) -> np.ndarray:
+        return np.full((len(points), 1), code, dtype=np.int16)
+
+    # Each vertex as "[x,y]," (-1 where a number is shorter than the widest).
+    rows = np.concatenate([column(91), number[:, 0], column(44), number[:, 1], column(93), column(44)], axis=1)
+    present = rows >= 0
+    text = rows[present].astype(np.uint8).tobytes().decode("ascii")
+    ends = np.cumsum(present.sum(axis=1))
+    last = np.cumsum([len(r) for r in rings]) - 1
+    starts = np.r_[0, ends[last[:-1]]]
+    return ["[" + text[a:b - 1] + "]" for a, b in zip(starts.tolist(), ends[last].tolist())]  # without the last ","
 
 
 # %% [markdown] tags=["why"]
@@ -6670,37 +7027,54 @@ def cells_geojson(
     table: Mapping[str, np.ndarray],
     object_type: str = "detection",
     image_name: str | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of the cells, in QuPath's import format.
+    """GeoJSON FeatureCollection of the cells, in QuPath's import format, as a dict: see
+    `cells_geojson_text`, which the exports write."""
+    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons))
+
+
+def cells_geojson_text(
+    inst: np.ndarray,
+    table: Mapping[str, np.ndarray],
+    object_type: str = "detection",
+    image_name: str | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+) -> str:
+    """GeoJSON FeatureCollection of the cells, in QuPath's import format, as compact JSON text.
 
     One Feature per cell: geometry a Polygon (MultiPolygon if the cell is in pieces) from
-    `cell_polygons`, properties {"objectType": "detection" | "annotation", "classification":
-    {"name", "color": [r, g, b]}, "measurements": {column: value}} with the `cell_table` columns.
+    `cell_polygons` (computed when not given), properties {"objectType": "detection" |
+    "annotation", "classification": {"name", "color": [r, g, b]}, "measurements": {column:
+    value}} with the `cell_table` columns. The vertices are formatted by `_ring_texts`.
     """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type={object_type!r} must be 'detection' or 'annotation'")
-    polygons = cell_polygons(inst)
+    polygons = cell_polygons(inst) if polygons is None else polygons
+    ids = np.asarray(table["id"]).tolist()
+    ring_texts = iter(_ring_texts([ring for cell in ids for piece in polygons[cell] for ring in piece]))
     numeric = [c for c in table if c not in ("id", "class")]
     features = []
-    for row, cell in enumerate(np.asarray(table["id"]).tolist()):
-        pieces = polygons[cell]
-        geometry = {"type": "Polygon", "coordinates": pieces[0]} if len(pieces) == 1 else {
-            "type": "MultiPolygon", "coordinates": pieces}
-        cls = int(table["class_id"][row])
+    for row, cell in enumerate(ids):
+        pieces = ["[" + ",".join(next(ring_texts) for _ in piece) + "]" for piece in polygons[cell]]
+        coordinates = pieces[0] if len(pieces) == 1 else "[" + ",".join(pieces) + "]"
         measurements = {name: float(table[name][row]) for name in numeric}
         measurements["cell_id"] = cell
-        features.append({
+        feature = json.dumps({
             "type": "Feature",
             # A stable UUID per image and cell: QuPath keeps object ids across re-imports.
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"uni_seg/{image_name or ''}/{cell}")),
-            "geometry": geometry,
+            "geometry": {"type": "Polygon" if len(pieces) == 1 else "MultiPolygon", "coordinates": None},
             "properties": {
                 "objectType": object_type,
-                "classification": {"name": str(table["class"][row]), "color": list(class_colour(cls))},
+                "classification": {"name": str(table["class"][row]),
+                                   "color": list(class_colour(int(table["class_id"][row])))},
                 "measurements": measurements,
             },
-        })
-    return {"type": "FeatureCollection", "features": features}
+        }, separators=(",", ":"))
+        # The geometry comes first, and a string holding the same text would be escaped.
+        features.append(feature.replace('"coordinates":null', '"coordinates":' + coordinates, 1))
+    return '{"type":"FeatureCollection","features":[' + ",".join(features) + "]}"
 
 
 def write_label_png(path: Path, inst: np.ndarray) -> Path:
@@ -6727,34 +7101,99 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
 # collects them):
 
 # %% tags=["export"]
+#: The overlay's file formats: JPEG (the default: a picture to look at, encoded in ~5 ms where a
+#: 1600x1200 PNG takes ~50 ms, the largest single cost of an image's exports), PNG, or none.
+OVERLAY_FORMATS = ("jpg", "png", "none")
+
+
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
-    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection",
-) -> dict[str, Any]:
-    """Write one image's label PNG, overlay PNG, cell CSV and GeoJSON into `out_dir`.
+    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", overlay: str = "jpg",
+    rles: bool = True,
+) -> tuple[dict[str, Any], CellShapes]:
+    """Write one image's overlay, label PNG, cell CSV and GeoJSON into `out_dir`, in that
+    order (the GeoJSON last: when it exists, the image's files are complete).
 
-    Files: `<name>_instances.png` (uint16), `<name>_overlay.png`, `<name>_cells.csv`,
-    `<name>_cells.geojson`. Returns the cell table (see `cell_table`).
+    Files: `<name>_overlay.jpg|png` (unless `overlay="none"`), `<name>_instances.png` (uint16),
+    `<name>_cells.csv`, `<name>_cells.geojson`. The cells' shapes are measured once
+    (`cell_shapes`), for the overlay, the table, the GeoJSON and (with `rles`) the folder's COCO
+    annotations. Returns (the cell table (see `cell_table`), the shapes).
     """
+    if overlay not in OVERLAY_FORMATS:
+        raise ValueError(f"overlay={overlay!r} is not one of {list(OVERLAY_FORMATS)}")
+    shapes = cell_shapes(seg.inst, cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY), rles=rles)
+    if overlay != "none":
+        write_image(out_dir / f"{name}_overlay.{overlay}",
+                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons))
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
-    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
-    table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names)
+    table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names, shapes=shapes)
     write_csv(out_dir / f"{name}_cells.csv", table)
-    geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name)
-    atomic_write(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
-    return table
+    atomic_write(out_dir / f"{name}_cells.geojson",
+                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons))
+    return table, shapes
 
 
-def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int, first_id: int) -> list[dict[str, Any]]:
-    """COCO annotations (RLE segmentation, bbox, area, category, score) of one image's cells."""
+def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int, first_id: int,
+                     rles: Mapping[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """COCO annotations (RLE segmentation, bbox, area, category, score) of one image's cells;
+    `rles` their `instance_rles` when already computed."""
     anns = []
-    for offset, (cell, rle) in enumerate(instance_rles(inst).items()):
+    for offset, (cell, rle) in enumerate((instance_rles(inst) if rles is None else rles).items()):
         anns.append({
             "id": first_id + offset, "image_id": image_id, "category_id": int(classes[cell]),
             "segmentation": {"size": rle["size"], "counts": rle["counts"]}, "area": rle["area"],
             "bbox": rle["bbox"], "iscrowd": 0, "score": round(float(scores[cell]), 5),
         })
     return anns
+
+
+# %% [markdown] tags=["why"]
+# What a worker process does with one image of a folder, before and after the model: read,
+# decode and resize it; then cells, classes and every export file from the model's maps.
+
+# %% tags=["export"]
+def load_for_model(path: str | Path, working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the image at the working scale, uint8 (h, w, 3) RGB; its own size (H, W)) of the image
+    file `path`: what the device needs, and no more, goes back to the process feeding it."""
+    image = read_image(path)
+    return resize_image(image, working_shape(*image.shape[:2], working_scale)), image.shape[:2]
+
+
+def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, output_dir: str | Path,
+                 postproc: PostprocParams | None, class_names: Sequence[str], object_type: str,
+                 overlay: str) -> dict[str, Any]:
+    """Cells of one image from its maps at the working scale (`cells_from_maps`), at the image's
+    own size, written as `export_segmentation`'s files (the image read again here: cheaper
+    than sending it through the pipeline). Returns {"height", "width", "classes" int64 (N + 1,),
+    "annotations": its COCO annotations without ids} for the folder's files."""
+    image = read_image(path)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
+    inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
+                                                                     image.shape[:2])
+    seg = Segmentation(inst, classes, class_probs, scores, inst_working, None, {})
+    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay)
+    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
+            "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)}
+
+
+def load_folder_item(item: tuple[Path, str], working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_for_model` of a folder item (path, export name): the pipeline's load stage."""
+    return load_for_model(item[0], working_scale)
+
+
+def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], size: tuple[int, int],
+                       output_dir: Path, postproc: PostprocParams | None, class_names: Sequence[str],
+                       object_type: str, overlay: str) -> dict[str, Any]:
+    """`export_image` of a folder item (path, export name): the pipeline's finish stage. It
+    lives here, not with the pipeline, so that worker processes never import torch."""
+    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay)
+
+
+def reread_image(output_dir: str | Path, name: str) -> dict[str, Any]:
+    """`export_image`'s result for an image a resumed run finished before, from its files."""
+    inst, classes, scores = read_exported_image(output_dir, name)
+    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
+            "annotations": coco_annotations(inst, classes, scores, 0, 0)}
 
 
 # %% [markdown]
@@ -6770,8 +7209,10 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
 # end, so a killed run never leaves the previous run's summary beside its own images.
 
 # %% tags=["export"]
-#: The files `export_segmentation` writes for an image exported as <name>.
-IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_overlay.png", "_cells.csv", "_cells.geojson")
+#: The files `export_segmentation` always writes for an image exported as <name> (its overlay,
+#: written first, is optional).
+IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_cells.csv", "_cells.geojson")
+OVERLAY_SUFFIXES: tuple[str, ...] = ("_overlay.jpg", "_overlay.png")
 #: The folder-level files, written when a run ends.
 FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
 RUN_RECORD = "run.json"
@@ -6855,7 +7296,8 @@ def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
 def earlier_outputs(output_dir: Path) -> list[Path]:
     """The files an earlier folder inference wrote into `output_dir` (by their names)."""
     names = (*FOLDER_EXPORTS, RUN_RECORD)
-    return sorted(p for p in output_dir.iterdir() if p.is_file() and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES)))
+    return sorted(p for p in output_dir.iterdir() if p.is_file()
+                  and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES + OVERLAY_SUFFIXES)))
 
 
 def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
@@ -6964,24 +7406,27 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
 # %% tags=["export"]
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
-from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
-from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
-                            write_csv)
-from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_from_maps,
-                              select_postproc)
+from uni_seg.config import Settings, atomic_open, autocast, errors_as_messages, resolve_device, resolve_precision
+from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
+                          load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
+from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
+                            reread_image, start_run, write_csv)
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
+                              cells_from_maps, cells_with_truth, select_postproc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -7047,30 +7492,6 @@ def inference_settings_from_config(cfg: Any, device: str | None = None) -> Infer
 # Resizing images and label maps, and the blending window whose ramps add up to one where tiles overlap.
 
 # %% tags=["export"]
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
-    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
-    h, w = shape
-    if image.shape[:2] == (h, w):
-        return image
-    shrink = h * w < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
-
-    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
-    enlarging by an integer factor turns each pixel into an exact block.
-    """
-    h, w = labels.shape
-    if (h, w) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
 def blend_window(tile_size: int, overlap: int) -> np.ndarray:
     """Blending weight of one tile: float32 (tile_size, tile_size) in (0, 1].
 
@@ -7153,6 +7574,92 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
 # `predict_maps`: resize, tile, run in batches (with TTA when asked), blend on the device.
 
 # %% tags=["export"]
+class TileBatcher:
+    """The device side of inference: tiles of one or several images (at the working scale) in
+    batches of `settings.batch_size` through the model (with TTA when asked), blended into each
+    image's maps on the device (see the blending above). `add(key, image)` queues an image and
+    returns the images whose last tile has run, as (key, maps); `flush()` runs what is left.
+    Images finish in the order they were added. `forward(tiles, owners)` may replace the model
+    (a stand-in device for benchmarks: `owners` says which image and corner each tile is);
+    `device_seconds` adds up its time, synchronised."""
+
+    def __init__(self, model: torch.nn.Module, settings: InferenceSettings,
+                 forward: Any | None = None) -> None:
+        self.model, self.settings = model, settings
+        self.device, self.precision = settings.placement(model)
+        params = list(model.parameters())
+        if params and params[0].device != self.device:
+            model.to(self.device)
+        self.forward = forward or self._model_forward
+        self.window = torch.from_numpy(blend_window(settings.tile_size, settings.overlap)).to(self.device)
+        self.pending: list[tuple[Any, int, int]] = []
+        self.images: dict[Any, dict[str, Any]] = {}
+        self.device_seconds = 0.0
+
+    def _model_forward(self, tiles: torch.Tensor, owners: Sequence[tuple[Any, int, int]]) -> torch.Tensor:
+        transforms = TTA_TRANSFORMS if self.settings.tta else ((False, 0),)
+        maps = None
+        for flip, k in transforms:
+            out = _tta_inverse(_model_maps(self.model, _tta_forward(tiles, flip, k), self.precision), flip, k, slice(1, 3))
+            maps = out if maps is None else maps.add_(out)
+        return maps.div_(len(transforms))
+
+    def add(self, key: Any, image: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        """Queue `image` uint8 (h, w, 3) RGB, already at the working scale, under `key`."""
+        image, t = check_rgb_image(image), self.settings.tile_size
+        h, w = image.shape[:2]
+        ph, pw = max(h, t), max(w, t)
+        if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
+            image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float().div_(255.0)
+        corners = [(y, x) for y in tile_starts(ph, t, self.settings.overlap) for x in tile_starts(pw, t, self.settings.overlap)]
+        self.images[key] = {"pixels": pixels, "size": (h, w), "left": len(corners), "acc": None,
+                            "weight": torch.zeros((ph, pw), dtype=torch.float32, device=self.device)}
+        self.pending += [(key, y, x) for y, x in corners]
+        return self._run(only_full=True)
+
+    def flush(self) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        return self._run(only_full=False)
+
+    def _run(self, only_full: bool) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        done, t, size = [], self.settings.tile_size, self.settings.batch_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                while len(self.pending) >= size or (self.pending and not only_full):
+                    chunk, self.pending = self.pending[:size], self.pending[size:]
+                    tiles = torch.stack([self.images[k]["pixels"][:, y:y + t, x:x + t] for k, y, x in chunk])
+                    start = time.perf_counter()
+                    maps = self.forward(tiles, chunk)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.device_seconds += time.perf_counter() - start
+                    for (k, y, x), tile_maps in zip(chunk, maps):
+                        state = self.images[k]
+                        if state["acc"] is None:
+                            state["acc"] = torch.zeros((maps.shape[1], *state["weight"].shape), device=self.device)
+                        state["acc"][:, y:y + t, x:x + t].addcmul_(tile_maps, self.window)
+                        state["weight"][y:y + t, x:x + t].add_(self.window)
+                        state["left"] -= 1
+                        if state["left"] == 0:
+                            done.append((k, self._blended(self.images.pop(k))))
+        finally:
+            self.model.train(was_training)
+        return done
+
+    @staticmethod
+    def _blended(state: dict[str, Any]) -> dict[str, np.ndarray]:
+        h, w = state["size"]
+        blended = (state["acc"] / state["weight"])[:, :h, :w].cpu().numpy()
+        return {"np": np.ascontiguousarray(blended[0]), "hv": np.ascontiguousarray(blended[1:3]),
+                "nc": np.ascontiguousarray(blended[3:])}
+
+
+# %% [markdown] tags=["why"]
+# `predict_maps`: one image, resized to the working scale, through the `TileBatcher`.
+
+# %% tags=["export"]
 def predict_maps(
     model: torch.nn.Module, image: np.ndarray, settings: InferenceSettings = InferenceSettings()
 ) -> dict[str, np.ndarray]:
@@ -7173,50 +7680,10 @@ def predict_maps(
         (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
     """
     image = check_rgb_image(image)
-    device, precision = settings.placement(model)
-    params = list(model.parameters())
-    if params and params[0].device != device:
-        model.to(device)
-    tile_size, overlap, batch_size = settings.tile_size, settings.overlap, settings.batch_size
-
-    h, w = working_shape(*image.shape[:2], settings.working_scale)
-    scaled = resize_image(image, (h, w))
-    ph, pw = max(h, tile_size), max(w, tile_size)
-    if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
-        scaled = np.pad(scaled, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-    pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
-    corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
-    window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
-    transforms = TTA_TRANSFORMS if settings.tta else ((False, 0),)
-
-    acc: torch.Tensor | None = None
-    weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(corners), batch_size):
-                chunk = corners[i : i + batch_size]
-                tiles = torch.stack([pixels[:, y : y + tile_size, x : x + tile_size] for y, x in chunk])
-                maps = None
-                for flip, k in transforms:
-                    out = _model_maps(model, _tta_forward(tiles, flip, k), precision)
-                    out = _tta_inverse(out, flip, k, slice(1, 3))
-                    maps = out if maps is None else maps.add_(out)
-                maps.div_(len(transforms))
-                if acc is None:
-                    acc = torch.zeros((maps.shape[1], ph, pw), dtype=torch.float32, device=device)
-                for (y, x), tile_maps in zip(chunk, maps):
-                    acc[:, y : y + tile_size, x : x + tile_size].addcmul_(tile_maps, window)
-                    weight[y : y + tile_size, x : x + tile_size].add_(window)
-    finally:
-        model.train(was_training)
-    blended = (acc / weight)[:, :h, :w].cpu().numpy()
-    return {
-        "np": np.ascontiguousarray(blended[0]),
-        "hv": np.ascontiguousarray(blended[1:3]),
-        "nc": np.ascontiguousarray(blended[3:]),
-    }
+    batcher = TileBatcher(model, settings)
+    scaled = resize_image(image, working_shape(*image.shape[:2], settings.working_scale))
+    done = batcher.add(0, scaled) + batcher.flush()
+    return done[0][1]
 
 
 # %% [markdown]
@@ -7250,20 +7717,11 @@ def segment_image(
     t1 = time.perf_counter()
     inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
     t2 = time.perf_counter()
-    inst = resize_labels(inst_working, image.shape[:2])
-    n = len(classes) - 1
-    if inst.shape != inst_working.shape and n:
-        # Shrinking (working scale > 1) can drop a tiny cell: renumber and keep the arrays aligned.
-        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
-        present[0] = True
-        if not present.all():
-            lut = np.cumsum(present).astype(np.int32) - 1
-            inst = lut[inst]
-            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
-            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
+    inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
+                                                                     image.shape[:2])
     t3 = time.perf_counter()
     return Segmentation(
-        inst=inst.astype(np.int32, copy=False),
+        inst=inst,
         classes=classes,
         class_probs=class_probs,
         scores=scores,
@@ -7315,9 +7773,80 @@ def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str,
     return row
 
 
+# %% [markdown]
+# **The pipeline.** On a GPU node the model is the cheap part: reading a 1600x1200 image,
+# post-processing and writing its exports take ~0.2 s of CPU, its 20 tiles a few milliseconds of
+# an H200. So the CPU side runs in worker processes (`WorkerPool`, §1), overlapped with the
+# device: images are read, decoded and resized ahead of the model (up to `window` images in
+# flight, so memory stays flat however long the folder), their tiles go to the device in
+# batches that may span images (`TileBatcher`), and each image's maps go back to a worker for
+# post-processing and exports while the device works on the next batch. Results come back in
+# input order, so the folder's files are the same whatever the number of workers (0 runs it
+# all in this process, for debugging). Evaluation (`predict_split`) uses the same pipeline.
+
+# %% tags=["export"]
+def pipeline(items: Sequence[Any], load: Any, load_args: tuple, finish: Any, finish_args: tuple,
+             batcher: TileBatcher, pool: WorkerPool, window: int | None = None) -> Iterator[tuple[int, str, Any]]:
+    """Run `items` through load (worker) -> device (`batcher`, here) -> finish (worker); yield
+    (index, "ok" | "error", result or "Type: message") in input order.
+
+    `load(item, *load_args)` returns (image uint8 (h, w, 3) at the working scale, extra);
+    `finish(maps, item, extra, *finish_args)` returns the image's result. At most `window`
+    images (default 2 per worker + 2) are in flight between the two.
+    """
+    window = window or 2 * max(pool.workers, 1) + 2
+    loads: deque[tuple[int, Future]] = deque()
+    finishes: deque[tuple[int, Future]] = deque()
+    waiting: dict[int, Any] = {}  # extra of each image on the device
+    next_item = 0
+    while next_item < len(items) or loads or finishes or waiting:
+        while next_item < len(items) and len(loads) + len(waiting) + len(finishes) < window:
+            loads.append((next_item, pool.submit(load, items[next_item], *load_args)))
+            next_item += 1
+        done: list[tuple[Any, dict[str, np.ndarray]]] = []
+        if loads:
+            index, future = loads.popleft()
+            status, value = future.result()
+            if status == "error":
+                finishes.append((index, _failed(value)))
+            else:
+                waiting[index] = value[1]
+                done = batcher.add(index, value[0])
+        elif waiting:
+            done = batcher.flush()
+        for index, maps in done:
+            finishes.append((index, pool.submit(finish, maps, items[index], waiting.pop(index), *finish_args)))
+        while finishes and (finishes[0][1].done() or not (loads or waiting or next_item < len(items))):
+            index, future = finishes.popleft()
+            yield (index, *future.result())
+
+
+@contextlib.contextmanager
+def model_threads(device: torch.device, workers: int) -> Iterator[None]:
+    """While `workers` processes share the CPUs with a model that runs on them, the model's own
+    threads are the CPUs they leave (torch would otherwise start one per CPU, and threads that
+    wait on each other on oversubscribed cores slow it many times over). On a GPU: no change."""
+    if device.type != "cpu" or workers == 0:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, usable_cpus() - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _failed(message: str) -> Future:
+    future: Future = Future()
+    future.set_result(("error", message))
+    return future
+
+
 # %% [markdown] tags=["why"]
-# `run_folder_inference` segments and exports each image in turn (or reads back one a resumed
-# run finished before); one that fails is reported and skipped.
+# `run_folder_inference` sends each image through the pipeline (or reads back one a resumed run
+# finished before); one that fails is reported and skipped. The COCO annotations go to disk as
+# they come, so a folder of 10,000 images holds no more than a window of them in memory.
 
 # %% tags=["export"]
 def run_folder_inference(
@@ -7334,18 +7863,23 @@ def run_folder_inference(
     overwrite: bool = False,
     resume: bool = False,
     provenance: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    overlay: str = "jpg",
+    forward: Any | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
     Per image see `export_segmentation` (file names from `plan_folder`: distinct whatever the
-    inputs are called); per folder `coco_instances.json` (COCO instances with RLE masks and a
-    `score` per annotation; its "annotations" list is also a valid COCO results file),
-    `summary.csv` (image, export name, status ok/failed/skipped, error, width, height, n_cells
-    and a count per class; entries left out are listed with the reason) and `run.json` (see
-    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
-    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
-    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
-    into the run record, and a resumed run must have the same.
+    inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
+    (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
+    a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
+    error, width, height, n_cells and a count per class; entries left out are listed with the
+    reason) and `run.json` (see `start_run`: a non-empty `output_dir` needs `overwrite` or
+    `resume`). Images that fail are reported on stderr, listed with their error, and skipped.
+    `settings` and `postproc` as in `segment_image`; `provenance` (e.g. {"checkpoint": {...},
+    "postproc_source": "..."}) goes into the run record, and a resumed run must have the same.
+    `workers`: CPU worker processes (None: `default_workers` for the model's device; 0: all in
+    this process; the files are the same either way). `forward` replaces the model (see `TileBatcher`).
     """
     from tqdm.auto import tqdm
 
@@ -7355,45 +7889,102 @@ def run_folder_inference(
     record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
               "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
     done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
-    n_classes = len(class_names)
-    coco: dict[str, Any] = {
-        "info": {"description": "uni_seg cell instances", "version": "1.0"},
-        "images": [], "annotations": [],
-        "categories": [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, n_classes)],
-    }
-    rows: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
-    for path, name in tqdm(plan.images, desc="segmenting", unit="image", disable=not progress):
-        row = _summary_row(path, name, class_names)
-        try:
-            if name in done:  # finished by the run this one resumes
-                inst, classes, scores = read_exported_image(output_dir, name)
+    batcher = TileBatcher(model, settings, forward)
+    workers = default_workers(batcher.device.type) if workers is None else workers
+    todo = [(path, name) for path, name in plan.images if name not in done]
+    outcomes: dict[int, tuple[str, Any]] = {}
+    with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
+        for k, (path, name) in enumerate(plan.images):  # finished by the run this one resumes: read back
+            if name in done:
+                outcomes[k] = pool.submit(reread_image, output_dir, name).result()
+        results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
+                           (output_dir, postproc, class_names, object_type, overlay),
+                           batcher, pool)
+        position = {name: k for k, (_, name) in enumerate(plan.images)}
+        writer = _CocoWriter(output_dir, class_names)
+        rows, failed = [], {}
+        bar = tqdm(total=len(plan.images), desc="segmenting", unit="image", disable=not progress)
+        for k, (path, name) in enumerate(plan.images):
+            while k not in outcomes:  # images come back in order; the resumed ones are there already
+                index, status, value = next(results)
+                outcomes[position[todo[index][1]]] = (status, value)
+            status, value = outcomes.pop(k)
+            row = _summary_row(path, name, class_names)
+            if status == "ok":
+                counts = np.bincount(value["classes"][1:], minlength=len(class_names))
+                row.update(width=value["width"], height=value["height"], n_cells=len(value["classes"]) - 1)
+                row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+                writer.add(path.name, value)
             else:
-                image = read_image(path)
-                seg = segment_image(model, image, settings, postproc, keep_maps=False)
-                export_segmentation(output_dir, name, image, seg, class_names, object_type)
-                inst, classes, scores = seg.inst, seg.classes, seg.scores
-            image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": path.name, "height": inst.shape[0], "width": inst.shape[1]})
-            coco["annotations"] += coco_annotations(inst, classes, scores, image_id, len(coco["annotations"]) + 1)
-            counts = np.bincount(classes[1:], minlength=n_classes)
-            row.update(width=inst.shape[1], height=inst.shape[0], n_cells=len(classes) - 1)
-            row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, n_classes)})
-        except Exception as error:  # one bad image must not stop the folder
-            message = f"{type(error).__name__}: {error}"
-            failed[path.name] = message
-            row.update(status="failed", error=message)
-            tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
-        rows.append(row)
+                failed[path.name] = value
+                row.update(status="failed", error=value)
+                tqdm.write(f"skipped {path}: {value}", file=sys.stderr)
+            rows.append(row)
+            bar.update(1)
+        bar.close()
     for entry, why in plan.skipped:
         rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
         print(f"left out {entry}: {why}", file=sys.stderr)
-    coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
+    coco_path = writer.close()
     summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
     record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
                              resumed=len(done & {n for _, n in plan.images}), failed=failed,
-                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored)
+                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
+                             workers=workers, peak_rss_mb=peak_rss_mb())
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
+
+
+# %% [markdown] tags=["why"]
+# A long folder must not grow the memory: the run record keeps the peak resident memory of this
+# process and its workers.
+
+# %% tags=["export"]
+def peak_rss_mb() -> float:
+    """The largest resident memory of this process or of any of its finished children, in MB."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    unit = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # kB on Linux, bytes on macOS
+    return round(max(own.ru_maxrss, children.ru_maxrss) * unit, 1)
+
+
+# %% [markdown] tags=["why"]
+# The folder's COCO file, written as the images come: annotations to a side file on disk, the
+# whole file assembled (atomically) at the end.
+
+# %% tags=["export"]
+class _CocoWriter:
+    """COCO instances of a folder, one image at a time: ids in input order, annotations kept on
+    disk (one JSON list per image in a hidden side file) rather than in memory."""
+
+    def __init__(self, output_dir: Path, class_names: Sequence[str]) -> None:
+        self.output_dir, self.class_names = output_dir, class_names
+        self.images: list[dict[str, Any]] = []
+        self.n_annotations = 0
+        self.side = output_dir / ".coco_annotations.partial"
+        self.handle = open(self.side, "w")
+
+    def add(self, file_name: str, result: Mapping[str, Any]) -> None:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": file_name, "height": result["height"], "width": result["width"]})
+        annotations = [{**a, "id": self.n_annotations + k + 1, "image_id": image_id} for k, a in enumerate(result["annotations"])]
+        self.n_annotations += len(annotations)
+        if annotations:
+            self.handle.write(json.dumps(annotations, separators=(",", ":"))[1:-1] + "\n")
+
+    def close(self) -> Path:
+        self.handle.close()
+        categories = [{"id": c, "name": class_name(c, self.class_names), "supercategory": "cell"}
+                      for c in range(1, len(self.class_names))]
+        head = {"info": {"description": "uni_seg cell instances", "version": "1.0"}, "images": self.images}
+        path = self.output_dir / "coco_instances.json"
+        with atomic_open(path, "w") as out, open(self.side) as side:
+            out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
+            for k, line in enumerate(side):
+                out.write(("," if k else "") + line.rstrip("\n"))
+            out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+        self.side.unlink()
+        return path
 
 
 # %% [markdown] tags=["why"]
@@ -7410,28 +8001,30 @@ def predict_split(
     postproc: PostprocParams | None = None,
     limit: int | None = None,
     keep_maps: bool = True,
-    progress: bool = False,
+    workers: int | None = None,
 ) -> list[SplitPrediction]:
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `segment_image` with `settings` at scale 1 (the cache is at the working
-    scale already, so `settings.working_scale` is not applied again) and `postproc` (None =
-    defaults). Raises FileNotFoundError naming the folder when it holds no images.
+    most `limit`, through the pipeline (`workers` as in `run_folder_inference`) with `settings`
+    at scale 1 (the cache is at the working scale already, so `settings.working_scale` is not
+    applied again) and `postproc` (None = defaults). Raises FileNotFoundError naming the
+    folder when it holds no images.
     """
-    from tqdm.auto import tqdm
-
     files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
     at_scale = dataclasses.replace(settings, working_scale=1.0)
     out = []
-    for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
-        with np.load(path) as data:
-            image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        seg = segment_image(model, image, at_scale, postproc, keep_maps)
-        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
-                                   seg.scores, seg.maps))
+    batcher = TileBatcher(model, at_scale)
+    workers = default_workers(batcher.device.type) if workers is None else workers
+    with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
+        for index, status, value in pipeline(files, load_processed_arrays, (), cells_with_truth, (postproc,), batcher, pool):
+            if status == "error":
+                raise RuntimeError(f"{files[index]}: {value}")
+            truth, maps, (inst, classes, class_probs, scores) = value
+            out.append(SplitPrediction(files[index].stem, truth["image"], truth["inst"], truth["cls"], inst, classes,
+                                       class_probs, scores, maps if keep_maps else None))
     return out
 
 
@@ -7485,6 +8078,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
     parser.add_argument("--object-type", default="detection", choices=("detection", "annotation"),
                         help="QuPath object type of the GeoJSON cells")
+    parser.add_argument("--overlay", default="jpg", choices=OVERLAY_FORMATS,
+                        help="overlay picture per image: jpg (default, fast), png or none")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes for reading, post-processing and "
+                        f"exports (default: next to a GPU the usable CPUs minus one, here {default_workers()}; with the model on the "
+                        f"CPU, here {default_workers('cpu')}; 0: all in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -7498,6 +8096,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--{field.replace('_', '-')}: {error}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers={args.workers} must be >= 0 (0: all in this process)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
@@ -7524,7 +8124,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
-                                      resume=args.resume, provenance=provenance)
+                                      resume=args.resume, provenance=provenance, workers=args.workers,
+                                      overlay=args.overlay)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
@@ -7618,6 +8219,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import markdown_table, write_json_atomic
+from uni_seg.data import WorkerPool, default_workers
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
@@ -8317,6 +8919,7 @@ def tune_postproc(
     true_insts: Sequence[np.ndarray],
     grid: Mapping[str, Sequence[Any]] | None = None,
     base_params: PostprocParams | None = None,
+    workers: int | None = 0,
 ) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
@@ -8325,6 +8928,8 @@ def tune_postproc(
         true_insts: per image int (H, W) true instances (e.g. the validation set).
         grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
             the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
+        workers: worker processes, one image at a time each (0: in this process; None: the
+            usable CPUs minus one); the result does not depend on it.
 
     Returns:
         (best: the `PostprocParams` of the best setting, table: one dict per setting with its
@@ -8337,19 +8942,33 @@ def tune_postproc(
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
     candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
-    maps = [validate_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
-    energies: dict[tuple[int, float, int], np.ndarray] = {}  # the energy depends on 2 parameters only
-    table = []
-    for s, params in zip(settings, candidates):
-        pqs = []
-        for i, ((np_prob, hv), true) in enumerate(zip(maps, true_insts)):
-            key = (i, float(params.hv_smooth_sigma), int(params.sobel_ksize))
-            if key not in energies:
-                energies[key] = seam_energy(np_prob, hv, key[1], key[2])
-            pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
-        table.append(dict(**s, pq=_nanmean(pqs)))
+    with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
+        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
+                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
+        per_image = []
+        for k, future in enumerate(futures):
+            status, value = future.result()
+            if status == "error":
+                raise ValueError(f"tuning, image {k}: {value}")
+            per_image.append(value)
+    table = [dict(**s, pq=_nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
     return candidates[order[0]], [table[k] for k in order]
+
+
+def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
+                    candidates: Sequence[PostprocParams]) -> list[float]:
+    """PQ of one image under each candidate setting: a worker's share of the search. The energy
+    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
+    np_prob, hv = validate_maps(np_prob, hv)
+    energies: dict[tuple[float, int], np.ndarray] = {}
+    pqs = []
+    for params in candidates:
+        key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
+        if key not in energies:
+            energies[key] = seam_energy(np_prob, hv, *key)
+        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
+    return pqs
 
 
 # %% [markdown]
@@ -8392,9 +9011,9 @@ POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
 _checkpoint_id = (checkpoint_meta or {}).get("checkpoint_id")  # what the tuned parameters are for
 test_predictions = None
 if cfg.run_evaluation and cfg.tune_postproc:
-    _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True)
+    _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True, workers=cfg.infer_workers)
     POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
-                                            [p.true_inst for p in _val])
+                                            [p.true_inst for p in _val], workers=cfg.infer_workers)
     save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
                          tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
     _source = (f"post-processing: tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), "
@@ -8410,7 +9029,7 @@ print(f"{_source}: {POSTPROC_PARAMS}")
 # %%
 if cfg.run_evaluation:
     test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
-                                     keep_maps=False)  # maps of the figure images are re-made in §10
+                                     keep_maps=False, workers=cfg.infer_workers)  # maps of the figure images are re-made in §10
     metrics = evaluate_split(test_predictions, cfg.n_classes)
     _manifest = load_manifest(cfg.processed_dir)
     _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
@@ -8771,7 +9390,7 @@ if cfg.run_evaluation and "model" in globals():
     _with_maps = [p for p in test_predictions if p.maps is not None]
     if not _with_maps:  # evaluation kept no maps: predict the few figure images again, with maps
         _with_maps = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
-                                   limit=cfg.n_figure_samples)
+                                   limit=cfg.n_figure_samples, workers=cfg.infer_workers)
     _true = [p.true_inst for p in test_predictions]
     _pred = [p.pred_inst for p in test_predictions]
     figure_paths = save_sample_figures(_with_maps, cfg.results_dir, cfg.n_figure_samples)
@@ -8800,7 +9419,8 @@ if cfg.run_export and "model" in globals():
         print(f"no test images under {cfg.data_dir}/test: skipping the export")
     else:
         export_report = run_folder_inference(model, _test_dir, cfg.results_dir / "exports", INFERENCE, POSTPROC_PARAMS,
-                                             limit=cfg.export_images, progress=False, overwrite=True)
+                                             limit=cfg.export_images, progress=False, overwrite=True,
+                                             workers=cfg.infer_workers, overlay=cfg.export_overlay)
         print(f"exported {export_report.n_ok} image(s) to {cfg.results_dir / 'exports'}; "
               f"failed: {export_report.failed or 'none'}")
         print(Path(export_report.summary_path).read_text())

@@ -91,7 +91,7 @@ def main() -> None:
             clocks.append((time.perf_counter(), time.process_time()))
             cells, classes, probs, scores = postproc.cells_from_maps(maps)
             clocks.append((time.perf_counter(), time.process_time()))
-            full = infer.resize_labels(cells, image.shape[:2])
+            full = data.resize_labels(cells, image.shape[:2])
             clocks.append((time.perf_counter(), time.process_time()))
             seg = postproc.Segmentation(full, classes, probs, scores, cells, None, {})
             with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +126,7 @@ def main() -> None:
         t0 = time.perf_counter()
         cells, *_ = postproc.cells_from_maps(m)
         t1 = time.perf_counter()
-        infer.resize_labels(cells, (1200, 1600))
+        data.resize_labels(cells, (1200, 1600))
         t2 = time.perf_counter()
         big_np = cv2.resize(np_map, (1600, 1200), interpolation=cv2.INTER_LINEAR)
         big_hv = np.stack([cv2.resize(c, (1600, 1200), interpolation=cv2.INTER_LINEAR) for c in hv])

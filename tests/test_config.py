@@ -111,7 +111,7 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
             if name == "profile":
                 continue
             if value is None:
-                assert name in PROFILES["demo"] or name in ("run_name", "export_images"), name
+                assert name in PROFILES["demo"] or name in ("run_name", "export_images", "infer_workers"), name
             else:
                 assert COMMON_DEFAULTS[name] == value, name
 

@@ -69,37 +69,34 @@ def test_a_non_empty_output_folder_is_refused_unless_overwrite_or_resume(tmp_pat
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
 
 
-def test_a_killed_run_leaves_no_earlier_summary_and_resume_finishes_it(tmp_path, monkeypatch):
+def test_a_killed_run_leaves_no_earlier_summary_and_resume_finishes_it(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(3):
         _image_file(inputs / f"img{i}.png", (80, 80), [(40, 40)], seed=i)
     out = tmp_path / "out"
-    infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False)
-    real, calls = infer.segment_image, []
+    infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, workers=0)
+    model, seen = EquivariantModel(), []
 
-    def killed_at_the_second(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # what Ctrl-C or a kill does to the loop: no `except Exception` catches it
-        return real(*args, **kwargs)
+    def killed_at_the_second_image(tiles, owners):
+        seen.extend(key for key, _, _ in owners)
+        if len(set(seen)) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill does: no `except Exception` catches it
+        return infer.TileBatcher(model, SMALL)._model_forward(tiles, owners)
 
-    monkeypatch.setattr(infer, "segment_image", killed_at_the_second)
     with pytest.raises(KeyboardInterrupt):
-        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, overwrite=True)
+        infer.run_folder_inference(model, inputs, out, SMALL.replace(batch_size=1), progress=False, overwrite=True,
+                                   workers=0, forward=killed_at_the_second_image)
     assert not (out / "summary.csv").exists() and not (out / "coco_instances.json").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     with pytest.raises(ValueError, match="settings"):  # another run's settings: not mixed
-        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL.replace(tile_size=48), progress=False,
-                                   resume=True)
-    monkeypatch.setattr(infer, "segment_image", real)
-    calls.clear()
-    monkeypatch.setattr(infer, "segment_image", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    report = infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, resume=True)
-    assert len(calls) == 2 and report.n_ok == 3  # img0 was finished before the kill: read back, not redone
+        infer.run_folder_inference(model, inputs, out, SMALL.replace(tile_size=48), progress=False, resume=True,
+                                   workers=0)
+    report = infer.run_folder_inference(model, inputs, out, SMALL.replace(batch_size=1), progress=False, resume=True,
+                                        workers=0)
+    assert report.n_ok == 3 and json.loads((out / "run.json").read_text())["resumed"] == 1  # img0: read back, not redone
     coco = json.loads((out / "coco_instances.json").read_text())
     assert [im["file_name"] for im in coco["images"]] == ["img0.png", "img1.png", "img2.png"]
-    assert json.loads((out / "run.json").read_text())["resumed"] == 1
 
 
 # ------------------------------------------------- 3. every option checked before any image

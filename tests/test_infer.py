@@ -128,9 +128,9 @@ def test_segment_image_returns_cells_at_the_original_resolution():
 
 def test_resize_labels_is_nearest_and_keeps_labels():
     labels = np.arange(12, dtype=np.int32).reshape(3, 4)
-    up = infer.resize_labels(labels, (6, 8))
+    up = data.resize_labels(labels, (6, 8))
     np.testing.assert_array_equal(up, np.kron(labels, np.ones((2, 2), np.int32)))
-    np.testing.assert_array_equal(infer.resize_labels(up, (3, 4)), labels)
+    np.testing.assert_array_equal(data.resize_labels(up, (3, 4)), labels)
 
 
 # ---------------------------------------------------------------- RLE against pycocotools
@@ -195,6 +195,31 @@ def test_cell_table_measures_each_cell():
     assert table["eccentricity"][1] < 0.2
 
 
+def test_cell_boxes_are_scipys_find_objects_also_for_runs_across_columns():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    maps = [rng.integers(0, 6, (h, w)).astype(np.int32) for h, w in rng.integers(1, 25, (100, 2))]
+    tall = np.zeros((4, 5), np.int32)
+    tall[:, 1:3] = 7  # one run covers two whole columns; cells 1..6 absent
+    maps += [tall, np.zeros((3, 3), np.int32)]
+    for inst in maps:
+        ids, boxes = export.cell_boxes(inst)
+        expected = [(k + 1, (b[0].start, b[0].stop, b[1].start, b[1].stop))
+                    for k, b in enumerate(ndi.find_objects(inst)) if b is not None]
+        assert [(int(i), tuple(b)) for i, b in zip(ids, boxes.tolist())] == expected
+
+
+def test_vertex_text_is_the_json_of_the_coordinates():
+    rings = [np.array([[0.25, 0.5], [12345.75, 0.0], [-3.0, -1000.5], [0.25, 0.5]]), np.array([[9.0, 10.0]]),
+             np.array([[99.5, 100.25], [100.0, 9.75]])]
+    texts = export._ring_texts(rings)
+    assert [json.loads(t) for t in texts] == [r.tolist() for r in rings]
+    assert texts[1] == "[[9,10]]"
+    with pytest.raises(ValueError, match="multiples of 0.25"):
+        export._ring_texts([np.array([[0.1, 0.0]])])
+
+
 def test_polygons_and_geojson_follow_qupath_format():
     inst = np.zeros((60, 60), np.int32)
     ys, xs = np.indices(inst.shape)
@@ -215,6 +240,8 @@ def test_polygons_and_geojson_follow_qupath_format():
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 3
     kinds = [f["geometry"]["type"] for f in geo["features"]]
     assert kinds == ["Polygon", "MultiPolygon", "Polygon"]
+    assert geo["features"][0]["geometry"]["coordinates"] == [r.tolist() for r in polygons[1][0]]
+    assert geo["features"][1]["geometry"]["coordinates"] == [[r.tolist() for r in p] for p in polygons[2]]
     props = geo["features"][0]["properties"]
     assert props["objectType"] == "detection"
     assert props["classification"] == {"name": "RBC", "color": list(data.CLASS_DISPLAY_COLOURS[1])}
@@ -268,7 +295,7 @@ def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
     for stem, true in truths.items():
         labels = cv2.imread(str(out / f"{stem}_instances.png"), cv2.IMREAD_UNCHANGED)
         assert labels.dtype == np.uint16 and labels.shape == true.shape and labels.max() == true.max()
-        assert cv2.imread(str(out / f"{stem}_overlay.png")).shape == true.shape + (3,)
+        assert cv2.imread(str(out / f"{stem}_overlay.jpg")).shape == true.shape + (3,)  # a JPEG to look at
         with open(out / f"{stem}_cells.csv") as f:
             rows = list(csv.DictReader(f))
         assert len(rows) == true.max() and set(export.CELL_TABLE_COLUMNS) == set(rows[0])
@@ -389,7 +416,7 @@ def test_python_m_entry_point_with_a_real_checkpoint(tmp_path):
     assert "1 image(s) segmented, 0 failed" in result.stderr and "working scale 0.5" in result.stderr
     out = tmp_path / "out"
     assert cv2.imread(str(out / "a_instances.png"), cv2.IMREAD_UNCHANGED).shape == (150, 200)
-    for name in ("a_overlay.png", "a_cells.csv", "a_cells.geojson", "coco_instances.json", "summary.csv"):
+    for name in ("a_overlay.jpg", "a_cells.csv", "a_cells.geojson", "coco_instances.json", "summary.csv"):
         assert (out / name).exists(), name
 
 
@@ -417,3 +444,32 @@ def test_inference_settings_travel_as_json():
     assert infer.InferenceSettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
     with pytest.raises(ValueError, match="did you mean 'tile_size'"):
         infer.InferenceSettings.from_dict({"tile_sise": 64})
+
+
+def test_folder_exports_are_byte_identical_with_and_without_worker_processes(tmp_path):
+    _write_folder(tmp_path / "in")
+    settings = infer.InferenceSettings(tile_size=64, overlap=16, batch_size=3)  # batches span images
+    for workers in (0, 2):
+        infer.run_folder_inference(EquivariantModel(), tmp_path / "in", tmp_path / f"out{workers}", settings,
+                                   progress=False, workers=workers)
+    names = sorted(p.name for p in (tmp_path / "out0").iterdir() if p.name != "run.json")
+    assert names == sorted(p.name for p in (tmp_path / "out2").iterdir() if p.name != "run.json")
+    for name in names:
+        assert (tmp_path / "out0" / name).read_bytes() == (tmp_path / "out2" / name).read_bytes(), name
+    record = json.loads((tmp_path / "out2" / "run.json").read_text())
+    assert record["workers"] == 2 and record["peak_rss_mb"] > 0
+
+
+def test_predict_split_is_the_same_with_and_without_worker_processes(tmp_path):
+    split = tmp_path / "processed" / "test"
+    split.mkdir(parents=True)
+    for i, centres in enumerate([[(20, 20), (40, 60)], [(30, 30)]]):
+        image, inst = disks_image((70, 90), centres, 12, seed=i)
+        np.savez(split / f"im{i}.npz", image=image, inst=inst, cls=(inst > 0).astype(np.uint8))
+    settings = infer.InferenceSettings(tile_size=64, overlap=16)
+    a = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=0)
+    b = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=2)
+    assert [p.stem for p in a] == [p.stem for p in b] == ["im0", "im1"]
+    for p, q in zip(a, b):
+        assert np.array_equal(p.pred_inst, q.pred_inst) and np.array_equal(p.scores, q.scores)
+        assert np.array_equal(p.maps["hv"], q.maps["hv"])

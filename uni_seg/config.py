@@ -12,7 +12,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -113,6 +116,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     tune_postproc=True,
     n_figure_samples=3,
     export_images=None,
+    export_overlay="jpg",
+    infer_workers=None,
 )
 
 
@@ -179,6 +184,8 @@ class RunConfig:
     tune_postproc: bool
     n_figure_samples: int
     export_images: int | None
+    export_overlay: str
+    infer_workers: int | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -194,6 +201,7 @@ _CHOICES = {
                  "vit_small", "vit_tiny"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "hv_activation": ("linear", "tanh"),
+    "export_overlay": ("jpg", "png", "none"),
 }
 #: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
 WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
@@ -260,7 +268,7 @@ _INT_AT_LEAST: dict[str, int] = dict(
     patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
     crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
 #: Integer parameters that may also be None (their default), and their smallest value.
-_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0)
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
 _FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
@@ -493,7 +501,7 @@ class Factory:
         return self.resolve()(**{**self.kwargs, **overrides})
 
 
-# notebook §0, cell id 81cb08e9
+# notebook §0, cell id 4ef6e3fb
 #: Errors a command line reports in one line (a file or folder missing, in the way or not
 #: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
@@ -513,6 +521,31 @@ def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()
         raise SystemExit(2) from None
 
 
+def exit_with_parent() -> None:
+    """End this process when the process that spawned it dies (a rank must not train on, holding
+    a GPU, nor a CPU worker on, after the notebook or job that started it was killed). On Linux the kernel sends
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+# notebook §0, cell id 81cb08e9
 def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                          names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
     """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""

@@ -18,32 +18,24 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.measure import find_contours, regionprops_table
+
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
 from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
                             write_json_atomic)
-from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour,
-                          class_name, read_mask, write_image)
-from uni_seg.postproc import Segmentation
+from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour, class_name,
+                          read_image, read_mask, resize_image, working_shape, write_image)
+from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
 def _rle_string(counts: Sequence[int]) -> str:
-    """COCO's compressed string of RLE counts (pycocotools' `rleToString`)."""
-    out: list[str] = []
-    for i, count in enumerate(counts):
-        x = int(count) - (int(counts[i - 2]) if i > 2 else 0)
-        more = True
-        while more:
-            c = x & 0x1F
-            x >>= 5  # arithmetic shift, as in C on a signed long
-            more = (x != -1) if (c & 0x10) else (x != 0)
-            if more:
-                c |= 0x20
-            out.append(chr(c + 48))
-    return "".join(out)
+    """COCO's compressed string of RLE counts (pycocotools' `rleToString`): each count after the
+    second as the difference from the count two before, in `_rle_chars`' 5-bit code."""
+    c = np.asarray(counts, dtype=np.int64)
+    values = c.copy()
+    values[3:] -= c[1:-2]
+    return _rle_chars(values)[0].tobytes().decode("ascii")
 
 
 def _rle_counts_from_string(s: str) -> list[int]:
@@ -66,23 +58,20 @@ def _rle_counts_from_string(s: str) -> list[int]:
     return counts
 
 
-def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> list[int]:
-    """RLE counts (background first) of foreground runs [starts[i], ends[i]) over `total` pixels."""
+def _counts_from_runs(starts: np.ndarray, ends: np.ndarray, total: int) -> np.ndarray:
+    """RLE counts int64 (background first) of foreground runs [starts[i], ends[i]) over `total`
+    pixels."""
     if starts.size == 0:
-        return [total]
+        return np.array([total], dtype=np.int64)
     # Runs that touch (a cell spanning the full height continues into the next column) merge.
-    joined = np.flatnonzero(starts[1:] == ends[:-1])
-    if joined.size:
-        starts = np.delete(starts, joined + 1)
-        ends = np.delete(ends, joined)
-    bounds = np.stack([starts, ends], axis=1).ravel()
-    counts = np.diff(bounds, prepend=0).tolist()
-    if ends[-1] < total:
-        counts.append(total - int(ends[-1]))
-    return counts
+    keep_start = np.r_[True, starts[1:] != ends[:-1]]
+    keep_end = np.r_[starts[1:] != ends[:-1], True]
+    bounds = np.stack([starts[keep_start], ends[keep_end]], axis=1).ravel()
+    counts = np.diff(bounds, prepend=0)
+    return np.r_[counts, total - ends[-1]] if ends[-1] < total else counts
 
 
-# notebook §8 "Exports", cell id c6c15f2e
+# notebook §8 "Exports", cell id 9e95829d
 def rle_encode(mask: np.ndarray) -> dict[str, Any]:
     """COCO compressed RLE of a binary mask (H, W): {"size": [H, W], "counts": str}.
 
@@ -112,88 +101,189 @@ def rle_decode(rle: Mapping[str, Any]) -> np.ndarray:
     return np.repeat(values, counts).reshape(w, h).T
 
 
+def _rle_chars(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCO's 5-bit character code of int64 `values` (already differenced): (characters uint8,
+    characters per value), all values at once."""
+    x = values.copy()
+    chars = np.full((x.size, 14), -1, dtype=np.int64)  # 14 groups of 5 bits hold any int64
+    active = np.ones(x.size, dtype=bool)
+    for k in range(14):
+        if not active.any():
+            break
+        group = x & 0x1F
+        x = x >> 5  # arithmetic shift, as in C on a signed long
+        more = np.where(group & 0x10, x != -1, x != 0) & active
+        chars[active, k] = (group | np.where(more, 0x20, 0))[active] + 48
+        active = more
+    present = chars >= 0
+    return chars[present].astype(np.uint8), present.sum(axis=1)
+
+
+# notebook §8 "Exports", cell id 1b60e3ed
+def cell_runs(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of equal labels of `inst` (int (H, W)) in column-major order (COCO's), cells
+    only, grouped by cell and in image order within each: (labels, starts, ends) int64 (R,),
+    flat column-major positions, `ends` exclusive. A run may continue into the next column."""
+    flat = np.ascontiguousarray(np.asarray(inst).T).ravel()
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts, ends = np.r_[0, change], np.r_[change, flat.size]
+    labels = flat[starts].astype(np.int64)
+    keep = labels > 0
+    order = np.argsort(labels[keep], kind="stable")
+    return labels[keep][order], starts[keep][order], ends[keep][order]
+
+
+def cell_boxes(inst: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int64 (N,) of the cells present, boxes int64 (N, 4) = row start, row stop, column
+    start, column stop) of `inst` (int (H, W)), from its `cell_runs` (given or computed): what
+    `scipy.ndimage.find_objects` gives, at ~a third of its cost when the runs are needed anyway."""
+    height = inst.shape[0]
+    labels, starts, ends = cell_runs(inst) if runs is None else runs
+    if labels.size == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
+    first = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    across = starts // height != (ends - 1) // height  # a run into the next column covers every row
+    top = np.where(across, 0, starts % height)
+    bottom = np.where(across, height - 1, (ends - 1) % height)
+    boxes = np.stack([np.minimum.reduceat(top, first), np.maximum.reduceat(bottom, first) + 1,
+                      np.minimum.reduceat(starts // height, first), np.maximum.reduceat((ends - 1) // height, first) + 1], axis=1)
+    return labels[first], boxes
+
+
+def cell_rle_counts(inst: np.ndarray, runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                    ) -> dict[int, str]:
+    """{id: COCO compressed RLE counts} of every cell of `inst` (int (H, W)), from its
+    `cell_runs` (given or computed): the runs, grouped by cell, become every cell's counts at
+    once (zeros before each run, the run, zeros after the last), encoded in one vectorised
+    call. Per-cell work is one string slice."""
+    height, width = inst.shape
+    labels, starts, ends = cell_runs(inst) if runs is None else runs
+    if labels.size == 0:
+        return {}
+    first, last = np.r_[True, labels[1:] != labels[:-1]], np.r_[labels[1:] != labels[:-1], True]
+    previous_end = np.r_[0, ends[:-1]]
+    previous_end[first] = 0
+    tail = height * width - ends
+    with_tail = last & (tail > 0)
+    per_run = 2 + with_tail.astype(np.int64)
+    position = np.cumsum(per_run) - per_run
+    counts = np.empty(int(per_run.sum()), dtype=np.int64)
+    counts[position], counts[position + 1] = starts - previous_end, ends - starts
+    counts[position[with_tail] + 2] = tail[with_tail]
+    cell_start = np.zeros(counts.size, dtype=bool)
+    cell_start[position[first]] = True
+    index = np.arange(counts.size)
+    within = index - np.maximum.accumulate(np.where(cell_start, index, 0))
+    values = counts.copy()
+    later = np.flatnonzero(within > 2)
+    values[later] -= counts[later - 2]  # each count after the second, as the difference from two before
+    chars, n_chars = _rle_chars(values)
+    text = chars.tobytes().decode("ascii")
+    offsets = np.r_[0, np.cumsum(np.add.reduceat(n_chars, np.flatnonzero(cell_start)))]
+    return {int(c): text[offsets[k]:offsets[k + 1]] for k, c in enumerate(labels[first].tolist())}
+
+
+# notebook §8 "Exports", cell id c6c15f2e
+@dataclasses.dataclass
+class CellShapes:
+    """What the exports need of every cell of a label map, from one pass over the cells'
+    bounding boxes (`cell_shapes`). `ids` int64 (N,) the cells present; per cell, in the order
+    of `ids`: `moments` float64 (N, 6) = area (pixels), centroid x, y (pixel indices) and the
+    central second moments xx, yy, xy (per pixel); `mean_intensity` float64 (N,) of the grey
+    image given, or NaN; and by id: `polygons` (valid outline polygons, see `cell_polygons`) and
+    `rles` (COCO RLE with "size", "counts", "bbox" [x, y, w, h], "area")."""
+
+    ids: np.ndarray
+    moments: np.ndarray
+    mean_intensity: np.ndarray
+    polygons: dict[int, list[list[np.ndarray]]]
+    rles: dict[int, dict[str, Any]]
+
+
+def cell_shapes(inst: np.ndarray, grey: np.ndarray | None = None, rles: bool = True) -> CellShapes:
+    """`CellShapes` of the label map `inst` (int (H, W), 0 background); `grey` uint8 (H, W) for
+    the mean intensities; `rles=False` skips the RLEs. One pass over the image finds the cells'
+    runs and boxes (`cell_runs`, `cell_boxes`); the rest costs the cells' boxes, never a
+    full-image mask per cell."""
+    inst = np.asarray(inst)
+    height, width = inst.shape
+    moments, intensity, polygons, encoded = [], [], {}, {}
+    runs = cell_runs(inst)
+    ids, boxes = cell_boxes(inst, runs)
+    framed = np.pad(inst, 1)  # once: each cell's window with a background margin is a plain slice
+    for cell, (r0, r1, c0, c1) in zip(ids.tolist(), boxes.tolist()):
+        window = framed[r0:r1 + 2, c0:c1 + 2] == cell
+        crop = window[1:-1, 1:-1]
+        m = cv2.moments(crop.view(np.uint8), binaryImage=True)
+        moments.append((m["m00"], c0 + m["m10"] / m["m00"], r0 + m["m01"] / m["m00"],
+                        m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]))
+        intensity.append(cv2.mean(grey[r0:r1, c0:c1], crop.view(np.uint8))[0] if grey is not None else np.nan)
+        polygons[cell] = _outline_polygons(window, (r0 - 1, c0 - 1))
+        if rles:
+            encoded[cell] = {"size": [height, width], "bbox": [int(c0), int(r0), int(crop.shape[1]), int(crop.shape[0])],
+                             "area": int(m["m00"])}
+    for cell, counts in (cell_rle_counts(inst, runs) if rles else {}).items():
+        encoded[cell]["counts"] = counts
+    return CellShapes(ids, np.asarray(moments, np.float64).reshape(-1, 6),
+                      np.asarray(intensity, np.float64), polygons, encoded)
+
+
 def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
     """COCO RLE of every cell of a label map, from its bounding box only.
 
     `inst` int (H, W) >= 0. Returns {id: {"size", "counts", "bbox": [x, y, w, h], "area"}}.
-    A cell's column-major runs inside its box are shifted to full-image positions, so the cost
-    is the box, not the image.
     """
-    inst = np.asarray(inst)
-    height, width = inst.shape
-    out: dict[int, dict[str, Any]] = {}
-    for index, box in enumerate(ndi.find_objects(inst)):
-        if box is None:
-            continue
-        cell = index + 1
-        r0, c0 = box[0].start, box[1].start
-        crop = inst[box] == cell
-        hc, wc = crop.shape
-        padded = np.zeros((wc, hc + 2), dtype=np.int8)  # one row of background above and below each column
-        padded[:, 1:-1] = crop.T
-        change = np.diff(padded.ravel())
-        q_start, q_end = np.flatnonzero(change == 1) + 1, np.flatnonzero(change == -1) + 1
-        starts = (c0 + q_start // (hc + 2)) * height + r0 + q_start % (hc + 2) - 1
-        ends = (c0 + q_end // (hc + 2)) * height + r0 + q_end % (hc + 2) - 1
-        out[cell] = {
-            "size": [height, width],
-            "counts": _rle_string(_counts_from_runs(starts, ends, height * width)),
-            "bbox": [int(c0), int(r0), int(wc), int(hc)],
-            "area": int(crop.sum()),
-        }
-    return out
+    return cell_shapes(inst).rles
 
 
 # notebook §8 "Exports", cell id 89046b3c
-def _signed_area(ring: np.ndarray) -> float:
-    """Shoelace area of a closed (row, col) ring: > 0 for an outline, < 0 for a hole's (the
-    orientation `find_contours` gives them)."""
-    y, x = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+def _outline_polygons(cell: np.ndarray, origin: tuple[int, int]) -> list[list[np.ndarray]]:
+    """Valid polygons of one cell's mask `cell` (bool (h, w), padded with background), each
+    `[shell, hole, ...]`, in image coordinates (pixel edges at integers) given the crop's
+    `origin` (row, column).
 
-
-def _without_collinear(ring: np.ndarray) -> np.ndarray:
-    """A closed ring (first point = last) without the vertices that lie exactly on the line
-    through their neighbours (marching squares puts one on every pixel edge crossed)."""
-    points = ring[:-1]
-    before, after = points - np.roll(points, 1, axis=0), np.roll(points, -1, axis=0) - points
-    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
-    kept = points[np.abs(turn) > 1e-9]
-    return np.vstack([kept, kept[:1]]) if len(kept) >= 3 else ring
-
-
-def cell_polygons(inst: np.ndarray) -> dict[int, list[list[list[list[float]]]]]:
-    """The outline of every cell as valid polygons: {id: [polygon, ...]}, one polygon per
-    separate piece of the cell, each `[shell, hole, ...]`, each ring [[x, y], ...] closed.
-
-    Marching squares (`skimage.measure.find_contours` at level 0.5 on each cell's bounding
-    box) rather than OpenCV's pixel-centre tracing, because a traced outline passes twice
-    through a pixel where the cell is pinched to a diagonal contact, and such a ring touches
-    itself: an invalid polygon that QuPath repairs or drops. The iso-line never touches itself
-    (`fully_connected="high"` keeps diagonal neighbours in one piece, as the cells' 8-connected
-    labelling does), follows the pixel edges with the corners cut, and keeps holes as interior
-    rings. Coordinates are image pixels with the pixel centre at +0.5 (QuPath's convention);
-    vertices exactly on a straight run are dropped.
+    OpenCV's contour tracing passes through pixel centres, so where a cell narrows to one pixel,
+    or to a diagonal contact, a traced ring runs back over itself: an invalid polygon. Traced on
+    the mask upsampled 2x, with each diagonal-only contact bridged by one sub-pixel, no part of
+    the cell is thinner than two sub-pixels, and the rings (0.25 px inside the pixel edges) never
+    touch themselves or each other; holes come as interior rings (`RETR_CCOMP`).
     """
-    inst = np.asarray(inst)
-    out: dict[int, list[list[list[list[float]]]]] = {}
-    for index, box in enumerate(ndi.find_objects(inst)):
-        if box is None:
-            continue
-        cell = index + 1
-        offset = np.array([box[0].start - 1 + 0.5, box[1].start - 1 + 0.5])  # (row, col) of the padded crop's origin
-        crop = np.pad((inst[box] == cell).astype(np.float32), 1)
-        rings = [_without_collinear(c) for c in find_contours(crop, 0.5, fully_connected="high")]
-        shells = [r for r in rings if _signed_area(r) > 0]
-        holes = [r for r in rings if _signed_area(r) < 0]
-        polygons = [[s] for s in sorted(shells, key=_signed_area, reverse=True)]
-        for hole in holes:  # each hole belongs to the smallest shell around it
-            inside = [k for k, p in enumerate(polygons)
-                      if cv2.pointPolygonTest(p[0][:, ::-1].astype(np.float32), (float(hole[0, 1]), float(hole[0, 0])), False) > 0]
-            if inside:
-                polygons[min(inside, key=lambda k: _signed_area(polygons[k][0]))].append(hole)
-        out[cell] = [[((ring + offset)[:, ::-1]).round(2).tolist() for ring in polygon] for polygon in polygons]
-    return out
+    up = cv2.resize(cell.view(np.uint8), None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    a, b, c, d = up[:-1, :-1], up[:-1, 1:], up[1:, :-1], up[1:, 1:]
+    b |= a & d & ~(b | c) & 1  # [[1, 0], [0, 1]]: join the two through the upper right
+    a |= b & c & ~(a | d) & 1  # [[0, 1], [1, 0]]: through the upper left
+    contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is None:
+        return []
+    # The staircase of a slanted edge, straightened: no vertex moves more than half a sub-pixel
+    # (0.25 px), less than the sub-pixel that separates any two parts of the outline.
+    contours = [cv2.approxPolyDP(c, 0.5, True) if len(c) > 8 else c for c in contours]
+    links = hierarchy[0]  # per contour: next, previous, first child, parent
+    scale = np.array([0.5, 0.5])
+    shift = np.array([origin[1], origin[0]], dtype=np.float64) + 0.25  # sub-pixel centre (u + 0.5) / 2
+
+    def ring(k: int) -> np.ndarray:
+        points = contours[k][:, 0, :] * scale + shift  # multiples of 0.25: exact in binary
+        return np.concatenate([points, points[:1]])
+
+    polygons = []
+    for k in np.flatnonzero(links[:, 3] < 0):
+        rings, child = [ring(k)], links[k][2]
+        while child >= 0:
+            rings.append(ring(child))
+            child = links[child][0]
+        polygons.append(rings)
+    return polygons
+
+
+def cell_polygons(inst: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
+    """The outline of every cell as valid polygons (shapely's `is_valid`, what QuPath needs):
+    {id: [polygon, ...]}, one polygon per separate piece of the cell, each `[shell, hole, ...]`,
+    each ring float64 (n, 2) of closed (x, y) vertices (multiples of 0.25), in image pixels with
+    the pixel centre at +0.5 (QuPath's convention). Computed on each cell's bounding box
+    (`_outline_polygons`)."""
+    return cell_shapes(inst, rles=False).polygons
 
 
 def cell_outlines(inst: np.ndarray) -> np.ndarray:
@@ -213,25 +303,28 @@ def cell_outlines(inst: np.ndarray) -> np.ndarray:
 
 
 def draw_overlay(
-    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None
+    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W, 3): `image` with each cell's outline drawn in its class colour.
 
-    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id. Outlines are the cells'
-    inner boundary pixels, thickened inwards to `thickness` pixels (default ~1 per 600 px of
-    the image's short side) by a grey dilation of the outline labels.
+    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id; `polygons` the cells'
+    `cell_polygons` (computed when not given). Outlines are the polygons drawn `thickness`
+    pixels wide (default ~1 per 600 px of the image's short side) with OpenCV's line drawing at
+    sub-pixel precision: one call per class, not a full-image pass per cell.
     """
     image = check_rgb_image(image)
     if thickness is None:
         thickness = max(1, round(min(inst.shape) / 600))
-    outline = np.where(cell_outlines(inst), inst, 0)
-    if thickness > 1:
-        outline = np.where(inst > 0, ndi.grey_dilation(outline, size=(thickness, thickness)), 0)
-    n_colors = max(int(np.max(classes, initial=0)) + 1, len(CLASS_DISPLAY_COLOURS))
-    lut = np.array([class_colour(c) for c in range(n_colors)], dtype=np.uint8)
-    out = image.copy()
-    on = outline > 0
-    out[on] = lut[np.asarray(classes)[outline[on]]]
+    polygons = cell_polygons(inst) if polygons is None else polygons
+    out = np.ascontiguousarray(image.copy())
+    shift = 4  # OpenCV's fixed point: coordinates x 16, pixel centres at integers (hence the -0.5)
+    by_class: dict[int, list[np.ndarray]] = {}
+    for cell, pieces in polygons.items():
+        rings = [np.round((r - 0.5) * (1 << shift)).astype(np.int32) for p in pieces for r in p]
+        by_class.setdefault(int(classes[cell]), []).extend(rings)
+    for klass, rings in by_class.items():
+        cv2.polylines(out, rings, True, tuple(int(v) for v in class_colour(klass)), thickness, cv2.LINE_8, shift)
     return out
 
 
@@ -249,21 +342,32 @@ def cell_table(
     class_probs: np.ndarray,
     scores: np.ndarray,
     class_names: Sequence[str] = CLASS_NAMES,
+    shapes: CellShapes | None = None,
 ) -> dict[str, np.ndarray]:
     """Measurements of every cell: columns `CELL_TABLE_COLUMNS`, each an array of length N.
 
     `inst` int (H, W) with cells 1..N; `image` uint8 (H, W, 3) RGB; `classes`, `class_probs`,
-    `scores` (N + 1,) by cell id. Centroids in pixels (x column, y row), area in pixels,
-    perimeter and equivalent diameter in pixels.
+    `scores` (N + 1,) by cell id; `shapes` the cells' `cell_shapes` with the image's grey levels
+    (computed when not given). Pixel measures come from the cells' image moments: area, centroid
+    (x column, y row, pixel-index coordinates), equivalent diameter (of the disc of that area),
+    eccentricity (of the ellipse with the cell's second moments, as regionprops defines it),
+    mean intensity of the grey image (0..255). Outline measures come from the cell's outline
+    polygon: perimeter (its length, pixels), solidity (its area over its convex hull's).
     """
     grey = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY)
-    props = regionprops_table(
-        np.asarray(inst, dtype=np.int32),
-        intensity_image=grey,
-        properties=("label", "centroid", "area", "perimeter", "equivalent_diameter_area",
-                    "eccentricity", "solidity", "intensity_mean"),
-    )
-    ids = props["label"].astype(np.int64)
+    shapes = cell_shapes(inst, grey, rles=False) if shapes is None else shapes
+    ids = shapes.ids
+    a, cx, cy, mxx, myy, mxy = shapes.moments.T
+    half_trace, root = (mxx + myy) / 2, np.sqrt(((mxx - myy) / 2) ** 2 + mxy**2)
+    major, minor = half_trace + root, np.maximum(half_trace - root, 0.0)
+    eccentricity = np.where(major > 0, np.sqrt(np.clip(1.0 - minor / np.where(major > 0, major, 1), 0, 1)), 0.0)
+    perimeter, solidity = np.zeros(ids.size), np.zeros(ids.size)
+    for k, cell in enumerate(ids.tolist()):
+        outlines = [np.asarray(p[0], np.float32) for p in shapes.polygons.get(cell, [])]
+        if outlines:
+            perimeter[k] = sum(cv2.arcLength(s, True) for s in outlines)
+            hull = cv2.contourArea(cv2.convexHull(np.vstack(outlines)))
+            solidity[k] = sum(cv2.contourArea(s) for s in outlines) / hull if hull > 0 else 1.0
     cls = np.asarray(classes)[ids]
     return {
         "id": ids,
@@ -271,15 +375,52 @@ def cell_table(
         "class": np.array([class_name(int(c), class_names) for c in cls], dtype=object),
         "class_probability": np.asarray(class_probs)[ids],
         "score": np.asarray(scores)[ids],
-        "centroid_x": props["centroid-1"],
-        "centroid_y": props["centroid-0"],
-        "area": props["area"].astype(np.int64),
-        "perimeter": props["perimeter"],
-        "equivalent_diameter": props["equivalent_diameter_area"],
-        "eccentricity": props["eccentricity"],
-        "solidity": props["solidity"],
-        "mean_intensity": props["intensity_mean"],
+        "centroid_x": cx,
+        "centroid_y": cy,
+        "area": a.astype(np.int64),
+        "perimeter": perimeter,
+        "equivalent_diameter": np.sqrt(4 * a / np.pi),
+        "eccentricity": eccentricity,
+        "solidity": solidity,
+        "mean_intensity": shapes.mean_intensity,
     }
+
+
+# notebook §8 "Exports", cell id ab632183
+#: The characters after a coordinate's whole part, by its quarter: "", ".25", ".5", ".75" (-1: none).
+_QUARTER_SUFFIXES = np.array([[-1, -1, -1], [46, 50, 53], [46, 53, -1], [46, 55, 53]], dtype=np.int16)
+
+
+def _ring_texts(rings: Sequence[np.ndarray]) -> list[str]:
+    """JSON text "[[x,y],...]" of each ring (float (n, 2), every value a multiple of 0.25, as
+    `cell_polygons` gives them; ValueError otherwise): the same numbers `json.dumps` writes."""
+    if not rings:
+        return []
+    points = np.concatenate(rings)
+    quarters = np.rint(points * 4).astype(np.int64)
+    if not np.array_equal(quarters / 4, points):
+        raise ValueError("ring coordinates must be multiples of 0.25")
+    magnitude = np.abs(quarters)
+    whole = magnitude >> 2
+    n_digits = len(str(int(whole.max())))
+    powers = 10 ** np.arange(n_digits - 1, -1, -1, dtype=np.int64)
+    digits = (whole[..., None] // powers % 10 + 48).astype(np.int16)  # (M, 2, n_digits), leading zeros
+    used = 1 + (whole[..., None] >= 10 ** np.arange(1, n_digits + 1, dtype=np.int64)).sum(axis=-1)
+    digits[np.arange(n_digits) < n_digits - used[..., None]] = -1
+    sign = np.where(quarters < 0, 45, -1).astype(np.int16)[..., None]
+    number = np.concatenate([sign, digits, _QUARTER_SUFFIXES[magnitude & 3]], axis=-1)  # (M, 2, width)
+
+    def column(code: int) -> np.ndarray:
+        return np.full((len(points), 1), code, dtype=np.int16)
+
+    # Each vertex as "[x,y]," (-1 where a number is shorter than the widest).
+    rows = np.concatenate([column(91), number[:, 0], column(44), number[:, 1], column(93), column(44)], axis=1)
+    present = rows >= 0
+    text = rows[present].astype(np.uint8).tobytes().decode("ascii")
+    ends = np.cumsum(present.sum(axis=1))
+    last = np.cumsum([len(r) for r in rings]) - 1
+    starts = np.r_[0, ends[last[:-1]]]
+    return ["[" + text[a:b - 1] + "]" for a, b in zip(starts.tolist(), ends[last].tolist())]  # without the last ","
 
 
 # notebook §8 "Exports", cell id 8569dc70
@@ -294,37 +435,54 @@ def cells_geojson(
     table: Mapping[str, np.ndarray],
     object_type: str = "detection",
     image_name: str | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
 ) -> dict[str, Any]:
-    """GeoJSON FeatureCollection of the cells, in QuPath's import format.
+    """GeoJSON FeatureCollection of the cells, in QuPath's import format, as a dict: see
+    `cells_geojson_text`, which the exports write."""
+    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons))
+
+
+def cells_geojson_text(
+    inst: np.ndarray,
+    table: Mapping[str, np.ndarray],
+    object_type: str = "detection",
+    image_name: str | None = None,
+    polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+) -> str:
+    """GeoJSON FeatureCollection of the cells, in QuPath's import format, as compact JSON text.
 
     One Feature per cell: geometry a Polygon (MultiPolygon if the cell is in pieces) from
-    `cell_polygons`, properties {"objectType": "detection" | "annotation", "classification":
-    {"name", "color": [r, g, b]}, "measurements": {column: value}} with the `cell_table` columns.
+    `cell_polygons` (computed when not given), properties {"objectType": "detection" |
+    "annotation", "classification": {"name", "color": [r, g, b]}, "measurements": {column:
+    value}} with the `cell_table` columns. The vertices are formatted by `_ring_texts`.
     """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type={object_type!r} must be 'detection' or 'annotation'")
-    polygons = cell_polygons(inst)
+    polygons = cell_polygons(inst) if polygons is None else polygons
+    ids = np.asarray(table["id"]).tolist()
+    ring_texts = iter(_ring_texts([ring for cell in ids for piece in polygons[cell] for ring in piece]))
     numeric = [c for c in table if c not in ("id", "class")]
     features = []
-    for row, cell in enumerate(np.asarray(table["id"]).tolist()):
-        pieces = polygons[cell]
-        geometry = {"type": "Polygon", "coordinates": pieces[0]} if len(pieces) == 1 else {
-            "type": "MultiPolygon", "coordinates": pieces}
-        cls = int(table["class_id"][row])
+    for row, cell in enumerate(ids):
+        pieces = ["[" + ",".join(next(ring_texts) for _ in piece) + "]" for piece in polygons[cell]]
+        coordinates = pieces[0] if len(pieces) == 1 else "[" + ",".join(pieces) + "]"
         measurements = {name: float(table[name][row]) for name in numeric}
         measurements["cell_id"] = cell
-        features.append({
+        feature = json.dumps({
             "type": "Feature",
             # A stable UUID per image and cell: QuPath keeps object ids across re-imports.
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"uni_seg/{image_name or ''}/{cell}")),
-            "geometry": geometry,
+            "geometry": {"type": "Polygon" if len(pieces) == 1 else "MultiPolygon", "coordinates": None},
             "properties": {
                 "objectType": object_type,
-                "classification": {"name": str(table["class"][row]), "color": list(class_colour(cls))},
+                "classification": {"name": str(table["class"][row]),
+                                   "color": list(class_colour(int(table["class_id"][row])))},
                 "measurements": measurements,
             },
-        })
-    return {"type": "FeatureCollection", "features": features}
+        }, separators=(",", ":"))
+        # The geometry comes first, and a string holding the same text would be escaped.
+        features.append(feature.replace('"coordinates":null', '"coordinates":' + coordinates, 1))
+    return '{"type":"FeatureCollection","features":[' + ",".join(features) + "]}"
 
 
 def write_label_png(path: Path, inst: np.ndarray) -> Path:
@@ -347,28 +505,44 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
 
 
 # notebook §8 "Exports", cell id 4fc885cd
+#: The overlay's file formats: JPEG (the default: a picture to look at, encoded in ~5 ms where a
+#: 1600x1200 PNG takes ~50 ms, the largest single cost of an image's exports), PNG, or none.
+OVERLAY_FORMATS = ("jpg", "png", "none")
+
+
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
-    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection",
-) -> dict[str, Any]:
-    """Write one image's label PNG, overlay PNG, cell CSV and GeoJSON into `out_dir`.
+    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", overlay: str = "jpg",
+    rles: bool = True,
+) -> tuple[dict[str, Any], CellShapes]:
+    """Write one image's overlay, label PNG, cell CSV and GeoJSON into `out_dir`, in that
+    order (the GeoJSON last: when it exists, the image's files are complete).
 
-    Files: `<name>_instances.png` (uint16), `<name>_overlay.png`, `<name>_cells.csv`,
-    `<name>_cells.geojson`. Returns the cell table (see `cell_table`).
+    Files: `<name>_overlay.jpg|png` (unless `overlay="none"`), `<name>_instances.png` (uint16),
+    `<name>_cells.csv`, `<name>_cells.geojson`. The cells' shapes are measured once
+    (`cell_shapes`), for the overlay, the table, the GeoJSON and (with `rles`) the folder's COCO
+    annotations. Returns (the cell table (see `cell_table`), the shapes).
     """
+    if overlay not in OVERLAY_FORMATS:
+        raise ValueError(f"overlay={overlay!r} is not one of {list(OVERLAY_FORMATS)}")
+    shapes = cell_shapes(seg.inst, cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY), rles=rles)
+    if overlay != "none":
+        write_image(out_dir / f"{name}_overlay.{overlay}",
+                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons))
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
-    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
-    table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names)
+    table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names, shapes=shapes)
     write_csv(out_dir / f"{name}_cells.csv", table)
-    geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name)
-    atomic_write(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
-    return table
+    atomic_write(out_dir / f"{name}_cells.geojson",
+                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons))
+    return table, shapes
 
 
-def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int, first_id: int) -> list[dict[str, Any]]:
-    """COCO annotations (RLE segmentation, bbox, area, category, score) of one image's cells."""
+def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, image_id: int, first_id: int,
+                     rles: Mapping[int, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """COCO annotations (RLE segmentation, bbox, area, category, score) of one image's cells;
+    `rles` their `instance_rles` when already computed."""
     anns = []
-    for offset, (cell, rle) in enumerate(instance_rles(inst).items()):
+    for offset, (cell, rle) in enumerate((instance_rles(inst) if rles is None else rles).items()):
         anns.append({
             "id": first_id + offset, "image_id": image_id, "category_id": int(classes[cell]),
             "segmentation": {"size": rle["size"], "counts": rle["counts"]}, "area": rle["area"],
@@ -377,9 +551,56 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
     return anns
 
 
+# notebook §8 "Exports", cell id 784fed6b
+def load_for_model(path: str | Path, working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the image at the working scale, uint8 (h, w, 3) RGB; its own size (H, W)) of the image
+    file `path`: what the device needs, and no more, goes back to the process feeding it."""
+    image = read_image(path)
+    return resize_image(image, working_shape(*image.shape[:2], working_scale)), image.shape[:2]
+
+
+def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, output_dir: str | Path,
+                 postproc: PostprocParams | None, class_names: Sequence[str], object_type: str,
+                 overlay: str) -> dict[str, Any]:
+    """Cells of one image from its maps at the working scale (`cells_from_maps`), at the image's
+    own size, written as `export_segmentation`'s files (the image read again here: cheaper
+    than sending it through the pipeline). Returns {"height", "width", "classes" int64 (N + 1,),
+    "annotations": its COCO annotations without ids} for the folder's files."""
+    image = read_image(path)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
+    inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
+                                                                     image.shape[:2])
+    seg = Segmentation(inst, classes, class_probs, scores, inst_working, None, {})
+    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay)
+    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
+            "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)}
+
+
+def load_folder_item(item: tuple[Path, str], working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """`load_for_model` of a folder item (path, export name): the pipeline's load stage."""
+    return load_for_model(item[0], working_scale)
+
+
+def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], size: tuple[int, int],
+                       output_dir: Path, postproc: PostprocParams | None, class_names: Sequence[str],
+                       object_type: str, overlay: str) -> dict[str, Any]:
+    """`export_image` of a folder item (path, export name): the pipeline's finish stage. It
+    lives here, not with the pipeline, so that worker processes never import torch."""
+    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay)
+
+
+def reread_image(output_dir: str | Path, name: str) -> dict[str, Any]:
+    """`export_image`'s result for an image a resumed run finished before, from its files."""
+    inst, classes, scores = read_exported_image(output_dir, name)
+    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
+            "annotations": coco_annotations(inst, classes, scores, 0, 0)}
+
+
 # notebook §8 "Exports", cell id a1d5c643
-#: The files `export_segmentation` writes for an image exported as <name>.
-IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_overlay.png", "_cells.csv", "_cells.geojson")
+#: The files `export_segmentation` always writes for an image exported as <name> (its overlay,
+#: written first, is optional).
+IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_cells.csv", "_cells.geojson")
+OVERLAY_SUFFIXES: tuple[str, ...] = ("_overlay.jpg", "_overlay.png")
 #: The folder-level files, written when a run ends.
 FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
 RUN_RECORD = "run.json"
@@ -459,7 +680,8 @@ def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
 def earlier_outputs(output_dir: Path) -> list[Path]:
     """The files an earlier folder inference wrote into `output_dir` (by their names)."""
     names = (*FOLDER_EXPORTS, RUN_RECORD)
-    return sorted(p for p in output_dir.iterdir() if p.is_file() and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES)))
+    return sorted(p for p in output_dir.iterdir() if p.is_file()
+                  and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES + OVERLAY_SUFFIXES)))
 
 
 def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,

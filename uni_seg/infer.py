@@ -4,24 +4,27 @@
 # notebook §8 "Tiled inference on full-size images", cell id e1c285a3
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
-from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
-from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
-                            write_csv)
-from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_from_maps,
-                              select_postproc)
+from uni_seg.config import Settings, atomic_open, autocast, errors_as_messages, resolve_device, resolve_precision
+from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
+                          load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
+from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
+                            reread_image, start_run, write_csv)
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
+                              cells_from_maps, cells_with_truth, select_postproc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,30 +87,6 @@ def inference_settings_from_config(cfg: Any, device: str | None = None) -> Infer
 
 
 # notebook §8 "Tiled inference on full-size images", cell id f2cbdda1
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
-    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
-    h, w = shape
-    if image.shape[:2] == (h, w):
-        return image
-    shrink = h * w < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
-
-    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
-    enlarging by an integer factor turns each pixel into an exact block.
-    """
-    h, w = labels.shape
-    if (h, w) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
 def blend_window(tile_size: int, overlap: int) -> np.ndarray:
     """Blending weight of one tile: float32 (tile_size, tile_size) in (0, 1].
 
@@ -176,6 +155,89 @@ def _model_maps(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torc
 
 
 # notebook §8 "Tiled inference on full-size images", cell id d369cb4c
+class TileBatcher:
+    """The device side of inference: tiles of one or several images (at the working scale) in
+    batches of `settings.batch_size` through the model (with TTA when asked), blended into each
+    image's maps on the device (see the blending above). `add(key, image)` queues an image and
+    returns the images whose last tile has run, as (key, maps); `flush()` runs what is left.
+    Images finish in the order they were added. `forward(tiles, owners)` may replace the model
+    (a stand-in device for benchmarks: `owners` says which image and corner each tile is);
+    `device_seconds` adds up its time, synchronised."""
+
+    def __init__(self, model: torch.nn.Module, settings: InferenceSettings,
+                 forward: Any | None = None) -> None:
+        self.model, self.settings = model, settings
+        self.device, self.precision = settings.placement(model)
+        params = list(model.parameters())
+        if params and params[0].device != self.device:
+            model.to(self.device)
+        self.forward = forward or self._model_forward
+        self.window = torch.from_numpy(blend_window(settings.tile_size, settings.overlap)).to(self.device)
+        self.pending: list[tuple[Any, int, int]] = []
+        self.images: dict[Any, dict[str, Any]] = {}
+        self.device_seconds = 0.0
+
+    def _model_forward(self, tiles: torch.Tensor, owners: Sequence[tuple[Any, int, int]]) -> torch.Tensor:
+        transforms = TTA_TRANSFORMS if self.settings.tta else ((False, 0),)
+        maps = None
+        for flip, k in transforms:
+            out = _tta_inverse(_model_maps(self.model, _tta_forward(tiles, flip, k), self.precision), flip, k, slice(1, 3))
+            maps = out if maps is None else maps.add_(out)
+        return maps.div_(len(transforms))
+
+    def add(self, key: Any, image: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        """Queue `image` uint8 (h, w, 3) RGB, already at the working scale, under `key`."""
+        image, t = check_rgb_image(image), self.settings.tile_size
+        h, w = image.shape[:2]
+        ph, pw = max(h, t), max(w, t)
+        if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
+            image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float().div_(255.0)
+        corners = [(y, x) for y in tile_starts(ph, t, self.settings.overlap) for x in tile_starts(pw, t, self.settings.overlap)]
+        self.images[key] = {"pixels": pixels, "size": (h, w), "left": len(corners), "acc": None,
+                            "weight": torch.zeros((ph, pw), dtype=torch.float32, device=self.device)}
+        self.pending += [(key, y, x) for y, x in corners]
+        return self._run(only_full=True)
+
+    def flush(self) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        return self._run(only_full=False)
+
+    def _run(self, only_full: bool) -> list[tuple[Any, dict[str, np.ndarray]]]:
+        done, t, size = [], self.settings.tile_size, self.settings.batch_size
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                while len(self.pending) >= size or (self.pending and not only_full):
+                    chunk, self.pending = self.pending[:size], self.pending[size:]
+                    tiles = torch.stack([self.images[k]["pixels"][:, y:y + t, x:x + t] for k, y, x in chunk])
+                    start = time.perf_counter()
+                    maps = self.forward(tiles, chunk)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self.device_seconds += time.perf_counter() - start
+                    for (k, y, x), tile_maps in zip(chunk, maps):
+                        state = self.images[k]
+                        if state["acc"] is None:
+                            state["acc"] = torch.zeros((maps.shape[1], *state["weight"].shape), device=self.device)
+                        state["acc"][:, y:y + t, x:x + t].addcmul_(tile_maps, self.window)
+                        state["weight"][y:y + t, x:x + t].add_(self.window)
+                        state["left"] -= 1
+                        if state["left"] == 0:
+                            done.append((k, self._blended(self.images.pop(k))))
+        finally:
+            self.model.train(was_training)
+        return done
+
+    @staticmethod
+    def _blended(state: dict[str, Any]) -> dict[str, np.ndarray]:
+        h, w = state["size"]
+        blended = (state["acc"] / state["weight"])[:, :h, :w].cpu().numpy()
+        return {"np": np.ascontiguousarray(blended[0]), "hv": np.ascontiguousarray(blended[1:3]),
+                "nc": np.ascontiguousarray(blended[3:])}
+
+
+# notebook §8 "Tiled inference on full-size images", cell id 6f03c4d3
 def predict_maps(
     model: torch.nn.Module, image: np.ndarray, settings: InferenceSettings = InferenceSettings()
 ) -> dict[str, np.ndarray]:
@@ -196,50 +258,10 @@ def predict_maps(
         (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
     """
     image = check_rgb_image(image)
-    device, precision = settings.placement(model)
-    params = list(model.parameters())
-    if params and params[0].device != device:
-        model.to(device)
-    tile_size, overlap, batch_size = settings.tile_size, settings.overlap, settings.batch_size
-
-    h, w = working_shape(*image.shape[:2], settings.working_scale)
-    scaled = resize_image(image, (h, w))
-    ph, pw = max(h, tile_size), max(w, tile_size)
-    if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
-        scaled = np.pad(scaled, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
-    pixels = torch.from_numpy(np.ascontiguousarray(scaled)).to(device).permute(2, 0, 1).float().div_(255.0)
-    corners = [(y, x) for y in tile_starts(ph, tile_size, overlap) for x in tile_starts(pw, tile_size, overlap)]
-    window = torch.from_numpy(blend_window(tile_size, overlap)).to(device)
-    transforms = TTA_TRANSFORMS if settings.tta else ((False, 0),)
-
-    acc: torch.Tensor | None = None
-    weight = torch.zeros((ph, pw), dtype=torch.float32, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(corners), batch_size):
-                chunk = corners[i : i + batch_size]
-                tiles = torch.stack([pixels[:, y : y + tile_size, x : x + tile_size] for y, x in chunk])
-                maps = None
-                for flip, k in transforms:
-                    out = _model_maps(model, _tta_forward(tiles, flip, k), precision)
-                    out = _tta_inverse(out, flip, k, slice(1, 3))
-                    maps = out if maps is None else maps.add_(out)
-                maps.div_(len(transforms))
-                if acc is None:
-                    acc = torch.zeros((maps.shape[1], ph, pw), dtype=torch.float32, device=device)
-                for (y, x), tile_maps in zip(chunk, maps):
-                    acc[:, y : y + tile_size, x : x + tile_size].addcmul_(tile_maps, window)
-                    weight[y : y + tile_size, x : x + tile_size].add_(window)
-    finally:
-        model.train(was_training)
-    blended = (acc / weight)[:, :h, :w].cpu().numpy()
-    return {
-        "np": np.ascontiguousarray(blended[0]),
-        "hv": np.ascontiguousarray(blended[1:3]),
-        "nc": np.ascontiguousarray(blended[3:]),
-    }
+    batcher = TileBatcher(model, settings)
+    scaled = resize_image(image, working_shape(*image.shape[:2], settings.working_scale))
+    done = batcher.add(0, scaled) + batcher.flush()
+    return done[0][1]
 
 
 # notebook §8 "Tiled inference on full-size images", cell id 710b6a37
@@ -262,20 +284,11 @@ def segment_image(
     t1 = time.perf_counter()
     inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
     t2 = time.perf_counter()
-    inst = resize_labels(inst_working, image.shape[:2])
-    n = len(classes) - 1
-    if inst.shape != inst_working.shape and n:
-        # Shrinking (working scale > 1) can drop a tiny cell: renumber and keep the arrays aligned.
-        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
-        present[0] = True
-        if not present.all():
-            lut = np.cumsum(present).astype(np.int32) - 1
-            inst = lut[inst]
-            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
-            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
+    inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
+                                                                     image.shape[:2])
     t3 = time.perf_counter()
     return Segmentation(
-        inst=inst.astype(np.int32, copy=False),
+        inst=inst,
         classes=classes,
         class_probs=class_probs,
         scores=scores,
@@ -316,6 +329,65 @@ def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str,
 
 
 # notebook §8 "Folder inference and the command line", cell id 4003dedd
+def pipeline(items: Sequence[Any], load: Any, load_args: tuple, finish: Any, finish_args: tuple,
+             batcher: TileBatcher, pool: WorkerPool, window: int | None = None) -> Iterator[tuple[int, str, Any]]:
+    """Run `items` through load (worker) -> device (`batcher`, here) -> finish (worker); yield
+    (index, "ok" | "error", result or "Type: message") in input order.
+
+    `load(item, *load_args)` returns (image uint8 (h, w, 3) at the working scale, extra);
+    `finish(maps, item, extra, *finish_args)` returns the image's result. At most `window`
+    images (default 2 per worker + 2) are in flight between the two.
+    """
+    window = window or 2 * max(pool.workers, 1) + 2
+    loads: deque[tuple[int, Future]] = deque()
+    finishes: deque[tuple[int, Future]] = deque()
+    waiting: dict[int, Any] = {}  # extra of each image on the device
+    next_item = 0
+    while next_item < len(items) or loads or finishes or waiting:
+        while next_item < len(items) and len(loads) + len(waiting) + len(finishes) < window:
+            loads.append((next_item, pool.submit(load, items[next_item], *load_args)))
+            next_item += 1
+        done: list[tuple[Any, dict[str, np.ndarray]]] = []
+        if loads:
+            index, future = loads.popleft()
+            status, value = future.result()
+            if status == "error":
+                finishes.append((index, _failed(value)))
+            else:
+                waiting[index] = value[1]
+                done = batcher.add(index, value[0])
+        elif waiting:
+            done = batcher.flush()
+        for index, maps in done:
+            finishes.append((index, pool.submit(finish, maps, items[index], waiting.pop(index), *finish_args)))
+        while finishes and (finishes[0][1].done() or not (loads or waiting or next_item < len(items))):
+            index, future = finishes.popleft()
+            yield (index, *future.result())
+
+
+@contextlib.contextmanager
+def model_threads(device: torch.device, workers: int) -> Iterator[None]:
+    """While `workers` processes share the CPUs with a model that runs on them, the model's own
+    threads are the CPUs they leave (torch would otherwise start one per CPU, and threads that
+    wait on each other on oversubscribed cores slow it many times over). On a GPU: no change."""
+    if device.type != "cpu" or workers == 0:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, usable_cpus() - workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _failed(message: str) -> Future:
+    future: Future = Future()
+    future.set_result(("error", message))
+    return future
+
+
+# notebook §8 "Folder inference and the command line", cell id d5e056d1
 def run_folder_inference(
     model: torch.nn.Module,
     input_dir: Path,
@@ -330,18 +402,23 @@ def run_folder_inference(
     overwrite: bool = False,
     resume: bool = False,
     provenance: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    overlay: str = "jpg",
+    forward: Any | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
     Per image see `export_segmentation` (file names from `plan_folder`: distinct whatever the
-    inputs are called); per folder `coco_instances.json` (COCO instances with RLE masks and a
-    `score` per annotation; its "annotations" list is also a valid COCO results file),
-    `summary.csv` (image, export name, status ok/failed/skipped, error, width, height, n_cells
-    and a count per class; entries left out are listed with the reason) and `run.json` (see
-    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
-    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
-    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
-    into the run record, and a resumed run must have the same.
+    inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
+    (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
+    a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
+    error, width, height, n_cells and a count per class; entries left out are listed with the
+    reason) and `run.json` (see `start_run`: a non-empty `output_dir` needs `overwrite` or
+    `resume`). Images that fail are reported on stderr, listed with their error, and skipped.
+    `settings` and `postproc` as in `segment_image`; `provenance` (e.g. {"checkpoint": {...},
+    "postproc_source": "..."}) goes into the run record, and a resumed run must have the same.
+    `workers`: CPU worker processes (None: `default_workers` for the model's device; 0: all in
+    this process; the files are the same either way). `forward` replaces the model (see `TileBatcher`).
     """
     from tqdm.auto import tqdm
 
@@ -351,45 +428,94 @@ def run_folder_inference(
     record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
               "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
     done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
-    n_classes = len(class_names)
-    coco: dict[str, Any] = {
-        "info": {"description": "uni_seg cell instances", "version": "1.0"},
-        "images": [], "annotations": [],
-        "categories": [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, n_classes)],
-    }
-    rows: list[dict[str, Any]] = []
-    failed: dict[str, str] = {}
-    for path, name in tqdm(plan.images, desc="segmenting", unit="image", disable=not progress):
-        row = _summary_row(path, name, class_names)
-        try:
-            if name in done:  # finished by the run this one resumes
-                inst, classes, scores = read_exported_image(output_dir, name)
+    batcher = TileBatcher(model, settings, forward)
+    workers = default_workers(batcher.device.type) if workers is None else workers
+    todo = [(path, name) for path, name in plan.images if name not in done]
+    outcomes: dict[int, tuple[str, Any]] = {}
+    with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
+        for k, (path, name) in enumerate(plan.images):  # finished by the run this one resumes: read back
+            if name in done:
+                outcomes[k] = pool.submit(reread_image, output_dir, name).result()
+        results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
+                           (output_dir, postproc, class_names, object_type, overlay),
+                           batcher, pool)
+        position = {name: k for k, (_, name) in enumerate(plan.images)}
+        writer = _CocoWriter(output_dir, class_names)
+        rows, failed = [], {}
+        bar = tqdm(total=len(plan.images), desc="segmenting", unit="image", disable=not progress)
+        for k, (path, name) in enumerate(plan.images):
+            while k not in outcomes:  # images come back in order; the resumed ones are there already
+                index, status, value = next(results)
+                outcomes[position[todo[index][1]]] = (status, value)
+            status, value = outcomes.pop(k)
+            row = _summary_row(path, name, class_names)
+            if status == "ok":
+                counts = np.bincount(value["classes"][1:], minlength=len(class_names))
+                row.update(width=value["width"], height=value["height"], n_cells=len(value["classes"]) - 1)
+                row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+                writer.add(path.name, value)
             else:
-                image = read_image(path)
-                seg = segment_image(model, image, settings, postproc, keep_maps=False)
-                export_segmentation(output_dir, name, image, seg, class_names, object_type)
-                inst, classes, scores = seg.inst, seg.classes, seg.scores
-            image_id = len(coco["images"]) + 1
-            coco["images"].append({"id": image_id, "file_name": path.name, "height": inst.shape[0], "width": inst.shape[1]})
-            coco["annotations"] += coco_annotations(inst, classes, scores, image_id, len(coco["annotations"]) + 1)
-            counts = np.bincount(classes[1:], minlength=n_classes)
-            row.update(width=inst.shape[1], height=inst.shape[0], n_cells=len(classes) - 1)
-            row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, n_classes)})
-        except Exception as error:  # one bad image must not stop the folder
-            message = f"{type(error).__name__}: {error}"
-            failed[path.name] = message
-            row.update(status="failed", error=message)
-            tqdm.write(f"skipped {path}: {message}", file=sys.stderr)
-        rows.append(row)
+                failed[path.name] = value
+                row.update(status="failed", error=value)
+                tqdm.write(f"skipped {path}: {value}", file=sys.stderr)
+            rows.append(row)
+            bar.update(1)
+        bar.close()
     for entry, why in plan.skipped:
         rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
         print(f"left out {entry}: {why}", file=sys.stderr)
-    coco_path = atomic_write(output_dir / "coco_instances.json", json.dumps(coco, separators=(",", ":")))
+    coco_path = writer.close()
     summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
     record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
                              resumed=len(done & {n for _, n in plan.images}), failed=failed,
-                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored)
+                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
+                             workers=workers, peak_rss_mb=peak_rss_mb())
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
+
+
+# notebook §8 "Folder inference and the command line", cell id 17fea136
+def peak_rss_mb() -> float:
+    """The largest resident memory of this process or of any of its finished children, in MB."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    unit = 1 / 1024 if sys.platform != "darwin" else 1 / 1024**2  # kB on Linux, bytes on macOS
+    return round(max(own.ru_maxrss, children.ru_maxrss) * unit, 1)
+
+
+# notebook §8 "Folder inference and the command line", cell id 898c7ae8
+class _CocoWriter:
+    """COCO instances of a folder, one image at a time: ids in input order, annotations kept on
+    disk (one JSON list per image in a hidden side file) rather than in memory."""
+
+    def __init__(self, output_dir: Path, class_names: Sequence[str]) -> None:
+        self.output_dir, self.class_names = output_dir, class_names
+        self.images: list[dict[str, Any]] = []
+        self.n_annotations = 0
+        self.side = output_dir / ".coco_annotations.partial"
+        self.handle = open(self.side, "w")
+
+    def add(self, file_name: str, result: Mapping[str, Any]) -> None:
+        image_id = len(self.images) + 1
+        self.images.append({"id": image_id, "file_name": file_name, "height": result["height"], "width": result["width"]})
+        annotations = [{**a, "id": self.n_annotations + k + 1, "image_id": image_id} for k, a in enumerate(result["annotations"])]
+        self.n_annotations += len(annotations)
+        if annotations:
+            self.handle.write(json.dumps(annotations, separators=(",", ":"))[1:-1] + "\n")
+
+    def close(self) -> Path:
+        self.handle.close()
+        categories = [{"id": c, "name": class_name(c, self.class_names), "supercategory": "cell"}
+                      for c in range(1, len(self.class_names))]
+        head = {"info": {"description": "uni_seg cell instances", "version": "1.0"}, "images": self.images}
+        path = self.output_dir / "coco_instances.json"
+        with atomic_open(path, "w") as out, open(self.side) as side:
+            out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
+            for k, line in enumerate(side):
+                out.write(("," if k else "") + line.rstrip("\n"))
+            out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+        self.side.unlink()
+        return path
 
 
 # notebook §8 "Folder inference and the command line", cell id 387a2d63
@@ -401,28 +527,30 @@ def predict_split(
     postproc: PostprocParams | None = None,
     limit: int | None = None,
     keep_maps: bool = True,
-    progress: bool = False,
+    workers: int | None = None,
 ) -> list[SplitPrediction]:
     """Whole-image predictions for the images of one split of the processed cache.
 
     Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
-    most `limit`; runs `segment_image` with `settings` at scale 1 (the cache is at the working
-    scale already, so `settings.working_scale` is not applied again) and `postproc` (None =
-    defaults). Raises FileNotFoundError naming the folder when it holds no images.
+    most `limit`, through the pipeline (`workers` as in `run_folder_inference`) with `settings`
+    at scale 1 (the cache is at the working scale already, so `settings.working_scale` is not
+    applied again) and `postproc` (None = defaults). Raises FileNotFoundError naming the
+    folder when it holds no images.
     """
-    from tqdm.auto import tqdm
-
     files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
     at_scale = dataclasses.replace(settings, working_scale=1.0)
     out = []
-    for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
-        with np.load(path) as data:
-            image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
-        seg = segment_image(model, image, at_scale, postproc, keep_maps)
-        out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
-                                   seg.scores, seg.maps))
+    batcher = TileBatcher(model, at_scale)
+    workers = default_workers(batcher.device.type) if workers is None else workers
+    with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
+        for index, status, value in pipeline(files, load_processed_arrays, (), cells_with_truth, (postproc,), batcher, pool):
+            if status == "error":
+                raise RuntimeError(f"{files[index]}: {value}")
+            truth, maps, (inst, classes, class_probs, scores) = value
+            out.append(SplitPrediction(files[index].stem, truth["image"], truth["inst"], truth["cls"], inst, classes,
+                                       class_probs, scores, maps if keep_maps else None))
     return out
 
 
@@ -467,6 +595,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
     parser.add_argument("--object-type", default="detection", choices=("detection", "annotation"),
                         help="QuPath object type of the GeoJSON cells")
+    parser.add_argument("--overlay", default="jpg", choices=OVERLAY_FORMATS,
+                        help="overlay picture per image: jpg (default, fast), png or none")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes for reading, post-processing and "
+                        f"exports (default: next to a GPU the usable CPUs minus one, here {default_workers()}; with the model on the "
+                        f"CPU, here {default_workers('cpu')}; 0: all in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -480,6 +613,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--{field.replace('_', '-')}: {error}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers={args.workers} must be >= 0 (0: all in this process)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
@@ -506,7 +641,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
-                                      resume=args.resume, provenance=provenance)
+                                      resume=args.resume, provenance=provenance, workers=args.workers,
+                                      overlay=args.overlay)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from uni_seg.config import markdown_table, write_json_atomic
+from uni_seg.data import WorkerPool, default_workers
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
 
@@ -652,6 +653,7 @@ def tune_postproc(
     true_insts: Sequence[np.ndarray],
     grid: Mapping[str, Sequence[Any]] | None = None,
     base_params: PostprocParams | None = None,
+    workers: int | None = 0,
 ) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
@@ -660,6 +662,8 @@ def tune_postproc(
         true_insts: per image int (H, W) true instances (e.g. the validation set).
         grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
             the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
+        workers: worker processes, one image at a time each (0: in this process; None: the
+            usable CPUs minus one); the result does not depend on it.
 
     Returns:
         (best: the `PostprocParams` of the best setting, table: one dict per setting with its
@@ -672,19 +676,33 @@ def tune_postproc(
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
     candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
-    maps = [validate_maps(np_prob, hv) for np_prob, hv in zip(np_probs, hvs)]
-    energies: dict[tuple[int, float, int], np.ndarray] = {}  # the energy depends on 2 parameters only
-    table = []
-    for s, params in zip(settings, candidates):
-        pqs = []
-        for i, ((np_prob, hv), true) in enumerate(zip(maps, true_insts)):
-            key = (i, float(params.hv_smooth_sigma), int(params.sobel_ksize))
-            if key not in energies:
-                energies[key] = seam_energy(np_prob, hv, key[1], key[2])
-            pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
-        table.append(dict(**s, pq=_nanmean(pqs)))
+    with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
+        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
+                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
+        per_image = []
+        for k, future in enumerate(futures):
+            status, value = future.result()
+            if status == "error":
+                raise ValueError(f"tuning, image {k}: {value}")
+            per_image.append(value)
+    table = [dict(**s, pq=_nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
     order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
     return candidates[order[0]], [table[k] for k in order]
+
+
+def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
+                    candidates: Sequence[PostprocParams]) -> list[float]:
+    """PQ of one image under each candidate setting: a worker's share of the search. The energy
+    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
+    np_prob, hv = validate_maps(np_prob, hv)
+    energies: dict[tuple[float, int], np.ndarray] = {}
+    pqs = []
+    for params in candidates:
+        key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
+        if key not in energies:
+            energies[key] = seam_energy(np_prob, hv, *key)
+        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
+    return pqs
 
 
 # notebook §9 "Evaluating the trained model", cell id 6cca9442

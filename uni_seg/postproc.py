@@ -17,6 +17,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
 from uni_seg.config import Settings, write_json_atomic
+from uni_seg.data import resize_labels
 from uni_seg.targets import hv_maps
 
 
@@ -378,17 +379,19 @@ def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarra
         raise ValueError("inst must hold non-negative ids (0 = background)")
     n = int(inst.max()) if inst.size else 0
     n_cell_classes = nc_prob.shape[0] - 1
-    flat = inst.ravel().astype(np.int64)
-    vote = np.argmax(nc_prob[1:], axis=0).ravel()  # 0..C-2, i.e. class - 1
-    votes = np.bincount(flat * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
+    # Only the cells' pixels vote (background is most of a smear): index them once.
+    where = np.flatnonzero(inst.ravel())
+    labels = inst.ravel()[where].astype(np.int64)
+    probabilities = nc_prob.reshape(nc_prob.shape[0], -1)[:, where]  # (C, cell pixels)
+    vote = np.argmax(probabilities[1:], axis=0)  # 0..C-2, i.e. class - 1
+    votes = np.bincount(labels * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
     votes = votes.reshape(n + 1, n_cell_classes)
     classes = np.argmax(votes, axis=1).astype(np.int64) + 1
     areas = votes.sum(axis=1)
     classes[areas == 0] = 0
     classes[0] = 0
-    # Sum of each class's probability per cell: C bincounts, O(C * pixels).
-    sums = np.stack([np.bincount(flat, weights=nc_prob[c].ravel(), minlength=n + 1) for c in range(nc_prob.shape[0])])
-    chosen = sums[classes, np.arange(n + 1)]
+    # The chosen class's probability summed per cell: one bincount of each pixel's own cell's class.
+    chosen = np.bincount(labels, weights=probabilities[classes[labels], np.arange(labels.size)], minlength=n + 1)
     probs = np.where(areas > 0, chosen / np.maximum(areas, 1), 0.0).astype(np.float32)
     probs[0] = 0.0
     return classes, probs
@@ -409,7 +412,7 @@ def instance_scores(inst: np.ndarray, np_prob: np.ndarray) -> np.ndarray:
     return scores
 
 
-# notebook §8, cell id a6e6ab16
+# notebook §8, cell id cb4866c3
 @dataclasses.dataclass
 class Segmentation:
     """Cells found in one image.
@@ -454,6 +457,33 @@ def cells_from_maps(
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
 
+def cells_with_truth(maps: Mapping[str, np.ndarray], path: Path, truth: dict[str, np.ndarray],
+                     postproc: PostprocParams | None) -> tuple[dict, Mapping, tuple]:
+    """(truth, maps, `cells_from_maps(maps, postproc)`) of one processed image: the finish
+    stage of `predict_split`'s pipeline (here, away from torch, for its worker processes)."""
+    return truth, maps, cells_from_maps(maps, postproc)
+
+
+def cells_at_size(inst_working: np.ndarray, classes: np.ndarray, class_probs: np.ndarray, scores: np.ndarray,
+                  shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The cells found at the working scale, at the image's own size `shape` (H, W): (inst int32
+    (H, W) by nearest-neighbour enlargement, inst_working, classes, class_probs, scores), all
+    renumbered when shrinking (a working scale > 1) dropped a tiny cell, so they stay aligned
+    (enlarging keeps every pixel, so every cell)."""
+    inst = resize_labels(inst_working, shape)
+    n = len(classes) - 1
+    if (inst.shape[0] < inst_working.shape[0] or inst.shape[1] < inst_working.shape[1]) and n:
+        present = np.bincount(inst.ravel(), minlength=n + 1) > 0
+        present[0] = True
+        if not present.all():
+            lut = np.cumsum(present).astype(np.int32) - 1
+            inst = lut[inst]
+            inst_working = np.where(present[inst_working], lut[inst_working], 0).astype(np.int32)
+            classes, class_probs, scores = classes[present], class_probs[present], scores[present]
+    return inst.astype(np.int32, copy=False), inst_working, classes, class_probs, scores
+
+
+# notebook §8, cell id a6e6ab16
 @dataclasses.dataclass
 class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).

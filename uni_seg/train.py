@@ -9,10 +9,7 @@ import dataclasses
 import datetime
 import json
 import os
-import signal
 import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,8 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config, resolve_device
+from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, exit_with_parent,
+                            resolve_config, resolve_device)
 from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
@@ -74,32 +72,8 @@ def init_distributed(rank: int, world_size: int, local_rank: int, device_kind: s
 
 
 # notebook §5 "Launching: one process, several GPUs, or a cluster", cell id 1283c7a1
-def _exit_with_parent() -> None:
-    """End this process when the process that spawned it dies (a rank must not train on, holding
-    a GPU, after the notebook or job that started it was killed). On Linux the kernel sends
-    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
-    parent = os.getppid()
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        if libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0:  # 1 = PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before the request took effect
-                os._exit(1)
-            return
-    except (OSError, AttributeError):
-        pass
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def _spawned_rank(rank: int, spec: TrainSpec, world_size: int, port: int) -> None:
-    _exit_with_parent()
+    exit_with_parent()
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     ctx = init_distributed(rank, world_size, rank, spec.device)
