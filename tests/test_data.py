@@ -3,6 +3,7 @@ the synthetic generator, and the real subset in ../shared/data/bccd_subset (skip
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from real_subset import require_real_subset as needs_real
 
 from uni_seg import data as D
 from uni_seg import synthetic as S
-from uni_seg.config import ATOMIC_TEMP_GLOB
+from uni_seg.config import ATOMIC_TEMP_GLOB, CLASS_SCHEMES
 from uni_seg.data import (
     DataError,
     DataWarning,
@@ -419,7 +420,9 @@ def test_cache_layout_content_and_manifest(tmp_path):
     summary = build(raw, out)
     assert summary.counts == {"train": 4, "val": 2, "test": 2} and summary.written == 8
     manifest = load_manifest(out)
-    assert manifest["params"] == {"format": D.CACHE_FORMAT, "working_scale": 0.5, "min_area": 10, "val_fraction": 0.34, "seed": 1}
+    colour = json.loads(json.dumps(CLASS_SCHEMES["colour"].as_dict()))  # the default scheme, as JSON reads it back
+    assert manifest["params"] == {"format": D.CACHE_FORMAT, "working_scale": 0.5, "min_area": 10, "class_scheme": colour,
+                                  "class_boxes": None, "val_fraction": 0.34, "seed": 1}
     train, val = split_train_val([f"train{i:02d}" for i in range(6)], 0.34, 1)
     assert manifest["split"] == {"train": train, "val": val, "test": ["test00", "test01"]}
     for split in ("train", "val", "test"):
@@ -429,7 +432,8 @@ def test_cache_layout_content_and_manifest(tmp_path):
             assert (Path(manifest["raw_dir"]) / entry["image"]).is_file() and sample.raw_mask_path.is_file()
             arrays = sample.load()
             assert arrays["image"].shape == (30, 40, 3) and arrays["image"].dtype == np.uint8
-            assert arrays["inst"].dtype == np.int32 and arrays["cls"].dtype == np.uint8
+            assert arrays["inst"].dtype == np.int32 and arrays["cls"].dtype == np.int8  # int8: UNKNOWN_CLASS is -1
+            assert entry["class_counts"] == [0, 3, 0, 0] and entry["unknown"] == 0 and "join" not in entry
             assert arrays["inst"].max() == 3 and sorted(np.unique(arrays["inst"]).tolist()) == [0, 1, 2, 3]
     assert summary.split_table().count("\n") == 5
 

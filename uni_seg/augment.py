@@ -90,7 +90,7 @@ class CellAugmenter:
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """image RGB uint8 (H, W, 3), inst int32 and cls uint8 (H, W) -> (image RGB uint8
+        """image RGB uint8 (H, W, 3), inst int32 and cls (H, W) uint8 or int8 -> (image RGB uint8
         (c, c, 3), inst int32 (c, c), targets of the warped inst as in `targets_from_instances`),
         c = crop_size. The same seed gives the same result."""
         geo_seed, photo_seed = np.random.SeedSequence(seed).generate_state(2)
@@ -98,7 +98,7 @@ class CellAugmenter:
         out = self.geometric(image=image, mask=inst)
         image_t, inst_t = out["image"], out["mask"]
         # Each instance keeps its class: look it up by id rather than warping the class map too.
-        class_of = np.zeros(int(inst.max(initial=0)) + 1, np.uint8)
+        class_of = np.zeros(int(inst.max(initial=0)) + 1, cls.dtype)
         class_of[inst] = cls
         targets = targets_from_instances(inst_t, class_of[inst_t])
         seed_transforms(self.photometric, int(photo_seed))

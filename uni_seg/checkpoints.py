@@ -100,11 +100,19 @@ def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -
 
 
 def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, model_config: Mapping[str, Any],
-                     working_scale: float | None) -> None:
-    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup."""
+                     working_scale: float | None, class_scheme: str | None = None) -> None:
+    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup.
+
+    `class_scheme`, the name of this run's class scheme, is compared when given: two schemes
+    with as many classes build the same network but mean different things by its outputs. A
+    checkpoint that names no scheme comes from before class schemes, when every run's was "colour".
+    """
     saved = {"phase": ckpt.get("phase"), "working_scale": ckpt.get("working_scale"),
              **_plain_config(ckpt.get("model_config", {}))}
     current = {"phase": phase, "working_scale": working_scale, **_plain_config(model_config)}
+    if class_scheme is not None:
+        saved["class_scheme"] = (ckpt.get("class_scheme") or {}).get("name", "colour")
+        current["class_scheme"] = class_scheme
     diffs = describe_differences(saved, current)
     if diffs:
         raise CheckpointError(f"{path} comes from another configuration: " + "; ".join(diffs) + ". Move it "
@@ -120,7 +128,7 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
     "working_scale", "weights_source", "phase", "epoch", "best_val_loss", "best_epoch",
-    "history" and "path".
+    "history", "class_scheme" (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
@@ -133,6 +141,6 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes ({exc})") from None
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "phase", "epoch",
-                                      "best_val_loss", "best_epoch", "history")}
+                                      "best_val_loss", "best_epoch", "history", "class_scheme")}
     meta["path"] = Path(path)
     return model, meta

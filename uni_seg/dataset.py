@@ -48,8 +48,8 @@ class CellCropDataset(Dataset):
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
-    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c),
-    "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
+    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c) (-1 on
+    cells of unknown class), "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,

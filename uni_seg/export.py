@@ -19,7 +19,7 @@ from skimage.measure import regionprops_table
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
 from uni_seg.config import atomic_open, atomic_write
-from uni_seg.data import CLASS_DISPLAY_COLOURS, CLASS_NAMES, check_rgb_image, class_colour, class_name, write_image
+from uni_seg.data import CLASS_DISPLAY_COLOURS, CLASS_NAMES, OTHER_CLASS_COLOUR, check_rgb_image, class_name, write_image
 from uni_seg.postproc import Segmentation
 
 
@@ -184,11 +184,13 @@ def cell_outlines(inst: np.ndarray) -> np.ndarray:
 
 
 def draw_overlay(
-    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None
+    image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W, 3): `image` with each cell's outline drawn in its class colour.
 
-    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id. Outlines are the cells'
+    `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id; `colours` RGB per class
+    (a scheme's `colours`; default the "colour" scheme's, grey beyond). Outlines are the cells'
     inner boundary pixels, thickened inwards to `thickness` pixels (default ~1 per 600 px of
     the image's short side) by a grey dilation of the outline labels.
     """
@@ -198,12 +200,19 @@ def draw_overlay(
     outline = np.where(cell_outlines(inst), inst, 0)
     if thickness > 1:
         outline = np.where(inst > 0, ndi.grey_dilation(outline, size=(thickness, thickness)), 0)
-    n_colors = max(int(np.max(classes, initial=0)) + 1, len(CLASS_DISPLAY_COLOURS))
-    lut = np.array([class_colour(c) for c in range(n_colors)], dtype=np.uint8)
+    lut = colour_lut(classes, colours)
     out = image.copy()
     on = outline > 0
     out[on] = lut[np.asarray(classes)[outline[on]]]
     return out
+
+
+def colour_lut(classes: np.ndarray, colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """uint8 (K, 3): row c the colour of class c, for every class in `classes` (int >= 0):
+    `colours[c]` (default the "colour" scheme's), `OTHER_CLASS_COLOUR` beyond them."""
+    known = [tuple(c) for c in (colours if colours is not None else CLASS_DISPLAY_COLOURS)]
+    top = max(int(np.max(classes, initial=0)) + 1, len(known))
+    return np.array([known[c] if c < len(known) else OTHER_CLASS_COLOUR for c in range(top)], dtype=np.uint8)
 
 
 # notebook §8 "Exports", cell id 04f1c362
@@ -265,16 +274,19 @@ def cells_geojson(
     table: Mapping[str, np.ndarray],
     object_type: str = "detection",
     image_name: str | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """GeoJSON FeatureCollection of the cells, in QuPath's import format.
 
     One Feature per cell: geometry a Polygon (MultiPolygon if the cell is in pieces) from
     `cell_polygons`, properties {"objectType": "detection" | "annotation", "classification":
-    {"name", "color": [r, g, b]}, "measurements": {column: value}} with the `cell_table` columns.
+    {"name", "color": [r, g, b]}, "measurements": {column: value}} with the `cell_table` columns;
+    colours as `draw_overlay` takes them.
     """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type={object_type!r} must be 'detection' or 'annotation'")
     polygons = cell_polygons(inst)
+    lut = colour_lut(np.asarray(table["class_id"]), colours)
     numeric = [c for c in table if c not in ("id", "class")]
     features = []
     for row, cell in enumerate(np.asarray(table["id"]).tolist()):
@@ -291,7 +303,7 @@ def cells_geojson(
             "geometry": geometry,
             "properties": {
                 "objectType": object_type,
-                "classification": {"name": str(table["class"][row]), "color": list(class_colour(cls))},
+                "classification": {"name": str(table["class"][row]), "color": lut[cls].tolist()},
                 "measurements": measurements,
             },
         })
@@ -321,17 +333,19 @@ def write_csv(path: Path, columns: Mapping[str, Sequence[Any]]) -> Path:
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
     class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection",
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """Write one image's label PNG, overlay PNG, cell CSV and GeoJSON into `out_dir`.
 
     Files: `<name>_instances.png` (uint16), `<name>_overlay.png`, `<name>_cells.csv`,
-    `<name>_cells.geojson`. Returns the cell table (see `cell_table`).
+    `<name>_cells.geojson`. Classes are named by `class_names` and drawn in `class_colours` (a
+    scheme's `names` and `colours`; default the "colour" scheme's). Returns the cell table.
     """
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
-    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes))
+    write_image(out_dir / f"{name}_overlay.png", draw_overlay(image, seg.inst, seg.classes, colours=class_colours))
     table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names)
     write_csv(out_dir / f"{name}_cells.csv", table)
-    geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name)
+    geo = cells_geojson(seg.inst, table, object_type=object_type, image_name=name, colours=class_colours)
     atomic_write(out_dir / f"{name}_cells.geojson", json.dumps(geo, separators=(",", ":")))
     return table
 

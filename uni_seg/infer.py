@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_write, autocast, resolve_device, resolve_precision
+from uni_seg.config import ClassScheme, Settings, atomic_write, autocast, class_scheme, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
 from uni_seg.export import coco_annotations, export_segmentation, write_csv
 from uni_seg.postproc import PostprocParams, Segmentation, SplitPrediction, cells_from_maps, load_postproc_params
@@ -318,15 +319,17 @@ def run_folder_inference(
     class_names: Sequence[str] = CLASS_NAMES,
     object_type: str = "detection",
     progress: bool = True,
+    scheme: ClassScheme | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
     Per image see `export_segmentation`; per folder `coco_instances.json` (COCO instances with
     RLE masks and a `score` per annotation; its "annotations" list is also a valid COCO
     results file) and `summary.csv` (image, status, error, width, height, n_cells and a count
-    per class). Images that fail (unreadable, or any error while segmenting) are reported on
-    stderr, listed in the summary with their error, and skipped. `settings` and `postproc` as
-    in `segment_image`.
+    per class; with a `scheme` that has infected classes, the parasitemia). Images that fail
+    (unreadable, or any error while segmenting) are reported on stderr, listed in the summary
+    with their error, and skipped. `settings` and `postproc` as in `segment_image`. A `scheme`
+    (the checkpoint's) names and colours the classes; without one, `class_names` names them.
     """
     from tqdm.auto import tqdm
 
@@ -335,6 +338,9 @@ def run_folder_inference(
     files = list_images(input_dir, limit)
     stems = [p.stem for p in files]
     names = [p.stem if stems.count(p.stem) == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
+    class_names = scheme.names if scheme is not None else tuple(class_names)
+    colours = scheme.colours if scheme is not None else None
+    parasitemia = scheme is not None and bool(scheme.infected_classes)
     n_classes = len(class_names)
     coco: dict[str, Any] = {
         "info": {"description": "uni_seg cell instances", "version": "1.0"},
@@ -346,16 +352,20 @@ def run_folder_inference(
     for path, name in zip(tqdm(files, desc="segmenting", unit="image", disable=not progress), names):
         row: dict[str, Any] = {"image": path.name, "status": "ok", "error": "", "width": "", "height": "", "n_cells": ""}
         row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, n_classes)})
+        row.update({"parasitemia": ""} if parasitemia else {})
         try:
             image = read_image(path)
             seg = segment_image(model, image, settings, postproc, keep_maps=False)
-            export_segmentation(output_dir, name, image, seg, class_names, object_type)
+            export_segmentation(output_dir, name, image, seg, class_names, object_type, colours)
             image_id = len(coco["images"]) + 1
             coco["images"].append({"id": image_id, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
             coco["annotations"] += coco_annotations(seg.inst, seg.classes, seg.scores, image_id, len(coco["annotations"]) + 1)
             counts = np.bincount(seg.classes[1:], minlength=n_classes)
             row.update(width=image.shape[1], height=image.shape[0], n_cells=seg.n_cells)
             row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, n_classes)})
+            if parasitemia:  # blank for an image without red cells
+                value = scheme.parasitemia(counts[:n_classes])
+                row["parasitemia"] = "" if math.isnan(value) else round(value, 6)
         except Exception as error:  # one bad image must not stop the folder
             message = f"{type(error).__name__}: {error}"
             failed[path.name] = message
@@ -395,7 +405,7 @@ def predict_split(
     out = []
     for path in tqdm(files, desc=f"predicting {split}", unit="image", disable=not progress):
         with np.load(path) as data:
-            image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.uint8)
+            image, true_inst, true_cls = data["image"], data["inst"].astype(np.int32), data["cls"].astype(np.int8)
         seg = segment_image(model, image, at_scale, postproc, keep_maps)
         out.append(SplitPrediction(path.stem, image, true_inst, true_cls, seg.inst, seg.classes, seg.class_probs,
                                    seg.scores, seg.maps))
@@ -462,12 +472,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
     n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
     names = tuple(class_name(c) for c in range(n_classes))
+    scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
     _, precision = settings.placement(model)
     print(f"model {meta.get('model_config', {}).get('backbone', '?')} on {device} ({precision}), working scale "
           f"{settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, TTA {'on' if settings.tta else 'off'}",
           file=sys.stderr)
     report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                  args.object_type, progress=not args.no_progress)
+                                  args.object_type, progress=not args.no_progress, scheme=scheme)
     if not report.rows:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}", file=sys.stderr)
