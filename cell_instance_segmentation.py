@@ -22,7 +22,8 @@
 #
 # * **NP**: is this pixel part of a cell?
 # * **HV**: horizontal and vertical distance to the centre of the pixel's cell, in [-1, 1];
-# * **NC**: the cell's class (background, RBC, WBC, platelet).
+# * **NC**: the cell's class, under the run's class scheme (§0): background, RBC, WBC, platelet
+#   by default; uninfected and infected red cells and leukocytes with BBBC041's class boxes.
 #
 # The Sobel energy of the HV maps marks where two cells meet, and a marker-controlled
 # watershed cuts touching cells apart. Training runs in two phases: the decoder alone on the
@@ -903,7 +904,8 @@ show_markdown(config_table(cfg.as_dict()))
 #    a 1,169-image run, but it must not pass unnoticed). Non-image files (`.DS_Store`, notes) are
 #    skipped the same way.
 # 2. **Parse** each mask into an instance map (`inst`: 0 = background, 1..N = cells) and a class
-#    map (`cls`: 0 background, 1 RBC, 2 WBC, 3 platelet).
+#    map (`cls`: 0 background, 1 RBC, 2 WBC, 3 platelet), then give each cell its class under the
+#    run's class scheme (§0): the mask's own, or that of the BBBC041 class box it matches.
 # 3. **Split** the train partition 85/15 into train/val with a fixed seed; the test partition
 #    is never touched.
 # 4. **Cache** every image at the working scale as `data/processed/{train,val,test}/<stem>.npz`.
