@@ -397,6 +397,8 @@ def test_per_class_metrics_on_a_hand_computed_case():
     assert infected["pq"] == pytest.approx(0.4) and infected["fc"] == pytest.approx(2 / (2 + 2 * 1 + 1 + 1))
     assert leukocyte["sq"] == pytest.approx(0.8) and leukocyte["pq"] == pytest.approx(0.8) and leukocyte["fc"] == 1.0
     assert d["mpq"] == pytest.approx((2 / 3 + 0.4 + 0.8) / 3)
+    # counts of the class: the uninfected predictions include p5, matched to the unknown cell
+    assert [(per[c]["true_count"], per[c]["pred_count"]) for c in per] == [(2, 2), (2, 3), (1, 1)]
     assert d["instance_confusion"] == {
         "uninfected RBC": {"uninfected RBC": 1, "infected RBC": 1, "leukocyte": 0},
         "infected RBC": {"uninfected RBC": 0, "infected RBC": 1, "leukocyte": 0},

@@ -446,13 +446,15 @@ class _ClassCounts:
         computes it: 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d) over the matched pairs
         with a cell of class c (FP_c: predicted c, true another class; FN_c: the reverse) and
         the unmatched predictions (FP_d) and true cells (FN_d) of class c. (The paper adds TN_c
-        to both sides; the code counts only pairs involving c, where TN_c is 0.)"""
+        to both sides; the code counts only pairs involving c, where TN_c is 0.) Also the true and
+        the predicted cells of the class, these including predictions matched to unknown cells."""
         m = self.matched
         tp, row, col = int(m[c, c]), int(m[c].sum()), int(m[:, c].sum())
         fp, fn = col - tp + int(self.spurious[c]), row - tp + int(self.missed[c])
         denominator = 2 * tp + 2 * (col - tp) + 2 * (row - tp) + int(self.spurious[c]) + int(self.missed[c])
         return dict(**_pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
-                    fc=2 * tp / denominator if denominator else math.nan)
+                    fc=2 * tp / denominator if denominator else math.nan, true_count=self.true_count(c),
+                    pred_count=col + int(self.matched_unknown[c] + self.spurious[c]))
 
     def true_count(self, c: int) -> int:
         """True cells of class `c` (matched or not)."""
@@ -663,7 +665,8 @@ METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
 schema, created; model {backbone, weights, weights_source, checkpoint}; postproc_params {...};
 split_sizes {split: n}; n_images; class_names [C]; class_scheme {...} or null; iou_threshold;
 dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
-         per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc}} instance_confusion{true:{pred: n}}
+         per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
+         instance_confusion{true:{pred: n}}
          unknown_count unknown_matched parasitemia{true pred}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
 per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
@@ -851,7 +854,7 @@ def per_class_table(doc: Mapping[str, Any]) -> str:
     d, m, f = doc["dataset"], doc["per_image_mean"], _fmt
     rows = []
     for name, c in d["per_class_pq"].items():
-        rows.append((name, c["tp"] + c["fn"], c["tp"] + c["fp"], f(c["pq"]), f(m["per_class_pq"][name]),
+        rows.append((name, c["true_count"], c["pred_count"], f(c["pq"]), f(m["per_class_pq"][name]),
                      f(c["precision"]), f(c["recall"]), f(c["f1"]), f(c["fc"])))
     return markdown_table(("class", "true cells", "predicted", "PQ", "PQ per image", "precision", "recall", "F1",
                            "F_c (HoVer-Net)"), rows)
