@@ -22,7 +22,8 @@
 #
 # * **NP**: is this pixel part of a cell?
 # * **HV**: horizontal and vertical distance to the centre of the pixel's cell, in [-1, 1];
-# * **NC**: the cell's class (background, RBC, WBC, platelet).
+# * **NC**: the cell's class, under the run's class scheme (§0): background, RBC, WBC, platelet
+#   by default; uninfected and infected red cells and leukocytes with BBBC041's class boxes.
 #
 # The Sobel energy of the HV maps marks where two cells meet, and a marker-controlled
 # watershed cuts touching cells apart. Training runs in two phases: the decoder alone on the
@@ -41,7 +42,7 @@
 # the story comes first)
 #
 # 0. [Setup and parameters](#section-0) (`uni_seg.config`)
-# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
+# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Cell classes from BBBC041's class boxes; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
@@ -89,18 +90,20 @@ WORKING_SCALE: Optional[float] = None  # resize factor from raw images to the wo
 CROP_SIZE: Optional[int] = None  # training crop side in pixels at the working scale (a multiple of 16)
 VAL_FRACTION: float = 0.15  # share of the train partition held out for validation
 MIN_CELL_AREA: int = 30  # connected components smaller than this (raw pixels) are annotation specks, not cells
+CLASS_SCHEME: str = "colour"  # cell classes: "binary" (cell or not), "colour" (mask palette: RBC, WBC, platelet), "bbbc041" (uninfected/infected RBC, leukocyte, from class boxes), "bbbc041-stages" (each parasite stage a class)
+CLASS_BOXES: Optional[str] = None  # bbbc041 schemes: BBBC041 or COCO JSON of class boxes, one file or a folder of them; None: DATA_DIR/classes
 SYNTHETIC_IMAGES: Optional[int] = None  # demo: number of synthetic train-partition images to generate (test gets a fifth)
 NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None: the profile's
 # --- model ---
 BACKBONE: Optional[str] = None  # "uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)
 WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one
-N_CLASSES: int = 4  # background, RBC, WBC, platelet
+N_CLASSES: Optional[int] = None  # NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)
 DECODER_CHANNELS: Optional[int] = None  # channels of the fused DPT pyramid
 HV_ACTIVATION: str = "linear"  # HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))
 LORA_RANK: int = 4  # rank of the LoRA adapters on every attention qkv projection
 LORA_ALPHA: float = 8.0  # LoRA scaling numerator: the update is (alpha / rank) * B @ A
 # --- losses ---
-CLASS_WEIGHTS: list[float] = [0.05, 0.5, 5.0, 8.0]  # NC cross-entropy weights for background, RBC, WBC, platelet
+CLASS_WEIGHTS: Optional[list[float]] = None  # NC cross-entropy weight per class; None: the scheme's (colour: [0.05, 0.5, 5.0, 8.0]; others: from training cell counts, §4)
 NP_LOSS_WEIGHT: float = 1.0  # weight of the NP loss (BCE + Dice) in the total
 HV_LOSS_WEIGHT: float = 2.0  # weight of the HV loss (MSE + MSGE) in the total
 NC_LOSS_WEIGHT: float = 2.0  # weight of the NC loss (weighted CE + Dice) in the total
@@ -248,11 +251,13 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     results_dir="results",
     val_fraction=0.15,
     min_cell_area=30,
-    n_classes=4,
+    class_scheme="colour",
+    class_boxes=None,
+    n_classes=None,
     hv_activation="linear",
     lora_rank=4,
     lora_alpha=8.0,
-    class_weights=[0.05, 0.5, 5.0, 8.0],
+    class_weights=None,
     np_loss_weight=1.0,
     hv_loss_weight=2.0,
     nc_loss_weight=2.0,
@@ -303,6 +308,8 @@ class RunConfig:
     crop_size: int
     val_fraction: float
     min_cell_area: int
+    class_scheme: str
+    class_boxes: Path | None
     synthetic_images: int
     num_workers: int
     backbone: str
@@ -312,7 +319,7 @@ class RunConfig:
     hv_activation: str
     lora_rank: int
     lora_alpha: float
-    class_weights: tuple[float, ...]
+    class_weights: tuple[float, ...] | None
     np_loss_weight: float
     hv_loss_weight: float
     nc_loss_weight: float
@@ -400,7 +407,6 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
     for name in _PATH_FIELDS:
         merged[name] = Path(merged[name])
-    merged["class_weights"] = tuple(float(w) for w in merged["class_weights"])
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
@@ -412,8 +418,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"WORKING_SCALE={merged['working_scale']} must be in (0, 4]")
     if not 0.0 < merged["val_fraction"] < 1.0:
         raise ValueError(f"VAL_FRACTION={merged['val_fraction']} must be in (0, 1)")
-    if len(merged["class_weights"]) != merged["n_classes"]:
-        raise ValueError(f"CLASS_WEIGHTS has {len(merged['class_weights'])} weights for N_CLASSES={merged['n_classes']}")
+    _resolve_class_parameters(merged)
     _check_values(merged)
     return RunConfig(**merged)
 
@@ -461,7 +466,8 @@ def _check_values(merged: Mapping[str, Any]) -> None:
             problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
     if _is_int(merged["tile_overlap"]) and _is_int(merged["tile_size"]) and merged["tile_overlap"] >= merged["tile_size"]:
         problems.append(f"TILE_OVERLAP={merged['tile_overlap']} must be smaller than TILE_SIZE={merged['tile_size']}")
-    if not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in merged["class_weights"]):
+    weights = merged["class_weights"]  # None: from the training split's cells (§4)
+    if weights is not None and not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in weights):
         problems.append(f"CLASS_WEIGHTS={list(merged['class_weights'])} must all be numbers > 0")
     if problems:
         raise ValueError("; ".join(problems))
@@ -700,10 +706,28 @@ def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()
         raise SystemExit(2) from None
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(owner: int | None = None) -> None:
     """End this process when the process that spawned it dies (a rank must not train on, holding
     a GPU, nor a CPU worker on, after the notebook or job that started it was killed). On Linux the kernel sends
-    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent.
+
+    `owner`: the pid of the process to end with when that is not the parent. A forkserver's
+    workers are the forkserver's children, and the forkserver lives on as long as any of them
+    does (each holds the pipe whose closing ends it): watching the parent, a worker of a killed
+    run would wait for ever. A daemon thread checks once a second that `owner` still exists."""
+    if owner is not None:
+        def watch_owner() -> None:
+            while True:
+                try:
+                    os.kill(owner, 0)  # signal 0: only asks whether the process exists
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:  # it exists (under another user: a reused pid)
+                    pass
+                time.sleep(1.0)
+
+        threading.Thread(target=watch_owner, daemon=True).start()
+        return
     parent = os.getppid()
     try:
         import ctypes
@@ -904,6 +928,190 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+# %% [markdown]
+# **Cell classes.** What the NC head's classes *are* is a parameter too, `CLASS_SCHEME`, because
+# the same masks can be labelled in several ways. A `ClassScheme` names the classes (index 0 is
+# always background), gives each a display colour (outlines, class maps, QuPath classes), says
+# where a cell's class comes from, and which classes are red cells and which of those are
+# infected (the parasitemia of §9). `resolve_config` derives `N_CLASSES` and the default
+# `CLASS_WEIGHTS` from it, so nothing downstream counts classes on its own.
+#
+# | scheme | classes (index 0, 1, ...) | a cell's class comes from |
+# |---|---|---|
+# | `binary` | background, cell | nothing: every cell is class 1 |
+# | `colour` (default) | background, RBC, WBC, Platelet | the mask's colour (§1's palette); a binary mask makes every cell an RBC |
+# | `bbbc041` | background, uninfected RBC, infected RBC, leukocyte | the BBBC041 class box it matches (§1); every parasite stage is "infected RBC" |
+# | `bbbc041-stages` | background, uninfected RBC, ring, trophozoite, schizont, gametocyte, leukocyte | the same boxes, one class per stage |
+#
+# A cell whose class is not known (no class box matches it, or its box is BBBC041's
+# `difficult`) has the class `UNKNOWN_CLASS` = -1: NP and HV still learn the cell, the NC loss
+# ignores its pixels, and the metrics count it apart.
+
+# %% tags=["export"]
+#: The class of a cell whose class is not known: -1 in the int8 class maps of the processed
+#: cache, the NC loss's ignore index (`F.cross_entropy(ignore_index=UNKNOWN_CLASS)`), counted
+#: apart by the metrics. Shown as `UNKNOWN_NAME` in `UNKNOWN_COLOUR`.
+UNKNOWN_CLASS = -1
+UNKNOWN_NAME = "unknown"
+UNKNOWN_COLOUR: tuple[int, int, int] = (150, 150, 150)
+#: Where a scheme takes a cell's class from: nowhere (every cell is class 1), the mask's
+#: colour-coded class, or the class box the cell matches.
+CLASS_SOURCES: tuple[str, ...] = ("cell", "mask", "boxes")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SchemeDefinition(Settings):
+    """What a `ClassScheme` is made of, validated when made (the questions it answers follow)."""
+
+    what = "class scheme field"
+
+    name: str  # what CLASS_SCHEME calls it
+    names: tuple[str, ...]  # class index -> name; index 0 is "background"
+    colours: tuple[tuple[int, int, int], ...]  # class index -> display colour, RGB 0..255
+    source: str  # one of CLASS_SOURCES
+    categories: dict[str, int] = dataclasses.field(default_factory=dict)  # source "boxes": box category -> class (or UNKNOWN_CLASS)
+    red_classes: tuple[int, ...] = ()  # classes that are red cells: parasitemia's denominator
+    infected_classes: tuple[int, ...] = ()  # red classes that carry a parasite: parasitemia's numerator
+    default_weights: tuple[float, ...] | None = None  # NC loss weights; None = from the training split's cell counts (§4)
+
+    def __post_init__(self) -> None:
+        # Read back from JSON the sequences are lists: store tuples, so a saved scheme equals its original.
+        for name in ("names", "red_classes", "infected_classes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "colours", tuple(tuple(int(v) for v in c) for c in self.colours))
+        object.__setattr__(self, "categories", {str(k): int(v) for k, v in dict(self.categories).items()})
+        if self.default_weights is not None:
+            object.__setattr__(self, "default_weights", tuple(float(w) for w in self.default_weights))
+        where, n = f"class scheme {self.name!r}", len(self.names)
+        if n < 2 or self.names[0] != "background" or len(set(self.names)) != n or UNKNOWN_NAME in self.names:
+            raise ValueError(f"{where}: names {list(self.names)} must be >= 2 distinct names, 'background' first "
+                             f"(and none called {UNKNOWN_NAME!r})")
+        if len(self.colours) != n or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colours):
+            raise ValueError(f"{where}: needs one RGB colour (0..255) per class, {n} in all; got {list(self.colours)}")
+        if self.source not in CLASS_SOURCES:
+            raise ValueError(f"{where}: source={self.source!r} is not one of {list(CLASS_SOURCES)}")
+        if (self.source == "boxes") != bool(self.categories):
+            raise ValueError(f"{where}: box categories are given exactly when source is 'boxes'")
+        bad = {k: v for k, v in self.categories.items() if v != UNKNOWN_CLASS and not 1 <= v < n}
+        if bad:
+            raise ValueError(f"{where}: categories {bad} map outside the cell classes 1..{n - 1} (or {UNKNOWN_CLASS})")
+        if any(not 1 <= c < n for c in self.red_classes) or not set(self.infected_classes) <= set(self.red_classes):
+            raise ValueError(f"{where}: red_classes {self.red_classes} must be cell classes 1..{n - 1} and hold "
+                             f"infected_classes {self.infected_classes}")
+        if self.default_weights is not None and (len(self.default_weights) != n or min(self.default_weights) <= 0):
+            raise ValueError(f"{where}: default_weights {self.default_weights} must be {n} positive numbers")
+
+
+# %% [markdown] tags=["why"]
+# What the rest of the pipeline asks a scheme: the class of a box category, the name and colour of a class (the unknown one included), and the parasitemia of a set of cells.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class ClassScheme(_SchemeDefinition):
+    """The classes of the NC head (names, display colours, `n_classes`), where a cell's class
+    comes from (`source`, box `categories`) and which classes are red and infected cells; saved
+    with the processed cache, the checkpoints and the metrics (`as_dict`, `from_dict`)."""
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the NC head, background included."""
+        return len(self.names)
+
+    @property
+    def takes_boxes(self) -> bool:
+        """Whether a cell's class comes from class boxes (§1's `instance_classes_from_boxes`)."""
+        return self.source == "boxes"
+
+    def class_of(self, category: str) -> int:
+        """The class of box category `category`; `ValueError` naming it and the scheme's categories."""
+        try:
+            return self.categories[category]
+        except KeyError:
+            raise ValueError(f"box category {category!r} is not one of class scheme {self.name!r}'s: "
+                             f"{', '.join(repr(c) for c in self.categories)}") from None
+
+    def name_of(self, index: int) -> str:
+        """Name of class `index`: `UNKNOWN_NAME` for `UNKNOWN_CLASS`, `class_<index>` beyond the scheme."""
+        if index == UNKNOWN_CLASS:
+            return UNKNOWN_NAME
+        return self.names[index] if 0 <= index < self.n_classes else f"class_{index}"
+
+    def colour_table(self) -> np.ndarray:
+        """uint8 (n_classes + 1, 3): row c the colour of class c, the last row `UNKNOWN_COLOUR`, so
+        that `table[cls]` colours an int class map holding `UNKNOWN_CLASS` (-1 is the last row)."""
+        return np.array([*self.colours, UNKNOWN_COLOUR], dtype=np.uint8)
+
+    def parasitemia(self, counts: Sequence[int]) -> float:
+        """Infected red cells / red cells, from cell counts per class (n_classes,); nan when the
+        scheme has no infected class or there is no red cell."""
+        counts = np.asarray(counts, dtype=np.float64)
+        red = counts[list(self.red_classes)].sum()
+        if not self.infected_classes or red == 0:
+            return float("nan")
+        return float(counts[list(self.infected_classes)].sum() / red)
+
+
+# %% [markdown] tags=["why"]
+# The four schemes, and how `resolve_config` derives `N_CLASSES`, the default `CLASS_WEIGHTS` and `CLASS_BOXES` from the one chosen.
+
+# %% tags=["export"]
+_BBBC041_STAGES = ("ring", "trophozoite", "schizont", "gametocyte")  # BBBC041's parasite categories, in life-cycle order
+_BLACK, _RED, _BLUE, _AMBER = (0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11)
+
+CLASS_SCHEMES: dict[str, ClassScheme] = {scheme.name: scheme for scheme in (
+    ClassScheme("binary", ("background", "cell"), (_BLACK, _RED), source="cell"),
+    # The original write-up's classes and weights (a platelet pixel counts 160 background pixels).
+    ClassScheme("colour", ("background", "RBC", "WBC", "Platelet"), (_BLACK, _RED, _BLUE, _AMBER), source="mask",
+                red_classes=(1,), default_weights=(0.05, 0.5, 5.0, 8.0)),
+    # BBBC041's categories; its "difficult" boxes mark cells of no certain class.
+    ClassScheme("bbbc041", ("background", "uninfected RBC", "infected RBC", "leukocyte"), (_BLACK, _RED, _AMBER, _BLUE),
+                source="boxes", categories={"red blood cell": 1, **dict.fromkeys(_BBBC041_STAGES, 2), "leukocyte": 3,
+                                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2), infected_classes=(2,)),
+    ClassScheme("bbbc041-stages", ("background", "uninfected RBC", *_BBBC041_STAGES, "leukocyte"),
+                (_BLACK, _RED, _AMBER, (251, 133, 0), (214, 40, 160), (46, 196, 110), _BLUE), source="boxes",
+                categories={"red blood cell": 1, **{s: 2 + i for i, s in enumerate(_BBBC041_STAGES)}, "leukocyte": 6,
+                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2, 3, 4, 5), infected_classes=(2, 3, 4, 5)),
+)}
+
+
+def class_scheme(scheme: str | ClassScheme | Mapping[str, Any]) -> ClassScheme:
+    """The `ClassScheme` named `scheme` (one of `CLASS_SCHEMES`), or `scheme` itself, or one read
+    back from its `as_dict()` (a checkpoint's, a manifest's); `ValueError` naming an unknown name."""
+    if isinstance(scheme, ClassScheme):
+        return scheme
+    if isinstance(scheme, Mapping):
+        return ClassScheme.from_dict(scheme)
+    if scheme not in CLASS_SCHEMES:
+        close = difflib.get_close_matches(str(scheme), CLASS_SCHEMES, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"CLASS_SCHEME={scheme!r} is not one of {list(CLASS_SCHEMES)}{hint}")
+    return CLASS_SCHEMES[scheme]
+
+
+def _resolve_class_parameters(merged: dict[str, Any]) -> None:
+    """`resolve_config`'s class parameters, in place: N_CLASSES from CLASS_SCHEME (a value given
+    must agree), CLASS_WEIGHTS given (one per class) or the scheme's default (None: from the
+    training split, §4), CLASS_BOXES for a scheme that takes classes from boxes (default
+    DATA_DIR/classes) and refused for one that does not."""
+    scheme = class_scheme(merged["class_scheme"])
+    about = f"CLASS_SCHEME={scheme.name!r} ({', '.join(scheme.names)})"
+    if merged["n_classes"] is None:
+        merged["n_classes"] = scheme.n_classes
+    elif merged["n_classes"] != scheme.n_classes:
+        raise ValueError(f"N_CLASSES={merged['n_classes']} but {about} has {scheme.n_classes} classes; leave N_CLASSES unset")
+    weights = merged["class_weights"] if merged["class_weights"] is not None else scheme.default_weights
+    merged["class_weights"] = None if weights is None else tuple(float(w) for w in weights)
+    if weights is not None and len(weights) != scheme.n_classes:
+        raise ValueError(f"CLASS_WEIGHTS has {len(weights)} weights for N_CLASSES={scheme.n_classes}: {about}")
+    if scheme.takes_boxes:
+        merged["class_boxes"] = Path(merged["class_boxes"] or Path(merged["data_dir"]) / "classes")
+    elif merged["class_boxes"] is not None:
+        raise ValueError(f"CLASS_BOXES={str(merged['class_boxes'])!r} is given, but {about} takes no classes from "
+                         f"boxes; use CLASS_SCHEME='bbbc041' or 'bbbc041-stages', or leave CLASS_BOXES unset")
+
+
 # %%
 import json
 import sys
@@ -944,10 +1152,11 @@ show_markdown(config_table(cfg.as_dict()))
 #    a 1,169-image run, but it must not pass unnoticed). Non-image files (`.DS_Store`, notes) are
 #    skipped the same way.
 # 2. **Parse** each mask into an instance map (`inst`: 0 = background, 1..N = cells) and a class
-#    map (`cls`: 0 background, 1 RBC, 2 WBC, 3 platelet).
+#    map (`cls`: 0 background, 1 RBC, 2 WBC, 3 platelet), then give each cell its class under the
+#    run's class scheme (§0): the mask's own, or that of the BBBC041 class box it matches.
 # 3. **Split** the train partition 85/15 into train/val with a fixed seed; the test partition
 #    is never touched.
-# 4. **Cache** every image at the working scale as `data/processed/{train,val,test}/<stem>.npz`.
+# 4. **Cache** every image at the working scale as `data/processed/{train,val,test}/<stem>.npy`.
 #
 # **Reading files.** OpenCV (`opencv-python-headless`) reads and resizes, one library for
 # both: it keeps 16-bit and alpha channels as stored (`IMREAD_UNCHANGED`), ignores EXIF rotation
@@ -997,6 +1206,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -1011,8 +1221,10 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries
+from uni_seg.config import (CLASS_SCHEMES, UNKNOWN_CLASS, ClassScheme, atomic_open, atomic_write, class_scheme,
+                            markdown_table, remove_stale_temporaries)
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -1021,7 +1233,8 @@ MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
 LAYOUTS: tuple[tuple[str, str], ...] = (("original", "mask"), ("images", "masks"))
 PARTITIONS: tuple[str, ...] = ("train", "test")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CLASS_NAMES: tuple[str, ...] = ("background", "RBC", "WBC", "Platelet")
+#: The classes of colour-coded masks: §0's "colour" scheme (other schemes name their own classes).
+CLASS_NAMES: tuple[str, ...] = CLASS_SCHEMES["colour"].names
 # Colour-coded masks: RGB colour -> class. White is "a cell of unknown type", like a binary mask.
 MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 0): 0,
@@ -1030,10 +1243,17 @@ MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 255): 2,
     (0, 255, 0): 3,
 }
-#: Display colour (RGB 0..255) of each class, index = class: outlines in overlays, class maps,
-#: QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
-CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
-CACHE_FORMAT = 1  # bump when the processed files' content changes meaning: forces a rebuild
+#: Display colour (RGB 0..255) of each class of the "colour" scheme, index = class: outlines in
+#: overlays, class maps, QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
+CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = CLASS_SCHEMES["colour"].colours
+#: Display colour of a class index beyond a scheme's classes (a model with more outputs than names).
+OTHER_CLASS_COLOUR: tuple[int, int, int] = (160, 160, 160)
+#: Bump when the processed files' content changes meaning: forces a rebuild. 2: `cls` is int8
+#: and holds `UNKNOWN_CLASS` for cells of no known class. 3: one uncompressed `.npy` per image
+#: (was a compressed `.npz`; see `processed_dtype`), so that a training crop reads only its rows.
+CACHE_FORMAT = 3
+#: A processed image's file: `<split>/<stem>.npy`.
+CACHE_SUFFIX = ".npy"
 
 
 class DataError(ValueError):
@@ -1050,8 +1270,8 @@ def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
-    """Display colour (RGB) of class `index` (a fixed grey for classes beyond `CLASS_DISPLAY_COLOURS`)."""
-    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else (160, 160, 160)
+    """Display colour (RGB) of class `index` (`OTHER_CLASS_COLOUR` beyond `CLASS_DISPLAY_COLOURS`)."""
+    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else OTHER_CLASS_COLOUR
 
 
 def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -1316,6 +1536,303 @@ def instance_statistics(
 
 
 # %% [markdown]
+# ### Cell classes from BBBC041's class boxes
+# The Kaggle masks are binary, but they are BBBC041Seg: masks drawn over the images of the
+# Broad's BBBC041 (*P. vivax* malaria smears), whose public annotations give every cell a box
+# and a class: `red blood cell` (uninfected), the parasite stages `ring`, `trophozoite`,
+# `schizont` and `gametocyte`, `leukocyte`, and `difficult` (no certain class). Its
+# `training.json` and `test.json` key the images by the same `<uuid>.png` names. Joining the
+# boxes onto the mask's instances turns the binary masks into class labels, and the NC head
+# into an answer to the question these smears were taken for: which red cells are infected.
+#
+# `load_class_boxes` reads BBBC041's JSON, or COCO's (images, box annotations, categories),
+# from one file or a folder of them (download BBBC041's two files into one folder and point
+# `CLASS_BOXES` at it). Boxes are `(category, r0, c0, r1, c1)` in pixels of the image at its
+# own size, rows `r0..r1-1` and columns `c0..c1-1`; anything malformed is an error naming the
+# file and the entry.
+#
+# **The join** (`instance_classes_from_boxes`): each instance takes the class of the box that
+# overlaps its bounding box best (box IoU, from `find_objects` boxes and one pairwise IoU
+# matrix per image; exact ties go to the box holding more of the instance's pixels, counted
+# for the tied pairs only). An instance whose best box has IoU below `min_iou` = 0.5 is
+# *unknown* (`UNKNOWN_CLASS`), and so is one whose box is `difficult`. The join runs at the raw
+# resolution, where the boxes were drawn, before the maps are shrunk to the working scale.
+# An image without an entry in the box files keeps all its cells unknown, and the cache build
+# names it; boxes that no instance chose are counted, per category.
+#
+# Measured on the 100 images of `../shared/data/bccd_subset` and their class boxes: **6,081
+# of the 7,187 mask instances (84.6 %)** have a box at IoU >= 0.5, and 735 of the 6,816
+# boxes are matched by no instance; of the 175 parasite boxes (124 trophozoite, 26 ring, 16 schizont, 9 gametocyte) **168** match an
+# instance, and all 4 leukocytes. Of the 1,106 instances left unknown, 851 touch the image
+# border (where a box rarely fits the mask's cut-off cell); of the other 255, 115 are over 1.5
+# times the median cell (merged clumps) and 44 under half of it (fragments). With 2-3 % of the
+# red cells infected, the parasite class is small: §4 weighs it up.
+
+# %% tags=["export"]
+#: One class box: (category, r0, c0, r1, c1) in pixels of the image at its own size, rows
+#: r0..r1-1 and columns c0..c1-1 (half-open, as NumPy slices and `find_objects` boxes are).
+ClassBox = tuple[str, float, float, float, float]
+
+
+class ClassBoxes(dict):
+    """`{image stem: [ClassBox, ...]}`, as `load_class_boxes` reads them, with per stem the
+    (height, width) of the image the boxes were drawn on (`shapes`, where the file says) and the
+    file they came from (`files`); `sources` lists every file read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.files: dict[str, Path] = {}
+        self.sources: list[Path] = []
+
+    def add(self, stem: str, boxes: list[ClassBox], shape: tuple[int, int] | None, file: Path) -> None:
+        """Record one image's boxes; `DataError` when the image has boxes already."""
+        if stem in self:
+            raise DataError(f"{file}: image {stem!r} has class boxes twice (first in {self.files[stem]})")
+        self[stem] = boxes
+        self.files[stem] = file
+        if shape is not None:
+            self.shapes[stem] = shape
+
+
+def _checked_box(category: Any, r0: Any, c0: Any, r1: Any, c1: Any, where: str) -> ClassBox:
+    """A box from a file, checked: a non-empty category and finite coordinates with r1 > r0, c1 > c0."""
+    coords = (r0, c0, r1, c1)
+    if not isinstance(category, str) or not category:
+        raise DataError(f"{where}: category {category!r} is not a name")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in coords):
+        raise DataError(f"{where}: box coordinates {list(coords)} are not all finite numbers")
+    if not (r1 > r0 and c1 > c0):
+        raise DataError(f"{where}: empty or inverted box (r {r0}..{r1}, c {c0}..{c1})")
+    return (category, r0, c0, r1, c1)
+
+
+def _image_shape(height: Any, width: Any, where: str) -> tuple[int, int]:
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (height, width)):
+        raise DataError(f"{where}: image shape {height!r} x {width!r} is not two positive integers")
+    return int(height), int(width)
+
+
+# %% [markdown] tags=["why"]
+# The two readers: BBBC041's own format (a list of images with their objects) and COCO's (images, annotations, categories).
+
+# %% tags=["export"]
+def _read_bbbc041(doc: list[Any], path: Path, out: ClassBoxes) -> None:
+    """BBBC041's format: [{"image": {"pathname", "shape": {"r", "c"}}, "objects": [{"bounding_box":
+    {"minimum": {"r", "c"}, "maximum": {"r", "c"}}, "category"}, ...]}, ...]."""
+    for i, entry in enumerate(doc):
+        try:
+            image, objects = entry["image"], entry["objects"]
+            pathname = image["pathname"]
+        except (KeyError, TypeError):
+            raise DataError(f"{path}: entry {i} is not {{'image': {{'pathname': ...}}, 'objects': [...]}} "
+                            "(BBBC041's format)") from None
+        if not isinstance(pathname, str) or not isinstance(objects, list):
+            raise DataError(f"{path}: entry {i}: 'pathname' must be a string and 'objects' a list")
+        where = f"{path}: {pathname}"
+        shape = image.get("shape")
+        try:
+            size = None if shape is None else _image_shape(shape["r"], shape["c"], where)
+            boxes = [_checked_box(o["category"], o["bounding_box"]["minimum"]["r"], o["bounding_box"]["minimum"]["c"],
+                                  o["bounding_box"]["maximum"]["r"], o["bounding_box"]["maximum"]["c"],
+                                  f"{where}: object {j}") for j, o in enumerate(objects)]
+        except (KeyError, TypeError) as error:
+            raise DataError(f"{where}: an object or the shape lacks {error} (BBBC041: 'bounding_box' "
+                            "{'minimum': {'r', 'c'}, 'maximum': {'r', 'c'}}, 'category'; 'shape' {'r', 'c'})") from None
+        out.add(Path(pathname).stem, boxes, size, path)
+
+
+def _read_coco(doc: Mapping[str, Any], path: Path, out: ClassBoxes) -> None:
+    """COCO's format: "images" [{"id", "file_name", "height", "width"}], "annotations"
+    [{"image_id", "category_id", "bbox": [x, y, w, h]}], "categories" [{"id", "name"}]."""
+    try:
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        images = {im["id"]: im for im in doc["images"]}
+        per_image: dict[Any, list[ClassBox]] = {key: [] for key in images}
+        for k, ann in enumerate(doc["annotations"]):
+            where = f"{path}: annotation {k}"
+            if ann["image_id"] not in images or ann["category_id"] not in names:
+                raise DataError(f"{where}: image_id {ann['image_id']!r} or category_id {ann['category_id']!r} is not listed")
+            x, y, w, h = ann["bbox"]
+            per_image[ann["image_id"]].append(_checked_box(names[ann["category_id"]], y, x, y + h, x + w, where))
+        for key, im in images.items():
+            where = f"{path}: image {im['file_name']}"
+            size = _image_shape(im["height"], im["width"], where) if "height" in im or "width" in im else None
+            out.add(Path(im["file_name"]).stem, per_image[key], size, path)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a COCO box file ({type(error).__name__}: {error}); needs images [id, file_name], "
+                        "annotations [image_id, category_id, bbox], categories [id, name]") from None
+
+
+def load_class_boxes(path: str | Path) -> ClassBoxes:
+    """Class boxes per image stem from a BBBC041 or COCO JSON file, or from every `*.json` of a
+    folder: `{stem: [(category, r0, c0, r1, c1), ...]}` (a `ClassBoxes`), pixels of the image at
+    its own size. `FileNotFoundError` when `path` is missing; `DataError` naming the file for one
+    that is not JSON, in neither format or malformed, or an image listed twice."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"class boxes {path}: no such file or folder (BBBC041's training.json / test.json, "
+                                "or a folder holding them)")
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: folder holds no *.json class box files")
+    out = ClassBoxes()
+    for file in files:
+        try:
+            doc = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{file}: not a JSON file ({error})") from None
+        if isinstance(doc, list):
+            _read_bbbc041(doc, file, out)
+        elif isinstance(doc, dict) and "annotations" in doc:
+            _read_coco(doc, file, out)
+        else:
+            raise DataError(f"{file}: neither BBBC041's format (a list of images) nor COCO's (images, annotations, "
+                            "categories)")
+        out.sources.append(file)
+    return out
+
+
+# %% [markdown] tags=["why"]
+# The join: one box-IoU matrix per image, instances' bounding boxes against class boxes; pixel overlap only where a box IoU ties.
+
+# %% tags=["export"]
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU float64 (N, M) of boxes a (N, 4) and b (M, 4), each (r0, c0, r1, c1) half-open."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    rows = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    cols = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = rows * cols
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_class_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], min_iou: float = 0.5) -> np.ndarray:
+    """The class box each instance matches: int64 (max id + 1,) indexed by instance id, the index
+    into `boxes` of the box whose IoU with the instance's bounding box is highest and >= `min_iou`,
+    -1 where there is none (and at 0 and absent ids). Exact IoU ties go to the box holding more of
+    the instance's pixels, then to the earlier box. `inst` int (H, W), 0 = background."""
+    if not 0.0 < min_iou <= 1.0:
+        raise ValueError(f"min_iou={min_iou} must be in (0, 1]")
+    inst = np.asarray(inst)
+    best = np.full(int(inst.max(initial=0)) + 1, -1, np.int64)
+    slices = ndi.find_objects(inst.astype(np.int32, copy=False))
+    ids = np.array([i + 1 for i, s in enumerate(slices) if s is not None], np.int64)
+    if ids.size == 0 or len(boxes) == 0:
+        return best
+    own = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices if s is not None], np.float64)
+    theirs = np.array([b[1:] for b in boxes], np.float64)
+    iou = box_iou(own, theirs)
+    top = iou.max(axis=1)
+    choice = iou.argmax(axis=1)
+    for k in np.flatnonzero((top >= min_iou) & ((iou == top[:, None]).sum(axis=1) > 1)):
+        tied = np.flatnonzero(iou[k] == top[k])  # exact ties are rare: pixels for these pairs only
+        window = inst[slices[ids[k] - 1]] == ids[k]
+        r0, c0 = own[k, :2]
+        inside = [window[max(math.ceil(b[0] - r0), 0):max(math.ceil(b[2] - r0), 0),
+                         max(math.ceil(b[1] - c0), 0):max(math.ceil(b[3] - c0), 0)].sum() for b in theirs[tied]]
+        choice[k] = tied[int(np.argmax(inside))]
+    best[ids] = np.where(top >= min_iou, choice, -1)
+    return best
+
+
+# %% [markdown] tags=["why"]
+# From matched boxes to classes, and what the join did (the cache records it per image, the notebook reports it per split).
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class BoxJoin:
+    """One image's instances joined with its class boxes (`join_class_boxes`).
+
+    classes: int64 (N + 1,) class of each instance id under the scheme (0 at background and
+      absent ids, `UNKNOWN_CLASS` where no box matched or the box's category says nothing).
+    box_of: int64 (N + 1,) index of each instance's box in the image's box list, -1 for none.
+    categories: {category: [boxes, boxes some instance matched]}.
+    """
+
+    classes: np.ndarray
+    box_of: np.ndarray
+    categories: dict[str, list[int]]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the cache's manifest: instances, matched (to a box), unknown (of no known
+        class), boxes, unmatched_boxes, categories {category: [boxes, matched]}."""
+        present = self.classes[1:] != 0  # a cell's class is a box's (>= 1) or UNKNOWN_CLASS, never 0
+        boxes = sum(n for n, _ in self.categories.values())
+        return {"instances": int(present.sum()), "matched": int((self.box_of[1:] >= 0).sum()),
+                "unknown": int((self.classes[1:] == UNKNOWN_CLASS).sum()), "boxes": boxes,
+                "unmatched_boxes": boxes - sum(m for _, m in self.categories.values()), "categories": self.categories}
+
+
+def join_class_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], scheme: str | ClassScheme,
+                     min_iou: float = 0.5) -> BoxJoin:
+    """Each instance of `inst` (int (H, W), 0 background) takes the class (under `scheme`) of the
+    box `match_class_boxes` finds for it, or `UNKNOWN_CLASS`; see `BoxJoin`. `ValueError` for a
+    category the scheme does not know."""
+    scheme = class_scheme(scheme)
+    best = match_class_boxes(inst, boxes, min_iou)
+    # the last entry is what -1 (no box) picks
+    box_class = np.array([scheme.class_of(b[0]) for b in boxes] + [UNKNOWN_CLASS], np.int64)
+    classes = box_class[best]
+    present = np.bincount(np.asarray(inst).ravel(), minlength=best.size) > 0
+    present[0] = False
+    classes[~present] = 0
+    chosen = np.zeros(len(boxes), bool)
+    chosen[best[best >= 0]] = True
+    categories: dict[str, list[int]] = {}
+    for box, used in zip(boxes, chosen.tolist()):  # a loop over boxes, for the counts only
+        counts = categories.setdefault(box[0], [0, 0])
+        counts[0] += 1
+        counts[1] += used
+    return BoxJoin(classes, np.where(present, best, -1), categories)
+
+
+def instance_classes_from_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], scheme: str | ClassScheme,
+                                min_iou: float = 0.5) -> np.ndarray:
+    """Class of each instance from the class boxes: int64 (max id + 1,) indexed by instance id,
+    index 0 (background) = 0, `UNKNOWN_CLASS` (-1) for an instance no box matches at `min_iou`
+    (see `join_class_boxes`, which also counts the boxes that match no instance)."""
+    return join_class_boxes(inst, boxes, scheme, min_iou).classes
+
+
+# %% [markdown] tags=["why"]
+# Every scheme in one call, as the cache applies it to a parsed mask; and the cells per class of the result, which the cache records.
+
+# %% tags=["export"]
+def scheme_class_map(inst: np.ndarray, mask_cls: np.ndarray, scheme: str | ClassScheme,
+                     boxes: Sequence[ClassBox] | None = None) -> tuple[np.ndarray, BoxJoin | None]:
+    """The class map of one parsed mask under `scheme`: (int8 (H, W) in {UNKNOWN_CLASS, 0..n-1},
+    0 on background; the `BoxJoin` when the classes come from `boxes`, else None).
+
+    "cell": every cell is class 1; "mask": the mask's own classes (`mask_cls`, from
+    `parse_mask_to_instances`); "boxes": `join_class_boxes` (no boxes at all: every cell unknown).
+    """
+    scheme = class_scheme(scheme)
+    if scheme.source == "cell":
+        return (np.asarray(inst) > 0).astype(np.int8), None
+    if scheme.source == "mask":
+        return np.asarray(mask_cls).astype(np.int8), None
+    join = join_class_boxes(inst, boxes or [], scheme)
+    return join.classes.astype(np.int8)[inst], join
+
+
+def instance_class_counts(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> tuple[np.ndarray, int]:
+    """(cells per class int64 (n_classes,), cells of unknown class) of an instance map `inst` and
+    its class map `cls` (int (H, W), one class per instance, `UNKNOWN_CLASS` allowed)."""
+    inst = np.asarray(inst).ravel()
+    class_of = np.zeros(int(inst.max(initial=0)) + 1, np.int64)
+    class_of[inst] = np.asarray(cls).ravel()  # an instance's pixels share its class
+    present = np.bincount(inst, minlength=class_of.size) > 0
+    present[0] = False
+    of_cells = class_of[present]
+    known = of_cells[of_cells != UNKNOWN_CLASS]
+    return np.bincount(known, minlength=n_classes)[:n_classes], int((of_cells == UNKNOWN_CLASS).sum())
+
+
+# %% [markdown]
 # ### Finding the dataset
 # `scan_dataset` returns the pairs and what it skipped; `find_dataset` is the short form that
 # warns about the skipped files and returns the pairs.
@@ -1561,11 +2078,11 @@ def default_workers(device_type: str = "cuda") -> int:
     return max(0, usable_cpus() - 1)
 
 
-def _worker_started() -> None:
+def _worker_started(owner: int) -> None:
     from uni_seg.config import exit_with_parent
 
     cv2.setNumThreads(1)  # N workers x N OpenCV threads would oversubscribe the CPUs
-    exit_with_parent()
+    exit_with_parent(owner)
 
 
 def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
@@ -1621,7 +2138,8 @@ class WorkerPool:
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(list(preload))
-            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started)
+            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started,
+                                                 initargs=(os.getpid(),))
 
     def submit(self, fn: Any, *args: Any) -> Future:
         if self._executor is not None:
@@ -1718,7 +2236,8 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def resize_to_working_scale(
     image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resize image (H, W, 3) uint8, inst int32 and cls uint8 (H, W) by `scale`.
+    """Resize image (H, W, 3) uint8, inst int32 and cls (H, W) by `scale` (cls uint8, or int8
+    holding `UNKNOWN_CLASS`; its dtype is kept).
 
     Output side lengths are round(side * scale) (at least 1). Instance ids that vanish are
     dropped and the rest renumbered 1..N in order; cls is 0 wherever inst is 0.
@@ -1731,7 +2250,7 @@ def resize_to_working_scale(
     image_s = cv2.resize(image, (out_w, out_h), interpolation=filt)
     inst_s = relabel_sequential(cv2.resize(inst.astype(np.int32), (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT))
     cls_s = cv2.resize(cls, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(np.uint8)
+    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(cls.dtype)
 
 
 # %% [markdown] tags=["why"]
@@ -1758,10 +2277,53 @@ def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def processed_dtype(height: int, width: int) -> np.dtype:
+    """The one record a processed image's file holds: its planes one after the other, inst
+    int32 (h, w) (first, so that it is aligned), image uint8 (h, w, 3) RGB, cls int8 (h, w).
+    Each plane's rows lie contiguous in the file, so a window is read row by row; 8 bytes a
+    pixel, uncompressed: 3.8 MB for an 800x600 image at working scale 0.5."""
+    return np.dtype([("inst", "<i4", (height, width)), ("image", "u1", (height, width, 3)),
+                     ("cls", "i1", (height, width))])
+
+
+def save_processed_atomic(path: Path, image: np.ndarray, inst: np.ndarray, cls: np.ndarray) -> None:
+    """Write one processed image (image uint8 (h, w, 3) RGB, inst int32 (h, w), cls int8 (h, w))
+    as an uncompressed .npy of one `processed_dtype` record; `path` holds the complete file or
+    is untouched. Uncompressed, because a compressed file must be decoded whole for every
+    224 px crop (the old cache spent ~24 ms a crop on it); a memory map reads just its rows."""
+    record = np.empty(1, processed_dtype(*inst.shape))
+    record["inst"][0], record["image"][0], record["cls"][0] = inst, image, cls
+    with atomic_open(path, "wb") as f:
+        np.save(f, record)
+
+
+def open_processed(path: str | Path, in_memory: bool = False) -> dict[str, np.ndarray]:
+    """{"image", "inst", "cls"}: views of the planes of a processed file (`processed_dtype`),
+    memory-mapped and read-only (pages are read when touched), or with `in_memory` read whole.
+    `processed_window` copies a window of them out."""
+    record = np.load(path, mmap_mode=None if in_memory else "r")
+    if record.shape != (1,) or record.dtype.names != ("inst", "image", "cls"):
+        raise DataError(f"{path}: not a processed image of cache format {CACHE_FORMAT} (rebuild the cache)")
+    return {name: record[name][0] for name in ("image", "inst", "cls")}
+
+
+def processed_window(planes: Mapping[str, np.ndarray], rows: slice = slice(None),
+                     cols: slice = slice(None)) -> dict[str, np.ndarray]:
+    """{"image" uint8 (h, w, 3), "inst" int32 (h, w), "cls" int8 (h, w)}: copies of the window
+    (`rows`, `cols`; default the whole image) of `open_processed`'s planes."""
+    return {name: np.array(plane[rows, cols]) for name, plane in planes.items()}
+
+
 def _file_key(path: Path) -> list[int]:
     """What says a raw file changed: [size in bytes, modification time in ns]."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+def _raw_keys(wanted: Mapping[str, Mapping[str, ImagePair]]) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """{split: {stem: {"image_key", "mask_key"}}}: the `_file_key` of each wanted pair's files."""
+    return {split: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
+                    for stem, p in pairs.items()} for split, pairs in wanted.items()}
 
 
 # %% [markdown] tags=["why"]
@@ -1772,7 +2334,8 @@ def _file_key(path: Path) -> list[int]:
 class CacheSummary:
     """The outcome of `build_processed_cache`: images per split, what was written, reused
     (unchanged), moved between splits, removed (stale), skipped (bad files, with the reason),
-    unpaired and ignored raw files, and image conversions made (counts by kind)."""
+    unpaired and ignored raw files, image conversions made (counts by kind), and the images the
+    class box files have no entry for (`no_class_boxes`: their cells are all of unknown class)."""
 
     processed_dir: Path
     counts: dict[str, int]
@@ -1786,6 +2349,7 @@ class CacheSummary:
     converted: dict[str, int]
     params: dict[str, Any]
     seconds: float
+    no_class_boxes: list[str] = dataclasses.field(default_factory=list)
 
     def split_table(self) -> str:
         """The split as a Markdown table (see `format_split_table`)."""
@@ -1801,6 +2365,7 @@ class CacheSummary:
         extras += [f"{len(self.unpaired)} unpaired file(s) skipped"] if self.unpaired else []
         extras += [f"{len(self.ignored)} non-image file(s) ignored"] if self.ignored else []
         extras += [f"{n} {kind} image(s) converted to RGB uint8" for kind, n in sorted(self.converted.items())]
+        extras += [f"{len(self.no_class_boxes)} image(s) without class boxes"] if self.no_class_boxes else []
         return text + ("; " + "; ".join(extras) if extras else "")
 
 
@@ -1808,22 +2373,57 @@ class CacheSummary:
 # The rewrite itself, in this process or a pool of workers; a bad file comes back as its error so that `on_error="skip"` can go on.
 
 # %% tags=["export"]
-def _process_one(task: tuple[ImagePair, str, float, int]) -> dict[str, Any]:
-    """Worker: read, parse, resize and write one pair; returns its manifest entry."""
-    pair, out_path, scale, min_area = task
-    image, inst, cls, notes = load_raw_pair(pair, min_area)
-    image_s, inst_s, cls_s = resize_to_working_scale(image, inst, cls, scale)
-    save_npz_atomic(Path(out_path), image=image_s, inst=inst_s, cls=cls_s)
-    return {"original_hw": list(inst.shape), "working_hw": list(inst_s.shape),
-            "n_instances": int(inst_s.max(initial=0)), "converted": notes}
+@dataclasses.dataclass(frozen=True)
+class _CacheTask:
+    """One pair to rewrite: where to, at which scale and speck size, under which class scheme, with
+    the image's class boxes (None: the scheme takes none, or the box files have no entry for it)
+    and the image size and file they were drawn for."""
+
+    pair: ImagePair
+    out_path: str
+    scale: float
+    min_area: int
+    scheme: ClassScheme
+    boxes: list[ClassBox] | None = None
+    box_shape: tuple[int, int] | None = None
+    box_file: str | None = None
 
 
-def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int) -> Iterator[dict[str, Any] | Exception]:
+def _cache_task(pair: ImagePair, out_path: Path, scale: float, min_area: int, scheme: ClassScheme,
+                boxes: ClassBoxes | None) -> _CacheTask:
+    """The task of one pair, with its class boxes when the box files have an entry for it."""
+    task = _CacheTask(pair, str(out_path), float(scale), int(min_area), scheme)
+    if boxes is None or pair.stem not in boxes:
+        return task
+    return dataclasses.replace(task, boxes=boxes[pair.stem], box_shape=boxes.shapes.get(pair.stem),
+                               box_file=str(boxes.files[pair.stem]))
+
+
+def _process_one(task: _CacheTask) -> dict[str, Any]:
+    """Worker: read, parse, class, resize and write one pair; returns its manifest entry."""
+    image, inst, mask_cls, notes = load_raw_pair(task.pair, task.min_area)
+    if task.box_shape is not None and tuple(task.box_shape) != inst.shape:
+        (bh, bw), (h, w) = task.box_shape, inst.shape
+        raise DataError(f"{task.box_file}: the class boxes of {task.pair.stem} were drawn on a {bw}x{bh} image, but "
+                        f"{task.pair.image_path} is {w}x{h} (width x height)")
+    # The boxes are in raw pixels: the join runs before the maps are shrunk.
+    cls, join = scheme_class_map(inst, mask_cls, task.scheme, task.boxes)
+    image_s, inst_s, cls_s = resize_to_working_scale(image, inst, cls, task.scale)
+    save_processed_atomic(Path(task.out_path), image_s, inst_s, cls_s)
+    counts, unknown = instance_class_counts(inst_s, cls_s, task.scheme.n_classes)
+    entry = {"original_hw": list(inst.shape), "working_hw": list(inst_s.shape),
+             "n_instances": int(inst_s.max(initial=0)), "class_counts": counts.tolist(), "unknown": unknown,
+             "converted": notes}
+    return {**entry, "join": join.summary()} if join is not None else entry
+
+
+def _run_tasks(tasks: list[_CacheTask], num_workers: int) -> Iterator[dict[str, Any] | Exception]:
     """`_process_one` over the tasks in order, in this process or a pool; a bad file's
     `DataError` (or a raw file gone missing) is yielded rather than raised."""
     if num_workers > 0 and len(tasks) > 1:
         context = worker_context(preload=("uni_seg.data",))
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_worker_started,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_process_one, task) for task in tasks]
             try:
                 for fut in futures:
@@ -1877,7 +2477,7 @@ def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple
         return {}
     return {("test" if split == "test" else "train", stem): (split, entry)
             for split, entries in old.get("samples", {}).items() for stem, entry in entries.items()
-            if (processed_dir / split / f"{stem}.npz").is_file()}
+            if (processed_dir / split / f"{stem}{CACHE_SUFFIX}").is_file()}
 
 
 def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, ImagePair]],
@@ -1898,7 +2498,8 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
                 todo.append((split, pair))
                 continue
             if prior[0] != split:
-                os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
+                name = f"{stem}{CACHE_SUFFIX}"
+                os.replace(processed_dir / prior[0] / name, processed_dir / split / name)
                 moved += 1
             else:
                 reused += 1
@@ -1907,16 +2508,63 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
 
 
 def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
-    """Delete processed files no longer in the dataset, and temporaries of killed writers;
-    returns the number of processed files removed."""
+    """Delete processed files no longer in the dataset, files of an older cache format (.npz),
+    and temporaries of killed writers; returns the number of processed files removed."""
     removed = 0
     for split in SPLITS:
         remove_stale_temporaries(processed_dir / split)
         for path in (processed_dir / split).iterdir():
-            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
+            older_format = path.suffix == ".npz"
+            if path.is_file() and (older_format or (path.suffix == CACHE_SUFFIX and path.stem not in samples[split])):
                 path.unlink()
                 removed += 1
     return removed
+
+
+# %% [markdown] tags=["why"]
+# The cache's key beyond the raw files: format, scale, speck size, the class scheme and a digest of the class box files it needs (new boxes, new classes), the boxes checked against the scheme before any image is read.
+
+# %% tags=["export"]
+def _scheme_boxes(scheme: ClassScheme, class_boxes: str | Path | None) -> tuple[ClassBoxes | None, list[str] | None]:
+    """(the class boxes, the sha256 of each box file) for a scheme that takes classes from boxes;
+    (None, None) for one that does not. `ValueError` when boxes are missing or given in vain,
+    `DataError` naming the file for a category the scheme does not know."""
+    if not scheme.takes_boxes:
+        if class_boxes is not None:
+            raise ValueError(f"class_boxes={str(class_boxes)!r} given, but class scheme {scheme.name!r} takes no "
+                             "classes from boxes")
+        return None, None
+    if class_boxes is None:
+        raise ValueError(f"class scheme {scheme.name!r} takes classes from class boxes: give class_boxes (CLASS_BOXES)")
+    boxes = load_class_boxes(class_boxes)
+    for stem, items in boxes.items():
+        for category in sorted({b[0] for b in items}):
+            try:
+                scheme.class_of(category)
+            except ValueError as error:
+                raise DataError(f"{boxes.files[stem]}: image {stem}: {error}") from None
+    return boxes, [hashlib.sha256(f.read_bytes()).hexdigest() for f in boxes.sources]
+
+
+def _content_key(scheme: ClassScheme, class_boxes: str | Path | None, working_scale: float,
+                 min_area: int) -> tuple[ClassScheme, dict[str, Any], ClassBoxes | None]:
+    """(`scheme`; what the processed files' content depends on besides their raw files, as the
+    manifest reads it back; the class boxes, when the scheme takes them)."""
+    boxes, box_digests = _scheme_boxes(scheme, class_boxes)
+    content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area),
+               "class_scheme": scheme.as_dict(), "class_boxes": box_digests}
+    return scheme, json.loads(json.dumps(content)), boxes
+
+
+def _without_boxes(wanted: Mapping[str, Mapping[str, ImagePair]], boxes: ClassBoxes | None,
+                   class_boxes: str | Path | None) -> list[str]:
+    """The stems the class boxes have no entry for, sorted, named in one `DataWarning`."""
+    missing = sorted(stem for pairs in wanted.values() for stem in pairs if boxes is not None and stem not in boxes)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        warnings.warn(f"{class_boxes}: no class boxes for {len(missing)} image(s), whose cells are all of unknown "
+                      f"class: {shown}", DataWarning, stacklevel=3)
+    return missing
 
 
 # %% [markdown] tags=["why"]
@@ -1931,22 +2579,25 @@ def build_processed_cache(
     seed: int,
     min_area: int = 30,
     *,
+    scheme: str | ClassScheme = "colour",
+    class_boxes: str | Path | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     num_workers: int = 0,
     progress: bool = False,
 ) -> CacheSummary:
-    """Build or refresh `processed_dir/{train,val,test}/<stem>.npz` and `manifest.json`.
+    """Build or refresh `processed_dir/{train,val,test}/<stem>.npy` and `manifest.json`.
 
-    Each .npz holds image uint8 (h, w, 3) RGB, inst int32 (h, w) and cls uint8 (h, w) at
-    `working_scale` (h = round(H * working_scale)). The manifest records the parameters, the
-    split, and per stem the raw paths (relative to `raw_dir`), the raw files' size and mtime,
-    the original (H, W) and working (h, w) sizes and the instance count. A stem is rewritten
-    only when its raw files or `working_scale`/`min_area` changed; a stem whose split changed is
-    moved; files no longer in the dataset are removed.
+    Each .npy (`save_processed_atomic`) holds image uint8 (h, w, 3) RGB, inst int32 (h, w), cls int8 (h, w) (class under
+    `scheme`, `UNKNOWN_CLASS` for cells of no known class) at `working_scale` (h = round(H *
+    working_scale)). The manifest records the parameters, the split, and per stem its raw files
+    (path relative to `raw_dir`, size, mtime), sizes, cells per class and the class boxes' join
+    (`BoxJoin.summary`). A stem is rewritten only when its raw files or what `_content_key`
+    holds changed; one whose split changed is moved; others are removed. `class_boxes` (for
+    `load_class_boxes`) is for, and needed by, a scheme that takes classes from boxes.
 
-    on_error: "raise" (default) stops at the first bad file with a `DataError` naming it;
-      "skip" warns, leaves the file out and lists it in `CacheSummary.skipped`.
-    num_workers: processes for the rewrite (0 = this process).
+    on_error: "raise" (default) stops at the first bad file with a `DataError` naming it; "skip"
+      warns, leaves the file out and lists it in `CacheSummary.skipped`. num_workers: processes
+      for the rewrite (0 = this process).
     """
     start = time.perf_counter()
     raw_dir, processed_dir = Path(raw_dir).resolve(), Path(processed_dir)
@@ -1955,26 +2606,27 @@ def build_processed_cache(
     scan = scan_dataset(raw_dir)
     scan.warn()
     wanted = _wanted_pairs(scan, val_fraction, seed)
-    content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area)}
+    scheme, content, boxes = _content_key(class_scheme(scheme), class_boxes, working_scale, min_area)
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
+    no_boxes = _without_boxes(wanted, boxes, class_boxes)
     valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
-    keys = {s: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
-                for stem, p in wanted[s].items()} for s in SPLITS}
+    keys = _raw_keys(wanted)
     samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
 
     def save_manifest(skipped: dict[str, str]) -> None:
         atomic_write(processed_dir / "manifest.json", json.dumps(
             {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
              "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
-             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}, indent=1))
+             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored,
+             "no_class_boxes": no_boxes}, indent=1))
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
     save_manifest({})
     skipped: dict[str, str] = {}
-    tasks = [(pair, str(processed_dir / split / f"{pair.stem}.npz"), float(working_scale), int(min_area))
+    tasks = [_cache_task(pair, processed_dir / split / f"{pair.stem}{CACHE_SUFFIX}", working_scale, min_area, scheme, boxes)
              for split, pair in todo]
     outcomes = _run_tasks(tasks, num_workers)
     try:
@@ -2000,7 +2652,7 @@ def build_processed_cache(
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
     return CacheSummary(
         processed_dir=processed_dir, counts={s: len(samples[s]) for s in SPLITS}, written=len(todo) - len(skipped),
-        reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired,
+        reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired, no_class_boxes=no_boxes,
         ignored=scan.ignored, converted=dict(converted), params=params, seconds=time.perf_counter() - start,
     )
 
@@ -2010,17 +2662,16 @@ def build_processed_cache(
 
 # %% tags=["export"]
 def load_processed_arrays(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(image uint8 (h, w, 3), {"image", "inst" int32, "cls" uint8}) of one processed .npz: the
+    """(image uint8 (h, w, 3), {"image", "inst" int32, "cls" int8}) of one processed file: the
     model's input and the truth, for the inference pipeline's workers (the image is one array,
     sent once)."""
-    with np.load(path) as data:
-        truth = {"image": data["image"], "inst": data["inst"].astype(np.int32), "cls": data["cls"].astype(np.uint8)}
+    truth = processed_window(open_processed(path, in_memory=True))
     return truth["image"], truth
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedSample:
-    """One cached image: where its .npz is and where it came from."""
+    """One cached image: where its file is and where it came from."""
 
     stem: str
     split: str
@@ -2031,9 +2682,9 @@ class ProcessedSample:
     working_hw: tuple[int, int]
 
     def load(self) -> dict[str, np.ndarray]:
-        """{"image": uint8 (h, w, 3) RGB, "inst": int32 (h, w), "cls": uint8 (h, w)}."""
-        with np.load(self.path) as data:
-            return {k: data[k] for k in ("image", "inst", "cls")}
+        """{"image": uint8 (h, w, 3) RGB, "inst": int32 (h, w), "cls": int8 (h, w) (`UNKNOWN_CLASS`
+        for cells of no known class)}."""
+        return processed_window(open_processed(self.path, in_memory=True))
 
 
 def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSample]:
@@ -2044,10 +2695,76 @@ def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSampl
     manifest = load_manifest(processed_dir)
     raw_dir = Path(manifest["raw_dir"])
     return [
-        ProcessedSample(stem, split, processed_dir / split / f"{stem}.npz", raw_dir / e["image"], raw_dir / e["mask"],
+        ProcessedSample(stem, split, processed_dir / split / f"{stem}{CACHE_SUFFIX}", raw_dir / e["image"], raw_dir / e["mask"],
                         tuple(e["original_hw"]), tuple(e["working_hw"]))
         for stem, e in sorted(manifest["samples"][split].items())
     ]
+
+
+# %% [markdown] tags=["why"]
+# What the cache says about the classes, from its manifest alone: cells per class in each split (§4 weighs the classes by the training split's), and what the join with the class boxes did.
+
+# %% tags=["export"]
+def manifest_scheme(manifest: Mapping[str, Any]) -> ClassScheme:
+    """The class scheme a processed cache was built with (`load_manifest`'s document)."""
+    return class_scheme(manifest["params"]["class_scheme"])
+
+
+def split_class_counts(manifest: Mapping[str, Any], split: str) -> tuple[np.ndarray, int]:
+    """(cells per class int64 (n_classes,) of the cache's scheme, cells of unknown class) of one
+    split, at the working scale, summed over the manifest's entries."""
+    counts = np.zeros(manifest_scheme(manifest).n_classes, np.int64)
+    unknown = 0
+    for entry in manifest["samples"][split].values():
+        counts += np.asarray(entry["class_counts"], np.int64)
+        unknown += int(entry["unknown"])
+    return counts, unknown
+
+
+def _with_share(n: int, total: int) -> str:
+    return f"{n:,} ({100 * n / max(total, 1):.1f} %)"
+
+
+def class_count_table(manifest: Mapping[str, Any]) -> str:
+    """Cells per class and split (share of the split's cells in brackets) as a Markdown table."""
+    scheme = manifest_scheme(manifest)
+    rows = []
+    for split in SPLITS:
+        counts, unknown = split_class_counts(manifest, split)
+        total = int(counts.sum()) + unknown
+        share = [_with_share(n, total) for n in [*counts[1:].tolist(), unknown]]
+        rows.append((split, len(manifest["samples"][split]), f"{total:,}", *share))
+    return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
+
+
+def join_table(manifest: Mapping[str, Any]) -> str:
+    """The join of the mask instances with the class boxes, per split and per box category, as
+    two Markdown tables (counts at the raw resolution, where the join runs); a note when the
+    cache's scheme takes no classes from boxes."""
+    scheme = manifest_scheme(manifest)
+    if not scheme.takes_boxes:
+        return f"(class scheme `{scheme.name}` takes the classes from the masks: no class boxes joined)"
+    missing = set(manifest.get("no_class_boxes", []))
+    rows, categories = [], Counter()
+    for split in SPLITS:
+        joins = [e["join"] for e in manifest["samples"][split].values()]
+        sums = Counter()
+        for join in joins:
+            sums.update({k: join[k] for k in ("instances", "matched", "unknown", "boxes", "unmatched_boxes")})
+            for category, (n, matched) in join["categories"].items():
+                categories.update({(category, "boxes"): n, (category, "matched"): matched})
+        rows.append((split, len(joins), f"{sums['instances']:,}", _with_share(sums["matched"], sums["instances"]),
+                     _with_share(sums["unknown"], sums["instances"]), f"{sums['boxes']:,}",
+                     f"{sums['unmatched_boxes']:,}", len(missing & set(manifest["samples"][split]))))
+    per_split = markdown_table(("split", "images", "mask instances", "with a box (IoU >= 0.5)", "unknown class",
+                                "class boxes", "boxes no instance matched", "images without boxes"), rows)
+    order = list(scheme.categories)  # the scheme's order: uninfected, the stages in life-cycle order, ...
+    names = sorted({c for c, _ in categories}, key=lambda c: order.index(c) if c in order else len(order))
+    per_category = markdown_table(
+        ("box category", "class", "boxes", "matched an instance"),
+        [(c, scheme.name_of(scheme.categories[c]), f"{categories[c, 'boxes']:,}", f"{categories[c, 'matched']:,}")
+         for c in names])
+    return per_split + "\n\n" + per_category
 
 
 # %% [markdown]
@@ -2078,7 +2795,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.config import atomic_write
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
-                          relabel_sequential, save_npz_atomic, write_image)
+                          relabel_sequential, save_npz_atomic, scan_dataset, write_image)
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -2369,35 +3086,114 @@ def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_
     return wanted and (ours or not has_dataset)
 
 
+# %% [markdown] tags=["why"]
+# Class boxes for synthetic smears in BBBC041's format, drawn around the true cells as BBBC041's annotators boxed theirs: red cells ("red blood cell", a share of them a parasite stage) and white cells ("leukocyte"), never platelets (BBBC041 boxes none), a few cells left without a box and a few boxes on bare background, as real annotations have. The images show no parasites: these boxes test the join and the plumbing, not what a model can learn.
+
+# %% tags=["export"]
+#: BBBC041's parasite stages, one drawn at random for a synthetic "infected" red cell.
+SYNTHETIC_STAGES: tuple[str, ...] = ("ring", "trophozoite", "schizont", "gametocyte")
+
+
+def synthetic_class_boxes(inst: np.ndarray, cls: np.ndarray, rng: np.random.Generator, infected: float = 0.05,
+                          unboxed: float = 0.05, empty_boxes: int = 2, empty_side: int = 24) -> list[dict[str, Any]]:
+    """BBBC041 objects (one image's "objects" list) for the true cells of a synthetic smear.
+
+    inst int32 (H, W), the true cells; cls uint8 (H, W) their classes (1 RBC, 2 WBC, 3 platelet).
+    Each cell's box is its bounding box; a red cell is "red blood cell", or with probability
+    `infected` one of `SYNTHETIC_STAGES`; a white cell "leukocyte"; platelets, and any cell with
+    probability `unboxed`, get no box. Then up to `empty_boxes` boxes of `empty_side` px on
+    background only ("red blood cell": an annotation with no cell in the mask).
+    """
+    objects = []
+    for label, box in enumerate(ndi.find_objects(inst), start=1):  # a loop over cells, not pixels
+        if box is None:
+            continue
+        klass = int(cls[box][inst[box] == label][0])
+        if klass == 3 or rng.random() < unboxed:
+            continue
+        category = "leukocyte" if klass == 2 else (
+            str(rng.choice(SYNTHETIC_STAGES)) if rng.random() < infected else "red blood cell")
+        objects.append(_bbbc041_object(category, box[0].start, box[1].start, box[0].stop, box[1].stop))
+    h, w = inst.shape
+    placed = 0
+    for _ in range(50 * empty_boxes):  # tries: a crowded smear has little bare background
+        if placed == empty_boxes:
+            break
+        r, c = int(rng.integers(0, max(h - empty_side, 1))), int(rng.integers(0, max(w - empty_side, 1)))
+        if not inst[r:r + empty_side, c:c + empty_side].any():
+            objects.append(_bbbc041_object("red blood cell", r, c, r + empty_side, c + empty_side))
+            placed += 1
+    return objects
+
+
+def _bbbc041_object(category: str, r0: int, c0: int, r1: int, c1: int) -> dict[str, Any]:
+    return {"bounding_box": {"minimum": {"r": int(r0), "c": int(c0)}, "maximum": {"r": int(r1), "c": int(c1)}},
+            "category": category}
+
+
+def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: Any) -> Path:
+    """Write `dataset_dir/classes/bbbc041_boxes.json`: `synthetic_class_boxes` of every image of a
+    synthetic dataset (from its truth files), in BBBC041's format; returns the path. Image i of a
+    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`."""
+    dataset_dir = Path(dataset_dir)
+    pairs = scan_dataset(dataset_dir).pairs
+    doc = []
+    for part_index, part in enumerate(PARTITIONS):
+        for i, pair in enumerate(pairs[part]):
+            inst, cls = load_synthetic_truth(pair)
+            rng = np.random.default_rng(np.random.SeedSequence([seed, part_index, i, 41]))
+            doc.append({"image": {"pathname": f"/images/{pair.stem}.png",
+                                  "shape": {"r": int(inst.shape[0]), "c": int(inst.shape[1]), "channels": 3}},
+                        "objects": synthetic_class_boxes(inst, cls, rng, **box_kw)})
+    return atomic_write(dataset_dir / "classes" / "bbbc041_boxes.json", json.dumps(doc))
+
+
 # %% [markdown]
 # ### This run's data
 # Synthetic smears are generated where they were asked for (the demo profile's own folder, or
 # any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
-# least two); a `DATA_DIR` that holds no dataset otherwise stops the run here, naming it. Then
-# the cache is built or refreshed (`RUN_PREPROCESS`), and the split table is printed from it.
+# least two); a class scheme that takes boxes gets synthetic class boxes beside them, unless
+# `CLASS_BOXES` names others. A `DATA_DIR` that holds no dataset otherwise stops the run here,
+# naming it. Then the cache is built or refreshed (`RUN_PREPROCESS`) with the run's class scheme
+# (`SCHEME`, which every later section uses), and the split table is printed from it.
 
 # %%
-from uni_seg.config import show_markdown
-from uni_seg.data import (build_processed_cache, format_split_table, instance_statistics, load_manifest, load_processed,
-                          partition_image_folder)
-from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted
+from uni_seg.config import class_scheme, show_markdown
+from uni_seg.data import (build_processed_cache, class_count_table, format_split_table, instance_statistics, join_table,
+                          load_manifest, load_processed, partition_image_folder)
+from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted, write_synthetic_class_boxes
 
+SCHEME = class_scheme(cfg.class_scheme)
+print(f"class scheme {SCHEME.name!r}: {', '.join(SCHEME.names)} (classes from {SCHEME.source})")
 # DATA_DIR and SYNTHETIC_IMAGES are None when they were not given (the profile's values apply)
 if synthetic_data_wanted(cfg.data_dir, cfg.synthetic_images, DATA_DIR is not None, SYNTHETIC_IMAGES is not None):
     _n_test = max(2, round(cfg.synthetic_images / 5))
     generate_synthetic_dataset(cfg.data_dir, cfg.synthetic_images, _n_test, seed=cfg.seed)
     print(f"synthetic smears in {cfg.data_dir}: {cfg.synthetic_images} train + {_n_test} test")
+    if SCHEME.takes_boxes and cfg.class_boxes == cfg.data_dir / "classes":
+        print(f"synthetic class boxes (no parasites drawn: random categories): "
+              f"{write_synthetic_class_boxes(cfg.data_dir, cfg.seed)}")
 
 if cfg.run_preprocess:
     cache_summary = build_processed_cache(
         cfg.data_dir, cfg.processed_dir, working_scale=cfg.working_scale, val_fraction=cfg.val_fraction,
-        seed=cfg.seed, min_area=cfg.min_cell_area, num_workers=cfg.num_workers, progress=True,
+        seed=cfg.seed, min_area=cfg.min_cell_area, scheme=SCHEME, class_boxes=cfg.class_boxes,
+        num_workers=cfg.num_workers, progress=True,
     )
     print(cache_summary)
 _manifest = load_manifest(cfg.processed_dir)
 split_table = format_split_table({s: len(v) for s, v in _manifest["split"].items()},
                                  _manifest["params"]["val_fraction"], _manifest["params"]["seed"])
 show_markdown(split_table)
+
+# %% [markdown]
+# The cells of each class in each split (at the working scale), and, for a scheme that takes its
+# classes from boxes, what the join did: how many mask instances found a class box, how many
+# stayed unknown, and how many boxes no instance matched, per split and per box category.
+
+# %%
+show_markdown(class_count_table(_manifest))
+show_markdown(join_table(_manifest))
 
 # %% [markdown]
 # Cells per image and likely merged clumps in this run's training split, at the working scale
@@ -2422,7 +3218,9 @@ print(f"train split: {_stats['n_instances']} cells in {_stats['n_images']} image
 #   positive one), 0 on background. This is HoVer-Net's convention, including its rounding of
 #   the centre of mass to a whole pixel. Where two cells touch, HV jumps from +1 to -1: that
 #   jump is what the Sobel energy and the watershed of §8 cut along.
-# * **NC**: the cell's class (0 background, 1 RBC, 2 WBC, 3 platelet).
+# * **NC**: the cell's class under the run's class scheme (§0; the default "colour" scheme:
+#   0 background, 1 RBC, 2 WBC, 3 platelet), and `UNKNOWN_CLASS` (-1) on a cell of no known
+#   class, which the NC loss ignores (§4) while NP and HV still learn the cell.
 #
 # `hv_maps` has no loop over pixels and builds no full-frame mask per cell: one pass of
 # `np.nonzero` and `np.bincount` gives every cell's centre of mass, and each cell's largest
@@ -2473,9 +3271,10 @@ def hv_maps(inst: np.ndarray) -> np.ndarray:
 def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.ndarray]:
     """Training targets of one instance map.
 
-    inst: int (H, W), 0 = background; cls: uint8 (H, W) class of each pixel.
+    inst: int (H, W), 0 = background; cls: int (H, W) class of each pixel (uint8, or int8
+    holding `UNKNOWN_CLASS` = -1 for cells of no known class).
     Returns {"np": float32 (H, W) in {0, 1}, "hv": float32 (2, H, W) in [-1, 1] (`hv_maps`),
-    "nc": int64 (H, W) in {0..3}, 0 wherever inst is 0}.
+    "nc": int64 (H, W) in {-1, 0..C-1}, 0 wherever inst is 0, -1 on cells of unknown class}.
     """
     cell = inst > 0
     return {
@@ -2548,14 +3347,38 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
 # The two transform pipelines: geometric (image and instance map together) and photometric (image only).
 
 # %% tags=["export"]
+def training_window(crop_size: int) -> int:
+    """Side of the window a training crop is cut from: enough that a rotation by 45 degrees
+    at the smallest scale (0.8) still fills the `crop_size` centre."""
+    return math.ceil(crop_size * math.sqrt(2) / 0.8)
+
+
+def random_window(length: int, window: int, rng: np.random.Generator) -> tuple[slice, tuple[int, int]]:
+    """Where a random `window` falls along an axis of `length` pixels, drawn as albumentations'
+    RandomCrop with pad_if_needed and pad_position="random" draws it: (the slice to read,
+    (zero pixels before, after)) - a uniform start on a longer axis, a uniform share of the
+    padding on a shorter one."""
+    if length >= window:
+        start = int(rng.integers(0, length - window + 1))
+        return slice(start, start + window), (0, 0)
+    before = int(rng.integers(0, window - length + 1))
+    return slice(0, length), (before, window - length - before)
+
+
+def _cut(array: np.ndarray, rows: slice, cols: slice, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """A contiguous copy of `array[rows, cols]` with `pad` zero pixels (see `random_window`)."""
+    if pad == ((0, 0), (0, 0)):
+        return np.ascontiguousarray(array[rows, cols])
+    return np.pad(array[rows, cols], pad + ((0, 0),) * (array.ndim - 2))
+
+
 def geometric_transform(crop_size: int) -> A.Compose:
-    """Random crop of `crop_size` with flips, rotation, scaling and distortion; the `mask`
-    (instance map, int32) is warped with nearest-neighbour interpolation and 0 fill."""
-    window = math.ceil(crop_size * math.sqrt(2) / 0.8)
+    """Flips, rotation, scaling and distortion of a `training_window` square, then its centre
+    `crop_size` square; the `mask` (instance map, int32) is warped with nearest-neighbour
+    interpolation and 0 fill."""
     nearest, const = cv2.INTER_NEAREST, cv2.BORDER_CONSTANT
     return A.Compose(
         [
-            A.RandomCrop(window, window, pad_if_needed=True, pad_position="random", border_mode=const, fill=0, fill_mask=0),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
@@ -2594,24 +3417,33 @@ def photometric_transform() -> A.Compose:
 
 # %% tags=["export"]
 class CellAugmenter:
-    """Geometric -> targets -> photometric, for one (image, inst, cls) at a time."""
+    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time.
+
+    Crop first: only the random `training_window` is read from the arrays (views of a
+    memory-mapped cache file read just those rows), and every later step works on the window,
+    never on the whole image."""
 
     def __init__(self, crop_size: int) -> None:
         self.crop_size = crop_size
+        self.window = training_window(crop_size)
         self.geometric = geometric_transform(crop_size)
         self.photometric = photometric_transform()
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """image RGB uint8 (H, W, 3), inst int32 and cls uint8 (H, W) -> (image RGB uint8
-        (c, c, 3), inst int32 (c, c), targets of the warped inst as in `targets_from_instances`),
-        c = crop_size. The same seed gives the same result."""
-        geo_seed, photo_seed = np.random.SeedSequence(seed).generate_state(2)
+        """image RGB uint8 (H, W, 3), inst int32 and cls (H, W) uint8 or int8 (arrays or
+        memory-mapped views) -> (image RGB uint8 (c, c, 3), inst int32 (c, c), targets of the
+        warped inst as in `targets_from_instances`), c = crop_size. The same seed gives the same
+        result."""
+        window_seed, geo_seed, photo_seed = np.random.SeedSequence(seed).generate_state(3)
+        rng = np.random.default_rng(int(window_seed))
+        (rows, pad_rows), (cols, pad_cols) = (random_window(n, self.window, rng) for n in inst.shape[:2])
+        image, inst, cls = (_cut(a, rows, cols, (pad_rows, pad_cols)) for a in (image, inst, cls))
         seed_transforms(self.geometric, int(geo_seed))
         out = self.geometric(image=image, mask=inst)
         image_t, inst_t = out["image"], out["mask"]
         # Each instance keeps its class: look it up by id rather than warping the class map too.
-        class_of = np.zeros(int(inst.max(initial=0)) + 1, np.uint8)
+        class_of = np.zeros(int(inst.max(initial=0)) + 1, cls.dtype)
         class_of[inst] = cls
         targets = targets_from_instances(inst_t, class_of[inst_t])
         seed_transforms(self.photometric, int(photo_seed))
@@ -2668,7 +3500,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uni_seg.augment import CellAugmenter
 from uni_seg.config import seed_everything
-from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
+from uni_seg.data import (ProcessedSample, load_processed, open_processed, processed_window, start_context, tile_starts,
+                          worker_context)
 from uni_seg.targets import targets_from_instances
 
 
@@ -2696,13 +3529,14 @@ class CellCropDataset(Dataset):
     train: True -> `crops_per_image` random augmented crops per image per epoch; False -> the
       fixed tile grid of every image, no augmentation.
     seed: with the epoch and the item index, fixes each training crop.
-    cache_in_memory: keep decoded images in each worker after first use (fast, costs RAM:
-      ~4 MB per 800x600 image per worker).
+    cache_in_memory: keep each image in each worker after first use (costs RAM: ~4 MB per
+      800x600 image per worker); without it, crops are read from the memory-mapped cache
+      files, which reads only their rows (and leaves the OS's page cache to keep them).
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
-    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c),
-    "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
+    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c) (-1 on
+    cells of unknown class), "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,
@@ -2741,29 +3575,30 @@ class CellCropDataset(Dataset):
         self.epoch = int(epoch)
 
     def load(self, k: int) -> dict[str, np.ndarray]:
-        """Sample k of the split: {"image", "inst", "cls"} as in `ProcessedSample.load`."""
+        """Sample k of the split: {"image", "inst", "cls"} as `open_processed` gives them,
+        memory-mapped or, with `cache_in_memory`, read once and kept."""
         if k in self._memory:
             return self._memory[k]
-        data = self.samples[k].load()
+        planes = open_processed(self.samples[k].path, in_memory=self.cache_in_memory)
         if self.cache_in_memory:
-            self._memory[k] = data
-        return data
+            self._memory[k] = planes
+        return planes
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} items")
         if self.train:
-            data = self.load(i // self.crops_per_image)
+            planes = self.load(i // self.crops_per_image)
             if self._augmenter is None:
                 self._augmenter = CellAugmenter(self.crop_size)
-            image, inst, targets = self._augmenter(data["image"], data["inst"], data["cls"], (self.seed, epoch, i))
+            # views of the file: the augmenter reads only its window of them
+            image, inst, targets = self._augmenter(planes["image"], planes["inst"], planes["cls"], (self.seed, epoch, i))
             return _to_item(image, inst, targets)
         k, top, left = self.tiles[i]
-        data = self.load(k)
         c = self.crop_size
-        window = (slice(top, top + c), slice(left, left + c))
-        image, inst, cls = data["image"][window], data["inst"][window], data["cls"][window]
+        window = processed_window(self.load(k), slice(top, top + c), slice(left, left + c))
+        image, inst, cls = window["image"], window["inst"], window["cls"]
         pad = ((0, c - inst.shape[0]), (0, c - inst.shape[1]))
         if pad != ((0, 0), (0, 0)):
             image, inst, cls = np.pad(image, (*pad, (0, 0))), np.pad(inst, pad), np.pad(cls, pad)
@@ -4204,9 +5039,20 @@ with torch.no_grad():
 #   the mean squared error of the maps' *gradients* (Sobel filters) over foreground pixels
 #   only. The watershed later cuts cells where these gradients are steep, so their sharpness
 #   at cell borders is what matters most.
-# * **NC** (which class?): cross-entropy weighted per class (`CLASS_WEIGHTS`, default
-#   `[0.05, 0.5, 5.0, 8.0]` for background, RBC, WBC, platelet: a platelet pixel counts 160
-#   times a background pixel), plus soft Dice per class, averaged over classes.
+# * **NC** (which class?): cross-entropy weighted per class (`CLASS_WEIGHTS`), plus soft Dice
+#   per class, averaged over classes. Pixels of cells whose class is unknown (`UNKNOWN_CLASS`,
+#   -1: no class box matched them) count in neither term and get no gradient: cross-entropy
+#   ignores them (`ignore_index`) and Dice leaves them out, while NP and HV still learn them.
+#
+# **Class weights.** The "colour" scheme keeps the original write-up's `[0.05, 0.5, 5.0, 8.0]`
+# for background, RBC, WBC, platelet (a platelet pixel counts 160 background pixels). Other
+# schemes weigh each cell class by how rare its cells are in the training split
+# (`class_weights_from_counts`): background 0.05, and a cell class with n_c training cells
+# 0.5 · sqrt(n_max / n_c), n_max the commonest class's count, capped at 20 times the
+# commonest's (10.0; also the weight of a class with no training cell). The square root is a
+# compromise: plain inverse frequency would weigh BBBC041's infected cells (2.5 % of the
+# training cells) 33 times and its two training leukocytes over 2,000 times an uninfected
+# red cell, and let a handful of pixels steer the head. `CLASS_WEIGHTS` overrides the weights.
 #
 # The total is `np_weight · NP + hv_weight · HV + nc_weight · NC` (defaults 1, 2, 2). The
 # parts come back unweighted, for logging.
@@ -4221,11 +5067,16 @@ with torch.no_grad():
 # %% tags=["export"]
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from uni_seg.config import UNKNOWN_CLASS, ClassScheme, class_scheme
+from uni_seg.data import load_manifest, manifest_scheme, split_class_counts
 
 
 def sobel_kernels(size: int = 5, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -4297,15 +5148,64 @@ def hv_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor) 
 def nc_loss(
     logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NC `(ce, dice)`: logits (B, K, H, W), target int64 (B, H, W) in [0, K), class_weights (K,).
+    """NC `(ce, dice)`: logits (B, K, H, W), target int64 (B, H, W) in [0, K) or `UNKNOWN_CLASS`
+    (-1, a cell of unknown class), class_weights (K,).
 
-    Cross-entropy weighted per class (normalised by the weights of the pixels present, as
-    `F.cross_entropy` does); soft Dice per class over the batch, averaged over the K classes.
+    Unknown pixels count in neither term and get no gradient. Cross-entropy weighted per class,
+    normalised by the weights of the known pixels (as `F.cross_entropy` does); soft Dice per
+    class over the known pixels of the batch, averaged over the K classes. Both are 0 when no
+    pixel is known.
     """
-    ce = F.cross_entropy(logits, target, weight=class_weights)
-    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    dice = soft_dice_loss(torch.softmax(logits, dim=1), one_hot, dims=(0, 2, 3)).mean()
+    known = target != UNKNOWN_CLASS
+    safe = torch.where(known, target, 0)
+    nll = F.cross_entropy(logits, target, weight=class_weights, ignore_index=UNKNOWN_CLASS, reduction="sum")
+    # the known pixels' weights, as F.cross_entropy's mean divides by (which is nan without any)
+    ce = nll / (class_weights[safe] * known).sum().clamp_min(torch.finfo(logits.dtype).tiny)
+    keep = known.unsqueeze(1).to(logits.dtype)
+    one_hot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype) * keep
+    dice = soft_dice_loss(torch.softmax(logits, dim=1) * keep, one_hot, dims=(0, 2, 3)).mean()
     return ce, dice
+
+
+# %% [markdown] tags=["why"]
+# The class weights of a run: given, the scheme's own, or from the training split's cell counts (the formula above).
+
+# %% tags=["export"]
+#: Weights of background and of the commonest cell class, and the cap on a rare class's weight
+#: (as a multiple of the commonest's), when the weights come from cell counts.
+BACKGROUND_WEIGHT, COMMONEST_WEIGHT, MAX_WEIGHT_RATIO = 0.05, 0.5, 20.0
+
+
+def class_weights_from_counts(counts: Sequence[int]) -> tuple[float, ...]:
+    """NC loss weights (n_classes,) from the cells per class (n_classes,; index 0, background,
+    not used) of the training split: `BACKGROUND_WEIGHT` for background, and for cell class c with
+    n_c cells `COMMONEST_WEIGHT * sqrt(n_max / n_c)`, capped at `MAX_WEIGHT_RATIO` times
+    `COMMONEST_WEIGHT` (a class without training cells gets the cap)."""
+    cells = np.asarray(counts, dtype=np.float64)[1:]
+    if cells.size == 0:
+        raise ValueError("class_weights_from_counts needs counts for background and at least one cell class")
+    n_max = max(float(cells.max()), 1.0)
+    with np.errstate(divide="ignore"):
+        ratio = np.minimum(np.sqrt(n_max / cells), MAX_WEIGHT_RATIO)
+    return (BACKGROUND_WEIGHT, *(float(COMMONEST_WEIGHT * r) for r in ratio))
+
+
+def nc_class_weights(scheme: str | ClassScheme, processed_dir: str | Path,
+                     weights: Sequence[float] | None = None) -> tuple[float, ...]:
+    """The NC loss weights of a run: `weights` when given (one per class), else the scheme's
+    `default_weights`, else `class_weights_from_counts` of the training split of the processed
+    cache at `processed_dir`, which must have been built with `scheme` (`ValueError` otherwise)."""
+    scheme = class_scheme(scheme)
+    if weights is not None or scheme.default_weights is not None:
+        chosen = tuple(float(w) for w in (weights if weights is not None else scheme.default_weights))
+        if len(chosen) != scheme.n_classes:
+            raise ValueError(f"{len(chosen)} class weights for the {scheme.n_classes} classes of {scheme.name!r}")
+        return chosen
+    manifest = load_manifest(processed_dir)
+    if manifest_scheme(manifest) != scheme:
+        raise ValueError(f"{processed_dir} was built with class scheme {manifest_scheme(manifest).name!r}, not "
+                         f"{scheme.name!r}: rebuild it (RUN_PREPROCESS=True)")
+    return class_weights_from_counts(split_class_counts(manifest, "train")[0])
 
 
 # %% [markdown] tags=["why"]
@@ -4371,14 +5271,18 @@ class CellSegLoss(nn.Module):
 
 
 # %% [markdown]
-# The loss on one batch: the first training batch when §2 has built the dataset, else a
+# This run's class weights (given, the scheme's, or from the training split's cells), then the
+# loss on one batch: the first training batch when §2 has built the dataset, else a
 # small synthetic batch (two discs with their HV maps), with the model's untrained outputs.
 # The Sobel check prints the horizontal and vertical gradients of an x-ramp (left to right).
 
 # %%
-from uni_seg.losses import CellSegLoss, sobel_gradients
+from uni_seg.config import markdown_table
+from uni_seg.losses import CellSegLoss, nc_class_weights, sobel_gradients
 
-loss_fn = CellSegLoss(cfg.class_weights, cfg.np_loss_weight, cfg.hv_loss_weight, cfg.nc_loss_weight)
+NC_CLASS_WEIGHTS = nc_class_weights(SCHEME, cfg.processed_dir, cfg.class_weights)
+show_markdown(markdown_table(("", *SCHEME.names), [("NC loss weight", *(f"{w:.3g}" for w in NC_CLASS_WEIGHTS))]))
+loss_fn = CellSegLoss(NC_CLASS_WEIGHTS, cfg.np_loss_weight, cfg.hv_loss_weight, cfg.nc_loss_weight)
 
 if "train_dataset" in globals() and len(train_dataset) > 0:
     _batch = torch.utils.data.default_collate([train_dataset[i] for i in range(min(2, len(train_dataset)))])
@@ -4386,7 +5290,7 @@ else:
     _s = cfg.crop_size
     _yy, _xx = torch.meshgrid(torch.arange(_s, dtype=torch.float32), torch.arange(_s, dtype=torch.float32), indexing="ij")
     _np, _hv, _nc = torch.zeros(1, _s, _s), torch.zeros(2, _s, _s), torch.zeros(_s, _s, dtype=torch.long)
-    for _cy, _cx, _r, _k in [(_s * 0.3, _s * 0.3, _s * 0.15, 1), (_s * 0.65, _s * 0.6, _s * 0.2, 2)]:
+    for _cy, _cx, _r, _k in [(_s * 0.3, _s * 0.3, _s * 0.15, 1), (_s * 0.65, _s * 0.6, _s * 0.2, min(2, cfg.n_classes - 1))]:
         _m = (_yy - _cy) ** 2 + (_xx - _cx) ** 2 <= _r**2
         _np[0][_m], _nc[_m] = 1.0, _k
         _hv[0][_m], _hv[1][_m] = (_xx[_m] - _cx) / _r, (_yy[_m] - _cy) / _r
@@ -4568,11 +5472,19 @@ def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, model_config: Mapping[str, Any],
-                     working_scale: float | None) -> None:
-    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup."""
+                     working_scale: float | None, class_scheme: str | None = None) -> None:
+    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup.
+
+    `class_scheme`, the name of this run's class scheme, is compared when given: two schemes
+    with as many classes build the same network but mean different things by its outputs. A
+    checkpoint that names no scheme comes from before class schemes, when every run's was "colour".
+    """
     saved = {"phase": ckpt.get("phase"), "working_scale": ckpt.get("working_scale"),
              **_plain_config(ckpt.get("model_config", {}))}
     current = {"phase": phase, "working_scale": working_scale, **_plain_config(model_config)}
+    if class_scheme is not None:
+        saved["class_scheme"] = (ckpt.get("class_scheme") or {}).get("name", "colour")
+        current["class_scheme"] = class_scheme
     diffs = describe_differences(saved, current)
     if diffs:
         raise CheckpointError(f"{path} comes from another configuration: " + "; ".join(diffs) + ". Move it "
@@ -4593,7 +5505,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
-    "checkpoint_id" (what tuned post-processing parameters are matched against) and "path".
+    "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
+    (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
@@ -4606,7 +5519,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id",
+                                      "class_scheme")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
@@ -4713,9 +5627,10 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
-    visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
-    without, the phase starts over and overwrites it.
+    checkpoint so inference resizes images the same way, and `class_scheme` (a
+    `ClassScheme.as_dict()`, or None) so that it names and colours the classes as training did.
+    `device` is "auto" (CUDA when visible), "cpu" or "cuda". With `resume` an existing
+    `latest_phase{N}.pth` is continued; without, the phase starts over and overwrites it.
     """
 
     phase: PhaseConfig
@@ -4732,6 +5647,7 @@ class TrainSpec:
     device: str = "auto"
     progress: bool = True
     plot: bool = True
+    class_scheme: dict[str, Any] | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -4961,6 +5877,7 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
         model = spec.model.build(**overrides)
     weights = (str(getattr(model, "weights_source", "none")), getattr(model, "weights_provenance", None))
     init_id = resume_state.get("init_checkpoint_id") if resume_state is not None else None
+    scheme_name = spec.class_scheme["name"] if spec.class_scheme else None
     model.freeze_backbone()
     if pc.phase == 2:
         if spec.lora is None:
@@ -4971,14 +5888,14 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
                                       f"{spec.init_checkpoint}: run phase 1 first (RUN_PHASE1=True)")
             init = load_checkpoint(spec.init_checkpoint)
             check_compatible(init, spec.init_checkpoint, phase=1, model_config=model.config,
-                             working_scale=spec.working_scale)
+                             working_scale=spec.working_scale, class_scheme=scheme_name)
             model.load_state_dict(init["model_state_dict"])
             weights = _weights_record(init, weights[0])
             init_id = init.get("checkpoint_id")
         model.add_lora(*spec.lora)
     if resume_state is not None:
         check_compatible(resume_state, spec.latest_path, phase=pc.phase, model_config=model.config,
-                         working_scale=spec.working_scale)
+                         working_scale=spec.working_scale, class_scheme=scheme_name)
         model.load_state_dict(resume_state["model_state_dict"])
         weights = _weights_record(resume_state, weights[0])
     return model, weights, init_id
@@ -5339,6 +6256,7 @@ class _PhaseRun(_PhaseSteps):
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
+            "class_scheme": self.spec.class_scheme,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
             "history": p.history, "rng": capture_rng_state(), "torch_version": str(torch.__version__),
@@ -5454,11 +6372,12 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, exit_with_parent,
-                            resolve_config, resolve_device)
+from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
+                            exit_with_parent, resolve_config, resolve_device)
 from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
+from uni_seg.losses import nc_class_weights
 
 
 def _free_port() -> int:
@@ -5579,7 +6498,9 @@ def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
 
 def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: bool = True) -> TrainSpec:
     """The `TrainSpec` of `phase` for a `RunConfig` (uni_seg.config): the model, datasets and
-    loss of `uni_seg.model`, `uni_seg.targets` and `uni_seg.losses` with the run's parameters.
+    loss of `uni_seg.model`, `uni_seg.targets` and `uni_seg.losses` with the run's parameters
+    (class weights by `nc_class_weights`: given, the scheme's, or from the processed cache's
+    training split, which must exist then), and the run's class scheme for its checkpoints.
 
     Phase 2 builds the architecture without downloading weights: they come from
     `checkpoint_dir/best_phase1.pth`. `device` defaults to "cpu" when `cfg.n_gpus == 0`, else "auto".
@@ -5591,12 +6512,15 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,
                 seed=cfg.seed)
+    scheme = class_scheme(cfg.class_scheme)
+    # the class weights the notebook's §4 shows: given, the scheme's, or from the training split's cells
+    weights = nc_class_weights(scheme, cfg.processed_dir, cfg.class_weights)
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
         train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
         val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
-        loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(cfg.class_weights),
+        loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
                                                        nc_weight=cfg.nc_loss_weight)),
         checkpoint_dir=Path(cfg.checkpoint_dir), results_dir=Path(cfg.results_dir),
@@ -5604,7 +6528,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         lora=(int(cfg.lora_rank), float(cfg.lora_alpha)) if phase == 2 else None,
         init_checkpoint=Path(cfg.checkpoint_dir) / "best_phase1.pth" if phase == 2 else None,
         resume=bool(cfg.resume_training), device=device or ("cpu" if cfg.n_gpus == 0 else "auto"),
-        progress=progress,
+        progress=progress, class_scheme=scheme.as_dict(),
     )
 
 
@@ -5691,7 +6615,7 @@ def spec_from_json(text: str) -> TrainSpec:
         working_scale=raw.get("working_scale"), lora=tuple(raw["lora"]) if raw.get("lora") else None,
         init_checkpoint=Path(raw["init_checkpoint"]) if raw.get("init_checkpoint") else None,
         resume=raw.get("resume", True), device=raw.get("device", "auto"), progress=raw.get("progress", True),
-        plot=raw.get("plot", True),
+        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"),
     )
 
 
@@ -6366,7 +7290,7 @@ class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).
 
     image uint8 (h, w, 3) (None where only metrics are wanted); true_inst int32 (h, w);
-    true_cls uint8 (h, w); pred_inst int32 (h, w); classes int64, class_probs (or None) and
+    true_cls int8 (h, w) (`UNKNOWN_CLASS` on cells of no known class); pred_inst int32 (h, w); classes int64, class_probs (or None) and
     scores float32 (N + 1,) by predicted cell id; maps as `predict_maps` returns them, or None.
     """
 
@@ -6536,9 +7460,9 @@ demo_np, demo_hv = degrade_maps(*true_maps(demo_true), blur=2.0, noise=0.1, rng=
 _t0 = time.perf_counter()
 demo_pred = instances_from_maps(demo_np, demo_hv)
 _ms = 1000 * (time.perf_counter() - _t0)
-# a made-up NC map: the left half of the field looks like RBCs, the right half like WBCs
-_nc = np.zeros((4, *demo_true.shape), np.float32)
-_nc[0], _nc[1, :, :160], _nc[2, :, 160:] = 0.2, 0.8, 0.8
+# a made-up NC map: the left half of the field looks like class 1, the right half like class 2
+_nc = np.zeros((cfg.n_classes, *demo_true.shape), np.float32)
+_nc[0], _nc[1, :, :160], _nc[min(2, cfg.n_classes - 1), :, 160:] = 0.2, 0.8, 0.8
 demo_classes, demo_class_probs = classify_instances(demo_pred, _nc / _nc.sum(0))
 print(f"{demo_true.max()} true cells -> {demo_pred.max()} found in {_ms:.1f} ms "
       f"(defaults: {DEFAULT_POSTPROC_PARAMS})")
@@ -6586,8 +7510,9 @@ import numpy as np
 # display colours and the image writer are section 1's.
 from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
                             write_json_atomic)
-from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour, class_name,
-                          read_image, read_mask, resize_image, working_shape, write_image)
+from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, OTHER_CLASS_COLOUR, DataError,
+                          check_rgb_image, class_name, read_image, read_mask, resize_image,
+                          working_shape, write_image)
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
@@ -6862,6 +7787,10 @@ def cell_polygons(inst: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
     return cell_shapes(inst, rles=False).polygons
 
 
+# %% [markdown] tags=["why"]
+# The overlay a reader checks a segmentation on: each cell's outline drawn over the image.
+
+# %% tags=["export"]
 def cell_outlines(inst: np.ndarray) -> np.ndarray:
     """bool (H, W): the cells' inner boundary pixels (a cell pixel with a 4-neighbour of another
     label). Same as `skimage.segmentation.find_boundaries(mode="inner")`, written as four
@@ -6881,11 +7810,13 @@ def cell_outlines(inst: np.ndarray) -> np.ndarray:
 def draw_overlay(
     image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W, 3): `image` with each cell's outline drawn in its class colour.
 
     `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id; `polygons` the cells'
-    `cell_polygons` (computed when not given). Outlines are the polygons drawn `thickness`
+    `cell_polygons` (computed when not given); `colours` RGB per class (a scheme's `colours`;
+    default the "colour" scheme's, grey beyond). Outlines are the polygons drawn `thickness`
     pixels wide (default ~1 per 600 px of the image's short side) with OpenCV's line drawing at
     sub-pixel precision: one call per class, not a full-image pass per cell.
     """
@@ -6893,6 +7824,7 @@ def draw_overlay(
     if thickness is None:
         thickness = max(1, round(min(inst.shape) / 600))
     polygons = cell_polygons(inst) if polygons is None else polygons
+    lut = colour_lut(classes, colours)
     out = np.ascontiguousarray(image.copy())
     shift = 4  # OpenCV's fixed point: coordinates x 16, pixel centres at integers (hence the -0.5)
     by_class: dict[int, list[np.ndarray]] = {}
@@ -6900,8 +7832,21 @@ def draw_overlay(
         rings = [np.round((r - 0.5) * (1 << shift)).astype(np.int32) for p in pieces for r in p]
         by_class.setdefault(int(classes[cell]), []).extend(rings)
     for klass, rings in by_class.items():
-        cv2.polylines(out, rings, True, tuple(int(v) for v in class_colour(klass)), thickness, cv2.LINE_8, shift)
+        cv2.polylines(out, rings, True, tuple(int(v) for v in lut[klass]), thickness, cv2.LINE_8, shift)
     return out
+
+
+# %% [markdown] tags=["why"]
+# Each class's display colour, from the run's class scheme: the overlay and the GeoJSON draw
+# a cell in the same colour.
+
+# %% tags=["export"]
+def colour_lut(classes: np.ndarray, colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """uint8 (K, 3): row c the colour of class c, for every class in `classes` (int >= 0):
+    `colours[c]` (default the "colour" scheme's), `OTHER_CLASS_COLOUR` beyond them."""
+    known = [tuple(c) for c in (colours if colours is not None else CLASS_DISPLAY_COLOURS)]
+    top = max(int(np.max(classes, initial=0)) + 1, len(known))
+    return np.array([known[c] if c < len(known) else OTHER_CLASS_COLOUR for c in range(top)], dtype=np.uint8)
 
 
 # %% [markdown] tags=["why"]
@@ -7028,10 +7973,11 @@ def cells_geojson(
     object_type: str = "detection",
     image_name: str | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """GeoJSON FeatureCollection of the cells, in QuPath's import format, as a dict: see
     `cells_geojson_text`, which the exports write."""
-    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons))
+    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons, colours))
 
 
 def cells_geojson_text(
@@ -7040,17 +7986,20 @@ def cells_geojson_text(
     object_type: str = "detection",
     image_name: str | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> str:
     """GeoJSON FeatureCollection of the cells, in QuPath's import format, as compact JSON text.
 
     One Feature per cell: geometry a Polygon (MultiPolygon if the cell is in pieces) from
     `cell_polygons` (computed when not given), properties {"objectType": "detection" |
     "annotation", "classification": {"name", "color": [r, g, b]}, "measurements": {column:
-    value}} with the `cell_table` columns. The vertices are formatted by `_ring_texts`.
+    value}} with the `cell_table` columns; colours as `draw_overlay` takes them. The vertices
+    are formatted by `_ring_texts`.
     """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type={object_type!r} must be 'detection' or 'annotation'")
     polygons = cell_polygons(inst) if polygons is None else polygons
+    lut = colour_lut(np.asarray(table["class_id"]), colours)
     ids = np.asarray(table["id"]).tolist()
     ring_texts = iter(_ring_texts([ring for cell in ids for piece in polygons[cell] for ring in piece]))
     numeric = [c for c in table if c not in ("id", "class")]
@@ -7068,7 +8017,7 @@ def cells_geojson_text(
             "properties": {
                 "objectType": object_type,
                 "classification": {"name": str(table["class"][row]),
-                                   "color": list(class_colour(int(table["class_id"][row])))},
+                                   "color": lut[int(table["class_id"][row])].tolist()},
                 "measurements": measurements,
             },
         }, separators=(",", ":"))
@@ -7109,27 +8058,30 @@ OVERLAY_FORMATS = ("jpg", "png", "none")
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
     class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", overlay: str = "jpg",
-    rles: bool = True,
+    rles: bool = True, class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> tuple[dict[str, Any], CellShapes]:
     """Write one image's overlay, label PNG, cell CSV and GeoJSON into `out_dir`, in that
     order (the GeoJSON last: when it exists, the image's files are complete).
 
     Files: `<name>_overlay.jpg|png` (unless `overlay="none"`), `<name>_instances.png` (uint16),
-    `<name>_cells.csv`, `<name>_cells.geojson`. The cells' shapes are measured once
-    (`cell_shapes`), for the overlay, the table, the GeoJSON and (with `rles`) the folder's COCO
-    annotations. Returns (the cell table (see `cell_table`), the shapes).
+    `<name>_cells.csv`, `<name>_cells.geojson`. Classes are named by `class_names` and drawn in
+    `class_colours` (a scheme's `names` and `colours`; default the "colour" scheme's). The
+    cells' shapes are measured once (`cell_shapes`), for the overlay, the table, the GeoJSON and
+    (with `rles`) the folder's COCO annotations. Returns (the cell table (see `cell_table`), the
+    shapes).
     """
     if overlay not in OVERLAY_FORMATS:
         raise ValueError(f"overlay={overlay!r} is not one of {list(OVERLAY_FORMATS)}")
     shapes = cell_shapes(seg.inst, cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY), rles=rles)
     if overlay != "none":
         write_image(out_dir / f"{name}_overlay.{overlay}",
-                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons))
+                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons, colours=class_colours))
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
     table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names, shapes=shapes)
     write_csv(out_dir / f"{name}_cells.csv", table)
     atomic_write(out_dir / f"{name}_cells.geojson",
-                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons))
+                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons,
+                                    colours=class_colours))
     return table, shapes
 
 
@@ -7161,7 +8113,7 @@ def load_for_model(path: str | Path, working_scale: float) -> tuple[np.ndarray, 
 
 def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, output_dir: str | Path,
                  postproc: PostprocParams | None, class_names: Sequence[str], object_type: str,
-                 overlay: str) -> dict[str, Any]:
+                 overlay: str, class_colours: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """Cells of one image from its maps at the working scale (`cells_from_maps`), at the image's
     own size, written as `export_segmentation`'s files (the image read again here: cheaper
     than sending it through the pipeline). Returns {"height", "width", "classes" int64 (N + 1,),
@@ -7171,7 +8123,8 @@ def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, ou
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])
     seg = Segmentation(inst, classes, class_probs, scores, inst_working, None, {})
-    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay)
+    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay,
+                                    class_colours=class_colours)
     return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
             "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)}
 
@@ -7183,10 +8136,11 @@ def load_folder_item(item: tuple[Path, str], working_scale: float) -> tuple[np.n
 
 def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], size: tuple[int, int],
                        output_dir: Path, postproc: PostprocParams | None, class_names: Sequence[str],
-                       object_type: str, overlay: str) -> dict[str, Any]:
+                       object_type: str, overlay: str,
+                       class_colours: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """`export_image` of a folder item (path, export name): the pipeline's finish stage. It
     lives here, not with the pipeline, so that worker processes never import torch."""
-    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay)
+    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay, class_colours)
 
 
 def reread_image(output_dir: str | Path, name: str) -> dict[str, Any]:
@@ -7409,6 +8363,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -7420,8 +8375,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_open, autocast, errors_as_messages, resolve_device, resolve_precision
-from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
+from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_scheme, errors_as_messages,
+                            resolve_device, resolve_precision)
+from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
 from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
                             reread_image, start_run, write_csv)
@@ -7766,10 +8722,23 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
     return [path for path, _ in plan_folder(input_dir, limit).images]
 
 
-def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str, Any]:
+def _summary_row(path: Path, name: str, class_names: Sequence[str], scheme: ClassScheme | None = None,
+                 result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s); a
+    parasitemia column where `scheme` has infected classes (blank for an image without red cells)."""
     row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
                            "n_cells": ""}
     row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
+    parasitemia = scheme is not None and bool(scheme.infected_classes)
+    if parasitemia:
+        row["parasitemia"] = ""
+    if result is not None:
+        counts = np.bincount(result["classes"][1:], minlength=len(class_names))
+        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1)
+        row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+        if parasitemia:
+            value = scheme.parasitemia(counts[:len(class_names)])
+            row["parasitemia"] = "" if math.isnan(value) else round(value, 6)
     return row
 
 
@@ -7866,6 +8835,7 @@ def run_folder_inference(
     workers: int | None = None,
     overlay: str = "jpg",
     forward: Any | None = None,
+    scheme: ClassScheme | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
@@ -7873,19 +8843,23 @@ def run_folder_inference(
     inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
     (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
     a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
-    error, width, height, n_cells and a count per class; entries left out are listed with the
-    reason) and `run.json` (see `start_run`: a non-empty `output_dir` needs `overwrite` or
-    `resume`). Images that fail are reported on stderr, listed with their error, and skipped.
-    `settings` and `postproc` as in `segment_image`; `provenance` (e.g. {"checkpoint": {...},
-    "postproc_source": "..."}) goes into the run record, and a resumed run must have the same.
-    `workers`: CPU worker processes (None: `default_workers` for the model's device; 0: all in
-    this process; the files are the same either way). `forward` replaces the model (see `TileBatcher`).
+    error, width, height, n_cells and a count per class; with a `scheme` that has infected
+    classes, the parasitemia; entries left out are listed with the reason) and `run.json` (see
+    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
+    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
+    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
+    into the run record, and a resumed run must have the same. `workers`: CPU worker processes
+    (None: `default_workers` for the model's device; 0: all in this process; the files are the
+    same either way). `forward` replaces the model (see `TileBatcher`). A `scheme` (the
+    checkpoint's) names and colours the classes; without one, `class_names` names them.
     """
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     plan = plan_folder(input_dir, limit)
     postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    class_names = scheme.names if scheme is not None else tuple(class_names)
+    colours = scheme.colours if scheme is not None else None
     record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
               "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
     done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
@@ -7898,7 +8872,7 @@ def run_folder_inference(
             if name in done:
                 outcomes[k] = pool.submit(reread_image, output_dir, name).result()
         results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
-                           (output_dir, postproc, class_names, object_type, overlay),
+                           (output_dir, postproc, class_names, object_type, overlay, colours),
                            batcher, pool)
         position = {name: k for k, (_, name) in enumerate(plan.images)}
         writer = _CocoWriter(output_dir, class_names)
@@ -7909,24 +8883,21 @@ def run_folder_inference(
                 index, status, value = next(results)
                 outcomes[position[todo[index][1]]] = (status, value)
             status, value = outcomes.pop(k)
-            row = _summary_row(path, name, class_names)
             if status == "ok":
-                counts = np.bincount(value["classes"][1:], minlength=len(class_names))
-                row.update(width=value["width"], height=value["height"], n_cells=len(value["classes"]) - 1)
-                row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+                rows.append(_summary_row(path, name, class_names, scheme, value))
                 writer.add(path.name, value)
             else:
                 failed[path.name] = value
-                row.update(status="failed", error=value)
+                rows.append({**_summary_row(path, name, class_names, scheme), "status": "failed", "error": value})
                 tqdm.write(f"skipped {path}: {value}", file=sys.stderr)
-            rows.append(row)
             bar.update(1)
         bar.close()
     for entry, why in plan.skipped:
-        rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
+        rows.append({**_summary_row(entry, "", class_names, scheme), "status": "skipped", "error": why})
         print(f"left out {entry}: {why}", file=sys.stderr)
     coco_path = writer.close()
-    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
+    columns = _summary_row(Path("x"), "", class_names, scheme)
+    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in columns})
     record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
                              resumed=len(done & {n for _, n in plan.images}), failed=failed,
                              skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
@@ -8005,13 +8976,13 @@ def predict_split(
 ) -> list[SplitPrediction]:
     """Whole-image predictions for the images of one split of the processed cache.
 
-    Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
+    Reads `processed_dir/<split>/*.npy` (image, inst, cls; section 1's cache), sorted by name, at
     most `limit`, through the pipeline (`workers` as in `run_folder_inference`) with `settings`
     at scale 1 (the cache is at the working scale already, so `settings.working_scale` is not
     applied again) and `postproc` (None = defaults). Raises FileNotFoundError naming the
     folder when it holds no images.
     """
-    files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
+    files = sorted((Path(processed_dir) / split).glob(f"*{CACHE_SUFFIX}"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
     at_scale = dataclasses.replace(settings, working_scale=1.0)
@@ -8115,6 +9086,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
+        scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
         _, precision = settings.placement(model)
         print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
@@ -8125,7 +9097,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,
-                                      overlay=args.overlay)
+                                      overlay=args.overlay, scheme=scheme)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
@@ -8138,7 +9110,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
 
 # %% [markdown]
 # A look at one test image: the current model on the whole image at its original size,
-# outlines in class colours (red RBC, blue WBC, amber platelet), with the default
+# outlines in the class scheme's colours (with "colour": red RBC, blue WBC, amber platelet), with the default
 # post-processing (§9 tunes it). With the demo profile's few-epoch model the outlines are
 # rough; the point is that the full-size path runs. The run's inference settings are made
 # here, once, from its parameters.
@@ -8161,7 +9133,7 @@ if "model" in globals() and _demo_images:
     print(f"{_demo_images[0].name}: {_image.shape[1]}x{_image.shape[0]}, {_seg.n_cells} cells; "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in _seg.seconds.items()))
     plt.figure(figsize=(8, 6))
-    plt.imshow(draw_overlay(_image, _seg.inst, _seg.classes))
+    plt.imshow(draw_overlay(_image, _seg.inst, _seg.classes, colours=SCHEME.colours))
     plt.axis("off")
     plt.show()
 else:
@@ -8218,7 +9190,7 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.config import markdown_table, write_json_atomic
+from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, markdown_table, write_json_atomic
 from uni_seg.data import WorkerPool, default_workers
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
@@ -8559,15 +9531,21 @@ def iou_dice_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def instance_classes_from_map(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class of each instance, int64 (max id + 1,) indexed by id: majority of `cls` (int (H, W)
-    in 0..C-1) over the instance's pixels, background excluded (an instance covered only by
-    class 0 gets 0)."""
+    """Class of each instance, int64 (max id + 1,) indexed by id: the majority of `cls` (int
+    (H, W) in 0..C-1, or `UNKNOWN_CLASS`) over the instance's pixels, background excluded; an
+    instance whose majority is `UNKNOWN_CLASS` (ties go to it) is unknown, one covered only by
+    class 0 gets 0. `ValueError` for a class outside these."""
     inst = np.asarray(inst)
     n = int(inst.max()) if inst.size else 0
-    votes = np.bincount(inst.astype(np.int64).ravel() * n_classes + np.asarray(cls).ravel(), minlength=(n + 1) * n_classes)
-    votes = votes.reshape(n + 1, n_classes)
-    classes = np.argmax(votes[:, 1:], axis=1) + 1
-    classes[votes[:, 1:].sum(1) == 0] = 0
+    shifted = np.asarray(cls).astype(np.int64).ravel() + 1  # 0 unknown, 1 background, 2.. the cell classes
+    if shifted.size and (shifted.min() < 0 or shifted.max() > n_classes):
+        raise ValueError(f"class map has values outside {UNKNOWN_CLASS}..{n_classes - 1}: "
+                         f"[{shifted.min() - 1}, {shifted.max() - 1}]")
+    votes = np.bincount(inst.astype(np.int64).ravel() * (n_classes + 1) + shifted, minlength=(n + 1) * (n_classes + 1))
+    votes = votes.reshape(n + 1, n_classes + 1)[:, [0, *range(2, n_classes + 1)]]  # unknown, then classes 1..C-1
+    pick = np.argmax(votes, axis=1)
+    classes = np.where(pick == 0, UNKNOWN_CLASS, pick)
+    classes[votes.sum(1) == 0] = 0
     classes[0] = 0
     return classes.astype(np.int64)
 
@@ -8610,6 +9588,81 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 
 
 # %% [markdown] tags=["why"]
+# The per-class numbers all follow from a few counts of instances: the matched pairs by true and
+# predicted class (true cells of unknown class apart), the unmatched cells of each side by class,
+# and the IoUs of the pairs that agree. One image's counts add up to a set's.
+
+# %% tags=["export"]
+@dataclasses.dataclass
+class _ClassCounts:
+    """Instance counts behind the per-class metrics, of one image or summed over a set.
+
+    matched int64 (C, C): matched pairs (IoU > threshold), true cell of known class by row,
+      predicted class by column; matched_unknown (C,): matched pairs whose true cell is of
+      unknown class, by predicted class; missed (C,): unmatched true cells of known class;
+      spurious (C,): unmatched predictions; iou_sum (C,): IoU summed over the matched pairs that
+      agree on their class; unknown: true cells of unknown class.
+    """
+
+    matched: np.ndarray
+    matched_unknown: np.ndarray
+    missed: np.ndarray
+    spurious: np.ndarray
+    iou_sum: np.ndarray
+    unknown: int = 0
+
+    @classmethod
+    def zeros(cls, n_classes: int) -> "_ClassCounts":
+        return cls(np.zeros((n_classes, n_classes), np.int64), *(np.zeros(n_classes, np.int64) for _ in range(3)),
+                   np.zeros(n_classes))
+
+    @classmethod
+    def of_image(cls, t_class: np.ndarray, p_class: np.ndarray, mt: np.ndarray, mp: np.ndarray, miou: np.ndarray,
+                 n_classes: int) -> "_ClassCounts":
+        """From the class of each renumbered true and predicted instance (index 0 background) and
+        the matches (true index, predicted index, IoU) of `match_instances`."""
+        t_hit, p_hit = np.zeros(t_class.size, bool), np.zeros(p_class.size, bool)
+        t_hit[mt], p_hit[mp] = True, True
+        tm, pm = t_class[mt], p_class[mp]
+        known = tm != UNKNOWN_CLASS
+        same = known & (tm == pm)
+        t_rest, p_rest = t_class[1:][~t_hit[1:]], p_class[1:][~p_hit[1:]]
+
+        def count(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(values, weights=weights, minlength=n_classes)[:n_classes]
+
+        matched = np.bincount(tm[known] * n_classes + pm[known], minlength=n_classes * n_classes)
+        return cls(matched.reshape(n_classes, n_classes), count(pm[~known]), count(t_rest[t_rest != UNKNOWN_CLASS]), count(p_rest),
+                   count(tm[same], miou[same]).astype(np.float64), int((t_class[1:] == UNKNOWN_CLASS).sum()))
+
+    def __iadd__(self, other: "_ClassCounts") -> "_ClassCounts":
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        return self
+
+    def class_metrics(self, c: int) -> dict[str, float]:
+        """Class `c`'s numbers: PQ, SQ, RQ and TP/FP/FN (a match counts for the class when both
+        cells are of it; a prediction matched to a true cell of unknown class counts for none),
+        precision, recall, F1 (= RQ) of those, and HoVer-Net's F_c as its `compute_stats.py`
+        computes it: 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d) over the matched pairs
+        with a cell of class c (FP_c: predicted c, true another class; FN_c: the reverse) and
+        the unmatched predictions (FP_d) and true cells (FN_d) of class c. (The paper adds TN_c
+        to both sides; the code counts only pairs involving c, where TN_c is 0.) Also the true and
+        the predicted cells of the class, these including predictions matched to unknown cells."""
+        m = self.matched
+        tp, row, col = int(m[c, c]), int(m[c].sum()), int(m[:, c].sum())
+        fp, fn = col - tp + int(self.spurious[c]), row - tp + int(self.missed[c])
+        denominator = 2 * tp + 2 * (col - tp) + 2 * (row - tp) + int(self.spurious[c]) + int(self.missed[c])
+        return dict(**_pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+                    fc=2 * tp / denominator if denominator else math.nan, true_count=self.true_count(c),
+                    pred_count=col + int(self.matched_unknown[c] + self.spurious[c]))
+
+    def true_count(self, c: int) -> int:
+        """True cells of class `c` (matched or not)."""
+        return int(self.matched[c].sum() + self.missed[c])
+
+
+# %% [markdown] tags=["why"]
 # One image scored: its record, and its counts added to the pooled sums.
 
 # %% tags=["export"]
@@ -8624,16 +9677,24 @@ class _Pooled:
     iou_sum: float = 0.0
     aji_inter: float = 0.0
     aji_union: float = 0.0
-    per_class: np.ndarray = dataclasses.field(init=False)  # (C, 4): tp, fp, fn, iou_sum of each class
-    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion
+    classes: _ClassCounts = dataclasses.field(init=False)  # the instance counts behind the per-class metrics
+    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion, pixels of known class
 
     def __post_init__(self) -> None:
-        self.per_class = np.zeros((self.n_classes, 4))
+        self.classes = _ClassCounts.zeros(self.n_classes)
         self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
 
 
+def _checked_classes(t_class: np.ndarray, p_class: np.ndarray, n_classes: int, stem: str) -> None:
+    """`ValueError` unless true classes are in UNKNOWN_CLASS..C-1 and predicted ones in 0..C-1."""
+    for name, values, low in (("true_cls", t_class, UNKNOWN_CLASS), ("classes", p_class, 0)):
+        if values.size and (values.min() < low or values.max() >= n_classes):
+            raise ValueError(f"image {stem}: {name} holds classes outside {low}..{n_classes - 1}: "
+                             f"[{values.min()}, {values.max()}]")
+
+
 def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_threshold: float,
-                 pooled: _Pooled) -> tuple[dict[str, Any], PairTable]:
+                 pooled: _Pooled, scheme: ClassScheme | None) -> tuple[dict[str, Any], PairTable]:
     """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
     adds the image's counts to `pooled`."""
     t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
@@ -8643,25 +9704,27 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
     t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
     p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
     pairs = pair_table(t_inst, p_inst)
+    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
+    _checked_classes(t_class, p_class, n_classes, p.stem)
     mt, mp, miou = match_instances(pairs, iou_threshold)
     tp = int(miou.size)
     fp, fn = pairs.n_pred - tp, pairs.n_true - tp
     aji = _aji(pairs)
-    confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
+    known = t_cls_map != UNKNOWN_CLASS  # pixels of cells of unknown class are left out of the pixel metrics
+    confusion = class_confusion(t_cls_map[known], p_cls_map[known], n_classes)
     iou_c, dice_c = iou_dice_from_confusion(confusion)
-    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
-    true_counts = np.bincount(t_class[1:], minlength=n_classes)
-    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
-    same = t_class[mt] == p_class[mp]  # matched and of the same class: a true positive of that class
-    tp_c = np.bincount(t_class[mt][same], minlength=n_classes)
-    pooled.per_class += np.stack([tp_c, pred_counts - tp_c, true_counts - tp_c,
-                                  np.bincount(t_class[mt][same], weights=miou[same], minlength=n_classes)], axis=1)
+    counts = _ClassCounts.of_image(t_class, p_class, mt, mp, miou, n_classes)
     pooled.tp, pooled.fp, pooled.fn = pooled.tp + tp, pooled.fp + fp, pooled.fn + fn
     pooled.iou_sum += float(miou.sum())
     pooled.aji_inter += aji["intersection"]
     pooled.aji_union += aji["union"]
     pooled.confusion += confusion
+    pooled.classes += counts
     cell_classes = range(1, n_classes)
+    true_counts = np.array([counts.true_count(c) for c in range(n_classes)])
+    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
+    # PanNuke: a class with no true cell in the image has no PQ there (nan), whatever was predicted
+    pq_c = {names[c]: counts.class_metrics(c)["pq"] if true_counts[c] else math.nan for c in cell_classes}
     record = dict(
         image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
         aji=aji["aji"],
@@ -8670,8 +9733,15 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
+        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=_nanmean(list(pq_c.values())),
+        parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
     )
     return record, pairs
+
+
+def _parasitemia(scheme: ClassScheme | None, counts: np.ndarray) -> float:
+    """`ClassScheme.parasitemia` of cell counts per class; nan without a scheme."""
+    return scheme.parasitemia(counts) if scheme is not None else math.nan
 
 
 # %% [markdown] tags=["why"]
@@ -8679,17 +9749,23 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
 
 # %% tags=["export"]
 def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
-                     names: Sequence[str]) -> dict[str, Any]:
+                     names: Sequence[str], scheme: ClassScheme | None) -> dict[str, Any]:
     """The pooled ("dataset") block of the metrics from the summed counts."""
-    per_class_pq = {names[c]: dict(**_pq_from_counts(int(tp), int(fp), int(fn), float(s)), tp=int(tp), fp=int(fp), fn=int(fn))
-                    for c, (tp, fp, fn, s) in enumerate(pooled.per_class) if c > 0}
+    counts, n = pooled.classes, len(names)
+    per_class_pq = {names[c]: counts.class_metrics(c) for c in range(1, n)}
     iou_all, dice_all = iou_dice_from_confusion(pooled.confusion)
+    confusion = {names[t]: {names[q]: int(counts.matched[t, q]) for q in range(1, n)} for t in range(1, n)}
+    confusion[UNKNOWN_NAME] = {names[q]: int(counts.matched_unknown[q]) for q in range(1, n)}
+    true_counts = np.array([counts.true_count(c) for c in range(n)])
+    pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
     return dict(
         **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
         **_prf(pooled.tp, pooled.fp, pooled.fn),
         aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
         map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
         mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        instance_confusion=confusion, unknown_count=counts.unknown, unknown_matched=int(counts.matched_unknown.sum()),
+        parasitemia=dict(true=_parasitemia(scheme, true_counts), pred=_parasitemia(scheme, pred_counts)),
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
         pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
         true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
@@ -8698,7 +9774,9 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
 
 def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
-    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")}
+    keys = ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq")
+    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in keys}
+    means["per_class_pq"] = {nm: _nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
     means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
     means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
     errors = np.array([r["count_error"] for r in records], dtype=np.float64)
@@ -8708,6 +9786,10 @@ def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str])
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(errors) / trues
     means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    both = [(r["parasitemia_true"], r["parasitemia_pred"]) for r in records
+            if math.isfinite(r["parasitemia_true"]) and math.isfinite(r["parasitemia_pred"])]
+    means["parasitemia_mae"] = float(np.mean([abs(t - q) for t, q in both])) if both else math.nan
+    means["parasitemia_images"] = len(both)
     return means
 
 
@@ -8720,33 +9802,45 @@ def evaluate_split(
     n_classes: int,
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
+    *,
+    scheme: ClassScheme | None = None,
 ) -> dict[str, Any]:
     """Every metric of a set of predictions (`uni_seg.infer.predict_split`'s records), per image
     and pooled over the set.
 
     Each record's `true_inst`/`pred_inst` are int label maps (H, W), 0 background;
-    `true_cls` a class map int (H, W) in 0..C-1 or a vector by true id; `classes` a vector by
-    predicted id (or a class map, whose majority per cell counts); `scores` a confidence per
-    predicted id (vector, or mapping id -> score). `n_classes` C includes background (class
-    0); `class_names` C names (default `default_class_names(C)`); `iou_threshold` the
-    matching threshold of PQ and detection (standard 0.5).
+    `true_cls` a class map int (H, W) in 0..C-1 (or `UNKNOWN_CLASS` on cells of no known class)
+    or a vector by true id; `classes` a vector by predicted id (or a class map, whose majority
+    per cell counts); `scores` a confidence per predicted id (vector, or mapping id -> score).
+    `n_classes` C includes background (class 0); `class_names` C names (default: the scheme's,
+    else `default_class_names(C)`); `iou_threshold` the matching threshold of PQ and detection
+    (standard 0.5); `scheme` the class scheme, whose red and infected classes give the
+    parasitemia (undefined without one).
 
-    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
-    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
+    True cells of unknown class count as cells in the class-agnostic metrics and apart in the
+    per-class ones (neither a hit nor a miss of any class; a prediction matched to one is no
+    false positive of its class); their pixels are left out of the pixel IoU/Dice.
+
+    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`, `class_names`,
+    `class_scheme`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
     (see `METRICS_SCHEMA_DOC`).
     """
-    names = list(class_names) if class_names is not None else default_class_names(n_classes)
+    if scheme is not None and scheme.n_classes != n_classes:
+        raise ValueError(f"n_classes={n_classes} but class scheme {scheme.name!r} has {scheme.n_classes}")
+    names = list(class_names if class_names is not None else scheme.names if scheme is not None
+                 else default_class_names(n_classes))
     if len(names) != n_classes:
         raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
     pooled = _Pooled(n_classes)
     records, tables = [], []
     for p in predictions:
-        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled)
+        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled, scheme)
         records.append(record)
         tables.append(pairs)
     coco = _coco_ap(tables, [p.scores for p in predictions], None)
     return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
-                dataset=_dataset_metrics(pooled, records, coco, names),
+                class_scheme=scheme.as_dict() if scheme is not None else None,
+                dataset=_dataset_metrics(pooled, records, coco, names, scheme),
                 per_image_mean=_per_image_means(records, names), per_image=records)
 
 
@@ -8760,6 +9854,8 @@ def evaluate_predictions(
     image_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
+    *,
+    scheme: ClassScheme | None = None,
 ) -> dict[str, Any]:
     """`evaluate_split` for label maps that come as separate lists, one entry per image
     (true_insts, pred_insts: int label maps; true_classes, pred_classes: class maps or vectors
@@ -8770,14 +9866,15 @@ def evaluate_predictions(
     names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
     records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
                for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
-    return evaluate_split(records, n_classes, class_names, iou_threshold)
+    return evaluate_split(records, n_classes, class_names, iou_threshold, scheme=scheme)
 
 
 # %% [markdown]
 # ### `results/metrics.json`
 #
-# One file per evaluation, one schema (`"schema": "uni_seg.metrics/2"`; version 2 added the
-# weights' provenance):
+# One file per evaluation, one schema (`"schema": "uni_seg.metrics/3"`; version 2 added the
+# weights' provenance, version 3 the class scheme, the per-class detection and F_c, the
+# instance confusion matrix, the cells of unknown class and the parasitemia):
 #
 # | key | content |
 # |---|---|
@@ -8785,39 +9882,58 @@ def evaluate_predictions(
 # | `model` | `backbone`, `weights` (the setting), `weights_source` (what was loaded: hub / file / imagenet / none), `weights_provenance` (where from: `kind`, `repo` and `revision` and `filename` of a hub or ImageNet download, `path` and `sha256` of a file, and `message`, the one-line report; null when unknown), `checkpoint` |
 # | `postproc_params` | the `instances_from_maps` parameters used |
 # | `split_sizes` | images per split, e.g. `{"train": 76, "val": 14, "test": 10}` |
-# | `n_images`, `class_names`, `iou_threshold` | what was evaluated |
-# | `dataset` | pooled over the set: `pq sq rq tp fp fn`, `precision recall f1` (IoU 0.5), `aji`, `map ap50 ap75` (COCO), `mpq` and `per_class_pq` {class: `pq sq rq tp fp fn`}, `pixel_iou` and `pixel_dice` {class: value}, `true_count`, `pred_count` |
-# | `per_image_mean` | mean over images: `pq sq rq precision recall f1 aji`, `pixel_iou`, `pixel_dice` {class}, `count_error` (signed), `count_abs_error`, `count_rel_error` |
-# | `per_image` | list, one record per image: `image`, `pq sq rq tp fp fn precision recall f1 aji`, `pixel_iou`, `pixel_dice`, `true_count pred_count count_error`, `true_count_per_class pred_count_per_class` |
+# | `n_images`, `class_names`, `class_scheme`, `iou_threshold` | what was evaluated, and the class scheme (§0) it was evaluated under |
+# | `dataset` | pooled over the set: `pq sq rq tp fp fn`, `precision recall f1` (IoU 0.5), `aji`, `map ap50 ap75` (COCO), `mpq` (mean over the cell classes of their pooled PQ) and `per_class_pq` {class: `pq sq rq tp fp fn precision recall f1 fc true_count pred_count`}, `instance_confusion` {true class or "unknown": {predicted class: matched cells}}, `unknown_count` and `unknown_matched` (true cells of unknown class, and how many were found), `parasitemia` {`true`, `pred`}, `pixel_iou` and `pixel_dice` {class: value}, `true_count`, `pred_count` |
+# | `per_image_mean` | mean over images: `pq sq rq precision recall f1 aji`, `mpq` (PanNuke's: per image the mean PQ of the classes present in its truth, then the mean over images) and `per_class_pq` {class}, `pixel_iou`, `pixel_dice` {class}, `count_error` (signed), `count_abs_error`, `count_rel_error`, `parasitemia_mae` over the `parasitemia_images` where it is defined |
+# | `per_image` | list, one record per image: `image`, `pq sq rq tp fp fn precision recall f1 aji`, `pixel_iou`, `pixel_dice`, `true_count pred_count count_error`, `true_count_per_class pred_count_per_class unknown_count`, `pq_per_class mpq`, `parasitemia_true parasitemia_pred` |
 # | `extra` | anything else the caller adds (timings, TTA on/off, ...) |
 #
-# Undefined numbers (e.g. PQ of an image with no cells at all) are `null`.
+# Per class, a match counts for a class when both cells are of it; `precision`, `recall` and
+# `f1` are those of such class-aware detection (F1 = RQ). `fc` is HoVer-Net's classification
+# F1 (Graham et al. 2019) as its `compute_stats.py` computes it, on our IoU > 0.5 matches
+# (HoVer-Net pairs centroids within 12 px): 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d),
+# over the matched pairs involving class c (FP_c predicted c where the truth is another class,
+# FN_c the reverse) and the unmatched predictions (FP_d) and true cells (FN_d) of class c; a
+# misclassified cell costs twice a missed one. The paper's formula adds TN_c to both sides,
+# which the code, counting only pairs that involve c, never does: we follow the code, whose
+# numbers the literature reports. The parasitemia of an image is its infected red cells over its red cells (the
+# scheme says which classes those are; cells of unknown class are in neither), true and
+# predicted. Undefined numbers (e.g. PQ of an image with no cells at all, the parasitemia under
+# a scheme without infected cells) are `null`.
 
 # %% tags=["export"]
-METRICS_SCHEMA = "uni_seg.metrics/2"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+METRICS_SCHEMA = "uni_seg.metrics/3"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/3):
 schema, created; model {backbone, weights, weights_source,
                         weights_provenance {kind backbone repo revision filename path sha256 message} or null,
                         checkpoint}; postproc_params {...};
-split_sizes {split: n}; n_images; class_names [C]; iou_threshold;
-dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq per_class_pq{class:{pq sq rq tp fp fn}}
+split_sizes {split: n}; n_images; class_names [C]; class_scheme {...} or null; iou_threshold;
+dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
+         per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
+         instance_confusion{true:{pred: n}}
+         unknown_count unknown_matched parasitemia{true pred}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
-per_image_mean {pq sq rq precision recall f1 aji pixel_iou{class} pixel_dice{class}
-                count_error count_abs_error count_rel_error}        -- mean of per-image values;
+per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
+                count_error count_abs_error count_rel_error parasitemia_mae parasitemia_images}
+                                                                    -- mean of per-image values;
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
-            true_count pred_count count_error true_count_per_class pred_count_per_class}];
+            true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
+            pq_per_class mpq parasitemia_true parasitemia_pred}];
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
-    "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
-         "dataset", "per_image_mean", "per_image", "extra"),
+    "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "class_scheme",
+         "iou_threshold", "dataset", "per_image_mean", "per_image", "extra"),
     "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
-                "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
-    "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "pixel_iou", "pixel_dice", "count_error",
-                       "count_abs_error", "count_rel_error"),
+                "per_class_pq", "instance_confusion", "unknown_count", "unknown_matched", "parasitemia", "pixel_iou",
+                "pixel_dice", "true_count", "pred_count"),
+    "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq", "per_class_pq", "pixel_iou",
+                       "pixel_dice", "count_error", "count_abs_error", "count_rel_error", "parasitemia_mae",
+                       "parasitemia_images"),
     "per_image[]": ("image", "pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "pixel_iou",
-                    "pixel_dice", "true_count", "pred_count", "count_error", "true_count_per_class", "pred_count_per_class"),
+                    "pixel_dice", "true_count", "pred_count", "count_error", "true_count_per_class", "pred_count_per_class",
+                    "unknown_count", "pq_per_class", "mpq", "parasitemia_true", "parasitemia_pred"),
 }
 
 
@@ -8883,6 +9999,7 @@ def write_metrics_json(
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
+        class_scheme=metrics.get("class_scheme"),
         extra=dict(extra or {}),
     )
     doc = _jsonable(doc)
@@ -9030,7 +10147,7 @@ print(f"{_source}: {POSTPROC_PARAMS}")
 if cfg.run_evaluation:
     test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
                                      keep_maps=False, workers=cfg.infer_workers)  # maps of the figure images are re-made in §10
-    metrics = evaluate_split(test_predictions, cfg.n_classes)
+    metrics = evaluate_split(test_predictions, cfg.n_classes, scheme=SCHEME)
     _manifest = load_manifest(cfg.processed_dir)
     _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
     _provenance = (checkpoint_meta or {}).get("weights_provenance") or getattr(model, "weights_provenance", None)
@@ -9049,44 +10166,88 @@ else:
     print("RUN_EVALUATION=False: no evaluation")
 
 # %% [markdown] tags=["why"]
-# The headline numbers as a table (the report's summary shows the same table): `metrics_table`
-# reads them from the metrics document.
+# The headline numbers, the per-class block and the confusion of matched cells as tables (the
+# report's summary shows the first two): each reads the metrics document.
 
 # %% tags=["export"]
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A metric as text: "undefined" for null/nan (a class absent from truth and prediction)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "undefined"
+    return f"{value:.{digits}f}"
+
+
+def _percent(value: Any) -> str:
+    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
+
+
 def metrics_table(doc: Mapping[str, Any]) -> str:
     """The headline metrics of a `write_metrics_json` document as a Markdown table: metric,
     pooled over the set, mean over the images; undefined values (a class absent from truth and
-    prediction) say so."""
-    def f(value: Any) -> str:
-        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
+    prediction) say so. The per-class block is `per_class_table`'s."""
+    f = _fmt
     d, m = doc["dataset"], doc["per_image_mean"]
     rows = [("PQ / SQ / RQ", f"{f(d['pq'])} / {f(d['sq'])} / {f(d['rq'])}", f"{f(m['pq'])} / {f(m['sq'])} / {f(m['rq'])}"),
             ("precision / recall / F1 (IoU 0.5)", f"{f(d['precision'])} / {f(d['recall'])} / {f(d['f1'])}",
              f"{f(m['precision'])} / {f(m['recall'])} / {f(m['f1'])}"),
             ("COCO mAP@[.50:.95] / AP50 / AP75", f"{f(d['map'])} / {f(d['ap50'])} / {f(d['ap75'])}", "-"),
             ("AJI", f(d["aji"]), f(m["aji"])),
+            ("mPQ (pooled per class / PanNuke's, per image)", f(d["mpq"]), f(m["mpq"])),
             ("cells true / predicted", f"{d['true_count']} / {d['pred_count']}",
              "count error " + ("undefined" if m["count_error"] is None else
                                f"{m['count_error']:+.2f} (mean absolute {m['count_abs_error']:.2f})"))]
+    if d["unknown_count"]:
+        rows.append(("true cells of unknown class (found)", f"{d['unknown_count']} ({d['unknown_matched']})", "-"))
+    if d["parasitemia"]["true"] is not None or d["parasitemia"]["pred"] is not None:
+        rows.append(("parasitemia true / predicted", f"{_percent(d['parasitemia']['true'])} / "
+                     f"{_percent(d['parasitemia']['pred'])}",
+                     f"mean absolute error {_percent(m['parasitemia_mae'])} ({m['parasitemia_images']} images)"))
     rows += [(f"pixel IoU / Dice: {name}", f"{f(d['pixel_iou'][name])} / {f(d['pixel_dice'][name])}",
               f"{f(m['pixel_iou'][name])} / {f(m['pixel_dice'][name])}") for name in doc["class_names"]]
     return markdown_table(("metric", f"pooled ({doc['n_images']} images)", "per-image mean"), rows)
+
+
+def per_class_table(doc: Mapping[str, Any]) -> str:
+    """The per-class block of a metrics document as a Markdown table: per cell class its true and
+    predicted cells, PQ pooled and per image (PanNuke's), class-aware precision / recall / F1 and
+    HoVer-Net's F_c (pooled)."""
+    d, m, f = doc["dataset"], doc["per_image_mean"], _fmt
+    rows = []
+    for name, c in d["per_class_pq"].items():
+        rows.append((name, c["true_count"], c["pred_count"], f(c["pq"]), f(m["per_class_pq"][name]),
+                     f(c["precision"]), f(c["recall"]), f(c["f1"]), f(c["fc"])))
+    return markdown_table(("class", "true cells", "predicted", "PQ", "PQ per image", "precision", "recall", "F1",
+                           "F_c (HoVer-Net)"), rows)
+
+
+def confusion_table(doc: Mapping[str, Any]) -> str:
+    """The confusion matrix of matched cells (true class by row, including "unknown", predicted by
+    column) of a metrics document, as a Markdown table."""
+    confusion = doc["dataset"]["instance_confusion"]
+    predicted = list(next(iter(confusion.values()), {}))
+    return markdown_table(("true (row) / predicted (column)", *predicted),
+                          [(true, *(row[q] for q in predicted)) for true, row in confusion.items()])
 
 
 # %% [markdown]
 # The headline numbers. "Pooled" sums true positives, false positives and false negatives over
 # all test images before dividing (the standard for PQ, detection and COCO mAP); "per-image
 # mean" averages each image's own value (what a user sees image by image). Pixel IoU/Dice is
-# per class; on the Kaggle masks every cell is class 1 (RBC), so WBC and platelet are undefined.
+# per class. Then the per-class block (a class with no true and no predicted cell is
+# undefined: with the "colour" scheme on the binary Kaggle masks every cell is an RBC, so WBC
+# and platelet are) and the confusion matrix of the matched cells, the true cells of unknown
+# class in a row of their own.
 
 # %%
 from uni_seg.config import show_markdown
-from uni_seg.metrics import metrics_table
+from uni_seg.metrics import confusion_table, metrics_table, per_class_table
 
 if cfg.run_evaluation:
     show_markdown(metrics_table(metrics_document))
-    print(f"backbone {cfg.backbone}, weights: {metrics_document['model']['weights_source']}")
+    print(f"backbone {cfg.backbone}, weights: {metrics_document['model']['weights_source']}; "
+          f"class scheme {SCHEME.name!r}")
+    show_markdown(per_class_table(metrics_document))
+    show_markdown(confusion_table(metrics_document))
 
 # %% [markdown]
 # ## 10. Figures (`uni_seg.viz`)
@@ -9102,12 +10263,15 @@ if cfg.run_evaluation:
 # * **row 2**: what the decoder predicts before post-processing: the NP probability (bright =
 #   cell), and the horizontal and vertical offset maps, which run from blue (-1) to red (+1)
 #   across each cell. Crisp gradients mean clean seams; blotchy ones, merged or split cells;
-# * **row 3**: the true and predicted class of each pixel (red RBC, blue WBC, amber platelet).
-#   A whole class missing points at class weights; a single wrong cell, at that cell.
+# * **row 3**: the true and predicted class of each pixel, in the class scheme's names and
+#   colours ("colour": red RBC, blue WBC, amber platelet; "bbbc041": red uninfected, amber
+#   infected, blue leukocyte), true cells of unknown class in grey. A whole class missing
+#   points at class weights; a single wrong cell, at that cell.
 #
-# Two set-level plots follow: the distribution of cell areas, true against predicted (a
-# shifted peak means systematically too large or too small outlines), and the cell count per
-# image, true against predicted (points off the diagonal: over- or under-counting).
+# Set-level plots follow: the distribution of cell areas, true against predicted (a
+# shifted peak means systematically too large or too small outlines), the cell count per
+# image, true against predicted (points off the diagonal: over- or under-counting), and, for a
+# scheme with infected classes, the parasitemia of each image, true against predicted.
 #
 # The functions take arrays and an output path and return the path (written atomically by
 # `save_figure`, like every file of the run). They draw on matplotlib `Figure` objects
@@ -9125,9 +10289,9 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from uni_seg.config import atomic_open
-from uni_seg.data import CLASS_NAMES, class_colour, class_name
-from uni_seg.export import cell_outlines
+from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, atomic_open
+from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.export import cell_outlines, colour_lut
 from uni_seg.postproc import SplitPrediction
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
 
@@ -9165,11 +10329,13 @@ def instance_overlay(image: np.ndarray, inst: np.ndarray, alpha: float = 0.45, s
     return out.astype(np.uint8)
 
 
-def class_map_rgb(cls: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) colour of each pixel's class (`cls` int (H, W), 0 background = black)."""
+def class_map_rgb(cls: np.ndarray, colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) colour of each pixel's class: `cls` int (H, W), 0 background (black),
+    `UNKNOWN_CLASS` in `UNKNOWN_COLOUR`; `colours` RGB per class (a scheme's; default the
+    "colour" scheme's), grey beyond them."""
     cls = np.asarray(cls)
-    lut = np.array([class_colour(c) for c in range(int(cls.max(initial=0)) + 1)], dtype=np.uint8)
-    return lut[cls]
+    lut = np.vstack([colour_lut(np.maximum(cls, 0), colours), np.array(UNKNOWN_COLOUR, np.uint8)])
+    return lut[cls]  # UNKNOWN_CLASS (-1) picks the last row
 
 
 # %% [markdown] tags=["why"]
@@ -9233,13 +10399,16 @@ def plot_sample_figure(
     title: str = "",
     class_names: Sequence[str] = CLASS_NAMES,
     dpi: int = 100,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
     """The three-row sample figure of one image, saved as PNG at `out_path`.
 
     image uint8 (H, W, 3); true_inst, pred_inst int (H, W); np_prob float32 (H, W) in [0, 1];
-    hv float32 (2, H, W) in [-1, 1]; true_cls, pred_cls int (H, W) class per pixel. All at the
-    same (working) scale. Row 1: image, true cells, predicted cells, error map; row 2: NP, H,
-    V maps; row 3: true and predicted class maps and the legends. Returns the path.
+    hv float32 (2, H, W) in [-1, 1]; true_cls, pred_cls int (H, W) class per pixel
+    (`UNKNOWN_CLASS` allowed in true_cls). All at the same (working) scale. Row 1: image, true
+    cells, predicted cells, error map; row 2: NP, H, V maps; row 3: true and predicted class
+    maps in `class_colours` (a scheme's `colours`; default the "colour" scheme's) and the
+    legends, classes named by `class_names`. Returns the path.
     """
     h, w = np.asarray(true_inst).shape
     panel = 4.0
@@ -9256,28 +10425,37 @@ def plot_sample_figure(
     _panel(axes[1, 1], hv[0], "H map (x offset)", cmap="coolwarm", vmin=-1, vmax=1)
     im = _panel(axes[1, 2], hv[1], "V map (y offset)", cmap="coolwarm", vmin=-1, vmax=1)
     fig.colorbar(im, ax=axes[1, 2], fraction=0.046, pad=0.02)
-    _panel(axes[2, 0], class_map_rgb(true_cls), "true classes")
-    _panel(axes[2, 1], class_map_rgb(pred_cls), "predicted classes")
+    _panel(axes[2, 0], class_map_rgb(true_cls, class_colours), "true classes")
+    _panel(axes[2, 1], class_map_rgb(pred_cls, class_colours), "predicted classes")
     for ax in (axes[1, 3], axes[2, 2], axes[2, 3]):
         ax.set_axis_off()
     axes[1, 3].legend(handles=[Patch(color=np.array(c) / 255, label=k) for k, c in ERROR_COLORS.items()],
                       loc="center", title="error map", frameon=False)
-    classes = [Patch(color=np.array(class_colour(c)) / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
+    lut = colour_lut(np.arange(len(class_names)), class_colours)
+    classes = [Patch(color=lut[c] / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
+    if np.any(np.asarray(true_cls) == UNKNOWN_CLASS):
+        classes.append(Patch(color=np.array(UNKNOWN_COLOUR) / 255, label=f"{UNKNOWN_NAME} (true cells of no class)"))
     axes[2, 2].legend(handles=classes, loc="center", title="classes", frameon=False)
     if title:
         fig.suptitle(title)
     return save_figure(fig, out_path)
 
 
+# %% [markdown] tags=["why"]
+# The few test images a run draws it for, spread evenly over the split.
+
+# %% tags=["export"]
 def save_sample_figures(
     predictions: Sequence[SplitPrediction],
     out_dir: str | Path,
     n: int = 3,
     prefix: str = "visualization_sample",
     class_names: Sequence[str] = CLASS_NAMES,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> list[Path]:
     """Sample figures `out_dir/<prefix>_<k>.png` (k = 1..n) of `n` predictions spread evenly
-    over `predictions` (from `uni_seg.infer.predict_split`, maps kept). Returns the paths."""
+    over `predictions` (from `uni_seg.infer.predict_split`, maps kept), classes named and
+    coloured as `plot_sample_figure` takes them. Returns the paths."""
     usable = [p for p in predictions if p.maps is not None]
     if not usable:
         raise ValueError("no prediction has its maps (run predict_split with keep_maps=True)")
@@ -9286,12 +10464,13 @@ def save_sample_figures(
     for k, i in enumerate(picks, 1):
         p = usable[i]
         paths.append(plot_sample_figure(p.image, p.true_inst, p.pred_inst, p.maps["np"], p.maps["hv"], p.true_cls,
-                                        p.pred_cls, Path(out_dir) / f"{prefix}_{k}.png", title=p.stem, class_names=class_names))
+                                        p.pred_cls, Path(out_dir) / f"{prefix}_{k}.png", title=p.stem, class_names=class_names,
+                                        class_colours=class_colours))
     return paths
 
 
 # %% [markdown] tags=["why"]
-# Two set-level plots: cell areas, true against predicted, and cell counts per image.
+# Set-level plots: cell areas, true against predicted, first.
 
 # %% tags=["export"]
 def _areas(inst: np.ndarray) -> np.ndarray:
@@ -9322,8 +10501,13 @@ def plot_area_histogram(
     return save_figure(fig, out_path)
 
 
+# %% [markdown] tags=["why"]
+# Cell counts per image, true against predicted, overall and per class.
+
+# %% tags=["export"]
 def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) -> np.ndarray:
-    """Cells per class (n_classes,) of one image; `classes` a vector by id or a class map."""
+    """Cells per class (n_classes,) of one image, cells of unknown class left out; `classes` a
+    vector by id or a class map."""
     ids = np.flatnonzero(np.bincount(np.asarray(inst).ravel())[1:]) + 1
     if classes is None:
         return np.zeros(n_classes, np.int64)
@@ -9331,7 +10515,8 @@ def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) 
     by_id = instance_classes_from_map(inst, classes, n_classes) if classes.shape == np.shape(inst) else classes
     if ids.size and (by_id.ndim != 1 or by_id.size <= ids[-1]):
         raise ValueError(f"classes of shape {classes.shape} cover neither the label map {np.shape(inst)} nor ids up to {ids[-1]}")
-    return np.bincount(by_id[ids], minlength=n_classes)[:n_classes]
+    of_cells = by_id[ids]
+    return np.bincount(of_cells[of_cells != UNKNOWN_CLASS], minlength=n_classes)[:n_classes]
 
 
 def plot_count_scatter(
@@ -9342,11 +10527,13 @@ def plot_count_scatter(
     pred_classes: Sequence[np.ndarray] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     dpi: int = 100,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
     """Cells per image, true (x) against predicted (y), with the diagonal; one point per image.
 
     With `true_classes` / `pred_classes` (per image: class map int (H, W) or class vector by
-    id), a second panel shows the counts per class. Returns the path.
+    id), a second panel shows the counts per class (true cells of unknown class left out), in
+    `class_colours` (a scheme's; default the "colour" scheme's). Returns the path.
     """
     true_n = np.array([len(_areas(t)) for t in true_insts])
     pred_n = np.array([len(_areas(p)) for p in pred_insts])
@@ -9359,7 +10546,8 @@ def plot_count_scatter(
         c = len(class_names)
         tc = np.array([_class_counts(t, k, c) for t, k in zip(true_insts, true_classes)]).reshape(-1, c)
         pc = np.array([_class_counts(p, k, c) for p, k in zip(pred_insts, pred_classes)]).reshape(-1, c)
-        series = [(class_name(k, class_names), tc[:, k], pc[:, k], np.array(class_colour(k)) / 255) for k in range(1, c)]
+        lut = colour_lut(np.arange(c), class_colours)
+        series = [(class_name(k, class_names), tc[:, k], pc[:, k], lut[k] / 255) for k in range(1, c)]
         panels.append((axes[1], series, "cells per image and class"))
     for ax, series, title in panels:
         top = max([1] + [int(max(s[1].max(initial=0), s[2].max(initial=0))) for s in series])
@@ -9373,6 +10561,36 @@ def plot_count_scatter(
         ax.set_ylabel("predicted count")
         ax.set_title(title)
         ax.legend(fontsize=8)
+    return save_figure(fig, out_path)
+
+
+# %% [markdown] tags=["why"]
+# Parasitemia per image, true against predicted: what a malaria smear is read for.
+
+# %% tags=["export"]
+def plot_parasitemia_scatter(true: Sequence[float], pred: Sequence[float], out_path: str | Path,
+                             labels: Sequence[str] | None = None, dpi: int = 100) -> Path:
+    """Parasitemia per image (infected red cells / red cells, fractions in [0, 1]; nan where
+    undefined), true (x) against predicted (y) in percent, with the diagonal and the mean
+    absolute error over the images where both are defined in the title. Returns the path."""
+    t, q = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    ok = np.isfinite(t) & np.isfinite(q)
+    mae = float(np.abs(t[ok] - q[ok]).mean()) if ok.any() else float("nan")
+    fig = Figure(figsize=(5.5, 5), dpi=dpi, layout="constrained")
+    ax = fig.subplots()
+    top = max(1.0, float(100 * max(t[ok].max(initial=0), q[ok].max(initial=0))) * 1.1)
+    ax.plot([0, top], [0, top], color="0.6", linestyle="--", linewidth=1, label="y = x")
+    ax.scatter(100 * t[ok], 100 * q[ok], s=30, color="tab:purple", alpha=0.8, label=f"{int(ok.sum())} images")
+    if labels is not None:
+        for x, y, text in zip(100 * t[ok], 100 * q[ok], np.asarray(labels, dtype=object)[ok]):
+            ax.annotate(str(text)[:8], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true parasitemia (% of red cells infected)")
+    ax.set_ylabel("predicted parasitemia (%)")
+    ax.set_title(f"parasitemia per image (MAE {100 * mae:.2f} points)")
+    ax.legend(fontsize=8)
     return save_figure(fig, out_path)
 
 
@@ -9393,10 +10611,18 @@ if cfg.run_evaluation and "model" in globals():
                                    limit=cfg.n_figure_samples, workers=cfg.infer_workers)
     _true = [p.true_inst for p in test_predictions]
     _pred = [p.pred_inst for p in test_predictions]
-    figure_paths = save_sample_figures(_with_maps, cfg.results_dir, cfg.n_figure_samples)
+    figure_paths = save_sample_figures(_with_maps, cfg.results_dir, cfg.n_figure_samples, class_names=SCHEME.names,
+                                       class_colours=SCHEME.colours)
     figure_paths.append(plot_area_histogram(_true, _pred, cfg.results_dir / "cell_area_histogram.png"))
     figure_paths.append(plot_count_scatter(_true, _pred, cfg.results_dir / "cell_count_scatter.png",
-                                           [p.true_cls for p in test_predictions], [p.classes for p in test_predictions]))
+                                           [p.true_cls for p in test_predictions], [p.classes for p in test_predictions],
+                                           class_names=SCHEME.names, class_colours=SCHEME.colours))
+    if SCHEME.infected_classes:
+        _records = metrics_document["per_image"]
+        figure_paths.append(plot_parasitemia_scatter(
+            [r["parasitemia_true"] if r["parasitemia_true"] is not None else np.nan for r in _records],
+            [r["parasitemia_pred"] if r["parasitemia_pred"] is not None else np.nan for r in _records],
+            cfg.results_dir / "parasitemia_scatter.png", labels=[r["image"] for r in _records]))
     for _path in figure_paths:
         print(_path)
         display(_Image(filename=str(_path)))
@@ -9420,7 +10646,7 @@ if cfg.run_export and "model" in globals():
     else:
         export_report = run_folder_inference(model, _test_dir, cfg.results_dir / "exports", INFERENCE, POSTPROC_PARAMS,
                                              limit=cfg.export_images, progress=False, overwrite=True,
-                                             workers=cfg.infer_workers, overlay=cfg.export_overlay)
+                                             workers=cfg.infer_workers, overlay=cfg.export_overlay, scheme=SCHEME)
         print(f"exported {export_report.n_ok} image(s) to {cfg.results_dir / 'exports'}; "
               f"failed: {export_report.failed or 'none'}")
         print(Path(export_report.summary_path).read_text())
@@ -9445,7 +10671,7 @@ from pathlib import Path
 from typing import Any
 
 from uni_seg.config import markdown_table
-from uni_seg.metrics import metrics_table
+from uni_seg.metrics import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
 SUMMARY_TAG = "summary"
@@ -9493,8 +10719,9 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
                 weights_provenance: Mapping[str, Any] | None = None) -> str:
     """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
     when `weights_warning` has one) and where they came from (`weights_origin` of
-    `weights_provenance`, when given), the headline metrics (`metrics_table`, or a note that
-    evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
+    `weights_provenance`, when given), the headline metrics and the per-class block
+    (`metrics_table`, `per_class_table`; or a note that evaluation did not run) and links to
+    the figures (`figures`: (title, href) pairs)."""
     split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
     lines = [f"### Run `{run_name}` at a glance", ""]
     warning = weights_warning(backbone, weights, weights_source)
@@ -9509,6 +10736,8 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
+        scheme = (metrics_doc.get("class_scheme") or {}).get("name")
+        lines += [f"Per class{f' (class scheme `{scheme}`)' if scheme else ''}:", "", per_class_table(metrics_doc), ""]
     else:
         lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
     if figures:

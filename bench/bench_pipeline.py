@@ -16,7 +16,9 @@ exports), measured in this process on one core (process CPU time, the median ove
 `serial_images_per_s`: the same folder with `--workers 0` (everything in this process, one
 image after another), in the same run; `device_busy_fraction`: the stand-in's busy time over
 the wall time of the run with `--workers`. `--repeat R` feeds each image R times (under other
-names) to see that memory stays flat over a long folder.
+names) to see that memory stays flat over a long folder. `--stages` also prints the CPU
+milliseconds of each CPU-side stage of one image (read, watershed, classes, scores, back to
+full size, exports; one core, the median over the images).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ import torch
 from common import RELATIVE, ROOT, find_real_subset
 
 from uni_seg import export, infer
-from uni_seg.data import parse_mask_to_instances, read_mask, resize_to_working_scale
-from uni_seg.postproc import close_separation_lines, degrade_maps, true_maps
+from uni_seg.data import parse_mask_to_instances, read_image, read_mask, resize_to_working_scale
+from uni_seg.postproc import (Segmentation, cells_at_size, classify_instances, close_separation_lines, degrade_maps,
+                              instance_scores, instances_from_maps, true_maps)
 
 SCALE = 0.5
 
@@ -79,6 +82,30 @@ def cpu_ms_per_image(paths: list[Path], maps: list[np.ndarray], work: Path) -> f
     return 1000 * statistics.median(times)
 
 
+def stage_ms_per_image(paths: list[Path], maps: list[np.ndarray], work: Path) -> dict[str, float]:
+    """Median CPU milliseconds of each CPU-side stage of one image, in this process, one thread."""
+    cv2.setNumThreads(1)
+    times: dict[str, list[float]] = {}
+
+    def timed(stage: str, fn, *args):
+        start = time.process_time()
+        result = fn(*args)
+        times.setdefault(stage, []).append(1000 * (time.process_time() - start))
+        return result
+
+    for path, m in zip(paths, maps):
+        image = timed("read", read_image, path)
+        inst = timed("watershed", instances_from_maps, m[0], m[1:3], None)
+        classes, probs = timed("classes", classify_instances, inst, m[3:])
+        scores = timed("scores", instance_scores, inst, m[0])
+        full, inst, classes, probs, scores = timed("full size", cells_at_size, inst, classes, probs, scores, image.shape[:2])
+        seg = Segmentation(full, classes, probs, scores, inst, None, {})
+        timed("exports", export.export_segmentation, work, path.stem, image, seg)
+    medians = {stage: statistics.median(t) for stage, t in times.items()}
+    medians["post-processing + classes + exports"] = sum(v for k, v in medians.items() if k != "read")
+    return {k: round(v, 1) for k, v in medians.items()}
+
+
 def run(folder: Path, out: Path, workers: int, device: StandInDevice) -> tuple[float, float]:
     """(images per second, device-busy fraction) of one folder inference."""
     settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=16, device="cpu")
@@ -105,6 +132,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1, help="feed each image this many times (memory check)")
     parser.add_argument("--skip-serial", action="store_true", help="do not measure --workers 0")
+    parser.add_argument("--stages", action="store_true", help="also the CPU ms of each stage of one image")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     subset = find_real_subset() or ROOT.parent / RELATIVE
@@ -125,6 +153,7 @@ def main() -> None:
         order = sorted(folder.iterdir())
         device = StandInDevice([maps[int(q.name.split("_")[1])] for q in order], args.device_ms, tiles, 224)
         cpu_ms = cpu_ms_per_image(chosen, maps, work)
+        stages = stage_ms_per_image(chosen, maps, work) if args.stages else None
         serial = None if args.skip_serial else run(folder, work / "serial", 0, device)[0]
         rate, busy = run(folder, work / "parallel", args.workers, device)
         record = json.loads((work / "parallel" / "run.json").read_text())
@@ -132,6 +161,8 @@ def main() -> None:
               "images_per_s": round(rate, 3), "serial_images_per_s": None if serial is None else round(serial, 3),
               "device_busy_fraction": round(busy, 3), "peak_rss_mb": record["peak_rss_mb"],
               "images": len(chosen) * args.repeat}
+    if stages:
+        result["stage_cpu_ms_per_image"] = stages
     print(f"load average {os.getloadavg()[0]:.1f}; {len(chosen)} real 1600x1200 images x {args.repeat}, {tiles} tiles each")
     print(json.dumps(result, indent=1))
     if args.json:

@@ -111,7 +111,12 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
             if name == "profile":
                 continue
             if value is None:
-                assert name in PROFILES["demo"] or name in ("run_name", "export_images", "infer_workers"), name
+                # None: the profile's default, or a value derived when the run resolves (the run's
+                # name, every test image, the workers from the CPUs, or from CLASS_SCHEME: N_CLASSES,
+                # CLASS_WEIGHTS, CLASS_BOXES)
+                derived = ("run_name", "export_images", "infer_workers", "n_classes", "class_weights", "class_boxes")
+                assert name in PROFILES["demo"] or name in derived, name
+                assert name in PROFILES["demo"] or COMMON_DEFAULTS.get(name) is None, name
             else:
                 assert COMMON_DEFAULTS[name] == value, name
 

@@ -3,6 +3,7 @@ the synthetic generator, and the real subset in ../shared/data/bccd_subset (skip
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from real_subset import require_real_subset as needs_real
 
 from uni_seg import data as D
 from uni_seg import synthetic as S
-from uni_seg.config import ATOMIC_TEMP_GLOB
+from uni_seg.config import ATOMIC_TEMP_GLOB, CLASS_SCHEMES
 from uni_seg.data import (
     DataError,
     DataWarning,
@@ -73,7 +74,7 @@ def build(raw: Path, out: Path, **kw) -> D.CacheSummary:
 
 
 def npz_mtimes(out: Path) -> dict[str, int]:
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*.npz"))}
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*.npy"))}
 
 
 # ---------------------------------------------------------------- parse_mask_to_instances
@@ -316,8 +317,7 @@ def test_damaged_files_raise_one_error_naming_the_file(tmp_path, kind, which):
     listed = [(s, stem) for s in ("train", "val", "test") for stem in manifest["samples"][s]]
     assert "train02" not in {stem for _, stem in listed}
     for split, stem in listed:
-        with np.load(out / split / f"{stem}.npz") as f:
-            assert f["image"].dtype == np.uint8
+        assert D.open_processed(out / split / f"{stem}.npy")["image"].dtype == np.uint8
 
 
 def test_image_mask_size_mismatch_names_both(tmp_path):
@@ -359,21 +359,21 @@ def test_a_crash_while_writing_leaves_no_partial_file(tmp_path, monkeypatch):
     raw = make_raw(tmp_path / "raw")
     out = tmp_path / "out"
     calls = {"n": 0}
-    real = np.savez_compressed
+    real = np.save
 
-    def failing(f, **arrays):
+    def failing(f, array):
         calls["n"] += 1
         if calls["n"] == 3:
-            f.write(b"PK\x03\x04partial")
+            f.write(b"\x93NUMPYpartial")
             raise OSError("disk full")
-        real(f, **arrays)
+        real(f, array)
 
-    monkeypatch.setattr(np, "savez_compressed", failing)
+    monkeypatch.setattr(np, "save", failing)
     with pytest.raises(OSError, match="disk full"):
         build(raw, out)
-    monkeypatch.setattr(np, "savez_compressed", real)
+    monkeypatch.setattr(np, "save", real)
     assert not list(out.rglob(ATOMIC_TEMP_GLOB))
-    assert len(list(out.glob("*/*.npz"))) == 2
+    assert len(list(out.glob("*/*.npy"))) == 2
     summary = build(raw, out)  # the next run completes the cache
     assert summary.counts == {"train": 4, "val": 2, "test": 2}
     for split in ("train", "val", "test"):
@@ -419,7 +419,9 @@ def test_cache_layout_content_and_manifest(tmp_path):
     summary = build(raw, out)
     assert summary.counts == {"train": 4, "val": 2, "test": 2} and summary.written == 8
     manifest = load_manifest(out)
-    assert manifest["params"] == {"format": D.CACHE_FORMAT, "working_scale": 0.5, "min_area": 10, "val_fraction": 0.34, "seed": 1}
+    colour = json.loads(json.dumps(CLASS_SCHEMES["colour"].as_dict()))  # the default scheme, as JSON reads it back
+    assert manifest["params"] == {"format": D.CACHE_FORMAT, "working_scale": 0.5, "min_area": 10, "class_scheme": colour,
+                                  "class_boxes": None, "val_fraction": 0.34, "seed": 1}
     train, val = split_train_val([f"train{i:02d}" for i in range(6)], 0.34, 1)
     assert manifest["split"] == {"train": train, "val": val, "test": ["test00", "test01"]}
     for split in ("train", "val", "test"):
@@ -429,7 +431,8 @@ def test_cache_layout_content_and_manifest(tmp_path):
             assert (Path(manifest["raw_dir"]) / entry["image"]).is_file() and sample.raw_mask_path.is_file()
             arrays = sample.load()
             assert arrays["image"].shape == (30, 40, 3) and arrays["image"].dtype == np.uint8
-            assert arrays["inst"].dtype == np.int32 and arrays["cls"].dtype == np.uint8
+            assert arrays["inst"].dtype == np.int32 and arrays["cls"].dtype == np.int8  # int8: UNKNOWN_CLASS is -1
+            assert entry["class_counts"] == [0, 3, 0, 0] and entry["unknown"] == 0 and "join" not in entry
             assert arrays["inst"].max() == 3 and sorted(np.unique(arrays["inst"]).tolist()) == [0, 1, 2, 3]
     assert summary.split_table().count("\n") == 5
 
@@ -452,7 +455,7 @@ def test_cache_rebuilds_only_the_changed_raw_file(tmp_path):
     summary = build(raw, out)
     after = npz_mtimes(out)
     assert summary.written == 1 and summary.reused == 7
-    assert [k for k in before if before[k] != after[k]] == ["test/test01.npz"]
+    assert [k for k in before if before[k] != after[k]] == ["test/test01.npy"]
 
 
 @pytest.mark.parametrize("change", [{"working_scale": 0.25}, {"min_area": 500}])
@@ -475,7 +478,7 @@ def test_changing_the_split_moves_files_without_rewriting(tmp_path):
     assert summary.written == 0 and summary.moved + summary.reused == 8 and summary.moved > 0
     manifest = load_manifest(out)
     for split in ("train", "val", "test"):
-        assert sorted(p.stem for p in (out / split).glob("*.npz")) == manifest["split"][split]
+        assert sorted(p.stem for p in (out / split).glob("*.npy")) == manifest["split"][split]
 
 
 def test_removed_raw_files_are_removed_from_the_cache(tmp_path):
@@ -484,7 +487,7 @@ def test_removed_raw_files_are_removed_from_the_cache(tmp_path):
     (raw / "test/original/test01.png").unlink()
     (raw / "test/mask/test01.png").unlink()
     summary = build(raw, out)
-    assert summary.removed == 1 and not (out / "test/test01.npz").exists()
+    assert summary.removed == 1 and not (out / "test/test01.npy").exists()
 
 
 def test_parallel_build_matches_serial(tmp_path):

@@ -330,3 +330,37 @@ def test_a_cell_pinched_to_a_diagonal_contact_and_a_cell_with_a_hole_give_valid_
     assert shapely.Polygon(polygons[1][0][0], polygons[1][0][1:]).is_valid
     assert len(polygons[2][0]) == 2  # a shell and one hole ring
     assert shapely.Polygon(polygons[2][0][0], polygons[2][0][1:]).is_valid
+
+
+def test_cpu_workers_end_when_their_parent_is_killed(tmp_path):
+    """A forkserver's workers are its children and keep it alive: they must watch the process
+    that made the pool, or a killed run leaves them (and the forkserver) running."""
+    psutil = pytest.importorskip("psutil")
+    script = ("import sys, time\n"
+              "from uni_seg.data import WorkerPool\n"
+              "if __name__ == '__main__':\n"
+              "    pool = WorkerPool(2)\n"
+              "    busy = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+              "    print('started', flush=True)\n"
+              "    time.sleep(600)\n")
+    (tmp_path / "pool.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "pool.py")], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    descendants: list = []
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the forkserver and its two workers
+            descendants = psutil.Process(parent.pid).children(recursive=True)
+            if sum("forkserver" in " ".join(p.cmdline()) for p in descendants) >= 3:
+                break
+            time.sleep(0.2)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(descendants, timeout=60)
+        assert descendants and not alive, f"{len(alive)} of {len(descendants)} worker process(es) outlived the parent"
+    finally:
+        for process in descendants:
+            if process.is_running():
+                process.kill()

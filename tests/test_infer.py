@@ -359,7 +359,7 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
     split.mkdir(parents=True)
     for i in range(2):
         image, inst = disks_image((70, 90), [(20, 20), (45, 60)], 12, seed=i)
-        np.savez_compressed(split / f"s{i}.npz", image=image, inst=inst, cls=(inst > 0).astype(np.uint8))
+        data.save_processed_atomic(split / f"s{i}.npy", image, inst, (inst > 0).astype(np.int8))
     preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", infer.InferenceSettings(tile_size=64, overlap=16))
     assert [p.stem for p in preds] == ["s0", "s1"]
     p = preds[0]
@@ -465,7 +465,7 @@ def test_predict_split_is_the_same_with_and_without_worker_processes(tmp_path):
     split.mkdir(parents=True)
     for i, centres in enumerate([[(20, 20), (40, 60)], [(30, 30)]]):
         image, inst = disks_image((70, 90), centres, 12, seed=i)
-        np.savez(split / f"im{i}.npz", image=image, inst=inst, cls=(inst > 0).astype(np.uint8))
+        data.save_processed_atomic(split / f"im{i}.npy", image, inst, (inst > 0).astype(np.int8))
     settings = infer.InferenceSettings(tile_size=64, overlap=16)
     a = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=0)
     b = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=2)

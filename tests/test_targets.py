@@ -128,6 +128,52 @@ def test_augmentation_is_reproducible_per_seed(smear):
     assert not np.array_equal(first[0], other[0])
 
 
+def test_a_crop_from_the_memory_mapped_cache_file_is_the_crop_from_memory(tmp_path, smear):
+    """Crop first: the augmenter cuts its window out of views of the file, and gets what it
+    gets from the whole image read into memory."""
+    from uni_seg import data
+
+    image, inst, cls = smear
+    path = tmp_path / "smear.npy"
+    data.save_processed_atomic(path, image, inst, cls.astype(np.int8))
+    mapped, whole = data.open_processed(path), data.open_processed(path, in_memory=True)
+    assert isinstance(mapped["inst"], np.memmap) and not isinstance(whole["inst"], np.memmap)
+    np.testing.assert_array_equal(whole["inst"], inst)
+    np.testing.assert_array_equal(whole["image"], image)
+    augment = CellAugmenter(64)
+    for seed in range(5):
+        from_file = augment(mapped["image"], mapped["inst"], mapped["cls"], (0, 1, seed))
+        from_memory = augment(image, inst, cls.astype(np.int8), (0, 1, seed))
+        for a, b in zip(from_file[:2], from_memory[:2]):
+            np.testing.assert_array_equal(a, b)
+        for key in ("np", "hv", "nc"):
+            np.testing.assert_array_equal(from_file[2][key], from_memory[2][key])
+
+
+@pytest.mark.parametrize("length, window", [(100, 40), (40, 40), (30, 40), (1, 40)])
+def test_a_training_window_lies_inside_the_image_or_pads_a_shorter_side(length, window):
+    from uni_seg.augment import random_window
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        read, (before, after) = random_window(length, window, rng)
+        assert 0 <= read.start <= read.stop <= length and before >= 0 and after >= 0
+        assert read.stop - read.start + before + after == window
+        if length < window:  # all of a short side, padded
+            assert (read.start, read.stop) == (0, length)
+        else:
+            assert before == after == 0
+
+
+def test_an_old_cache_file_is_refused_by_name(tmp_path):
+    from uni_seg import data
+
+    old = tmp_path / "a.npy"
+    np.save(old, np.zeros((4, 4), np.uint8))
+    with pytest.raises(data.DataError, match="a.npy.*rebuild the cache"):
+        data.open_processed(old)
+
+
 def test_transforms_get_independent_seeds():
     # albumentations 2.0.8 gives every transform the same seed: H and V flips would fire together.
     image = np.arange(16, dtype=np.uint8).reshape(4, 4)

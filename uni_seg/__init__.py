@@ -4,7 +4,7 @@
 
 Modules, in the order data flows through them (each imports only from those above it):
     uni_seg.config       section 0: Setup and parameters
-    uni_seg.data         section 1: Data (Reading one file, Masks to instances, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
+    uni_seg.data         section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
     uni_seg.synthetic    section 1: Data (Synthetic smears)
     uni_seg.targets      section 2: Targets and augmentation
     uni_seg.augment      section 2: Targets and augmentation (Augmentation)

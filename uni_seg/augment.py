@@ -38,14 +38,38 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
 
 
 # notebook §2 "Augmentation", cell id 1e37b843
+def training_window(crop_size: int) -> int:
+    """Side of the window a training crop is cut from: enough that a rotation by 45 degrees
+    at the smallest scale (0.8) still fills the `crop_size` centre."""
+    return math.ceil(crop_size * math.sqrt(2) / 0.8)
+
+
+def random_window(length: int, window: int, rng: np.random.Generator) -> tuple[slice, tuple[int, int]]:
+    """Where a random `window` falls along an axis of `length` pixels, drawn as albumentations'
+    RandomCrop with pad_if_needed and pad_position="random" draws it: (the slice to read,
+    (zero pixels before, after)) - a uniform start on a longer axis, a uniform share of the
+    padding on a shorter one."""
+    if length >= window:
+        start = int(rng.integers(0, length - window + 1))
+        return slice(start, start + window), (0, 0)
+    before = int(rng.integers(0, window - length + 1))
+    return slice(0, length), (before, window - length - before)
+
+
+def _cut(array: np.ndarray, rows: slice, cols: slice, pad: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """A contiguous copy of `array[rows, cols]` with `pad` zero pixels (see `random_window`)."""
+    if pad == ((0, 0), (0, 0)):
+        return np.ascontiguousarray(array[rows, cols])
+    return np.pad(array[rows, cols], pad + ((0, 0),) * (array.ndim - 2))
+
+
 def geometric_transform(crop_size: int) -> A.Compose:
-    """Random crop of `crop_size` with flips, rotation, scaling and distortion; the `mask`
-    (instance map, int32) is warped with nearest-neighbour interpolation and 0 fill."""
-    window = math.ceil(crop_size * math.sqrt(2) / 0.8)
+    """Flips, rotation, scaling and distortion of a `training_window` square, then its centre
+    `crop_size` square; the `mask` (instance map, int32) is warped with nearest-neighbour
+    interpolation and 0 fill."""
     nearest, const = cv2.INTER_NEAREST, cv2.BORDER_CONSTANT
     return A.Compose(
         [
-            A.RandomCrop(window, window, pad_if_needed=True, pad_position="random", border_mode=const, fill=0, fill_mask=0),
             A.HorizontalFlip(p=0.5),
             A.VerticalFlip(p=0.5),
             A.RandomRotate90(p=0.5),
@@ -81,24 +105,33 @@ def photometric_transform() -> A.Compose:
 
 # notebook §2 "Augmentation", cell id 347764a1
 class CellAugmenter:
-    """Geometric -> targets -> photometric, for one (image, inst, cls) at a time."""
+    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time.
+
+    Crop first: only the random `training_window` is read from the arrays (views of a
+    memory-mapped cache file read just those rows), and every later step works on the window,
+    never on the whole image."""
 
     def __init__(self, crop_size: int) -> None:
         self.crop_size = crop_size
+        self.window = training_window(crop_size)
         self.geometric = geometric_transform(crop_size)
         self.photometric = photometric_transform()
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """image RGB uint8 (H, W, 3), inst int32 and cls uint8 (H, W) -> (image RGB uint8
-        (c, c, 3), inst int32 (c, c), targets of the warped inst as in `targets_from_instances`),
-        c = crop_size. The same seed gives the same result."""
-        geo_seed, photo_seed = np.random.SeedSequence(seed).generate_state(2)
+        """image RGB uint8 (H, W, 3), inst int32 and cls (H, W) uint8 or int8 (arrays or
+        memory-mapped views) -> (image RGB uint8 (c, c, 3), inst int32 (c, c), targets of the
+        warped inst as in `targets_from_instances`), c = crop_size. The same seed gives the same
+        result."""
+        window_seed, geo_seed, photo_seed = np.random.SeedSequence(seed).generate_state(3)
+        rng = np.random.default_rng(int(window_seed))
+        (rows, pad_rows), (cols, pad_cols) = (random_window(n, self.window, rng) for n in inst.shape[:2])
+        image, inst, cls = (_cut(a, rows, cols, (pad_rows, pad_cols)) for a in (image, inst, cls))
         seed_transforms(self.geometric, int(geo_seed))
         out = self.geometric(image=image, mask=inst)
         image_t, inst_t = out["image"], out["mask"]
         # Each instance keeps its class: look it up by id rather than warping the class map too.
-        class_of = np.zeros(int(inst.max(initial=0)) + 1, np.uint8)
+        class_of = np.zeros(int(inst.max(initial=0)) + 1, cls.dtype)
         class_of[inst] = cls
         targets = targets_from_instances(inst_t, class_of[inst_t])
         seed_transforms(self.photometric, int(photo_seed))

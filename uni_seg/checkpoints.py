@@ -114,11 +114,19 @@ def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, model_config: Mapping[str, Any],
-                     working_scale: float | None) -> None:
-    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup."""
+                     working_scale: float | None, class_scheme: str | None = None) -> None:
+    """Raise `CheckpointError` naming every difference between a checkpoint and this run's setup.
+
+    `class_scheme`, the name of this run's class scheme, is compared when given: two schemes
+    with as many classes build the same network but mean different things by its outputs. A
+    checkpoint that names no scheme comes from before class schemes, when every run's was "colour".
+    """
     saved = {"phase": ckpt.get("phase"), "working_scale": ckpt.get("working_scale"),
              **_plain_config(ckpt.get("model_config", {}))}
     current = {"phase": phase, "working_scale": working_scale, **_plain_config(model_config)}
+    if class_scheme is not None:
+        saved["class_scheme"] = (ckpt.get("class_scheme") or {}).get("name", "colour")
+        current["class_scheme"] = class_scheme
     diffs = describe_differences(saved, current)
     if diffs:
         raise CheckpointError(f"{path} comes from another configuration: " + "; ".join(diffs) + ". Move it "
@@ -136,7 +144,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
-    "checkpoint_id" (what tuned post-processing parameters are matched against) and "path".
+    "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
+    (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
@@ -149,7 +158,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id",
+                                      "class_scheme")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta

@@ -96,11 +96,13 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     results_dir="results",
     val_fraction=0.15,
     min_cell_area=30,
-    n_classes=4,
+    class_scheme="colour",
+    class_boxes=None,
+    n_classes=None,
     hv_activation="linear",
     lora_rank=4,
     lora_alpha=8.0,
-    class_weights=[0.05, 0.5, 5.0, 8.0],
+    class_weights=None,
     np_loss_weight=1.0,
     hv_loss_weight=2.0,
     nc_loss_weight=2.0,
@@ -148,6 +150,8 @@ class RunConfig:
     crop_size: int
     val_fraction: float
     min_cell_area: int
+    class_scheme: str
+    class_boxes: Path | None
     synthetic_images: int
     num_workers: int
     backbone: str
@@ -157,7 +161,7 @@ class RunConfig:
     hv_activation: str
     lora_rank: int
     lora_alpha: float
-    class_weights: tuple[float, ...]
+    class_weights: tuple[float, ...] | None
     np_loss_weight: float
     hv_loss_weight: float
     nc_loss_weight: float
@@ -242,7 +246,6 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
     for name in _PATH_FIELDS:
         merged[name] = Path(merged[name])
-    merged["class_weights"] = tuple(float(w) for w in merged["class_weights"])
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
@@ -254,8 +257,7 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"WORKING_SCALE={merged['working_scale']} must be in (0, 4]")
     if not 0.0 < merged["val_fraction"] < 1.0:
         raise ValueError(f"VAL_FRACTION={merged['val_fraction']} must be in (0, 1)")
-    if len(merged["class_weights"]) != merged["n_classes"]:
-        raise ValueError(f"CLASS_WEIGHTS has {len(merged['class_weights'])} weights for N_CLASSES={merged['n_classes']}")
+    _resolve_class_parameters(merged)
     _check_values(merged)
     return RunConfig(**merged)
 
@@ -299,7 +301,8 @@ def _check_values(merged: Mapping[str, Any]) -> None:
             problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
     if _is_int(merged["tile_overlap"]) and _is_int(merged["tile_size"]) and merged["tile_overlap"] >= merged["tile_size"]:
         problems.append(f"TILE_OVERLAP={merged['tile_overlap']} must be smaller than TILE_SIZE={merged['tile_size']}")
-    if not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in merged["class_weights"]):
+    weights = merged["class_weights"]  # None: from the training split's cells (§4)
+    if weights is not None and not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in weights):
         problems.append(f"CLASS_WEIGHTS={list(merged['class_weights'])} must all be numbers > 0")
     if problems:
         raise ValueError("; ".join(problems))
@@ -521,10 +524,28 @@ def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()
         raise SystemExit(2) from None
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(owner: int | None = None) -> None:
     """End this process when the process that spawned it dies (a rank must not train on, holding
     a GPU, nor a CPU worker on, after the notebook or job that started it was killed). On Linux the kernel sends
-    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent."""
+    SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a daemon thread watches the parent.
+
+    `owner`: the pid of the process to end with when that is not the parent. A forkserver's
+    workers are the forkserver's children, and the forkserver lives on as long as any of them
+    does (each holds the pipe whose closing ends it): watching the parent, a worker of a killed
+    run would wait for ever. A daemon thread checks once a second that `owner` still exists."""
+    if owner is not None:
+        def watch_owner() -> None:
+            while True:
+                try:
+                    os.kill(owner, 0)  # signal 0: only asks whether the process exists
+                except ProcessLookupError:
+                    os._exit(1)
+                except PermissionError:  # it exists (under another user: a reused pid)
+                    pass
+                time.sleep(1.0)
+
+        threading.Thread(target=watch_owner, daemon=True).start()
+        return
     parent = os.getppid()
     try:
         import ctypes
@@ -709,3 +730,162 @@ def _process_alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
+
+
+# notebook §0, cell id a9a8b09a
+#: The class of a cell whose class is not known: -1 in the int8 class maps of the processed
+#: cache, the NC loss's ignore index (`F.cross_entropy(ignore_index=UNKNOWN_CLASS)`), counted
+#: apart by the metrics. Shown as `UNKNOWN_NAME` in `UNKNOWN_COLOUR`.
+UNKNOWN_CLASS = -1
+UNKNOWN_NAME = "unknown"
+UNKNOWN_COLOUR: tuple[int, int, int] = (150, 150, 150)
+#: Where a scheme takes a cell's class from: nowhere (every cell is class 1), the mask's
+#: colour-coded class, or the class box the cell matches.
+CLASS_SOURCES: tuple[str, ...] = ("cell", "mask", "boxes")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SchemeDefinition(Settings):
+    """What a `ClassScheme` is made of, validated when made (the questions it answers follow)."""
+
+    what = "class scheme field"
+
+    name: str  # what CLASS_SCHEME calls it
+    names: tuple[str, ...]  # class index -> name; index 0 is "background"
+    colours: tuple[tuple[int, int, int], ...]  # class index -> display colour, RGB 0..255
+    source: str  # one of CLASS_SOURCES
+    categories: dict[str, int] = dataclasses.field(default_factory=dict)  # source "boxes": box category -> class (or UNKNOWN_CLASS)
+    red_classes: tuple[int, ...] = ()  # classes that are red cells: parasitemia's denominator
+    infected_classes: tuple[int, ...] = ()  # red classes that carry a parasite: parasitemia's numerator
+    default_weights: tuple[float, ...] | None = None  # NC loss weights; None = from the training split's cell counts (§4)
+
+    def __post_init__(self) -> None:
+        # Read back from JSON the sequences are lists: store tuples, so a saved scheme equals its original.
+        for name in ("names", "red_classes", "infected_classes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "colours", tuple(tuple(int(v) for v in c) for c in self.colours))
+        object.__setattr__(self, "categories", {str(k): int(v) for k, v in dict(self.categories).items()})
+        if self.default_weights is not None:
+            object.__setattr__(self, "default_weights", tuple(float(w) for w in self.default_weights))
+        where, n = f"class scheme {self.name!r}", len(self.names)
+        if n < 2 or self.names[0] != "background" or len(set(self.names)) != n or UNKNOWN_NAME in self.names:
+            raise ValueError(f"{where}: names {list(self.names)} must be >= 2 distinct names, 'background' first "
+                             f"(and none called {UNKNOWN_NAME!r})")
+        if len(self.colours) != n or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colours):
+            raise ValueError(f"{where}: needs one RGB colour (0..255) per class, {n} in all; got {list(self.colours)}")
+        if self.source not in CLASS_SOURCES:
+            raise ValueError(f"{where}: source={self.source!r} is not one of {list(CLASS_SOURCES)}")
+        if (self.source == "boxes") != bool(self.categories):
+            raise ValueError(f"{where}: box categories are given exactly when source is 'boxes'")
+        bad = {k: v for k, v in self.categories.items() if v != UNKNOWN_CLASS and not 1 <= v < n}
+        if bad:
+            raise ValueError(f"{where}: categories {bad} map outside the cell classes 1..{n - 1} (or {UNKNOWN_CLASS})")
+        if any(not 1 <= c < n for c in self.red_classes) or not set(self.infected_classes) <= set(self.red_classes):
+            raise ValueError(f"{where}: red_classes {self.red_classes} must be cell classes 1..{n - 1} and hold "
+                             f"infected_classes {self.infected_classes}")
+        if self.default_weights is not None and (len(self.default_weights) != n or min(self.default_weights) <= 0):
+            raise ValueError(f"{where}: default_weights {self.default_weights} must be {n} positive numbers")
+
+
+# notebook §0, cell id 61cc1f14
+@dataclasses.dataclass(frozen=True)
+class ClassScheme(_SchemeDefinition):
+    """The classes of the NC head (names, display colours, `n_classes`), where a cell's class
+    comes from (`source`, box `categories`) and which classes are red and infected cells; saved
+    with the processed cache, the checkpoints and the metrics (`as_dict`, `from_dict`)."""
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the NC head, background included."""
+        return len(self.names)
+
+    @property
+    def takes_boxes(self) -> bool:
+        """Whether a cell's class comes from class boxes (§1's `instance_classes_from_boxes`)."""
+        return self.source == "boxes"
+
+    def class_of(self, category: str) -> int:
+        """The class of box category `category`; `ValueError` naming it and the scheme's categories."""
+        try:
+            return self.categories[category]
+        except KeyError:
+            raise ValueError(f"box category {category!r} is not one of class scheme {self.name!r}'s: "
+                             f"{', '.join(repr(c) for c in self.categories)}") from None
+
+    def name_of(self, index: int) -> str:
+        """Name of class `index`: `UNKNOWN_NAME` for `UNKNOWN_CLASS`, `class_<index>` beyond the scheme."""
+        if index == UNKNOWN_CLASS:
+            return UNKNOWN_NAME
+        return self.names[index] if 0 <= index < self.n_classes else f"class_{index}"
+
+    def colour_table(self) -> np.ndarray:
+        """uint8 (n_classes + 1, 3): row c the colour of class c, the last row `UNKNOWN_COLOUR`, so
+        that `table[cls]` colours an int class map holding `UNKNOWN_CLASS` (-1 is the last row)."""
+        return np.array([*self.colours, UNKNOWN_COLOUR], dtype=np.uint8)
+
+    def parasitemia(self, counts: Sequence[int]) -> float:
+        """Infected red cells / red cells, from cell counts per class (n_classes,); nan when the
+        scheme has no infected class or there is no red cell."""
+        counts = np.asarray(counts, dtype=np.float64)
+        red = counts[list(self.red_classes)].sum()
+        if not self.infected_classes or red == 0:
+            return float("nan")
+        return float(counts[list(self.infected_classes)].sum() / red)
+
+
+# notebook §0, cell id db0a728c
+_BBBC041_STAGES = ("ring", "trophozoite", "schizont", "gametocyte")  # BBBC041's parasite categories, in life-cycle order
+_BLACK, _RED, _BLUE, _AMBER = (0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11)
+
+CLASS_SCHEMES: dict[str, ClassScheme] = {scheme.name: scheme for scheme in (
+    ClassScheme("binary", ("background", "cell"), (_BLACK, _RED), source="cell"),
+    # The original write-up's classes and weights (a platelet pixel counts 160 background pixels).
+    ClassScheme("colour", ("background", "RBC", "WBC", "Platelet"), (_BLACK, _RED, _BLUE, _AMBER), source="mask",
+                red_classes=(1,), default_weights=(0.05, 0.5, 5.0, 8.0)),
+    # BBBC041's categories; its "difficult" boxes mark cells of no certain class.
+    ClassScheme("bbbc041", ("background", "uninfected RBC", "infected RBC", "leukocyte"), (_BLACK, _RED, _AMBER, _BLUE),
+                source="boxes", categories={"red blood cell": 1, **dict.fromkeys(_BBBC041_STAGES, 2), "leukocyte": 3,
+                                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2), infected_classes=(2,)),
+    ClassScheme("bbbc041-stages", ("background", "uninfected RBC", *_BBBC041_STAGES, "leukocyte"),
+                (_BLACK, _RED, _AMBER, (251, 133, 0), (214, 40, 160), (46, 196, 110), _BLUE), source="boxes",
+                categories={"red blood cell": 1, **{s: 2 + i for i, s in enumerate(_BBBC041_STAGES)}, "leukocyte": 6,
+                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2, 3, 4, 5), infected_classes=(2, 3, 4, 5)),
+)}
+
+
+def class_scheme(scheme: str | ClassScheme | Mapping[str, Any]) -> ClassScheme:
+    """The `ClassScheme` named `scheme` (one of `CLASS_SCHEMES`), or `scheme` itself, or one read
+    back from its `as_dict()` (a checkpoint's, a manifest's); `ValueError` naming an unknown name."""
+    if isinstance(scheme, ClassScheme):
+        return scheme
+    if isinstance(scheme, Mapping):
+        return ClassScheme.from_dict(scheme)
+    if scheme not in CLASS_SCHEMES:
+        close = difflib.get_close_matches(str(scheme), CLASS_SCHEMES, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"CLASS_SCHEME={scheme!r} is not one of {list(CLASS_SCHEMES)}{hint}")
+    return CLASS_SCHEMES[scheme]
+
+
+def _resolve_class_parameters(merged: dict[str, Any]) -> None:
+    """`resolve_config`'s class parameters, in place: N_CLASSES from CLASS_SCHEME (a value given
+    must agree), CLASS_WEIGHTS given (one per class) or the scheme's default (None: from the
+    training split, §4), CLASS_BOXES for a scheme that takes classes from boxes (default
+    DATA_DIR/classes) and refused for one that does not."""
+    scheme = class_scheme(merged["class_scheme"])
+    about = f"CLASS_SCHEME={scheme.name!r} ({', '.join(scheme.names)})"
+    if merged["n_classes"] is None:
+        merged["n_classes"] = scheme.n_classes
+    elif merged["n_classes"] != scheme.n_classes:
+        raise ValueError(f"N_CLASSES={merged['n_classes']} but {about} has {scheme.n_classes} classes; leave N_CLASSES unset")
+    weights = merged["class_weights"] if merged["class_weights"] is not None else scheme.default_weights
+    merged["class_weights"] = None if weights is None else tuple(float(w) for w in weights)
+    if weights is not None and len(weights) != scheme.n_classes:
+        raise ValueError(f"CLASS_WEIGHTS has {len(weights)} weights for N_CLASSES={scheme.n_classes}: {about}")
+    if scheme.takes_boxes:
+        merged["class_boxes"] = Path(merged["class_boxes"] or Path(merged["data_dir"]) / "classes")
+    elif merged["class_boxes"] is not None:
+        raise ValueError(f"CLASS_BOXES={str(merged['class_boxes'])!r} is given, but {about} takes no classes from "
+                         f"boxes; use CLASS_SCHEME='bbbc041' or 'bbbc041-stages', or leave CLASS_BOXES unset")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import multiprocessing
@@ -20,8 +21,10 @@ from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_open, atomic_write, remove_stale_temporaries
+from uni_seg.config import (CLASS_SCHEMES, UNKNOWN_CLASS, ClassScheme, atomic_open, atomic_write, class_scheme,
+                            markdown_table, remove_stale_temporaries)
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -30,7 +33,8 @@ MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
 LAYOUTS: tuple[tuple[str, str], ...] = (("original", "mask"), ("images", "masks"))
 PARTITIONS: tuple[str, ...] = ("train", "test")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-CLASS_NAMES: tuple[str, ...] = ("background", "RBC", "WBC", "Platelet")
+#: The classes of colour-coded masks: §0's "colour" scheme (other schemes name their own classes).
+CLASS_NAMES: tuple[str, ...] = CLASS_SCHEMES["colour"].names
 # Colour-coded masks: RGB colour -> class. White is "a cell of unknown type", like a binary mask.
 MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 0): 0,
@@ -39,10 +43,17 @@ MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 255): 2,
     (0, 255, 0): 3,
 }
-#: Display colour (RGB 0..255) of each class, index = class: outlines in overlays, class maps,
-#: QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
-CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = ((0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11))
-CACHE_FORMAT = 1  # bump when the processed files' content changes meaning: forces a rebuild
+#: Display colour (RGB 0..255) of each class of the "colour" scheme, index = class: outlines in
+#: overlays, class maps, QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
+CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = CLASS_SCHEMES["colour"].colours
+#: Display colour of a class index beyond a scheme's classes (a model with more outputs than names).
+OTHER_CLASS_COLOUR: tuple[int, int, int] = (160, 160, 160)
+#: Bump when the processed files' content changes meaning: forces a rebuild. 2: `cls` is int8
+#: and holds `UNKNOWN_CLASS` for cells of no known class. 3: one uncompressed `.npy` per image
+#: (was a compressed `.npz`; see `processed_dtype`), so that a training crop reads only its rows.
+CACHE_FORMAT = 3
+#: A processed image's file: `<split>/<stem>.npy`.
+CACHE_SUFFIX = ".npy"
 
 
 class DataError(ValueError):
@@ -59,8 +70,8 @@ def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
 
 
 def class_colour(index: int) -> tuple[int, int, int]:
-    """Display colour (RGB) of class `index` (a fixed grey for classes beyond `CLASS_DISPLAY_COLOURS`)."""
-    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else (160, 160, 160)
+    """Display colour (RGB) of class `index` (`OTHER_CLASS_COLOUR` beyond `CLASS_DISPLAY_COLOURS`)."""
+    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else OTHER_CLASS_COLOUR
 
 
 def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -304,6 +315,258 @@ def instance_statistics(
     }
 
 
+# notebook §1 "Cell classes from BBBC041's class boxes", cell id e710ff1a
+#: One class box: (category, r0, c0, r1, c1) in pixels of the image at its own size, rows
+#: r0..r1-1 and columns c0..c1-1 (half-open, as NumPy slices and `find_objects` boxes are).
+ClassBox = tuple[str, float, float, float, float]
+
+
+class ClassBoxes(dict):
+    """`{image stem: [ClassBox, ...]}`, as `load_class_boxes` reads them, with per stem the
+    (height, width) of the image the boxes were drawn on (`shapes`, where the file says) and the
+    file they came from (`files`); `sources` lists every file read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[str, tuple[int, int]] = {}
+        self.files: dict[str, Path] = {}
+        self.sources: list[Path] = []
+
+    def add(self, stem: str, boxes: list[ClassBox], shape: tuple[int, int] | None, file: Path) -> None:
+        """Record one image's boxes; `DataError` when the image has boxes already."""
+        if stem in self:
+            raise DataError(f"{file}: image {stem!r} has class boxes twice (first in {self.files[stem]})")
+        self[stem] = boxes
+        self.files[stem] = file
+        if shape is not None:
+            self.shapes[stem] = shape
+
+
+def _checked_box(category: Any, r0: Any, c0: Any, r1: Any, c1: Any, where: str) -> ClassBox:
+    """A box from a file, checked: a non-empty category and finite coordinates with r1 > r0, c1 > c0."""
+    coords = (r0, c0, r1, c1)
+    if not isinstance(category, str) or not category:
+        raise DataError(f"{where}: category {category!r} is not a name")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in coords):
+        raise DataError(f"{where}: box coordinates {list(coords)} are not all finite numbers")
+    if not (r1 > r0 and c1 > c0):
+        raise DataError(f"{where}: empty or inverted box (r {r0}..{r1}, c {c0}..{c1})")
+    return (category, r0, c0, r1, c1)
+
+
+def _image_shape(height: Any, width: Any, where: str) -> tuple[int, int]:
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in (height, width)):
+        raise DataError(f"{where}: image shape {height!r} x {width!r} is not two positive integers")
+    return int(height), int(width)
+
+
+# notebook §1 "Cell classes from BBBC041's class boxes", cell id 094a06bf
+def _read_bbbc041(doc: list[Any], path: Path, out: ClassBoxes) -> None:
+    """BBBC041's format: [{"image": {"pathname", "shape": {"r", "c"}}, "objects": [{"bounding_box":
+    {"minimum": {"r", "c"}, "maximum": {"r", "c"}}, "category"}, ...]}, ...]."""
+    for i, entry in enumerate(doc):
+        try:
+            image, objects = entry["image"], entry["objects"]
+            pathname = image["pathname"]
+        except (KeyError, TypeError):
+            raise DataError(f"{path}: entry {i} is not {{'image': {{'pathname': ...}}, 'objects': [...]}} "
+                            "(BBBC041's format)") from None
+        if not isinstance(pathname, str) or not isinstance(objects, list):
+            raise DataError(f"{path}: entry {i}: 'pathname' must be a string and 'objects' a list")
+        where = f"{path}: {pathname}"
+        shape = image.get("shape")
+        try:
+            size = None if shape is None else _image_shape(shape["r"], shape["c"], where)
+            boxes = [_checked_box(o["category"], o["bounding_box"]["minimum"]["r"], o["bounding_box"]["minimum"]["c"],
+                                  o["bounding_box"]["maximum"]["r"], o["bounding_box"]["maximum"]["c"],
+                                  f"{where}: object {j}") for j, o in enumerate(objects)]
+        except (KeyError, TypeError) as error:
+            raise DataError(f"{where}: an object or the shape lacks {error} (BBBC041: 'bounding_box' "
+                            "{'minimum': {'r', 'c'}, 'maximum': {'r', 'c'}}, 'category'; 'shape' {'r', 'c'})") from None
+        out.add(Path(pathname).stem, boxes, size, path)
+
+
+def _read_coco(doc: Mapping[str, Any], path: Path, out: ClassBoxes) -> None:
+    """COCO's format: "images" [{"id", "file_name", "height", "width"}], "annotations"
+    [{"image_id", "category_id", "bbox": [x, y, w, h]}], "categories" [{"id", "name"}]."""
+    try:
+        names = {c["id"]: c["name"] for c in doc["categories"]}
+        images = {im["id"]: im for im in doc["images"]}
+        per_image: dict[Any, list[ClassBox]] = {key: [] for key in images}
+        for k, ann in enumerate(doc["annotations"]):
+            where = f"{path}: annotation {k}"
+            if ann["image_id"] not in images or ann["category_id"] not in names:
+                raise DataError(f"{where}: image_id {ann['image_id']!r} or category_id {ann['category_id']!r} is not listed")
+            x, y, w, h = ann["bbox"]
+            per_image[ann["image_id"]].append(_checked_box(names[ann["category_id"]], y, x, y + h, x + w, where))
+        for key, im in images.items():
+            where = f"{path}: image {im['file_name']}"
+            size = _image_shape(im["height"], im["width"], where) if "height" in im or "width" in im else None
+            out.add(Path(im["file_name"]).stem, per_image[key], size, path)
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"{path}: not a COCO box file ({type(error).__name__}: {error}); needs images [id, file_name], "
+                        "annotations [image_id, category_id, bbox], categories [id, name]") from None
+
+
+def load_class_boxes(path: str | Path) -> ClassBoxes:
+    """Class boxes per image stem from a BBBC041 or COCO JSON file, or from every `*.json` of a
+    folder: `{stem: [(category, r0, c0, r1, c1), ...]}` (a `ClassBoxes`), pixels of the image at
+    its own size. `FileNotFoundError` when `path` is missing; `DataError` naming the file for one
+    that is not JSON, in neither format or malformed, or an image listed twice."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"class boxes {path}: no such file or folder (BBBC041's training.json / test.json, "
+                                "or a folder holding them)")
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path}: folder holds no *.json class box files")
+    out = ClassBoxes()
+    for file in files:
+        try:
+            doc = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DataError(f"{file}: not a JSON file ({error})") from None
+        if isinstance(doc, list):
+            _read_bbbc041(doc, file, out)
+        elif isinstance(doc, dict) and "annotations" in doc:
+            _read_coco(doc, file, out)
+        else:
+            raise DataError(f"{file}: neither BBBC041's format (a list of images) nor COCO's (images, annotations, "
+                            "categories)")
+        out.sources.append(file)
+    return out
+
+
+# notebook §1 "Cell classes from BBBC041's class boxes", cell id 76430433
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU float64 (N, M) of boxes a (N, 4) and b (M, 4), each (r0, c0, r1, c1) half-open."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
+    rows = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    cols = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = rows * cols
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_class_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], min_iou: float = 0.5) -> np.ndarray:
+    """The class box each instance matches: int64 (max id + 1,) indexed by instance id, the index
+    into `boxes` of the box whose IoU with the instance's bounding box is highest and >= `min_iou`,
+    -1 where there is none (and at 0 and absent ids). Exact IoU ties go to the box holding more of
+    the instance's pixels, then to the earlier box. `inst` int (H, W), 0 = background."""
+    if not 0.0 < min_iou <= 1.0:
+        raise ValueError(f"min_iou={min_iou} must be in (0, 1]")
+    inst = np.asarray(inst)
+    best = np.full(int(inst.max(initial=0)) + 1, -1, np.int64)
+    slices = ndi.find_objects(inst.astype(np.int32, copy=False))
+    ids = np.array([i + 1 for i, s in enumerate(slices) if s is not None], np.int64)
+    if ids.size == 0 or len(boxes) == 0:
+        return best
+    own = np.array([(s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices if s is not None], np.float64)
+    theirs = np.array([b[1:] for b in boxes], np.float64)
+    iou = box_iou(own, theirs)
+    top = iou.max(axis=1)
+    choice = iou.argmax(axis=1)
+    for k in np.flatnonzero((top >= min_iou) & ((iou == top[:, None]).sum(axis=1) > 1)):
+        tied = np.flatnonzero(iou[k] == top[k])  # exact ties are rare: pixels for these pairs only
+        window = inst[slices[ids[k] - 1]] == ids[k]
+        r0, c0 = own[k, :2]
+        inside = [window[max(math.ceil(b[0] - r0), 0):max(math.ceil(b[2] - r0), 0),
+                         max(math.ceil(b[1] - c0), 0):max(math.ceil(b[3] - c0), 0)].sum() for b in theirs[tied]]
+        choice[k] = tied[int(np.argmax(inside))]
+    best[ids] = np.where(top >= min_iou, choice, -1)
+    return best
+
+
+# notebook §1 "Cell classes from BBBC041's class boxes", cell id 584d5374
+@dataclasses.dataclass(frozen=True)
+class BoxJoin:
+    """One image's instances joined with its class boxes (`join_class_boxes`).
+
+    classes: int64 (N + 1,) class of each instance id under the scheme (0 at background and
+      absent ids, `UNKNOWN_CLASS` where no box matched or the box's category says nothing).
+    box_of: int64 (N + 1,) index of each instance's box in the image's box list, -1 for none.
+    categories: {category: [boxes, boxes some instance matched]}.
+    """
+
+    classes: np.ndarray
+    box_of: np.ndarray
+    categories: dict[str, list[int]]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for the cache's manifest: instances, matched (to a box), unknown (of no known
+        class), boxes, unmatched_boxes, categories {category: [boxes, matched]}."""
+        present = self.classes[1:] != 0  # a cell's class is a box's (>= 1) or UNKNOWN_CLASS, never 0
+        boxes = sum(n for n, _ in self.categories.values())
+        return {"instances": int(present.sum()), "matched": int((self.box_of[1:] >= 0).sum()),
+                "unknown": int((self.classes[1:] == UNKNOWN_CLASS).sum()), "boxes": boxes,
+                "unmatched_boxes": boxes - sum(m for _, m in self.categories.values()), "categories": self.categories}
+
+
+def join_class_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], scheme: str | ClassScheme,
+                     min_iou: float = 0.5) -> BoxJoin:
+    """Each instance of `inst` (int (H, W), 0 background) takes the class (under `scheme`) of the
+    box `match_class_boxes` finds for it, or `UNKNOWN_CLASS`; see `BoxJoin`. `ValueError` for a
+    category the scheme does not know."""
+    scheme = class_scheme(scheme)
+    best = match_class_boxes(inst, boxes, min_iou)
+    # the last entry is what -1 (no box) picks
+    box_class = np.array([scheme.class_of(b[0]) for b in boxes] + [UNKNOWN_CLASS], np.int64)
+    classes = box_class[best]
+    present = np.bincount(np.asarray(inst).ravel(), minlength=best.size) > 0
+    present[0] = False
+    classes[~present] = 0
+    chosen = np.zeros(len(boxes), bool)
+    chosen[best[best >= 0]] = True
+    categories: dict[str, list[int]] = {}
+    for box, used in zip(boxes, chosen.tolist()):  # a loop over boxes, for the counts only
+        counts = categories.setdefault(box[0], [0, 0])
+        counts[0] += 1
+        counts[1] += used
+    return BoxJoin(classes, np.where(present, best, -1), categories)
+
+
+def instance_classes_from_boxes(inst: np.ndarray, boxes: Sequence[ClassBox], scheme: str | ClassScheme,
+                                min_iou: float = 0.5) -> np.ndarray:
+    """Class of each instance from the class boxes: int64 (max id + 1,) indexed by instance id,
+    index 0 (background) = 0, `UNKNOWN_CLASS` (-1) for an instance no box matches at `min_iou`
+    (see `join_class_boxes`, which also counts the boxes that match no instance)."""
+    return join_class_boxes(inst, boxes, scheme, min_iou).classes
+
+
+# notebook §1 "Cell classes from BBBC041's class boxes", cell id 2a146972
+def scheme_class_map(inst: np.ndarray, mask_cls: np.ndarray, scheme: str | ClassScheme,
+                     boxes: Sequence[ClassBox] | None = None) -> tuple[np.ndarray, BoxJoin | None]:
+    """The class map of one parsed mask under `scheme`: (int8 (H, W) in {UNKNOWN_CLASS, 0..n-1},
+    0 on background; the `BoxJoin` when the classes come from `boxes`, else None).
+
+    "cell": every cell is class 1; "mask": the mask's own classes (`mask_cls`, from
+    `parse_mask_to_instances`); "boxes": `join_class_boxes` (no boxes at all: every cell unknown).
+    """
+    scheme = class_scheme(scheme)
+    if scheme.source == "cell":
+        return (np.asarray(inst) > 0).astype(np.int8), None
+    if scheme.source == "mask":
+        return np.asarray(mask_cls).astype(np.int8), None
+    join = join_class_boxes(inst, boxes or [], scheme)
+    return join.classes.astype(np.int8)[inst], join
+
+
+def instance_class_counts(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> tuple[np.ndarray, int]:
+    """(cells per class int64 (n_classes,), cells of unknown class) of an instance map `inst` and
+    its class map `cls` (int (H, W), one class per instance, `UNKNOWN_CLASS` allowed)."""
+    inst = np.asarray(inst).ravel()
+    class_of = np.zeros(int(inst.max(initial=0)) + 1, np.int64)
+    class_of[inst] = np.asarray(cls).ravel()  # an instance's pixels share its class
+    present = np.bincount(inst, minlength=class_of.size) > 0
+    present[0] = False
+    of_cells = class_of[present]
+    known = of_cells[of_cells != UNKNOWN_CLASS]
+    return np.bincount(known, minlength=n_classes)[:n_classes], int((of_cells == UNKNOWN_CLASS).sum())
+
+
 # notebook §1 "Finding the dataset", cell id 33322e5d
 @dataclasses.dataclass(frozen=True)
 class ImagePair:
@@ -520,11 +783,11 @@ def default_workers(device_type: str = "cuda") -> int:
     return max(0, usable_cpus() - 1)
 
 
-def _worker_started() -> None:
+def _worker_started(owner: int) -> None:
     from uni_seg.config import exit_with_parent
 
     cv2.setNumThreads(1)  # N workers x N OpenCV threads would oversubscribe the CPUs
-    exit_with_parent()
+    exit_with_parent(owner)
 
 
 def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
@@ -576,7 +839,8 @@ class WorkerPool:
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
             if context.get_start_method() == "forkserver":
                 context.set_forkserver_preload(list(preload))
-            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started)
+            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started,
+                                                 initargs=(os.getpid(),))
 
     def submit(self, fn: Any, *args: Any) -> Future:
         if self._executor is not None:
@@ -656,7 +920,8 @@ def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def resize_to_working_scale(
     image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resize image (H, W, 3) uint8, inst int32 and cls uint8 (H, W) by `scale`.
+    """Resize image (H, W, 3) uint8, inst int32 and cls (H, W) by `scale` (cls uint8, or int8
+    holding `UNKNOWN_CLASS`; its dtype is kept).
 
     Output side lengths are round(side * scale) (at least 1). Instance ids that vanish are
     dropped and the rest renumbered 1..N in order; cls is 0 wherever inst is 0.
@@ -669,7 +934,7 @@ def resize_to_working_scale(
     image_s = cv2.resize(image, (out_w, out_h), interpolation=filt)
     inst_s = relabel_sequential(cv2.resize(inst.astype(np.int32), (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT))
     cls_s = cv2.resize(cls, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(np.uint8)
+    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(cls.dtype)
 
 
 # notebook §1 "The processed cache at the working scale", cell id e2683768
@@ -693,10 +958,53 @@ def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
         np.savez_compressed(f, **arrays)
 
 
+def processed_dtype(height: int, width: int) -> np.dtype:
+    """The one record a processed image's file holds: its planes one after the other, inst
+    int32 (h, w) (first, so that it is aligned), image uint8 (h, w, 3) RGB, cls int8 (h, w).
+    Each plane's rows lie contiguous in the file, so a window is read row by row; 8 bytes a
+    pixel, uncompressed: 3.8 MB for an 800x600 image at working scale 0.5."""
+    return np.dtype([("inst", "<i4", (height, width)), ("image", "u1", (height, width, 3)),
+                     ("cls", "i1", (height, width))])
+
+
+def save_processed_atomic(path: Path, image: np.ndarray, inst: np.ndarray, cls: np.ndarray) -> None:
+    """Write one processed image (image uint8 (h, w, 3) RGB, inst int32 (h, w), cls int8 (h, w))
+    as an uncompressed .npy of one `processed_dtype` record; `path` holds the complete file or
+    is untouched. Uncompressed, because a compressed file must be decoded whole for every
+    224 px crop (the old cache spent ~24 ms a crop on it); a memory map reads just its rows."""
+    record = np.empty(1, processed_dtype(*inst.shape))
+    record["inst"][0], record["image"][0], record["cls"][0] = inst, image, cls
+    with atomic_open(path, "wb") as f:
+        np.save(f, record)
+
+
+def open_processed(path: str | Path, in_memory: bool = False) -> dict[str, np.ndarray]:
+    """{"image", "inst", "cls"}: views of the planes of a processed file (`processed_dtype`),
+    memory-mapped and read-only (pages are read when touched), or with `in_memory` read whole.
+    `processed_window` copies a window of them out."""
+    record = np.load(path, mmap_mode=None if in_memory else "r")
+    if record.shape != (1,) or record.dtype.names != ("inst", "image", "cls"):
+        raise DataError(f"{path}: not a processed image of cache format {CACHE_FORMAT} (rebuild the cache)")
+    return {name: record[name][0] for name in ("image", "inst", "cls")}
+
+
+def processed_window(planes: Mapping[str, np.ndarray], rows: slice = slice(None),
+                     cols: slice = slice(None)) -> dict[str, np.ndarray]:
+    """{"image" uint8 (h, w, 3), "inst" int32 (h, w), "cls" int8 (h, w)}: copies of the window
+    (`rows`, `cols`; default the whole image) of `open_processed`'s planes."""
+    return {name: np.array(plane[rows, cols]) for name, plane in planes.items()}
+
+
 def _file_key(path: Path) -> list[int]:
     """What says a raw file changed: [size in bytes, modification time in ns]."""
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+def _raw_keys(wanted: Mapping[str, Mapping[str, ImagePair]]) -> dict[str, dict[str, dict[str, list[int]]]]:
+    """{split: {stem: {"image_key", "mask_key"}}}: the `_file_key` of each wanted pair's files."""
+    return {split: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
+                    for stem, p in pairs.items()} for split, pairs in wanted.items()}
 
 
 # notebook §1 "The processed cache at the working scale", cell id b0ee753e
@@ -704,7 +1012,8 @@ def _file_key(path: Path) -> list[int]:
 class CacheSummary:
     """The outcome of `build_processed_cache`: images per split, what was written, reused
     (unchanged), moved between splits, removed (stale), skipped (bad files, with the reason),
-    unpaired and ignored raw files, and image conversions made (counts by kind)."""
+    unpaired and ignored raw files, image conversions made (counts by kind), and the images the
+    class box files have no entry for (`no_class_boxes`: their cells are all of unknown class)."""
 
     processed_dir: Path
     counts: dict[str, int]
@@ -718,6 +1027,7 @@ class CacheSummary:
     converted: dict[str, int]
     params: dict[str, Any]
     seconds: float
+    no_class_boxes: list[str] = dataclasses.field(default_factory=list)
 
     def split_table(self) -> str:
         """The split as a Markdown table (see `format_split_table`)."""
@@ -733,26 +1043,62 @@ class CacheSummary:
         extras += [f"{len(self.unpaired)} unpaired file(s) skipped"] if self.unpaired else []
         extras += [f"{len(self.ignored)} non-image file(s) ignored"] if self.ignored else []
         extras += [f"{n} {kind} image(s) converted to RGB uint8" for kind, n in sorted(self.converted.items())]
+        extras += [f"{len(self.no_class_boxes)} image(s) without class boxes"] if self.no_class_boxes else []
         return text + ("; " + "; ".join(extras) if extras else "")
 
 
 # notebook §1 "The processed cache at the working scale", cell id 79b3a113
-def _process_one(task: tuple[ImagePair, str, float, int]) -> dict[str, Any]:
-    """Worker: read, parse, resize and write one pair; returns its manifest entry."""
-    pair, out_path, scale, min_area = task
-    image, inst, cls, notes = load_raw_pair(pair, min_area)
-    image_s, inst_s, cls_s = resize_to_working_scale(image, inst, cls, scale)
-    save_npz_atomic(Path(out_path), image=image_s, inst=inst_s, cls=cls_s)
-    return {"original_hw": list(inst.shape), "working_hw": list(inst_s.shape),
-            "n_instances": int(inst_s.max(initial=0)), "converted": notes}
+@dataclasses.dataclass(frozen=True)
+class _CacheTask:
+    """One pair to rewrite: where to, at which scale and speck size, under which class scheme, with
+    the image's class boxes (None: the scheme takes none, or the box files have no entry for it)
+    and the image size and file they were drawn for."""
+
+    pair: ImagePair
+    out_path: str
+    scale: float
+    min_area: int
+    scheme: ClassScheme
+    boxes: list[ClassBox] | None = None
+    box_shape: tuple[int, int] | None = None
+    box_file: str | None = None
 
 
-def _run_tasks(tasks: list[tuple[ImagePair, str, float, int]], num_workers: int) -> Iterator[dict[str, Any] | Exception]:
+def _cache_task(pair: ImagePair, out_path: Path, scale: float, min_area: int, scheme: ClassScheme,
+                boxes: ClassBoxes | None) -> _CacheTask:
+    """The task of one pair, with its class boxes when the box files have an entry for it."""
+    task = _CacheTask(pair, str(out_path), float(scale), int(min_area), scheme)
+    if boxes is None or pair.stem not in boxes:
+        return task
+    return dataclasses.replace(task, boxes=boxes[pair.stem], box_shape=boxes.shapes.get(pair.stem),
+                               box_file=str(boxes.files[pair.stem]))
+
+
+def _process_one(task: _CacheTask) -> dict[str, Any]:
+    """Worker: read, parse, class, resize and write one pair; returns its manifest entry."""
+    image, inst, mask_cls, notes = load_raw_pair(task.pair, task.min_area)
+    if task.box_shape is not None and tuple(task.box_shape) != inst.shape:
+        (bh, bw), (h, w) = task.box_shape, inst.shape
+        raise DataError(f"{task.box_file}: the class boxes of {task.pair.stem} were drawn on a {bw}x{bh} image, but "
+                        f"{task.pair.image_path} is {w}x{h} (width x height)")
+    # The boxes are in raw pixels: the join runs before the maps are shrunk.
+    cls, join = scheme_class_map(inst, mask_cls, task.scheme, task.boxes)
+    image_s, inst_s, cls_s = resize_to_working_scale(image, inst, cls, task.scale)
+    save_processed_atomic(Path(task.out_path), image_s, inst_s, cls_s)
+    counts, unknown = instance_class_counts(inst_s, cls_s, task.scheme.n_classes)
+    entry = {"original_hw": list(inst.shape), "working_hw": list(inst_s.shape),
+             "n_instances": int(inst_s.max(initial=0)), "class_counts": counts.tolist(), "unknown": unknown,
+             "converted": notes}
+    return {**entry, "join": join.summary()} if join is not None else entry
+
+
+def _run_tasks(tasks: list[_CacheTask], num_workers: int) -> Iterator[dict[str, Any] | Exception]:
     """`_process_one` over the tasks in order, in this process or a pool; a bad file's
     `DataError` (or a raw file gone missing) is yielded rather than raised."""
     if num_workers > 0 and len(tasks) > 1:
         context = worker_context(preload=("uni_seg.data",))
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_worker_started,
+                                 initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_process_one, task) for task in tasks]
             try:
                 for fut in futures:
@@ -803,7 +1149,7 @@ def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple
         return {}
     return {("test" if split == "test" else "train", stem): (split, entry)
             for split, entries in old.get("samples", {}).items() for stem, entry in entries.items()
-            if (processed_dir / split / f"{stem}.npz").is_file()}
+            if (processed_dir / split / f"{stem}{CACHE_SUFFIX}").is_file()}
 
 
 def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, ImagePair]],
@@ -824,7 +1170,8 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
                 todo.append((split, pair))
                 continue
             if prior[0] != split:
-                os.replace(processed_dir / prior[0] / f"{stem}.npz", processed_dir / split / f"{stem}.npz")
+                name = f"{stem}{CACHE_SUFFIX}"
+                os.replace(processed_dir / prior[0] / name, processed_dir / split / name)
                 moved += 1
             else:
                 reused += 1
@@ -833,16 +1180,60 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
 
 
 def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
-    """Delete processed files no longer in the dataset, and temporaries of killed writers;
-    returns the number of processed files removed."""
+    """Delete processed files no longer in the dataset, files of an older cache format (.npz),
+    and temporaries of killed writers; returns the number of processed files removed."""
     removed = 0
     for split in SPLITS:
         remove_stale_temporaries(processed_dir / split)
         for path in (processed_dir / split).iterdir():
-            if path.is_file() and path.suffix == ".npz" and path.stem not in samples[split]:
+            older_format = path.suffix == ".npz"
+            if path.is_file() and (older_format or (path.suffix == CACHE_SUFFIX and path.stem not in samples[split])):
                 path.unlink()
                 removed += 1
     return removed
+
+
+# notebook §1 "The processed cache at the working scale", cell id 33f3ea4a
+def _scheme_boxes(scheme: ClassScheme, class_boxes: str | Path | None) -> tuple[ClassBoxes | None, list[str] | None]:
+    """(the class boxes, the sha256 of each box file) for a scheme that takes classes from boxes;
+    (None, None) for one that does not. `ValueError` when boxes are missing or given in vain,
+    `DataError` naming the file for a category the scheme does not know."""
+    if not scheme.takes_boxes:
+        if class_boxes is not None:
+            raise ValueError(f"class_boxes={str(class_boxes)!r} given, but class scheme {scheme.name!r} takes no "
+                             "classes from boxes")
+        return None, None
+    if class_boxes is None:
+        raise ValueError(f"class scheme {scheme.name!r} takes classes from class boxes: give class_boxes (CLASS_BOXES)")
+    boxes = load_class_boxes(class_boxes)
+    for stem, items in boxes.items():
+        for category in sorted({b[0] for b in items}):
+            try:
+                scheme.class_of(category)
+            except ValueError as error:
+                raise DataError(f"{boxes.files[stem]}: image {stem}: {error}") from None
+    return boxes, [hashlib.sha256(f.read_bytes()).hexdigest() for f in boxes.sources]
+
+
+def _content_key(scheme: ClassScheme, class_boxes: str | Path | None, working_scale: float,
+                 min_area: int) -> tuple[ClassScheme, dict[str, Any], ClassBoxes | None]:
+    """(`scheme`; what the processed files' content depends on besides their raw files, as the
+    manifest reads it back; the class boxes, when the scheme takes them)."""
+    boxes, box_digests = _scheme_boxes(scheme, class_boxes)
+    content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area),
+               "class_scheme": scheme.as_dict(), "class_boxes": box_digests}
+    return scheme, json.loads(json.dumps(content)), boxes
+
+
+def _without_boxes(wanted: Mapping[str, Mapping[str, ImagePair]], boxes: ClassBoxes | None,
+                   class_boxes: str | Path | None) -> list[str]:
+    """The stems the class boxes have no entry for, sorted, named in one `DataWarning`."""
+    missing = sorted(stem for pairs in wanted.values() for stem in pairs if boxes is not None and stem not in boxes)
+    if missing:
+        shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
+        warnings.warn(f"{class_boxes}: no class boxes for {len(missing)} image(s), whose cells are all of unknown "
+                      f"class: {shown}", DataWarning, stacklevel=3)
+    return missing
 
 
 # notebook §1 "The processed cache at the working scale", cell id b37eb274
@@ -854,22 +1245,25 @@ def build_processed_cache(
     seed: int,
     min_area: int = 30,
     *,
+    scheme: str | ClassScheme = "colour",
+    class_boxes: str | Path | None = None,
     on_error: Literal["raise", "skip"] = "raise",
     num_workers: int = 0,
     progress: bool = False,
 ) -> CacheSummary:
-    """Build or refresh `processed_dir/{train,val,test}/<stem>.npz` and `manifest.json`.
+    """Build or refresh `processed_dir/{train,val,test}/<stem>.npy` and `manifest.json`.
 
-    Each .npz holds image uint8 (h, w, 3) RGB, inst int32 (h, w) and cls uint8 (h, w) at
-    `working_scale` (h = round(H * working_scale)). The manifest records the parameters, the
-    split, and per stem the raw paths (relative to `raw_dir`), the raw files' size and mtime,
-    the original (H, W) and working (h, w) sizes and the instance count. A stem is rewritten
-    only when its raw files or `working_scale`/`min_area` changed; a stem whose split changed is
-    moved; files no longer in the dataset are removed.
+    Each .npy (`save_processed_atomic`) holds image uint8 (h, w, 3) RGB, inst int32 (h, w), cls int8 (h, w) (class under
+    `scheme`, `UNKNOWN_CLASS` for cells of no known class) at `working_scale` (h = round(H *
+    working_scale)). The manifest records the parameters, the split, and per stem its raw files
+    (path relative to `raw_dir`, size, mtime), sizes, cells per class and the class boxes' join
+    (`BoxJoin.summary`). A stem is rewritten only when its raw files or what `_content_key`
+    holds changed; one whose split changed is moved; others are removed. `class_boxes` (for
+    `load_class_boxes`) is for, and needed by, a scheme that takes classes from boxes.
 
-    on_error: "raise" (default) stops at the first bad file with a `DataError` naming it;
-      "skip" warns, leaves the file out and lists it in `CacheSummary.skipped`.
-    num_workers: processes for the rewrite (0 = this process).
+    on_error: "raise" (default) stops at the first bad file with a `DataError` naming it; "skip"
+      warns, leaves the file out and lists it in `CacheSummary.skipped`. num_workers: processes
+      for the rewrite (0 = this process).
     """
     start = time.perf_counter()
     raw_dir, processed_dir = Path(raw_dir).resolve(), Path(processed_dir)
@@ -878,26 +1272,27 @@ def build_processed_cache(
     scan = scan_dataset(raw_dir)
     scan.warn()
     wanted = _wanted_pairs(scan, val_fraction, seed)
-    content = {"format": CACHE_FORMAT, "working_scale": float(working_scale), "min_area": int(min_area)}
+    scheme, content, boxes = _content_key(class_scheme(scheme), class_boxes, working_scale, min_area)
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
+    no_boxes = _without_boxes(wanted, boxes, class_boxes)
     valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
-    keys = {s: {stem: {"image_key": _file_key(p.image_path), "mask_key": _file_key(p.mask_path)}
-                for stem, p in wanted[s].items()} for s in SPLITS}
+    keys = _raw_keys(wanted)
     samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
 
     def save_manifest(skipped: dict[str, str]) -> None:
         atomic_write(processed_dir / "manifest.json", json.dumps(
             {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
              "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
-             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored}, indent=1))
+             "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored,
+             "no_class_boxes": no_boxes}, indent=1))
 
     # Before rewriting anything, record only what is complete and current: a crash from here on
     # leaves a manifest that never vouches for a file being rewritten.
     save_manifest({})
     skipped: dict[str, str] = {}
-    tasks = [(pair, str(processed_dir / split / f"{pair.stem}.npz"), float(working_scale), int(min_area))
+    tasks = [_cache_task(pair, processed_dir / split / f"{pair.stem}{CACHE_SUFFIX}", working_scale, min_area, scheme, boxes)
              for split, pair in todo]
     outcomes = _run_tasks(tasks, num_workers)
     try:
@@ -923,24 +1318,23 @@ def build_processed_cache(
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
     return CacheSummary(
         processed_dir=processed_dir, counts={s: len(samples[s]) for s in SPLITS}, written=len(todo) - len(skipped),
-        reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired,
+        reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired, no_class_boxes=no_boxes,
         ignored=scan.ignored, converted=dict(converted), params=params, seconds=time.perf_counter() - start,
     )
 
 
 # notebook §1 "The processed cache at the working scale", cell id 53b4c692
 def load_processed_arrays(path: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(image uint8 (h, w, 3), {"image", "inst" int32, "cls" uint8}) of one processed .npz: the
+    """(image uint8 (h, w, 3), {"image", "inst" int32, "cls" int8}) of one processed file: the
     model's input and the truth, for the inference pipeline's workers (the image is one array,
     sent once)."""
-    with np.load(path) as data:
-        truth = {"image": data["image"], "inst": data["inst"].astype(np.int32), "cls": data["cls"].astype(np.uint8)}
+    truth = processed_window(open_processed(path, in_memory=True))
     return truth["image"], truth
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessedSample:
-    """One cached image: where its .npz is and where it came from."""
+    """One cached image: where its file is and where it came from."""
 
     stem: str
     split: str
@@ -951,9 +1345,9 @@ class ProcessedSample:
     working_hw: tuple[int, int]
 
     def load(self) -> dict[str, np.ndarray]:
-        """{"image": uint8 (h, w, 3) RGB, "inst": int32 (h, w), "cls": uint8 (h, w)}."""
-        with np.load(self.path) as data:
-            return {k: data[k] for k in ("image", "inst", "cls")}
+        """{"image": uint8 (h, w, 3) RGB, "inst": int32 (h, w), "cls": int8 (h, w) (`UNKNOWN_CLASS`
+        for cells of no known class)}."""
+        return processed_window(open_processed(self.path, in_memory=True))
 
 
 def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSample]:
@@ -964,7 +1358,70 @@ def load_processed(processed_dir: str | Path, split: str) -> list[ProcessedSampl
     manifest = load_manifest(processed_dir)
     raw_dir = Path(manifest["raw_dir"])
     return [
-        ProcessedSample(stem, split, processed_dir / split / f"{stem}.npz", raw_dir / e["image"], raw_dir / e["mask"],
+        ProcessedSample(stem, split, processed_dir / split / f"{stem}{CACHE_SUFFIX}", raw_dir / e["image"], raw_dir / e["mask"],
                         tuple(e["original_hw"]), tuple(e["working_hw"]))
         for stem, e in sorted(manifest["samples"][split].items())
     ]
+
+
+# notebook §1 "The processed cache at the working scale", cell id cb1ca00a
+def manifest_scheme(manifest: Mapping[str, Any]) -> ClassScheme:
+    """The class scheme a processed cache was built with (`load_manifest`'s document)."""
+    return class_scheme(manifest["params"]["class_scheme"])
+
+
+def split_class_counts(manifest: Mapping[str, Any], split: str) -> tuple[np.ndarray, int]:
+    """(cells per class int64 (n_classes,) of the cache's scheme, cells of unknown class) of one
+    split, at the working scale, summed over the manifest's entries."""
+    counts = np.zeros(manifest_scheme(manifest).n_classes, np.int64)
+    unknown = 0
+    for entry in manifest["samples"][split].values():
+        counts += np.asarray(entry["class_counts"], np.int64)
+        unknown += int(entry["unknown"])
+    return counts, unknown
+
+
+def _with_share(n: int, total: int) -> str:
+    return f"{n:,} ({100 * n / max(total, 1):.1f} %)"
+
+
+def class_count_table(manifest: Mapping[str, Any]) -> str:
+    """Cells per class and split (share of the split's cells in brackets) as a Markdown table."""
+    scheme = manifest_scheme(manifest)
+    rows = []
+    for split in SPLITS:
+        counts, unknown = split_class_counts(manifest, split)
+        total = int(counts.sum()) + unknown
+        share = [_with_share(n, total) for n in [*counts[1:].tolist(), unknown]]
+        rows.append((split, len(manifest["samples"][split]), f"{total:,}", *share))
+    return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
+
+
+def join_table(manifest: Mapping[str, Any]) -> str:
+    """The join of the mask instances with the class boxes, per split and per box category, as
+    two Markdown tables (counts at the raw resolution, where the join runs); a note when the
+    cache's scheme takes no classes from boxes."""
+    scheme = manifest_scheme(manifest)
+    if not scheme.takes_boxes:
+        return f"(class scheme `{scheme.name}` takes the classes from the masks: no class boxes joined)"
+    missing = set(manifest.get("no_class_boxes", []))
+    rows, categories = [], Counter()
+    for split in SPLITS:
+        joins = [e["join"] for e in manifest["samples"][split].values()]
+        sums = Counter()
+        for join in joins:
+            sums.update({k: join[k] for k in ("instances", "matched", "unknown", "boxes", "unmatched_boxes")})
+            for category, (n, matched) in join["categories"].items():
+                categories.update({(category, "boxes"): n, (category, "matched"): matched})
+        rows.append((split, len(joins), f"{sums['instances']:,}", _with_share(sums["matched"], sums["instances"]),
+                     _with_share(sums["unknown"], sums["instances"]), f"{sums['boxes']:,}",
+                     f"{sums['unmatched_boxes']:,}", len(missing & set(manifest["samples"][split]))))
+    per_split = markdown_table(("split", "images", "mask instances", "with a box (IoU >= 0.5)", "unknown class",
+                                "class boxes", "boxes no instance matched", "images without boxes"), rows)
+    order = list(scheme.categories)  # the scheme's order: uninfected, the stages in life-cycle order, ...
+    names = sorted({c for c, _ in categories}, key=lambda c: order.index(c) if c in order else len(order))
+    per_category = markdown_table(
+        ("box category", "class", "boxes", "matched an instance"),
+        [(c, scheme.name_of(scheme.categories[c]), f"{categories[c, 'boxes']:,}", f"{categories[c, 'matched']:,}")
+         for c in names])
+    return per_split + "\n\n" + per_category

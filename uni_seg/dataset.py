@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uni_seg.augment import CellAugmenter
 from uni_seg.config import seed_everything
-from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
+from uni_seg.data import (ProcessedSample, load_processed, open_processed, processed_window, start_context, tile_starts,
+                          worker_context)
 from uni_seg.targets import targets_from_instances
 
 
@@ -43,13 +44,14 @@ class CellCropDataset(Dataset):
     train: True -> `crops_per_image` random augmented crops per image per epoch; False -> the
       fixed tile grid of every image, no augmentation.
     seed: with the epoch and the item index, fixes each training crop.
-    cache_in_memory: keep decoded images in each worker after first use (fast, costs RAM:
-      ~4 MB per 800x600 image per worker).
+    cache_in_memory: keep each image in each worker after first use (costs RAM: ~4 MB per
+      800x600 image per worker); without it, crops are read from the memory-mapped cache
+      files, which reads only their rows (and leaves the OS's page cache to keep them).
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
-    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c),
-    "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
+    "np" float32 (1, c, c) in {0, 1}, "hv" float32 (2, c, c) in [-1, 1], "nc" int64 (c, c) (-1 on
+    cells of unknown class), "inst" int64 (c, c) (ids as in the cache, 0 = background). Picklable.
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,
@@ -88,29 +90,30 @@ class CellCropDataset(Dataset):
         self.epoch = int(epoch)
 
     def load(self, k: int) -> dict[str, np.ndarray]:
-        """Sample k of the split: {"image", "inst", "cls"} as in `ProcessedSample.load`."""
+        """Sample k of the split: {"image", "inst", "cls"} as `open_processed` gives them,
+        memory-mapped or, with `cache_in_memory`, read once and kept."""
         if k in self._memory:
             return self._memory[k]
-        data = self.samples[k].load()
+        planes = open_processed(self.samples[k].path, in_memory=self.cache_in_memory)
         if self.cache_in_memory:
-            self._memory[k] = data
-        return data
+            self._memory[k] = planes
+        return planes
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} items")
         if self.train:
-            data = self.load(i // self.crops_per_image)
+            planes = self.load(i // self.crops_per_image)
             if self._augmenter is None:
                 self._augmenter = CellAugmenter(self.crop_size)
-            image, inst, targets = self._augmenter(data["image"], data["inst"], data["cls"], (self.seed, epoch, i))
+            # views of the file: the augmenter reads only its window of them
+            image, inst, targets = self._augmenter(planes["image"], planes["inst"], planes["cls"], (self.seed, epoch, i))
             return _to_item(image, inst, targets)
         k, top, left = self.tiles[i]
-        data = self.load(k)
         c = self.crop_size
-        window = (slice(top, top + c), slice(left, left + c))
-        image, inst, cls = data["image"][window], data["inst"][window], data["cls"][window]
+        window = processed_window(self.load(k), slice(top, top + c), slice(left, left + c))
+        image, inst, cls = window["image"], window["inst"], window["cls"]
         pad = ((0, c - inst.shape[0]), (0, c - inst.shape[1]))
         if pad != ((0, 0), (0, 0)):
             image, inst, cls = np.pad(image, (*pad, (0, 0))), np.pad(inst, pad), np.pad(cls, pad)

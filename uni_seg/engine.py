@@ -92,9 +92,10 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
-    visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
-    without, the phase starts over and overwrites it.
+    checkpoint so inference resizes images the same way, and `class_scheme` (a
+    `ClassScheme.as_dict()`, or None) so that it names and colours the classes as training did.
+    `device` is "auto" (CUDA when visible), "cpu" or "cuda". With `resume` an existing
+    `latest_phase{N}.pth` is continued; without, the phase starts over and overwrites it.
     """
 
     phase: PhaseConfig
@@ -111,6 +112,7 @@ class TrainSpec:
     device: str = "auto"
     progress: bool = True
     plot: bool = True
+    class_scheme: dict[str, Any] | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -291,6 +293,7 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
         model = spec.model.build(**overrides)
     weights = (str(getattr(model, "weights_source", "none")), getattr(model, "weights_provenance", None))
     init_id = resume_state.get("init_checkpoint_id") if resume_state is not None else None
+    scheme_name = spec.class_scheme["name"] if spec.class_scheme else None
     model.freeze_backbone()
     if pc.phase == 2:
         if spec.lora is None:
@@ -301,14 +304,14 @@ def _setup_model(spec: TrainSpec, model: nn.Module | None,
                                       f"{spec.init_checkpoint}: run phase 1 first (RUN_PHASE1=True)")
             init = load_checkpoint(spec.init_checkpoint)
             check_compatible(init, spec.init_checkpoint, phase=1, model_config=model.config,
-                             working_scale=spec.working_scale)
+                             working_scale=spec.working_scale, class_scheme=scheme_name)
             model.load_state_dict(init["model_state_dict"])
             weights = _weights_record(init, weights[0])
             init_id = init.get("checkpoint_id")
         model.add_lora(*spec.lora)
     if resume_state is not None:
         check_compatible(resume_state, spec.latest_path, phase=pc.phase, model_config=model.config,
-                         working_scale=spec.working_scale)
+                         working_scale=spec.working_scale, class_scheme=scheme_name)
         model.load_state_dict(resume_state["model_state_dict"])
         weights = _weights_record(resume_state, weights[0])
     return model, weights, init_id
@@ -652,6 +655,7 @@ class _PhaseRun(_PhaseSteps):
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
+            "class_scheme": self.spec.class_scheme,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
             "scheduler_state_dict": self.scheduler.state_dict(), "scaler_state_dict": self.scaler.state_dict(),
             "history": p.history, "rng": capture_rng_state(), "torch_version": str(torch.__version__),

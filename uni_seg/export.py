@@ -24,8 +24,9 @@ import numpy as np
 # display colours and the image writer are section 1's.
 from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
                             write_json_atomic)
-from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, DataError, check_rgb_image, class_colour, class_name,
-                          read_image, read_mask, resize_image, working_shape, write_image)
+from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, OTHER_CLASS_COLOUR, DataError,
+                          check_rgb_image, class_name, read_image, read_mask, resize_image,
+                          working_shape, write_image)
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
@@ -237,7 +238,7 @@ def instance_rles(inst: np.ndarray) -> dict[int, dict[str, Any]]:
     return cell_shapes(inst).rles
 
 
-# notebook §8 "Exports", cell id 89046b3c
+# notebook §8 "Exports", cell id 536de298
 def _outline_polygons(cell: np.ndarray, origin: tuple[int, int]) -> list[list[np.ndarray]]:
     """Valid polygons of one cell's mask `cell` (bool (h, w), padded with background), each
     `[shell, hole, ...]`, in image coordinates (pixel edges at integers) given the crop's
@@ -286,6 +287,7 @@ def cell_polygons(inst: np.ndarray) -> dict[int, list[list[np.ndarray]]]:
     return cell_shapes(inst, rles=False).polygons
 
 
+# notebook §8 "Exports", cell id cf9176fd
 def cell_outlines(inst: np.ndarray) -> np.ndarray:
     """bool (H, W): the cells' inner boundary pixels (a cell pixel with a 4-neighbour of another
     label). Same as `skimage.segmentation.find_boundaries(mode="inner")`, written as four
@@ -305,11 +307,13 @@ def cell_outlines(inst: np.ndarray) -> np.ndarray:
 def draw_overlay(
     image: np.ndarray, inst: np.ndarray, classes: np.ndarray, thickness: int | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> np.ndarray:
     """uint8 (H, W, 3): `image` with each cell's outline drawn in its class colour.
 
     `inst` int (H, W) 0..N; `classes` int (N + 1,) class by cell id; `polygons` the cells'
-    `cell_polygons` (computed when not given). Outlines are the polygons drawn `thickness`
+    `cell_polygons` (computed when not given); `colours` RGB per class (a scheme's `colours`;
+    default the "colour" scheme's, grey beyond). Outlines are the polygons drawn `thickness`
     pixels wide (default ~1 per 600 px of the image's short side) with OpenCV's line drawing at
     sub-pixel precision: one call per class, not a full-image pass per cell.
     """
@@ -317,6 +321,7 @@ def draw_overlay(
     if thickness is None:
         thickness = max(1, round(min(inst.shape) / 600))
     polygons = cell_polygons(inst) if polygons is None else polygons
+    lut = colour_lut(classes, colours)
     out = np.ascontiguousarray(image.copy())
     shift = 4  # OpenCV's fixed point: coordinates x 16, pixel centres at integers (hence the -0.5)
     by_class: dict[int, list[np.ndarray]] = {}
@@ -324,8 +329,17 @@ def draw_overlay(
         rings = [np.round((r - 0.5) * (1 << shift)).astype(np.int32) for p in pieces for r in p]
         by_class.setdefault(int(classes[cell]), []).extend(rings)
     for klass, rings in by_class.items():
-        cv2.polylines(out, rings, True, tuple(int(v) for v in class_colour(klass)), thickness, cv2.LINE_8, shift)
+        cv2.polylines(out, rings, True, tuple(int(v) for v in lut[klass]), thickness, cv2.LINE_8, shift)
     return out
+
+
+# notebook §8 "Exports", cell id 89046b3c
+def colour_lut(classes: np.ndarray, colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """uint8 (K, 3): row c the colour of class c, for every class in `classes` (int >= 0):
+    `colours[c]` (default the "colour" scheme's), `OTHER_CLASS_COLOUR` beyond them."""
+    known = [tuple(c) for c in (colours if colours is not None else CLASS_DISPLAY_COLOURS)]
+    top = max(int(np.max(classes, initial=0)) + 1, len(known))
+    return np.array([known[c] if c < len(known) else OTHER_CLASS_COLOUR for c in range(top)], dtype=np.uint8)
 
 
 # notebook §8 "Exports", cell id 04f1c362
@@ -436,10 +450,11 @@ def cells_geojson(
     object_type: str = "detection",
     image_name: str | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> dict[str, Any]:
     """GeoJSON FeatureCollection of the cells, in QuPath's import format, as a dict: see
     `cells_geojson_text`, which the exports write."""
-    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons))
+    return json.loads(cells_geojson_text(inst, table, object_type, image_name, polygons, colours))
 
 
 def cells_geojson_text(
@@ -448,17 +463,20 @@ def cells_geojson_text(
     object_type: str = "detection",
     image_name: str | None = None,
     polygons: Mapping[int, list[list[np.ndarray]]] | None = None,
+    colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> str:
     """GeoJSON FeatureCollection of the cells, in QuPath's import format, as compact JSON text.
 
     One Feature per cell: geometry a Polygon (MultiPolygon if the cell is in pieces) from
     `cell_polygons` (computed when not given), properties {"objectType": "detection" |
     "annotation", "classification": {"name", "color": [r, g, b]}, "measurements": {column:
-    value}} with the `cell_table` columns. The vertices are formatted by `_ring_texts`.
+    value}} with the `cell_table` columns; colours as `draw_overlay` takes them. The vertices
+    are formatted by `_ring_texts`.
     """
     if object_type not in ("detection", "annotation"):
         raise ValueError(f"object_type={object_type!r} must be 'detection' or 'annotation'")
     polygons = cell_polygons(inst) if polygons is None else polygons
+    lut = colour_lut(np.asarray(table["class_id"]), colours)
     ids = np.asarray(table["id"]).tolist()
     ring_texts = iter(_ring_texts([ring for cell in ids for piece in polygons[cell] for ring in piece]))
     numeric = [c for c in table if c not in ("id", "class")]
@@ -476,7 +494,7 @@ def cells_geojson_text(
             "properties": {
                 "objectType": object_type,
                 "classification": {"name": str(table["class"][row]),
-                                   "color": list(class_colour(int(table["class_id"][row])))},
+                                   "color": lut[int(table["class_id"][row])].tolist()},
                 "measurements": measurements,
             },
         }, separators=(",", ":"))
@@ -513,27 +531,30 @@ OVERLAY_FORMATS = ("jpg", "png", "none")
 def export_segmentation(
     out_dir: Path, name: str, image: np.ndarray, seg: Segmentation,
     class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", overlay: str = "jpg",
-    rles: bool = True,
+    rles: bool = True, class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> tuple[dict[str, Any], CellShapes]:
     """Write one image's overlay, label PNG, cell CSV and GeoJSON into `out_dir`, in that
     order (the GeoJSON last: when it exists, the image's files are complete).
 
     Files: `<name>_overlay.jpg|png` (unless `overlay="none"`), `<name>_instances.png` (uint16),
-    `<name>_cells.csv`, `<name>_cells.geojson`. The cells' shapes are measured once
-    (`cell_shapes`), for the overlay, the table, the GeoJSON and (with `rles`) the folder's COCO
-    annotations. Returns (the cell table (see `cell_table`), the shapes).
+    `<name>_cells.csv`, `<name>_cells.geojson`. Classes are named by `class_names` and drawn in
+    `class_colours` (a scheme's `names` and `colours`; default the "colour" scheme's). The
+    cells' shapes are measured once (`cell_shapes`), for the overlay, the table, the GeoJSON and
+    (with `rles`) the folder's COCO annotations. Returns (the cell table (see `cell_table`), the
+    shapes).
     """
     if overlay not in OVERLAY_FORMATS:
         raise ValueError(f"overlay={overlay!r} is not one of {list(OVERLAY_FORMATS)}")
     shapes = cell_shapes(seg.inst, cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2GRAY), rles=rles)
     if overlay != "none":
         write_image(out_dir / f"{name}_overlay.{overlay}",
-                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons))
+                    draw_overlay(image, seg.inst, seg.classes, polygons=shapes.polygons, colours=class_colours))
     write_label_png(out_dir / f"{name}_instances.png", seg.inst)
     table = cell_table(seg.inst, image, seg.classes, seg.class_probs, seg.scores, class_names, shapes=shapes)
     write_csv(out_dir / f"{name}_cells.csv", table)
     atomic_write(out_dir / f"{name}_cells.geojson",
-                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons))
+                 cells_geojson_text(seg.inst, table, object_type=object_type, image_name=name, polygons=shapes.polygons,
+                                    colours=class_colours))
     return table, shapes
 
 
@@ -561,7 +582,7 @@ def load_for_model(path: str | Path, working_scale: float) -> tuple[np.ndarray, 
 
 def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, output_dir: str | Path,
                  postproc: PostprocParams | None, class_names: Sequence[str], object_type: str,
-                 overlay: str) -> dict[str, Any]:
+                 overlay: str, class_colours: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """Cells of one image from its maps at the working scale (`cells_from_maps`), at the image's
     own size, written as `export_segmentation`'s files (the image read again here: cheaper
     than sending it through the pipeline). Returns {"height", "width", "classes" int64 (N + 1,),
@@ -571,7 +592,8 @@ def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, ou
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])
     seg = Segmentation(inst, classes, class_probs, scores, inst_working, None, {})
-    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay)
+    _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay,
+                                    class_colours=class_colours)
     return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
             "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)}
 
@@ -583,10 +605,11 @@ def load_folder_item(item: tuple[Path, str], working_scale: float) -> tuple[np.n
 
 def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], size: tuple[int, int],
                        output_dir: Path, postproc: PostprocParams | None, class_names: Sequence[str],
-                       object_type: str, overlay: str) -> dict[str, Any]:
+                       object_type: str, overlay: str,
+                       class_colours: Sequence[tuple[int, int, int]] | None = None) -> dict[str, Any]:
     """`export_image` of a folder item (path, export name): the pipeline's finish stage. It
     lives here, not with the pipeline, so that worker processes never import torch."""
-    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay)
+    return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay, class_colours)
 
 
 def reread_image(output_dir: str | Path, name: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections import deque
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from uni_seg.config import Settings, atomic_open, autocast, errors_as_messages, resolve_device, resolve_precision
-from uni_seg.data import (CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
+from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_scheme, errors_as_messages,
+                            resolve_device, resolve_precision)
+from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
 from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
                             reread_image, start_run, write_csv)
@@ -321,10 +323,23 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
     return [path for path, _ in plan_folder(input_dir, limit).images]
 
 
-def _summary_row(path: Path, name: str, class_names: Sequence[str]) -> dict[str, Any]:
+def _summary_row(path: Path, name: str, class_names: Sequence[str], scheme: ClassScheme | None = None,
+                 result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s); a
+    parasitemia column where `scheme` has infected classes (blank for an image without red cells)."""
     row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
                            "n_cells": ""}
     row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
+    parasitemia = scheme is not None and bool(scheme.infected_classes)
+    if parasitemia:
+        row["parasitemia"] = ""
+    if result is not None:
+        counts = np.bincount(result["classes"][1:], minlength=len(class_names))
+        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1)
+        row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+        if parasitemia:
+            value = scheme.parasitemia(counts[:len(class_names)])
+            row["parasitemia"] = "" if math.isnan(value) else round(value, 6)
     return row
 
 
@@ -405,6 +420,7 @@ def run_folder_inference(
     workers: int | None = None,
     overlay: str = "jpg",
     forward: Any | None = None,
+    scheme: ClassScheme | None = None,
 ) -> FolderReport:
     """Segment every image in `input_dir` and write the exports into `output_dir`.
 
@@ -412,19 +428,23 @@ def run_folder_inference(
     inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
     (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
     a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
-    error, width, height, n_cells and a count per class; entries left out are listed with the
-    reason) and `run.json` (see `start_run`: a non-empty `output_dir` needs `overwrite` or
-    `resume`). Images that fail are reported on stderr, listed with their error, and skipped.
-    `settings` and `postproc` as in `segment_image`; `provenance` (e.g. {"checkpoint": {...},
-    "postproc_source": "..."}) goes into the run record, and a resumed run must have the same.
-    `workers`: CPU worker processes (None: `default_workers` for the model's device; 0: all in
-    this process; the files are the same either way). `forward` replaces the model (see `TileBatcher`).
+    error, width, height, n_cells and a count per class; with a `scheme` that has infected
+    classes, the parasitemia; entries left out are listed with the reason) and `run.json` (see
+    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
+    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
+    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
+    into the run record, and a resumed run must have the same. `workers`: CPU worker processes
+    (None: `default_workers` for the model's device; 0: all in this process; the files are the
+    same either way). `forward` replaces the model (see `TileBatcher`). A `scheme` (the
+    checkpoint's) names and colours the classes; without one, `class_names` names them.
     """
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     plan = plan_folder(input_dir, limit)
     postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    class_names = scheme.names if scheme is not None else tuple(class_names)
+    colours = scheme.colours if scheme is not None else None
     record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
               "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
     done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
@@ -437,7 +457,7 @@ def run_folder_inference(
             if name in done:
                 outcomes[k] = pool.submit(reread_image, output_dir, name).result()
         results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
-                           (output_dir, postproc, class_names, object_type, overlay),
+                           (output_dir, postproc, class_names, object_type, overlay, colours),
                            batcher, pool)
         position = {name: k for k, (_, name) in enumerate(plan.images)}
         writer = _CocoWriter(output_dir, class_names)
@@ -448,24 +468,21 @@ def run_folder_inference(
                 index, status, value = next(results)
                 outcomes[position[todo[index][1]]] = (status, value)
             status, value = outcomes.pop(k)
-            row = _summary_row(path, name, class_names)
             if status == "ok":
-                counts = np.bincount(value["classes"][1:], minlength=len(class_names))
-                row.update(width=value["width"], height=value["height"], n_cells=len(value["classes"]) - 1)
-                row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
+                rows.append(_summary_row(path, name, class_names, scheme, value))
                 writer.add(path.name, value)
             else:
                 failed[path.name] = value
-                row.update(status="failed", error=value)
+                rows.append({**_summary_row(path, name, class_names, scheme), "status": "failed", "error": value})
                 tqdm.write(f"skipped {path}: {value}", file=sys.stderr)
-            rows.append(row)
             bar.update(1)
         bar.close()
     for entry, why in plan.skipped:
-        rows.append({**_summary_row(entry, "", class_names), "status": "skipped", "error": why})
+        rows.append({**_summary_row(entry, "", class_names, scheme), "status": "skipped", "error": why})
         print(f"left out {entry}: {why}", file=sys.stderr)
     coco_path = writer.close()
-    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in _summary_row(Path("x"), "", class_names)})
+    columns = _summary_row(Path("x"), "", class_names, scheme)
+    summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in columns})
     record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
                              resumed=len(done & {n for _, n in plan.images}), failed=failed,
                              skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
@@ -531,13 +548,13 @@ def predict_split(
 ) -> list[SplitPrediction]:
     """Whole-image predictions for the images of one split of the processed cache.
 
-    Reads `processed_dir/<split>/*.npz` (keys image, inst, cls; section 1), sorted by name, at
+    Reads `processed_dir/<split>/*.npy` (image, inst, cls; section 1's cache), sorted by name, at
     most `limit`, through the pipeline (`workers` as in `run_folder_inference`) with `settings`
     at scale 1 (the cache is at the working scale already, so `settings.working_scale` is not
     applied again) and `postproc` (None = defaults). Raises FileNotFoundError naming the
     folder when it holds no images.
     """
-    files = sorted((Path(processed_dir) / split).glob("*.npz"))[:limit]
+    files = sorted((Path(processed_dir) / split).glob(f"*{CACHE_SUFFIX}"))[:limit]
     if not files:
         raise FileNotFoundError(f"no processed images in {Path(processed_dir) / split} (run the preprocessing first)")
     at_scale = dataclasses.replace(settings, working_scale=1.0)
@@ -632,6 +649,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
+        scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
         _, precision = settings.placement(model)
         print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
@@ -642,7 +660,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,
-                                      overlay=args.overlay)
+                                      overlay=args.overlay, scheme=scheme)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)

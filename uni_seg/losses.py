@@ -4,11 +4,16 @@
 # notebook §4, cell id 2f765672
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from uni_seg.config import UNKNOWN_CLASS, ClassScheme, class_scheme
+from uni_seg.data import load_manifest, manifest_scheme, split_class_counts
 
 
 def sobel_kernels(size: int = 5, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,15 +82,61 @@ def hv_loss(pred: torch.Tensor, target: torch.Tensor, foreground: torch.Tensor) 
 def nc_loss(
     logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """NC `(ce, dice)`: logits (B, K, H, W), target int64 (B, H, W) in [0, K), class_weights (K,).
+    """NC `(ce, dice)`: logits (B, K, H, W), target int64 (B, H, W) in [0, K) or `UNKNOWN_CLASS`
+    (-1, a cell of unknown class), class_weights (K,).
 
-    Cross-entropy weighted per class (normalised by the weights of the pixels present, as
-    `F.cross_entropy` does); soft Dice per class over the batch, averaged over the K classes.
+    Unknown pixels count in neither term and get no gradient. Cross-entropy weighted per class,
+    normalised by the weights of the known pixels (as `F.cross_entropy` does); soft Dice per
+    class over the known pixels of the batch, averaged over the K classes. Both are 0 when no
+    pixel is known.
     """
-    ce = F.cross_entropy(logits, target, weight=class_weights)
-    one_hot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype)
-    dice = soft_dice_loss(torch.softmax(logits, dim=1), one_hot, dims=(0, 2, 3)).mean()
+    known = target != UNKNOWN_CLASS
+    safe = torch.where(known, target, 0)
+    nll = F.cross_entropy(logits, target, weight=class_weights, ignore_index=UNKNOWN_CLASS, reduction="sum")
+    # the known pixels' weights, as F.cross_entropy's mean divides by (which is nan without any)
+    ce = nll / (class_weights[safe] * known).sum().clamp_min(torch.finfo(logits.dtype).tiny)
+    keep = known.unsqueeze(1).to(logits.dtype)
+    one_hot = F.one_hot(safe, logits.shape[1]).permute(0, 3, 1, 2).to(logits.dtype) * keep
+    dice = soft_dice_loss(torch.softmax(logits, dim=1) * keep, one_hot, dims=(0, 2, 3)).mean()
     return ce, dice
+
+
+# notebook §4, cell id 64061cf0
+#: Weights of background and of the commonest cell class, and the cap on a rare class's weight
+#: (as a multiple of the commonest's), when the weights come from cell counts.
+BACKGROUND_WEIGHT, COMMONEST_WEIGHT, MAX_WEIGHT_RATIO = 0.05, 0.5, 20.0
+
+
+def class_weights_from_counts(counts: Sequence[int]) -> tuple[float, ...]:
+    """NC loss weights (n_classes,) from the cells per class (n_classes,; index 0, background,
+    not used) of the training split: `BACKGROUND_WEIGHT` for background, and for cell class c with
+    n_c cells `COMMONEST_WEIGHT * sqrt(n_max / n_c)`, capped at `MAX_WEIGHT_RATIO` times
+    `COMMONEST_WEIGHT` (a class without training cells gets the cap)."""
+    cells = np.asarray(counts, dtype=np.float64)[1:]
+    if cells.size == 0:
+        raise ValueError("class_weights_from_counts needs counts for background and at least one cell class")
+    n_max = max(float(cells.max()), 1.0)
+    with np.errstate(divide="ignore"):
+        ratio = np.minimum(np.sqrt(n_max / cells), MAX_WEIGHT_RATIO)
+    return (BACKGROUND_WEIGHT, *(float(COMMONEST_WEIGHT * r) for r in ratio))
+
+
+def nc_class_weights(scheme: str | ClassScheme, processed_dir: str | Path,
+                     weights: Sequence[float] | None = None) -> tuple[float, ...]:
+    """The NC loss weights of a run: `weights` when given (one per class), else the scheme's
+    `default_weights`, else `class_weights_from_counts` of the training split of the processed
+    cache at `processed_dir`, which must have been built with `scheme` (`ValueError` otherwise)."""
+    scheme = class_scheme(scheme)
+    if weights is not None or scheme.default_weights is not None:
+        chosen = tuple(float(w) for w in (weights if weights is not None else scheme.default_weights))
+        if len(chosen) != scheme.n_classes:
+            raise ValueError(f"{len(chosen)} class weights for the {scheme.n_classes} classes of {scheme.name!r}")
+        return chosen
+    manifest = load_manifest(processed_dir)
+    if manifest_scheme(manifest) != scheme:
+        raise ValueError(f"{processed_dir} was built with class scheme {manifest_scheme(manifest).name!r}, not "
+                         f"{scheme.name!r}: rebuild it (RUN_PREPROCESS=True)")
+    return class_weights_from_counts(split_class_counts(manifest, "train")[0])
 
 
 # notebook §4, cell id 2361af11

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.config import markdown_table, write_json_atomic
+from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, markdown_table, write_json_atomic
 from uni_seg.data import WorkerPool, default_workers
 from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
 
@@ -339,15 +339,21 @@ def iou_dice_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def instance_classes_from_map(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> np.ndarray:
-    """Class of each instance, int64 (max id + 1,) indexed by id: majority of `cls` (int (H, W)
-    in 0..C-1) over the instance's pixels, background excluded (an instance covered only by
-    class 0 gets 0)."""
+    """Class of each instance, int64 (max id + 1,) indexed by id: the majority of `cls` (int
+    (H, W) in 0..C-1, or `UNKNOWN_CLASS`) over the instance's pixels, background excluded; an
+    instance whose majority is `UNKNOWN_CLASS` (ties go to it) is unknown, one covered only by
+    class 0 gets 0. `ValueError` for a class outside these."""
     inst = np.asarray(inst)
     n = int(inst.max()) if inst.size else 0
-    votes = np.bincount(inst.astype(np.int64).ravel() * n_classes + np.asarray(cls).ravel(), minlength=(n + 1) * n_classes)
-    votes = votes.reshape(n + 1, n_classes)
-    classes = np.argmax(votes[:, 1:], axis=1) + 1
-    classes[votes[:, 1:].sum(1) == 0] = 0
+    shifted = np.asarray(cls).astype(np.int64).ravel() + 1  # 0 unknown, 1 background, 2.. the cell classes
+    if shifted.size and (shifted.min() < 0 or shifted.max() > n_classes):
+        raise ValueError(f"class map has values outside {UNKNOWN_CLASS}..{n_classes - 1}: "
+                         f"[{shifted.min() - 1}, {shifted.max() - 1}]")
+    votes = np.bincount(inst.astype(np.int64).ravel() * (n_classes + 1) + shifted, minlength=(n + 1) * (n_classes + 1))
+    votes = votes.reshape(n + 1, n_classes + 1)[:, [0, *range(2, n_classes + 1)]]  # unknown, then classes 1..C-1
+    pick = np.argmax(votes, axis=1)
+    classes = np.where(pick == 0, UNKNOWN_CLASS, pick)
+    classes[votes.sum(1) == 0] = 0
     classes[0] = 0
     return classes.astype(np.int64)
 
@@ -386,6 +392,76 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     return dict(precision=precision, recall=recall, f1=f1)
 
 
+# notebook §9, cell id 5cbd4ad9
+@dataclasses.dataclass
+class _ClassCounts:
+    """Instance counts behind the per-class metrics, of one image or summed over a set.
+
+    matched int64 (C, C): matched pairs (IoU > threshold), true cell of known class by row,
+      predicted class by column; matched_unknown (C,): matched pairs whose true cell is of
+      unknown class, by predicted class; missed (C,): unmatched true cells of known class;
+      spurious (C,): unmatched predictions; iou_sum (C,): IoU summed over the matched pairs that
+      agree on their class; unknown: true cells of unknown class.
+    """
+
+    matched: np.ndarray
+    matched_unknown: np.ndarray
+    missed: np.ndarray
+    spurious: np.ndarray
+    iou_sum: np.ndarray
+    unknown: int = 0
+
+    @classmethod
+    def zeros(cls, n_classes: int) -> "_ClassCounts":
+        return cls(np.zeros((n_classes, n_classes), np.int64), *(np.zeros(n_classes, np.int64) for _ in range(3)),
+                   np.zeros(n_classes))
+
+    @classmethod
+    def of_image(cls, t_class: np.ndarray, p_class: np.ndarray, mt: np.ndarray, mp: np.ndarray, miou: np.ndarray,
+                 n_classes: int) -> "_ClassCounts":
+        """From the class of each renumbered true and predicted instance (index 0 background) and
+        the matches (true index, predicted index, IoU) of `match_instances`."""
+        t_hit, p_hit = np.zeros(t_class.size, bool), np.zeros(p_class.size, bool)
+        t_hit[mt], p_hit[mp] = True, True
+        tm, pm = t_class[mt], p_class[mp]
+        known = tm != UNKNOWN_CLASS
+        same = known & (tm == pm)
+        t_rest, p_rest = t_class[1:][~t_hit[1:]], p_class[1:][~p_hit[1:]]
+
+        def count(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+            return np.bincount(values, weights=weights, minlength=n_classes)[:n_classes]
+
+        matched = np.bincount(tm[known] * n_classes + pm[known], minlength=n_classes * n_classes)
+        return cls(matched.reshape(n_classes, n_classes), count(pm[~known]), count(t_rest[t_rest != UNKNOWN_CLASS]), count(p_rest),
+                   count(tm[same], miou[same]).astype(np.float64), int((t_class[1:] == UNKNOWN_CLASS).sum()))
+
+    def __iadd__(self, other: "_ClassCounts") -> "_ClassCounts":
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+        return self
+
+    def class_metrics(self, c: int) -> dict[str, float]:
+        """Class `c`'s numbers: PQ, SQ, RQ and TP/FP/FN (a match counts for the class when both
+        cells are of it; a prediction matched to a true cell of unknown class counts for none),
+        precision, recall, F1 (= RQ) of those, and HoVer-Net's F_c as its `compute_stats.py`
+        computes it: 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d) over the matched pairs
+        with a cell of class c (FP_c: predicted c, true another class; FN_c: the reverse) and
+        the unmatched predictions (FP_d) and true cells (FN_d) of class c. (The paper adds TN_c
+        to both sides; the code counts only pairs involving c, where TN_c is 0.) Also the true and
+        the predicted cells of the class, these including predictions matched to unknown cells."""
+        m = self.matched
+        tp, row, col = int(m[c, c]), int(m[c].sum()), int(m[:, c].sum())
+        fp, fn = col - tp + int(self.spurious[c]), row - tp + int(self.missed[c])
+        denominator = 2 * tp + 2 * (col - tp) + 2 * (row - tp) + int(self.spurious[c]) + int(self.missed[c])
+        return dict(**_pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+                    fc=2 * tp / denominator if denominator else math.nan, true_count=self.true_count(c),
+                    pred_count=col + int(self.matched_unknown[c] + self.spurious[c]))
+
+    def true_count(self, c: int) -> int:
+        """True cells of class `c` (matched or not)."""
+        return int(self.matched[c].sum() + self.missed[c])
+
+
 # notebook §9, cell id ae558379
 @dataclasses.dataclass
 class _Pooled:
@@ -398,16 +474,24 @@ class _Pooled:
     iou_sum: float = 0.0
     aji_inter: float = 0.0
     aji_union: float = 0.0
-    per_class: np.ndarray = dataclasses.field(init=False)  # (C, 4): tp, fp, fn, iou_sum of each class
-    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion
+    classes: _ClassCounts = dataclasses.field(init=False)  # the instance counts behind the per-class metrics
+    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion, pixels of known class
 
     def __post_init__(self) -> None:
-        self.per_class = np.zeros((self.n_classes, 4))
+        self.classes = _ClassCounts.zeros(self.n_classes)
         self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
 
 
+def _checked_classes(t_class: np.ndarray, p_class: np.ndarray, n_classes: int, stem: str) -> None:
+    """`ValueError` unless true classes are in UNKNOWN_CLASS..C-1 and predicted ones in 0..C-1."""
+    for name, values, low in (("true_cls", t_class, UNKNOWN_CLASS), ("classes", p_class, 0)):
+        if values.size and (values.min() < low or values.max() >= n_classes):
+            raise ValueError(f"image {stem}: {name} holds classes outside {low}..{n_classes - 1}: "
+                             f"[{values.min()}, {values.max()}]")
+
+
 def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_threshold: float,
-                 pooled: _Pooled) -> tuple[dict[str, Any], PairTable]:
+                 pooled: _Pooled, scheme: ClassScheme | None) -> tuple[dict[str, Any], PairTable]:
     """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
     adds the image's counts to `pooled`."""
     t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
@@ -417,25 +501,27 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
     t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
     p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
     pairs = pair_table(t_inst, p_inst)
+    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
+    _checked_classes(t_class, p_class, n_classes, p.stem)
     mt, mp, miou = match_instances(pairs, iou_threshold)
     tp = int(miou.size)
     fp, fn = pairs.n_pred - tp, pairs.n_true - tp
     aji = _aji(pairs)
-    confusion = class_confusion(t_cls_map, p_cls_map, n_classes)
+    known = t_cls_map != UNKNOWN_CLASS  # pixels of cells of unknown class are left out of the pixel metrics
+    confusion = class_confusion(t_cls_map[known], p_cls_map[known], n_classes)
     iou_c, dice_c = iou_dice_from_confusion(confusion)
-    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
-    true_counts = np.bincount(t_class[1:], minlength=n_classes)
-    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
-    same = t_class[mt] == p_class[mp]  # matched and of the same class: a true positive of that class
-    tp_c = np.bincount(t_class[mt][same], minlength=n_classes)
-    pooled.per_class += np.stack([tp_c, pred_counts - tp_c, true_counts - tp_c,
-                                  np.bincount(t_class[mt][same], weights=miou[same], minlength=n_classes)], axis=1)
+    counts = _ClassCounts.of_image(t_class, p_class, mt, mp, miou, n_classes)
     pooled.tp, pooled.fp, pooled.fn = pooled.tp + tp, pooled.fp + fp, pooled.fn + fn
     pooled.iou_sum += float(miou.sum())
     pooled.aji_inter += aji["intersection"]
     pooled.aji_union += aji["union"]
     pooled.confusion += confusion
+    pooled.classes += counts
     cell_classes = range(1, n_classes)
+    true_counts = np.array([counts.true_count(c) for c in range(n_classes)])
+    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
+    # PanNuke: a class with no true cell in the image has no PQ there (nan), whatever was predicted
+    pq_c = {names[c]: counts.class_metrics(c)["pq"] if true_counts[c] else math.nan for c in cell_classes}
     record = dict(
         image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
         aji=aji["aji"],
@@ -444,23 +530,36 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
+        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=_nanmean(list(pq_c.values())),
+        parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
     )
     return record, pairs
 
 
+def _parasitemia(scheme: ClassScheme | None, counts: np.ndarray) -> float:
+    """`ClassScheme.parasitemia` of cell counts per class; nan without a scheme."""
+    return scheme.parasitemia(counts) if scheme is not None else math.nan
+
+
 # notebook §9, cell id f518bb0f
 def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
-                     names: Sequence[str]) -> dict[str, Any]:
+                     names: Sequence[str], scheme: ClassScheme | None) -> dict[str, Any]:
     """The pooled ("dataset") block of the metrics from the summed counts."""
-    per_class_pq = {names[c]: dict(**_pq_from_counts(int(tp), int(fp), int(fn), float(s)), tp=int(tp), fp=int(fp), fn=int(fn))
-                    for c, (tp, fp, fn, s) in enumerate(pooled.per_class) if c > 0}
+    counts, n = pooled.classes, len(names)
+    per_class_pq = {names[c]: counts.class_metrics(c) for c in range(1, n)}
     iou_all, dice_all = iou_dice_from_confusion(pooled.confusion)
+    confusion = {names[t]: {names[q]: int(counts.matched[t, q]) for q in range(1, n)} for t in range(1, n)}
+    confusion[UNKNOWN_NAME] = {names[q]: int(counts.matched_unknown[q]) for q in range(1, n)}
+    true_counts = np.array([counts.true_count(c) for c in range(n)])
+    pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
     return dict(
         **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
         **_prf(pooled.tp, pooled.fp, pooled.fn),
         aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
         map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
         mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        instance_confusion=confusion, unknown_count=counts.unknown, unknown_matched=int(counts.matched_unknown.sum()),
+        parasitemia=dict(true=_parasitemia(scheme, true_counts), pred=_parasitemia(scheme, pred_counts)),
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
         pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
         true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
@@ -469,7 +568,9 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
 
 def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
-    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in ("pq", "sq", "rq", "precision", "recall", "f1", "aji")}
+    keys = ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq")
+    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in keys}
+    means["per_class_pq"] = {nm: _nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
     means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
     means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
     errors = np.array([r["count_error"] for r in records], dtype=np.float64)
@@ -479,6 +580,10 @@ def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str])
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(errors) / trues
     means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    both = [(r["parasitemia_true"], r["parasitemia_pred"]) for r in records
+            if math.isfinite(r["parasitemia_true"]) and math.isfinite(r["parasitemia_pred"])]
+    means["parasitemia_mae"] = float(np.mean([abs(t - q) for t, q in both])) if both else math.nan
+    means["parasitemia_images"] = len(both)
     return means
 
 
@@ -488,33 +593,45 @@ def evaluate_split(
     n_classes: int,
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
+    *,
+    scheme: ClassScheme | None = None,
 ) -> dict[str, Any]:
     """Every metric of a set of predictions (`uni_seg.infer.predict_split`'s records), per image
     and pooled over the set.
 
     Each record's `true_inst`/`pred_inst` are int label maps (H, W), 0 background;
-    `true_cls` a class map int (H, W) in 0..C-1 or a vector by true id; `classes` a vector by
-    predicted id (or a class map, whose majority per cell counts); `scores` a confidence per
-    predicted id (vector, or mapping id -> score). `n_classes` C includes background (class
-    0); `class_names` C names (default `default_class_names(C)`); `iou_threshold` the
-    matching threshold of PQ and detection (standard 0.5).
+    `true_cls` a class map int (H, W) in 0..C-1 (or `UNKNOWN_CLASS` on cells of no known class)
+    or a vector by true id; `classes` a vector by predicted id (or a class map, whose majority
+    per cell counts); `scores` a confidence per predicted id (vector, or mapping id -> score).
+    `n_classes` C includes background (class 0); `class_names` C names (default: the scheme's,
+    else `default_class_names(C)`); `iou_threshold` the matching threshold of PQ and detection
+    (standard 0.5); `scheme` the class scheme, whose red and infected classes give the
+    parasitemia (undefined without one).
 
-    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`,
-    `class_names`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
+    True cells of unknown class count as cells in the class-agnostic metrics and apart in the
+    per-class ones (neither a hit nor a miss of any class; a prediction matched to one is no
+    false positive of its class); their pixels are left out of the pixel IoU/Dice.
+
+    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`, `class_names`,
+    `class_scheme`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
     (see `METRICS_SCHEMA_DOC`).
     """
-    names = list(class_names) if class_names is not None else default_class_names(n_classes)
+    if scheme is not None and scheme.n_classes != n_classes:
+        raise ValueError(f"n_classes={n_classes} but class scheme {scheme.name!r} has {scheme.n_classes}")
+    names = list(class_names if class_names is not None else scheme.names if scheme is not None
+                 else default_class_names(n_classes))
     if len(names) != n_classes:
         raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
     pooled = _Pooled(n_classes)
     records, tables = [], []
     for p in predictions:
-        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled)
+        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled, scheme)
         records.append(record)
         tables.append(pairs)
     coco = _coco_ap(tables, [p.scores for p in predictions], None)
     return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
-                dataset=_dataset_metrics(pooled, records, coco, names),
+                class_scheme=scheme.as_dict() if scheme is not None else None,
+                dataset=_dataset_metrics(pooled, records, coco, names, scheme),
                 per_image_mean=_per_image_means(records, names), per_image=records)
 
 
@@ -528,6 +645,8 @@ def evaluate_predictions(
     image_names: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
     iou_threshold: float = 0.5,
+    *,
+    scheme: ClassScheme | None = None,
 ) -> dict[str, Any]:
     """`evaluate_split` for label maps that come as separate lists, one entry per image
     (true_insts, pred_insts: int label maps; true_classes, pred_classes: class maps or vectors
@@ -538,34 +657,42 @@ def evaluate_predictions(
     names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
     records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
                for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
-    return evaluate_split(records, n_classes, class_names, iou_threshold)
+    return evaluate_split(records, n_classes, class_names, iou_threshold, scheme=scheme)
 
 
 # notebook §9 "results/metrics.json", cell id 1e4b6b1f
-METRICS_SCHEMA = "uni_seg.metrics/2"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+METRICS_SCHEMA = "uni_seg.metrics/3"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/3):
 schema, created; model {backbone, weights, weights_source,
                         weights_provenance {kind backbone repo revision filename path sha256 message} or null,
                         checkpoint}; postproc_params {...};
-split_sizes {split: n}; n_images; class_names [C]; iou_threshold;
-dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq per_class_pq{class:{pq sq rq tp fp fn}}
+split_sizes {split: n}; n_images; class_names [C]; class_scheme {...} or null; iou_threshold;
+dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
+         per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
+         instance_confusion{true:{pred: n}}
+         unknown_count unknown_matched parasitemia{true pred}
          pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
-per_image_mean {pq sq rq precision recall f1 aji pixel_iou{class} pixel_dice{class}
-                count_error count_abs_error count_rel_error}        -- mean of per-image values;
+per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
+                count_error count_abs_error count_rel_error parasitemia_mae parasitemia_images}
+                                                                    -- mean of per-image values;
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
-            true_count pred_count count_error true_count_per_class pred_count_per_class}];
+            true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
+            pq_per_class mpq parasitemia_true parasitemia_pred}];
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
-    "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
-         "dataset", "per_image_mean", "per_image", "extra"),
+    "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "class_scheme",
+         "iou_threshold", "dataset", "per_image_mean", "per_image", "extra"),
     "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
-                "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
-    "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "pixel_iou", "pixel_dice", "count_error",
-                       "count_abs_error", "count_rel_error"),
+                "per_class_pq", "instance_confusion", "unknown_count", "unknown_matched", "parasitemia", "pixel_iou",
+                "pixel_dice", "true_count", "pred_count"),
+    "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq", "per_class_pq", "pixel_iou",
+                       "pixel_dice", "count_error", "count_abs_error", "count_rel_error", "parasitemia_mae",
+                       "parasitemia_images"),
     "per_image[]": ("image", "pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "pixel_iou",
-                    "pixel_dice", "true_count", "pred_count", "count_error", "true_count_per_class", "pred_count_per_class"),
+                    "pixel_dice", "true_count", "pred_count", "count_error", "true_count_per_class", "pred_count_per_class",
+                    "unknown_count", "pq_per_class", "mpq", "parasitemia_true", "parasitemia_pred"),
 }
 
 
@@ -628,6 +755,7 @@ def write_metrics_json(
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
+        class_scheme=metrics.get("class_scheme"),
         extra=dict(extra or {}),
     )
     doc = _jsonable(doc)
@@ -706,22 +834,60 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
 
 
 # notebook §9 "Evaluating the trained model", cell id 6cca9442
+def _fmt(value: Any, digits: int = 4) -> str:
+    """A metric as text: "undefined" for null/nan (a class absent from truth and prediction)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "undefined"
+    return f"{value:.{digits}f}"
+
+
+def _percent(value: Any) -> str:
+    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
+
+
 def metrics_table(doc: Mapping[str, Any]) -> str:
     """The headline metrics of a `write_metrics_json` document as a Markdown table: metric,
     pooled over the set, mean over the images; undefined values (a class absent from truth and
-    prediction) say so."""
-    def f(value: Any) -> str:
-        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
-
+    prediction) say so. The per-class block is `per_class_table`'s."""
+    f = _fmt
     d, m = doc["dataset"], doc["per_image_mean"]
     rows = [("PQ / SQ / RQ", f"{f(d['pq'])} / {f(d['sq'])} / {f(d['rq'])}", f"{f(m['pq'])} / {f(m['sq'])} / {f(m['rq'])}"),
             ("precision / recall / F1 (IoU 0.5)", f"{f(d['precision'])} / {f(d['recall'])} / {f(d['f1'])}",
              f"{f(m['precision'])} / {f(m['recall'])} / {f(m['f1'])}"),
             ("COCO mAP@[.50:.95] / AP50 / AP75", f"{f(d['map'])} / {f(d['ap50'])} / {f(d['ap75'])}", "-"),
             ("AJI", f(d["aji"]), f(m["aji"])),
+            ("mPQ (pooled per class / PanNuke's, per image)", f(d["mpq"]), f(m["mpq"])),
             ("cells true / predicted", f"{d['true_count']} / {d['pred_count']}",
              "count error " + ("undefined" if m["count_error"] is None else
                                f"{m['count_error']:+.2f} (mean absolute {m['count_abs_error']:.2f})"))]
+    if d["unknown_count"]:
+        rows.append(("true cells of unknown class (found)", f"{d['unknown_count']} ({d['unknown_matched']})", "-"))
+    if d["parasitemia"]["true"] is not None or d["parasitemia"]["pred"] is not None:
+        rows.append(("parasitemia true / predicted", f"{_percent(d['parasitemia']['true'])} / "
+                     f"{_percent(d['parasitemia']['pred'])}",
+                     f"mean absolute error {_percent(m['parasitemia_mae'])} ({m['parasitemia_images']} images)"))
     rows += [(f"pixel IoU / Dice: {name}", f"{f(d['pixel_iou'][name])} / {f(d['pixel_dice'][name])}",
               f"{f(m['pixel_iou'][name])} / {f(m['pixel_dice'][name])}") for name in doc["class_names"]]
     return markdown_table(("metric", f"pooled ({doc['n_images']} images)", "per-image mean"), rows)
+
+
+def per_class_table(doc: Mapping[str, Any]) -> str:
+    """The per-class block of a metrics document as a Markdown table: per cell class its true and
+    predicted cells, PQ pooled and per image (PanNuke's), class-aware precision / recall / F1 and
+    HoVer-Net's F_c (pooled)."""
+    d, m, f = doc["dataset"], doc["per_image_mean"], _fmt
+    rows = []
+    for name, c in d["per_class_pq"].items():
+        rows.append((name, c["true_count"], c["pred_count"], f(c["pq"]), f(m["per_class_pq"][name]),
+                     f(c["precision"]), f(c["recall"]), f(c["f1"]), f(c["fc"])))
+    return markdown_table(("class", "true cells", "predicted", "PQ", "PQ per image", "precision", "recall", "F1",
+                           "F_c (HoVer-Net)"), rows)
+
+
+def confusion_table(doc: Mapping[str, Any]) -> str:
+    """The confusion matrix of matched cells (true class by row, including "unknown", predicted by
+    column) of a metrics document, as a Markdown table."""
+    confusion = doc["dataset"]["instance_confusion"]
+    predicted = list(next(iter(confusion.values()), {}))
+    return markdown_table(("true (row) / predicted (column)", *predicted),
+                          [(true, *(row[q] for q in predicted)) for true, row in confusion.items()])

@@ -489,7 +489,7 @@ class SplitPrediction:
     """True and predicted cells of one processed image (all at the working scale).
 
     image uint8 (h, w, 3) (None where only metrics are wanted); true_inst int32 (h, w);
-    true_cls uint8 (h, w); pred_inst int32 (h, w); classes int64, class_probs (or None) and
+    true_cls int8 (h, w) (`UNKNOWN_CLASS` on cells of no known class); pred_inst int32 (h, w); classes int64, class_probs (or None) and
     scores float32 (N + 1,) by predicted cell id; maps as `predict_maps` returns them, or None.
     """
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from uni_seg.config import markdown_table
-from uni_seg.metrics import metrics_table
+from uni_seg.metrics import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
 SUMMARY_TAG = "summary"
@@ -58,8 +58,9 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
                 weights_provenance: Mapping[str, Any] | None = None) -> str:
     """The run at a glance, as Markdown: data and split, backbone and weights (with a banner
     when `weights_warning` has one) and where they came from (`weights_origin` of
-    `weights_provenance`, when given), the headline metrics (`metrics_table`, or a note that
-    evaluation did not run) and links to the figures (`figures`: (title, href) pairs)."""
+    `weights_provenance`, when given), the headline metrics and the per-class block
+    (`metrics_table`, `per_class_table`; or a note that evaluation did not run) and links to
+    the figures (`figures`: (title, href) pairs)."""
     split = ", ".join(f"{name} {n}" for name, n in split_sizes.items())
     lines = [f"### Run `{run_name}` at a glance", ""]
     warning = weights_warning(backbone, weights, weights_source)
@@ -74,6 +75,8 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
+        scheme = (metrics_doc.get("class_scheme") or {}).get("name")
+        lines += [f"Per class{f' (class scheme `{scheme}`)' if scheme else ''}:", "", per_class_table(metrics_doc), ""]
     else:
         lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
     if figures:

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.config import atomic_write
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
-                          relabel_sequential, save_npz_atomic, write_image)
+                          relabel_sequential, save_npz_atomic, scan_dataset, write_image)
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -290,3 +290,62 @@ def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_
         hint = " (to generate synthetic smears there, set SYNTHETIC_IMAGES)" if data_dir_given else ""
         raise DataError(f"DATA_DIR={str(data_dir)!r} holds no dataset: looked for {layouts}{hint}")
     return wanted and (ours or not has_dataset)
+
+
+# notebook §1 "Synthetic smears", cell id 8e4685d4
+#: BBBC041's parasite stages, one drawn at random for a synthetic "infected" red cell.
+SYNTHETIC_STAGES: tuple[str, ...] = ("ring", "trophozoite", "schizont", "gametocyte")
+
+
+def synthetic_class_boxes(inst: np.ndarray, cls: np.ndarray, rng: np.random.Generator, infected: float = 0.05,
+                          unboxed: float = 0.05, empty_boxes: int = 2, empty_side: int = 24) -> list[dict[str, Any]]:
+    """BBBC041 objects (one image's "objects" list) for the true cells of a synthetic smear.
+
+    inst int32 (H, W), the true cells; cls uint8 (H, W) their classes (1 RBC, 2 WBC, 3 platelet).
+    Each cell's box is its bounding box; a red cell is "red blood cell", or with probability
+    `infected` one of `SYNTHETIC_STAGES`; a white cell "leukocyte"; platelets, and any cell with
+    probability `unboxed`, get no box. Then up to `empty_boxes` boxes of `empty_side` px on
+    background only ("red blood cell": an annotation with no cell in the mask).
+    """
+    objects = []
+    for label, box in enumerate(ndi.find_objects(inst), start=1):  # a loop over cells, not pixels
+        if box is None:
+            continue
+        klass = int(cls[box][inst[box] == label][0])
+        if klass == 3 or rng.random() < unboxed:
+            continue
+        category = "leukocyte" if klass == 2 else (
+            str(rng.choice(SYNTHETIC_STAGES)) if rng.random() < infected else "red blood cell")
+        objects.append(_bbbc041_object(category, box[0].start, box[1].start, box[0].stop, box[1].stop))
+    h, w = inst.shape
+    placed = 0
+    for _ in range(50 * empty_boxes):  # tries: a crowded smear has little bare background
+        if placed == empty_boxes:
+            break
+        r, c = int(rng.integers(0, max(h - empty_side, 1))), int(rng.integers(0, max(w - empty_side, 1)))
+        if not inst[r:r + empty_side, c:c + empty_side].any():
+            objects.append(_bbbc041_object("red blood cell", r, c, r + empty_side, c + empty_side))
+            placed += 1
+    return objects
+
+
+def _bbbc041_object(category: str, r0: int, c0: int, r1: int, c1: int) -> dict[str, Any]:
+    return {"bounding_box": {"minimum": {"r": int(r0), "c": int(c0)}, "maximum": {"r": int(r1), "c": int(c1)}},
+            "category": category}
+
+
+def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: Any) -> Path:
+    """Write `dataset_dir/classes/bbbc041_boxes.json`: `synthetic_class_boxes` of every image of a
+    synthetic dataset (from its truth files), in BBBC041's format; returns the path. Image i of a
+    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`."""
+    dataset_dir = Path(dataset_dir)
+    pairs = scan_dataset(dataset_dir).pairs
+    doc = []
+    for part_index, part in enumerate(PARTITIONS):
+        for i, pair in enumerate(pairs[part]):
+            inst, cls = load_synthetic_truth(pair)
+            rng = np.random.default_rng(np.random.SeedSequence([seed, part_index, i, 41]))
+            doc.append({"image": {"pathname": f"/images/{pair.stem}.png",
+                                  "shape": {"r": int(inst.shape[0]), "c": int(inst.shape[1]), "channels": 3}},
+                        "objects": synthetic_class_boxes(inst, cls, rng, **box_kw)})
+    return atomic_write(dataset_dir / "classes" / "bbbc041_boxes.json", json.dumps(doc))

@@ -45,9 +45,10 @@ def hv_maps(inst: np.ndarray) -> np.ndarray:
 def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.ndarray]:
     """Training targets of one instance map.
 
-    inst: int (H, W), 0 = background; cls: uint8 (H, W) class of each pixel.
+    inst: int (H, W), 0 = background; cls: int (H, W) class of each pixel (uint8, or int8
+    holding `UNKNOWN_CLASS` = -1 for cells of no known class).
     Returns {"np": float32 (H, W) in {0, 1}, "hv": float32 (2, H, W) in [-1, 1] (`hv_maps`),
-    "nc": int64 (H, W) in {0..3}, 0 wherever inst is 0}.
+    "nc": int64 (H, W) in {-1, 0..C-1}, 0 wherever inst is 0, -1 on cells of unknown class}.
     """
     cell = inst > 0
     return {

@@ -18,11 +18,12 @@ import torch.distributed as dist
 from torch import nn
 
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, exit_with_parent,
-                            resolve_config, resolve_device)
+from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
+                            exit_with_parent, resolve_config, resolve_device)
 from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
+from uni_seg.losses import nc_class_weights
 
 
 def _free_port() -> int:
@@ -137,7 +138,9 @@ def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
 
 def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: bool = True) -> TrainSpec:
     """The `TrainSpec` of `phase` for a `RunConfig` (uni_seg.config): the model, datasets and
-    loss of `uni_seg.model`, `uni_seg.targets` and `uni_seg.losses` with the run's parameters.
+    loss of `uni_seg.model`, `uni_seg.targets` and `uni_seg.losses` with the run's parameters
+    (class weights by `nc_class_weights`: given, the scheme's, or from the processed cache's
+    training split, which must exist then), and the run's class scheme for its checkpoints.
 
     Phase 2 builds the architecture without downloading weights: they come from
     `checkpoint_dir/best_phase1.pth`. `device` defaults to "cpu" when `cfg.n_gpus == 0`, else "auto".
@@ -149,12 +152,15 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,
                 seed=cfg.seed)
+    scheme = class_scheme(cfg.class_scheme)
+    # the class weights the notebook's §4 shows: given, the scheme's, or from the training split's cells
+    weights = nc_class_weights(scheme, cfg.processed_dir, cfg.class_weights)
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
         train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
         val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
-        loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(cfg.class_weights),
+        loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
                                                        nc_weight=cfg.nc_loss_weight)),
         checkpoint_dir=Path(cfg.checkpoint_dir), results_dir=Path(cfg.results_dir),
@@ -162,7 +168,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         lora=(int(cfg.lora_rank), float(cfg.lora_alpha)) if phase == 2 else None,
         init_checkpoint=Path(cfg.checkpoint_dir) / "best_phase1.pth" if phase == 2 else None,
         resume=bool(cfg.resume_training), device=device or ("cpu" if cfg.n_gpus == 0 else "auto"),
-        progress=progress,
+        progress=progress, class_scheme=scheme.as_dict(),
     )
 
 
@@ -246,7 +252,7 @@ def spec_from_json(text: str) -> TrainSpec:
         working_scale=raw.get("working_scale"), lora=tuple(raw["lora"]) if raw.get("lora") else None,
         init_checkpoint=Path(raw["init_checkpoint"]) if raw.get("init_checkpoint") else None,
         resume=raw.get("resume", True), device=raw.get("device", "auto"), progress=raw.get("progress", True),
-        plot=raw.get("plot", True),
+        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"),
     )
 
 

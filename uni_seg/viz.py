@@ -12,9 +12,9 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from uni_seg.config import atomic_open
-from uni_seg.data import CLASS_NAMES, class_colour, class_name
-from uni_seg.export import cell_outlines
+from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, atomic_open
+from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.export import cell_outlines, colour_lut
 from uni_seg.postproc import SplitPrediction
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
 
@@ -52,11 +52,13 @@ def instance_overlay(image: np.ndarray, inst: np.ndarray, alpha: float = 0.45, s
     return out.astype(np.uint8)
 
 
-def class_map_rgb(cls: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) colour of each pixel's class (`cls` int (H, W), 0 background = black)."""
+def class_map_rgb(cls: np.ndarray, colours: Sequence[tuple[int, int, int]] | None = None) -> np.ndarray:
+    """uint8 (H, W, 3) colour of each pixel's class: `cls` int (H, W), 0 background (black),
+    `UNKNOWN_CLASS` in `UNKNOWN_COLOUR`; `colours` RGB per class (a scheme's; default the
+    "colour" scheme's), grey beyond them."""
     cls = np.asarray(cls)
-    lut = np.array([class_colour(c) for c in range(int(cls.max(initial=0)) + 1)], dtype=np.uint8)
-    return lut[cls]
+    lut = np.vstack([colour_lut(np.maximum(cls, 0), colours), np.array(UNKNOWN_COLOUR, np.uint8)])
+    return lut[cls]  # UNKNOWN_CLASS (-1) picks the last row
 
 
 # notebook §10, cell id a4db404c
@@ -114,13 +116,16 @@ def plot_sample_figure(
     title: str = "",
     class_names: Sequence[str] = CLASS_NAMES,
     dpi: int = 100,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
     """The three-row sample figure of one image, saved as PNG at `out_path`.
 
     image uint8 (H, W, 3); true_inst, pred_inst int (H, W); np_prob float32 (H, W) in [0, 1];
-    hv float32 (2, H, W) in [-1, 1]; true_cls, pred_cls int (H, W) class per pixel. All at the
-    same (working) scale. Row 1: image, true cells, predicted cells, error map; row 2: NP, H,
-    V maps; row 3: true and predicted class maps and the legends. Returns the path.
+    hv float32 (2, H, W) in [-1, 1]; true_cls, pred_cls int (H, W) class per pixel
+    (`UNKNOWN_CLASS` allowed in true_cls). All at the same (working) scale. Row 1: image, true
+    cells, predicted cells, error map; row 2: NP, H, V maps; row 3: true and predicted class
+    maps in `class_colours` (a scheme's `colours`; default the "colour" scheme's) and the
+    legends, classes named by `class_names`. Returns the path.
     """
     h, w = np.asarray(true_inst).shape
     panel = 4.0
@@ -137,28 +142,34 @@ def plot_sample_figure(
     _panel(axes[1, 1], hv[0], "H map (x offset)", cmap="coolwarm", vmin=-1, vmax=1)
     im = _panel(axes[1, 2], hv[1], "V map (y offset)", cmap="coolwarm", vmin=-1, vmax=1)
     fig.colorbar(im, ax=axes[1, 2], fraction=0.046, pad=0.02)
-    _panel(axes[2, 0], class_map_rgb(true_cls), "true classes")
-    _panel(axes[2, 1], class_map_rgb(pred_cls), "predicted classes")
+    _panel(axes[2, 0], class_map_rgb(true_cls, class_colours), "true classes")
+    _panel(axes[2, 1], class_map_rgb(pred_cls, class_colours), "predicted classes")
     for ax in (axes[1, 3], axes[2, 2], axes[2, 3]):
         ax.set_axis_off()
     axes[1, 3].legend(handles=[Patch(color=np.array(c) / 255, label=k) for k, c in ERROR_COLORS.items()],
                       loc="center", title="error map", frameon=False)
-    classes = [Patch(color=np.array(class_colour(c)) / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
+    lut = colour_lut(np.arange(len(class_names)), class_colours)
+    classes = [Patch(color=lut[c] / 255, label=class_name(c, class_names)) for c in range(1, len(class_names))]
+    if np.any(np.asarray(true_cls) == UNKNOWN_CLASS):
+        classes.append(Patch(color=np.array(UNKNOWN_COLOUR) / 255, label=f"{UNKNOWN_NAME} (true cells of no class)"))
     axes[2, 2].legend(handles=classes, loc="center", title="classes", frameon=False)
     if title:
         fig.suptitle(title)
     return save_figure(fig, out_path)
 
 
+# notebook §10, cell id 109300fe
 def save_sample_figures(
     predictions: Sequence[SplitPrediction],
     out_dir: str | Path,
     n: int = 3,
     prefix: str = "visualization_sample",
     class_names: Sequence[str] = CLASS_NAMES,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> list[Path]:
     """Sample figures `out_dir/<prefix>_<k>.png` (k = 1..n) of `n` predictions spread evenly
-    over `predictions` (from `uni_seg.infer.predict_split`, maps kept). Returns the paths."""
+    over `predictions` (from `uni_seg.infer.predict_split`, maps kept), classes named and
+    coloured as `plot_sample_figure` takes them. Returns the paths."""
     usable = [p for p in predictions if p.maps is not None]
     if not usable:
         raise ValueError("no prediction has its maps (run predict_split with keep_maps=True)")
@@ -167,11 +178,12 @@ def save_sample_figures(
     for k, i in enumerate(picks, 1):
         p = usable[i]
         paths.append(plot_sample_figure(p.image, p.true_inst, p.pred_inst, p.maps["np"], p.maps["hv"], p.true_cls,
-                                        p.pred_cls, Path(out_dir) / f"{prefix}_{k}.png", title=p.stem, class_names=class_names))
+                                        p.pred_cls, Path(out_dir) / f"{prefix}_{k}.png", title=p.stem, class_names=class_names,
+                                        class_colours=class_colours))
     return paths
 
 
-# notebook §10, cell id 109300fe
+# notebook §10, cell id fdcd29f6
 def _areas(inst: np.ndarray) -> np.ndarray:
     counts = np.bincount(np.asarray(inst).ravel())
     return counts[1:][counts[1:] > 0]
@@ -200,8 +212,10 @@ def plot_area_histogram(
     return save_figure(fig, out_path)
 
 
+# notebook §10, cell id 6c422be5
 def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) -> np.ndarray:
-    """Cells per class (n_classes,) of one image; `classes` a vector by id or a class map."""
+    """Cells per class (n_classes,) of one image, cells of unknown class left out; `classes` a
+    vector by id or a class map."""
     ids = np.flatnonzero(np.bincount(np.asarray(inst).ravel())[1:]) + 1
     if classes is None:
         return np.zeros(n_classes, np.int64)
@@ -209,7 +223,8 @@ def _class_counts(inst: np.ndarray, classes: np.ndarray | None, n_classes: int) 
     by_id = instance_classes_from_map(inst, classes, n_classes) if classes.shape == np.shape(inst) else classes
     if ids.size and (by_id.ndim != 1 or by_id.size <= ids[-1]):
         raise ValueError(f"classes of shape {classes.shape} cover neither the label map {np.shape(inst)} nor ids up to {ids[-1]}")
-    return np.bincount(by_id[ids], minlength=n_classes)[:n_classes]
+    of_cells = by_id[ids]
+    return np.bincount(of_cells[of_cells != UNKNOWN_CLASS], minlength=n_classes)[:n_classes]
 
 
 def plot_count_scatter(
@@ -220,11 +235,13 @@ def plot_count_scatter(
     pred_classes: Sequence[np.ndarray] | None = None,
     class_names: Sequence[str] = CLASS_NAMES,
     dpi: int = 100,
+    class_colours: Sequence[tuple[int, int, int]] | None = None,
 ) -> Path:
     """Cells per image, true (x) against predicted (y), with the diagonal; one point per image.
 
     With `true_classes` / `pred_classes` (per image: class map int (H, W) or class vector by
-    id), a second panel shows the counts per class. Returns the path.
+    id), a second panel shows the counts per class (true cells of unknown class left out), in
+    `class_colours` (a scheme's; default the "colour" scheme's). Returns the path.
     """
     true_n = np.array([len(_areas(t)) for t in true_insts])
     pred_n = np.array([len(_areas(p)) for p in pred_insts])
@@ -237,7 +254,8 @@ def plot_count_scatter(
         c = len(class_names)
         tc = np.array([_class_counts(t, k, c) for t, k in zip(true_insts, true_classes)]).reshape(-1, c)
         pc = np.array([_class_counts(p, k, c) for p, k in zip(pred_insts, pred_classes)]).reshape(-1, c)
-        series = [(class_name(k, class_names), tc[:, k], pc[:, k], np.array(class_colour(k)) / 255) for k in range(1, c)]
+        lut = colour_lut(np.arange(c), class_colours)
+        series = [(class_name(k, class_names), tc[:, k], pc[:, k], lut[k] / 255) for k in range(1, c)]
         panels.append((axes[1], series, "cells per image and class"))
     for ax, series, title in panels:
         top = max([1] + [int(max(s[1].max(initial=0), s[2].max(initial=0))) for s in series])
@@ -251,4 +269,31 @@ def plot_count_scatter(
         ax.set_ylabel("predicted count")
         ax.set_title(title)
         ax.legend(fontsize=8)
+    return save_figure(fig, out_path)
+
+
+# notebook §10, cell id a29e4611
+def plot_parasitemia_scatter(true: Sequence[float], pred: Sequence[float], out_path: str | Path,
+                             labels: Sequence[str] | None = None, dpi: int = 100) -> Path:
+    """Parasitemia per image (infected red cells / red cells, fractions in [0, 1]; nan where
+    undefined), true (x) against predicted (y) in percent, with the diagonal and the mean
+    absolute error over the images where both are defined in the title. Returns the path."""
+    t, q = np.asarray(true, np.float64), np.asarray(pred, np.float64)
+    ok = np.isfinite(t) & np.isfinite(q)
+    mae = float(np.abs(t[ok] - q[ok]).mean()) if ok.any() else float("nan")
+    fig = Figure(figsize=(5.5, 5), dpi=dpi, layout="constrained")
+    ax = fig.subplots()
+    top = max(1.0, float(100 * max(t[ok].max(initial=0), q[ok].max(initial=0))) * 1.1)
+    ax.plot([0, top], [0, top], color="0.6", linestyle="--", linewidth=1, label="y = x")
+    ax.scatter(100 * t[ok], 100 * q[ok], s=30, color="tab:purple", alpha=0.8, label=f"{int(ok.sum())} images")
+    if labels is not None:
+        for x, y, text in zip(100 * t[ok], 100 * q[ok], np.asarray(labels, dtype=object)[ok]):
+            ax.annotate(str(text)[:8], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true parasitemia (% of red cells infected)")
+    ax.set_ylabel("predicted parasitemia (%)")
+    ax.set_title(f"parasitemia per image (MAE {100 * mae:.2f} points)")
+    ax.legend(fontsize=8)
     return save_figure(fig, out_path)
