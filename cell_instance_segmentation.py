@@ -41,7 +41,7 @@
 # the story comes first)
 #
 # 0. [Setup and parameters](#section-0) (`uni_seg.config`)
-# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
+# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
@@ -121,6 +121,14 @@ LR_DECODER_PHASE2: float = 1e-4  # learning rate of the decoder
 MAX_NONFINITE_STEPS: int = 10  # optimiser steps in a row with a non-finite loss or gradient before training stops
 GRAD_ACCUM_TARGET: Optional[int] = None  # effective batch: gradients accumulate over steps until this many crops (all GPUs)
 CROPS_PER_IMAGE: Optional[int] = None  # random crops drawn from each training image per epoch
+# --- stain and colour augmentation of training crops (§2; 0 turns a part off) ---
+AUG_HED: float = 0.0  # stain jitter s in [0, 1]: each haematoxylin/eosin/DAB amount times 1 +- s, shifted by up to s/3 OD
+AUG_HUE: float = 0.04  # largest hue rotation in [0, 0.5], a fraction of the colour circle
+AUG_SATURATION: float = 0.2  # saturation times 1 +- this, in [0, 1]
+AUG_BRIGHTNESS_CONTRAST: float = 0.2  # brightness and contrast each times 1 +- this, in [0, 1]
+AUG_GRAYSCALE: float = 0.0  # probability in [0, 1] that a crop is made grey
+AUG_BLUR: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
+AUG_JPEG: int = 100  # lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none
 # --- speed ---
 PRECISION: str = "auto"  # "auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"
 USE_COMPILE: bool = False  # torch.compile the model (first epoch slower)
@@ -131,6 +139,10 @@ USE_TTA: bool = False  # test-time augmentation: average over flips and 90-degre
 TUNE_POSTPROC: bool = True  # grid-search the watershed parameters on val to maximise PQ
 N_FIGURE_SAMPLES: int = 3  # test images drawn in the sample figures
 EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference; None: all
+RUN_BASELINE: bool = True  # §9 also scores a classical baseline (Otsu + distance-transform watershed, tuned on train)
+# --- smears from elsewhere (§9) ---
+EXTERNAL_EVAL_DIR: Optional[str] = None  # folder of images with VOC or COCO cell boxes, e.g. ../shared/data/bccd_detection; None: none
+EXTERNAL_CELL_DIAMETER: Optional[float] = None  # cell diameter in px in those images; None: estimated from the images
 
 # %% [markdown]
 # A parameter given under a name the notebook does not know (`-p EPOCS_PHASE1 1`) would be
@@ -257,12 +269,22 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     lr_lora_phase2=1e-5,
     lr_decoder_phase2=1e-4,
     max_nonfinite_steps=10,
+    aug_hed=0.0,
+    aug_hue=0.04,
+    aug_saturation=0.2,
+    aug_brightness_contrast=0.2,
+    aug_grayscale=0.0,
+    aug_blur=1.2,
+    aug_jpeg=100,
     precision="auto",
     use_compile=False,
     use_tta=False,
     tune_postproc=True,
     n_figure_samples=3,
     export_images=None,
+    run_baseline=True,
+    external_eval_dir=None,
+    external_cell_diameter=None,
 )
 
 
@@ -324,6 +346,13 @@ class RunConfig:
     max_nonfinite_steps: int
     grad_accum_target: int
     crops_per_image: int
+    aug_hed: float
+    aug_hue: float
+    aug_saturation: float
+    aug_brightness_contrast: float
+    aug_grayscale: float
+    aug_blur: float
+    aug_jpeg: int
     precision: str
     use_compile: bool
     tile_size: int
@@ -332,6 +361,9 @@ class RunConfig:
     tune_postproc: bool
     n_figure_samples: int
     export_images: int | None
+    run_baseline: bool
+    external_eval_dir: Path | None
+    external_cell_diameter: float | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -390,6 +422,10 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
     for name in _PATH_FIELDS:
         merged[name] = Path(merged[name])
+    if merged["external_eval_dir"] is not None:
+        merged["external_eval_dir"] = Path(merged["external_eval_dir"]).expanduser()
+        if not merged["external_eval_dir"].is_dir():
+            raise ValueError(f"EXTERNAL_EVAL_DIR={str(merged['external_eval_dir'])!r} is not a folder")
     merged["class_weights"] = tuple(float(w) for w in merged["class_weights"])
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
@@ -423,8 +459,12 @@ _INT_AT_LEAST: dict[str, int] = dict(
 _OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
+#: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).
+_NUMBERS_IN: dict[str, tuple[float, float]] = dict(
+    aug_hed=(0.0, 1.0), aug_hue=(0.0, 0.5), aug_saturation=(0.0, 1.0), aug_brightness_contrast=(0.0, 1.0),
+    aug_grayscale=(0.0, 1.0), aug_blur=(0.0, 10.0))
 _FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
-          "use_compile", "use_tta", "tune_postproc")
+          "use_compile", "use_tta", "tune_postproc", "run_baseline")
 
 
 def _is_int(value: Any) -> bool:
@@ -446,6 +486,16 @@ def _check_values(merged: Mapping[str, Any]) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
             problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
+    for name, (low, high) in _NUMBERS_IN.items():
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            problems.append(f"{name.upper()}={value!r} must be a number in [{low:g}, {high:g}]")
+    if not _is_int(merged["aug_jpeg"]) or not 1 <= merged["aug_jpeg"] <= 100:
+        problems.append(f"AUG_JPEG={merged['aug_jpeg']!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+    diameter = merged["external_cell_diameter"]
+    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                 or not math.isfinite(diameter) or diameter <= 0):
+        problems.append(f"EXTERNAL_CELL_DIAMETER={diameter!r} must be a number > 0 (pixels) or None (estimated)")
     for name in _FLAGS:
         if not isinstance(merged[name], bool):
             problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
@@ -2178,6 +2228,168 @@ def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_
 
 
 # %% [markdown]
+# ### The size of the cells (`uni_seg.cellsize`)
+#
+# The model learns cells at one size in pixels, the training images' at the working scale
+# (the real subset's red cells, ~100 px across at 1600x1200, are ~50 px at `WORKING_SCALE`
+# 0.5). Smears from another microscope or camera show their cells at any size, and the image
+# size says nothing about it: BCCD's 640x480 photographs show red cells ~100 px across as
+# well. So inference rescales a folder's images so that their cells come out at the training
+# size (§8), which needs the cells' size in an image, measured without the model:
+#
+# 1. **Foreground**: cells are darker than the background in lightness (CIELAB L*, whatever
+#    the stain's hue), so Otsu's threshold on L* separates them; holes are filled (the pale
+#    centres of red cells).
+# 2. **Granulometry**: the foreground is opened with discs of growing radius, each opening by
+#    two distance transforms (where a disc fits, then what such discs cover); a pixel's size is
+#    the radius of the largest disc that still covers it. A cell that touches or overlaps
+#    others is still covered by discs of its own size, so a clump does not read as one big
+#    cell, as it would for the blobs' areas or the mean of the distance transform. The
+#    diameter is twice the median size over the foreground pixels.
+#
+# On the real subset this reads 5-10 % under the masks' median diameter, on BCCD about 10 %
+# under the median side of the red cells' boxes: nearly the same bias, and it cancels, because
+# the training size is measured in the same way (on training images of the processed cache,
+# and recorded in every checkpoint as `cell_diameter`). A folder's diameter is the median over
+# up to 16 of its images, so that one odd image does not move the scale.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.filters import threshold_otsu
+
+from uni_seg.data import check_rgb_image, load_processed, read_image
+
+#: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
+MEASURE_SIDE = 640
+#: The granulometry's disc radii grow by this factor from 1 px (6 %: its resolution before interpolation).
+RADIUS_STEP = 1.06
+#: Images of a folder measured for its cell diameter (the median over them counts).
+MEASURE_IMAGES = 16
+
+
+def otsu_lightness(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255; Otsu's threshold of it, a
+    float) of an RGB uint8 image (H, W, 3). A flat image's threshold is its one value."""
+    lightness = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0]
+    if lightness.min() == lightness.max():
+        return lightness, float(lightness.flat[0])
+    return lightness, float(threshold_otsu(lightness))
+
+
+def cell_foreground(image: np.ndarray) -> np.ndarray:
+    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) darker than Otsu's threshold of
+    their lightness (`otsu_lightness`), holes filled (pale cell centres)."""
+    lightness, threshold = otsu_lightness(image)
+    return ndi.binary_fill_holes(lightness < threshold)
+
+
+def granulometry(mask: np.ndarray, radii: Sequence[float]) -> np.ndarray:
+    """float64 (len(radii),): the share of `mask`'s pixels (bool (H, W), not empty) covered by
+    discs of each radius (px, increasing) that fit inside the mask: its opening by that disc.
+
+    Each opening is two Euclidean distance transforms (centres where a disc fits: farther than
+    r from the background; covered: within r of such a centre), so the cost is two transforms
+    per radius, whatever the radius; the loop runs over the radii, not the pixels."""
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    total = np.count_nonzero(mask)
+    covered = np.zeros(len(radii))
+    for k, r in enumerate(radii):
+        centres = inside > r
+        if not centres.any():
+            break  # no disc this large fits: none larger will
+        reach = cv2.distanceTransform((~centres).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        covered[k] = np.count_nonzero((reach <= r) & mask) / total
+    return covered
+
+
+# %% [markdown] tags=["why"]
+# An image's cell diameter is twice the median disc size of its foreground; a folder's is the median over its images.
+
+# %% tags=["export"]
+def cell_diameter(image: np.ndarray) -> float:
+    """The typical cell diameter of an RGB uint8 image (H, W, 3), in its own pixels: twice the
+    radius at which `granulometry` of its `cell_foreground` falls to one half (interpolated
+    between the radii tried). Measured on a copy shrunk to `MEASURE_SIDE`; nan when the image
+    shows no cells (a blank foreground, or cells wider than half the image)."""
+    image = check_rgb_image(image)
+    f = min(1.0, MEASURE_SIDE / max(image.shape[:2]))
+    if f < 1.0:
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    mask = cell_foreground(image)
+    if np.count_nonzero(mask) < 20:
+        return math.nan
+    radii = RADIUS_STEP ** np.arange(int(math.log(max(min(mask.shape) / 4, 1.0)) / math.log(RADIUS_STEP)) + 1)
+    covered = granulometry(mask, radii)
+    below = np.flatnonzero(covered < 0.5)
+    if below.size == 0 or below[0] == 0:
+        return math.nan
+    k = int(below[0])  # the median lies between radii k-1 (covered >= 1/2) and k
+    r = radii[k - 1] + (covered[k - 1] - 0.5) / (covered[k - 1] - covered[k]) * (radii[k] - radii[k - 1])
+    return float(2.0 * r / f)
+
+
+def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES) -> float:
+    """The median `cell_diameter` (px) over the first `limit` of `images` (RGB uint8 arrays or
+    image files) that show cells; nan when none does."""
+    values = []
+    for k, image in enumerate(images):
+        if k >= limit:
+            break
+        d = cell_diameter(read_image(image) if isinstance(image, (str, Path)) else image)
+        if math.isfinite(d):
+            values.append(d)
+    return float(np.median(values)) if values else math.nan
+
+
+def training_cell_diameter(processed_dir: str | Path, limit: int = MEASURE_IMAGES) -> float | None:
+    """The cells' diameter the model trains at: `folder_cell_diameter` of the first `limit`
+    training images of the processed cache (working-scale px), or None when the cache has no
+    training images or they show no cells."""
+    try:
+        samples = load_processed(processed_dir, "train")[:limit]
+    except (FileNotFoundError, ValueError):
+        return None
+    d = folder_cell_diameter(s.load()["image"] for s in samples)
+    return d if math.isfinite(d) else None
+
+
+# %% [markdown] tags=["why"]
+# The working scale for a folder, and one line that says how it was found: what inference (§8) and the evaluation on smears from elsewhere (§9) call before they build their settings.
+
+# %% tags=["export"]
+def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_diameter: float | None,
+                            default: float, cell_diameter_px: float | None = None) -> tuple[float, str]:
+    """(working scale, one line saying how it was chosen) for a folder's images, so that their
+    cells come out at `training_diameter` (working-scale px, the checkpoint's `cell_diameter`).
+
+    The folder's diameter is `cell_diameter_px` when given (the user knows it, px of the images),
+    else `folder_cell_diameter(images)`. Without a training diameter (a checkpoint older than
+    that record) or a diameter to be had, the scale is `default` (the checkpoint's working
+    scale). The scale is kept in [1/16, 4] (`InferenceSettings`' range).
+    """
+    if training_diameter is None or not training_diameter > 0:
+        return default, (f"working scale {default:g} (the checkpoint's: it does not record the cell diameter it was "
+                         "trained at, so the cells' size cannot be matched)")
+    given = cell_diameter_px is not None
+    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images)
+    if not math.isfinite(diameter) or diameter <= 0:
+        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images)"
+    scale = min(4.0, max(1 / 16, training_diameter / diameter))
+    how = "as given" if given else f"measured on up to {MEASURE_IMAGES} images"
+    return scale, (f"working scale {scale:.3g}: cells {diameter:.0f} px across ({how}) -> {diameter * scale:.0f} px, "
+                   f"the training size ({training_diameter:.0f} px)")
+
+
+# %% [markdown]
 # ### This run's data
 # Synthetic smears are generated where they were asked for (the demo profile's own folder, or
 # any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
@@ -2216,6 +2428,22 @@ _stats = instance_statistics(s.load()["inst"] for s in load_processed(cfg.proces
 print(f"train split: {_stats['n_instances']} cells in {_stats['n_images']} images ({_stats['per_image']:.1f} per image), "
       f"median area {_stats['median_area']:.0f} px at the working scale; "
       f"likely merged clumps: {_stats['n_clumps']} ({100 * _stats['clump_fraction']:.1f} %)")
+
+# %% [markdown]
+# The cells' size at the working scale: what the training masks say (the diameter of a disc of
+# the median area) and what the measurement on the images alone says (`training_cell_diameter`,
+# the size every checkpoint of this run records and inference matches).
+
+# %%
+import math
+
+from uni_seg.cellsize import MEASURE_IMAGES, training_cell_diameter
+
+training_diameter = training_cell_diameter(cfg.processed_dir)
+_from_masks = 2 * math.sqrt(_stats["median_area"] / math.pi)
+print(f"cell diameter at the working scale: {_from_masks:.1f} px from the training masks, "
+      + (f"{training_diameter:.1f} px measured on {MEASURE_IMAGES} training images" if training_diameter
+         else "none measured (no cells found in the training images)"))
 
 # %% [markdown]
 # ## 2. Targets and augmentation (`uni_seg.targets`)
@@ -2307,8 +2535,8 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 #    x offset is no longer an x offset, and scaling changes the [-1, 1] normalisation), so NP,
 #    HV and NC are computed after the geometry. The class map follows the instances (each
 #    instance keeps its class), so it needs no warping of its own.
-# 3. **Photometric**, on the image only: colour jitter (stain variation), blur (focus), noise,
-#    coarse dropout.
+# 3. **Photometric**, on the image only: stain and colour changes (how another lab's smears
+#    look, below), blur (focus), noise, JPEG artefacts, coarse dropout.
 #
 # Randomness is reproducible per sample: crop `index` of epoch `epoch` is drawn from the seed
 # `(SEED, epoch, index)`, so a resumed run sees the same crops as an uninterrupted one, whatever
@@ -2319,12 +2547,14 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 # %% tags=["export"]
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 with warnings.catch_warnings():
     # albumentations imports huggingface_hub, which imports tqdm.auto: in a kernel without
@@ -2333,6 +2563,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
+from uni_seg.config import Settings
 from uni_seg.targets import targets_from_instances
 
 
@@ -2350,6 +2581,113 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
     nodes = _walk(pipeline)
     for node, s in zip(nodes, np.random.SeedSequence(seed).generate_state(len(nodes))):
         node.set_random_seed(int(s))  # parents first: a Compose propagates, its children override
+
+
+# %% [markdown]
+# **Smears from other labs.** A model trained on one lab's smears meets other stains,
+# microscopes and cameras: Giemsa or Wright, bluish or pinkish cells, white or grey
+# backgrounds, sharp or soft focus, raw or JPEG-compressed files. The photometric stage
+# imitates that spread. Each part has its own parameter, and 0 turns it off
+# (`StainAugmentation` holds them; §9 measures the effect on smears of another lab):
+#
+# | parameter | what changes | how |
+# |---|---|---|
+# | `AUG_HED` = s | the balance of the stains | colour deconvolution (below): each stain's amount scaled by a factor in [1 - s, 1 + s] and shifted by up to ±s/3 optical density, p = 0.8 |
+# | `AUG_HUE`, `AUG_SATURATION` | hue and saturation | a hue rotation of up to ±`AUG_HUE` of the colour circle, saturation times [1 - x, 1 + x] (albumentations' `ColorJitter`, p = 0.8) |
+# | `AUG_BRIGHTNESS_CONTRAST` | illumination and contrast | brightness and contrast each times [1 - x, 1 + x] (the same `ColorJitter`) |
+# | `AUG_GRAYSCALE` | colour itself | the probability of a grey crop: cells by their shape alone |
+# | `AUG_BLUR` | focus | Gaussian blur of sigma up to this many pixels, p = 0.2 |
+# | `AUG_JPEG` | file format | JPEG compression at a quality from this up to 95, p = 0.5 |
+#
+# **Colour deconvolution.** Light passing a stained smear is absorbed by each dye in
+# proportion to its amount, so in optical density (OD = -log(intensity)) a pixel is a sum of
+# the dyes' colour vectors. Ruifrok and Johnston's matrix (scikit-image's `hed_from_rgb`) splits
+# it into haematoxylin, eosin and DAB amounts; scaling and shifting those and mixing them back
+# changes the stain balance as another lab's staining would, the augmentation pathology
+# pipelines use (Tellez et al. 2018, "H&E-DAB jitter"). Giemsa and Wright are not H&E, but their
+# blue (azure, methylene blue) and pink (eosin) dyes lie close to those colour vectors, so the
+# jitter moves the balance that differs between labs. The decomposition here is exact: with no
+# jitter an image comes back unchanged, whereas scikit-image's `hed2rgb(rgb2hed(x))` clips
+# negative amounts and moves a real smear's pixels by up to 50 grey levels on its own.
+#
+# The settings before this stage existed are `BEFORE_STAIN_ROBUSTNESS`.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class StainAugmentation(Settings):
+    """How far the photometric stage of training moves a crop's stain, colour and image
+    quality (the parameters `AUG_*`); 0 turns a part off (`AUG_JPEG`: 100). Validated when made."""
+
+    what = "augmentation setting"
+
+    hed: float = 0.0  # stain jitter s: each HED amount times [1 - s, 1 + s], plus up to +-s/3 OD; in [0, 1]
+    hue: float = 0.04  # largest hue rotation, a fraction of the colour circle, in [0, 0.5]
+    saturation: float = 0.2  # saturation times [1 - x, 1 + x], x in [0, 1]
+    brightness_contrast: float = 0.2  # brightness and contrast each times [1 - x, 1 + x], x in [0, 1]
+    grayscale: float = 0.0  # probability that a crop is made grey, in [0, 1]
+    blur: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
+    jpeg: int = 100  # lowest JPEG quality of the compression artefacts, 1..100 (100: none)
+
+    def __post_init__(self) -> None:
+        limits = dict(hed=1.0, hue=0.5, saturation=1.0, brightness_contrast=1.0, grayscale=1.0, blur=10.0)
+        for name, high in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ValueError(f"{name}={value!r} must be a number in [0, {high:g}]")
+        if isinstance(self.jpeg, bool) or not isinstance(self.jpeg, int) or not 1 <= self.jpeg <= 100:
+            raise ValueError(f"jpeg={self.jpeg!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "StainAugmentation":
+        """The settings of a `RunConfig` (uni_seg.config): its `aug_*` fields."""
+        return cls(**{f.name: getattr(cfg, f"aug_{f.name}") for f in dataclasses.fields(cls)})
+
+
+#: The photometric stage as it was before stain robustness (issue 13): mild colour jitter and
+#: blur only (`-p AUG_HED 0 -p AUG_HUE 0.04 ...` trains the earlier models again).
+BEFORE_STAIN_ROBUSTNESS = StainAugmentation(hed=0.0, hue=0.04, saturation=0.2, brightness_contrast=0.2, grayscale=0.0,
+                                            blur=1.2, jpeg=100)
+
+
+# %% [markdown] tags=["why"]
+# The stain jitter: the exact colour deconvolution above as a pure function, and as an albumentations transform so that it is seeded like the others.
+
+# %% tags=["export"]
+_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+_RGB_FROM_HED = rgb_from_hed.astype(np.float32)
+
+
+def hed_jitter(image: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
+    """`image` RGB uint8 (H, W, 3) with its haematoxylin, eosin and DAB amounts (optical density
+    split by Ruifrok and Johnston's matrix) multiplied by `scale` (3,) and shifted by `shift` (3,)
+    OD; RGB uint8 (H, W, 3). Scale 1 and shift 0 give the image back (a pixel value of 0 comes
+    back as 1: OD is taken of max(value, 1) / 255)."""
+    od = -np.log(np.maximum(image, 1).astype(np.float32) * np.float32(1 / 255))
+    amounts = od.reshape(-1, 3) @ _HED_FROM_RGB
+    amounts = amounts * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)
+    out = np.exp(-(amounts @ _RGB_FROM_HED)) * np.float32(255)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(image.shape)
+
+
+class HEDJitter(A.ImageOnlyTransform):
+    """albumentations transform: `hed_jitter` with every stain's scale drawn from
+    [1 - strength, 1 + strength] and shift from [-strength/3, strength/3] (OD)."""
+
+    def __init__(self, strength: float = 0.2, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.strength = float(strength)
+
+    def get_params(self) -> dict[str, Any]:
+        s = self.strength
+        return {"scale": [self.py_random.uniform(1 - s, 1 + s) for _ in range(3)],
+                "shift": [self.py_random.uniform(-s / 3, s / 3) for _ in range(3)]}
+
+    def apply(self, img: np.ndarray, scale: Sequence[float] = (1, 1, 1), shift: Sequence[float] = (0, 0, 0),
+              **params: Any) -> np.ndarray:
+        return hed_jitter(img, scale, shift)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("strength",)
 
 
 # %% [markdown] tags=["why"]
@@ -2384,17 +2722,26 @@ def geometric_transform(crop_size: int) -> A.Compose:
     )
 
 
-def photometric_transform() -> A.Compose:
-    """Colour jitter, blur, noise and coarse dropout on an RGB uint8 image."""
-    return A.Compose(
-        [
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.8),
-            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 1.2), p=0.2),
-            A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
-            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
-                            fill=0, p=0.3),
-        ]
-    )
+def photometric_transform(stain: StainAugmentation = StainAugmentation()) -> A.Compose:
+    """Stain jitter, colour jitter, greyscale, blur, noise, JPEG artefacts and coarse dropout on an
+    RGB uint8 image, each part as strong as `stain` says (parts set to 0 are left out)."""
+    parts: list[Any] = []
+    if stain.hed > 0:
+        parts.append(HEDJitter(stain.hed, p=0.8))
+    if stain.hue > 0 or stain.saturation > 0 or stain.brightness_contrast > 0:
+        parts.append(A.ColorJitter(brightness=stain.brightness_contrast, contrast=stain.brightness_contrast,
+                                   saturation=stain.saturation, hue=stain.hue, p=0.8))
+    if stain.grayscale > 0:
+        parts.append(A.ToGray(num_output_channels=3, p=stain.grayscale))
+    if stain.blur > 0:  # kernel ~ +-2 sigma (5 px at sigma 1.2)
+        parts.append(A.GaussianBlur(blur_limit=(3, max(3, 2 * round(2 * stain.blur) + 1)),
+                                    sigma_limit=(min(0.2, stain.blur), stain.blur), p=0.2))
+    parts.append(A.GaussNoise(std_range=(0.01, 0.04), p=0.3))
+    if stain.jpeg < 100:  # after the noise, as a camera compresses what its sensor saw
+        parts.append(A.ImageCompression(compression_type="jpeg", quality_range=(stain.jpeg, max(stain.jpeg, 95)), p=0.5))
+    parts.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
+                                 fill=0, p=0.3))
+    return A.Compose(parts)
 
 
 # %% [markdown] tags=["why"]
@@ -2402,12 +2749,14 @@ def photometric_transform() -> A.Compose:
 
 # %% tags=["export"]
 class CellAugmenter:
-    """Geometric -> targets -> photometric, for one (image, inst, cls) at a time."""
+    """Geometric -> targets -> photometric, for one (image, inst, cls) at a time; `stain` sets
+    the photometric stage (None: `StainAugmentation()`'s defaults)."""
 
-    def __init__(self, crop_size: int) -> None:
+    def __init__(self, crop_size: int, stain: StainAugmentation | None = None) -> None:
         self.crop_size = crop_size
+        self.stain = stain or StainAugmentation()
         self.geometric = geometric_transform(crop_size)
-        self.photometric = photometric_transform()
+        self.photometric = photometric_transform(self.stain)
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -2465,7 +2814,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -2474,7 +2823,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from uni_seg.augment import CellAugmenter
+from uni_seg.augment import CellAugmenter, StainAugmentation
 from uni_seg.config import seed_everything
 from uni_seg.data import ProcessedSample, load_processed, start_context, tile_starts, worker_context
 from uni_seg.targets import targets_from_instances
@@ -2506,6 +2855,8 @@ class CellCropDataset(Dataset):
     seed: with the epoch and the item index, fixes each training crop.
     cache_in_memory: keep decoded images in each worker after first use (fast, costs RAM:
       ~4 MB per 800x600 image per worker).
+    augmentation: the photometric stage of training crops, as `StainAugmentation.as_dict()`
+      (a plain dict, so the dataset's recipe stays JSON for DDP workers); None: its defaults.
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
@@ -2514,7 +2865,9 @@ class CellCropDataset(Dataset):
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,
-                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False) -> None:
+                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False,
+                 augmentation: Mapping[str, Any] | None = None) -> None:
+        self.stain = StainAugmentation.from_dict(augmentation or {})  # checked here, before any worker starts
         self.processed_dir = Path(processed_dir)
         self.split = split
         self.crop_size = int(crop_size)
@@ -2564,7 +2917,7 @@ class CellCropDataset(Dataset):
         if self.train:
             data = self.load(i // self.crops_per_image)
             if self._augmenter is None:
-                self._augmenter = CellAugmenter(self.crop_size)
+                self._augmenter = CellAugmenter(self.crop_size, self.stain)
             image, inst, targets = self._augmenter(data["image"], data["inst"], data["cls"], (self.seed, epoch, i))
             return _to_item(image, inst, targets)
         k, top, left = self.tiles[i]
@@ -4398,7 +4751,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    "working_scale", "cell_diameter" (the training cells' diameter at the working scale; None
+    in checkpoints older than that record), "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against) and "path".
@@ -4413,8 +4767,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
+                                      "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
+                                      "checkpoint_id")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
@@ -4521,7 +4876,9 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
+    checkpoint so inference resizes images the same way, and `cell_diameter` (the training
+    images' cell diameter at the working scale, §1's `training_cell_diameter`) so that it can
+    bring other images' cells to that size. `device` is "auto" (CUDA when
     visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
     without, the phase starts over and overwrites it.
     """
@@ -4540,6 +4897,7 @@ class TrainSpec:
     device: str = "auto"
     progress: bool = True
     plot: bool = True
+    cell_diameter: float | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -5145,6 +5503,7 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
+            "cell_diameter": self.spec.cell_diameter,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
@@ -5264,6 +5623,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from uni_seg.augment import StainAugmentation
+from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.config import Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config, resolve_device
 from uni_seg.data import DataError
@@ -5417,6 +5778,9 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
 
     Phase 2 builds the architecture without downloading weights: they come from
     `checkpoint_dir/best_phase1.pth`. `device` defaults to "cpu" when `cfg.n_gpus == 0`, else "auto".
+    The training crops' photometric stage is the run's `AUG_*` parameters (§2's
+    `StainAugmentation`); the training images' cell diameter (§1's `training_cell_diameter`, None
+    before the processed cache exists) goes into the checkpoints.
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
@@ -5425,10 +5789,12 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,
                 seed=cfg.seed)
+    augmentation = StainAugmentation.from_config(cfg).as_dict()
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
-        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
+        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True,
+                                                                  augmentation=augmentation)),
         val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
         loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(cfg.class_weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
@@ -5438,7 +5804,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         lora=(int(cfg.lora_rank), float(cfg.lora_alpha)) if phase == 2 else None,
         init_checkpoint=Path(cfg.checkpoint_dir) / "best_phase1.pth" if phase == 2 else None,
         resume=bool(cfg.resume_training), device=device or ("cpu" if cfg.n_gpus == 0 else "auto"),
-        progress=progress,
+        progress=progress, cell_diameter=training_cell_diameter(cfg.processed_dir),
     )
 
 
@@ -5525,7 +5891,7 @@ def spec_from_json(text: str) -> TrainSpec:
         working_scale=raw.get("working_scale"), lora=tuple(raw["lora"]) if raw.get("lora") else None,
         init_checkpoint=Path(raw["init_checkpoint"]) if raw.get("init_checkpoint") else None,
         resume=raw.get("resume", True), device=raw.get("device", "auto"), progress=raw.get("progress", True),
-        plot=raw.get("plot", True),
+        plot=raw.get("plot", True), cell_diameter=raw.get("cell_diameter"),
     )
 
 

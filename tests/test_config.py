@@ -111,7 +111,8 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
             if name == "profile":
                 continue
             if value is None:
-                assert name in PROFILES["demo"] or name in ("run_name", "export_images"), name
+                # None: the profile's value, the run's name, or a default of None itself
+                assert name in PROFILES["demo"] or name == "run_name" or COMMON_DEFAULTS.get(name, 0) is None, name
             else:
                 assert COMMON_DEFAULTS[name] == value, name
 

@@ -6,6 +6,7 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.config       section 0: Setup and parameters
     uni_seg.data         section 1: Data (Reading one file, Masks to instances, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
     uni_seg.synthetic    section 1: Data (Synthetic smears)
+    uni_seg.cellsize     section 1: Data (The size of the cells)
     uni_seg.targets      section 2: Targets and augmentation
     uni_seg.augment      section 2: Targets and augmentation (Augmentation)
     uni_seg.dataset      section 2: Targets and augmentation (The Dataset and its loaders)
@@ -25,4 +26,4 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']
+__all__ = ['config', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']

@@ -133,7 +133,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    "working_scale", "cell_diameter" (the training cells' diameter at the working scale; None
+    in checkpoints older than that record), "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against) and "path".
@@ -148,8 +149,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
+                                      "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
+                                      "checkpoint_id")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta

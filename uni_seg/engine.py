@@ -92,7 +92,9 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way. `device` is "auto" (CUDA when
+    checkpoint so inference resizes images the same way, and `cell_diameter` (the training
+    images' cell diameter at the working scale, §1's `training_cell_diameter`) so that it can
+    bring other images' cells to that size. `device` is "auto" (CUDA when
     visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is continued;
     without, the phase starts over and overwrites it.
     """
@@ -111,6 +113,7 @@ class TrainSpec:
     device: str = "auto"
     progress: bool = True
     plot: bool = True
+    cell_diameter: float | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -650,6 +653,7 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
+            "cell_diameter": self.spec.cell_diameter,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "model_state_dict": self.model.state_dict(), "optimizer_state_dict": self.optimizer.state_dict(),
