@@ -49,7 +49,7 @@
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
 # 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
-# 9. [Evaluation](#section-9) (`uni_seg.metrics`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model
+# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`)
 
@@ -931,6 +931,12 @@ _parameters = {field.name: globals()[field.name.upper()] for field in dataclasse
                if field.name != "profile"}
 cfg = resolve_config(PROFILE, **_parameters)
 check_training_device(cfg.profile, cfg.n_gpus, cfg.run_phase1 or cfg.run_phase2, cfg.backbone)
+if cfg.external_eval_dir is not None:  # its boxes are read now, not after hours of training (§9 scores them)
+    from uni_seg.external import annotated_images, find_box_dataset, read_boxes
+
+    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
+    print(f"EXTERNAL_EVAL_DIR: {len(annotated_images(_images_dir, read_boxes(_boxes))[0])} annotated images in "
+          f"{_images_dir}, boxes from {_boxes}")
 seed_everything(cfg.seed)
 DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
 amp_precision = resolve_precision(cfg.precision, DEVICE)
@@ -7342,6 +7348,7 @@ import cv2
 import numpy as np
 import torch
 
+from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
 from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
@@ -7841,7 +7848,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         "settings and input): only images whose files are missing are segmented")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
+                        "brings the folder's cells to the size the checkpoint was trained at, else its working scale)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "input images (default: measured on up to 16 of them)")
     parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
@@ -7864,6 +7874,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--{field.replace('_', '-')}: {error}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
+    if args.cell_diameter is not None and not args.cell_diameter > 0:
+        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
@@ -7877,8 +7889,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        if args.working_scale is None:
-            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        if args.working_scale is None:  # the cells' size decides (§1), or the checkpoint's scale without its record
+            scale, scale_line = working_scale_for_cells(list_images(args.input, args.limit), meta.get("cell_diameter"),
+                                                        float(meta.get("working_scale") or 1.0), args.cell_diameter)
+            settings = settings.replace(working_scale=scale)
+        else:
+            scale_line = f"working scale {args.working_scale:g}, as given"
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
         _, precision = settings.placement(model)
@@ -7886,6 +7902,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
@@ -7976,6 +7993,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -8540,8 +8558,8 @@ def evaluate_predictions(
 # %% [markdown]
 # ### `results/metrics.json`
 #
-# One file per evaluation, one schema (`"schema": "uni_seg.metrics/2"`; version 2 added the
-# weights' provenance):
+# One file per evaluation, one schema (`"schema": "uni_seg.metrics/3"`; version 2 added the
+# weights' provenance, version 3 the classical baseline and the smears from elsewhere):
 #
 # | key | content |
 # |---|---|
@@ -8553,13 +8571,15 @@ def evaluate_predictions(
 # | `dataset` | pooled over the set: `pq sq rq tp fp fn`, `precision recall f1` (IoU 0.5), `aji`, `map ap50 ap75` (COCO), `mpq` and `per_class_pq` {class: `pq sq rq tp fp fn`}, `pixel_iou` and `pixel_dice` {class: value}, `true_count`, `pred_count` |
 # | `per_image_mean` | mean over images: `pq sq rq precision recall f1 aji`, `pixel_iou`, `pixel_dice` {class}, `count_error` (signed), `count_abs_error`, `count_rel_error` |
 # | `per_image` | list, one record per image: `image`, `pq sq rq tp fp fn precision recall f1 aji`, `pixel_iou`, `pixel_dice`, `true_count pred_count count_error`, `true_count_per_class pred_count_per_class` |
+# | `baseline` | the classical baseline on the same images (below): `method`, `min_distance`, `min_area`, `tuned_on`, `tuning` [{`min_distance`, `pq`}], `n_images`, `dataset` and `per_image_mean` as above; null when it did not run |
+# | `external` | smears from elsewhere scored against their boxes (`EXTERNAL_EVAL_DIR`, below): `images`, `boxes`, `n_images`, `iou_threshold`, `working_scale`, `scale_note`, `methods` {`model`, `baseline`: `recall` {class, `all`}, `annotated` {class}, `matched` {class}, `predicted`, `precision_floor`, `ap50`, `map`, `count_error`, `count_abs_error`}; null when not asked for |
 # | `extra` | anything else the caller adds (timings, TTA on/off, ...) |
 #
 # Undefined numbers (e.g. PQ of an image with no cells at all) are `null`.
 
 # %% tags=["export"]
-METRICS_SCHEMA = "uni_seg.metrics/2"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/2):
+METRICS_SCHEMA = "uni_seg.metrics/3"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/3):
 schema, created; model {backbone, weights, weights_source,
                         weights_provenance {kind backbone repo revision filename path sha256 message} or null,
                         checkpoint}; postproc_params {...};
@@ -8570,11 +8590,16 @@ per_image_mean {pq sq rq precision recall f1 aji pixel_iou{class} pixel_dice{cla
                 count_error count_abs_error count_rel_error}        -- mean of per-image values;
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
             true_count pred_count count_error true_count_per_class pred_count_per_class}];
+baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
+         or null                                                -- the classical baseline on the same images;
+external {images boxes n_images iou_threshold working_scale scale_note
+          methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
+                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "iou_threshold",
-         "dataset", "per_image_mean", "per_image", "extra"),
+         "dataset", "per_image_mean", "per_image", "baseline", "external", "extra"),
     "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "pixel_iou", "pixel_dice", "true_count", "pred_count"),
@@ -8630,13 +8655,16 @@ def write_metrics_json(
     weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    external: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
     post-processing produced it and how big each split was; `weights_provenance` is where the
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
-    it). NaN/inf become null.
+    it); `baseline` and `external` the blocks of the classical baseline and of the smears from
+    elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
@@ -8647,10 +8675,29 @@ def write_metrics_json(
         postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
+        baseline=None if baseline is None else dict(baseline), external=None if external is None else dict(external),
         extra=dict(extra or {}),
     )
     doc = _jsonable(doc)
     validate_metrics_document(doc)
+    write_json_atomic(path, doc)
+    return doc
+
+
+#: The blocks `add_to_metrics_json` may fill in after the model's evaluation was written.
+LATER_BLOCKS = ("baseline", "external")
+
+
+def add_to_metrics_json(path: str | Path, **blocks: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Put `blocks` (any of `LATER_BLOCKS`, e.g. `baseline={...}`) into the metrics.json at
+    `path`, written by `write_metrics_json`, atomically; return the document. `ValueError` for
+    another name or a file that does not follow the schema, `FileNotFoundError` without one."""
+    unknown = sorted(set(blocks) - set(LATER_BLOCKS))
+    if unknown:
+        raise ValueError(f"add_to_metrics_json: {', '.join(unknown)} is not one of {', '.join(LATER_BLOCKS)}")
+    doc = json.loads(Path(path).read_text())
+    validate_metrics_document(doc)
+    doc.update({name: None if block is None else _jsonable(dict(block)) for name, block in blocks.items()})
     write_json_atomic(path, doc)
     return doc
 
@@ -8834,6 +8881,687 @@ from uni_seg.metrics import metrics_table
 if cfg.run_evaluation:
     show_markdown(metrics_table(metrics_document))
     print(f"backbone {cfg.backbone}, weights: {metrics_document['model']['weights_source']}")
+
+# %% [markdown]
+# ### The classical baseline (`uni_seg.baseline`)
+#
+# What does the model add over image processing a lab could do in ImageJ? The baseline is that
+# processing, with no learning beyond one number:
+#
+# 1. **Foreground**: Otsu's threshold on lightness, holes filled (§1's `cell_foreground`, the
+#    same that measures the cells' size).
+# 2. **Markers**: the peaks of the foreground's distance transform (the centres of the largest
+#    discs that fit), at least `min_distance` pixels apart (scikit-image's `peak_local_max`,
+#    at least one peak per blob): touching round cells give one peak each.
+# 3. **Cells**: a watershed of the negated distance transform from those markers, within the
+#    foreground (scikit-image's `watershed`), cuts the blobs at their waists; pieces under the
+#    post-processing's `min_area` are dropped.
+#
+# Its one parameter, `min_distance`, is tuned on the **training** split (mean PQ over its
+# images, at the working scale), so validation and test stay untouched by it. It finds no
+# classes (every cell is class 1) and has no confidence of its own; for COCO AP each cell is
+# ranked by how much darker than Otsu's threshold it is, on average. It runs at the working
+# scale, like the model, on the same images.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import math
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+from uni_seg.cellsize import otsu_lightness
+from uni_seg.config import markdown_table
+from uni_seg.data import load_processed
+from uni_seg.metrics import _nanmean, panoptic_quality
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, SplitPrediction
+
+#: Minimum peak distances tried (working-scale px; cells there are ~50 px across on the real subset).
+DEFAULT_BASELINE_GRID: tuple[int, ...] = (5, 7, 10, 14, 20, 28, 40)
+#: Its name in metrics.json and tables.
+BASELINE_METHOD = "Otsu on lightness + distance-transform watershed"
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineParts:
+    """What the baseline computes once per image, whatever `min_distance`: foreground bool
+    (H, W); distance float32 (H, W), px to the background; blobs int32 (H, W), the foreground's
+    8-connected components; darkness float32 (H, W) in [0, 1], how far below Otsu's threshold
+    a pixel's lightness is, as a share of the threshold."""
+
+    foreground: np.ndarray
+    distance: np.ndarray
+    blobs: np.ndarray
+    darkness: np.ndarray
+
+
+def baseline_parts(image: np.ndarray) -> BaselineParts:
+    """The `BaselineParts` of an RGB uint8 image (H, W, 3)."""
+    lightness, threshold = otsu_lightness(image)
+    foreground = ndi.binary_fill_holes(lightness < threshold)
+    distance = cv2.distanceTransform(foreground.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    _, blobs = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    darkness = np.clip((threshold - lightness.astype(np.float32)) / max(threshold, 1.0), 0.0, 1.0)
+    return BaselineParts(foreground, distance, blobs, darkness)
+
+
+# %% [markdown] tags=["why"]
+# The baseline's cells from its parts: peaks, watershed, small pieces dropped, a score per cell.
+
+# %% tags=["export"]
+def baseline_from_parts(parts: BaselineParts, min_distance: int,
+                        min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[np.ndarray, np.ndarray]:
+    """(inst int32 (H, W), 0 background, cells 1..N; scores float32 (N + 1,), each cell's mean
+    `darkness`, [0] = 0) of the baseline with peaks at least `min_distance` px apart and cells
+    of at least `min_area` px."""
+    if isinstance(min_distance, bool) or int(min_distance) != min_distance or min_distance < 1:
+        raise ValueError(f"min_distance={min_distance!r} must be an integer >= 1 (pixels)")
+    if not parts.foreground.any():
+        return np.zeros(parts.foreground.shape, np.int32), np.zeros(1, np.float32)
+    peaks = peak_local_max(parts.distance, min_distance=int(min_distance), labels=parts.blobs, exclude_border=False)
+    markers = np.zeros(parts.distance.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    grown = watershed(-parts.distance, markers, mask=parts.foreground)
+    sizes = np.bincount(grown.ravel(), minlength=len(peaks) + 1)
+    keep = sizes >= min_area
+    keep[0] = False
+    lut = np.zeros(sizes.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    inst = np.take(lut, grown)
+    n = int(keep.sum())
+    dark = np.bincount(inst.ravel(), weights=parts.darkness.ravel(), minlength=n + 1)
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    scores = (dark / np.maximum(area, 1)).astype(np.float32)
+    scores[0] = 0.0
+    return inst, scores
+
+
+def baseline_instances(image: np.ndarray, min_distance: int,
+                       min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's cells of an RGB uint8 image (H, W, 3) as `baseline_from_parts` returns them."""
+    return baseline_from_parts(baseline_parts(image), min_distance, min_area)
+
+
+# %% [markdown] tags=["why"]
+# Tuning the one parameter on the training split, one image at a time (its parts once, every distance of the grid on them), and the baseline's predictions of a split.
+
+# %% tags=["export"]
+def tune_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Sequence[int] = DEFAULT_BASELINE_GRID,
+                  min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[int, list[dict[str, Any]]]:
+    """(best `min_distance`, table): the grid value with the highest mean per-image PQ over
+    `pairs` of (RGB uint8 image (H, W, 3), true instances int (H, W)), e.g. the training split;
+    table: {"min_distance", "pq"} per grid value, best first (ties: the smaller distance).
+    `ValueError` when `pairs` is empty."""
+    if not grid:
+        raise ValueError("tune_baseline needs at least one min_distance in its grid")
+    pqs: dict[int, list[float]] = {int(d): [] for d in grid}
+    for image, true in pairs:
+        parts = baseline_parts(image)
+        for d in pqs:
+            pqs[d].append(panoptic_quality(true, baseline_from_parts(parts, d, min_area)[0])["pq"])
+    if not next(iter(pqs.values())):
+        raise ValueError("tune_baseline needs at least one (image, true instances) pair")
+    table = sorted(({"min_distance": d, "pq": _nanmean(v)} for d, v in pqs.items()),
+                   key=lambda row: (-np.nan_to_num(row["pq"], nan=-1.0), row["min_distance"]))
+    return table[0]["min_distance"], table
+
+
+def processed_pairs(processed_dir: str | Path, split: str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(image, true instances) of each image of a split of the processed cache, read one at a time."""
+    for sample in load_processed(processed_dir, split):
+        data = sample.load()
+        yield data["image"], data["inst"]
+
+
+def predict_split_baseline(processed_dir: str | Path, split: str, min_distance: int,
+                           min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> list[SplitPrediction]:
+    """The baseline's cells for every image of a split of the processed cache, as
+    `uni_seg.infer.predict_split`'s records (every cell class 1; no image or maps kept), for
+    `uni_seg.metrics.evaluate_split`."""
+    out = []
+    for sample in load_processed(processed_dir, split):
+        data = sample.load()
+        inst, scores = baseline_instances(data["image"], min_distance, min_area)
+        classes = np.ones(len(scores), np.int64)
+        classes[0] = 0
+        out.append(SplitPrediction(sample.stem, None, data["inst"].astype(np.int32), data["cls"].astype(np.uint8), inst,
+                                   classes, None, scores, None))
+    return out
+
+
+# %% [markdown] tags=["why"]
+# The baseline's block of `metrics.json`, and the table that sets it beside the model on the same test images.
+
+# %% tags=["export"]
+def baseline_block(metrics: Mapping[str, Any], min_distance: int, tuned_on: str,
+                   tuning: Sequence[Mapping[str, Any]], min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> dict[str, Any]:
+    """The "baseline" block of metrics.json: `method`, `min_distance`, `min_area`, `tuned_on`
+    (e.g. "train (76 images)"), `tuning` (the grid's table), and `n_images`, `dataset` and
+    `per_image_mean` of `evaluate_split`'s result for the baseline's predictions."""
+    return dict(method=BASELINE_METHOD, min_distance=int(min_distance), min_area=int(min_area), tuned_on=tuned_on,
+                tuning=[dict(row) for row in tuning], n_images=metrics["n_images"], dataset=metrics["dataset"],
+                per_image_mean=metrics["per_image_mean"])
+
+
+def model_and_baseline_table(doc: Mapping[str, Any]) -> str:
+    """A Markdown table of the model's and the baseline's headline numbers on the same images
+    (pooled), from a metrics.json document with a "baseline" block."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    model, base = doc["dataset"], doc["baseline"]["dataset"]
+    rows = [(name, f(model[key]), f(base[key])) for name, key in (
+        ("PQ", "pq"), ("SQ", "sq"), ("RQ", "rq"), ("precision (IoU 0.5)", "precision"), ("recall (IoU 0.5)", "recall"),
+        ("F1", "f1"), ("AJI", "aji"), ("COCO AP50", "ap50"), ("COCO mAP@[.50:.95]", "map"))]
+    rows.append(("cells true / predicted", f"{model['true_count']} / {model['pred_count']}",
+                 f"{base['true_count']} / {base['pred_count']}"))
+    block = doc["baseline"]
+    return markdown_table(("pooled over the test images", "model",
+                           f"baseline (min distance {block['min_distance']} px, tuned on {block['tuned_on']})"), rows)
+
+
+# %% [markdown]
+# The baseline on this run's data: its minimum peak distance tuned on the training images,
+# then the test images scored exactly as the model's were, side by side. Its block goes into
+# `metrics.json` (and the report).
+
+# %%
+from uni_seg.baseline import baseline_block, model_and_baseline_table, predict_split_baseline, processed_pairs, tune_baseline
+from uni_seg.data import load_processed
+from uni_seg.metrics import add_to_metrics_json
+
+baseline_min_distance = None  # §9's smears from elsewhere score the baseline too when it was tuned
+if cfg.run_evaluation and cfg.run_baseline:
+    baseline_min_distance, _table = tune_baseline(processed_pairs(cfg.processed_dir, "train"))
+    print("baseline tuned on the training images (mean PQ by minimum peak distance): "
+          + ", ".join(f"{row['min_distance']} px {row['pq']:.4f}" for row in _table))
+    _baseline_metrics = evaluate_split(predict_split_baseline(cfg.processed_dir, "test", baseline_min_distance),
+                                       cfg.n_classes)
+    _tuned_on = f"train ({len(load_processed(cfg.processed_dir, 'train'))} images)"
+    metrics_document = add_to_metrics_json(cfg.results_dir / "metrics.json", baseline=baseline_block(
+        _baseline_metrics, baseline_min_distance, _tuned_on, _table))
+    show_markdown(model_and_baseline_table(metrics_document))
+else:
+    print("no baseline (RUN_BASELINE=False or RUN_EVALUATION=False)")
+
+
+# %% [markdown]
+# ### Smears from another lab (`uni_seg.external`)
+#
+# A model that segments its own lab's test images well may still fail on another lab's smears:
+# another stain, microscope, camera or density. Such smears rarely come with masks, but often
+# with boxes, as in object-detection sets like BCCD (Pascal VOC boxes of RBC, WBC and
+# platelets). So the model is scored against boxes: every predicted cell's bounding box is
+# matched one to one with the annotated boxes at box IoU >= 0.5 (pycocotools' rule: the cells
+# in order of score, each taking the unmatched box it overlaps most), and
+#
+# * **recall per annotated class**: the share of each class's boxes that some predicted cell
+#   matches (a model trained on binary masks knows no classes, so a WBC box counts as found
+#   when a cell of any class matches it);
+# * **AP50**: COCO's average precision of the predicted cells' boxes at IoU 0.5, class-agnostic
+#   (the evaluation's own `coco_ap` computation, on box overlaps instead of mask overlaps);
+# * **precision, as a floor**: matched cells over predicted cells. Where the annotators left
+#   cells out (BCCD leaves many red cells unboxed), a correct cell counts as a false
+#   positive, so precision and AP are at least this good; recall is the figure to watch;
+# * **count error**: predicted cells minus annotated boxes per image, mean and mean absolute
+#   (inflated by the same unannotated cells).
+#
+# The images are first brought to the training scale (§1's `working_scale_for_cells`), and the
+# classical baseline is scored in the same way at the same scale, beside the model. Boxes are
+# read from a VOC folder (`Annotations/*.xml`, one file per image, named like the image) or a
+# COCO file (`"images"`, `"annotations"` with `"bbox": [x, y, width, height]`, `"categories"`);
+# a malformed file is reported in one line that names it and says what is wrong. The command
+#
+#     uni-seg evaluate-boxes --checkpoint checkpoints/best_phase2.pth --images DIR --boxes DIR|FILE [--baseline PX]
+#
+# scores any checkpoint; in the notebook, `EXTERNAL_EVAL_DIR` (a folder holding the images, in
+# `JPEGImages/`, `images/` or itself, and `Annotations/` or one `.json` file) does it here.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.baseline import baseline_instances
+from uni_seg.config import errors_as_messages, markdown_table, resolve_device, write_json_atomic
+from uni_seg.data import read_image, working_shape
+from uni_seg.export import plan_folder
+# §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
+from uni_seg.metrics import PairTable, _coco_ap, _jsonable
+
+
+class AnnotationError(ValueError):
+    """A box annotation that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSet:
+    """The annotated boxes of one image: boxes float64 (K, 4) as x0, y0, x1, y1 in pixels (0-based,
+    x1 and y1 exclusive: a box of one pixel at (0, 0) is 0, 0, 1, 1), labels (K,) their class names."""
+
+    boxes: np.ndarray
+    labels: tuple[str, ...]
+
+
+def _box(x0: float, y0: float, x1: float, y1: float, where: str) -> tuple[float, float, float, float]:
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+        raise AnnotationError(f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not finite or ends before it starts")
+    return x0, y0, x1, y1
+
+
+# %% [markdown] tags=["why"]
+# Pascal VOC files, one per image; every way one can be malformed is named with the file.
+
+# %% tags=["export"]
+def read_voc_file(path: str | Path) -> BoxSet:
+    """The boxes of a Pascal VOC annotation file (<annotation><object><name>..</name><bndbox>
+    <xmin>..</xmin>..</bndbox></object>...). VOC counts pixels from 1 and includes both ends, so
+    xmin..xmax becomes x0 = xmin - 1, x1 = xmax. `AnnotationError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as error:
+        raise AnnotationError(f"{path}: not valid XML ({error})") from None
+    if root.tag != "annotation":
+        raise AnnotationError(f"{path}: not a Pascal VOC annotation (its root is <{root.tag}>, not <annotation>)")
+    boxes, labels = [], []
+    for k, obj in enumerate(root.findall("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        where = f"{path}: <object> {k}" + (f" ({name})" if name else "")
+        box = obj.find("bndbox")
+        if not name or box is None:
+            raise AnnotationError(f"{where} has no {'<name>' if not name else '<bndbox>'}")
+        values = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = box.findtext(tag)
+            try:
+                values.append(float(text))
+            except (TypeError, ValueError):
+                raise AnnotationError(f"{where}: <{tag}> is {text!r}, not a number") from None
+        boxes.append(_box(values[0] - 1, values[1] - 1, values[2], values[3], where))
+        labels.append(name)
+    return BoxSet(np.array(boxes, np.float64).reshape(-1, 4), tuple(labels))
+
+
+# %% [markdown] tags=["why"]
+# COCO files, and finding the boxes and the images of a folder.
+
+# %% tags=["export"]
+def _coco_entries(doc: Any, path: Path) -> tuple[list, list, list]:
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
+        raise AnnotationError(f"{path}: not a COCO file (it needs lists \"images\", \"annotations\" and \"categories\")")
+    return doc["images"], doc["annotations"], doc["categories"]
+
+
+def read_coco_file(path: str | Path) -> dict[str, BoxSet]:
+    """The boxes of a COCO file by image file name without its suffix; "bbox" is [x, y, width,
+    height] in pixels (0-based), a box's label its category's name. Images listed without
+    annotations have no boxes. `AnnotationError` naming the file and the entry otherwise."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from None
+    images, annotations, categories = _coco_entries(doc, path)
+    try:
+        names = {c["id"]: str(c["name"]) for c in categories}
+        stems = {im["id"]: Path(str(im["file_name"])).stem for im in images}
+    except (KeyError, TypeError) as error:
+        raise AnnotationError(f"{path}: a category or image entry lacks {error} (categories need id and name, "
+                              "images id and file_name)") from None
+    found: dict[Any, tuple[list, list]] = {i: ([], []) for i in stems}
+    for k, a in enumerate(annotations):
+        where = f"{path}: annotation {k}" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
+        if not isinstance(a, dict) or a.get("image_id") not in stems or a.get("category_id") not in names:
+            raise AnnotationError(f"{where} names no listed image_id and category_id")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise AnnotationError(f"{where}: \"bbox\" is {bbox!r}, not [x, y, width, height]")
+        x, y, w, h = (float(v) for v in bbox)
+        found[a["image_id"]][0].append(_box(x, y, x + w, y + h, where))
+        found[a["image_id"]][1].append(names[a["category_id"]])
+    return {stems[i]: BoxSet(np.array(b, np.float64).reshape(-1, 4), tuple(lab)) for i, (b, lab) in found.items()}
+
+
+def read_boxes(path: str | Path) -> dict[str, BoxSet]:
+    """The boxes by image name (file name without suffix) of a folder of VOC files, one VOC
+    `.xml` file, or a COCO `.json` file. `AnnotationError` naming the path otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.xml"))
+        if not files:
+            raise AnnotationError(f"{path}: a folder without .xml (Pascal VOC) annotation files")
+        return {f.stem: read_voc_file(f) for f in files}
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such annotation file or folder")
+    if path.suffix.lower() == ".json":
+        return read_coco_file(path)
+    if path.suffix.lower() == ".xml":
+        return {path.stem: read_voc_file(path)}
+    raise AnnotationError(f"{path}: neither a folder of Pascal VOC .xml files nor a COCO .json file")
+
+
+def find_box_dataset(root: str | Path) -> tuple[Path, Path]:
+    """(images folder, boxes) of a folder of annotated smears: images in `JPEGImages/`,
+    `images/` or the folder itself; boxes in `Annotations/` (VOC) or its one `.json` file (COCO).
+    `AnnotationError` naming the folder when it holds no boxes or several .json files."""
+    root = Path(root)
+    images = next((root / n for n in ("JPEGImages", "images") if (root / n).is_dir()), root)
+    if (root / "Annotations").is_dir():
+        return images, root / "Annotations"
+    candidates = sorted(root.glob("*.json"))
+    if len(candidates) == 1:
+        return images, candidates[0]
+    found = f" ({', '.join(p.name for p in candidates)}: which one?)" if candidates else ""
+    raise AnnotationError(f"{root}: no boxes found: expected Annotations/*.xml (Pascal VOC) or one .json file (COCO){found}")
+
+
+# %% [markdown] tags=["why"]
+# Boxes of the predicted cells, their overlaps with the annotated boxes, and pycocotools' greedy one-to-one matching.
+
+# %% tags=["export"]
+def instance_boxes(inst: np.ndarray) -> np.ndarray:
+    """float64 (N, 4): x0, y0, x1, y1 (exclusive) of cells 1..N of a label map int (H, W) whose
+    ids are 1..N (an absent id gets an empty box at 0)."""
+    n = int(inst.max(initial=0))
+    boxes = np.zeros((n, 4), np.float64)
+    for i, box in enumerate(ndi.find_objects(np.asarray(inst, np.int32), max_label=n)):
+        if box is not None:  # a loop over the cells' slices, not their pixels
+            boxes[i] = box[1].start, box[0].start, box[1].stop, box[0].stop
+    return boxes
+
+
+def box_overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersections (G, D), true areas (G,), predicted areas (D,)) of boxes (G, 4) and (D, 4)."""
+    x0 = np.maximum(true[:, None, 0], pred[None, :, 0])
+    y0 = np.maximum(true[:, None, 1], pred[None, :, 1])
+    x1 = np.minimum(true[:, None, 2], pred[None, :, 2])
+    y1 = np.minimum(true[:, None, 3], pred[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+
+    def area(b: np.ndarray) -> np.ndarray:
+        return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    return inter, area(true), area(pred)
+
+
+def match_boxes(true: np.ndarray, pred: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """int64 (D,): the index of the true box each predicted box is matched with, -1 for none.
+    pycocotools' rule: predictions by decreasing score (stable), each takes the still unmatched
+    true box of highest IoU >= `iou_threshold` (ties: the later true box). The loop runs over
+    the predictions, as in pycocotools."""
+    inter, area_t, area_p = box_overlaps(true, pred)
+    iou = inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1e-12)
+    matched = np.full(len(pred), -1, np.int64)
+    free = np.ones(len(true), bool)
+    for d in np.argsort(-np.asarray(scores, np.float64), kind="mergesort"):
+        candidates = np.where(free & (iou[:, d] >= min(iou_threshold, 1 - 1e-10)), iou[:, d], -1.0)
+        if candidates.size and candidates.max() >= 0:
+            g = candidates.size - 1 - int(np.argmax(candidates[::-1]))  # the later of equal boxes
+            matched[d], free[g] = g, False
+    return matched
+
+
+def box_pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
+    """§9's `PairTable` of two sets of boxes (G, 4), (D, 4): overlapping pairs with their box
+    intersections, so that the COCO AP computation of the masks serves the boxes unchanged."""
+    inter, area_t, area_p = box_overlaps(true, pred)
+    t, p = np.nonzero(inter > 0)
+    return PairTable(np.arange(len(true) + 1), np.arange(len(pred) + 1), np.r_[0.0, area_t], np.r_[0.0, area_p],
+                     t + 1, p + 1, inter[t, p])
+
+
+# %% [markdown] tags=["why"]
+# One method's numbers over a set of images: recall per class, AP50, precision as a floor, count errors.
+
+# %% tags=["export"]
+def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_threshold: float = 0.5) -> dict[str, Any]:
+    """One method's block of `external_block`, from per image (annotated `BoxSet`, predicted
+    boxes float (D, 4), their scores (D,)): `recall` {class: share of its boxes matched, "all"},
+    `annotated` and `matched` {class: count}, `predicted` (cells), `precision_floor`, `ap50`,
+    `map` (COCO box AP, class-agnostic), `count_error` and `count_abs_error` (predicted cells
+    minus annotated boxes per image: mean, mean absolute). Undefined values are nan."""
+    classes = sorted({label for truth, _, _ in results for label in truth.labels})
+    annotated = dict.fromkeys(classes, 0)
+    matched = dict.fromkeys(classes, 0)
+    errors, tables, score_vectors = [], [], []
+    for truth, boxes, scores in results:
+        hit = match_boxes(truth.boxes, boxes, scores, iou_threshold)
+        for label in truth.labels:
+            annotated[label] += 1
+        for g in hit[hit >= 0]:
+            matched[truth.labels[g]] += 1
+        errors.append(len(boxes) - len(truth.labels))
+        tables.append(box_pair_table(truth.boxes, boxes))
+        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `_coco_ap` reads it
+    n_true, n_match, n_pred = sum(annotated.values()), sum(matched.values()), sum(len(b) for _, b, _ in results)
+    recall = {c: matched[c] / annotated[c] for c in classes}
+    recall["all"] = n_match / n_true if n_true else math.nan
+    coco = _coco_ap(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
+    errors_arr = np.asarray(errors, np.float64)
+    return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
+                precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
+                count_error=float(errors_arr.mean()) if errors else math.nan,
+                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan)
+
+
+# %% [markdown] tags=["why"]
+# Each image segmented once per method at the folder's working scale; the cells' boxes are taken there and scaled back to the image's pixels.
+
+# %% tags=["export"]
+#: A method under test: RGB uint8 image (H, W, 3) at its own size -> (cells int32 (h, w) at the
+#: working scale, ids 1..N; their scores float (N + 1,), [0] unused).
+Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmenter:
+    """The model as a `Segmenter`: §8's `segment_image` with `InferenceSettings` `settings` and
+    `PostprocParams` `postproc` (None: the defaults)."""
+    from uni_seg.infer import segment_image  # here, not above: tables and box files need no torch
+
+    def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg = segment_image(model, image, settings, postproc, keep_maps=False)
+        return seg.inst_working, seg.scores
+
+    return segment
+
+
+def baseline_segmenter(min_distance: int, working_scale: float) -> Segmenter:
+    """The classical baseline as a `Segmenter`, on the image resized to `working_scale`."""
+    from uni_seg.infer import resize_image
+
+    def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return baseline_instances(resize_image(image, working_shape(*image.shape[:2], working_scale)), min_distance)
+
+    return segment
+
+
+def annotated_images(images_dir: str | Path, truth: Mapping[str, BoxSet]) -> tuple[list[tuple[Path, BoxSet]], list[str]]:
+    """([(image file, its boxes)] for the images of `images_dir` whose name without suffix has
+    boxes, in name order; [names of box sets that have no image]). `AnnotationError` when no
+    image has boxes."""
+    files = {path.stem: path for path, _ in plan_folder(images_dir).images}
+    pairs = [(files[name], truth[name]) for name in sorted(truth) if name in files]
+    if not pairs:
+        raise AnnotationError(f"{images_dir}: none of its {len(files)} images has boxes among the {len(truth)} "
+                              "annotated (matched by file name without suffix)")
+    return pairs, sorted(set(truth) - set(files))
+
+
+def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path, BoxSet]], iou_threshold: float = 0.5,
+                 progress: bool = False) -> dict[str, dict[str, Any]]:
+    """{method: `score_boxes` block} of every `Segmenter` on the (image file, boxes) `pairs`; each
+    image is read once and its cells' boxes scaled back from the working scale to its pixels."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, list] = {name: [] for name in segmenters}
+    for path, truth in tqdm(pairs, desc="scoring", unit="image", disable=not progress):
+        image = read_image(path)
+        for name, segment in segmenters.items():
+            inst, scores = segment(image)
+            fy, fx = image.shape[0] / inst.shape[0], image.shape[1] / inst.shape[1]
+            boxes = instance_boxes(inst) * np.array([fx, fy, fx, fy])
+            results[name].append((truth, boxes, np.asarray(scores, np.float64)[1:]))
+    return {name: score_boxes(r, iou_threshold) for name, r in results.items()}
+
+
+# %% [markdown] tags=["why"]
+# The "external" block of metrics.json, and its table: a row per method, recall per annotated class first.
+
+# %% tags=["export"]
+def external_block(images_dir: str | Path, boxes: str | Path, n_images: int, working_scale: float, scale_note: str,
+                   methods: Mapping[str, Mapping[str, Any]], iou_threshold: float = 0.5,
+                   boxes_without_image: Sequence[str] = ()) -> dict[str, Any]:
+    """The "external" block of metrics.json (`METRICS_SCHEMA_DOC`): where the images and boxes
+    are, how many images were scored, at which working scale and why, and each method's
+    `score_boxes` block."""
+    return dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
+                working_scale=float(working_scale), scale_note=scale_note,
+                boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+
+
+def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of an "external" block: per method (named by `labels`, default its key)
+    the recall of each annotated class and of all boxes, AP50, precision (a floor) and the count
+    error per image."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+    methods = block["methods"]
+    annotated = next(iter(methods.values()))["annotated"] if methods else {}
+    header = ["method"] + [f"recall {c} ({n})" for c, n in annotated.items()] + [
+        "recall, all", "AP50", "precision (a floor)", "count error (mean abs.)"]
+    rows = []
+    for name, m in methods.items():
+        count = ("undefined" if m["count_error"] is None else f"{m['count_error']:+.1f} ({m['count_abs_error']:.1f})")
+        rows.append([(labels or {}).get(name, name)] + [f(m["recall"].get(c)) for c in annotated]
+                    + [f(m["recall"]["all"]), f(m["ap50"]), f(m["precision_floor"]), count])
+    return markdown_table(header, rows)
+
+
+# %% [markdown] tags=["why"]
+# The command line: every option checked before the model is loaded; the scale, the post-processing and their sources said in the first lines; errors a user can fix in one line.
+
+# %% tags=["export"]
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.external") -> None:
+    """`uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR|FILE [options]`."""
+    import argparse
+
+    from uni_seg.cellsize import working_scale_for_cells
+    from uni_seg.checkpoints import CheckpointError
+    from uni_seg.data import DataError
+    from uni_seg.infer import InferenceSettings, load_inference_model
+    from uni_seg.postproc import select_postproc
+
+    parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
+                                     "folder of images with Pascal VOC or COCO cell boxes: recall per class and AP50 "
+                                     "at box IoU 0.5, precision as a floor, count error.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--images", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
+    parser.add_argument("--boxes", type=Path, required=True, help="Annotations folder of VOC .xml files, or a COCO .json")
+    parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
+                        "with this minimum peak distance (working-scale px; the notebook tunes it on the training split "
+                        "and writes it to metrics.json as baseline.min_distance)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "images (default: measured on them)")
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that brings "
+                        "the cells to the checkpoint's training size)")
+    parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
+                        "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
+    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most N images")
+    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:  # every option is checked before anything is loaded
+        settings = InferenceSettings(working_scale=args.working_scale or 1.0, tile_size=args.tile_size,
+                                     overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
+                                     precision=args.precision, device=args.device)
+    except ValueError as error:
+        parser.error(f"--{str(error).split('=', 1)[0].replace('_', '-')}: {error}")
+    for name in ("baseline", "limit", "cell_diameter"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')}={value} must be > 0")
+    with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
+        pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
+        pairs = pairs[: args.limit]
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
+        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
+        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
+                                                  meta.get("checkpoint_id"))
+        scale, scale_note = ((args.working_scale, f"working scale {args.working_scale:g}, as given")
+                             if args.working_scale else
+                             working_scale_for_cells([p for p, _ in pairs], meta.get("cell_diameter"),
+                                                     float(meta.get("working_scale") or 1.0), args.cell_diameter))
+        settings = settings.replace(working_scale=scale)
+        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
+        segmenters = {"model": model_segmenter(model, settings, postproc)}
+        if args.baseline:
+            segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
+        methods = score_folder(segmenters, pairs, progress=not args.no_progress)
+        block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
+                               boxes_without_image=without_image)
+        if args.output:
+            write_json_atomic(args.output, _jsonable(block))
+    print(external_table(block, {"model": f"model ({args.checkpoint.name})",
+                                 "baseline": f"baseline (min distance {args.baseline} px)"}))
+
+
+# %% [markdown]
+# Smears from elsewhere (`EXTERNAL_EVAL_DIR`): the model and the baseline against the boxes,
+# at the scale that brings the folder's cells to the training size (`EXTERNAL_CELL_DIAMETER`
+# gives their diameter instead of measuring it). The block goes into `metrics.json` and the
+# report.
+
+# %%
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.external import (annotated_images, baseline_segmenter, external_block, external_table, find_box_dataset,
+                              model_segmenter, read_boxes, score_folder)
+
+if cfg.external_eval_dir is not None and cfg.run_evaluation:
+    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
+    _pairs, _without_image = annotated_images(_images_dir, read_boxes(_boxes))
+    # the size this model's cells were trained at: its checkpoint's record, else this run's training images (§1)
+    _trained_at = (checkpoint_meta or {}).get("cell_diameter") or training_diameter
+    external_scale, _scale_note = working_scale_for_cells([path for path, _ in _pairs], _trained_at, cfg.working_scale,
+                                                          cfg.external_cell_diameter)
+    print(f"{len(_pairs)} annotated images in {_images_dir} (boxes: {_boxes}); {_scale_note}")
+    _segmenters = {"model": model_segmenter(model, INFERENCE.replace(working_scale=external_scale), POSTPROC_PARAMS)}
+    if baseline_min_distance is not None:
+        _segmenters["baseline"] = baseline_segmenter(baseline_min_distance, external_scale)
+    _external = external_block(_images_dir, _boxes, len(_pairs), external_scale, _scale_note,
+                               score_folder(_segmenters, _pairs, progress=True), boxes_without_image=_without_image)
+    metrics_document = add_to_metrics_json(cfg.results_dir / "metrics.json", external=_external)
+    show_markdown(external_table(_external))
+else:
+    print("EXTERNAL_EVAL_DIR not set (or RUN_EVALUATION=False): no smears from elsewhere scored")
+
 
 # %% [markdown]
 # ## 10. Figures (`uni_seg.viz`)
@@ -9190,7 +9918,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
+from uni_seg.external import external_table
 from uni_seg.metrics import metrics_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
@@ -9255,12 +9985,31 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
     if metrics_doc is not None:
         lines += [f"Test images: {metrics_doc['n_images']} (never seen in training or tuning).", "",
                   metrics_table(metrics_doc), ""]
+        lines += _later_blocks(metrics_doc)
     else:
         lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
     if figures:
         lines += ["Figures: " + " · ".join(f"[{title}]({href})" for title, href in figures)
                   + " (drawn in [section 10](#section-10))."]
     return "\n".join(lines)
+
+
+# %% [markdown] tags=["why"]
+# The summary's lines for the classical baseline and the smears from elsewhere, when §9 computed them.
+
+# %% tags=["export"]
+def _later_blocks(doc: Mapping[str, Any]) -> list[str]:
+    """The summary's lines for the classical baseline and the smears from elsewhere (§9), where
+    the metrics document holds them."""
+    lines = []
+    if doc.get("baseline"):
+        lines += ["The classical baseline on the same test images:", "", model_and_baseline_table(doc), ""]
+    external = doc.get("external")
+    if external:
+        lines += [f"Smears from elsewhere: {external['n_images']} images of `{external['images']}` against their boxes "
+                  f"(box IoU >= {external['iou_threshold']:g}; {external['scale_note']}). Where annotators left cells "
+                  "unboxed, precision is only a floor; recall is the figure to watch.", "", external_table(external), ""]
+    return lines
 
 
 # %% tags=["summary"]
@@ -9297,6 +10046,7 @@ show_markdown(run_summary_text)
 # | `uni-seg train --profile full -p NAME VALUE ...` | train phase 1 and/or 2, also one rank of a DDP job under `torchrun`/`srun` (§5) | `uni_seg.train` |
 # | `uni-seg weights fetch BACKBONE [--to DIR]` | on a login node: download a backbone's hub weights, check that they fit, print the `WEIGHTS` setting for compute nodes (§3) | `uni_seg.weights` |
 # | `uni-seg weights check BACKBONE --weights W` | on a compute node: load weights as a run would (offline with `HF_HUB_OFFLINE=1`) and print its one-line report (§3) | `uni_seg.weights` |
+# | `uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR\|FILE [--baseline PX]` | score a checkpoint, and the classical baseline, on smears from elsewhere with VOC or COCO boxes (§9) | `uni_seg.external` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -9315,6 +10065,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
     "weights": ("uni_seg.weights", "fetch a backbone's weights on a login node (and print the setting for offline "
                                    "compute nodes), or check weights where a run will load them"),
+    "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
+                                           "cell boxes: recall per class, AP50, precision as a floor, count error"),
 }
 
 

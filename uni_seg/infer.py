@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.config import Settings, atomic_write, autocast, errors_as_messages, resolve_device, resolve_precision
 from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, check_rgb_image, class_name, read_image, tile_starts, working_shape
 from uni_seg.export import (coco_annotations, export_segmentation, finish_run, plan_folder, read_exported_image, start_run,
@@ -457,7 +458,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         "settings and input): only images whose files are missing are segmented")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
+                        "brings the folder's cells to the size the checkpoint was trained at, else its working scale)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "input images (default: measured on up to 16 of them)")
     parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
@@ -480,6 +484,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--{field.replace('_', '-')}: {error}")
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
+    if args.cell_diameter is not None and not args.cell_diameter > 0:
+        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
@@ -493,8 +499,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        if args.working_scale is None:
-            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        if args.working_scale is None:  # the cells' size decides (§1), or the checkpoint's scale without its record
+            scale, scale_line = working_scale_for_cells(list_images(args.input, args.limit), meta.get("cell_diameter"),
+                                                        float(meta.get("working_scale") or 1.0), args.cell_diameter)
+            settings = settings.replace(working_scale=scale)
+        else:
+            scale_line = f"working scale {args.working_scale:g}, as given"
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
         _, precision = settings.placement(model)
@@ -502,6 +512,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
