@@ -2244,8 +2244,9 @@ def synthetic_data_wanted(data_dir: str | Path, synthetic_images: int, data_dir_
 # size (§8), which needs the cells' size in an image, measured without the model:
 #
 # 1. **Foreground**: cells are darker than the background in lightness (CIELAB L*, whatever
-#    the stain's hue), so Otsu's threshold on L* separates them; holes are filled (the pale
-#    centres of red cells).
+#    the stain's hue), so Otsu's threshold on L* separates them; round holes are filled (the
+#    pale centres of red cells), not the star-shaped pockets of background between touching
+#    cells.
 # 2. **Granulometry**: the foreground is opened with discs of growing radius, each opening by
 #    two distance transforms (where a disc fits, then what such discs cover); a pixel's size is
 #    the radius of the largest disc that still covers it. A cell that touches or overlaps
@@ -2268,7 +2269,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from uni_seg.data import check_rgb_image, load_processed, read_image
@@ -2282,19 +2282,37 @@ MEASURE_IMAGES = 16
 
 
 def otsu_lightness(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255; Otsu's threshold of it, a
-    float) of an RGB uint8 image (H, W, 3). A flat image's threshold is its one value."""
-    lightness = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0]
+    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255, smoothed by a Gaussian of
+    1 px so that noise and JPEG blocks do not speckle it; Otsu's threshold of it, a float:
+    pixels at or below it are the darker class) of an RGB uint8 image (H, W, 3). A flat image
+    has no darker class: its threshold lies below its one value."""
+    lightness = cv2.GaussianBlur(cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0], (0, 0), 1.0)
     if lightness.min() == lightness.max():
-        return lightness, float(lightness.flat[0])
+        return lightness, float(lightness.flat[0]) - 1.0
     return lightness, float(threshold_otsu(lightness))
 
 
+#: A hole in the foreground is a pale cell centre, and filled, when it is this convex (its area
+#: over its convex hull's): round. The pockets of background between three or more touching
+#: cells are stars with cusps (solidity ~0.4) and stay background.
+HOLE_SOLIDITY = 0.8
+
+
 def cell_foreground(image: np.ndarray) -> np.ndarray:
-    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) darker than Otsu's threshold of
-    their lightness (`otsu_lightness`), holes filled (pale cell centres)."""
+    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) at or below Otsu's threshold of
+    their lightness (`otsu_lightness`; skimage's threshold is the dark class's upper bound), with
+    the round holes (pale cell centres, `HOLE_SOLIDITY`) and specks of a few pixels filled."""
     lightness, threshold = otsu_lightness(image)
-    return ndi.binary_fill_holes(lightness < threshold)
+    mask = (lightness <= threshold).astype(np.uint8)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is not None:
+        holes = []
+        for k in np.flatnonzero(hierarchy[0][:, 3] >= 0):  # inner contours: holes (a loop over holes, not pixels)
+            area, hull = cv2.contourArea(contours[k]), cv2.contourArea(cv2.convexHull(contours[k]))
+            if area < 10 or area >= HOLE_SOLIDITY * hull:
+                holes.append(contours[k])
+        cv2.drawContours(mask, holes, -1, 1, thickness=cv2.FILLED)
+    return mask.view(bool)
 
 
 def granulometry(mask: np.ndarray, radii: Sequence[float]) -> np.ndarray:
@@ -7336,6 +7354,7 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
 # %% tags=["export"]
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -7822,6 +7841,51 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
 
 
 # %% [markdown] tags=["why"]
+# The options every command that runs the model on whole images shares (`uni-seg infer`, `uni-seg evaluate-boxes`): scale, tiles, TTA, device, precision, batch; checked before anything is loaded.
+
+# %% tags=["export"]
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Add the shared options: --working-scale, --cell-diameter, --tile-size, --overlap, --tta,
+    --device, --precision, --batch-size."""
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
+                        "brings the images' cells to the size the checkpoint was trained at, else its working scale)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "input images (default: measured on up to 16 of them)")
+    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+
+
+def settings_from_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> InferenceSettings:
+    """The `InferenceSettings` of the shared options (working scale: --working-scale, else 1
+    until `working_scale_from_options` decides it); a bad value ends the command through
+    `parser.error`, naming the option rather than the settings field."""
+    if args.cell_diameter is not None and not args.cell_diameter > 0:
+        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
+    try:
+        return InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
+                                 tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                                 batch_size=args.batch_size, precision=args.precision, device=args.device)
+    except ValueError as error:
+        field = str(error).split("=", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {error}")
+
+
+def working_scale_from_options(args: argparse.Namespace, images: Sequence[Path],
+                               meta: Mapping[str, Any]) -> tuple[float, str]:
+    """(working scale, one line saying why) for `images` and a checkpoint's `meta`: --working-scale
+    as given, else the scale that brings the images' cells (--cell-diameter, or measured) to
+    the size the checkpoint was trained at (§1's `working_scale_for_cells`)."""
+    if args.working_scale is not None:
+        return float(args.working_scale), f"working scale {args.working_scale:g}, as given"
+    return working_scale_for_cells(images, meta.get("cell_diameter"), float(meta.get("working_scale") or 1.0),
+                                   args.cell_diameter)
+
+
+# %% [markdown] tags=["why"]
 # The command line checks every option before it loads anything, says in its first lines what
 # it runs with (model, settings, which post-processing and from where), and reports the errors
 # a user can fix in one line.
@@ -7848,16 +7912,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         "settings and input): only images whose files are missing are segmented")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
-                        "brings the folder's cells to the size the checkpoint was trained at, else its working scale)")
-    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
-                        "input images (default: measured on up to 16 of them)")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    add_inference_options(parser)
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
     parser.add_argument("--object-type", default="detection", choices=("detection", "annotation"),
                         help="QuPath object type of the GeoJSON cells")
@@ -7865,17 +7920,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     args = parser.parse_args(argv)
 
     # Every option is checked before anything is loaded or any image read.
-    try:
-        settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
-                                     tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
-                                     batch_size=args.batch_size, precision=args.precision, device=args.device)
-    except ValueError as error:  # name the option, not the settings field
-        field = str(error).split("=", 1)[0]
-        parser.error(f"--{field.replace('_', '-')}: {error}")
+    settings = settings_from_options(parser, args)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
-    if args.cell_diameter is not None and not args.cell_diameter > 0:
-        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
@@ -7889,12 +7936,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        if args.working_scale is None:  # the cells' size decides (§1), or the checkpoint's scale without its record
-            scale, scale_line = working_scale_for_cells(list_images(args.input, args.limit), meta.get("cell_diameter"),
-                                                        float(meta.get("working_scale") or 1.0), args.cell_diameter)
-            settings = settings.replace(working_scale=scale)
-        else:
-            scale_line = f"working scale {args.working_scale:g}, as given"
+        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
+        settings = settings.replace(working_scale=scale)
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
         _, precision = settings.placement(model)
@@ -8888,8 +8931,8 @@ if cfg.run_evaluation:
 # What does the model add over image processing a lab could do in ImageJ? The baseline is that
 # processing, with no learning beyond one number:
 #
-# 1. **Foreground**: Otsu's threshold on lightness, holes filled (§1's `cell_foreground`, the
-#    same that measures the cells' size).
+# 1. **Foreground**: Otsu's threshold on lightness, holes filled where they are round (pale
+#    cell centres; §1's `cell_foreground`, the same that measures the cells' size).
 # 2. **Markers**: the peaks of the foreground's distance transform (the centres of the largest
 #    discs that fit), at least `min_distance` pixels apart (scikit-image's `peak_local_max`,
 #    at least one peak per blob): touching round cells give one peak each.
@@ -8915,11 +8958,10 @@ import math
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from uni_seg.cellsize import otsu_lightness
+from uni_seg.cellsize import cell_foreground, otsu_lightness
 from uni_seg.config import markdown_table
 from uni_seg.data import load_processed
 from uni_seg.metrics import _nanmean, panoptic_quality
@@ -8947,7 +8989,7 @@ class BaselineParts:
 def baseline_parts(image: np.ndarray) -> BaselineParts:
     """The `BaselineParts` of an RGB uint8 image (H, W, 3)."""
     lightness, threshold = otsu_lightness(image)
-    foreground = ndi.binary_fill_holes(lightness < threshold)
+    foreground = cell_foreground(image)  # the same foreground as the cells' size measurement (one more L* pass)
     distance = cv2.distanceTransform(foreground.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     _, blobs = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     darkness = np.clip((threshold - lightness.astype(np.float32)) / max(threshold, 1.0), 0.0, 1.0)
@@ -9466,10 +9508,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     """`uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR|FILE [options]`."""
     import argparse
 
-    from uni_seg.cellsize import working_scale_for_cells
     from uni_seg.checkpoints import CheckpointError
     from uni_seg.data import DataError
-    from uni_seg.infer import InferenceSettings, load_inference_model
+    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
     from uni_seg.postproc import select_postproc
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
@@ -9481,32 +9522,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
                         "with this minimum peak distance (working-scale px; the notebook tunes it on the training split "
                         "and writes it to metrics.json as baseline.min_distance)")
-    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
-                        "images (default: measured on them)")
-    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that brings "
-                        "the cells to the checkpoint's training size)")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
     parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N images")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    add_inference_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:  # every option is checked before anything is loaded
-        settings = InferenceSettings(working_scale=args.working_scale or 1.0, tile_size=args.tile_size,
-                                     overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
-                                     precision=args.precision, device=args.device)
-    except ValueError as error:
-        parser.error(f"--{str(error).split('=', 1)[0].replace('_', '-')}: {error}")
-    for name in ("baseline", "limit", "cell_diameter"):
+    settings = settings_from_options(parser, args)  # every option is checked before anything is loaded
+    for name in ("baseline", "limit"):
         value = getattr(args, name)
         if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')}={value} must be > 0")
+            parser.error(f"--{name}={value} must be > 0")
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
         pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
         pairs = pairs[: args.limit]
@@ -9515,10 +9542,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        scale, scale_note = ((args.working_scale, f"working scale {args.working_scale:g}, as given")
-                             if args.working_scale else
-                             working_scale_for_cells([p for p, _ in pairs], meta.get("cell_diameter"),
-                                                     float(meta.get("working_scale") or 1.0), args.cell_diameter))
+        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
         settings = settings.replace(working_scale=scale)
         print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
         segmenters = {"model": model_segmenter(model, settings, postproc)}

@@ -55,6 +55,12 @@ def test_explicit_parameters_win_and_none_means_profile_default():
         ({"class_weights": [1.0, 2.0]}, "CLASS_WEIGHTS has 2 weights"),
         ({"val_fraction": 1.5}, "VAL_FRACTION"),
         ({"weights": "/no/such/weights.bin"}, "WEIGHTS='/no/such/weights.bin' is not one of ['auto', 'hub'"),
+        ({"aug_hed": 1.5}, "AUG_HED=1.5 must be a number in [0, 1]"),
+        ({"aug_hue": 0.7}, "AUG_HUE=0.7 must be a number in [0, 0.5]"),
+        ({"aug_jpeg": 0}, "AUG_JPEG=0 must be an integer in 1..100"),
+        ({"run_baseline": "yes"}, "RUN_BASELINE='yes' must be True or False"),
+        ({"external_eval_dir": "/no/such/folder"}, "EXTERNAL_EVAL_DIR='/no/such/folder' is not a folder"),
+        ({"external_cell_diameter": -3}, "EXTERNAL_CELL_DIAMETER=-3 must be a number > 0"),
     ],
 )
 def test_bad_parameters_are_named(kwargs, message):

@@ -13,11 +13,10 @@ import math
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
-from uni_seg.cellsize import otsu_lightness
+from uni_seg.cellsize import cell_foreground, otsu_lightness
 from uni_seg.config import markdown_table
 from uni_seg.data import load_processed
 from uni_seg.metrics import _nanmean, panoptic_quality
@@ -45,7 +44,7 @@ class BaselineParts:
 def baseline_parts(image: np.ndarray) -> BaselineParts:
     """The `BaselineParts` of an RGB uint8 image (H, W, 3)."""
     lightness, threshold = otsu_lightness(image)
-    foreground = ndi.binary_fill_holes(lightness < threshold)
+    foreground = cell_foreground(image)  # the same foreground as the cells' size measurement (one more L* pass)
     distance = cv2.distanceTransform(foreground.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
     _, blobs = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     darkness = np.clip((threshold - lightness.astype(np.float32)) / max(threshold, 1.0), 0.0, 1.0)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from uni_seg.data import check_rgb_image, load_processed, read_image
@@ -24,19 +23,37 @@ MEASURE_IMAGES = 16
 
 
 def otsu_lightness(image: np.ndarray) -> tuple[np.ndarray, float]:
-    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255; Otsu's threshold of it, a
-    float) of an RGB uint8 image (H, W, 3). A flat image's threshold is its one value."""
-    lightness = cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0]
+    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255, smoothed by a Gaussian of
+    1 px so that noise and JPEG blocks do not speckle it; Otsu's threshold of it, a float:
+    pixels at or below it are the darker class) of an RGB uint8 image (H, W, 3). A flat image
+    has no darker class: its threshold lies below its one value."""
+    lightness = cv2.GaussianBlur(cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0], (0, 0), 1.0)
     if lightness.min() == lightness.max():
-        return lightness, float(lightness.flat[0])
+        return lightness, float(lightness.flat[0]) - 1.0
     return lightness, float(threshold_otsu(lightness))
 
 
+#: A hole in the foreground is a pale cell centre, and filled, when it is this convex (its area
+#: over its convex hull's): round. The pockets of background between three or more touching
+#: cells are stars with cusps (solidity ~0.4) and stay background.
+HOLE_SOLIDITY = 0.8
+
+
 def cell_foreground(image: np.ndarray) -> np.ndarray:
-    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) darker than Otsu's threshold of
-    their lightness (`otsu_lightness`), holes filled (pale cell centres)."""
+    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) at or below Otsu's threshold of
+    their lightness (`otsu_lightness`; skimage's threshold is the dark class's upper bound), with
+    the round holes (pale cell centres, `HOLE_SOLIDITY`) and specks of a few pixels filled."""
     lightness, threshold = otsu_lightness(image)
-    return ndi.binary_fill_holes(lightness < threshold)
+    mask = (lightness <= threshold).astype(np.uint8)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is not None:
+        holes = []
+        for k in np.flatnonzero(hierarchy[0][:, 3] >= 0):  # inner contours: holes (a loop over holes, not pixels)
+            area, hull = cv2.contourArea(contours[k]), cv2.contourArea(cv2.convexHull(contours[k]))
+            if area < 10 or area >= HOLE_SOLIDITY * hull:
+                holes.append(contours[k])
+        cv2.drawContours(mask, holes, -1, 1, thickness=cv2.FILLED)
+    return mask.view(bool)
 
 
 def granulometry(mask: np.ndarray, radii: Sequence[float]) -> np.ndarray:

@@ -320,10 +320,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     """`uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR|FILE [options]`."""
     import argparse
 
-    from uni_seg.cellsize import working_scale_for_cells
     from uni_seg.checkpoints import CheckpointError
     from uni_seg.data import DataError
-    from uni_seg.infer import InferenceSettings, load_inference_model
+    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
     from uni_seg.postproc import select_postproc
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
@@ -335,32 +334,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
                         "with this minimum peak distance (working-scale px; the notebook tunes it on the training split "
                         "and writes it to metrics.json as baseline.min_distance)")
-    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
-                        "images (default: measured on them)")
-    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that brings "
-                        "the cells to the checkpoint's training size)")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
     parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
     parser.add_argument("--limit", type=int, default=None, help="score at most N images")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    add_inference_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    try:  # every option is checked before anything is loaded
-        settings = InferenceSettings(working_scale=args.working_scale or 1.0, tile_size=args.tile_size,
-                                     overlap=args.overlap, tta=args.tta, batch_size=args.batch_size,
-                                     precision=args.precision, device=args.device)
-    except ValueError as error:
-        parser.error(f"--{str(error).split('=', 1)[0].replace('_', '-')}: {error}")
-    for name in ("baseline", "limit", "cell_diameter"):
+    settings = settings_from_options(parser, args)  # every option is checked before anything is loaded
+    for name in ("baseline", "limit"):
         value = getattr(args, name)
         if value is not None and not value > 0:
-            parser.error(f"--{name.replace('_', '-')}={value} must be > 0")
+            parser.error(f"--{name}={value} must be > 0")
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
         pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
         pairs = pairs[: args.limit]
@@ -369,10 +354,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        scale, scale_note = ((args.working_scale, f"working scale {args.working_scale:g}, as given")
-                             if args.working_scale else
-                             working_scale_for_cells([p for p, _ in pairs], meta.get("cell_diameter"),
-                                                     float(meta.get("working_scale") or 1.0), args.cell_diameter))
+        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
         settings = settings.replace(working_scale=scale)
         print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
         segmenters = {"model": model_segmenter(model, settings, postproc)}
