@@ -42,7 +42,7 @@
 # the story comes first)
 #
 # 0. [Setup and parameters](#section-0) (`uni_seg.config`)
-# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`): Reading one file; Masks to instances; Cell classes from BBBC041's class boxes; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; This run's data
+# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Cell classes from BBBC041's class boxes; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
@@ -50,7 +50,7 @@
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
 # 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
-# 9. [Evaluation](#section-9) (`uni_seg.metrics`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model
+# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`)
 
@@ -124,6 +124,14 @@ LR_DECODER_PHASE2: float = 1e-4  # learning rate of the decoder
 MAX_NONFINITE_STEPS: int = 10  # optimiser steps in a row with a non-finite loss or gradient before training stops
 GRAD_ACCUM_TARGET: Optional[int] = None  # effective batch: gradients accumulate over steps until this many crops (all GPUs)
 CROPS_PER_IMAGE: Optional[int] = None  # random crops drawn from each training image per epoch
+# --- stain and colour augmentation of training crops (§2; 0 turns a part off) ---
+AUG_HED: float = 0.0  # stain jitter s in [0, 1]: each haematoxylin/eosin/DAB amount times 1 +- s, shifted by up to s/3 OD
+AUG_HUE: float = 0.04  # largest hue rotation in [0, 0.5], a fraction of the colour circle
+AUG_SATURATION: float = 0.2  # saturation times 1 +- this, in [0, 1]
+AUG_BRIGHTNESS_CONTRAST: float = 0.2  # brightness and contrast each times 1 +- this, in [0, 1]
+AUG_GRAYSCALE: float = 0.0  # probability in [0, 1] that a crop is made grey
+AUG_BLUR: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
+AUG_JPEG: int = 100  # lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none
 # --- speed ---
 PRECISION: str = "auto"  # "auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"
 USE_COMPILE: bool = False  # torch.compile the model (first epoch slower)
@@ -136,6 +144,10 @@ N_FIGURE_SAMPLES: int = 3  # test images drawn in the sample figures
 EXPORT_IMAGES: Optional[int] = None  # test images exported by folder inference; None: all
 EXPORT_OVERLAY: str = "jpg"  # overlay picture of each exported image: "jpg", "png" or "none"
 INFER_WORKERS: Optional[int] = None  # worker processes for the CPU side of inference, evaluation and tuning; 0: in this process; None: the usable CPUs minus one
+RUN_BASELINE: bool = True  # §9 also scores a classical baseline (Otsu + distance-transform watershed, tuned on train)
+# --- smears from elsewhere (§9) ---
+EXTERNAL_EVAL_DIR: Optional[str] = None  # folder of images with VOC or COCO cell boxes, e.g. ../shared/data/bccd_detection; None: none
+EXTERNAL_CELL_DIAMETER: Optional[float] = None  # cell diameter in px in those images; None: estimated from the images
 
 # %% [markdown]
 # A parameter given under a name the notebook does not know (`-p EPOCS_PHASE1 1`) would be
@@ -267,6 +279,13 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     lr_lora_phase2=1e-5,
     lr_decoder_phase2=1e-4,
     max_nonfinite_steps=10,
+    aug_hed=0.0,
+    aug_hue=0.04,
+    aug_saturation=0.2,
+    aug_brightness_contrast=0.2,
+    aug_grayscale=0.0,
+    aug_blur=1.2,
+    aug_jpeg=100,
     precision="auto",
     use_compile=False,
     use_tta=False,
@@ -275,6 +294,9 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     export_images=None,
     export_overlay="jpg",
     infer_workers=None,
+    run_baseline=True,
+    external_eval_dir=None,
+    external_cell_diameter=None,
 )
 
 
@@ -338,6 +360,13 @@ class RunConfig:
     max_nonfinite_steps: int
     grad_accum_target: int
     crops_per_image: int
+    aug_hed: float
+    aug_hue: float
+    aug_saturation: float
+    aug_brightness_contrast: float
+    aug_grayscale: float
+    aug_blur: float
+    aug_jpeg: int
     precision: str
     use_compile: bool
     tile_size: int
@@ -348,6 +377,9 @@ class RunConfig:
     export_images: int | None
     export_overlay: str
     infer_workers: int | None
+    run_baseline: bool
+    external_eval_dir: Path | None
+    external_cell_diameter: float | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -407,6 +439,10 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
     for name in _PATH_FIELDS:
         merged[name] = Path(merged[name])
+    if merged["external_eval_dir"] is not None:
+        merged["external_eval_dir"] = Path(merged["external_eval_dir"]).expanduser()
+        if not merged["external_eval_dir"].is_dir():
+            raise ValueError(f"EXTERNAL_EVAL_DIR={str(merged['external_eval_dir'])!r} is not a folder")
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
@@ -438,8 +474,12 @@ _INT_AT_LEAST: dict[str, int] = dict(
 _OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
+#: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).
+_NUMBERS_IN: dict[str, tuple[float, float]] = dict(
+    aug_hed=(0.0, 1.0), aug_hue=(0.0, 0.5), aug_saturation=(0.0, 1.0), aug_brightness_contrast=(0.0, 1.0),
+    aug_grayscale=(0.0, 1.0), aug_blur=(0.0, 10.0))
 _FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
-          "use_compile", "use_tta", "tune_postproc")
+          "use_compile", "use_tta", "tune_postproc", "run_baseline")
 
 
 def _is_int(value: Any) -> bool:
@@ -461,6 +501,16 @@ def _check_values(merged: Mapping[str, Any]) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
             problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
+    for name, (low, high) in _NUMBERS_IN.items():
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            problems.append(f"{name.upper()}={value!r} must be a number in [{low:g}, {high:g}]")
+    if not _is_int(merged["aug_jpeg"]) or not 1 <= merged["aug_jpeg"] <= 100:
+        problems.append(f"AUG_JPEG={merged['aug_jpeg']!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+    diameter = merged["external_cell_diameter"]
+    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                 or not math.isfinite(diameter) or diameter <= 0):
+        problems.append(f"EXTERNAL_CELL_DIAMETER={diameter!r} must be a number > 0 (pixels) or None (estimated)")
     for name in _FLAGS:
         if not isinstance(merged[name], bool):
             problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
@@ -1128,6 +1178,12 @@ _parameters = {field.name: globals()[field.name.upper()] for field in dataclasse
                if field.name != "profile"}
 cfg = resolve_config(PROFILE, **_parameters)
 check_training_device(cfg.profile, cfg.n_gpus, cfg.run_phase1 or cfg.run_phase2, cfg.backbone)
+if cfg.external_eval_dir is not None:  # its boxes are read now, not after hours of training (§9 scores them)
+    from uni_seg.external import annotated_images, find_box_dataset, read_boxes
+
+    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
+    print(f"EXTERNAL_EVAL_DIR: {len(annotated_images(_images_dir, read_boxes(_boxes))[0])} annotated images in "
+          f"{_images_dir}, boxes from {_boxes}")
 seed_everything(cfg.seed)
 DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
 amp_precision = resolve_precision(cfg.precision, DEVICE)
@@ -3149,6 +3205,186 @@ def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: An
 
 
 # %% [markdown]
+# ### The size of the cells (`uni_seg.cellsize`)
+#
+# The model learns cells at one size in pixels, the training images' at the working scale
+# (the real subset's red cells, ~100 px across at 1600x1200, are ~50 px at `WORKING_SCALE`
+# 0.5). Smears from another microscope or camera show their cells at any size, and the image
+# size says nothing about it: BCCD's 640x480 photographs show red cells ~100 px across as
+# well. So inference rescales a folder's images so that their cells come out at the training
+# size (§8), which needs the cells' size in an image, measured without the model:
+#
+# 1. **Foreground**: cells are darker than the background in lightness (CIELAB L*, whatever
+#    the stain's hue), so Otsu's threshold on L* separates them; round holes are filled (the
+#    pale centres of red cells), not the star-shaped pockets of background between touching
+#    cells.
+# 2. **Granulometry**: the foreground is opened with discs of growing radius, each opening by
+#    two distance transforms (where a disc fits, then what such discs cover); a pixel's size is
+#    the radius of the largest disc that still covers it. A cell that touches or overlaps
+#    others is still covered by discs of its own size, so a clump does not read as one big
+#    cell, as it would for the blobs' areas or the mean of the distance transform. The
+#    diameter is twice the median size over the foreground pixels.
+#
+# On the real subset this reads 5-10 % under the masks' median diameter, on BCCD about 10 %
+# under the median side of the red cells' boxes: nearly the same bias, and it cancels, because
+# the training size is measured in the same way (on training images of the processed cache,
+# and recorded in every checkpoint as `cell_diameter`). A folder's diameter is the median over
+# up to 16 of its images, so that one odd image does not move the scale.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage.filters import threshold_otsu
+
+from uni_seg.data import check_rgb_image, load_processed, read_image
+
+#: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
+MEASURE_SIDE = 640
+#: The granulometry's disc radii grow by this factor from 1 px (6 %: its resolution before interpolation).
+RADIUS_STEP = 1.06
+#: Images of a folder measured for its cell diameter (the median over them counts).
+MEASURE_IMAGES = 16
+
+
+def otsu_lightness(image: np.ndarray) -> tuple[np.ndarray, float]:
+    """(lightness uint8 (H, W), OpenCV's 8-bit CIELAB L* in 0..255, smoothed by a Gaussian of
+    1 px so that noise and JPEG blocks do not speckle it; Otsu's threshold of it, a float:
+    pixels at or below it are the darker class) of an RGB uint8 image (H, W, 3). A flat image
+    has no darker class: its threshold lies below its one value."""
+    lightness = cv2.GaussianBlur(cv2.cvtColor(check_rgb_image(image), cv2.COLOR_RGB2LAB)[..., 0], (0, 0), 1.0)
+    if lightness.min() == lightness.max():
+        return lightness, float(lightness.flat[0]) - 1.0
+    return lightness, float(threshold_otsu(lightness))
+
+
+#: A hole in the foreground is a pale cell centre, and filled, when it is this convex (its area
+#: over its convex hull's): round. The pockets of background between three or more touching
+#: cells are stars with cusps (solidity ~0.4) and stay background.
+HOLE_SOLIDITY = 0.8
+
+
+def cell_foreground(image: np.ndarray) -> np.ndarray:
+    """bool (H, W): the pixels of an RGB uint8 image (H, W, 3) at or below Otsu's threshold of
+    their lightness (`otsu_lightness`; skimage's threshold is the dark class's upper bound), with
+    the round holes (pale cell centres, `HOLE_SOLIDITY`) and specks of a few pixels filled."""
+    lightness, threshold = otsu_lightness(image)
+    mask = (lightness <= threshold).astype(np.uint8)
+    contours, hierarchy = cv2.findContours(mask, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if hierarchy is not None:
+        holes = []
+        for k in np.flatnonzero(hierarchy[0][:, 3] >= 0):  # inner contours: holes (a loop over holes, not pixels)
+            area, hull = cv2.contourArea(contours[k]), cv2.contourArea(cv2.convexHull(contours[k]))
+            if area < 10 or area >= HOLE_SOLIDITY * hull:
+                holes.append(contours[k])
+        cv2.drawContours(mask, holes, -1, 1, thickness=cv2.FILLED)
+    return mask.view(bool)
+
+
+def granulometry(mask: np.ndarray, radii: Sequence[float]) -> np.ndarray:
+    """float64 (len(radii),): the share of `mask`'s pixels (bool (H, W), not empty) covered by
+    discs of each radius (px, increasing) that fit inside the mask: its opening by that disc.
+
+    Each opening is two Euclidean distance transforms (centres where a disc fits: farther than
+    r from the background; covered: within r of such a centre), so the cost is two transforms
+    per radius, whatever the radius; the loop runs over the radii, not the pixels."""
+    inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    total = np.count_nonzero(mask)
+    covered = np.zeros(len(radii))
+    for k, r in enumerate(radii):
+        centres = inside > r
+        if not centres.any():
+            break  # no disc this large fits: none larger will
+        reach = cv2.distanceTransform((~centres).view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        covered[k] = np.count_nonzero((reach <= r) & mask) / total
+    return covered
+
+
+# %% [markdown] tags=["why"]
+# An image's cell diameter is twice the median disc size of its foreground; a folder's is the median over its images.
+
+# %% tags=["export"]
+def cell_diameter(image: np.ndarray) -> float:
+    """The typical cell diameter of an RGB uint8 image (H, W, 3), in its own pixels: twice the
+    radius at which `granulometry` of its `cell_foreground` falls to one half (interpolated
+    between the radii tried). Measured on a copy shrunk to `MEASURE_SIDE`; nan when the image
+    shows no cells (a blank foreground, or cells wider than half the image)."""
+    image = check_rgb_image(image)
+    f = min(1.0, MEASURE_SIDE / max(image.shape[:2]))
+    if f < 1.0:
+        size = (max(1, round(image.shape[1] * f)), max(1, round(image.shape[0] * f)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    mask = cell_foreground(image)
+    if np.count_nonzero(mask) < 20:
+        return math.nan
+    radii = RADIUS_STEP ** np.arange(int(math.log(max(min(mask.shape) / 4, 1.0)) / math.log(RADIUS_STEP)) + 1)
+    covered = granulometry(mask, radii)
+    below = np.flatnonzero(covered < 0.5)
+    if below.size == 0 or below[0] == 0:
+        return math.nan
+    k = int(below[0])  # the median lies between radii k-1 (covered >= 1/2) and k
+    r = radii[k - 1] + (covered[k - 1] - 0.5) / (covered[k - 1] - covered[k]) * (radii[k] - radii[k - 1])
+    return float(2.0 * r / f)
+
+
+def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES) -> float:
+    """The median `cell_diameter` (px) over the first `limit` of `images` (RGB uint8 arrays or
+    image files) that show cells; nan when none does."""
+    values = []
+    for k, image in enumerate(images):
+        if k >= limit:
+            break
+        d = cell_diameter(read_image(image) if isinstance(image, (str, Path)) else image)
+        if math.isfinite(d):
+            values.append(d)
+    return float(np.median(values)) if values else math.nan
+
+
+def training_cell_diameter(processed_dir: str | Path, limit: int = MEASURE_IMAGES) -> float | None:
+    """The cells' diameter the model trains at: `folder_cell_diameter` of the first `limit`
+    training images of the processed cache (working-scale px), or None when the cache has no
+    training images or they show no cells."""
+    try:
+        samples = load_processed(processed_dir, "train")[:limit]
+    except (FileNotFoundError, ValueError):
+        return None
+    d = folder_cell_diameter(s.load()["image"] for s in samples)
+    return d if math.isfinite(d) else None
+
+
+# %% [markdown] tags=["why"]
+# The working scale for a folder, and one line that says how it was found: what inference (§8) and the evaluation on smears from elsewhere (§9) call before they build their settings.
+
+# %% tags=["export"]
+def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_diameter: float | None,
+                            default: float, cell_diameter_px: float | None = None) -> tuple[float, str]:
+    """(working scale, one line saying how it was chosen) for a folder's images, so that their
+    cells come out at `training_diameter` (working-scale px, the checkpoint's `cell_diameter`).
+
+    The folder's diameter is `cell_diameter_px` when given (the user knows it, px of the images),
+    else `folder_cell_diameter(images)`. Without a training diameter (a checkpoint older than
+    that record) or a diameter to be had, the scale is `default` (the checkpoint's working
+    scale). The scale is kept in [1/16, 4] (`InferenceSettings`' range).
+    """
+    if training_diameter is None or not training_diameter > 0:
+        return default, (f"working scale {default:g} (the checkpoint's: it does not record the cell diameter it was "
+                         "trained at, so the cells' size cannot be matched)")
+    given = cell_diameter_px is not None
+    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images)
+    if not math.isfinite(diameter) or diameter <= 0:
+        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images)"
+    scale = min(4.0, max(1 / 16, training_diameter / diameter))
+    how = "as given" if given else f"measured on up to {MEASURE_IMAGES} images"
+    return scale, (f"working scale {scale:.3g}: cells {diameter:.0f} px across ({how}) -> {diameter * scale:.0f} px, "
+                   f"the training size ({training_diameter:.0f} px)")
+
+
+# %% [markdown]
 # ### This run's data
 # Synthetic smears are generated where they were asked for (the demo profile's own folder, or
 # any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
@@ -3204,6 +3440,22 @@ _stats = instance_statistics(s.load()["inst"] for s in load_processed(cfg.proces
 print(f"train split: {_stats['n_instances']} cells in {_stats['n_images']} images ({_stats['per_image']:.1f} per image), "
       f"median area {_stats['median_area']:.0f} px at the working scale; "
       f"likely merged clumps: {_stats['n_clumps']} ({100 * _stats['clump_fraction']:.1f} %)")
+
+# %% [markdown]
+# The cells' size at the working scale: what the training masks say (the diameter of a disc of
+# the median area) and what the measurement on the images alone says (`training_cell_diameter`,
+# the size every checkpoint of this run records and inference matches).
+
+# %%
+import math
+
+from uni_seg.cellsize import MEASURE_IMAGES, training_cell_diameter
+
+training_diameter = training_cell_diameter(cfg.processed_dir)
+_from_masks = 2 * math.sqrt(_stats["median_area"] / math.pi)
+print(f"cell diameter at the working scale: {_from_masks:.1f} px from the training masks, "
+      + (f"{training_diameter:.1f} px measured on {MEASURE_IMAGES} training images" if training_diameter
+         else "none measured (no cells found in the training images)"))
 
 # %% [markdown]
 # ## 2. Targets and augmentation (`uni_seg.targets`)
@@ -3298,8 +3550,8 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 #    x offset is no longer an x offset, and scaling changes the [-1, 1] normalisation), so NP,
 #    HV and NC are computed after the geometry. The class map follows the instances (each
 #    instance keeps its class), so it needs no warping of its own.
-# 3. **Photometric**, on the image only: colour jitter (stain variation), blur (focus), noise,
-#    coarse dropout.
+# 3. **Photometric**, on the image only: stain and colour changes (how another lab's smears
+#    look, below), blur (focus), noise, JPEG artefacts, coarse dropout.
 #
 # Randomness is reproducible per sample: crop `index` of epoch `epoch` is drawn from the seed
 # `(SEED, epoch, index)`, so a resumed run sees the same crops as an uninterrupted one, whatever
@@ -3310,12 +3562,14 @@ def targets_from_instances(inst: np.ndarray, cls: np.ndarray) -> dict[str, np.nd
 # %% tags=["export"]
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 with warnings.catch_warnings():
     # albumentations imports huggingface_hub, which imports tqdm.auto: in a kernel without
@@ -3324,6 +3578,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
+from uni_seg.config import Settings
 from uni_seg.targets import targets_from_instances
 
 
@@ -3341,6 +3596,113 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
     nodes = _walk(pipeline)
     for node, s in zip(nodes, np.random.SeedSequence(seed).generate_state(len(nodes))):
         node.set_random_seed(int(s))  # parents first: a Compose propagates, its children override
+
+
+# %% [markdown]
+# **Smears from other labs.** A model trained on one lab's smears meets other stains,
+# microscopes and cameras: Giemsa or Wright, bluish or pinkish cells, white or grey
+# backgrounds, sharp or soft focus, raw or JPEG-compressed files. The photometric stage
+# imitates that spread. Each part has its own parameter, and 0 turns it off
+# (`StainAugmentation` holds them; §9 measures the effect on smears of another lab):
+#
+# | parameter | what changes | how |
+# |---|---|---|
+# | `AUG_HED` = s | the balance of the stains | colour deconvolution (below): each stain's amount scaled by a factor in [1 - s, 1 + s] and shifted by up to ±s/3 optical density, p = 0.8 |
+# | `AUG_HUE`, `AUG_SATURATION` | hue and saturation | a hue rotation of up to ±`AUG_HUE` of the colour circle, saturation times [1 - x, 1 + x] (albumentations' `ColorJitter`, p = 0.8) |
+# | `AUG_BRIGHTNESS_CONTRAST` | illumination and contrast | brightness and contrast each times [1 - x, 1 + x] (the same `ColorJitter`) |
+# | `AUG_GRAYSCALE` | colour itself | the probability of a grey crop: cells by their shape alone |
+# | `AUG_BLUR` | focus | Gaussian blur of sigma up to this many pixels, p = 0.2 |
+# | `AUG_JPEG` | file format | JPEG compression at a quality from this up to 95, p = 0.5 |
+#
+# **Colour deconvolution.** Light passing a stained smear is absorbed by each dye in
+# proportion to its amount, so in optical density (OD = -log(intensity)) a pixel is a sum of
+# the dyes' colour vectors. Ruifrok and Johnston's matrix (scikit-image's `hed_from_rgb`) splits
+# it into haematoxylin, eosin and DAB amounts; scaling and shifting those and mixing them back
+# changes the stain balance as another lab's staining would, the augmentation pathology
+# pipelines use (Tellez et al. 2018, "H&E-DAB jitter"). Giemsa and Wright are not H&E, but their
+# blue (azure, methylene blue) and pink (eosin) dyes lie close to those colour vectors, so the
+# jitter moves the balance that differs between labs. The decomposition here is exact: with no
+# jitter an image comes back unchanged, whereas scikit-image's `hed2rgb(rgb2hed(x))` clips
+# negative amounts and moves a real smear's pixels by up to 50 grey levels on its own.
+#
+# The settings before this stage existed are `BEFORE_STAIN_ROBUSTNESS`.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class StainAugmentation(Settings):
+    """How far the photometric stage of training moves a crop's stain, colour and image
+    quality (the parameters `AUG_*`); 0 turns a part off (`AUG_JPEG`: 100). Validated when made."""
+
+    what = "augmentation setting"
+
+    hed: float = 0.0  # stain jitter s: each HED amount times [1 - s, 1 + s], plus up to +-s/3 OD; in [0, 1]
+    hue: float = 0.04  # largest hue rotation, a fraction of the colour circle, in [0, 0.5]
+    saturation: float = 0.2  # saturation times [1 - x, 1 + x], x in [0, 1]
+    brightness_contrast: float = 0.2  # brightness and contrast each times [1 - x, 1 + x], x in [0, 1]
+    grayscale: float = 0.0  # probability that a crop is made grey, in [0, 1]
+    blur: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
+    jpeg: int = 100  # lowest JPEG quality of the compression artefacts, 1..100 (100: none)
+
+    def __post_init__(self) -> None:
+        limits = dict(hed=1.0, hue=0.5, saturation=1.0, brightness_contrast=1.0, grayscale=1.0, blur=10.0)
+        for name, high in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ValueError(f"{name}={value!r} must be a number in [0, {high:g}]")
+        if isinstance(self.jpeg, bool) or not isinstance(self.jpeg, int) or not 1 <= self.jpeg <= 100:
+            raise ValueError(f"jpeg={self.jpeg!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "StainAugmentation":
+        """The settings of a `RunConfig` (uni_seg.config): its `aug_*` fields."""
+        return cls(**{f.name: getattr(cfg, f"aug_{f.name}") for f in dataclasses.fields(cls)})
+
+
+#: The photometric stage as it was before stain robustness (issue 13): mild colour jitter and
+#: blur only (`-p AUG_HED 0 -p AUG_HUE 0.04 ...` trains the earlier models again).
+BEFORE_STAIN_ROBUSTNESS = StainAugmentation(hed=0.0, hue=0.04, saturation=0.2, brightness_contrast=0.2, grayscale=0.0,
+                                            blur=1.2, jpeg=100)
+
+
+# %% [markdown] tags=["why"]
+# The stain jitter: the exact colour deconvolution above as a pure function, and as an albumentations transform so that it is seeded like the others.
+
+# %% tags=["export"]
+_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+_RGB_FROM_HED = rgb_from_hed.astype(np.float32)
+
+
+def hed_jitter(image: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
+    """`image` RGB uint8 (H, W, 3) with its haematoxylin, eosin and DAB amounts (optical density
+    split by Ruifrok and Johnston's matrix) multiplied by `scale` (3,) and shifted by `shift` (3,)
+    OD; RGB uint8 (H, W, 3). Scale 1 and shift 0 give the image back (a pixel value of 0 comes
+    back as 1: OD is taken of max(value, 1) / 255)."""
+    od = -np.log(np.maximum(image, 1).astype(np.float32) * np.float32(1 / 255))
+    amounts = od.reshape(-1, 3) @ _HED_FROM_RGB
+    amounts = amounts * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)
+    out = np.exp(-(amounts @ _RGB_FROM_HED)) * np.float32(255)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(image.shape)
+
+
+class HEDJitter(A.ImageOnlyTransform):
+    """albumentations transform: `hed_jitter` with every stain's scale drawn from
+    [1 - strength, 1 + strength] and shift from [-strength/3, strength/3] (OD)."""
+
+    def __init__(self, strength: float = 0.2, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.strength = float(strength)
+
+    def get_params(self) -> dict[str, Any]:
+        s = self.strength
+        return {"scale": [self.py_random.uniform(1 - s, 1 + s) for _ in range(3)],
+                "shift": [self.py_random.uniform(-s / 3, s / 3) for _ in range(3)]}
+
+    def apply(self, img: np.ndarray, scale: Sequence[float] = (1, 1, 1), shift: Sequence[float] = (0, 0, 0),
+              **params: Any) -> np.ndarray:
+        return hed_jitter(img, scale, shift)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("strength",)
 
 
 # %% [markdown] tags=["why"]
@@ -3399,17 +3761,26 @@ def geometric_transform(crop_size: int) -> A.Compose:
     )
 
 
-def photometric_transform() -> A.Compose:
-    """Colour jitter, blur, noise and coarse dropout on an RGB uint8 image."""
-    return A.Compose(
-        [
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.8),
-            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 1.2), p=0.2),
-            A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
-            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
-                            fill=0, p=0.3),
-        ]
-    )
+def photometric_transform(stain: StainAugmentation = StainAugmentation()) -> A.Compose:
+    """Stain jitter, colour jitter, greyscale, blur, noise, JPEG artefacts and coarse dropout on an
+    RGB uint8 image, each part as strong as `stain` says (parts set to 0 are left out)."""
+    parts: list[Any] = []
+    if stain.hed > 0:
+        parts.append(HEDJitter(stain.hed, p=0.8))
+    if stain.hue > 0 or stain.saturation > 0 or stain.brightness_contrast > 0:
+        parts.append(A.ColorJitter(brightness=stain.brightness_contrast, contrast=stain.brightness_contrast,
+                                   saturation=stain.saturation, hue=stain.hue, p=0.8))
+    if stain.grayscale > 0:
+        parts.append(A.ToGray(num_output_channels=3, p=stain.grayscale))
+    if stain.blur > 0:  # kernel ~ +-2 sigma (5 px at sigma 1.2)
+        parts.append(A.GaussianBlur(blur_limit=(3, max(3, 2 * round(2 * stain.blur) + 1)),
+                                    sigma_limit=(min(0.2, stain.blur), stain.blur), p=0.2))
+    parts.append(A.GaussNoise(std_range=(0.01, 0.04), p=0.3))
+    if stain.jpeg < 100:  # after the noise, as a camera compresses what its sensor saw
+        parts.append(A.ImageCompression(compression_type="jpeg", quality_range=(stain.jpeg, max(stain.jpeg, 95)), p=0.5))
+    parts.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
+                                 fill=0, p=0.3))
+    return A.Compose(parts)
 
 
 # %% [markdown] tags=["why"]
@@ -3417,17 +3788,19 @@ def photometric_transform() -> A.Compose:
 
 # %% tags=["export"]
 class CellAugmenter:
-    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time.
+    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time;
+    `stain` sets the photometric stage (None: `StainAugmentation()`'s defaults).
 
     Crop first: only the random `training_window` is read from the arrays (views of a
     memory-mapped cache file read just those rows), and every later step works on the window,
     never on the whole image."""
 
-    def __init__(self, crop_size: int) -> None:
+    def __init__(self, crop_size: int, stain: StainAugmentation | None = None) -> None:
         self.crop_size = crop_size
         self.window = training_window(crop_size)
+        self.stain = stain or StainAugmentation()
         self.geometric = geometric_transform(crop_size)
-        self.photometric = photometric_transform()
+        self.photometric = photometric_transform(self.stain)
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -3489,7 +3862,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -3498,7 +3871,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from uni_seg.augment import CellAugmenter
+from uni_seg.augment import CellAugmenter, StainAugmentation
 from uni_seg.config import seed_everything
 from uni_seg.data import (ProcessedSample, load_processed, open_processed, processed_window, start_context, tile_starts,
                           worker_context)
@@ -3532,6 +3905,8 @@ class CellCropDataset(Dataset):
     cache_in_memory: keep each image in each worker after first use (costs RAM: ~4 MB per
       800x600 image per worker); without it, crops are read from the memory-mapped cache
       files, which reads only their rows (and leaves the OS's page cache to keep them).
+    augmentation: the photometric stage of training crops, as `StainAugmentation.as_dict()`
+      (a plain dict, so the dataset's recipe stays JSON for DDP workers); None: its defaults.
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
@@ -3540,7 +3915,9 @@ class CellCropDataset(Dataset):
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,
-                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False) -> None:
+                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False,
+                 augmentation: Mapping[str, Any] | None = None) -> None:
+        self.stain = StainAugmentation.from_dict(augmentation or {})  # checked here, before any worker starts
         self.processed_dir = Path(processed_dir)
         self.split = split
         self.crop_size = int(crop_size)
@@ -3591,7 +3968,7 @@ class CellCropDataset(Dataset):
         if self.train:
             planes = self.load(i // self.crops_per_image)
             if self._augmenter is None:
-                self._augmenter = CellAugmenter(self.crop_size)
+                self._augmenter = CellAugmenter(self.crop_size, self.stain)
             # views of the file: the augmenter reads only its window of them
             image, inst, targets = self._augmenter(planes["image"], planes["inst"], planes["cls"], (self.seed, epoch, i))
             return _to_item(image, inst, targets)
@@ -5463,6 +5840,9 @@ def _refusal_reason(error: BaseException) -> str:
                  type(error).__name__)
     if "zip archive" in text or "PytorchStreamReader" in text:
         return f"a damaged or cut-short PyTorch file ({first})"
+    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
+        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
+        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
     return f"{type(error).__name__}: {first[:200]}"
 
 
@@ -5502,7 +5882,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    "working_scale", "cell_diameter" (the training cells' diameter at the working scale; None
+    in checkpoints older than that record), "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
@@ -5518,9 +5899,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id",
-                                      "class_scheme")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
+                                      "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
+                                      "checkpoint_id", "class_scheme")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
@@ -5627,10 +6008,12 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way, and `class_scheme` (a
-    `ClassScheme.as_dict()`, or None) so that it names and colours the classes as training did.
-    `device` is "auto" (CUDA when visible), "cpu" or "cuda". With `resume` an existing
-    `latest_phase{N}.pth` is continued; without, the phase starts over and overwrites it.
+    checkpoint so inference resizes images the same way, `cell_diameter` (the training
+    images' cell diameter at the working scale, §1's `training_cell_diameter`) so that it can
+    bring other images' cells to that size, and `class_scheme` (a `ClassScheme.as_dict()`, or
+    None) so that it names and colours the classes as training did. `device` is "auto" (CUDA
+    when visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is
+    continued; without, the phase starts over and overwrites it.
     """
 
     phase: PhaseConfig
@@ -5648,6 +6031,7 @@ class TrainSpec:
     progress: bool = True
     plot: bool = True
     class_scheme: dict[str, Any] | None = None
+    cell_diameter: float | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -6254,6 +6638,7 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
+            "cell_diameter": self.spec.cell_diameter,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "class_scheme": self.spec.class_scheme,
@@ -6371,6 +6756,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from uni_seg.augment import StainAugmentation
+from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
                             exit_with_parent, resolve_config, resolve_device)
@@ -6504,6 +6891,9 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
 
     Phase 2 builds the architecture without downloading weights: they come from
     `checkpoint_dir/best_phase1.pth`. `device` defaults to "cpu" when `cfg.n_gpus == 0`, else "auto".
+    The training crops' photometric stage is the run's `AUG_*` parameters (§2's
+    `StainAugmentation`); the training images' cell diameter (§1's `training_cell_diameter`, None
+    before the processed cache exists) goes into the checkpoints.
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
@@ -6515,10 +6905,12 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     scheme = class_scheme(cfg.class_scheme)
     # the class weights the notebook's §4 shows: given, the scheme's, or from the training split's cells
     weights = nc_class_weights(scheme, cfg.processed_dir, cfg.class_weights)
+    augmentation = StainAugmentation.from_config(cfg).as_dict()
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
-        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
+        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True,
+                                                                  augmentation=augmentation)),
         val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
         loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
@@ -6528,7 +6920,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         lora=(int(cfg.lora_rank), float(cfg.lora_alpha)) if phase == 2 else None,
         init_checkpoint=Path(cfg.checkpoint_dir) / "best_phase1.pth" if phase == 2 else None,
         resume=bool(cfg.resume_training), device=device or ("cpu" if cfg.n_gpus == 0 else "auto"),
-        progress=progress, class_scheme=scheme.as_dict(),
+        progress=progress, class_scheme=scheme.as_dict(), cell_diameter=training_cell_diameter(cfg.processed_dir),
     )
 
 
@@ -6615,7 +7007,7 @@ def spec_from_json(text: str) -> TrainSpec:
         working_scale=raw.get("working_scale"), lora=tuple(raw["lora"]) if raw.get("lora") else None,
         init_checkpoint=Path(raw["init_checkpoint"]) if raw.get("init_checkpoint") else None,
         resume=raw.get("resume", True), device=raw.get("device", "auto"), progress=raw.get("progress", True),
-        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"),
+        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"), cell_diameter=raw.get("cell_diameter"),
     )
 
 
@@ -8361,6 +8753,7 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
 from __future__ import annotations
 
 import contextlib
+import argparse
 import dataclasses
 import json
 import math
@@ -8375,6 +8768,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_scheme, errors_as_messages,
                             resolve_device, resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
@@ -9013,6 +9407,51 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
 
 
 # %% [markdown] tags=["why"]
+# The options every command that runs the model on whole images shares (`uni-seg infer`, `uni-seg evaluate-boxes`): scale, tiles, TTA, device, precision, batch; checked before anything is loaded.
+
+# %% tags=["export"]
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Add the shared options: --working-scale, --cell-diameter, --tile-size, --overlap, --tta,
+    --device, --precision, --batch-size."""
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
+                        "brings the images' cells to the size the checkpoint was trained at, else its working scale)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "input images (default: measured on up to 16 of them)")
+    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+
+
+def settings_from_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> InferenceSettings:
+    """The `InferenceSettings` of the shared options (working scale: --working-scale, else 1
+    until `working_scale_from_options` decides it); a bad value ends the command through
+    `parser.error`, naming the option rather than the settings field."""
+    if args.cell_diameter is not None and not args.cell_diameter > 0:
+        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
+    try:
+        return InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
+                                 tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                                 batch_size=args.batch_size, precision=args.precision, device=args.device)
+    except ValueError as error:
+        field = str(error).split("=", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {error}")
+
+
+def working_scale_from_options(args: argparse.Namespace, images: Sequence[Path],
+                               meta: Mapping[str, Any]) -> tuple[float, str]:
+    """(working scale, one line saying why) for `images` and a checkpoint's `meta`: --working-scale
+    as given, else the scale that brings the images' cells (--cell-diameter, or measured) to
+    the size the checkpoint was trained at (§1's `working_scale_for_cells`)."""
+    if args.working_scale is not None:
+        return float(args.working_scale), f"working scale {args.working_scale:g}, as given"
+    return working_scale_for_cells(images, meta.get("cell_diameter"), float(meta.get("working_scale") or 1.0),
+                                   args.cell_diameter)
+
+
+# %% [markdown] tags=["why"]
 # The command line checks every option before it loads anything, says in its first lines what
 # it runs with (model, settings, which post-processing and from where), and reports the errors
 # a user can fix in one line.
@@ -9039,13 +9478,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         "settings and input): only images whose files are missing are segmented")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    add_inference_options(parser)
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
     parser.add_argument("--object-type", default="detection", choices=("detection", "annotation"),
                         help="QuPath object type of the GeoJSON cells")
@@ -9058,13 +9491,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     args = parser.parse_args(argv)
 
     # Every option is checked before anything is loaded or any image read.
-    try:
-        settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
-                                     tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
-                                     batch_size=args.batch_size, precision=args.precision, device=args.device)
-    except ValueError as error:  # name the option, not the settings field
-        field = str(error).split("=", 1)[0]
-        parser.error(f"--{field.replace('_', '-')}: {error}")
+    settings = settings_from_options(parser, args)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
     if args.workers is not None and args.workers < 0:
@@ -9082,8 +9509,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        if args.working_scale is None:
-            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
+        settings = settings.replace(working_scale=scale)
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
         scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
@@ -9092,6 +9519,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
@@ -9183,6 +9611,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -9872,9 +10301,10 @@ def evaluate_predictions(
 # %% [markdown]
 # ### `results/metrics.json`
 #
-# One file per evaluation, one schema (`"schema": "uni_seg.metrics/3"`; version 2 added the
+# One file per evaluation, one schema (`"schema": "uni_seg.metrics/4"`; version 2 added the
 # weights' provenance, version 3 the class scheme, the per-class detection and F_c, the
-# instance confusion matrix, the cells of unknown class and the parasitemia):
+# instance confusion matrix, the cells of unknown class and the parasitemia, version 4 the
+# classical baseline and the smears from elsewhere):
 #
 # | key | content |
 # |---|---|
@@ -9886,6 +10316,8 @@ def evaluate_predictions(
 # | `dataset` | pooled over the set: `pq sq rq tp fp fn`, `precision recall f1` (IoU 0.5), `aji`, `map ap50 ap75` (COCO), `mpq` (mean over the cell classes of their pooled PQ) and `per_class_pq` {class: `pq sq rq tp fp fn precision recall f1 fc true_count pred_count`}, `instance_confusion` {true class or "unknown": {predicted class: matched cells}}, `unknown_count` and `unknown_matched` (true cells of unknown class, and how many were found), `parasitemia` {`true`, `pred`}, `pixel_iou` and `pixel_dice` {class: value}, `true_count`, `pred_count` |
 # | `per_image_mean` | mean over images: `pq sq rq precision recall f1 aji`, `mpq` (PanNuke's: per image the mean PQ of the classes present in its truth, then the mean over images) and `per_class_pq` {class}, `pixel_iou`, `pixel_dice` {class}, `count_error` (signed), `count_abs_error`, `count_rel_error`, `parasitemia_mae` over the `parasitemia_images` where it is defined |
 # | `per_image` | list, one record per image: `image`, `pq sq rq tp fp fn precision recall f1 aji`, `pixel_iou`, `pixel_dice`, `true_count pred_count count_error`, `true_count_per_class pred_count_per_class unknown_count`, `pq_per_class mpq`, `parasitemia_true parasitemia_pred` |
+# | `baseline` | the classical baseline on the same images (below): `method`, `min_distance`, `min_area`, `tuned_on`, `tuning` [{`min_distance`, `pq`}], `n_images`, `dataset` and `per_image_mean` as above; null when it did not run |
+# | `external` | smears from elsewhere scored against their boxes (`EXTERNAL_EVAL_DIR`, below): `images`, `boxes`, `n_images`, `iou_threshold`, `working_scale`, `scale_note`, `methods` {`model`, `baseline`: `recall` {class, `all`}, `annotated` {class}, `matched` {class}, `predicted`, `precision_floor`, `ap50`, `map`, `count_error`, `count_abs_error`}; null when not asked for |
 # | `extra` | anything else the caller adds (timings, TTA on/off, ...) |
 #
 # Per class, a match counts for a class when both cells are of it; `precision`, `recall` and
@@ -9902,8 +10334,8 @@ def evaluate_predictions(
 # a scheme without infected cells) are `null`.
 
 # %% tags=["export"]
-METRICS_SCHEMA = "uni_seg.metrics/3"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/3):
+METRICS_SCHEMA = "uni_seg.metrics/4"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/4):
 schema, created; model {backbone, weights, weights_source,
                         weights_provenance {kind backbone repo revision filename path sha256 message} or null,
                         checkpoint}; postproc_params {...};
@@ -9919,11 +10351,16 @@ per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_i
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
             true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
             pq_per_class mpq parasitemia_true parasitemia_pred}];
+baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
+         or null                                                -- the classical baseline on the same images;
+external {images boxes n_images iou_threshold working_scale scale_note
+          methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
+                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "class_scheme",
-         "iou_threshold", "dataset", "per_image_mean", "per_image", "extra"),
+         "iou_threshold", "dataset", "per_image_mean", "per_image", "baseline", "external", "extra"),
     "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "instance_confusion", "unknown_count", "unknown_matched", "parasitemia", "pixel_iou",
@@ -9982,13 +10419,16 @@ def write_metrics_json(
     weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    external: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
     post-processing produced it and how big each split was; `weights_provenance` is where the
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
-    it). NaN/inf become null.
+    it); `baseline` and `external` the blocks of the classical baseline and of the smears from
+    elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
@@ -10000,10 +10440,29 @@ def write_metrics_json(
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
         class_scheme=metrics.get("class_scheme"),
+        baseline=None if baseline is None else dict(baseline), external=None if external is None else dict(external),
         extra=dict(extra or {}),
     )
     doc = _jsonable(doc)
     validate_metrics_document(doc)
+    write_json_atomic(path, doc)
+    return doc
+
+
+#: The blocks `add_to_metrics_json` may fill in after the model's evaluation was written.
+LATER_BLOCKS = ("baseline", "external")
+
+
+def add_to_metrics_json(path: str | Path, **blocks: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Put `blocks` (any of `LATER_BLOCKS`, e.g. `baseline={...}`) into the metrics.json at
+    `path`, written by `write_metrics_json`, atomically; return the document. `ValueError` for
+    another name or a file that does not follow the schema, `FileNotFoundError` without one."""
+    unknown = sorted(set(blocks) - set(LATER_BLOCKS))
+    if unknown:
+        raise ValueError(f"add_to_metrics_json: {', '.join(unknown)} is not one of {', '.join(LATER_BLOCKS)}")
+    doc = json.loads(Path(path).read_text())
+    validate_metrics_document(doc)
+    doc.update({name: None if block is None else _jsonable(dict(block)) for name, block in blocks.items()})
     write_json_atomic(path, doc)
     return doc
 
@@ -10248,6 +10707,668 @@ if cfg.run_evaluation:
           f"class scheme {SCHEME.name!r}")
     show_markdown(per_class_table(metrics_document))
     show_markdown(confusion_table(metrics_document))
+
+# %% [markdown]
+# ### The classical baseline (`uni_seg.baseline`)
+#
+# What does the model add over image processing a lab could do in ImageJ? The baseline is that
+# processing, with no learning beyond one number:
+#
+# 1. **Foreground**: Otsu's threshold on lightness, holes filled where they are round (pale
+#    cell centres; §1's `cell_foreground`, the same that measures the cells' size).
+# 2. **Markers**: the peaks of the foreground's distance transform (the centres of the largest
+#    discs that fit), at least `min_distance` pixels apart (scikit-image's `peak_local_max`,
+#    at least one peak per blob): touching round cells give one peak each.
+# 3. **Cells**: a watershed of the negated distance transform from those markers, within the
+#    foreground (scikit-image's `watershed`), cuts the blobs at their waists; pieces under the
+#    post-processing's `min_area` are dropped.
+#
+# Its one parameter, `min_distance`, is tuned on the **training** split (mean PQ over its
+# images, at the working scale), so validation and test stay untouched by it. It finds no
+# classes (every cell is class 1) and has no confidence of its own; for COCO AP each cell is
+# ranked by how much darker than Otsu's threshold it is, on average. It runs at the working
+# scale, like the model, on the same images.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import math
+
+import cv2
+import numpy as np
+from skimage.feature import peak_local_max
+from skimage.segmentation import watershed
+
+from uni_seg.cellsize import cell_foreground, otsu_lightness
+from uni_seg.config import markdown_table
+from uni_seg.data import load_processed
+from uni_seg.metrics import _nanmean, panoptic_quality
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, SplitPrediction
+
+#: Minimum peak distances tried (working-scale px; cells there are ~50 px across on the real subset).
+DEFAULT_BASELINE_GRID: tuple[int, ...] = (5, 7, 10, 14, 20, 28, 40)
+#: Its name in metrics.json and tables.
+BASELINE_METHOD = "Otsu on lightness + distance-transform watershed"
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineParts:
+    """What the baseline computes once per image, whatever `min_distance`: foreground bool
+    (H, W); distance float32 (H, W), px to the background; blobs int32 (H, W), the foreground's
+    8-connected components; darkness float32 (H, W) in [0, 1], how far below Otsu's threshold
+    a pixel's lightness is, as a share of the threshold."""
+
+    foreground: np.ndarray
+    distance: np.ndarray
+    blobs: np.ndarray
+    darkness: np.ndarray
+
+
+def baseline_parts(image: np.ndarray) -> BaselineParts:
+    """The `BaselineParts` of an RGB uint8 image (H, W, 3)."""
+    lightness, threshold = otsu_lightness(image)
+    foreground = cell_foreground(image)  # the same foreground as the cells' size measurement (one more L* pass)
+    distance = cv2.distanceTransform(foreground.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    _, blobs = cv2.connectedComponents(foreground.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    darkness = np.clip((threshold - lightness.astype(np.float32)) / max(threshold, 1.0), 0.0, 1.0)
+    return BaselineParts(foreground, distance, blobs, darkness)
+
+
+# %% [markdown] tags=["why"]
+# The baseline's cells from its parts: peaks, watershed, small pieces dropped, a score per cell.
+
+# %% tags=["export"]
+def baseline_from_parts(parts: BaselineParts, min_distance: int,
+                        min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[np.ndarray, np.ndarray]:
+    """(inst int32 (H, W), 0 background, cells 1..N; scores float32 (N + 1,), each cell's mean
+    `darkness`, [0] = 0) of the baseline with peaks at least `min_distance` px apart and cells
+    of at least `min_area` px."""
+    if isinstance(min_distance, bool) or int(min_distance) != min_distance or min_distance < 1:
+        raise ValueError(f"min_distance={min_distance!r} must be an integer >= 1 (pixels)")
+    if not parts.foreground.any():
+        return np.zeros(parts.foreground.shape, np.int32), np.zeros(1, np.float32)
+    peaks = peak_local_max(parts.distance, min_distance=int(min_distance), labels=parts.blobs, exclude_border=False)
+    markers = np.zeros(parts.distance.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    grown = watershed(-parts.distance, markers, mask=parts.foreground)
+    sizes = np.bincount(grown.ravel(), minlength=len(peaks) + 1)
+    keep = sizes >= min_area
+    keep[0] = False
+    lut = np.zeros(sizes.size, np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    inst = np.take(lut, grown)
+    n = int(keep.sum())
+    dark = np.bincount(inst.ravel(), weights=parts.darkness.ravel(), minlength=n + 1)
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    scores = (dark / np.maximum(area, 1)).astype(np.float32)
+    scores[0] = 0.0
+    return inst, scores
+
+
+def baseline_instances(image: np.ndarray, min_distance: int,
+                       min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[np.ndarray, np.ndarray]:
+    """The baseline's cells of an RGB uint8 image (H, W, 3) as `baseline_from_parts` returns them."""
+    return baseline_from_parts(baseline_parts(image), min_distance, min_area)
+
+
+# %% [markdown] tags=["why"]
+# Tuning the one parameter on the training split, one image at a time (its parts once, every distance of the grid on them), and the baseline's predictions of a split.
+
+# %% tags=["export"]
+def tune_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Sequence[int] = DEFAULT_BASELINE_GRID,
+                  min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> tuple[int, list[dict[str, Any]]]:
+    """(best `min_distance`, table): the grid value with the highest mean per-image PQ over
+    `pairs` of (RGB uint8 image (H, W, 3), true instances int (H, W)), e.g. the training split;
+    table: {"min_distance", "pq"} per grid value, best first (ties: the smaller distance).
+    `ValueError` when `pairs` is empty."""
+    if not grid:
+        raise ValueError("tune_baseline needs at least one min_distance in its grid")
+    pqs: dict[int, list[float]] = {int(d): [] for d in grid}
+    for image, true in pairs:
+        parts = baseline_parts(image)
+        for d in pqs:
+            pqs[d].append(panoptic_quality(true, baseline_from_parts(parts, d, min_area)[0])["pq"])
+    if not next(iter(pqs.values())):
+        raise ValueError("tune_baseline needs at least one (image, true instances) pair")
+    table = sorted(({"min_distance": d, "pq": _nanmean(v)} for d, v in pqs.items()),
+                   key=lambda row: (-np.nan_to_num(row["pq"], nan=-1.0), row["min_distance"]))
+    return table[0]["min_distance"], table
+
+
+def processed_pairs(processed_dir: str | Path, split: str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(image, true instances) of each image of a split of the processed cache, read one at a time."""
+    for sample in load_processed(processed_dir, split):
+        data = sample.load()
+        yield data["image"], data["inst"]
+
+
+def predict_split_baseline(processed_dir: str | Path, split: str, min_distance: int,
+                           min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> list[SplitPrediction]:
+    """The baseline's cells for every image of a split of the processed cache, as
+    `uni_seg.infer.predict_split`'s records (every cell class 1; no image or maps kept), for
+    `uni_seg.metrics.evaluate_split`."""
+    out = []
+    for sample in load_processed(processed_dir, split):
+        data = sample.load()
+        inst, scores = baseline_instances(data["image"], min_distance, min_area)
+        classes = np.ones(len(scores), np.int64)
+        classes[0] = 0
+        out.append(SplitPrediction(sample.stem, None, data["inst"].astype(np.int32), data["cls"].astype(np.uint8), inst,
+                                   classes, None, scores, None))
+    return out
+
+
+# %% [markdown] tags=["why"]
+# The baseline's block of `metrics.json`, and the table that sets it beside the model on the same test images.
+
+# %% tags=["export"]
+def baseline_block(metrics: Mapping[str, Any], min_distance: int, tuned_on: str,
+                   tuning: Sequence[Mapping[str, Any]], min_area: int = DEFAULT_POSTPROC_PARAMS.min_area) -> dict[str, Any]:
+    """The "baseline" block of metrics.json: `method`, `min_distance`, `min_area`, `tuned_on`
+    (e.g. "train (76 images)"), `tuning` (the grid's table), and `n_images`, `dataset` and
+    `per_image_mean` of `evaluate_split`'s result for the baseline's predictions."""
+    return dict(method=BASELINE_METHOD, min_distance=int(min_distance), min_area=int(min_area), tuned_on=tuned_on,
+                tuning=[dict(row) for row in tuning], n_images=metrics["n_images"], dataset=metrics["dataset"],
+                per_image_mean=metrics["per_image_mean"])
+
+
+def model_and_baseline_table(doc: Mapping[str, Any]) -> str:
+    """A Markdown table of the model's and the baseline's headline numbers on the same images
+    (pooled), from a metrics.json document with a "baseline" block."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or math.isnan(value) else f"{value:.4f}"
+
+    model, base = doc["dataset"], doc["baseline"]["dataset"]
+    rows = [(name, f(model[key]), f(base[key])) for name, key in (
+        ("PQ", "pq"), ("SQ", "sq"), ("RQ", "rq"), ("precision (IoU 0.5)", "precision"), ("recall (IoU 0.5)", "recall"),
+        ("F1", "f1"), ("AJI", "aji"), ("COCO AP50", "ap50"), ("COCO mAP@[.50:.95]", "map"))]
+    rows.append(("cells true / predicted", f"{model['true_count']} / {model['pred_count']}",
+                 f"{base['true_count']} / {base['pred_count']}"))
+    block = doc["baseline"]
+    return markdown_table(("pooled over the test images", "model",
+                           f"baseline (min distance {block['min_distance']} px, tuned on {block['tuned_on']})"), rows)
+
+
+# %% [markdown]
+# The baseline on this run's data: its minimum peak distance tuned on the training images,
+# then the test images scored exactly as the model's were, side by side. Its block goes into
+# `metrics.json` (and the report).
+
+# %%
+from uni_seg.baseline import baseline_block, model_and_baseline_table, predict_split_baseline, processed_pairs, tune_baseline
+from uni_seg.data import load_processed
+from uni_seg.metrics import add_to_metrics_json
+
+baseline_min_distance = None  # §9's smears from elsewhere score the baseline too when it was tuned
+if cfg.run_evaluation and cfg.run_baseline:
+    baseline_min_distance, _table = tune_baseline(processed_pairs(cfg.processed_dir, "train"))
+    print("baseline tuned on the training images (mean PQ by minimum peak distance): "
+          + ", ".join(f"{row['min_distance']} px {row['pq']:.4f}" for row in _table))
+    _baseline_metrics = evaluate_split(predict_split_baseline(cfg.processed_dir, "test", baseline_min_distance),
+                                       cfg.n_classes)
+    _tuned_on = f"train ({len(load_processed(cfg.processed_dir, 'train'))} images)"
+    metrics_document = add_to_metrics_json(cfg.results_dir / "metrics.json", baseline=baseline_block(
+        _baseline_metrics, baseline_min_distance, _tuned_on, _table))
+    show_markdown(model_and_baseline_table(metrics_document))
+else:
+    print("no baseline (RUN_BASELINE=False or RUN_EVALUATION=False)")
+
+
+# %% [markdown]
+# ### Smears from another lab (`uni_seg.external`)
+#
+# A model that segments its own lab's test images well may still fail on another lab's smears:
+# another stain, microscope, camera or density. Such smears rarely come with masks, but often
+# with boxes, as in object-detection sets like BCCD (Pascal VOC boxes of RBC, WBC and
+# platelets). So the model is scored against boxes: every predicted cell's bounding box is
+# matched one to one with the annotated boxes at box IoU >= 0.5 (pycocotools' rule: the cells
+# in order of score, each taking the unmatched box it overlaps most), and
+#
+# * **recall per annotated class**: the share of each class's boxes that some predicted cell
+#   matches (a model trained on binary masks knows no classes, so a WBC box counts as found
+#   when a cell of any class matches it);
+# * **AP50**: COCO's average precision of the predicted cells' boxes at IoU 0.5, class-agnostic
+#   (the evaluation's own `coco_ap` computation, on box overlaps instead of mask overlaps);
+# * **precision, as a floor**: matched cells over predicted cells. Where the annotators left
+#   cells out (BCCD leaves many red cells unboxed), a correct cell counts as a false
+#   positive, so precision and AP are at least this good; recall is the figure to watch;
+# * **count error**: predicted cells minus annotated boxes per image, mean and mean absolute
+#   (inflated by the same unannotated cells).
+#
+# The images are first brought to the training scale (§1's `working_scale_for_cells`), and the
+# classical baseline is scored in the same way at the same scale, beside the model. Boxes are
+# read from a VOC folder (`Annotations/*.xml`, one file per image, named like the image) or a
+# COCO file (`"images"`, `"annotations"` with `"bbox": [x, y, width, height]`, `"categories"`);
+# a malformed file is reported in one line that names it and says what is wrong. The command
+#
+#     uni-seg evaluate-boxes --checkpoint checkpoints/best_phase2.pth --images DIR --boxes DIR|FILE [--baseline PX]
+#
+# scores any checkpoint; in the notebook, `EXTERNAL_EVAL_DIR` (a folder holding the images, in
+# `JPEGImages/`, `images/` or itself, and `Annotations/` or one `.json` file) does it here.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.baseline import baseline_instances
+from uni_seg.config import errors_as_messages, markdown_table, resolve_device, write_json_atomic
+from uni_seg.data import read_image, working_shape
+from uni_seg.export import plan_folder
+# §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
+from uni_seg.metrics import PairTable, _coco_ap, _jsonable
+
+
+class AnnotationError(ValueError):
+    """A box annotation that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSet:
+    """The annotated boxes of one image: boxes float64 (K, 4) as x0, y0, x1, y1 in pixels (0-based,
+    x1 and y1 exclusive: a box of one pixel at (0, 0) is 0, 0, 1, 1), labels (K,) their class names."""
+
+    boxes: np.ndarray
+    labels: tuple[str, ...]
+
+
+def _box(x0: float, y0: float, x1: float, y1: float, where: str) -> tuple[float, float, float, float]:
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 < x0 or y1 < y0:
+        raise AnnotationError(f"{where}: box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not finite or ends before it starts")
+    return x0, y0, x1, y1
+
+
+# %% [markdown] tags=["why"]
+# Pascal VOC files, one per image; every way one can be malformed is named with the file.
+
+# %% tags=["export"]
+def read_voc_file(path: str | Path) -> BoxSet:
+    """The boxes of a Pascal VOC annotation file (<annotation><object><name>..</name><bndbox>
+    <xmin>..</xmin>..</bndbox></object>...). VOC counts pixels from 1 and includes both ends, so
+    xmin..xmax becomes x0 = xmin - 1, x1 = xmax. `AnnotationError` naming the file otherwise."""
+    path = Path(path)
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as error:
+        raise AnnotationError(f"{path}: not valid XML ({error})") from None
+    if root.tag != "annotation":
+        raise AnnotationError(f"{path}: not a Pascal VOC annotation (its root is <{root.tag}>, not <annotation>)")
+    boxes, labels = [], []
+    for k, obj in enumerate(root.findall("object"), start=1):
+        name = (obj.findtext("name") or "").strip()
+        where = f"{path}: <object> {k}" + (f" ({name})" if name else "")
+        box = obj.find("bndbox")
+        if not name or box is None:
+            raise AnnotationError(f"{where} has no {'<name>' if not name else '<bndbox>'}")
+        values = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = box.findtext(tag)
+            try:
+                values.append(float(text))
+            except (TypeError, ValueError):
+                raise AnnotationError(f"{where}: <{tag}> is {text!r}, not a number") from None
+        boxes.append(_box(values[0] - 1, values[1] - 1, values[2], values[3], where))
+        labels.append(name)
+    return BoxSet(np.array(boxes, np.float64).reshape(-1, 4), tuple(labels))
+
+
+# %% [markdown] tags=["why"]
+# COCO files, and finding the boxes and the images of a folder.
+
+# %% tags=["export"]
+def _coco_entries(doc: Any, path: Path) -> tuple[list, list, list]:
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), list) for k in ("images", "annotations", "categories")):
+        raise AnnotationError(f"{path}: not a COCO file (it needs lists \"images\", \"annotations\" and \"categories\")")
+    return doc["images"], doc["annotations"], doc["categories"]
+
+
+def read_coco_file(path: str | Path) -> dict[str, BoxSet]:
+    """The boxes of a COCO file by image file name without its suffix; "bbox" is [x, y, width,
+    height] in pixels (0-based), a box's label its category's name. Images listed without
+    annotations have no boxes. `AnnotationError` naming the file and the entry otherwise."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise AnnotationError(f"{path}: not valid JSON ({error})") from None
+    images, annotations, categories = _coco_entries(doc, path)
+    try:
+        names = {c["id"]: str(c["name"]) for c in categories}
+        stems = {im["id"]: Path(str(im["file_name"])).stem for im in images}
+    except (KeyError, TypeError) as error:
+        raise AnnotationError(f"{path}: a category or image entry lacks {error} (categories need id and name, "
+                              "images id and file_name)") from None
+    found: dict[Any, tuple[list, list]] = {i: ([], []) for i in stems}
+    for k, a in enumerate(annotations):
+        where = f"{path}: annotation {k}" + (f" (id {a['id']})" if isinstance(a, dict) and "id" in a else "")
+        if not isinstance(a, dict) or a.get("image_id") not in stems or a.get("category_id") not in names:
+            raise AnnotationError(f"{where} names no listed image_id and category_id")
+        bbox = a.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise AnnotationError(f"{where}: \"bbox\" is {bbox!r}, not [x, y, width, height]")
+        x, y, w, h = (float(v) for v in bbox)
+        found[a["image_id"]][0].append(_box(x, y, x + w, y + h, where))
+        found[a["image_id"]][1].append(names[a["category_id"]])
+    return {stems[i]: BoxSet(np.array(b, np.float64).reshape(-1, 4), tuple(lab)) for i, (b, lab) in found.items()}
+
+
+def read_boxes(path: str | Path) -> dict[str, BoxSet]:
+    """The boxes by image name (file name without suffix) of a folder of VOC files, one VOC
+    `.xml` file, or a COCO `.json` file. `AnnotationError` naming the path otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.xml"))
+        if not files:
+            raise AnnotationError(f"{path}: a folder without .xml (Pascal VOC) annotation files")
+        return {f.stem: read_voc_file(f) for f in files}
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such annotation file or folder")
+    if path.suffix.lower() == ".json":
+        return read_coco_file(path)
+    if path.suffix.lower() == ".xml":
+        return {path.stem: read_voc_file(path)}
+    raise AnnotationError(f"{path}: neither a folder of Pascal VOC .xml files nor a COCO .json file")
+
+
+def find_box_dataset(root: str | Path) -> tuple[Path, Path]:
+    """(images folder, boxes) of a folder of annotated smears: images in `JPEGImages/`,
+    `images/` or the folder itself; boxes in `Annotations/` (VOC) or its one `.json` file (COCO).
+    `AnnotationError` naming the folder when it holds no boxes or several .json files."""
+    root = Path(root)
+    images = next((root / n for n in ("JPEGImages", "images") if (root / n).is_dir()), root)
+    if (root / "Annotations").is_dir():
+        return images, root / "Annotations"
+    candidates = sorted(root.glob("*.json"))
+    if len(candidates) == 1:
+        return images, candidates[0]
+    found = f" ({', '.join(p.name for p in candidates)}: which one?)" if candidates else ""
+    raise AnnotationError(f"{root}: no boxes found: expected Annotations/*.xml (Pascal VOC) or one .json file (COCO){found}")
+
+
+# %% [markdown] tags=["why"]
+# Boxes of the predicted cells, their overlaps with the annotated boxes, and pycocotools' greedy one-to-one matching.
+
+# %% tags=["export"]
+def instance_boxes(inst: np.ndarray) -> np.ndarray:
+    """float64 (N, 4): x0, y0, x1, y1 (exclusive) of cells 1..N of a label map int (H, W) whose
+    ids are 1..N (an absent id gets an empty box at 0)."""
+    n = int(inst.max(initial=0))
+    boxes = np.zeros((n, 4), np.float64)
+    for i, box in enumerate(ndi.find_objects(np.asarray(inst, np.int32), max_label=n)):
+        if box is not None:  # a loop over the cells' slices, not their pixels
+            boxes[i] = box[1].start, box[0].start, box[1].stop, box[0].stop
+    return boxes
+
+
+def box_overlaps(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(intersections (G, D), true areas (G,), predicted areas (D,)) of boxes (G, 4) and (D, 4)."""
+    x0 = np.maximum(true[:, None, 0], pred[None, :, 0])
+    y0 = np.maximum(true[:, None, 1], pred[None, :, 1])
+    x1 = np.minimum(true[:, None, 2], pred[None, :, 2])
+    y1 = np.minimum(true[:, None, 3], pred[None, :, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+
+    def area(b: np.ndarray) -> np.ndarray:
+        return (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+
+    return inter, area(true), area(pred)
+
+
+def match_boxes(true: np.ndarray, pred: np.ndarray, scores: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:
+    """int64 (D,): the index of the true box each predicted box is matched with, -1 for none.
+    pycocotools' rule: predictions by decreasing score (stable), each takes the still unmatched
+    true box of highest IoU >= `iou_threshold` (ties: the later true box). The loop runs over
+    the predictions, as in pycocotools."""
+    inter, area_t, area_p = box_overlaps(true, pred)
+    iou = inter / np.maximum(area_t[:, None] + area_p[None, :] - inter, 1e-12)
+    matched = np.full(len(pred), -1, np.int64)
+    free = np.ones(len(true), bool)
+    for d in np.argsort(-np.asarray(scores, np.float64), kind="mergesort"):
+        candidates = np.where(free & (iou[:, d] >= min(iou_threshold, 1 - 1e-10)), iou[:, d], -1.0)
+        if candidates.size and candidates.max() >= 0:
+            g = candidates.size - 1 - int(np.argmax(candidates[::-1]))  # the later of equal boxes
+            matched[d], free[g] = g, False
+    return matched
+
+
+def box_pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
+    """§9's `PairTable` of two sets of boxes (G, 4), (D, 4): overlapping pairs with their box
+    intersections, so that the COCO AP computation of the masks serves the boxes unchanged."""
+    inter, area_t, area_p = box_overlaps(true, pred)
+    t, p = np.nonzero(inter > 0)
+    return PairTable(np.arange(len(true) + 1), np.arange(len(pred) + 1), np.r_[0.0, area_t], np.r_[0.0, area_p],
+                     t + 1, p + 1, inter[t, p])
+
+
+# %% [markdown] tags=["why"]
+# One method's numbers over a set of images: recall per class, AP50, precision as a floor, count errors.
+
+# %% tags=["export"]
+def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_threshold: float = 0.5) -> dict[str, Any]:
+    """One method's block of `external_block`, from per image (annotated `BoxSet`, predicted
+    boxes float (D, 4), their scores (D,)): `recall` {class: share of its boxes matched, "all"},
+    `annotated` and `matched` {class: count}, `predicted` (cells), `precision_floor`, `ap50`,
+    `map` (COCO box AP, class-agnostic), `count_error` and `count_abs_error` (predicted cells
+    minus annotated boxes per image: mean, mean absolute). Undefined values are nan."""
+    classes = sorted({label for truth, _, _ in results for label in truth.labels})
+    annotated = dict.fromkeys(classes, 0)
+    matched = dict.fromkeys(classes, 0)
+    errors, tables, score_vectors = [], [], []
+    for truth, boxes, scores in results:
+        hit = match_boxes(truth.boxes, boxes, scores, iou_threshold)
+        for label in truth.labels:
+            annotated[label] += 1
+        for g in hit[hit >= 0]:
+            matched[truth.labels[g]] += 1
+        errors.append(len(boxes) - len(truth.labels))
+        tables.append(box_pair_table(truth.boxes, boxes))
+        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `_coco_ap` reads it
+    n_true, n_match, n_pred = sum(annotated.values()), sum(matched.values()), sum(len(b) for _, b, _ in results)
+    recall = {c: matched[c] / annotated[c] for c in classes}
+    recall["all"] = n_match / n_true if n_true else math.nan
+    coco = _coco_ap(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
+    errors_arr = np.asarray(errors, np.float64)
+    return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
+                precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
+                count_error=float(errors_arr.mean()) if errors else math.nan,
+                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan)
+
+
+# %% [markdown] tags=["why"]
+# Each image segmented once per method at the folder's working scale; the cells' boxes are taken there and scaled back to the image's pixels.
+
+# %% tags=["export"]
+#: A method under test: RGB uint8 image (H, W, 3) at its own size -> (cells int32 (h, w) at the
+#: working scale, ids 1..N; their scores float (N + 1,), [0] unused).
+Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmenter:
+    """The model as a `Segmenter`: §8's `segment_image` with `InferenceSettings` `settings` and
+    `PostprocParams` `postproc` (None: the defaults)."""
+    from uni_seg.infer import segment_image  # here, not above: tables and box files need no torch
+
+    def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seg = segment_image(model, image, settings, postproc, keep_maps=False)
+        return seg.inst_working, seg.scores
+
+    return segment
+
+
+def baseline_segmenter(min_distance: int, working_scale: float) -> Segmenter:
+    """The classical baseline as a `Segmenter`, on the image resized to `working_scale`."""
+    from uni_seg.infer import resize_image
+
+    def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return baseline_instances(resize_image(image, working_shape(*image.shape[:2], working_scale)), min_distance)
+
+    return segment
+
+
+def annotated_images(images_dir: str | Path, truth: Mapping[str, BoxSet]) -> tuple[list[tuple[Path, BoxSet]], list[str]]:
+    """([(image file, its boxes)] for the images of `images_dir` whose name without suffix has
+    boxes, in name order; [names of box sets that have no image]). `AnnotationError` when no
+    image has boxes."""
+    files = {path.stem: path for path, _ in plan_folder(images_dir).images}
+    pairs = [(files[name], truth[name]) for name in sorted(truth) if name in files]
+    if not pairs:
+        raise AnnotationError(f"{images_dir}: none of its {len(files)} images has boxes among the {len(truth)} "
+                              "annotated (matched by file name without suffix)")
+    return pairs, sorted(set(truth) - set(files))
+
+
+def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path, BoxSet]], iou_threshold: float = 0.5,
+                 progress: bool = False) -> dict[str, dict[str, Any]]:
+    """{method: `score_boxes` block} of every `Segmenter` on the (image file, boxes) `pairs`; each
+    image is read once and its cells' boxes scaled back from the working scale to its pixels."""
+    from tqdm.auto import tqdm
+
+    results: dict[str, list] = {name: [] for name in segmenters}
+    for path, truth in tqdm(pairs, desc="scoring", unit="image", disable=not progress):
+        image = read_image(path)
+        for name, segment in segmenters.items():
+            inst, scores = segment(image)
+            fy, fx = image.shape[0] / inst.shape[0], image.shape[1] / inst.shape[1]
+            boxes = instance_boxes(inst) * np.array([fx, fy, fx, fy])
+            results[name].append((truth, boxes, np.asarray(scores, np.float64)[1:]))
+    return {name: score_boxes(r, iou_threshold) for name, r in results.items()}
+
+
+# %% [markdown] tags=["why"]
+# The "external" block of metrics.json, and its table: a row per method, recall per annotated class first.
+
+# %% tags=["export"]
+def external_block(images_dir: str | Path, boxes: str | Path, n_images: int, working_scale: float, scale_note: str,
+                   methods: Mapping[str, Mapping[str, Any]], iou_threshold: float = 0.5,
+                   boxes_without_image: Sequence[str] = ()) -> dict[str, Any]:
+    """The "external" block of metrics.json (`METRICS_SCHEMA_DOC`): where the images and boxes
+    are, how many images were scored, at which working scale and why, and each method's
+    `score_boxes` block."""
+    return dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
+                working_scale=float(working_scale), scale_note=scale_note,
+                boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+
+
+def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of an "external" block: per method (named by `labels`, default its key)
+    the recall of each annotated class and of all boxes, AP50, precision (a floor) and the count
+    error per image."""
+    def f(value: Any) -> str:
+        return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+
+    methods = block["methods"]
+    annotated = next(iter(methods.values()))["annotated"] if methods else {}
+    header = ["method"] + [f"recall {c} ({n})" for c, n in annotated.items()] + [
+        "recall, all", "AP50", "precision (a floor)", "count error (mean abs.)"]
+    rows = []
+    for name, m in methods.items():
+        count = ("undefined" if m["count_error"] is None else f"{m['count_error']:+.1f} ({m['count_abs_error']:.1f})")
+        rows.append([(labels or {}).get(name, name)] + [f(m["recall"].get(c)) for c in annotated]
+                    + [f(m["recall"]["all"]), f(m["ap50"]), f(m["precision_floor"]), count])
+    return markdown_table(header, rows)
+
+
+# %% [markdown] tags=["why"]
+# The command line: every option checked before the model is loaded; the scale, the post-processing and their sources said in the first lines; errors a user can fix in one line.
+
+# %% tags=["export"]
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.external") -> None:
+    """`uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR|FILE [options]`."""
+    import argparse
+
+    from uni_seg.checkpoints import CheckpointError
+    from uni_seg.data import DataError
+    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
+    from uni_seg.postproc import select_postproc
+
+    parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
+                                     "folder of images with Pascal VOC or COCO cell boxes: recall per class and AP50 "
+                                     "at box IoU 0.5, precision as a floor, count error.")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--images", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
+    parser.add_argument("--boxes", type=Path, required=True, help="Annotations folder of VOC .xml files, or a COCO .json")
+    parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
+                        "with this minimum peak distance (working-scale px; the notebook tunes it on the training split "
+                        "and writes it to metrics.json as baseline.min_distance)")
+    parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
+                        "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
+    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
+    parser.add_argument("--limit", type=int, default=None, help="score at most N images")
+    add_inference_options(parser)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    settings = settings_from_options(parser, args)  # every option is checked before anything is loaded
+    for name in ("baseline", "limit"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            parser.error(f"--{name}={value} must be > 0")
+    with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
+        pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
+        pairs = pairs[: args.limit]
+        if not args.checkpoint.is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
+        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
+        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
+                                                  meta.get("checkpoint_id"))
+        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
+        settings = settings.replace(working_scale=scale)
+        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
+        segmenters = {"model": model_segmenter(model, settings, postproc)}
+        if args.baseline:
+            segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
+        methods = score_folder(segmenters, pairs, progress=not args.no_progress)
+        block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
+                               boxes_without_image=without_image)
+        if args.output:
+            write_json_atomic(args.output, _jsonable(block))
+    print(external_table(block, {"model": f"model ({args.checkpoint.name})",
+                                 "baseline": f"baseline (min distance {args.baseline} px)"}))
+
+
+# %% [markdown]
+# Smears from elsewhere (`EXTERNAL_EVAL_DIR`): the model and the baseline against the boxes,
+# at the scale that brings the folder's cells to the training size (`EXTERNAL_CELL_DIAMETER`
+# gives their diameter instead of measuring it). The block goes into `metrics.json` and the
+# report.
+
+# %%
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.external import (annotated_images, baseline_segmenter, external_block, external_table, find_box_dataset,
+                              model_segmenter, read_boxes, score_folder)
+
+if cfg.external_eval_dir is not None and cfg.run_evaluation:
+    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
+    _pairs, _without_image = annotated_images(_images_dir, read_boxes(_boxes))
+    # the size this model's cells were trained at: its checkpoint's record, else this run's training images (§1)
+    _trained_at = (checkpoint_meta or {}).get("cell_diameter") or training_diameter
+    external_scale, _scale_note = working_scale_for_cells([path for path, _ in _pairs], _trained_at, cfg.working_scale,
+                                                          cfg.external_cell_diameter)
+    print(f"{len(_pairs)} annotated images in {_images_dir} (boxes: {_boxes}); {_scale_note}")
+    _segmenters = {"model": model_segmenter(model, INFERENCE.replace(working_scale=external_scale), POSTPROC_PARAMS)}
+    if baseline_min_distance is not None:
+        _segmenters["baseline"] = baseline_segmenter(baseline_min_distance, external_scale)
+    _external = external_block(_images_dir, _boxes, len(_pairs), external_scale, _scale_note,
+                               score_folder(_segmenters, _pairs, progress=True), boxes_without_image=_without_image)
+    metrics_document = add_to_metrics_json(cfg.results_dir / "metrics.json", external=_external)
+    show_markdown(external_table(_external))
+else:
+    print("EXTERNAL_EVAL_DIR not set (or RUN_EVALUATION=False): no smears from elsewhere scored")
+
 
 # %% [markdown]
 # ## 10. Figures (`uni_seg.viz`)
@@ -10670,7 +11791,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
+from uni_seg.external import external_table
 from uni_seg.metrics import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
@@ -10738,12 +11861,31 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
                   metrics_table(metrics_doc), ""]
         scheme = (metrics_doc.get("class_scheme") or {}).get("name")
         lines += [f"Per class{f' (class scheme `{scheme}`)' if scheme else ''}:", "", per_class_table(metrics_doc), ""]
+        lines += _later_blocks(metrics_doc)
     else:
         lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
     if figures:
         lines += ["Figures: " + " · ".join(f"[{title}]({href})" for title, href in figures)
                   + " (drawn in [section 10](#section-10))."]
     return "\n".join(lines)
+
+
+# %% [markdown] tags=["why"]
+# The summary's lines for the classical baseline and the smears from elsewhere, when §9 computed them.
+
+# %% tags=["export"]
+def _later_blocks(doc: Mapping[str, Any]) -> list[str]:
+    """The summary's lines for the classical baseline and the smears from elsewhere (§9), where
+    the metrics document holds them."""
+    lines = []
+    if doc.get("baseline"):
+        lines += ["The classical baseline on the same test images:", "", model_and_baseline_table(doc), ""]
+    external = doc.get("external")
+    if external:
+        lines += [f"Smears from elsewhere: {external['n_images']} images of `{external['images']}` against their boxes "
+                  f"(box IoU >= {external['iou_threshold']:g}; {external['scale_note']}). Where annotators left cells "
+                  "unboxed, precision is only a floor; recall is the figure to watch.", "", external_table(external), ""]
+    return lines
 
 
 # %% tags=["summary"]
@@ -10780,6 +11922,7 @@ show_markdown(run_summary_text)
 # | `uni-seg train --profile full -p NAME VALUE ...` | train phase 1 and/or 2, also one rank of a DDP job under `torchrun`/`srun` (§5) | `uni_seg.train` |
 # | `uni-seg weights fetch BACKBONE [--to DIR]` | on a login node: download a backbone's hub weights, check that they fit, print the `WEIGHTS` setting for compute nodes (§3) | `uni_seg.weights` |
 # | `uni-seg weights check BACKBONE --weights W` | on a compute node: load weights as a run would (offline with `HF_HUB_OFFLINE=1`) and print its one-line report (§3) | `uni_seg.weights` |
+# | `uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR\|FILE [--baseline PX]` | score a checkpoint, and the classical baseline, on smears from elsewhere with VOC or COCO boxes (§9) | `uni_seg.external` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -10798,6 +11941,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
     "weights": ("uni_seg.weights", "fetch a backbone's weights on a login node (and print the setting for offline "
                                    "compute nodes), or check weights where a run will load them"),
+    "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
+                                           "cell boxes: recall per class, AP50, precision as a floor, count error"),
 }
 
 

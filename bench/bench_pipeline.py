@@ -16,7 +16,12 @@ exports), measured in this process on one core (process CPU time, the median ove
 `serial_images_per_s`: the same folder with `--workers 0` (everything in this process, one
 image after another), in the same run; `device_busy_fraction`: the stand-in's busy time over
 the wall time of the run with `--workers`. `--repeat R` feeds each image R times (under other
-names) to see that memory stays flat over a long folder. `--stages` also prints the CPU
+names) to see that memory stays flat over a long folder.
+
+`--model BACKBONE [--device cuda] [--batch-size 32]` puts a real model (that architecture with
+random weights: speed does not depend on them; decoder 256 channels, the full profile's) in the
+stand-in's place, e.g. on a GPU node `--model uni --device cuda --workers 15`: the device time is
+then measured (synchronised), not set, and `device_ms_per_image` reports it. `--stages` also prints the CPU
 milliseconds of each CPU-side stage of one image (read, watershed, classes, scores, back to
 full size, exports; one core, the median over the images).
 """
@@ -106,9 +111,33 @@ def stage_ms_per_image(paths: list[Path], maps: list[np.ndarray], work: Path) ->
     return {k: round(v, 1) for k, v in medians.items()}
 
 
-def run(folder: Path, out: Path, workers: int, device: StandInDevice) -> tuple[float, float]:
+class ModelDevice:
+    """A real model in the device's place: `TileBatcher`'s own forward, synchronised so that
+    its time is the device's."""
+
+    def __init__(self, backbone: str, device: str, batch_size: int) -> None:
+        from uni_seg.model import build_model
+
+        torch.manual_seed(0)
+        self.settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=batch_size,
+                                                device=device)
+        self.model = build_model(backbone, weights="none", n_classes=4, decoder_channels=256).eval()
+        self.batcher = infer.TileBatcher(self.model, self.settings)
+
+    def __call__(self, tiles: torch.Tensor, owners: list) -> torch.Tensor:
+        maps = self.batcher._model_forward(tiles, owners)
+        if self.batcher.device.type == "cuda":
+            torch.cuda.synchronize(self.batcher.device)
+        return maps
+
+
+def run(folder: Path, out: Path, workers: int, device: StandInDevice | ModelDevice) -> tuple[float, float]:
     """(images per second, device-busy fraction) of one folder inference."""
-    settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=16, device="cpu")
+    if isinstance(device, ModelDevice):
+        model, settings = device.model, device.settings
+    else:
+        model = torch.nn.Identity()
+        settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=16, device="cpu")
     busy = {"s": 0.0}
 
     def timed(tiles, owners):
@@ -119,7 +148,7 @@ def run(folder: Path, out: Path, workers: int, device: StandInDevice) -> tuple[f
 
     n = sum(1 for _ in folder.iterdir())
     start = time.perf_counter()
-    infer.run_folder_inference(torch.nn.Identity(), folder, out, settings, progress=False, workers=workers,
+    infer.run_folder_inference(model, folder, out, settings, progress=False, workers=workers,
                                forward=timed, overwrite=True)
     wall = time.perf_counter() - start
     return n / wall, busy["s"] / wall
@@ -133,6 +162,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="feed each image this many times (memory check)")
     parser.add_argument("--skip-serial", action="store_true", help="do not measure --workers 0")
     parser.add_argument("--stages", action="store_true", help="also the CPU ms of each stage of one image")
+    parser.add_argument("--model", default=None, help="a backbone (random weights) in the stand-in's place, e.g. uni")
+    parser.add_argument("--device", default="cpu", help="with --model: cpu, cuda, ...")
+    parser.add_argument("--batch-size", type=int, default=16, help="with --model: tiles per forward pass")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     subset = find_real_subset() or ROOT.parent / RELATIVE
@@ -151,16 +183,20 @@ def main() -> None:
             for k, p in enumerate(chosen):
                 os.symlink(p, folder / f"{r:05d}_{k:03d}_{p.name}")
         order = sorted(folder.iterdir())
-        device = StandInDevice([maps[int(q.name.split("_")[1])] for q in order], args.device_ms, tiles, 224)
+        if args.model:
+            device = ModelDevice(args.model, args.device, args.batch_size)
+        else:
+            device = StandInDevice([maps[int(q.name.split("_")[1])] for q in order], args.device_ms, tiles, 224)
         cpu_ms = cpu_ms_per_image(chosen, maps, work)
         stages = stage_ms_per_image(chosen, maps, work) if args.stages else None
         serial = None if args.skip_serial else run(folder, work / "serial", 0, device)[0]
         rate, busy = run(folder, work / "parallel", args.workers, device)
         record = json.loads((work / "parallel" / "run.json").read_text())
-    result = {"workers": args.workers, "device_ms_per_image": args.device_ms, "cpu_ms_per_image": round(cpu_ms, 1),
+    device_ms = args.device_ms if not args.model else 1000 * busy / rate
+    result = {"workers": args.workers, "device_ms_per_image": round(device_ms, 1), "cpu_ms_per_image": round(cpu_ms, 1),
               "images_per_s": round(rate, 3), "serial_images_per_s": None if serial is None else round(serial, 3),
               "device_busy_fraction": round(busy, 3), "peak_rss_mb": record["peak_rss_mb"],
-              "images": len(chosen) * args.repeat}
+              "images": len(chosen) * args.repeat, "device": args.model or "stand-in"}
     if stages:
         result["stage_cpu_ms_per_image"] = stages
     print(f"load average {os.getloadavg()[0]:.1f}; {len(chosen)} real 1600x1200 images x {args.repeat}, {tiles} tiles each")

@@ -11,6 +11,8 @@
 #   train.log          the real engine with 16 DataLoader workers: s/step, images/s and the
 #                      share of the step spent waiting in next(loader)
 #   infer.log          tiled inference of real 1600x1200 images end to end (model + post-processing)
+#   pipeline.json/log  folder inference of 16 real images with the CPU side in WORKERS - 1 worker
+#                      processes: images/s and the share of the wall time the GPU was busy
 #   device.txt         nvidia-smi, torch and CUDA versions
 # Needs the real subset for infer.log (see tests/real_subset.py for where it is looked for).
 # Python: $PYTHON, else the project's .venv. Each step's output is kept even if a later one fails.
@@ -58,5 +60,7 @@ step train "$PYTHON" bench/bench_train.py --device "$DEVICE" --backbones "$BACKB
   --batch "$BATCH" --steps 20 --precision bf16 --num-workers "$WORKERS"
 step infer "$PYTHON" bench/bench_infer.py --device "$DEVICE" --backbone "$BACKBONE" --decoder-channels 256 \
   --precisions "${PRECISIONS// /,}" --images 5 --batch-size 32 --threads "$WORKERS"
+step pipeline "$PYTHON" bench/bench_pipeline.py --model "$BACKBONE" --device "$DEVICE" --workers $((WORKERS > 1 ? WORKERS - 1 : 1)) \
+  --images 16 --batch-size 32 --skip-serial --json "$OUT/pipeline.json"
 echo "results in $OUT"
 exit "$status"

@@ -414,7 +414,8 @@ def test_per_class_metrics_on_a_hand_computed_case():
 
 
 def test_pannuke_mpq_and_the_parasitemia_error_over_images(tmp_path):
-    from uni_seg.metrics import confusion_table, evaluate_split, metrics_table, per_class_table, write_metrics_json
+    from uni_seg.metrics import (METRICS_SCHEMA, confusion_table, evaluate_split, metrics_table, per_class_table,
+                                 write_metrics_json)
 
     a, b = hand_case()
     doc = evaluate_split([a, b], 4, scheme=BBBC041)
@@ -434,7 +435,7 @@ def test_pannuke_mpq_and_the_parasitemia_error_over_images(tmp_path):
     assert doc["dataset"]["parasitemia"] == {"true": pytest.approx(2 / 5), "pred": pytest.approx(3 / 6)}
     written = write_metrics_json(tmp_path / "metrics.json", doc, backbone="vit_tiny", weights="none",
                                  postproc_params={}, split_sizes={"test": 2})
-    assert written["class_scheme"]["name"] == "bbbc041" and written["schema"] == "uni_seg.metrics/3"
+    assert written["class_scheme"]["name"] == "bbbc041" and written["schema"] == METRICS_SCHEMA
     assert "parasitemia true / predicted | 40.00 % / 50.00 %" in metrics_table(written)
     assert "mean absolute error 5.00 %" in metrics_table(written)
     assert "| leukocyte | 1 | 2 |" in per_class_table(written)

@@ -55,6 +55,12 @@ def test_explicit_parameters_win_and_none_means_profile_default():
         ({"class_weights": [1.0, 2.0]}, "CLASS_WEIGHTS has 2 weights"),
         ({"val_fraction": 1.5}, "VAL_FRACTION"),
         ({"weights": "/no/such/weights.bin"}, "WEIGHTS='/no/such/weights.bin' is not one of ['auto', 'hub'"),
+        ({"aug_hed": 1.5}, "AUG_HED=1.5 must be a number in [0, 1]"),
+        ({"aug_hue": 0.7}, "AUG_HUE=0.7 must be a number in [0, 0.5]"),
+        ({"aug_jpeg": 0}, "AUG_JPEG=0 must be an integer in 1..100"),
+        ({"run_baseline": "yes"}, "RUN_BASELINE='yes' must be True or False"),
+        ({"external_eval_dir": "/no/such/folder"}, "EXTERNAL_EVAL_DIR='/no/such/folder' is not a folder"),
+        ({"external_cell_diameter": -3}, "EXTERNAL_CELL_DIAMETER=-3 must be a number > 0"),
     ],
 )
 def test_bad_parameters_are_named(kwargs, message):
@@ -111,12 +117,8 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
             if name == "profile":
                 continue
             if value is None:
-                # None: the profile's default, or a value derived when the run resolves (the run's
-                # name, every test image, the workers from the CPUs, or from CLASS_SCHEME: N_CLASSES,
-                # CLASS_WEIGHTS, CLASS_BOXES)
-                derived = ("run_name", "export_images", "infer_workers", "n_classes", "class_weights", "class_boxes")
-                assert name in PROFILES["demo"] or name in derived, name
-                assert name in PROFILES["demo"] or COMMON_DEFAULTS.get(name) is None, name
+                # None: the profile's value, the run's name, or a default of None itself
+                assert name in PROFILES["demo"] or name == "run_name" or COMMON_DEFAULTS.get(name, 0) is None, name
             else:
                 assert COMMON_DEFAULTS[name] == value, name
 

@@ -27,6 +27,7 @@ def tiny_parameters(work: Path, epochs: int) -> list[str]:
         "TILE_SIZE": 64, "TILE_OVERLAP": 16, "EPOCHS_PHASE1": epochs, "EPOCHS_PHASE2": epochs,
         "BATCH_SIZE_PHASE1": 2, "BATCH_SIZE_PHASE2": 2, "GRAD_ACCUM_TARGET": 2, "CROPS_PER_IMAGE": 1,
         "WARMUP_EPOCHS": 0, "N_FIGURE_SAMPLES": 1, "EXPORT_IMAGES": 2, "TUNE_POSTPROC": False,
+        "EXTERNAL_EVAL_DIR": work / "external",
     }
     params: list[str] = []
     for name, value in values.items():
@@ -44,9 +45,31 @@ def run(command: list[str], work: Path, extra_env: dict[str, str]) -> subprocess
     return result
 
 
+def write_external_set(folder: Path) -> None:
+    """Two synthetic smears with Pascal VOC boxes of their cells: smears from elsewhere for §9."""
+    import cv2
+    import numpy as np
+
+    from uni_seg.external import instance_boxes
+    from uni_seg.synthetic import render_synthetic_smear
+
+    names = {1: "RBC", 2: "WBC", 3: "Platelets"}
+    for k in range(2):
+        smear = render_synthetic_smear(np.random.default_rng(100 + k), 160, 200, 40.0)
+        (folder / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        (folder / "Annotations").mkdir(exist_ok=True)
+        cv2.imwrite(str(folder / "JPEGImages" / f"s{k}.jpg"), cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
+        objects = "".join(
+            f"<object><name>{names[int(np.bincount(smear.cls[smear.inst == i]).argmax())]}</name><bndbox>"
+            f"<xmin>{x0 + 1:.0f}</xmin><ymin>{y0 + 1:.0f}</ymin><xmax>{x1:.0f}</xmax><ymax>{y1:.0f}</ymax></bndbox></object>"
+            for i, (x0, y0, x1, y1) in enumerate(instance_boxes(smear.inst), start=1) if x1 > x0)
+        (folder / "Annotations" / f"s{k}.xml").write_text(f"<annotation>{objects}</annotation>")
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("e2e")
+    write_external_set(work / "external")
     run(["bash", "tools/run_notebook.sh", "e2e", *tiny_parameters(work, epochs=1)], work, {})
     return work
 
@@ -75,6 +98,10 @@ def test_demo_run_writes_metrics_figures_exports_and_both_reports(workspace):
         assert (results / "reports" / report).stat().st_size > 10_000
     no_code = (results / "reports" / "e2e.no-code.html").read_text()
     assert "def resolve_config" not in no_code  # the reviewers' report hides the code
+    # §9's classical baseline and the smears from elsewhere, in metrics.json and the report's summary
+    assert metrics["baseline"]["tuned_on"].startswith("train (") and metrics["baseline"]["dataset"]["pq"] is not None
+    assert metrics["external"]["n_images"] == 2 and set(metrics["external"]["methods"]) == {"model", "baseline"}
+    assert "Smears from elsewhere: 2 images" in no_code and "The classical baseline on the same test images" in no_code
 
 
 def test_resubmitted_train_script_resumes_instead_of_starting_over(workspace):

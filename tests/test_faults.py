@@ -277,6 +277,17 @@ def test_a_rejected_checkpoint_is_one_line_naming_the_file_and_what_is_wrong(tmp
     assert "weights_only" not in message and "False" not in message
 
 
+def test_any_random_bytes_are_named_not_a_checkpoint(tmp_path):
+    """Whatever error torch's reader meets in random bytes (an unpickling error, or a KeyError,
+    IndexError or UnicodeDecodeError from the legacy reader), the reason says what the file is."""
+    path = tmp_path / "model.pth"
+    for seed in range(40):
+        path.write_bytes(np.random.default_rng(seed).bytes(256))
+        with pytest.raises(checkpoints.CheckpointError) as error:
+            checkpoints.load_checkpoint(path)
+        assert "not a PyTorch checkpoint" in str(error.value) or "damaged" in str(error.value), (seed, str(error.value))
+
+
 def test_the_cli_reports_a_rejected_checkpoint_in_one_line_without_a_traceback(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "model.pth").write_bytes(b"not a checkpoint")

@@ -70,8 +70,8 @@ def test_the_contents_link_every_section_to_its_anchor():
 
 def test_post_processing_exports_and_metrics_import_no_torch():
     # the CPU-side worker processes stay small: checked in a fresh interpreter
-    code = ("import sys, uni_seg.postproc, uni_seg.export, uni_seg.metrics, uni_seg.viz, uni_seg.targets; "
-            "sys.exit('torch' in sys.modules)")
+    code = ("import sys, uni_seg.postproc, uni_seg.export, uni_seg.metrics, uni_seg.viz, uni_seg.targets, "
+            "uni_seg.cellsize, uni_seg.baseline, uni_seg.external, uni_seg.report; sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
 
 

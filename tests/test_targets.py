@@ -174,6 +174,73 @@ def test_an_old_cache_file_is_refused_by_name(tmp_path):
         data.open_processed(old)
 
 
+# ---------------------------------------------------------- stain and colour robustness
+def test_the_stain_jitter_is_exact_without_jitter_and_moves_one_stain_when_asked(smear):
+    from uni_seg.augment import hed_jitter
+
+    image = np.maximum(smear[0], 1)  # 0 comes back as 1 (the optical density of 0 is infinite)
+    np.testing.assert_array_equal(hed_jitter(image, [1, 1, 1], [0, 0, 0]), image)
+    more_eosin = hed_jitter(image, [1, 2, 1], [0, 0, 0]).astype(int)
+    # eosin absorbs green: the stained pixels lose green and red stays nearly as it was
+    stained = image.sum(-1) < 600
+    assert (more_eosin[stained, 1] - image[stained, 1]).mean() < -5
+    assert abs((more_eosin[stained, 0] - image[stained, 0]).mean()) < abs((more_eosin[stained, 1] - image[stained, 1]).mean())
+
+
+def test_each_photometric_part_is_switched_by_its_setting():
+    from uni_seg.augment import BEFORE_STAIN_ROBUSTNESS, HEDJitter, StainAugmentation, photometric_transform
+
+    def kinds(stain):
+        return [type(t).__name__ for t in photometric_transform(stain).transforms]
+
+    assert kinds(BEFORE_STAIN_ROBUSTNESS) == ["ColorJitter", "GaussianBlur", "GaussNoise", "CoarseDropout"]
+    off = StainAugmentation(hed=0, hue=0, saturation=0, brightness_contrast=0, grayscale=0, blur=0, jpeg=100)
+    assert kinds(off) == ["GaussNoise", "CoarseDropout"]
+    everything = StainAugmentation(hed=0.4, hue=0.1, saturation=0.3, brightness_contrast=0.3, grayscale=0.2, blur=2.0,
+                                   jpeg=40)
+    assert kinds(everything) == ["HEDJitter", "ColorJitter", "ToGray", "GaussianBlur", "GaussNoise", "ImageCompression",
+                                 "CoarseDropout"]
+    assert kinds(off.replace(grayscale=0.5)) == ["ToGray", "GaussNoise", "CoarseDropout"]
+    jitter = photometric_transform(off.replace(hed=0.5)).transforms[0]
+    assert isinstance(jitter, HEDJitter) and jitter.strength == 0.5
+
+
+@pytest.mark.parametrize("field, value", [("hed", 1.5), ("hue", 0.6), ("grayscale", -0.1), ("blur", True),
+                                          ("jpeg", 0), ("jpeg", 50.5)])
+def test_a_bad_augmentation_setting_is_named(field, value):
+    from uni_seg.augment import StainAugmentation
+
+    with pytest.raises(ValueError, match=f"^{field}="):
+        StainAugmentation(**{field: value})
+
+
+def test_stronger_stain_augmentation_changes_crops_reproducibly(smear):
+    from uni_seg.augment import StainAugmentation
+
+    image, inst, cls = smear
+    strong = StainAugmentation(hed=0.5, hue=0.2, saturation=0.4, brightness_contrast=0.4, grayscale=0.3, blur=2.0,
+                               jpeg=30)
+    a, b, mild = CellAugmenter(64, strong), CellAugmenter(64, strong), CellAugmenter(64)
+    first, again, other = a(image, inst, cls, 5), b(image, inst, cls, 5), mild(image, inst, cls, 5)
+    assert np.array_equal(first[0], again[0])
+    assert np.array_equal(first[1], other[1]) and not np.array_equal(first[0], other[0])  # same geometry, other colours
+
+
+def test_the_run_parameters_reach_the_training_crops(cache):
+    from uni_seg.augment import StainAugmentation
+    from uni_seg.config import resolve_config
+    from uni_seg.train import spec_from_config
+
+    cfg = resolve_config("demo", processed_dir=str(cache), aug_hed=0.3, aug_grayscale=0.25, aug_jpeg=50)
+    assert StainAugmentation.from_config(resolve_config("demo")) == StainAugmentation()  # the defaults agree
+    spec = spec_from_config(cfg, 1)
+    train = spec.train_data.build()
+    assert train.stain == StainAugmentation.from_config(cfg) and train.stain.hed == 0.3
+    assert "augmentation" not in spec.val_data.kwargs  # validation tiles are never augmented
+    with pytest.raises(ValueError, match="unknown augmentation setting.*'heed' \\(did you mean 'hed'\\?\\)"):
+        CellCropDataset(cache, "train", 64, train=True, augmentation={"heed": 0.1})
+
+
 def test_transforms_get_independent_seeds():
     # albumentations 2.0.8 gives every transform the same seed: H and V flips would fire together.
     image = np.arange(16, dtype=np.uint8).reshape(4, 4)

@@ -6,6 +6,7 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.config       section 0: Setup and parameters
     uni_seg.data         section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
     uni_seg.synthetic    section 1: Data (Synthetic smears)
+    uni_seg.cellsize     section 1: Data (The size of the cells)
     uni_seg.targets      section 2: Targets and augmentation
     uni_seg.augment      section 2: Targets and augmentation (Augmentation)
     uni_seg.dataset      section 2: Targets and augmentation (The Dataset and its loaders)
@@ -20,9 +21,11 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.export       section 8: Inference and post-processing (Exports)
     uni_seg.infer        section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
     uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
+    uni_seg.baseline     section 9: Evaluation (The classical baseline)
+    uni_seg.external     section 9: Evaluation (Smears from another lab)
     uni_seg.viz          section 10: Figures
     uni_seg.report       section 10: Figures (The run at a glance)
     uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'viz', 'report', 'cli']
+__all__ = ['config', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli']

@@ -4,12 +4,14 @@
 # notebook §2 "Augmentation", cell id 93db2c1c
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any, Sequence
 
 import cv2
 import numpy as np
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 with warnings.catch_warnings():
     # albumentations imports huggingface_hub, which imports tqdm.auto: in a kernel without
@@ -18,6 +20,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
+from uni_seg.config import Settings
 from uni_seg.targets import targets_from_instances
 
 
@@ -35,6 +38,81 @@ def seed_transforms(pipeline: BaseCompose, seed: int | Sequence[int]) -> None:
     nodes = _walk(pipeline)
     for node, s in zip(nodes, np.random.SeedSequence(seed).generate_state(len(nodes))):
         node.set_random_seed(int(s))  # parents first: a Compose propagates, its children override
+
+
+# notebook §2 "Augmentation", cell id e09cae96
+@dataclasses.dataclass(frozen=True)
+class StainAugmentation(Settings):
+    """How far the photometric stage of training moves a crop's stain, colour and image
+    quality (the parameters `AUG_*`); 0 turns a part off (`AUG_JPEG`: 100). Validated when made."""
+
+    what = "augmentation setting"
+
+    hed: float = 0.0  # stain jitter s: each HED amount times [1 - s, 1 + s], plus up to +-s/3 OD; in [0, 1]
+    hue: float = 0.04  # largest hue rotation, a fraction of the colour circle, in [0, 0.5]
+    saturation: float = 0.2  # saturation times [1 - x, 1 + x], x in [0, 1]
+    brightness_contrast: float = 0.2  # brightness and contrast each times [1 - x, 1 + x], x in [0, 1]
+    grayscale: float = 0.0  # probability that a crop is made grey, in [0, 1]
+    blur: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
+    jpeg: int = 100  # lowest JPEG quality of the compression artefacts, 1..100 (100: none)
+
+    def __post_init__(self) -> None:
+        limits = dict(hed=1.0, hue=0.5, saturation=1.0, brightness_contrast=1.0, grayscale=1.0, blur=10.0)
+        for name, high in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= high:
+                raise ValueError(f"{name}={value!r} must be a number in [0, {high:g}]")
+        if isinstance(self.jpeg, bool) or not isinstance(self.jpeg, int) or not 1 <= self.jpeg <= 100:
+            raise ValueError(f"jpeg={self.jpeg!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "StainAugmentation":
+        """The settings of a `RunConfig` (uni_seg.config): its `aug_*` fields."""
+        return cls(**{f.name: getattr(cfg, f"aug_{f.name}") for f in dataclasses.fields(cls)})
+
+
+#: The photometric stage as it was before stain robustness (issue 13): mild colour jitter and
+#: blur only (`-p AUG_HED 0 -p AUG_HUE 0.04 ...` trains the earlier models again).
+BEFORE_STAIN_ROBUSTNESS = StainAugmentation(hed=0.0, hue=0.04, saturation=0.2, brightness_contrast=0.2, grayscale=0.0,
+                                            blur=1.2, jpeg=100)
+
+
+# notebook §2 "Augmentation", cell id dba767f5
+_HED_FROM_RGB = hed_from_rgb.astype(np.float32)
+_RGB_FROM_HED = rgb_from_hed.astype(np.float32)
+
+
+def hed_jitter(image: np.ndarray, scale: Sequence[float], shift: Sequence[float]) -> np.ndarray:
+    """`image` RGB uint8 (H, W, 3) with its haematoxylin, eosin and DAB amounts (optical density
+    split by Ruifrok and Johnston's matrix) multiplied by `scale` (3,) and shifted by `shift` (3,)
+    OD; RGB uint8 (H, W, 3). Scale 1 and shift 0 give the image back (a pixel value of 0 comes
+    back as 1: OD is taken of max(value, 1) / 255)."""
+    od = -np.log(np.maximum(image, 1).astype(np.float32) * np.float32(1 / 255))
+    amounts = od.reshape(-1, 3) @ _HED_FROM_RGB
+    amounts = amounts * np.asarray(scale, np.float32) + np.asarray(shift, np.float32)
+    out = np.exp(-(amounts @ _RGB_FROM_HED)) * np.float32(255)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8).reshape(image.shape)
+
+
+class HEDJitter(A.ImageOnlyTransform):
+    """albumentations transform: `hed_jitter` with every stain's scale drawn from
+    [1 - strength, 1 + strength] and shift from [-strength/3, strength/3] (OD)."""
+
+    def __init__(self, strength: float = 0.2, p: float = 0.5) -> None:
+        super().__init__(p=p)
+        self.strength = float(strength)
+
+    def get_params(self) -> dict[str, Any]:
+        s = self.strength
+        return {"scale": [self.py_random.uniform(1 - s, 1 + s) for _ in range(3)],
+                "shift": [self.py_random.uniform(-s / 3, s / 3) for _ in range(3)]}
+
+    def apply(self, img: np.ndarray, scale: Sequence[float] = (1, 1, 1), shift: Sequence[float] = (0, 0, 0),
+              **params: Any) -> np.ndarray:
+        return hed_jitter(img, scale, shift)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("strength",)
 
 
 # notebook §2 "Augmentation", cell id 1e37b843
@@ -90,32 +168,43 @@ def geometric_transform(crop_size: int) -> A.Compose:
     )
 
 
-def photometric_transform() -> A.Compose:
-    """Colour jitter, blur, noise and coarse dropout on an RGB uint8 image."""
-    return A.Compose(
-        [
-            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.04, p=0.8),
-            A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.2, 1.2), p=0.2),
-            A.GaussNoise(std_range=(0.01, 0.04), p=0.3),
-            A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
-                            fill=0, p=0.3),
-        ]
-    )
+def photometric_transform(stain: StainAugmentation = StainAugmentation()) -> A.Compose:
+    """Stain jitter, colour jitter, greyscale, blur, noise, JPEG artefacts and coarse dropout on an
+    RGB uint8 image, each part as strong as `stain` says (parts set to 0 are left out)."""
+    parts: list[Any] = []
+    if stain.hed > 0:
+        parts.append(HEDJitter(stain.hed, p=0.8))
+    if stain.hue > 0 or stain.saturation > 0 or stain.brightness_contrast > 0:
+        parts.append(A.ColorJitter(brightness=stain.brightness_contrast, contrast=stain.brightness_contrast,
+                                   saturation=stain.saturation, hue=stain.hue, p=0.8))
+    if stain.grayscale > 0:
+        parts.append(A.ToGray(num_output_channels=3, p=stain.grayscale))
+    if stain.blur > 0:  # kernel ~ +-2 sigma (5 px at sigma 1.2)
+        parts.append(A.GaussianBlur(blur_limit=(3, max(3, 2 * round(2 * stain.blur) + 1)),
+                                    sigma_limit=(min(0.2, stain.blur), stain.blur), p=0.2))
+    parts.append(A.GaussNoise(std_range=(0.01, 0.04), p=0.3))
+    if stain.jpeg < 100:  # after the noise, as a camera compresses what its sensor saw
+        parts.append(A.ImageCompression(compression_type="jpeg", quality_range=(stain.jpeg, max(stain.jpeg, 95)), p=0.5))
+    parts.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.04, 0.1), hole_width_range=(0.04, 0.1),
+                                 fill=0, p=0.3))
+    return A.Compose(parts)
 
 
 # notebook §2 "Augmentation", cell id 347764a1
 class CellAugmenter:
-    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time.
+    """Window -> geometric -> targets -> photometric, for one (image, inst, cls) at a time;
+    `stain` sets the photometric stage (None: `StainAugmentation()`'s defaults).
 
     Crop first: only the random `training_window` is read from the arrays (views of a
     memory-mapped cache file read just those rows), and every later step works on the window,
     never on the whole image."""
 
-    def __init__(self, crop_size: int) -> None:
+    def __init__(self, crop_size: int, stain: StainAugmentation | None = None) -> None:
         self.crop_size = crop_size
         self.window = training_window(crop_size)
+        self.stain = stain or StainAugmentation()
         self.geometric = geometric_transform(crop_size)
-        self.photometric = photometric_transform()
+        self.photometric = photometric_transform(self.stain)
 
     def __call__(self, image: np.ndarray, inst: np.ndarray, cls: np.ndarray, seed: int | Sequence[int]
                  ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:

@@ -105,6 +105,9 @@ def _refusal_reason(error: BaseException) -> str:
                  type(error).__name__)
     if "zip archive" in text or "PytorchStreamReader" in text:
         return f"a damaged or cut-short PyTorch file ({first})"
+    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
+        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
+        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
     return f"{type(error).__name__}: {first[:200]}"
 
 
@@ -141,7 +144,8 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
 
     The architecture comes from the stored `model_config` with weights="none" (no download:
     every weight, adapters included, is in the file). `meta` holds "model_config",
-    "working_scale", "weights_source", "weights_provenance" (where the backbone's pretrained
+    "working_scale", "cell_diameter" (the training cells' diameter at the working scale; None
+    in checkpoints older than that record), "weights_source", "weights_provenance" (where the backbone's pretrained
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
@@ -157,9 +161,9 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path}: its weights do not fit the architecture its config describes: {problems}")
     model.load_state_dict(ckpt["model_state_dict"])
     model.to(device).eval()
-    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "weights_source", "weights_provenance", "phase",
-                                      "epoch", "best_val_loss", "best_epoch", "history", "checkpoint_id",
-                                      "class_scheme")}
+    meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
+                                      "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
+                                      "checkpoint_id", "class_scheme")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta

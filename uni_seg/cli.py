@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("uni_seg.train", "train phase 1 and/or phase 2 (one process, several GPUs, or a rank under torchrun/srun)"),
     "weights": ("uni_seg.weights", "fetch a backbone's weights on a login node (and print the setting for offline "
                                    "compute nodes), or check weights where a run will load them"),
+    "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
+                                           "cell boxes: recall per class, AP50, precision as a floor, count error"),
 }
 
 

@@ -112,6 +112,13 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     lr_lora_phase2=1e-5,
     lr_decoder_phase2=1e-4,
     max_nonfinite_steps=10,
+    aug_hed=0.0,
+    aug_hue=0.04,
+    aug_saturation=0.2,
+    aug_brightness_contrast=0.2,
+    aug_grayscale=0.0,
+    aug_blur=1.2,
+    aug_jpeg=100,
     precision="auto",
     use_compile=False,
     use_tta=False,
@@ -120,6 +127,9 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     export_images=None,
     export_overlay="jpg",
     infer_workers=None,
+    run_baseline=True,
+    external_eval_dir=None,
+    external_cell_diameter=None,
 )
 
 
@@ -180,6 +190,13 @@ class RunConfig:
     max_nonfinite_steps: int
     grad_accum_target: int
     crops_per_image: int
+    aug_hed: float
+    aug_hue: float
+    aug_saturation: float
+    aug_brightness_contrast: float
+    aug_grayscale: float
+    aug_blur: float
+    aug_jpeg: int
     precision: str
     use_compile: bool
     tile_size: int
@@ -190,6 +207,9 @@ class RunConfig:
     export_images: int | None
     export_overlay: str
     infer_workers: int | None
+    run_baseline: bool
+    external_eval_dir: Path | None
+    external_cell_diameter: float | None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready copy (paths as strings, tuples as lists)."""
@@ -246,6 +266,10 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
         raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
     for name in _PATH_FIELDS:
         merged[name] = Path(merged[name])
+    if merged["external_eval_dir"] is not None:
+        merged["external_eval_dir"] = Path(merged["external_eval_dir"]).expanduser()
+        if not merged["external_eval_dir"].is_dir():
+            raise ValueError(f"EXTERNAL_EVAL_DIR={str(merged['external_eval_dir'])!r} is not a folder")
     for name, choices in _CHOICES.items():
         if merged[name] not in choices:
             raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
@@ -273,8 +297,12 @@ _INT_AT_LEAST: dict[str, int] = dict(
 _OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
+#: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).
+_NUMBERS_IN: dict[str, tuple[float, float]] = dict(
+    aug_hed=(0.0, 1.0), aug_hue=(0.0, 0.5), aug_saturation=(0.0, 1.0), aug_brightness_contrast=(0.0, 1.0),
+    aug_grayscale=(0.0, 1.0), aug_blur=(0.0, 10.0))
 _FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
-          "use_compile", "use_tta", "tune_postproc")
+          "use_compile", "use_tta", "tune_postproc", "run_baseline")
 
 
 def _is_int(value: Any) -> bool:
@@ -296,6 +324,16 @@ def _check_values(merged: Mapping[str, Any]) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
             problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
+    for name, (low, high) in _NUMBERS_IN.items():
+        value = merged[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            problems.append(f"{name.upper()}={value!r} must be a number in [{low:g}, {high:g}]")
+    if not _is_int(merged["aug_jpeg"]) or not 1 <= merged["aug_jpeg"] <= 100:
+        problems.append(f"AUG_JPEG={merged['aug_jpeg']!r} must be an integer in 1..100 (100: no JPEG artefacts)")
+    diameter = merged["external_cell_diameter"]
+    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                 or not math.isfinite(diameter) or diameter <= 0):
+        problems.append(f"EXTERNAL_CELL_DIAMETER={diameter!r} must be a number > 0 (pixels) or None (estimated)")
     for name in _FLAGS:
         if not isinstance(merged[name], bool):
             problems.append(f"{name.upper()}={merged[name]!r} must be True or False")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from uni_seg.augment import CellAugmenter
+from uni_seg.augment import CellAugmenter, StainAugmentation
 from uni_seg.config import seed_everything
 from uni_seg.data import (ProcessedSample, load_processed, open_processed, processed_window, start_context, tile_starts,
                           worker_context)
@@ -47,6 +47,8 @@ class CellCropDataset(Dataset):
     cache_in_memory: keep each image in each worker after first use (costs RAM: ~4 MB per
       800x600 image per worker); without it, crops are read from the memory-mapped cache
       files, which reads only their rows (and leaves the OS's page cache to keep them).
+    augmentation: the photometric stage of training crops, as `StainAugmentation.as_dict()`
+      (a plain dict, so the dataset's recipe stays JSON for DDP workers); None: its defaults.
 
     An item (index an int, or `(epoch, index)` as `EpochSampler` yields) is a dict:
     "image" float32 (3, c, c) RGB in [0, 1] (not normalised: the model does that),
@@ -55,7 +57,9 @@ class CellCropDataset(Dataset):
     """
 
     def __init__(self, processed_dir: str | Path, split: str, crop_size: int, train: bool,
-                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False) -> None:
+                 crops_per_image: int = 1, seed: int = 0, cache_in_memory: bool = False,
+                 augmentation: Mapping[str, Any] | None = None) -> None:
+        self.stain = StainAugmentation.from_dict(augmentation or {})  # checked here, before any worker starts
         self.processed_dir = Path(processed_dir)
         self.split = split
         self.crop_size = int(crop_size)
@@ -106,7 +110,7 @@ class CellCropDataset(Dataset):
         if self.train:
             planes = self.load(i // self.crops_per_image)
             if self._augmenter is None:
-                self._augmenter = CellAugmenter(self.crop_size)
+                self._augmenter = CellAugmenter(self.crop_size, self.stain)
             # views of the file: the augmenter reads only its window of them
             image, inst, targets = self._augmenter(planes["image"], planes["inst"], planes["cls"], (self.seed, epoch, i))
             return _to_item(image, inst, targets)

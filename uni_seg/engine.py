@@ -92,10 +92,12 @@ class TrainSpec:
     `model` builds the architecture (phase 1 with its pretrained weights; phase 2 may use
     weights="none", as its weights come from `init_checkpoint`, phase 1's best). `lora` is
     `(rank, alpha)` of the adapters phase 2 adds. `working_scale` is stored in every
-    checkpoint so inference resizes images the same way, and `class_scheme` (a
-    `ClassScheme.as_dict()`, or None) so that it names and colours the classes as training did.
-    `device` is "auto" (CUDA when visible), "cpu" or "cuda". With `resume` an existing
-    `latest_phase{N}.pth` is continued; without, the phase starts over and overwrites it.
+    checkpoint so inference resizes images the same way, `cell_diameter` (the training
+    images' cell diameter at the working scale, §1's `training_cell_diameter`) so that it can
+    bring other images' cells to that size, and `class_scheme` (a `ClassScheme.as_dict()`, or
+    None) so that it names and colours the classes as training did. `device` is "auto" (CUDA
+    when visible), "cpu" or "cuda". With `resume` an existing `latest_phase{N}.pth` is
+    continued; without, the phase starts over and overwrites it.
     """
 
     phase: PhaseConfig
@@ -113,6 +115,7 @@ class TrainSpec:
     progress: bool = True
     plot: bool = True
     class_scheme: dict[str, Any] | None = None
+    cell_diameter: float | None = None
 
     @property
     def latest_path(self) -> Path:
@@ -653,6 +656,7 @@ class _PhaseRun(_PhaseSteps):
             "epoch": p.epoch, "best_val_loss": p.best_val_loss, "best_epoch": p.best_epoch,
             "patience_counter": p.patience_counter, "stop_reason": p.stop_reason,
             "model_config": self.model_config, "working_scale": self.spec.working_scale,
+            "cell_diameter": self.spec.cell_diameter,
             "weights_source": self.weights_source, "weights_provenance": self.weights_provenance,
             "phase_config": dataclasses.asdict(self.pc), "precision": self.precision, "world_size": self.ctx.world_size,
             "class_scheme": self.spec.class_scheme,

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import argparse
 import dataclasses
 import json
 import math
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_scheme, errors_as_messages,
                             resolve_device, resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
@@ -580,6 +582,48 @@ def load_inference_model(checkpoint: Path, device: torch.device) -> tuple[torch.
     return model.eval(), meta
 
 
+# notebook §8 "Folder inference and the command line", cell id 5904695f
+def add_inference_options(parser: argparse.ArgumentParser) -> None:
+    """Add the shared options: --working-scale, --cell-diameter, --tile-size, --overlap, --tta,
+    --device, --precision, --batch-size."""
+    parser.add_argument("--working-scale", type=float, default=None, help="resize factor (default: the one that "
+                        "brings the images' cells to the size the checkpoint was trained at, else its working scale)")
+    parser.add_argument("--cell-diameter", type=float, default=None, metavar="PX", help="the cells' diameter in the "
+                        "input images (default: measured on up to 16 of them)")
+    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
+    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+
+
+def settings_from_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> InferenceSettings:
+    """The `InferenceSettings` of the shared options (working scale: --working-scale, else 1
+    until `working_scale_from_options` decides it); a bad value ends the command through
+    `parser.error`, naming the option rather than the settings field."""
+    if args.cell_diameter is not None and not args.cell_diameter > 0:
+        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
+    try:
+        return InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
+                                 tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
+                                 batch_size=args.batch_size, precision=args.precision, device=args.device)
+    except ValueError as error:
+        field = str(error).split("=", 1)[0]
+        parser.error(f"--{field.replace('_', '-')}: {error}")
+
+
+def working_scale_from_options(args: argparse.Namespace, images: Sequence[Path],
+                               meta: Mapping[str, Any]) -> tuple[float, str]:
+    """(working scale, one line saying why) for `images` and a checkpoint's `meta`: --working-scale
+    as given, else the scale that brings the images' cells (--cell-diameter, or measured) to
+    the size the checkpoint was trained at (§1's `working_scale_for_cells`)."""
+    if args.working_scale is not None:
+        return float(args.working_scale), f"working scale {args.working_scale:g}, as given"
+    return working_scale_for_cells(images, meta.get("cell_diameter"), float(meta.get("working_scale") or 1.0),
+                                   args.cell_diameter)
+
+
 # notebook §8 "Folder inference and the command line", cell id 072ec889
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
     """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
@@ -602,13 +646,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         "settings and input): only images whose files are missing are segmented")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if it was tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--working-scale", type=float, default=None, help="override the checkpoint's working scale")
-    parser.add_argument("--tile-size", type=int, default=224, help="tile side at the working scale (multiple of 16)")
-    parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
-    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
-    parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
+    add_inference_options(parser)
     parser.add_argument("--limit", type=int, default=None, help="process at most N images")
     parser.add_argument("--object-type", default="detection", choices=("detection", "annotation"),
                         help="QuPath object type of the GeoJSON cells")
@@ -621,13 +659,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     args = parser.parse_args(argv)
 
     # Every option is checked before anything is loaded or any image read.
-    try:
-        settings = InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
-                                     tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
-                                     batch_size=args.batch_size, precision=args.precision, device=args.device)
-    except ValueError as error:  # name the option, not the settings field
-        field = str(error).split("=", 1)[0]
-        parser.error(f"--{field.replace('_', '-')}: {error}")
+    settings = settings_from_options(parser, args)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
     if args.workers is not None and args.workers < 0:
@@ -645,8 +677,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        if args.working_scale is None:
-            settings = settings.replace(working_scale=float(meta.get("working_scale") or 1.0))
+        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
+        settings = settings.replace(working_scale=scale)
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
         scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
@@ -655,6 +687,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
               f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,

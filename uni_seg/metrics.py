@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -661,8 +662,8 @@ def evaluate_predictions(
 
 
 # notebook §9 "results/metrics.json", cell id 1e4b6b1f
-METRICS_SCHEMA = "uni_seg.metrics/3"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/3):
+METRICS_SCHEMA = "uni_seg.metrics/4"
+METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/4):
 schema, created; model {backbone, weights, weights_source,
                         weights_provenance {kind backbone repo revision filename path sha256 message} or null,
                         checkpoint}; postproc_params {...};
@@ -678,11 +679,16 @@ per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_i
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
             true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
             pq_per_class mpq parasitemia_true parasitemia_pred}];
+baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
+         or null                                                -- the classical baseline on the same images;
+external {images boxes n_images iou_threshold working_scale scale_note
+          methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
+                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
     "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "class_scheme",
-         "iou_threshold", "dataset", "per_image_mean", "per_image", "extra"),
+         "iou_threshold", "dataset", "per_image_mean", "per_image", "baseline", "external", "extra"),
     "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
     "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
                 "per_class_pq", "instance_confusion", "unknown_count", "unknown_matched", "parasitemia", "pixel_iou",
@@ -738,13 +744,16 @@ def write_metrics_json(
     weights_provenance: Mapping[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     extra: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    external: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
 
     `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
     post-processing produced it and how big each split was; `weights_provenance` is where the
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
-    it). NaN/inf become null.
+    it); `baseline` and `external` the blocks of the classical baseline and of the smears from
+    elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
     """
     doc = dict(
         schema=METRICS_SCHEMA,
@@ -756,10 +765,29 @@ def write_metrics_json(
         split_sizes={str(k): int(v) for k, v in split_sizes.items()},
         **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
         class_scheme=metrics.get("class_scheme"),
+        baseline=None if baseline is None else dict(baseline), external=None if external is None else dict(external),
         extra=dict(extra or {}),
     )
     doc = _jsonable(doc)
     validate_metrics_document(doc)
+    write_json_atomic(path, doc)
+    return doc
+
+
+#: The blocks `add_to_metrics_json` may fill in after the model's evaluation was written.
+LATER_BLOCKS = ("baseline", "external")
+
+
+def add_to_metrics_json(path: str | Path, **blocks: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Put `blocks` (any of `LATER_BLOCKS`, e.g. `baseline={...}`) into the metrics.json at
+    `path`, written by `write_metrics_json`, atomically; return the document. `ValueError` for
+    another name or a file that does not follow the schema, `FileNotFoundError` without one."""
+    unknown = sorted(set(blocks) - set(LATER_BLOCKS))
+    if unknown:
+        raise ValueError(f"add_to_metrics_json: {', '.join(unknown)} is not one of {', '.join(LATER_BLOCKS)}")
+    doc = json.loads(Path(path).read_text())
+    validate_metrics_document(doc)
+    doc.update({name: None if block is None else _jsonable(dict(block)) for name, block in blocks.items()})
     write_json_atomic(path, doc)
     return doc
 

@@ -9,7 +9,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
+from uni_seg.external import external_table
 from uni_seg.metrics import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
@@ -77,9 +79,25 @@ def run_summary(run_name: str, profile: str, backbone: str, weights: str, weight
                   metrics_table(metrics_doc), ""]
         scheme = (metrics_doc.get("class_scheme") or {}).get("name")
         lines += [f"Per class{f' (class scheme `{scheme}`)' if scheme else ''}:", "", per_class_table(metrics_doc), ""]
+        lines += _later_blocks(metrics_doc)
     else:
         lines += [banner("no evaluation in this run (RUN_EVALUATION=False or no model): no metrics.", "note"), ""]
     if figures:
         lines += ["Figures: " + " · ".join(f"[{title}]({href})" for title, href in figures)
                   + " (drawn in [section 10](#section-10))."]
     return "\n".join(lines)
+
+
+# notebook §10 "The run at a glance", cell id a1b54b9b
+def _later_blocks(doc: Mapping[str, Any]) -> list[str]:
+    """The summary's lines for the classical baseline and the smears from elsewhere (§9), where
+    the metrics document holds them."""
+    lines = []
+    if doc.get("baseline"):
+        lines += ["The classical baseline on the same test images:", "", model_and_baseline_table(doc), ""]
+    external = doc.get("external")
+    if external:
+        lines += [f"Smears from elsewhere: {external['n_images']} images of `{external['images']}` against their boxes "
+                  f"(box IoU >= {external['iou_threshold']:g}; {external['scale_note']}). Where annotators left cells "
+                  "unboxed, precision is only a floor; recall is the figure to watch.", "", external_table(external), ""]
+    return lines

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from uni_seg.augment import StainAugmentation
+from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
                             exit_with_parent, resolve_config, resolve_device)
@@ -144,6 +146,9 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
 
     Phase 2 builds the architecture without downloading weights: they come from
     `checkpoint_dir/best_phase1.pth`. `device` defaults to "cpu" when `cfg.n_gpus == 0`, else "auto".
+    The training crops' photometric stage is the run's `AUG_*` parameters (§2's
+    `StainAugmentation`); the training images' cell diameter (§1's `training_cell_diameter`, None
+    before the processed cache exists) goes into the checkpoints.
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
@@ -155,10 +160,12 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     scheme = class_scheme(cfg.class_scheme)
     # the class weights the notebook's §4 shows: given, the scheme's, or from the training split's cells
     weights = nc_class_weights(scheme, cfg.processed_dir, cfg.class_weights)
+    augmentation = StainAugmentation.from_config(cfg).as_dict()
     return TrainSpec(
         phase=phase_config_from_run(cfg, phase),
         model=Factory("uni_seg.model:build_model", model_kwargs),
-        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True)),
+        train_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="train", train=True,
+                                                                  augmentation=augmentation)),
         val_data=Factory("uni_seg.dataset:CellCropDataset", dict(data, split="val", train=False)),
         loss=Factory("uni_seg.losses:CellSegLoss", dict(class_weights=list(weights),
                                                        np_weight=cfg.np_loss_weight, hv_weight=cfg.hv_loss_weight,
@@ -168,7 +175,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
         lora=(int(cfg.lora_rank), float(cfg.lora_alpha)) if phase == 2 else None,
         init_checkpoint=Path(cfg.checkpoint_dir) / "best_phase1.pth" if phase == 2 else None,
         resume=bool(cfg.resume_training), device=device or ("cpu" if cfg.n_gpus == 0 else "auto"),
-        progress=progress, class_scheme=scheme.as_dict(),
+        progress=progress, class_scheme=scheme.as_dict(), cell_diameter=training_cell_diameter(cfg.processed_dir),
     )
 
 
@@ -252,7 +259,7 @@ def spec_from_json(text: str) -> TrainSpec:
         working_scale=raw.get("working_scale"), lora=tuple(raw["lora"]) if raw.get("lora") else None,
         init_checkpoint=Path(raw["init_checkpoint"]) if raw.get("init_checkpoint") else None,
         resume=raw.get("resume", True), device=raw.get("device", "auto"), progress=raw.get("progress", True),
-        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"),
+        plot=raw.get("plot", True), class_scheme=raw.get("class_scheme"), cell_diameter=raw.get("cell_diameter"),
     )
 
 
