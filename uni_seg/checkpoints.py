@@ -7,7 +7,6 @@ from __future__ import annotations
 import inspect
 import json
 import random
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch
+from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch, torch_load_refusal
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
@@ -74,7 +73,7 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for damage
-        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {_refusal_reason(exc)}") from None
+        raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {torch_load_refusal(exc)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a uni_seg checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
                               "was it written by another program?")
@@ -82,33 +81,6 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this code "
                               f"({CHECKPOINT_VERSION}); update uni_seg")
     return ckpt
-
-
-def _refusal_reason(error: BaseException) -> str:
-    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line. torch's
-    own message is long, and its first advice (load with weights_only=False) would run
-    whatever code the file holds: never repeat it."""
-    text = str(error)
-    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
-        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
-                "(refused without unpickling: none of its code ran)")
-    if "WeightsUnpickler error:" in text:
-        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
-                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
-        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
-    if isinstance(error, EOFError) or "Ran out of input" in text:
-        return "the file is empty or ends early (cut short while it was copied or written?)"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
-    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
-                                                                                           "Check the documentation"))),
-                 type(error).__name__)
-    if "zip archive" in text or "PytorchStreamReader" in text:
-        return f"a damaged or cut-short PyTorch file ({first})"
-    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
-        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
-        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
-    return f"{type(error).__name__}: {first[:200]}"
 
 
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:

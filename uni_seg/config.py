@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -602,6 +603,34 @@ def exit_with_parent(owner: int | None = None) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def torch_load_refusal(error: BaseException) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line (for
+    checkpoints, §5, and weights files, §3; it only reads the error's text). torch's
+    own message is long, and its first advice (load with weights_only=False) would run
+    whatever code the file holds: never repeat it."""
+    text = str(error)
+    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
+        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
+                "(refused without unpickling: none of its code ran)")
+    if "WeightsUnpickler error:" in text:
+        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
+                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
+        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "the file is empty or ends early (cut short while it was copied or written?)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
+    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
+                                                                                           "Check the documentation"))),
+                 type(error).__name__)
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return f"a damaged or cut-short PyTorch file ({first})"
+    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
+        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
+        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
+    return f"{type(error).__name__}: {first[:200]}"
 
 
 # notebook §0, cell id 81cb08e9

@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import hashlib
 import os
-import re
 import sys
 import threading
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,8 @@ import torch
 from torch import nn
 
 from uni_seg.backbones import BACKBONES, BackboneSpec, backbone_spec, create_backbone
-from uni_seg.config import WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting, state_dict_mismatch
+from uni_seg.config import (WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting, state_dict_mismatch,
+                            torch_load_refusal)
 
 #: The weight files of a hub repository (or of a folder), in the order they are preferred.
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -197,11 +197,7 @@ def _read_weights_file(path: str | Path, device: str = "cpu") -> dict[str, torch
         else:
             state = torch.load(path, map_location=device, weights_only=True)
     except Exception as error:  # damaged, truncated, or a pickle with code in it
-        # torch's refusal of a pickle opens with paragraphs of advice; its reason follows "WeightsUnpickler error:"
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", str(error), flags=re.DOTALL)
-        reason = found.group(1) if found else (str(error).strip().splitlines() or [""])[0]
-        raise WeightsUnavailable(f"{path} is not a readable weights file ({type(error).__name__}: "
-                                 f"{' '.join(reason.split())[:200]})") from None
+        raise WeightsUnavailable(f"{path} is not a readable weights file: {torch_load_refusal(error)}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = list(state)[:4] if isinstance(state, Mapping) else []
         raise WeightsUnavailable(f"{path} holds a {type(state).__name__} (keys {keys}), not a state dict of tensors; "
