@@ -93,7 +93,7 @@ MIN_CELL_AREA: int = 30  # connected components smaller than this (raw pixels) a
 CLASS_SCHEME: str = "colour"  # cell classes: "binary" (cell or not), "colour" (mask palette: RBC, WBC, platelet), "bbbc041" (uninfected/infected RBC, leukocyte, from class boxes), "bbbc041-stages" (each parasite stage a class)
 CLASS_BOXES: Optional[str] = None  # bbbc041 schemes: BBBC041 or COCO JSON of class boxes, one file or a folder of them; None: DATA_DIR/classes
 SYNTHETIC_IMAGES: Optional[int] = None  # demo: number of synthetic train-partition images to generate (test gets a fifth)
-NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None: the profile's
+NUM_WORKERS: Optional[int] = None  # DataLoader workers per process; None: the profile's (full: the usable CPUs per training process, minus one)
 # --- model ---
 BACKBONE: Optional[str] = None  # "uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)
 WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one
@@ -224,7 +224,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         synthetic_images=0,
         working_scale=0.5,
         crop_size=224,
-        num_workers=8,
+        num_workers=None,  # the CPUs this job may use, per training process, minus one (§1's default_loader_workers)
         backbone="uni",
         weights="auto",
         decoder_channels=256,
@@ -334,7 +334,7 @@ class RunConfig:
     class_scheme: str
     class_boxes: Path | None
     synthetic_images: int
-    num_workers: int
+    num_workers: int | None
     backbone: str
     weights: str
     n_classes: int
@@ -467,12 +467,12 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
 # %% tags=["export"]
 #: Integer parameters and their smallest allowed value.
 _INT_AT_LEAST: dict[str, int] = dict(
-    seed=0, min_cell_area=0, synthetic_images=0, num_workers=0, n_classes=2, decoder_channels=8, lora_rank=1,
+    seed=0, min_cell_area=0, synthetic_images=0, n_classes=2, decoder_channels=8, lora_rank=1,
     epochs_phase1=1, patience_phase1=1, batch_size_phase1=1, warmup_epochs=0, restart_period=1, epochs_phase2=1,
     patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
     crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
 #: Integer parameters that may also be None (their default), and their smallest value.
-_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0, num_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
 #: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).
@@ -2163,6 +2163,13 @@ def default_workers(device_type: str = "cuda") -> int:
     return max(0, usable_cpus() - 1)
 
 
+def default_loader_workers(processes: int = 1) -> int:
+    """DataLoader (or cache-building) workers per process when none are given: the usable CPUs
+    shared by the `processes` training processes of this node, one each left for the process
+    itself (16 CPUs, 4 GPUs: 3), and at least one."""
+    return max(1, usable_cpus() // max(1, processes) - 1)
+
+
 def _worker_started(owner: int) -> None:
     from uni_seg.config import exit_with_parent
 
@@ -3424,8 +3431,8 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
 
 # %%
 from uni_seg.config import class_scheme, show_markdown
-from uni_seg.data import (build_processed_cache, class_count_table, format_split_table, instance_statistics, join_table,
-                          load_manifest, load_processed, partition_image_folder)
+from uni_seg.data import (build_processed_cache, class_count_table, default_loader_workers, format_split_table,
+                          instance_statistics, join_table, load_manifest, load_processed, partition_image_folder)
 from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted, write_synthetic_class_boxes
 
 SCHEME = class_scheme(cfg.class_scheme)
@@ -3443,7 +3450,7 @@ if cfg.run_preprocess:
     cache_summary = build_processed_cache(
         cfg.data_dir, cfg.processed_dir, working_scale=cfg.working_scale, val_fraction=cfg.val_fraction,
         seed=cfg.seed, min_area=cfg.min_cell_area, scheme=SCHEME, class_boxes=cfg.class_boxes,
-        num_workers=cfg.num_workers, progress=True,
+        num_workers=cfg.num_workers if cfg.num_workers is not None else default_loader_workers(), progress=True,
     )
     print(cache_summary)
 _manifest = load_manifest(cfg.processed_dir)
@@ -6758,7 +6765,7 @@ from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
                             exit_with_parent, resolve_config, resolve_device)
-from uni_seg.data import DataError
+from uni_seg.data import DataError, default_loader_workers
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 from uni_seg.losses import nc_class_weights
@@ -6863,10 +6870,19 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
 # From the notebook's `RunConfig` to the settings and specs of each phase.
 
 # %% tags=["export"]
+def _loader_workers(cfg: Any) -> int:
+    """NUM_WORKERS, or when it is None the CPUs per training process (one per GPU asked for, all
+    visible GPUs for N_GPUS=None, one on the CPU) minus one (§1's `default_loader_workers`)."""
+    if cfg.num_workers is not None:
+        return int(cfg.num_workers)
+    processes = cfg.n_gpus if cfg.n_gpus is not None else torch.cuda.device_count()
+    return default_loader_workers(max(1, processes))
+
+
 def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
     """The `PhaseConfig` of `phase` (1 or 2) from a `RunConfig`'s parameters."""
     common = dict(weight_decay=cfg.weight_decay, grad_accum_target=cfg.grad_accum_target, precision=cfg.precision,
-                  use_compile=cfg.use_compile, num_workers=cfg.num_workers, seed=cfg.seed,
+                  use_compile=cfg.use_compile, num_workers=_loader_workers(cfg), seed=cfg.seed,
                   max_nonfinite_steps=cfg.max_nonfinite_steps)
     if phase == 1:
         return PhaseConfig(phase=1, epochs=cfg.epochs_phase1, patience=cfg.patience_phase1,

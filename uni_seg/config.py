@@ -59,7 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         synthetic_images=0,
         working_scale=0.5,
         crop_size=224,
-        num_workers=8,
+        num_workers=None,  # the CPUs this job may use, per training process, minus one (§1's default_loader_workers)
         backbone="uni",
         weights="auto",
         decoder_channels=256,
@@ -164,7 +164,7 @@ class RunConfig:
     class_scheme: str
     class_boxes: Path | None
     synthetic_images: int
-    num_workers: int
+    num_workers: int | None
     backbone: str
     weights: str
     n_classes: int
@@ -290,12 +290,12 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
 # notebook §0, cell id 579eb456
 #: Integer parameters and their smallest allowed value.
 _INT_AT_LEAST: dict[str, int] = dict(
-    seed=0, min_cell_area=0, synthetic_images=0, num_workers=0, n_classes=2, decoder_channels=8, lora_rank=1,
+    seed=0, min_cell_area=0, synthetic_images=0, n_classes=2, decoder_channels=8, lora_rank=1,
     epochs_phase1=1, patience_phase1=1, batch_size_phase1=1, warmup_epochs=0, restart_period=1, epochs_phase2=1,
     patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
     crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
 #: Integer parameters that may also be None (their default), and their smallest value.
-_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0)
+_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0, num_workers=0)
 _POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
 _NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
 #: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).

@@ -783,6 +783,13 @@ def default_workers(device_type: str = "cuda") -> int:
     return max(0, usable_cpus() - 1)
 
 
+def default_loader_workers(processes: int = 1) -> int:
+    """DataLoader (or cache-building) workers per process when none are given: the usable CPUs
+    shared by the `processes` training processes of this node, one each left for the process
+    itself (16 CPUs, 4 GPUs: 3), and at least one."""
+    return max(1, usable_cpus() // max(1, processes) - 1)
+
+
 def _worker_started(owner: int) -> None:
     from uni_seg.config import exit_with_parent
 

@@ -22,7 +22,7 @@ from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
                             exit_with_parent, resolve_config, resolve_device)
-from uni_seg.data import DataError
+from uni_seg.data import DataError, default_loader_workers
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 from uni_seg.losses import nc_class_weights
@@ -121,10 +121,19 @@ def launch_training(spec: TrainSpec, n_gpus: int | None = None, model: nn.Module
 
 
 # notebook §5 "Launching: one process, several GPUs, or a cluster", cell id ad0722a6
+def _loader_workers(cfg: Any) -> int:
+    """NUM_WORKERS, or when it is None the CPUs per training process (one per GPU asked for, all
+    visible GPUs for N_GPUS=None, one on the CPU) minus one (§1's `default_loader_workers`)."""
+    if cfg.num_workers is not None:
+        return int(cfg.num_workers)
+    processes = cfg.n_gpus if cfg.n_gpus is not None else torch.cuda.device_count()
+    return default_loader_workers(max(1, processes))
+
+
 def phase_config_from_run(cfg: Any, phase: int) -> PhaseConfig:
     """The `PhaseConfig` of `phase` (1 or 2) from a `RunConfig`'s parameters."""
     common = dict(weight_decay=cfg.weight_decay, grad_accum_target=cfg.grad_accum_target, precision=cfg.precision,
-                  use_compile=cfg.use_compile, num_workers=cfg.num_workers, seed=cfg.seed,
+                  use_compile=cfg.use_compile, num_workers=_loader_workers(cfg), seed=cfg.seed,
                   max_nonfinite_steps=cfg.max_nonfinite_steps)
     if phase == 1:
         return PhaseConfig(phase=1, epochs=cfg.epochs_phase1, patience=cfg.patience_phase1,
