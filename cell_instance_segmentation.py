@@ -2996,6 +2996,29 @@ def class_count_table(manifest: Mapping[str, Any]) -> str:
     return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
 
 
+#: A training split with more than this share of its masks empty teaches "no cells": refused.
+MOST_MASKS_EMPTY = 0.5
+
+
+def check_training_masks(manifest: Mapping[str, Any], split: str = "train", most: float = MOST_MASKS_EMPTY) -> str:
+    """`DataError` with the counts when no mask of `split` in the cache's `manifest` holds a
+    cell, or more than `most` of them hold none: such a dataset cannot teach the model (it
+    would train for hours to find nothing). Otherwise a warning naming the empty masks (a few
+    first), or "" when every mask has cells."""
+    entries = manifest["samples"][split]
+    empty = sorted(stem for stem, e in entries.items() if not e.get("n_instances"))
+    if not entries:
+        raise DataError(f"the {split} split holds no images")
+    counts = f"{len(empty)} of the {len(entries)} {split} masks hold no cell"
+    if len(empty) == len(entries) or len(empty) > most * len(entries):
+        raise DataError(f"{counts}: a dataset whose masks are (mostly) empty cannot teach the model; check that the "
+                        f"masks are the cells' (e.g. {empty[0]}'s mask) and MIN_CELL_AREA={manifest['params'].get('min_area', '?')}")
+    if not empty:
+        return ""
+    shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return f"warning: {counts} ({shown}): they teach only background"
+
+
 def join_table(manifest: Mapping[str, Any]) -> str:
     """The join of the mask instances with the class boxes, per split and per box category, as
     two Markdown tables (counts at the raw resolution, where the join runs); a note when the
@@ -3614,8 +3637,9 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
 
 # %%
 from uni_seg.config import class_scheme, show_markdown
-from uni_seg.data import (build_processed_cache, class_count_table, default_loader_workers, format_split_table,
-                          instance_statistics, join_table, load_manifest, load_processed, partition_image_folder)
+from uni_seg.data import (build_processed_cache, check_training_masks, class_count_table, default_loader_workers,
+                          format_split_table, instance_statistics, join_table, load_manifest, load_processed,
+                          partition_image_folder)
 from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted, write_synthetic_class_boxes
 
 SCHEME = class_scheme(cfg.class_scheme)
@@ -3637,6 +3661,9 @@ if cfg.run_preprocess:
     )
     print(cache_summary)
 _manifest = load_manifest(cfg.processed_dir)
+_empty_masks = check_training_masks(_manifest)  # a dataset that cannot teach stops the run here, with the counts
+if _empty_masks:
+    print(_empty_masks)
 split_table = format_split_table({s: len(v) for s, v in _manifest["split"].items()},
                                  _manifest["params"]["val_fraction"], _manifest["params"]["seed"])
 show_markdown(split_table)
@@ -6077,6 +6104,10 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
+    missing = [k for k in ("model_config", "model_state_dict") if not isinstance(ckpt.get(k), Mapping)]
+    if missing:  # the format tag, but not what a model is rebuilt from: damaged, or written by hand
+        raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
+                              "be rebuilt from it; use a checkpoint written by training (e.g. checkpoints/best_phase2.pth)")
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
     if "verbose" in inspect.signature(factory.resolve()).parameters:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next
@@ -11529,15 +11560,38 @@ def annotated_images(images_dir: str | Path, truth: Mapping[str, BoxSet]) -> tup
     return pairs, sorted(set(truth) - set(files))
 
 
+def boxes_within(truth: BoxSet, size: tuple[int, int]) -> tuple[BoxSet, str]:
+    """(`truth` clipped to an image of `size` (H, W), boxes left with no area inside it
+    dropped; a warning saying how many were clipped or dropped, "" when all lie inside). An
+    annotation that reaches past its image is a mistake or another image's: said, never used
+    silently."""
+    h, w = size
+    clipped = np.clip(truth.boxes, 0, [w, h, w, h])
+    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = np.any(clipped != truth.boxes, axis=1)
+    if not changed.any():
+        return truth, ""
+    n_out, n_clip = int((~inside).sum()), int((changed & inside).sum())
+    warning = (f"{n_clip + n_out} of {len(truth.labels)} boxes reach outside the image ({w}x{h}): "
+               f"{n_clip} clipped to it, {n_out} lying wholly outside dropped")
+    return BoxSet(clipped[inside], tuple(l for l, keep in zip(truth.labels, inside) if keep)), warning
+
+
 def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path, BoxSet]], iou_threshold: float = 0.5,
-                 progress: bool = False) -> dict[str, dict[str, Any]]:
+                 progress: bool = False, warnings: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """{method: `score_boxes` block} of every `Segmenter` on the (image file, boxes) `pairs`; each
-    image is read once and its cells' boxes scaled back from the working scale to its pixels."""
+    image is read once and its cells' boxes scaled back from the working scale to its pixels.
+    Boxes outside their image are clipped or dropped (`boxes_within`), with a line on stderr
+    and in `warnings` by image file name."""
     from tqdm.auto import tqdm
 
     results: dict[str, list] = {name: [] for name in segmenters}
     for path, truth in tqdm(pairs, desc="scoring", unit="image", disable=not progress):
         image = read_image(path)
+        truth, warning = boxes_within(truth, image.shape[:2])
+        if warning and warnings is not None:
+            warnings[path.name] = warning
+            tqdm.write(f"{path}: {warning}", file=sys.stderr)
         for name, segment in segmenters.items():
             inst, scores = segment(image)
             fy, fx = image.shape[0] / inst.shape[0], image.shape[1] / inst.shape[1]
@@ -11552,13 +11606,16 @@ def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path
 # %% tags=["export"]
 def external_block(images_dir: str | Path, boxes: str | Path, n_images: int, working_scale: float, scale_note: str,
                    methods: Mapping[str, Mapping[str, Any]], iou_threshold: float = 0.5,
-                   boxes_without_image: Sequence[str] = ()) -> dict[str, Any]:
+                   boxes_without_image: Sequence[str] = (), warnings: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The "external" block of metrics.json (`METRICS_SCHEMA_DOC`): where the images and boxes
-    are, how many images were scored, at which working scale and why, and each method's
-    `score_boxes` block."""
-    return dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
-                working_scale=float(working_scale), scale_note=scale_note,
-                boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    are, how many images were scored, at which working scale and why, each method's
+    `score_boxes` block, and the warnings by image (boxes outside it; only when there are some)."""
+    block = dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
+                 working_scale=float(working_scale), scale_note=scale_note,
+                 boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    if warnings:
+        block["warnings"] = dict(warnings)
+    return block
 
 
 def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
@@ -11604,7 +11661,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
                         "and writes it to metrics.json as baseline.min_distance)")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
+    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block) "
+                        "to this file (an existing one only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier results file --output names")
     parser.add_argument("--limit", type=int, default=None, help="score at most N images")
     add_inference_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -11614,12 +11673,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         value = getattr(args, name)
         if value is not None and not value > 0:
             parser.error(f"--{name}={value} must be > 0")
+    if args.output is not None:
+        check_results_path(parser, args.output, args.overwrite)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error).replace("device=", "--device ", 1))
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
         pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
+        model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
         scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
@@ -11628,13 +11693,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         segmenters = {"model": model_segmenter(model, settings, postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
-        methods = score_folder(segmenters, pairs, progress=not args.no_progress)
+        warnings: dict[str, str] = {}
+        methods = score_folder(segmenters, pairs, progress=not args.no_progress, warnings=warnings)
         block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
-                               boxes_without_image=without_image)
+                               boxes_without_image=without_image, warnings=warnings)
+        # The results are shown first: whatever happens to the file, the scoring is not lost.
+        print(external_table(block, {"model": f"model ({args.checkpoint.name})",
+                                     "baseline": f"baseline (min distance {args.baseline} px)"}), flush=True)
         if args.output:
             write_json_atomic(args.output, _jsonable(block))
-    print(external_table(block, {"model": f"model ({args.checkpoint.name})",
-                                 "baseline": f"baseline (min distance {args.baseline} px)"}))
+
+
+def check_results_path(parser: Any, path: Path, overwrite: bool) -> None:
+    """End the command (`parser.error`, exit 2) before any work when `path` cannot take a results
+    file: a folder, a missing parent folder, or an existing file without `overwrite` (with it,
+    only an earlier results file of ours, JSON with "methods", is replaced)."""
+    if path.is_dir():
+        parser.error(f"--output {path} is a folder; name the results file, e.g. {path / 'external.json'}")
+    if not path.parent.is_dir():
+        parser.error(f"--output {path}: its folder {path.parent} does not exist")
+    if path.exists():
+        if not overwrite:
+            parser.error(f"--output {path} exists; pass --overwrite to replace it, or name another file")
+        try:
+            ours = isinstance(doc := json.loads(path.read_text()), dict) and "methods" in doc
+        except (OSError, UnicodeDecodeError, ValueError):
+            ours = False
+        if not ours:
+            parser.error(f"--output {path} is not an earlier results file of evaluate-boxes (JSON with \"methods\"); "
+                         "it is left alone: name another file")
 
 
 # %% [markdown]

@@ -1460,6 +1460,29 @@ def class_count_table(manifest: Mapping[str, Any]) -> str:
     return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
 
 
+#: A training split with more than this share of its masks empty teaches "no cells": refused.
+MOST_MASKS_EMPTY = 0.5
+
+
+def check_training_masks(manifest: Mapping[str, Any], split: str = "train", most: float = MOST_MASKS_EMPTY) -> str:
+    """`DataError` with the counts when no mask of `split` in the cache's `manifest` holds a
+    cell, or more than `most` of them hold none: such a dataset cannot teach the model (it
+    would train for hours to find nothing). Otherwise a warning naming the empty masks (a few
+    first), or "" when every mask has cells."""
+    entries = manifest["samples"][split]
+    empty = sorted(stem for stem, e in entries.items() if not e.get("n_instances"))
+    if not entries:
+        raise DataError(f"the {split} split holds no images")
+    counts = f"{len(empty)} of the {len(entries)} {split} masks hold no cell"
+    if len(empty) == len(entries) or len(empty) > most * len(entries):
+        raise DataError(f"{counts}: a dataset whose masks are (mostly) empty cannot teach the model; check that the "
+                        f"masks are the cells' (e.g. {empty[0]}'s mask) and MIN_CELL_AREA={manifest['params'].get('min_area', '?')}")
+    if not empty:
+        return ""
+    shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return f"warning: {counts} ({shown}): they teach only background"
+
+
 def join_table(manifest: Mapping[str, Any]) -> str:
     """The join of the mask instances with the class boxes, per split and per box category, as
     two Markdown tables (counts at the raw resolution, where the join runs); a note when the
