@@ -3632,7 +3632,8 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
 # any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
 # least two); a class scheme that takes boxes gets synthetic class boxes beside them, unless
 # `CLASS_BOXES` names others. A `DATA_DIR` that holds no dataset otherwise stops the run here,
-# naming it. Then the cache is built or refreshed (`RUN_PREPROCESS`) with the run's class scheme
+# naming it, and so does one whose training masks are all or mostly empty (with the counts: it
+# cannot teach the model); a few empty masks are named. Then the cache is built or refreshed (`RUN_PREPROCESS`) with the run's class scheme
 # (`SCHEME`, which every later section uses), and the split table is printed from it.
 
 # %%
@@ -8876,8 +8877,7 @@ def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
 
 
 # %% [markdown] tags=["why"]
-# Starting a run in an output folder: refuse, overwrite or resume, as the user asked; and
-# finishing it.
+# Starting a run in an output folder: refuse, overwrite or resume, as the user asked, touching only the files the earlier run's record lists as its own; and finishing it.
 
 # %% tags=["export"]
 def recorded_files(record: Mapping[str, Any] | None) -> set[str]:
@@ -8911,6 +8911,9 @@ def earlier_outputs(output_dir: Path) -> list[Path]:
     own = recorded_files(read_run_record(output_dir))
     return sorted(p for p in (Path(output_dir) / n for n in own) if p.is_file())
 
+
+# %% [markdown] tags=["why"]
+# Refuse a folder that holds files not ours in the run's way; replace or resume only a recorded run of ours.
 
 # %% tags=["export"]
 def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
@@ -9495,8 +9498,9 @@ def _failed(message: str) -> Future:
 
 
 # %% [markdown] tags=["why"]
-# `run_folder_inference` sends each image through the pipeline (or reads back one a resumed run
-# finished before); one that fails is reported and skipped. The COCO annotations go to disk as
+# `run_folder_inference` holds the output folder's lock (§0's `folder_lock`) from start to end,
+# and sends each image through the pipeline (or reads back one a resumed run finished before,
+# to the same bytes); one that fails is reported and skipped. The COCO annotations go to disk as
 # they come, so a folder of 10,000 images holds no more than a window of them in memory.
 
 # %% tags=["export"]
@@ -9554,6 +9558,9 @@ def run_folder_inference(
         return _segment_folder(model, plan, output_dir, done, settings, postproc, class_names, object_type, progress,
                                workers, overlay, forward, scheme)
 
+
+# %% [markdown] tags=["why"]
+# The run's work once the folder is locked: images through the pipeline or read back, then the folder files and the record.
 
 # %% tags=["export"]
 def _segment_folder(model: torch.nn.Module, plan: FolderPlan, output_dir: Path, done: set[str],
