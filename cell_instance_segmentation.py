@@ -657,6 +657,10 @@ def device_for_gpus(n_gpus: int | None) -> str:
     return "cpu" if n_gpus == 0 else "auto"
 
 
+# %% [markdown] tags=["why"]
+# The precision a device runs at, and the autocast context for it.
+
+# %% tags=["export"]
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 

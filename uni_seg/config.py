@@ -472,6 +472,7 @@ def device_for_gpus(n_gpus: int | None) -> str:
     return "cpu" if n_gpus == 0 else "auto"
 
 
+# notebook §0, cell id ea09f751
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 
