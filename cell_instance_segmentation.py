@@ -1529,7 +1529,8 @@ def _decode_file(path: str | Path, notes: list[str] | None = None, orient: bool 
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as error:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS
-        reason = (str(error).strip().splitlines() or ["?"])[-1]
+        reason = ("more pixels than the decoder's limit, CV_IO_MAX_IMAGE_PIXELS" if "CV_IO_MAX_IMAGE_PIXELS" in str(error)
+                  else (str(error).strip().splitlines() or ["?"])[-1])
         raise DataError(f"{path}: OpenCV cannot decode this {kind.upper()} file ({reason})") from None
     if array is None:
         raise DataError(f"{path}: corrupt {kind.upper()} data (OpenCV cannot decode it)")
@@ -8974,8 +8975,10 @@ def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool
     if resume:
         done = {n for n in previous["export_names"]
                 if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
-        record = {**record, "export_names": sorted(set(previous["export_names"]) | set(record["export_names"])),
-                  "overlays": sorted(set(previous.get("overlays", [])) | set(record["overlays"]))}
+        # This run's files, then any other the earlier run listed: the same record as an
+        # uninterrupted run's when the input is unchanged, and every file of ours still listed.
+        record = {**record, "export_names": list(dict.fromkeys([*record["export_names"], *previous["export_names"]])),
+                  "overlays": list(dict.fromkeys([*record["overlays"], *previous.get("overlays", [])]))}
     elif overwrite:
         remove_own_files(output_dir, own - {RUN_RECORD})
     remove_own_files(output_dir, (set(FOLDER_EXPORTS) | {COCO_SIDE_FILE}) & own)

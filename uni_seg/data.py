@@ -122,7 +122,8 @@ def _decode_file(path: str | Path, notes: list[str] | None = None, orient: bool 
     try:
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as error:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS
-        reason = (str(error).strip().splitlines() or ["?"])[-1]
+        reason = ("more pixels than the decoder's limit, CV_IO_MAX_IMAGE_PIXELS" if "CV_IO_MAX_IMAGE_PIXELS" in str(error)
+                  else (str(error).strip().splitlines() or ["?"])[-1])
         raise DataError(f"{path}: OpenCV cannot decode this {kind.upper()} file ({reason})") from None
     if array is None:
         raise DataError(f"{path}: corrupt {kind.upper()} data (OpenCV cannot decode it)")

@@ -801,8 +801,10 @@ def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool
     if resume:
         done = {n for n in previous["export_names"]
                 if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
-        record = {**record, "export_names": sorted(set(previous["export_names"]) | set(record["export_names"])),
-                  "overlays": sorted(set(previous.get("overlays", [])) | set(record["overlays"]))}
+        # This run's files, then any other the earlier run listed: the same record as an
+        # uninterrupted run's when the input is unchanged, and every file of ours still listed.
+        record = {**record, "export_names": list(dict.fromkeys([*record["export_names"], *previous["export_names"]])),
+                  "overlays": list(dict.fromkeys([*record["overlays"], *previous.get("overlays", [])]))}
     elif overwrite:
         remove_own_files(output_dir, own - {RUN_RECORD})
     remove_own_files(output_dir, (set(FOLDER_EXPORTS) | {COCO_SIDE_FILE}) & own)
