@@ -642,6 +642,8 @@ def test_issue21_case4_an_empty_or_truncated_file_among_the_first_images_does_no
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and "2 unreadable image(s) not measured" in err
     assert "2 image(s) segmented, 2 failed" in err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())  # the record says it too
+    assert "2 unreadable image(s)" in record["working_scale_source"] and set(record["failed"]) == {"a_empty.png", "b_truncated.jpg"}
 
 
 def test_issue21_case5_a_gpu_this_machine_lacks_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
