@@ -791,7 +791,7 @@ def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool
         if diffs:
             raise ValueError(f"--resume: {output_dir} holds another run: " + "; ".join(diffs)
                              + ". Use --overwrite to replace it, or another --output folder")
-    in_the_way = sorted(n for n in recorded_files(record) if n not in own and os.path.lexists(output_dir / n))
+    in_the_way = sorted((recorded_files(record) - own) & {p.name for p in present})  # one listing, not a stat per name
     if in_the_way:
         raise FileExistsError(f"{output_dir / in_the_way[0]}" + (f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else "")
                               + " is in the way of this run's exports and was not written by a run of ours: move it, "
