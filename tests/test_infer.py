@@ -599,6 +599,8 @@ def test_issue21_case3_a_killed_and_resumed_run_writes_the_same_bytes_as_an_unin
     inputs.mkdir()
     for i in range(4):
         _image_file(inputs / f"img{i}.png", (90, 100), [(30, 30), (60, 70)], seed=i)
+    deep = cv2.imread(str(inputs / "img0.png")).astype(np.uint32) * 4095 // 255  # read back on resume: its note too
+    cv2.imwrite(str(inputs / "img0.png"), deep.astype(np.uint16))
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     model = EquivariantModel()
     infer.run_folder_inference(model, inputs, straight, SMALL.replace(batch_size=1), progress=False, workers=0)
@@ -622,7 +624,7 @@ def test_issue21_case3_a_killed_and_resumed_run_writes_the_same_bytes_as_an_unin
         if name not in ("run.json", ".uni_seg.lock"):  # the lock file holds its holder's process id
             assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
     a, b = (json.loads((folder / "run.json").read_text()) for folder in (straight, resumed))
-    assert b["resumed"] == 2 and {k for k in a if a[k] != b.get(k)} <= PER_RUN_FIELDS
+    assert b["resumed"] == 2 and {k for k in a if a[k] != b.get(k)} <= PER_RUN_FIELDS and "12-bit" in b["notes"]["img0.png"][0]
     assert {k: v for k, v in a.items() if k not in PER_RUN_FIELDS} == {k: v for k, v in b.items() if k not in PER_RUN_FIELDS}
 
 
