@@ -41,7 +41,7 @@
 # **Contents** (each section's library modules in brackets; its export cells are collapsed,
 # the story comes first)
 #
-# 0. [Setup and parameters](#section-0) (`uni_seg.config`)
+# 0. [Setup and parameters](#section-0) (`uni_seg.config`, `uni_seg.files`): One folder, one writer; only our own files
 # 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Cell classes from BBBC041's class boxes; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
@@ -595,19 +595,28 @@ def show_markdown(text: str) -> None:
 # (V100, P100) train in fp16 with a gradient scaler. `PRECISION` can force either, or fp32.
 
 # %% tags=["export"]
+class DeviceUnavailable(ValueError):
+    """A device was asked for that this machine does not have; the message names it and what there is."""
+
+
 def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
     """The `torch.device` for "auto" (the `local_rank`-th GPU when one is visible, else the
-    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else,
-    `RuntimeError` when a GPU is asked for and none is visible."""
+    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else;
+    `DeviceUnavailable` (a `ValueError`: one line, exit status 2 in a command) naming the
+    device asked for when no GPU is visible or there is no GPU of that number."""
     import torch
 
     if kind not in ("auto", "cpu", "cuda") and not (kind.startswith("cuda:") and kind[5:].isdigit()):
         raise ValueError(f"device={kind!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    asked = kind
     if kind.startswith("cuda:"):
         kind, local_rank = "cuda", int(kind[5:])
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={kind!r} was asked for but no GPU is visible")
+            raise DeviceUnavailable(f"device={asked!r} was asked for but no GPU is visible{cuda_diagnosis()}")
+        if local_rank >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"device={asked!r} (GPU {local_rank}) was asked for but this process sees "
+                                    f"{torch.cuda.device_count()} GPU(s), numbered from 0")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -648,6 +657,10 @@ def device_for_gpus(n_gpus: int | None) -> str:
     return "cpu" if n_gpus == 0 else "auto"
 
 
+# %% [markdown] tags=["why"]
+# The precision a device runs at, and the autocast context for it.
+
+# %% tags=["export"]
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 
@@ -1225,6 +1238,109 @@ print(f"Hugging Face token configured: {hf_token_available()}")
 show_markdown(config_table(cfg.as_dict()))
 
 # %% [markdown]
+# ### One folder, one writer; only our own files (`uni_seg.files`)
+#
+# A run writes into a folder that may hold the user's files, or that another run may be
+# writing to at the same moment. Two rules keep every file safe:
+#
+# - **One writer**: a run holds an OS file lock (`fcntl.flock`) on a lock file in its folder
+#   for as long as it writes there. The kernel releases it when the process ends, however it
+#   ends (kill -9 included), so a killed run never leaves a stale lock, and a second run,
+#   resume included, is refused at once while the first is alive. The lock file's name is an
+#   argument, so that several writers of one folder (job-array shards, each writing its own
+#   files) can each hold their own.
+# - **Only our own files**: a run deletes or replaces only the files that a recorded run
+#   listed as its own; any other file in its way is named, and the run refused. An output
+#   folder that is the input folder, lies inside it or holds it is refused too.
+
+# %% [markdown] tags=["why"]
+# The lock: a context manager on a lock file in the folder, refused at once (never waited
+# for) while another process holds it.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+#: The lock file of a folder's one writer.
+LOCK_NAME = ".uni_seg.lock"
+
+
+class FolderInUse(FileExistsError):
+    """Another live process holds the lock of a folder; the message names the folder and the process."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run") -> Iterator[Path]:
+    """Hold the exclusive lock `folder/name` (created with `folder` when missing) while the
+    block runs; yields the lock file's path. `FolderInUse` at once, naming the holder's
+    process id, while another process holds it. The kernel releases the lock when this process
+    ends, however it ends. The lock file holds its holder's process id, and is left in place
+    (deleting it would let a third process lock a new file while the second holds the old).
+
+    Args:
+        folder: the folder to write into.
+        name: the lock file's name in it (one per writer of the folder's files).
+        what: the writer, for the message ("run", "shard 3").
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise FolderInUse(f"{folder} is in use: another {what} (process {holder or '?'}) is writing there and "
+                              f"holds {path}; wait for it to end, or choose another output folder") from None
+        earlier = os.pread(fd, 64, 0).strip()
+        if not earlier or earlier.isdigit():  # empty, or an earlier holder's id; a user's file stays as it is
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# %% [markdown] tags=["why"]
+# Only our own files: an output folder apart from the input, and a deletion limited to the
+# files a run recorded as its own.
+
+# %% tags=["export"]
+def separate_folders(input_dir: str | Path, output_dir: str | Path) -> None:
+    """`ValueError` naming both when `output_dir` is `input_dir`, lies inside it or holds it
+    (resolved, links followed), so that a run's exports can never replace or be read as its
+    inputs."""
+    source, target = Path(input_dir).resolve(), Path(output_dir).resolve()
+    if source == target:
+        raise ValueError(f"--output {output_dir} is the input folder {input_dir}: choose another folder for the exports")
+    if source in target.parents:
+        raise ValueError(f"--output {output_dir} lies inside the input folder {input_dir}: choose a folder outside it")
+    if target in source.parents:
+        raise ValueError(f"--output {output_dir} holds the input folder {input_dir}: choose a folder outside it")
+
+
+def remove_own_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """Delete the files `names` (plain names, no folders) directly in `folder`, those that
+    exist: the files a recorded run listed as its own, and nothing else; returns them.
+    `ValueError` for a name with a folder part; a folder or link of that name is left alone."""
+    removed = []
+    for name in sorted(set(names)):
+        if Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"{name!r} is not a plain file name")
+        path = Path(folder) / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+# %% [markdown]
 # ## 1. Data (`uni_seg.data`)
 # <a id="section-1"></a>
 #
@@ -1249,7 +1365,7 @@ show_markdown(config_table(cfg.as_dict()))
 # `INTER_AREA` is the right filter for shrinking. OpenCV returns `None` on a bad file without
 # saying why, so every file is checked first (empty, not an image, truncated) and every error
 # names the file and what is wrong. Images come back RGB `uint8`; grayscale, RGBA and 16-bit
-# images are converted (replicated gray, alpha dropped, 16-bit scaled by 1/257), with a warning
+# images are converted (replicated gray, alpha dropped, 16-bit scaled by the image's bit depth), with a warning
 # and a count in the run summary.
 #
 # **Masks.** The Kaggle masks are binary: RGB with three equal channels, values {0, 255}.
@@ -1387,11 +1503,15 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _decode_file(path: str | Path) -> np.ndarray:
+def _decode_file(path: str | Path, notes: list[str] | None = None, orient: bool = True) -> np.ndarray:
     """Decode an image file as stored: (H, W) or (H, W, C) uint8/uint16, channels in BGR(A) order.
 
-    Raises `FileNotFoundError` for a missing file and `DataError` for an empty, non-image,
-    truncated or undecodable one, naming the file.
+    With a `notes` list (an image, not a mask), what the file leaves to a guess is decided and
+    said there: of several pages or series the first is read ("pages: ..."), and an EXIF
+    orientation is applied ("orientation: ..."), as a viewer shows the picture (with `orient`;
+    else it is only said: a training image must stay aligned with its mask). Raises
+    `FileNotFoundError` for a missing file and `DataError` for an empty, non-image, truncated
+    or undecodable one (too many pixels for the decoder included), naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -1406,26 +1526,77 @@ def _decode_file(path: str | Path) -> np.ndarray:
     # trailing padding, which some writers add).
     if (kind == "png" and b"IEND" not in data[-1024:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-1024:]):
         raise DataError(f"{path}: truncated {kind.upper()} file ({len(data)} bytes, no end marker)")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS
+        reason = ("more pixels than the decoder's limit, CV_IO_MAX_IMAGE_PIXELS" if "CV_IO_MAX_IMAGE_PIXELS" in str(error)
+                  else (str(error).strip().splitlines() or ["?"])[-1])
+        raise DataError(f"{path}: OpenCV cannot decode this {kind.upper()} file ({reason})") from None
     if array is None:
         raise DataError(f"{path}: corrupt {kind.upper()} data (OpenCV cannot decode it)")
     if array.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: pixel type {array.dtype} is not supported (8- or 16-bit only)")
+    if notes is not None and kind != "bmp":
+        pages, orientation = _pages_and_orientation(data)
+        if pages > 1:
+            notes.append(f"pages: {pages} pages or series, the first read")
+        if orientation in EXIF_ORIENTATIONS and not orient:
+            notes.append(f"orientation: EXIF orientation {orientation} ignored (the pixels as stored, as in the mask)")
+        elif orientation in EXIF_ORIENTATIONS:
+            turn, how = EXIF_ORIENTATIONS[orientation]
+            array = np.ascontiguousarray(turn(array))
+            notes.append(f"orientation: EXIF orientation {orientation} applied ({how})")
     return array
 
+
+#: EXIF orientation tag -> (what turns the stored (H, W[, C]) array upright, in words).
+EXIF_ORIENTATIONS: dict[int, tuple[Any, str]] = {
+    2: (lambda a: a[:, ::-1], "mirrored left-right"),
+    3: (lambda a: a[::-1, ::-1], "turned 180 degrees"),
+    4: (lambda a: a[::-1], "mirrored top-bottom"),
+    5: (lambda a: a.swapaxes(0, 1), "transposed"),
+    6: (lambda a: np.rot90(a, -1), "turned 90 degrees clockwise"),
+    7: (lambda a: np.rot90(a.swapaxes(0, 1), 2), "transversed"),
+    8: (lambda a: np.rot90(a, 1), "turned 90 degrees counter-clockwise"),
+}
+
+
+def _pages_and_orientation(data: bytes) -> tuple[int, int]:
+    """(pages or series, EXIF orientation 1..8) of an encoded image, from its header (Pillow
+    reads no pixels for this); (1, 1) when Pillow cannot tell: OpenCV has decoded the pixels
+    already, and these are only what it does not say."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own size warnings: the size is OpenCV's business here
+            with Image.open(io.BytesIO(data)) as picture:
+                return int(getattr(picture, "n_frames", 1) or 1), int(picture.getexif().get(0x0112, 1) or 1)
+    except Exception:  # any header Pillow cannot parse (or thinks too large): nothing more to say
+        return 1, 1
 
 # %% [markdown] tags=["why"]
 # From decoded bytes to what the pipeline works on: RGB uint8 for images (with a note of every conversion, which the cache summary counts), the stored values for masks.
 
 # %% tags=["export"]
-def read_image_with_notes(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """`read_image`, plus the conversions it made: a subset of "grayscale", "rgba", "16-bit"."""
-    array = _decode_file(path)
+def read_image_with_notes(path: str | Path, orient: bool = True) -> tuple[np.ndarray, list[str]]:
+    """`read_image`, plus the conversions and choices it made, each a note that starts with its
+    kind: "grayscale", "rgba", "16-bit: ...", "pages: ...", "orientation: ...".
+
+    16-bit values are brought to 8 bits by the image's own range: its bit depth is that of its
+    largest value (at least 8), so a 12-bit camera's values (0..4095) fill 0..255 rather than
+    a sixteenth of it (x / 257 for the full 16 bits). `orient`: apply an EXIF orientation
+    (False for an image that a mask annotates as stored)."""
     notes: list[str] = []
+    array = _decode_file(path, notes, orient)
     if array.dtype == np.uint16:
-        # Full 16-bit range onto 8 bits (x / 257 maps 65535 to 255 exactly).
-        array = ((array.astype(np.float32) / 257.0) + 0.5).astype(np.uint8)
-        notes.append("16-bit")
+        top = int(array.max(initial=0))
+        bits = max(8, top.bit_length())
+        full = (1 << bits) - 1
+        array = ((array.astype(np.float32) / np.float32(full / 255.0)) + 0.5).astype(np.uint8)
+        notes.append(f"16-bit: values up to {top}, read as {bits}-bit (x 255/{full})")
     if array.ndim == 3 and array.shape[2] in (2, 4):
         array = array[..., : array.shape[2] - 1]
         notes.append("rgba" if array.shape[2] == 3 else "grayscale")
@@ -1444,7 +1615,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8 (H, W, 3) in [0, 255].
 
     Grayscale is replicated to three channels, an alpha channel is dropped, 16-bit values are
-    scaled by 1/257. Raises `DataError` naming the file when it is empty, truncated, not an
+    scaled by the image's bit depth, an EXIF orientation is applied, a multi-page file's first
+    page is read (`read_image_with_notes` says which of these it did). Raises `DataError` naming the file when it is empty, truncated, not an
     image or has an unsupported layout; `FileNotFoundError` when it is missing.
     """
     return read_image_with_notes(path)[0]
@@ -2353,7 +2525,7 @@ def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarra
     """Read and parse one raw pair: image RGB uint8 (H, W, 3), inst int32, cls uint8 (H, W), and
     the image conversions made. Raises `DataError` naming the file on any problem, including an
     image and mask of different sizes."""
-    image, notes = read_image_with_notes(pair.image_path)
+    image, notes = read_image_with_notes(pair.image_path, orient=False)
     inst, cls = parse_mask_to_instances(read_mask(pair.mask_path), min_area=min_area, source=pair.mask_path)
     if image.shape[:2] != inst.shape:
         raise DataError(
@@ -2739,7 +2911,7 @@ def build_processed_cache(
         outcomes.close()
     removed = _remove_stale(processed_dir, samples)
     save_manifest(skipped)
-    converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
+    converted = Counter(note.split(":")[0] for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
     return CacheSummary(
@@ -2827,6 +2999,29 @@ def class_count_table(manifest: Mapping[str, Any]) -> str:
         share = [_with_share(n, total) for n in [*counts[1:].tolist(), unknown]]
         rows.append((split, len(manifest["samples"][split]), f"{total:,}", *share))
     return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
+
+
+#: A training split with more than this share of its masks empty teaches "no cells": refused.
+MOST_MASKS_EMPTY = 0.5
+
+
+def check_training_masks(manifest: Mapping[str, Any], split: str = "train", most: float = MOST_MASKS_EMPTY) -> str:
+    """`DataError` with the counts when no mask of `split` in the cache's `manifest` holds a
+    cell, or more than `most` of them hold none: such a dataset cannot teach the model (it
+    would train for hours to find nothing). Otherwise a warning naming the empty masks (a few
+    first), or "" when every mask has cells."""
+    entries = manifest["samples"][split]
+    empty = sorted(stem for stem, e in entries.items() if not e.get("n_instances"))
+    if not entries:
+        raise DataError(f"the {split} split holds no images")
+    counts = f"{len(empty)} of the {len(entries)} {split} masks hold no cell"
+    if len(empty) == len(entries) or len(empty) > most * len(entries):
+        raise DataError(f"{counts}: a dataset whose masks are (mostly) empty cannot teach the model; check that the "
+                        f"masks are the cells' (e.g. {empty[0]}'s mask) and MIN_CELL_AREA={manifest['params'].get('min_area', '?')}")
+    if not empty:
+        return ""
+    shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return f"warning: {counts} ({shown}): they teach only background"
 
 
 def join_table(manifest: Mapping[str, Any]) -> str:
@@ -3278,7 +3473,7 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from uni_seg.data import check_rgb_image, load_processed, read_image
+from uni_seg.data import DataError, check_rgb_image, load_processed, read_image
 
 #: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
 MEASURE_SIDE = 640
@@ -3368,14 +3563,25 @@ def cell_diameter(image: np.ndarray) -> float:
     return float(2.0 * r / f)
 
 
-def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES) -> float:
-    """The median `cell_diameter` (px) over the first `limit` of `images` (RGB uint8 arrays or
-    image files) that show cells; nan when none does."""
-    values = []
-    for k, image in enumerate(images):
-        if k >= limit:
+def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES,
+                         unreadable: list[tuple[str, str]] | None = None) -> float:
+    """The median `cell_diameter` (px) over the first `limit` readable ones of `images` (RGB
+    uint8 arrays or image files) that show cells; nan when none does. A file that cannot be
+    read (empty, truncated, not an image, too large for the decoder) is skipped, not counted,
+    and added to `unreadable` as (file, why): one bad file must not stop a folder's run."""
+    values, measured = [], 0
+    for image in images:
+        if measured >= limit:
             break
-        d = cell_diameter(read_image(image) if isinstance(image, (str, Path)) else image)
+        if isinstance(image, (str, Path)):
+            try:
+                image = read_image(image)
+            except (DataError, OSError) as error:
+                if unreadable is not None:
+                    unreadable.append((str(image), str(error)))
+                continue
+        measured += 1
+        d = cell_diameter(image)
         if math.isfinite(d):
             values.append(d)
     return float(np.median(values)) if values else math.nan
@@ -3411,13 +3617,18 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
         return default, (f"working scale {default:g} (the checkpoint's: it does not record the cell diameter it was "
                          "trained at, so the cells' size cannot be matched)")
     given = cell_diameter_px is not None
-    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images)
+    unreadable: list[tuple[str, str]] = []
+    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images, unreadable=unreadable)
+    skipped = (f"; {len(unreadable)} unreadable image(s) not measured (the first: {unreadable[0][1]})"
+               if unreadable else "")
     if not math.isfinite(diameter) or diameter <= 0:
-        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images)"
-    scale = min(4.0, max(1 / 16, training_diameter / diameter))
+        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images{skipped})"
+    wanted = training_diameter / diameter
+    scale = min(4.0, max(1 / 16, wanted))
     how = "as given" if given else f"measured on up to {MEASURE_IMAGES} images"
+    limited = f"; the scale that would match, {wanted:.3g}, is outside [1/16, 4]" if scale != wanted else ""
     return scale, (f"working scale {scale:.3g}: cells {diameter:.0f} px across ({how}) -> {diameter * scale:.0f} px, "
-                   f"the training size ({training_diameter:.0f} px)")
+                   f"the training size ({training_diameter:.0f} px){limited}{skipped}")
 
 
 # %% [markdown]
@@ -3426,13 +3637,15 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
 # any `DATA_DIR` when `SYNTHETIC_IMAGES` is given; the test partition gets a fifth as many, at
 # least two); a class scheme that takes boxes gets synthetic class boxes beside them, unless
 # `CLASS_BOXES` names others. A `DATA_DIR` that holds no dataset otherwise stops the run here,
-# naming it. Then the cache is built or refreshed (`RUN_PREPROCESS`) with the run's class scheme
+# naming it, and so does one whose training masks are all or mostly empty (with the counts: it
+# cannot teach the model); a few empty masks are named. Then the cache is built or refreshed (`RUN_PREPROCESS`) with the run's class scheme
 # (`SCHEME`, which every later section uses), and the split table is printed from it.
 
 # %%
 from uni_seg.config import class_scheme, show_markdown
-from uni_seg.data import (build_processed_cache, class_count_table, default_loader_workers, format_split_table,
-                          instance_statistics, join_table, load_manifest, load_processed, partition_image_folder)
+from uni_seg.data import (build_processed_cache, check_training_masks, class_count_table, default_loader_workers,
+                          format_split_table, instance_statistics, join_table, load_manifest, load_processed,
+                          partition_image_folder)
 from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted, write_synthetic_class_boxes
 
 SCHEME = class_scheme(cfg.class_scheme)
@@ -3454,6 +3667,9 @@ if cfg.run_preprocess:
     )
     print(cache_summary)
 _manifest = load_manifest(cfg.processed_dir)
+_empty_masks = check_training_masks(_manifest)  # a dataset that cannot teach stops the run here, with the counts
+if _empty_masks:
+    print(_empty_masks)
 split_table = format_split_table({s: len(v) for s, v in _manifest["split"].items()},
                                  _manifest["params"]["val_fraction"], _manifest["params"]["seed"])
 show_markdown(split_table)
@@ -5894,6 +6110,10 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
+    missing = [k for k in ("model_config", "model_state_dict") if not isinstance(ckpt.get(k), Mapping)]
+    if missing:  # the format tag, but not what a model is rebuilt from: damaged, or written by hand
+        raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
+                              "be rebuilt from it; use a checkpoint written by training (e.g. checkpoints/best_phase2.pth)")
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
     if "verbose" in inspect.signature(factory.resolve()).parameters:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next
@@ -7915,9 +8135,10 @@ import numpy as np
 # display colours and the image writer are section 1's.
 from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
                             write_json_atomic)
+from uni_seg.files import LOCK_NAME, remove_own_files
 from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, OTHER_CLASS_COLOUR, DataError,
-                          check_rgb_image, class_name, read_image, read_mask, resize_image,
-                          working_shape, write_image)
+                          check_rgb_image, class_name, read_image, read_image_with_notes, read_mask,
+                          resize_image, working_shape, write_image)
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
@@ -8372,6 +8593,13 @@ def _fmt(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def cell_score(score: float) -> float:
+    """A cell's score as every export holds it: the number its cell-table text reads back as
+    (`_fmt`, 6 significant digits), so that COCO annotations made again from the table (a
+    resumed run, a merge of shards: `reread_image`) are the same to the byte."""
+    return float(_fmt(float(score)))
+
+
 def cells_geojson(
     inst: np.ndarray,
     table: Mapping[str, np.ndarray],
@@ -8499,7 +8727,7 @@ def coco_annotations(inst: np.ndarray, classes: np.ndarray, scores: np.ndarray, 
         anns.append({
             "id": first_id + offset, "image_id": image_id, "category_id": int(classes[cell]),
             "segmentation": {"size": rle["size"], "counts": rle["counts"]}, "area": rle["area"],
-            "bbox": rle["bbox"], "iscrowd": 0, "score": round(float(scores[cell]), 5),
+            "bbox": rle["bbox"], "iscrowd": 0, "score": cell_score(scores[cell]),
         })
     return anns
 
@@ -8523,7 +8751,7 @@ def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, ou
     own size, written as `export_segmentation`'s files (the image read again here: cheaper
     than sending it through the pipeline). Returns {"height", "width", "classes" int64 (N + 1,),
     "annotations": its COCO annotations without ids} for the folder's files."""
-    image = read_image(path)
+    image, notes = read_image_with_notes(path)
     inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])
@@ -8531,7 +8759,7 @@ def export_image(maps: Mapping[str, np.ndarray], path: str | Path, name: str, ou
     _, shapes = export_segmentation(Path(output_dir), name, image, seg, class_names, object_type, overlay,
                                     class_colours=class_colours)
     return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
-            "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)}
+            "annotations": coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles), "notes": notes}
 
 
 def load_folder_item(item: tuple[Path, str], working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
@@ -8548,11 +8776,15 @@ def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], s
     return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay, class_colours)
 
 
-def reread_image(output_dir: str | Path, name: str) -> dict[str, Any]:
-    """`export_image`'s result for an image a resumed run finished before, from its files."""
+def reread_image(output_dir: str | Path, name: str, path: str | Path | None = None) -> dict[str, Any]:
+    """`export_image`'s result for an image that a run finished before (one a resumed run
+    skips, a shard's in a merge), from its files: the same to the byte (the scores are the cell
+    table's, `cell_score`). With the input image's `path`, its reading notes too (read again:
+    they are in no export of the image)."""
     inst, classes, scores = read_exported_image(output_dir, name)
+    notes = read_image_with_notes(path)[1] if path is not None else []
     return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
-            "annotations": coco_annotations(inst, classes, scores, 0, 0)}
+            "annotations": coco_annotations(inst, classes, scores, 0, 0), "notes": notes}
 
 
 # %% [markdown]
@@ -8575,6 +8807,8 @@ OVERLAY_SUFFIXES: tuple[str, ...] = ("_overlay.jpg", "_overlay.png")
 #: The folder-level files, written when a run ends.
 FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
 RUN_RECORD = "run.json"
+#: The COCO annotations of a run in progress, one line per image (`_CocoWriter`).
+COCO_SIDE_FILE = ".coco_annotations.partial"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -8648,69 +8882,117 @@ def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
 
 
 # %% [markdown] tags=["why"]
-# Starting a run in an output folder: refuse, overwrite or resume, as the user asked; and
-# finishing it.
+# Starting a run in an output folder: refuse, overwrite or resume, as the user asked, touching only the files the earlier run's record lists as its own; and finishing it.
 
 # %% tags=["export"]
+def recorded_files(record: Mapping[str, Any] | None) -> set[str]:
+    """The names of the files a run record lists as its run's own: every export name's image
+    files (`IMAGE_EXPORT_SUFFIXES`, and the overlays of "overlays"), the folder files, the COCO
+    side file and the record itself. Empty for no record, or one of a version that listed none."""
+    if not record or not isinstance(record.get("export_names"), list):
+        return set()
+    suffixes = IMAGE_EXPORT_SUFFIXES + tuple(f"_overlay.{o}" for o in record.get("overlays", []))
+    return {f"{n}{s}" for n in record["export_names"] for s in suffixes} | {*FOLDER_EXPORTS, RUN_RECORD, COCO_SIDE_FILE}
+
+
+def read_run_record(output_dir: str | Path) -> dict[str, Any] | None:
+    """The run record (`RUN_RECORD`) in `output_dir`, None when there is none; `FileExistsError`
+    naming it when it was not written by a run of ours (not JSON, another tool)."""
+    path = Path(output_dir) / RUN_RECORD
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        record = None
+    if not isinstance(record, dict) or record.get("tool") != "uni_seg.infer":
+        raise FileExistsError(f"{path} is not the record of a uni_seg folder inference, so no file in {output_dir} is "
+                              "known to be ours: choose another --output folder")
+    return record
+
+
 def earlier_outputs(output_dir: Path) -> list[Path]:
-    """The files an earlier folder inference wrote into `output_dir` (by their names)."""
-    names = (*FOLDER_EXPORTS, RUN_RECORD)
-    return sorted(p for p in output_dir.iterdir() if p.is_file()
-                  and (p.name in names or p.name.endswith(IMAGE_EXPORT_SUFFIXES + OVERLAY_SUFFIXES)))
+    """The files in `output_dir` that the run recorded there lists as its own (`recorded_files`)."""
+    own = recorded_files(read_run_record(output_dir))
+    return sorted(p for p in (Path(output_dir) / n for n in own) if p.is_file())
 
 
+# %% [markdown] tags=["why"]
+# Refuse a folder that holds files not ours in the run's way; replace or resume only a recorded run of ours.
+
+# %% tags=["export"]
 def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
               resume: bool = False) -> set[str]:
     """Prepare `output_dir` for a run described by `record` (JSON-ready: checkpoint, settings,
-    post-processing, input) and write its run record with status "running". Returns the export
-    names already complete (all of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an
-    empty set.
+    post-processing, input, and the files it will write: "export_names" and "overlays") and
+    write its run record with status "running". Returns the export names already complete (all
+    of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an empty set. Call it holding the
+    folder's lock (`folder_lock`).
 
     A non-empty folder is refused (`FileExistsError` saying what to pass) unless `overwrite`
-    (an earlier run's files are removed; anything else is left alone) or `resume` (the earlier
-    record must describe the same run: `ValueError` naming every difference otherwise). The
-    folder-level files are removed either way, so they only ever describe a finished run.
+    (the files the earlier run's record lists are removed; anything else is left alone) or
+    `resume` (the earlier record must describe the same run: `ValueError` naming every
+    difference otherwise). Either needs a record of ours there. A file this run would write
+    that the earlier record does not list (the user's) refuses the run, named. The folder-level
+    files are removed either way, so they only ever describe a finished run.
     """
     if overwrite and resume:
         raise ValueError("--overwrite and --resume exclude each other: replace the earlier run, or finish it")
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(output_dir)
-    present = sorted(output_dir.iterdir())
+    present = sorted(p for p in output_dir.iterdir() if p.name != LOCK_NAME)
+    shown = ", ".join(p.name for p in present[:3]) + (", ..." if len(present) > 3 else "")
+    previous = read_run_record(output_dir) if present else None
+    own = recorded_files(previous)
     done: set[str] = set()
+    if present and not (overwrite or resume):
+        raise FileExistsError(f"output folder {output_dir} is not empty ({len(present)} entries: {shown}); pass "
+                              "--overwrite to replace an earlier run's outputs, or --resume to finish an interrupted run")
+    if present and previous is None:
+        raise FileExistsError(f"--{'resume' if resume else 'overwrite'}: {output_dir} holds no {RUN_RECORD}, so none of "
+                              f"its {len(present)} entries ({shown}) was written by a run of ours; choose another --output folder")
+    if resume and previous is None:
+        raise FileNotFoundError(f"--resume: {output_dir} holds no {RUN_RECORD}, so there is no run to finish")
+    if previous is not None and not own:
+        raise FileExistsError(f"{output_dir / RUN_RECORD} was written by an older version that did not list its files, "
+                              "so none can be replaced safely; choose another --output folder")
     if resume:
-        previous_path = output_dir / RUN_RECORD
-        if not previous_path.is_file():
-            raise FileNotFoundError(f"--resume: {output_dir} holds no {RUN_RECORD}, so there is no run to finish")
-        previous = json.loads(previous_path.read_text())
         keys = ("checkpoint", "settings", "postproc", "input")
         diffs = describe_differences({k: previous.get(k) for k in keys}, {k: record.get(k) for k in keys},
                                      names=("earlier run", "this run"))
         if diffs:
             raise ValueError(f"--resume: {output_dir} holds another run: " + "; ".join(diffs)
                              + ". Use --overwrite to replace it, or another --output folder")
-        names = {p.name[: -len(s)] for p in present for s in IMAGE_EXPORT_SUFFIXES if p.name.endswith(s)}
-        done = {n for n in names if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+    in_the_way = sorted((recorded_files(record) - own) & {p.name for p in present})  # one listing, not a stat per name
+    if in_the_way:
+        raise FileExistsError(f"{output_dir / in_the_way[0]}" + (f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else "")
+                              + " is in the way of this run's exports and was not written by a run of ours: move it, "
+                              "or choose another --output folder")
+    if previous is not None:
+        remove_stale_temporaries(output_dir)
+    if resume:
+        done = {n for n in previous["export_names"]
+                if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+        # This run's files, then any other the earlier run listed: the same record as an
+        # uninterrupted run's when the input is unchanged, and every file of ours still listed.
+        record = {**record, "export_names": list(dict.fromkeys([*record["export_names"], *previous["export_names"]])),
+                  "overlays": list(dict.fromkeys([*record["overlays"], *previous.get("overlays", [])]))}
     elif overwrite:
-        for path in earlier_outputs(output_dir):
-            path.unlink()
-    elif present:
-        shown = ", ".join(p.name for p in present[:3]) + (", ..." if len(present) > 3 else "")
-        raise FileExistsError(f"output folder {output_dir} is not empty ({len(present)} entries: {shown}); pass "
-                              "--overwrite to replace an earlier run's outputs, or --resume to finish an interrupted run")
-    for name in FOLDER_EXPORTS:
-        (output_dir / name).unlink(missing_ok=True)
+        remove_own_files(output_dir, own - {RUN_RECORD})
+    remove_own_files(output_dir, (set(FOLDER_EXPORTS) | {COCO_SIDE_FILE}) & own)
     write_json_atomic(output_dir / RUN_RECORD, {**record, "status": "running", "started": _now(), "resumed": len(done)})
     return done
 
 
-def finish_run(output_dir: str | Path, **outcome: Any) -> Path:
-    """Mark the run in `output_dir` finished ("complete"), with `outcome` (counts, skipped
-    entries, failures) added to its record; returns the record's path."""
+def finish_run(output_dir: str | Path, status: str = "complete", **outcome: Any) -> Path:
+    """Mark the run in `output_dir` finished with `status` ("complete"; "failed" when nothing
+    could be segmented), with `outcome` (counts, skipped entries, failures) added to its
+    record; returns the record's path."""
     path = Path(output_dir) / RUN_RECORD
     record = json.loads(path.read_text())
-    return write_json_atomic(path, {**record, **outcome, "status": "complete", "finished": _now()})
-
+    return write_json_atomic(path, {**record, **outcome, "status": status, "finished": _now()})
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -8722,7 +9004,7 @@ def _now() -> str:
 
 # %% tags=["export"]
 def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inst int32 (H, W), classes int64 (N + 1,), scores float32 (N + 1,)) of an image that
+    """(inst int32 (H, W), classes int64 (N + 1,), scores float64 (N + 1,), as written) of an image that
     `export_segmentation` wrote as `name` into `output_dir`; `DataError` naming a file that
     cannot be read."""
     inst = read_mask(Path(output_dir) / f"{name}_instances.png").astype(np.int32)
@@ -8730,7 +9012,7 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
     with open(table_path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     n = int(inst.max(initial=0))
-    classes, scores = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.float32)
+    classes, scores = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.float64)
     try:
         for row in rows:
             cell = int(row["id"])
@@ -8786,8 +9068,9 @@ from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_
                             resolve_device, resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
-from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
-                            reread_image, start_run, write_csv)
+from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
+                            load_folder_item, plan_folder, reread_image, start_run, write_csv)
+from uni_seg.files import folder_lock, separate_folders
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
                               cells_from_maps, cells_with_truth, select_postproc)
 
@@ -9131,17 +9414,19 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
 
 def _summary_row(path: Path, name: str, class_names: Sequence[str], scheme: ClassScheme | None = None,
                  result: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s); a
+    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s, with the
+    notes of reading its image); a
     parasitemia column where `scheme` has infected classes (blank for an image without red cells)."""
-    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
-                           "n_cells": ""}
+    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "notes": "", "width": "",
+                           "height": "", "n_cells": ""}
     row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
     parasitemia = scheme is not None and bool(scheme.infected_classes)
     if parasitemia:
         row["parasitemia"] = ""
     if result is not None:
         counts = np.bincount(result["classes"][1:], minlength=len(class_names))
-        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1)
+        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1,
+                   notes="; ".join(result.get("notes", [])))
         row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
         if parasitemia:
             value = scheme.parasitemia(counts[:len(class_names)])
@@ -9220,8 +9505,9 @@ def _failed(message: str) -> Future:
 
 
 # %% [markdown] tags=["why"]
-# `run_folder_inference` sends each image through the pipeline (or reads back one a resumed run
-# finished before); one that fails is reported and skipped. The COCO annotations go to disk as
+# `run_folder_inference` holds the output folder's lock (§0's `folder_lock`) from start to end,
+# and sends each image through the pipeline (or reads back one a resumed run finished before,
+# to the same bytes); one that fails is reported and skipped. The COCO annotations go to disk as
 # they come, so a folder of 10,000 images holds no more than a window of them in memory.
 
 # %% tags=["export"]
@@ -9250,26 +9536,51 @@ def run_folder_inference(
     inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
     (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
     a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
-    error, width, height, n_cells and a count per class; with a `scheme` that has infected
-    classes, the parasitemia; entries left out are listed with the reason) and `run.json` (see
-    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
-    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
-    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
-    into the run record, and a resumed run must have the same. `workers`: CPU worker processes
-    (None: `default_workers` for the model's device; 0: all in this process; the files are the
-    same either way). `forward` replaces the model (see `TileBatcher`). A `scheme` (the
-    checkpoint's) names and colours the classes; without one, `class_names` names them.
+    error, notes (what reading the image had to decide: bit depth, page, orientation), width,
+    height, n_cells and a count per class; with a `scheme` that has infected classes, the
+    parasitemia; entries left out are listed with the reason) and `run.json` (see `start_run`:
+    a non-empty `output_dir` needs `overwrite` or `resume`, and only the files a recorded run
+    of ours wrote are ever replaced). The run holds the folder's lock (`folder_lock`) from
+    start to end: a second run into it is refused (`FolderInUse`). An output folder that is,
+    lies in or holds `input_dir` is refused (`ValueError`). Images that fail are reported on
+    stderr, listed with their error, and skipped; when none could be segmented the record's
+    status is "failed". `settings` and `postproc` as in `segment_image`; `provenance` (e.g.
+    {"checkpoint": {...}, "postproc_source": "..."}) goes into the run record, and a resumed
+    run must have the same. `workers`: CPU worker processes (None: `default_workers` for the
+    model's device; 0: all in this process; the files are the same either way). `forward`
+    replaces the model (see `TileBatcher`). A `scheme` (the checkpoint's) names and colours
+    the classes; without one, `class_names` names them.
     """
-    from tqdm.auto import tqdm
-
     output_dir = Path(output_dir)
+    separate_folders(input_dir, output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
     plan = plan_folder(input_dir, limit)
     postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
+              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {}),
+              "export_names": [name for _, name in plan.images], "overlays": [] if overlay == "none" else [overlay]}
+    with folder_lock(output_dir):
+        done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
+        return _segment_folder(model, plan, output_dir, done, settings, postproc, class_names, object_type, progress,
+                               workers, overlay, forward, scheme)
+
+
+# %% [markdown] tags=["why"]
+# The run's work once the folder is locked: images through the pipeline or read back, then the folder files and the record.
+
+# %% tags=["export"]
+def _segment_folder(model: torch.nn.Module, plan: FolderPlan, output_dir: Path, done: set[str],
+                    settings: InferenceSettings, postproc: PostprocParams, class_names: Sequence[str],
+                    object_type: str, progress: bool, workers: int | None, overlay: str, forward: Any | None,
+                    scheme: ClassScheme | None) -> FolderReport:
+    """`run_folder_inference`'s work once the folder is locked and the run started: the images
+    of `plan` not in `done` through the pipeline, those in `done` read back (`reread_image`),
+    the folder files, the record finished."""
+    from tqdm.auto import tqdm
+
     class_names = scheme.names if scheme is not None else tuple(class_names)
     colours = scheme.colours if scheme is not None else None
-    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
-              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
-    done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
     batcher = TileBatcher(model, settings, forward)
     workers = default_workers(batcher.device.type) if workers is None else workers
     todo = [(path, name) for path, name in plan.images if name not in done]
@@ -9277,13 +9588,13 @@ def run_folder_inference(
     with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
         for k, (path, name) in enumerate(plan.images):  # finished by the run this one resumes: read back
             if name in done:
-                outcomes[k] = pool.submit(reread_image, output_dir, name).result()
+                outcomes[k] = pool.submit(reread_image, output_dir, name, path).result()
         results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
                            (output_dir, postproc, class_names, object_type, overlay, colours),
                            batcher, pool)
         position = {name: k for k, (_, name) in enumerate(plan.images)}
         writer = _CocoWriter(output_dir, class_names)
-        rows, failed = [], {}
+        rows, failed, notes = [], {}, {}
         bar = tqdm(total=len(plan.images), desc="segmenting", unit="image", disable=not progress)
         for k, (path, name) in enumerate(plan.images):
             while k not in outcomes:  # images come back in order; the resumed ones are there already
@@ -9293,6 +9604,9 @@ def run_folder_inference(
             if status == "ok":
                 rows.append(_summary_row(path, name, class_names, scheme, value))
                 writer.add(path.name, value)
+                if value.get("notes"):
+                    notes[path.name] = value["notes"]
+                    tqdm.write(f"note on {path}: {'; '.join(value['notes'])}", file=sys.stderr)
             else:
                 failed[path.name] = value
                 rows.append({**_summary_row(path, name, class_names, scheme), "status": "failed", "error": value})
@@ -9305,10 +9619,15 @@ def run_folder_inference(
     coco_path = writer.close()
     columns = _summary_row(Path("x"), "", class_names, scheme)
     summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in columns})
-    record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
-                             resumed=len(done & {n for _, n in plan.images}), failed=failed,
-                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
-                             workers=workers, peak_rss_mb=peak_rss_mb())
+    segmented = sum(r["status"] == "ok" for r in rows)
+    outcome: dict[str, Any] = {}
+    if not segmented:  # nothing to show for the run: its record must not say "complete"
+        outcome["error"] = (f"none of the {len(plan.images)} images could be read or segmented" if plan.images
+                            else f"no images ({', '.join(IMAGE_SUFFIXES)}) in the input folder")
+    record_path = finish_run(output_dir, "complete" if segmented else "failed", images=len(plan.images),
+                             segmented=segmented, resumed=len(done & {n for _, n in plan.images}), failed=failed,
+                             notes=notes, skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
+                             workers=workers, peak_rss_mb=peak_rss_mb(), **outcome)
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
 
 
@@ -9339,7 +9658,7 @@ class _CocoWriter:
         self.output_dir, self.class_names = output_dir, class_names
         self.images: list[dict[str, Any]] = []
         self.n_annotations = 0
-        self.side = output_dir / ".coco_annotations.partial"
+        self.side = output_dir / COCO_SIDE_FILE
         self.handle = open(self.side, "w")
 
     def add(self, file_name: str, result: Mapping[str, Any]) -> None:
@@ -9442,8 +9761,8 @@ def settings_from_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     """The `InferenceSettings` of the shared options (working scale: --working-scale, else 1
     until `working_scale_from_options` decides it); a bad value ends the command through
     `parser.error`, naming the option rather than the settings field."""
-    if args.cell_diameter is not None and not args.cell_diameter > 0:
-        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
+    if args.cell_diameter is not None and not (math.isfinite(args.cell_diameter) and args.cell_diameter >= 1):
+        parser.error(f"--cell-diameter={args.cell_diameter} must be a finite number of pixels, at least 1")
     try:
         return InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
                                  tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
@@ -9511,6 +9830,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--workers={args.workers} must be >= 0 (0: all in this process)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"--output {args.output} is a file, not a folder")
+    try:
+        separate_folders(args.input, args.output)
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error).replace("device=", "--device ", 1))
+    if args.workers is not None and args.workers > usable_cpus():
+        print(f"--workers {args.workers} is more than the {usable_cpus()} usable CPUs: {usable_cpus()} used",
+              file=sys.stderr)
+        args.workers = usable_cpus()
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
         if args.checkpoint.is_dir():
             raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
@@ -9518,7 +9848,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
         plan_folder(args.input)  # the input folder exists and is a folder
-        device = resolve_device(args.device)
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
@@ -9534,7 +9863,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
-                      "postproc_source": postproc_line}
+                      "postproc_source": postproc_line, "working_scale_source": scale_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,
@@ -9545,7 +9874,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     skipped = len(report.rows) - n_images
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed, {skipped} entr{'y' if skipped == 1 else 'ies'} "
           f"left out; summary: {report.summary_path}", file=sys.stderr)
-    if report.failed or not n_images:
+    if report.failed or not report.n_ok:
         raise SystemExit(1)
 
 
@@ -11245,15 +11574,38 @@ def annotated_images(images_dir: str | Path, truth: Mapping[str, BoxSet]) -> tup
     return pairs, sorted(set(truth) - set(files))
 
 
+def boxes_within(truth: BoxSet, size: tuple[int, int]) -> tuple[BoxSet, str]:
+    """(`truth` clipped to an image of `size` (H, W), boxes left with no area inside it
+    dropped; a warning saying how many were clipped or dropped, "" when all lie inside). An
+    annotation that reaches past its image is a mistake or another image's: said, never used
+    silently."""
+    h, w = size
+    clipped = np.clip(truth.boxes, 0, [w, h, w, h])
+    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = np.any(clipped != truth.boxes, axis=1)
+    if not changed.any():
+        return truth, ""
+    n_out, n_clip = int((~inside).sum()), int((changed & inside).sum())
+    warning = (f"{n_clip + n_out} of {len(truth.labels)} boxes reach outside the image ({w}x{h}): "
+               f"{n_clip} clipped to it, {n_out} lying wholly outside dropped")
+    return BoxSet(clipped[inside], tuple(l for l, keep in zip(truth.labels, inside) if keep)), warning
+
+
 def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path, BoxSet]], iou_threshold: float = 0.5,
-                 progress: bool = False) -> dict[str, dict[str, Any]]:
+                 progress: bool = False, warnings: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """{method: `score_boxes` block} of every `Segmenter` on the (image file, boxes) `pairs`; each
-    image is read once and its cells' boxes scaled back from the working scale to its pixels."""
+    image is read once and its cells' boxes scaled back from the working scale to its pixels.
+    Boxes outside their image are clipped or dropped (`boxes_within`), with a line on stderr
+    and in `warnings` by image file name."""
     from tqdm.auto import tqdm
 
     results: dict[str, list] = {name: [] for name in segmenters}
     for path, truth in tqdm(pairs, desc="scoring", unit="image", disable=not progress):
         image = read_image(path)
+        truth, warning = boxes_within(truth, image.shape[:2])
+        if warning and warnings is not None:
+            warnings[path.name] = warning
+            tqdm.write(f"{path}: {warning}", file=sys.stderr)
         for name, segment in segmenters.items():
             inst, scores = segment(image)
             fy, fx = image.shape[0] / inst.shape[0], image.shape[1] / inst.shape[1]
@@ -11268,13 +11620,16 @@ def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path
 # %% tags=["export"]
 def external_block(images_dir: str | Path, boxes: str | Path, n_images: int, working_scale: float, scale_note: str,
                    methods: Mapping[str, Mapping[str, Any]], iou_threshold: float = 0.5,
-                   boxes_without_image: Sequence[str] = ()) -> dict[str, Any]:
+                   boxes_without_image: Sequence[str] = (), warnings: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The "external" block of metrics.json (`METRICS_SCHEMA_DOC`): where the images and boxes
-    are, how many images were scored, at which working scale and why, and each method's
-    `score_boxes` block."""
-    return dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
-                working_scale=float(working_scale), scale_note=scale_note,
-                boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    are, how many images were scored, at which working scale and why, each method's
+    `score_boxes` block, and the warnings by image (boxes outside it; only when there are some)."""
+    block = dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
+                 working_scale=float(working_scale), scale_note=scale_note,
+                 boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    if warnings:
+        block["warnings"] = dict(warnings)
+    return block
 
 
 def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
@@ -11320,7 +11675,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
                         "and writes it to metrics.json as baseline.min_distance)")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
+    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block) "
+                        "to this file (an existing one only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier results file --output names")
     parser.add_argument("--limit", type=int, default=None, help="score at most N images")
     add_inference_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -11330,12 +11687,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         value = getattr(args, name)
         if value is not None and not value > 0:
             parser.error(f"--{name}={value} must be > 0")
+    if args.output is not None:
+        check_results_path(parser, args.output, args.overwrite)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error).replace("device=", "--device ", 1))
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
         pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
+        model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
         scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
@@ -11344,13 +11707,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         segmenters = {"model": model_segmenter(model, settings, postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
-        methods = score_folder(segmenters, pairs, progress=not args.no_progress)
+        warnings: dict[str, str] = {}
+        methods = score_folder(segmenters, pairs, progress=not args.no_progress, warnings=warnings)
         block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
-                               boxes_without_image=without_image)
+                               boxes_without_image=without_image, warnings=warnings)
+        # The results are shown first: whatever happens to the file, the scoring is not lost.
+        print(external_table(block, {"model": f"model ({args.checkpoint.name})",
+                                     "baseline": f"baseline (min distance {args.baseline} px)"}), flush=True)
         if args.output:
             write_json_atomic(args.output, _jsonable(block))
-    print(external_table(block, {"model": f"model ({args.checkpoint.name})",
-                                 "baseline": f"baseline (min distance {args.baseline} px)"}))
+
+
+def check_results_path(parser: Any, path: Path, overwrite: bool) -> None:
+    """End the command (`parser.error`, exit 2) before any work when `path` cannot take a results
+    file: a folder, a missing parent folder, or an existing file without `overwrite` (with it,
+    only an earlier results file of ours, JSON with "methods", is replaced)."""
+    if path.is_dir():
+        parser.error(f"--output {path} is a folder; name the results file, e.g. {path / 'external.json'}")
+    if not path.parent.is_dir():
+        parser.error(f"--output {path}: its folder {path.parent} does not exist")
+    if path.exists():
+        if not overwrite:
+            parser.error(f"--output {path} exists; pass --overwrite to replace it, or name another file")
+        try:
+            ours = isinstance(doc := json.loads(path.read_text()), dict) and "methods" in doc
+        except (OSError, UnicodeDecodeError, ValueError):
+            ours = False
+        if not ours:
+            parser.error(f"--output {path} is not an earlier results file of evaluate-boxes (JSON with \"methods\"); "
+                         "it is left alone: name another file")
 
 
 # %% [markdown]

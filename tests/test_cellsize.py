@@ -140,3 +140,49 @@ def test_on_real_smears_the_measurement_reads_the_same_share_of_the_true_size():
     bccd_share = folder_cell_diameter(sorted((bccd / "JPEGImages").glob("*.jpg"))) / float(np.median(sides))
     assert 0.8 < subset_share < 1.0 and 0.8 < bccd_share < 1.0
     assert abs(subset_share - bccd_share) < 0.1
+
+
+def test_issue21_case4_unreadable_files_among_the_first_images_are_skipped_and_said(tmp_path):
+    (tmp_path / "a_empty.png").write_bytes(b"")
+    good = tmp_path / "b.png"
+    cv2.imwrite(str(good), cv2.cvtColor(smear(30, seed=1), cv2.COLOR_RGB2BGR))
+    (tmp_path / "c_truncated.png").write_bytes(good.read_bytes()[:200])
+    unreadable: list = []
+    files = sorted(tmp_path.iterdir())
+    assert folder_cell_diameter(files, limit=1, unreadable=unreadable) == pytest.approx(cell_diameter(smear(30, seed=1)), rel=0.01)
+    assert [name for name, _ in unreadable] == [str(tmp_path / "a_empty.png")]  # the limit counts readable images
+    scale, line = working_scale_for_cells(files, 15.0, 0.5)
+    assert scale == pytest.approx(0.5, rel=0.15) and "2 unreadable image(s) not measured" in line and "empty file" in line
+
+
+def test_a_scale_outside_the_range_is_said_not_hidden():
+    images = [smear(30, seed=1)]
+    scale, line = working_scale_for_cells(images, 40.0, 0.5, cell_diameter_px=1.0)
+    assert scale == 4.0 and "is outside [1/16, 4]" in line
+
+
+def _png_header_claiming(path, width: int, height: int) -> None:
+    """A small PNG file whose header claims `width` x `height` RGB pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_for_the_decoder_is_skipped_by_the_measurement(tmp_path):
+    """Principle 'one bad input never stops a folder run', on a case the issue does not list:
+    a PNG whose header claims more pixels than OpenCV decodes (on main an OpenCV error that
+    ended the measurement, and the run)."""
+    from uni_seg.data import DataError, read_image
+
+    _png_header_claiming(tmp_path / "a_huge.png", 50_000, 50_000)
+    with pytest.raises(DataError, match="a_huge.png: OpenCV cannot decode .*CV_IO_MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "a_huge.png")
+    cv2.imwrite(str(tmp_path / "b.png"), cv2.cvtColor(smear(30, seed=1), cv2.COLOR_RGB2BGR))
+    unreadable: list = []
+    assert math.isfinite(folder_cell_diameter(sorted(tmp_path.iterdir()), unreadable=unreadable))
+    assert len(unreadable) == 1 and "a_huge.png" in unreadable[0][0]

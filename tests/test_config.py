@@ -156,3 +156,15 @@ def test_remove_stale_temporaries_spares_live_writers(tmp_path):
         path.write_bytes(b"partial")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_issue21_case5_a_gpu_that_is_not_there_is_named_as_asked():
+    from uni_seg.config import DeviceUnavailable, resolve_device
+
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    with pytest.raises(DeviceUnavailable, match=f"device='{missing}'"):
+        resolve_device(missing)
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceUnavailable, match="device='cuda' was asked for but no GPU is visible"):
+            resolve_device("cuda")
+    assert issubclass(DeviceUnavailable, ValueError)  # a command reports it in one line

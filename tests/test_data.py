@@ -664,3 +664,33 @@ def test_real_subset_is_found_beside_the_checkout_or_its_origin(tmp_path, monkey
     assert rs.find_real_subset(origin) == tmp_path / "work" / rs.RELATIVE
     monkeypatch.setenv("BCCD_SUBSET", str(tmp_path / "elsewhere"))
     assert rs.find_real_subset(clone) is None and rs.candidate_dirs(clone) == [tmp_path / "elsewhere"]
+
+
+# ---------------------------------------------------------------- issue 21: a dataset that cannot teach
+def test_issue21_case8_a_dataset_whose_masks_are_all_empty_is_refused_with_the_counts(tmp_path):
+    raw = make_raw(tmp_path / "raw", n_train=7)
+    for mask in (raw / "train" / "mask").iterdir():
+        write_png(mask, np.zeros((60, 80, 3), np.uint8))
+    build(raw, tmp_path / "out")
+    manifest = D.load_manifest(tmp_path / "out")
+    n_train = len(manifest["samples"]["train"])
+    with pytest.raises(DataError, match=f"{n_train} of the {n_train} train masks hold no cell"):
+        D.check_training_masks(manifest)
+
+
+def _manifest(cells_per_image: list[int]) -> dict:
+    return {"params": {"min_area": 10},
+            "samples": {"train": {f"im{k}": {"n_instances": n} for k, n in enumerate(cells_per_image)}}}
+
+
+def test_issue21_case8_one_empty_mask_among_eight_is_named():
+    assert D.check_training_masks(_manifest([5] * 8)) == ""
+    warning = D.check_training_masks(_manifest([5, 5, 0, 5, 5, 5, 5, 5]))
+    assert "1 of the 8 train masks hold no cell (im2)" in warning
+
+
+def test_most_masks_empty_is_refused_too():
+    """Principle 'a dataset that cannot teach is refused', on a case the issue does not list:
+    5 of 8 masks empty (most, not all)."""
+    with pytest.raises(DataError, match="5 of the 8 train masks hold no cell"):
+        D.check_training_masks(_manifest([0, 0, 0, 0, 0, 5, 5, 5]))

@@ -286,3 +286,50 @@ def test_every_bccd_annotation_reads_and_pairs_with_its_image():
     assert {name: labels.count(name) for name in set(labels)} == {"RBC": 3350, "WBC": 301, "Platelets": 292}
     b = np.concatenate([truth.boxes for _, truth in pairs])
     assert 90 < np.median(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < 110  # the README's ~100 px red cells
+
+
+# ------------------------------------------------------------------- issue 21
+def test_issue21_case7_boxes_outside_their_image_are_clipped_or_dropped_and_said(tmp_path):
+    image, inst = disks_image((120, 160), [(30, 40), (80, 110)], 16)
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    inside = instance_boxes(inst)
+    truth = BoxSet(np.r_[inside, [[150, 100, 190, 140], [300, 300, 320, 330]]], ("RBC", "WBC", "RBC", "RBC"))
+    kept, warning = external.boxes_within(truth, (120, 160))
+    assert "2 of 4 boxes reach outside the image (160x120): 1 clipped to it, 1 lying wholly outside dropped" == warning
+    np.testing.assert_array_equal(kept.boxes[2], [150, 100, 160, 120]) and kept.labels == ("RBC", "WBC", "RBC")
+    warnings: dict = {}
+    score_folder({"perfect": lambda img: (inst, np.r_[0.0, np.ones(int(inst.max()))])}, [(tmp_path / "a.png", truth)],
+                 warnings=warnings)
+    assert warnings == {"a.png": warning}
+    assert external_block(tmp_path, tmp_path, 1, 1.0, "", {}, warnings=warnings)["warnings"] == warnings
+
+
+@pytest.mark.parametrize("output, message", [
+    ("existing", "exists; pass --overwrite"), ("folder", "is a folder"), ("nowhere/out.json", "does not exist"),
+])
+def test_issue21_case7_a_bad_output_is_refused_before_any_scoring(tmp_path, monkeypatch, capsys, output, message):
+    from uni_seg import infer
+
+    (tmp_path / "data" / "JPEGImages").mkdir(parents=True)
+    annotated_folder(tmp_path / "data")
+    (tmp_path / "existing").write_text('{"methods": {}}')
+    (tmp_path / "folder").mkdir()
+    monkeypatch.setattr(infer, "load_inference_model", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        external.main(["--checkpoint", "c.pth", "--images", "data/JPEGImages", "--boxes", "data/Annotations",
+                       "--output", output])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert (tmp_path / "existing").read_text() == '{"methods": {}}'
+
+
+def test_overwrite_replaces_only_an_earlier_results_file(tmp_path, monkeypatch, capsys):
+    """Principle 'nothing lost', on a case the issue does not list: --overwrite naming a file
+    that is not an earlier results file leaves it alone."""
+    (tmp_path / "notes.json").write_text("my notes")
+    with pytest.raises(SystemExit) as exit_info:
+        external.main(["--checkpoint", "c.pth", "--images", "x", "--boxes", "y", "--output",
+                       str(tmp_path / "notes.json"), "--overwrite"])
+    assert exit_info.value.code == 2 and "not an earlier results file" in capsys.readouterr().err
+    assert (tmp_path / "notes.json").read_text() == "my notes"

@@ -473,3 +473,261 @@ def test_predict_split_is_the_same_with_and_without_worker_processes(tmp_path):
     for p, q in zip(a, b):
         assert np.array_equal(p.pred_inst, q.pred_inst) and np.array_equal(p.scores, q.scores)
         assert np.array_equal(p.maps["hv"], q.maps["hv"])
+
+
+# ------------------------------------------------ issue 21: nothing lost, one writer, exact resume
+def _image_file(path: Path, shape=(80, 80), centres=((40, 40),), seed: int = 0) -> Path:
+    image, _ = disks_image(shape, list(centres), 12, seed=seed)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return path
+
+
+SMALL = infer.InferenceSettings(tile_size=32, overlap=8)
+
+
+def _cli_with_stand_in(monkeypatch, tmp_path, loaded: list | None = None):
+    """`infer.main` with the stand-in model (what would be loaded is recorded in `loaded`)."""
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stand-in")
+    meta = {"working_scale": 0.5, "model_config": {"backbone": "stand-in", "n_classes": 4}}
+
+    def load(path, device):
+        if loaded is not None:
+            loaded.append(path)
+        return EquivariantModel(), meta
+
+    monkeypatch.setattr(infer, "load_inference_model", load)
+    monkeypatch.chdir(tmp_path)
+    return ["--checkpoint", str(checkpoint), "--tile-size", "32", "--overlap", "8", "--device", "cpu", "--no-progress"]
+
+
+def test_issue21_case1_output_into_the_input_folder_is_refused_and_nothing_deleted(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "D"
+    folder.mkdir()
+    files = {name: _image_file(folder / name).read_bytes() for name in ("img0.png", "patient7_instances.png")}
+    files["slide_overlay.jpg"] = _image_file(folder / "slide_overlay.jpg").read_bytes()
+    (folder / "summary.csv").write_text("the user's own summary\n")
+    files["summary.csv"] = (folder / "summary.csv").read_bytes()
+    loaded: list = []
+    options = _cli_with_stand_in(monkeypatch, tmp_path, loaded)
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([*options, "--input", "D", "--output", "D", "--overwrite"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "is the input folder" in err and "Traceback" not in err
+    assert not loaded and {p.name: p.read_bytes() for p in folder.iterdir()} == files
+
+
+def test_overwrite_touches_only_the_files_the_recorded_run_listed(tmp_path):
+    """Principle 'a run deletes only what a recorded run wrote', on cases the issue does not
+    list: a folder without a record, a record of another tool, and a user's file in the way of
+    this run's exports (its name one of them, but not the earlier run's)."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image_file(inputs / "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "b_cells.csv").write_text("the user's table")
+    with pytest.raises(FileExistsError, match="no run.json"):
+        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, overwrite=True)
+    (out / "run.json").write_text('{"tool": "someone else"}')
+    with pytest.raises(FileExistsError, match="not the record of a uni_seg"):
+        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, overwrite=True)
+    (out / "run.json").unlink()
+    (out / "b_cells.csv").unlink()
+    infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False)  # exports of a.png
+    _image_file(inputs / "b.png", seed=1)
+    (out / "b_cells.csv").write_text("the user's table")  # in the way of b.png's exports, not the record's
+    with pytest.raises(FileExistsError, match=r"b_cells.csv is in the way"):
+        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, overwrite=True)
+    assert (out / "b_cells.csv").read_text() == "the user's table" and (out / "a_cells.csv").exists()
+
+
+#: A folder run in a second process whose model waits, after its first tiles, until stdin closes.
+BLOCKED_RUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from stand_ins import EquivariantModel
+from uni_seg import infer
+model = EquivariantModel()
+settings = infer.InferenceSettings(tile_size=32, overlap=8)
+batcher = infer.TileBatcher(model, settings)
+def forward(tiles, owners, state={"waited": False}):
+    if not state["waited"]:
+        state["waited"] = True
+        print("running", flush=True)
+        sys.stdin.read()  # holds the folder (and its lock) until the test closes the pipe
+    return batcher._model_forward(tiles, owners)
+infer.run_folder_inference(model, sys.argv[1], sys.argv[2], settings, progress=False, workers=0, forward=forward)
+"""
+
+
+def test_issue21_case2_a_second_run_into_a_busy_folder_is_refused_resume_included(tmp_path):
+    import subprocess
+    import sys
+
+    from uni_seg.files import FolderInUse
+
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for i in range(3):
+        _image_file(inputs / f"img{i}.png", seed=i)
+    first = subprocess.Popen([sys.executable, "-c", BLOCKED_RUN, str(inputs), str(out), str(Path(__file__).parent)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+                                  "OMP_NUM_THREADS": "1"})
+    try:
+        assert first.stdout.readline().strip() == "running"  # the first holds the lock and has started
+        for flags in ({"resume": True}, {"overwrite": True}):
+            with pytest.raises(FolderInUse, match=f"in use.*process {first.pid}"):
+                infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, workers=0, **flags)
+    finally:
+        first.stdin.close()
+        assert first.wait() == 0
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    coco = json.loads((out / "coco_instances.json").read_text())  # valid: written by one run alone
+    assert [im["file_name"] for im in coco["images"]] == ["img0.png", "img1.png", "img2.png"]
+
+
+#: run.json's fields that belong to one process: when it started and ended, how many images it
+#: read back rather than segmented, and its peak memory.
+PER_RUN_FIELDS = {"started", "finished", "resumed", "peak_rss_mb"}
+
+
+def test_issue21_case3_a_killed_and_resumed_run_writes_the_same_bytes_as_an_uninterrupted_one(tmp_path):
+    """Also principle 'resume is exact' end to end: every file, run.json but for its per-run fields."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(4):
+        _image_file(inputs / f"img{i}.png", (90, 100), [(30, 30), (60, 70)], seed=i)
+    deep = cv2.imread(str(inputs / "img0.png")).astype(np.uint32) * 4095 // 255  # read back on resume: its note too
+    cv2.imwrite(str(inputs / "img0.png"), deep.astype(np.uint16))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    model = EquivariantModel()
+    infer.run_folder_inference(model, inputs, straight, SMALL.replace(batch_size=1), progress=False, workers=0)
+    seen: list = []
+
+    def killed_at_the_third_image(tiles, owners):
+        seen.extend(key for key, _, _ in owners)
+        if len(set(seen)) == 3:
+            raise KeyboardInterrupt  # as a kill would: no `except Exception` catches it
+        return infer.TileBatcher(model, SMALL)._model_forward(tiles, owners)
+
+    with pytest.raises(KeyboardInterrupt):
+        infer.run_folder_inference(model, inputs, resumed, SMALL.replace(batch_size=1), progress=False, workers=0,
+                                   forward=killed_at_the_third_image)
+    report = infer.run_folder_inference(model, inputs, resumed, SMALL.replace(batch_size=1), progress=False,
+                                        workers=0, resume=True)
+    assert report.n_ok == 4
+    names = sorted(p.name for p in straight.iterdir())
+    assert names == sorted(p.name for p in resumed.iterdir())
+    for name in names:
+        if name not in ("run.json", ".uni_seg.lock"):  # the lock file holds its holder's process id
+            assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
+    a, b = (json.loads((folder / "run.json").read_text()) for folder in (straight, resumed))
+    assert b["resumed"] == 2 and {k for k in a if a[k] != b.get(k)} <= PER_RUN_FIELDS and "12-bit" in b["notes"]["img0.png"][0]
+    assert {k: v for k, v in a.items() if k not in PER_RUN_FIELDS} == {k: v for k, v in b.items() if k not in PER_RUN_FIELDS}
+
+
+def test_issue21_case4_an_empty_or_truncated_file_among_the_first_images_does_not_stop_the_folder(
+        tmp_path, monkeypatch, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a_empty.png").write_bytes(b"")
+    (inputs / "b_truncated.jpg").write_bytes(_image_file(tmp_path / "x.jpg").read_bytes()[:300])
+    for i in range(2):
+        _image_file(inputs / f"img{i}.png", seed=i)
+    meta_options = _cli_with_stand_in(monkeypatch, tmp_path)
+    infer_meta = {"working_scale": 0.5, "cell_diameter": 12.0, "model_config": {"backbone": "stand-in", "n_classes": 4}}
+    monkeypatch.setattr(infer, "load_inference_model", lambda path, device: (EquivariantModel(), infer_meta))
+    with pytest.raises(SystemExit) as exit_info:  # 1: two images failed, two segmented
+        infer.main([*meta_options, "--input", "in", "--output", "out"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and "2 unreadable image(s) not measured" in err
+    assert "2 image(s) segmented, 2 failed" in err
+    record = json.loads((tmp_path / "out" / "run.json").read_text())  # the record says it too
+    assert "2 unreadable image(s)" in record["working_scale_source"] and set(record["failed"]) == {"a_empty.png", "b_truncated.jpg"}
+
+
+def test_issue21_case5_a_gpu_this_machine_lacks_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    loaded: list = []
+    options = _cli_with_stand_in(monkeypatch, tmp_path, loaded)
+    (tmp_path / "in").mkdir()
+    missing = f"cuda:{torch.cuda.device_count() + 7}"
+    for device in ([missing] if torch.cuda.is_available() else ["cuda", missing]):
+        with pytest.raises(SystemExit) as exit_info:
+            infer.main([*options, "--input", "in", "--output", "out", "--device", device])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in err and f"'{device}'" in err, err
+    assert not loaded and not (tmp_path / "out").exists()
+
+
+def test_issue21_case6_bit_depth_and_pages_are_said_in_the_row_and_the_record(tmp_path):
+    from PIL import Image
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    image, inst = disks_image((80, 90), [(40, 45)], 14)
+    twelve_bit = (image.astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    cv2.imwrite(str(inputs / "deep.png"), cv2.cvtColor(twelve_bit, cv2.COLOR_RGB2BGR))
+    pages = [Image.fromarray(image), Image.fromarray(255 - image)]
+    pages[0].save(inputs / "stack.tif", save_all=True, append_images=pages[1:])
+    got, notes = data.read_image_with_notes(inputs / "deep.png")
+    assert abs(int(got.max()) - int(image.max())) <= 1 and any("12-bit" in n for n in notes)  # not divided by 257
+    np.testing.assert_array_equal(data.read_image(inputs / "stack.tif"), image)  # the first page
+    report = infer.run_folder_inference(EquivariantModel(), inputs, tmp_path / "out", SMALL, progress=False, workers=0)
+    rows = {r["image"]: r for r in report.rows}
+    assert "12-bit" in rows["deep.png"]["notes"] and "2 pages" in rows["stack.tif"]["notes"]
+    record = json.loads(report.record_path.read_text())
+    assert "12-bit" in record["notes"]["deep.png"][0] and "2 pages" in record["notes"]["stack.tif"][0]
+    with open(report.summary_path, newline="") as handle:
+        assert "2 pages" in {r["image"]: r for r in csv.DictReader(handle)}["stack.tif"]["notes"]
+
+
+def test_an_exif_orientation_is_applied_and_said(tmp_path):
+    """Principle 'inputs whose meaning we would guess get a note', on a case the issue does not
+    list among its numbered ones: a JPEG whose EXIF says "turned 90 degrees"."""
+    from PIL import Image
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    image[:10, :20] = 255  # a white patch at the stored top left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned: shown rotated 90 degrees clockwise
+    Image.fromarray(image).save(tmp_path / "a.jpg", exif=exif, quality=95)
+    got, notes = data.read_image_with_notes(tmp_path / "a.jpg")
+    assert got.shape == (60, 40, 3) and got[:20, -10:].mean() > 200 and got[-20:, :10].mean() < 50
+    assert any(n.startswith("orientation: EXIF orientation 6 applied") for n in notes)
+    upright, _ = data.read_image_with_notes(tmp_path / "a.jpg", orient=False)  # a training image keeps its mask's pixels
+    assert upright.shape == (40, 60, 3)
+
+
+def test_issue21_case9_an_empty_input_folder_exits_1_with_a_failed_record(tmp_path, monkeypatch, capsys):
+    (tmp_path / "in").mkdir()
+    options = _cli_with_stand_in(monkeypatch, tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([*options, "--input", "in", "--output", "out", "--working-scale", "1"])
+    assert exit_info.value.code == 1
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["status"] == "failed" and "no images" in record["error"]
+    capsys.readouterr()
+    for value in ("inf", "1e-9", "nan"):
+        with pytest.raises(SystemExit) as exit_info:
+            infer.main([*options, "--input", "in", "--output", "out2", "--cell-diameter", value])
+        assert exit_info.value.code == 2 and "--cell-diameter" in capsys.readouterr().err
+
+
+def test_bad_output_paths_and_too_many_workers_are_said_before_any_work(tmp_path, monkeypatch, capsys):
+    """Principle 'bad options are one line, exit 2, before any work', on cases the issue does not
+    list: --output naming a file; --workers beyond the usable CPUs is capped and said."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image_file(inputs / "a.png")
+    (tmp_path / "taken.txt").write_text("a file")
+    loaded: list = []
+    options = _cli_with_stand_in(monkeypatch, tmp_path, loaded)
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([*options, "--input", "in", "--output", "taken.txt"])
+    assert exit_info.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err and not loaded
+    infer.main([*options, "--input", "in", "--output", "out", "--workers", "999", "--working-scale", "1"])
+    err = capsys.readouterr().err
+    assert f"{data.usable_cpus()} used" in err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["workers"] == data.usable_cpus()

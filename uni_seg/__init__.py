@@ -4,6 +4,7 @@
 
 Modules, in the order data flows through them (each imports only from those above it):
     uni_seg.config       section 0: Setup and parameters
+    uni_seg.files        section 0: Setup and parameters (One folder, one writer; only our own files)
     uni_seg.data         section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
     uni_seg.synthetic    section 1: Data (Synthetic smears)
     uni_seg.cellsize     section 1: Data (The size of the cells)
@@ -28,4 +29,4 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.cli          section 11: The command line
 """
 
-__all__ = ['config', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli']
+__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli']

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from uni_seg.data import check_rgb_image, load_processed, read_image
+from uni_seg.data import DataError, check_rgb_image, load_processed, read_image
 
 #: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
 MEASURE_SIDE = 640
@@ -99,14 +99,25 @@ def cell_diameter(image: np.ndarray) -> float:
     return float(2.0 * r / f)
 
 
-def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES) -> float:
-    """The median `cell_diameter` (px) over the first `limit` of `images` (RGB uint8 arrays or
-    image files) that show cells; nan when none does."""
-    values = []
-    for k, image in enumerate(images):
-        if k >= limit:
+def folder_cell_diameter(images: Iterable[np.ndarray | str | Path], limit: int = MEASURE_IMAGES,
+                         unreadable: list[tuple[str, str]] | None = None) -> float:
+    """The median `cell_diameter` (px) over the first `limit` readable ones of `images` (RGB
+    uint8 arrays or image files) that show cells; nan when none does. A file that cannot be
+    read (empty, truncated, not an image, too large for the decoder) is skipped, not counted,
+    and added to `unreadable` as (file, why): one bad file must not stop a folder's run."""
+    values, measured = [], 0
+    for image in images:
+        if measured >= limit:
             break
-        d = cell_diameter(read_image(image) if isinstance(image, (str, Path)) else image)
+        if isinstance(image, (str, Path)):
+            try:
+                image = read_image(image)
+            except (DataError, OSError) as error:
+                if unreadable is not None:
+                    unreadable.append((str(image), str(error)))
+                continue
+        measured += 1
+        d = cell_diameter(image)
         if math.isfinite(d):
             values.append(d)
     return float(np.median(values)) if values else math.nan
@@ -139,10 +150,15 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
         return default, (f"working scale {default:g} (the checkpoint's: it does not record the cell diameter it was "
                          "trained at, so the cells' size cannot be matched)")
     given = cell_diameter_px is not None
-    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images)
+    unreadable: list[tuple[str, str]] = []
+    diameter = float(cell_diameter_px) if given else folder_cell_diameter(images, unreadable=unreadable)
+    skipped = (f"; {len(unreadable)} unreadable image(s) not measured (the first: {unreadable[0][1]})"
+               if unreadable else "")
     if not math.isfinite(diameter) or diameter <= 0:
-        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images)"
-    scale = min(4.0, max(1 / 16, training_diameter / diameter))
+        return default, f"working scale {default:g} (the checkpoint's: no cells to measure in the images{skipped})"
+    wanted = training_diameter / diameter
+    scale = min(4.0, max(1 / 16, wanted))
     how = "as given" if given else f"measured on up to {MEASURE_IMAGES} images"
+    limited = f"; the scale that would match, {wanted:.3g}, is outside [1/16, 4]" if scale != wanted else ""
     return scale, (f"working scale {scale:.3g}: cells {diameter:.0f} px across ({how}) -> {diameter * scale:.0f} px, "
-                   f"the training size ({training_diameter:.0f} px)")
+                   f"the training size ({training_diameter:.0f} px){limited}{skipped}")

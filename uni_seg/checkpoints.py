@@ -124,6 +124,10 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
     """
     ckpt = load_checkpoint(path)
+    missing = [k for k in ("model_config", "model_state_dict") if not isinstance(ckpt.get(k), Mapping)]
+    if missing:  # the format tag, but not what a model is rebuilt from: damaged, or written by hand
+        raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
+                              "be rebuilt from it; use a checkpoint written by training (e.g. checkpoints/best_phase2.pth)")
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
     if "verbose" in inspect.signature(factory.resolve()).parameters:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next

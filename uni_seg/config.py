@@ -410,19 +410,28 @@ def show_markdown(text: str) -> None:
 
 
 # notebook §0, cell id c52ca8d7
+class DeviceUnavailable(ValueError):
+    """A device was asked for that this machine does not have; the message names it and what there is."""
+
+
 def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
     """The `torch.device` for "auto" (the `local_rank`-th GPU when one is visible, else the
-    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else,
-    `RuntimeError` when a GPU is asked for and none is visible."""
+    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else;
+    `DeviceUnavailable` (a `ValueError`: one line, exit status 2 in a command) naming the
+    device asked for when no GPU is visible or there is no GPU of that number."""
     import torch
 
     if kind not in ("auto", "cpu", "cuda") and not (kind.startswith("cuda:") and kind[5:].isdigit()):
         raise ValueError(f"device={kind!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    asked = kind
     if kind.startswith("cuda:"):
         kind, local_rank = "cuda", int(kind[5:])
     if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device={kind!r} was asked for but no GPU is visible")
+            raise DeviceUnavailable(f"device={asked!r} was asked for but no GPU is visible{cuda_diagnosis()}")
+        if local_rank >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"device={asked!r} (GPU {local_rank}) was asked for but this process sees "
+                                    f"{torch.cuda.device_count()} GPU(s), numbered from 0")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -463,6 +472,7 @@ def device_for_gpus(n_gpus: int | None) -> str:
     return "cpu" if n_gpus == 0 else "auto"
 
 
+# notebook §0, cell id ea09f751
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 

@@ -96,11 +96,15 @@ def _sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _decode_file(path: str | Path) -> np.ndarray:
+def _decode_file(path: str | Path, notes: list[str] | None = None, orient: bool = True) -> np.ndarray:
     """Decode an image file as stored: (H, W) or (H, W, C) uint8/uint16, channels in BGR(A) order.
 
-    Raises `FileNotFoundError` for a missing file and `DataError` for an empty, non-image,
-    truncated or undecodable one, naming the file.
+    With a `notes` list (an image, not a mask), what the file leaves to a guess is decided and
+    said there: of several pages or series the first is read ("pages: ..."), and an EXIF
+    orientation is applied ("orientation: ..."), as a viewer shows the picture (with `orient`;
+    else it is only said: a training image must stay aligned with its mask). Raises
+    `FileNotFoundError` for a missing file and `DataError` for an empty, non-image, truncated
+    or undecodable one (too many pixels for the decoder included), naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -115,23 +119,75 @@ def _decode_file(path: str | Path) -> np.ndarray:
     # trailing padding, which some writers add).
     if (kind == "png" and b"IEND" not in data[-1024:]) or (kind == "jpeg" and b"\xff\xd9" not in data[-1024:]):
         raise DataError(f"{path}: truncated {kind.upper()} file ({len(data)} bytes, no end marker)")
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as error:  # e.g. more pixels than OpenCV's CV_IO_MAX_IMAGE_PIXELS
+        reason = ("more pixels than the decoder's limit, CV_IO_MAX_IMAGE_PIXELS" if "CV_IO_MAX_IMAGE_PIXELS" in str(error)
+                  else (str(error).strip().splitlines() or ["?"])[-1])
+        raise DataError(f"{path}: OpenCV cannot decode this {kind.upper()} file ({reason})") from None
     if array is None:
         raise DataError(f"{path}: corrupt {kind.upper()} data (OpenCV cannot decode it)")
     if array.dtype not in (np.uint8, np.uint16):
         raise DataError(f"{path}: pixel type {array.dtype} is not supported (8- or 16-bit only)")
+    if notes is not None and kind != "bmp":
+        pages, orientation = _pages_and_orientation(data)
+        if pages > 1:
+            notes.append(f"pages: {pages} pages or series, the first read")
+        if orientation in EXIF_ORIENTATIONS and not orient:
+            notes.append(f"orientation: EXIF orientation {orientation} ignored (the pixels as stored, as in the mask)")
+        elif orientation in EXIF_ORIENTATIONS:
+            turn, how = EXIF_ORIENTATIONS[orientation]
+            array = np.ascontiguousarray(turn(array))
+            notes.append(f"orientation: EXIF orientation {orientation} applied ({how})")
     return array
 
 
+#: EXIF orientation tag -> (what turns the stored (H, W[, C]) array upright, in words).
+EXIF_ORIENTATIONS: dict[int, tuple[Any, str]] = {
+    2: (lambda a: a[:, ::-1], "mirrored left-right"),
+    3: (lambda a: a[::-1, ::-1], "turned 180 degrees"),
+    4: (lambda a: a[::-1], "mirrored top-bottom"),
+    5: (lambda a: a.swapaxes(0, 1), "transposed"),
+    6: (lambda a: np.rot90(a, -1), "turned 90 degrees clockwise"),
+    7: (lambda a: np.rot90(a.swapaxes(0, 1), 2), "transversed"),
+    8: (lambda a: np.rot90(a, 1), "turned 90 degrees counter-clockwise"),
+}
+
+
+def _pages_and_orientation(data: bytes) -> tuple[int, int]:
+    """(pages or series, EXIF orientation 1..8) of an encoded image, from its header (Pillow
+    reads no pixels for this); (1, 1) when Pillow cannot tell: OpenCV has decoded the pixels
+    already, and these are only what it does not say."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own size warnings: the size is OpenCV's business here
+            with Image.open(io.BytesIO(data)) as picture:
+                return int(getattr(picture, "n_frames", 1) or 1), int(picture.getexif().get(0x0112, 1) or 1)
+    except Exception:  # any header Pillow cannot parse (or thinks too large): nothing more to say
+        return 1, 1
+
+
 # notebook §1 "Reading one file", cell id 1550caac
-def read_image_with_notes(path: str | Path) -> tuple[np.ndarray, list[str]]:
-    """`read_image`, plus the conversions it made: a subset of "grayscale", "rgba", "16-bit"."""
-    array = _decode_file(path)
+def read_image_with_notes(path: str | Path, orient: bool = True) -> tuple[np.ndarray, list[str]]:
+    """`read_image`, plus the conversions and choices it made, each a note that starts with its
+    kind: "grayscale", "rgba", "16-bit: ...", "pages: ...", "orientation: ...".
+
+    16-bit values are brought to 8 bits by the image's own range: its bit depth is that of its
+    largest value (at least 8), so a 12-bit camera's values (0..4095) fill 0..255 rather than
+    a sixteenth of it (x / 257 for the full 16 bits). `orient`: apply an EXIF orientation
+    (False for an image that a mask annotates as stored)."""
     notes: list[str] = []
+    array = _decode_file(path, notes, orient)
     if array.dtype == np.uint16:
-        # Full 16-bit range onto 8 bits (x / 257 maps 65535 to 255 exactly).
-        array = ((array.astype(np.float32) / 257.0) + 0.5).astype(np.uint8)
-        notes.append("16-bit")
+        top = int(array.max(initial=0))
+        bits = max(8, top.bit_length())
+        full = (1 << bits) - 1
+        array = ((array.astype(np.float32) / np.float32(full / 255.0)) + 0.5).astype(np.uint8)
+        notes.append(f"16-bit: values up to {top}, read as {bits}-bit (x 255/{full})")
     if array.ndim == 3 and array.shape[2] in (2, 4):
         array = array[..., : array.shape[2] - 1]
         notes.append("rgba" if array.shape[2] == 3 else "grayscale")
@@ -150,7 +206,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """An image file as RGB uint8 (H, W, 3) in [0, 255].
 
     Grayscale is replicated to three channels, an alpha channel is dropped, 16-bit values are
-    scaled by 1/257. Raises `DataError` naming the file when it is empty, truncated, not an
+    scaled by the image's bit depth, an EXIF orientation is applied, a multi-page file's first
+    page is read (`read_image_with_notes` says which of these it did). Raises `DataError` naming the file when it is empty, truncated, not an
     image or has an unsupported layout; `FileNotFoundError` when it is missing.
     """
     return read_image_with_notes(path)[0]
@@ -949,7 +1006,7 @@ def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarra
     """Read and parse one raw pair: image RGB uint8 (H, W, 3), inst int32, cls uint8 (H, W), and
     the image conversions made. Raises `DataError` naming the file on any problem, including an
     image and mask of different sizes."""
-    image, notes = read_image_with_notes(pair.image_path)
+    image, notes = read_image_with_notes(pair.image_path, orient=False)
     inst, cls = parse_mask_to_instances(read_mask(pair.mask_path), min_area=min_area, source=pair.mask_path)
     if image.shape[:2] != inst.shape:
         raise DataError(
@@ -1320,7 +1377,7 @@ def build_processed_cache(
         outcomes.close()
     removed = _remove_stale(processed_dir, samples)
     save_manifest(skipped)
-    converted = Counter(note for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
+    converted = Counter(note.split(":")[0] for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
         warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
     return CacheSummary(
@@ -1402,6 +1459,29 @@ def class_count_table(manifest: Mapping[str, Any]) -> str:
         share = [_with_share(n, total) for n in [*counts[1:].tolist(), unknown]]
         rows.append((split, len(manifest["samples"][split]), f"{total:,}", *share))
     return markdown_table(("split", "images", "cells", *scheme.names[1:], "unknown class"), rows)
+
+
+#: A training split with more than this share of its masks empty teaches "no cells": refused.
+MOST_MASKS_EMPTY = 0.5
+
+
+def check_training_masks(manifest: Mapping[str, Any], split: str = "train", most: float = MOST_MASKS_EMPTY) -> str:
+    """`DataError` with the counts when no mask of `split` in the cache's `manifest` holds a
+    cell, or more than `most` of them hold none: such a dataset cannot teach the model (it
+    would train for hours to find nothing). Otherwise a warning naming the empty masks (a few
+    first), or "" when every mask has cells."""
+    entries = manifest["samples"][split]
+    empty = sorted(stem for stem, e in entries.items() if not e.get("n_instances"))
+    if not entries:
+        raise DataError(f"the {split} split holds no images")
+    counts = f"{len(empty)} of the {len(entries)} {split} masks hold no cell"
+    if len(empty) == len(entries) or len(empty) > most * len(entries):
+        raise DataError(f"{counts}: a dataset whose masks are (mostly) empty cannot teach the model; check that the "
+                        f"masks are the cells' (e.g. {empty[0]}'s mask) and MIN_CELL_AREA={manifest['params'].get('min_area', '?')}")
+    if not empty:
+        return ""
+    shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+    return f"warning: {counts} ({shown}): they teach only background"
 
 
 def join_table(manifest: Mapping[str, Any]) -> str:

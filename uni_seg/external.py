@@ -267,15 +267,38 @@ def annotated_images(images_dir: str | Path, truth: Mapping[str, BoxSet]) -> tup
     return pairs, sorted(set(truth) - set(files))
 
 
+def boxes_within(truth: BoxSet, size: tuple[int, int]) -> tuple[BoxSet, str]:
+    """(`truth` clipped to an image of `size` (H, W), boxes left with no area inside it
+    dropped; a warning saying how many were clipped or dropped, "" when all lie inside). An
+    annotation that reaches past its image is a mistake or another image's: said, never used
+    silently."""
+    h, w = size
+    clipped = np.clip(truth.boxes, 0, [w, h, w, h])
+    inside = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    changed = np.any(clipped != truth.boxes, axis=1)
+    if not changed.any():
+        return truth, ""
+    n_out, n_clip = int((~inside).sum()), int((changed & inside).sum())
+    warning = (f"{n_clip + n_out} of {len(truth.labels)} boxes reach outside the image ({w}x{h}): "
+               f"{n_clip} clipped to it, {n_out} lying wholly outside dropped")
+    return BoxSet(clipped[inside], tuple(l for l, keep in zip(truth.labels, inside) if keep)), warning
+
+
 def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path, BoxSet]], iou_threshold: float = 0.5,
-                 progress: bool = False) -> dict[str, dict[str, Any]]:
+                 progress: bool = False, warnings: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """{method: `score_boxes` block} of every `Segmenter` on the (image file, boxes) `pairs`; each
-    image is read once and its cells' boxes scaled back from the working scale to its pixels."""
+    image is read once and its cells' boxes scaled back from the working scale to its pixels.
+    Boxes outside their image are clipped or dropped (`boxes_within`), with a line on stderr
+    and in `warnings` by image file name."""
     from tqdm.auto import tqdm
 
     results: dict[str, list] = {name: [] for name in segmenters}
     for path, truth in tqdm(pairs, desc="scoring", unit="image", disable=not progress):
         image = read_image(path)
+        truth, warning = boxes_within(truth, image.shape[:2])
+        if warning and warnings is not None:
+            warnings[path.name] = warning
+            tqdm.write(f"{path}: {warning}", file=sys.stderr)
         for name, segment in segmenters.items():
             inst, scores = segment(image)
             fy, fx = image.shape[0] / inst.shape[0], image.shape[1] / inst.shape[1]
@@ -287,13 +310,16 @@ def score_folder(segmenters: Mapping[str, Segmenter], pairs: Sequence[tuple[Path
 # notebook §9 "Smears from another lab", cell id 7ab25395
 def external_block(images_dir: str | Path, boxes: str | Path, n_images: int, working_scale: float, scale_note: str,
                    methods: Mapping[str, Mapping[str, Any]], iou_threshold: float = 0.5,
-                   boxes_without_image: Sequence[str] = ()) -> dict[str, Any]:
+                   boxes_without_image: Sequence[str] = (), warnings: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The "external" block of metrics.json (`METRICS_SCHEMA_DOC`): where the images and boxes
-    are, how many images were scored, at which working scale and why, and each method's
-    `score_boxes` block."""
-    return dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
-                working_scale=float(working_scale), scale_note=scale_note,
-                boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    are, how many images were scored, at which working scale and why, each method's
+    `score_boxes` block, and the warnings by image (boxes outside it; only when there are some)."""
+    block = dict(images=str(images_dir), boxes=str(boxes), n_images=int(n_images), iou_threshold=float(iou_threshold),
+                 working_scale=float(working_scale), scale_note=scale_note,
+                 boxes_without_image=len(boxes_without_image), methods={k: dict(v) for k, v in methods.items()})
+    if warnings:
+        block["warnings"] = dict(warnings)
+    return block
 
 
 def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
@@ -336,7 +362,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
                         "and writes it to metrics.json as baseline.min_distance)")
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         "results/postproc_params.json if tuned for this checkpoint, else the defaults)")
-    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block)")
+    parser.add_argument("--output", type=Path, default=None, help="write the results (metrics.json's external block) "
+                        "to this file (an existing one only with --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the earlier results file --output names")
     parser.add_argument("--limit", type=int, default=None, help="score at most N images")
     add_inference_options(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -346,12 +374,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         value = getattr(args, name)
         if value is not None and not value > 0:
             parser.error(f"--{name}={value} must be > 0")
+    if args.output is not None:
+        check_results_path(parser, args.output, args.overwrite)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error).replace("device=", "--device ", 1))
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
         pairs, without_image = annotated_images(args.images, read_boxes(args.boxes))  # every box file is read first
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
+        model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
         scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
@@ -360,13 +394,35 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         segmenters = {"model": model_segmenter(model, settings, postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
-        methods = score_folder(segmenters, pairs, progress=not args.no_progress)
+        warnings: dict[str, str] = {}
+        methods = score_folder(segmenters, pairs, progress=not args.no_progress, warnings=warnings)
         block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
-                               boxes_without_image=without_image)
+                               boxes_without_image=without_image, warnings=warnings)
+        # The results are shown first: whatever happens to the file, the scoring is not lost.
+        print(external_table(block, {"model": f"model ({args.checkpoint.name})",
+                                     "baseline": f"baseline (min distance {args.baseline} px)"}), flush=True)
         if args.output:
             write_json_atomic(args.output, _jsonable(block))
-    print(external_table(block, {"model": f"model ({args.checkpoint.name})",
-                                 "baseline": f"baseline (min distance {args.baseline} px)"}))
+
+
+def check_results_path(parser: Any, path: Path, overwrite: bool) -> None:
+    """End the command (`parser.error`, exit 2) before any work when `path` cannot take a results
+    file: a folder, a missing parent folder, or an existing file without `overwrite` (with it,
+    only an earlier results file of ours, JSON with "methods", is replaced)."""
+    if path.is_dir():
+        parser.error(f"--output {path} is a folder; name the results file, e.g. {path / 'external.json'}")
+    if not path.parent.is_dir():
+        parser.error(f"--output {path}: its folder {path.parent} does not exist")
+    if path.exists():
+        if not overwrite:
+            parser.error(f"--output {path} exists; pass --overwrite to replace it, or name another file")
+        try:
+            ours = isinstance(doc := json.loads(path.read_text()), dict) and "methods" in doc
+        except (OSError, UnicodeDecodeError, ValueError):
+            ours = False
+        if not ours:
+            parser.error(f"--output {path} is not an earlier results file of evaluate-boxes (JSON with \"methods\"); "
+                         "it is left alone: name another file")
 
 
 if __name__ == "__main__":

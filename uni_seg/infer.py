@@ -25,8 +25,9 @@ from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_
                             resolve_device, resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
-from uni_seg.export import (OVERLAY_FORMATS, export_folder_item, finish_run, load_folder_item, plan_folder,
-                            reread_image, start_run, write_csv)
+from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
+                            load_folder_item, plan_folder, reread_image, start_run, write_csv)
+from uni_seg.files import folder_lock, separate_folders
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
                               cells_from_maps, cells_with_truth, select_postproc)
 
@@ -327,17 +328,19 @@ def list_images(input_dir: Path, limit: int | None = None) -> list[Path]:
 
 def _summary_row(path: Path, name: str, class_names: Sequence[str], scheme: ClassScheme | None = None,
                  result: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s); a
+    """One row of summary.csv: blank measures, or those of `result` (`export_image`'s, with the
+    notes of reading its image); a
     parasitemia column where `scheme` has infected classes (blank for an image without red cells)."""
-    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "width": "", "height": "",
-                           "n_cells": ""}
+    row: dict[str, Any] = {"image": path.name, "name": name, "status": "ok", "error": "", "notes": "", "width": "",
+                           "height": "", "n_cells": ""}
     row.update({f"n_{class_name(c, class_names)}": "" for c in range(1, len(class_names))})
     parasitemia = scheme is not None and bool(scheme.infected_classes)
     if parasitemia:
         row["parasitemia"] = ""
     if result is not None:
         counts = np.bincount(result["classes"][1:], minlength=len(class_names))
-        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1)
+        row.update(width=result["width"], height=result["height"], n_cells=len(result["classes"]) - 1,
+                   notes="; ".join(result.get("notes", [])))
         row.update({f"n_{class_name(c, class_names)}": int(counts[c]) for c in range(1, len(class_names))})
         if parasitemia:
             value = scheme.parasitemia(counts[:len(class_names)])
@@ -430,26 +433,48 @@ def run_folder_inference(
     inputs are called; `overlay` "jpg", "png" or "none"); per folder `coco_instances.json`
     (COCO instances with RLE masks and a `score` per annotation; its "annotations" list is also
     a valid COCO results file), `summary.csv` (image, export name, status ok/failed/skipped,
-    error, width, height, n_cells and a count per class; with a `scheme` that has infected
-    classes, the parasitemia; entries left out are listed with the reason) and `run.json` (see
-    `start_run`: a non-empty `output_dir` needs `overwrite` or `resume`). Images that fail are
-    reported on stderr, listed with their error, and skipped. `settings` and `postproc` as in
-    `segment_image`; `provenance` (e.g. {"checkpoint": {...}, "postproc_source": "..."}) goes
-    into the run record, and a resumed run must have the same. `workers`: CPU worker processes
-    (None: `default_workers` for the model's device; 0: all in this process; the files are the
-    same either way). `forward` replaces the model (see `TileBatcher`). A `scheme` (the
-    checkpoint's) names and colours the classes; without one, `class_names` names them.
+    error, notes (what reading the image had to decide: bit depth, page, orientation), width,
+    height, n_cells and a count per class; with a `scheme` that has infected classes, the
+    parasitemia; entries left out are listed with the reason) and `run.json` (see `start_run`:
+    a non-empty `output_dir` needs `overwrite` or `resume`, and only the files a recorded run
+    of ours wrote are ever replaced). The run holds the folder's lock (`folder_lock`) from
+    start to end: a second run into it is refused (`FolderInUse`). An output folder that is,
+    lies in or holds `input_dir` is refused (`ValueError`). Images that fail are reported on
+    stderr, listed with their error, and skipped; when none could be segmented the record's
+    status is "failed". `settings` and `postproc` as in `segment_image`; `provenance` (e.g.
+    {"checkpoint": {...}, "postproc_source": "..."}) goes into the run record, and a resumed
+    run must have the same. `workers`: CPU worker processes (None: `default_workers` for the
+    model's device; 0: all in this process; the files are the same either way). `forward`
+    replaces the model (see `TileBatcher`). A `scheme` (the checkpoint's) names and colours
+    the classes; without one, `class_names` names them.
     """
-    from tqdm.auto import tqdm
-
     output_dir = Path(output_dir)
+    separate_folders(input_dir, output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
     plan = plan_folder(input_dir, limit)
     postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
+              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {}),
+              "export_names": [name for _, name in plan.images], "overlays": [] if overlay == "none" else [overlay]}
+    with folder_lock(output_dir):
+        done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
+        return _segment_folder(model, plan, output_dir, done, settings, postproc, class_names, object_type, progress,
+                               workers, overlay, forward, scheme)
+
+
+# notebook §8 "Folder inference and the command line", cell id 19d07d99
+def _segment_folder(model: torch.nn.Module, plan: FolderPlan, output_dir: Path, done: set[str],
+                    settings: InferenceSettings, postproc: PostprocParams, class_names: Sequence[str],
+                    object_type: str, progress: bool, workers: int | None, overlay: str, forward: Any | None,
+                    scheme: ClassScheme | None) -> FolderReport:
+    """`run_folder_inference`'s work once the folder is locked and the run started: the images
+    of `plan` not in `done` through the pipeline, those in `done` read back (`reread_image`),
+    the folder files, the record finished."""
+    from tqdm.auto import tqdm
+
     class_names = scheme.names if scheme is not None else tuple(class_names)
     colours = scheme.colours if scheme is not None else None
-    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
-              "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {})}
-    done = start_run(output_dir, record, overwrite=overwrite, resume=resume)
     batcher = TileBatcher(model, settings, forward)
     workers = default_workers(batcher.device.type) if workers is None else workers
     todo = [(path, name) for path, name in plan.images if name not in done]
@@ -457,13 +482,13 @@ def run_folder_inference(
     with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
         for k, (path, name) in enumerate(plan.images):  # finished by the run this one resumes: read back
             if name in done:
-                outcomes[k] = pool.submit(reread_image, output_dir, name).result()
+                outcomes[k] = pool.submit(reread_image, output_dir, name, path).result()
         results = pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
                            (output_dir, postproc, class_names, object_type, overlay, colours),
                            batcher, pool)
         position = {name: k for k, (_, name) in enumerate(plan.images)}
         writer = _CocoWriter(output_dir, class_names)
-        rows, failed = [], {}
+        rows, failed, notes = [], {}, {}
         bar = tqdm(total=len(plan.images), desc="segmenting", unit="image", disable=not progress)
         for k, (path, name) in enumerate(plan.images):
             while k not in outcomes:  # images come back in order; the resumed ones are there already
@@ -473,6 +498,9 @@ def run_folder_inference(
             if status == "ok":
                 rows.append(_summary_row(path, name, class_names, scheme, value))
                 writer.add(path.name, value)
+                if value.get("notes"):
+                    notes[path.name] = value["notes"]
+                    tqdm.write(f"note on {path}: {'; '.join(value['notes'])}", file=sys.stderr)
             else:
                 failed[path.name] = value
                 rows.append({**_summary_row(path, name, class_names, scheme), "status": "failed", "error": value})
@@ -485,10 +513,15 @@ def run_folder_inference(
     coco_path = writer.close()
     columns = _summary_row(Path("x"), "", class_names, scheme)
     summary_path = write_csv(output_dir / "summary.csv", {k: [r[k] for r in rows] for k in columns})
-    record_path = finish_run(output_dir, images=len(plan.images), segmented=sum(r["status"] == "ok" for r in rows),
-                             resumed=len(done & {n for _, n in plan.images}), failed=failed,
-                             skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
-                             workers=workers, peak_rss_mb=peak_rss_mb())
+    segmented = sum(r["status"] == "ok" for r in rows)
+    outcome: dict[str, Any] = {}
+    if not segmented:  # nothing to show for the run: its record must not say "complete"
+        outcome["error"] = (f"none of the {len(plan.images)} images could be read or segmented" if plan.images
+                            else f"no images ({', '.join(IMAGE_SUFFIXES)}) in the input folder")
+    record_path = finish_run(output_dir, "complete" if segmented else "failed", images=len(plan.images),
+                             segmented=segmented, resumed=len(done & {n for _, n in plan.images}), failed=failed,
+                             notes=notes, skipped={str(p): why for p, why in plan.skipped}, not_images=plan.ignored,
+                             workers=workers, peak_rss_mb=peak_rss_mb(), **outcome)
     return FolderReport(rows=rows, failed=failed, coco_path=coco_path, summary_path=summary_path, record_path=record_path)
 
 
@@ -511,7 +544,7 @@ class _CocoWriter:
         self.output_dir, self.class_names = output_dir, class_names
         self.images: list[dict[str, Any]] = []
         self.n_annotations = 0
-        self.side = output_dir / ".coco_annotations.partial"
+        self.side = output_dir / COCO_SIDE_FILE
         self.handle = open(self.side, "w")
 
     def add(self, file_name: str, result: Mapping[str, Any]) -> None:
@@ -602,8 +635,8 @@ def settings_from_options(parser: argparse.ArgumentParser, args: argparse.Namesp
     """The `InferenceSettings` of the shared options (working scale: --working-scale, else 1
     until `working_scale_from_options` decides it); a bad value ends the command through
     `parser.error`, naming the option rather than the settings field."""
-    if args.cell_diameter is not None and not args.cell_diameter > 0:
-        parser.error(f"--cell-diameter={args.cell_diameter} must be > 0 (pixels)")
+    if args.cell_diameter is not None and not (math.isfinite(args.cell_diameter) and args.cell_diameter >= 1):
+        parser.error(f"--cell-diameter={args.cell_diameter} must be a finite number of pixels, at least 1")
     try:
         return InferenceSettings(working_scale=1.0 if args.working_scale is None else args.working_scale,
                                  tile_size=args.tile_size, overlap=args.overlap, tta=args.tta,
@@ -666,6 +699,17 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         parser.error(f"--workers={args.workers} must be >= 0 (0: all in this process)")
     if args.overwrite and args.resume:
         parser.error("--overwrite and --resume exclude each other")
+    if args.output.exists() and not args.output.is_dir():
+        parser.error(f"--output {args.output} is a file, not a folder")
+    try:
+        separate_folders(args.input, args.output)
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error).replace("device=", "--device ", 1))
+    if args.workers is not None and args.workers > usable_cpus():
+        print(f"--workers {args.workers} is more than the {usable_cpus()} usable CPUs: {usable_cpus()} used",
+              file=sys.stderr)
+        args.workers = usable_cpus()
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
         if args.checkpoint.is_dir():
             raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
@@ -673,7 +717,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
         plan_folder(args.input)  # the input folder exists and is a folder
-        device = resolve_device(args.device)
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
@@ -689,7 +732,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(f"{postproc_line}: {postproc}", file=sys.stderr)
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
-                      "postproc_source": postproc_line}
+                      "postproc_source": postproc_line, "working_scale_source": scale_line}
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,
@@ -700,7 +743,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     skipped = len(report.rows) - n_images
     print(f"{report.n_ok} image(s) segmented, {len(report.failed)} failed, {skipped} entr{'y' if skipped == 1 else 'ies'} "
           f"left out; summary: {report.summary_path}", file=sys.stderr)
-    if report.failed or not n_images:
+    if report.failed or not report.n_ok:
         raise SystemExit(1)
 
 

@@ -1,0 +1,86 @@
+"""`uni_seg.files`: one writer per folder (an OS lock the kernel releases when its holder dies),
+output folders apart from the input, deletion limited to the files a run listed as its own.
+
+The second writer is always a second process started after the first has taken the lock: the
+test waits on the holder's own line on a pipe, never on a clock."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uni_seg.files import LOCK_NAME, FolderInUse, folder_lock, remove_own_files, separate_folders
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: A process that takes the lock, says so on stdout, and holds it until its stdin is closed.
+HOLDER = """
+import sys
+from uni_seg.files import folder_lock
+with folder_lock(sys.argv[1], sys.argv[2]):
+    print("locked", flush=True)
+    sys.stdin.read()  # until the test closes the pipe
+"""
+
+
+def _holder(folder: Path, name: str = LOCK_NAME) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), name], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "locked"  # blocks until the child holds the lock
+    return proc
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_lock_and_admitted_after(tmp_path):
+    holder = _holder(tmp_path / "out")
+    try:
+        with pytest.raises(FolderInUse, match=rf"in use.*process {holder.pid}"):
+            with folder_lock(tmp_path / "out"):
+                pytest.fail("two writers in one folder")
+        with folder_lock(tmp_path / "out", name=".shard-1.lock"):  # another writer's own lock: free
+            pass
+    finally:
+        holder.stdin.close()
+        assert holder.wait() == 0
+    with folder_lock(tmp_path / "out") as path:  # released when the holder ended
+        assert path == tmp_path / "out" / LOCK_NAME and path.read_text().strip() == str(os.getpid())
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    """Principle 'one writer' on a case the issue does not list: kill -9 the holder; the kernel
+    drops its lock, so the next run is admitted at once (no stale-lock clean-up needed)."""
+    holder = _holder(tmp_path / "out")
+    holder.send_signal(signal.SIGKILL)
+    assert holder.wait() == -signal.SIGKILL
+    with folder_lock(tmp_path / "out"):
+        pass
+
+
+def test_a_users_file_named_like_the_lock_is_left_as_it_is(tmp_path):
+    (tmp_path / LOCK_NAME).write_text("the user's notes")
+    with folder_lock(tmp_path):
+        pass
+    assert (tmp_path / LOCK_NAME).read_text() == "the user's notes"
+
+
+@pytest.mark.parametrize("output, word", [(".", "is the input"), ("sub", "inside"), ("..", "holds")])
+def test_an_output_folder_that_is_in_or_holds_the_input_is_refused(tmp_path, output, word):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    with pytest.raises(ValueError, match=word):
+        separate_folders(inputs, inputs / output)
+    separate_folders(inputs, tmp_path / "out")  # beside it: fine
+
+
+def test_only_the_named_plain_files_are_removed(tmp_path):
+    for name in ("a_cells.csv", "mine.txt"):
+        (tmp_path / name).write_text("x")
+    (tmp_path / "b_cells.csv").mkdir()
+    removed = remove_own_files(tmp_path, ["a_cells.csv", "b_cells.csv", "gone.csv"])
+    assert removed == [tmp_path / "a_cells.csv"] and (tmp_path / "mine.txt").exists() and (tmp_path / "b_cells.csv").is_dir()
+    with pytest.raises(ValueError, match="plain file name"):
+        remove_own_files(tmp_path, ["../mine.txt"])
