@@ -12275,12 +12275,13 @@ def project_root() -> Path:
 
 
 def notebook_runner(notebook: Path | None = None, root: Path | None = None) -> Runner:
-    """A `Runner` that executes `notebook` (default: the project's) headlessly through
-    `tools/run_notebook.sh` of `root`, with this interpreter. `FileNotFoundError` when either is missing."""
+    """A `Runner` that executes `notebook` (default: `$NOTEBOOK` as `tools/run_notebook.sh` reads it,
+    else the project's) headlessly through `tools/run_notebook.sh` of `root`, with this
+    interpreter. `FileNotFoundError` when either is missing."""
     import yaml
 
     root = Path(root or project_root())
-    notebook = Path(notebook or root / "cell_instance_segmentation.ipynb").resolve()
+    notebook = Path(notebook or os.environ.get("NOTEBOOK") or root / "cell_instance_segmentation.ipynb").resolve()
     script = root / "tools" / "run_notebook.sh"
     for needed in (notebook, script):
         if not needed.is_file():
@@ -12504,15 +12505,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep
     what.add_argument("--table-only", action="store_true", help="only write the table from the runs complete so far")
     what.add_argument("--count", action="store_true", help="print the number of runs and stop")
     what.add_argument("--plan", action="store_true", help="list every run, its state and folder, and stop")
-    parser.add_argument("--notebook", type=Path, help="the notebook to run (default: the project's)")
+    parser.add_argument("--notebook", type=Path, help="the notebook to run (default: $NOTEBOOK, else the project's)")
     args = parser.parse_args(argv)
     with errors_as_messages(prog, (GridError,)):
         grid = load_grid(args.grid, project_root())
         out = (args.out or default_out(args.grid)).resolve()
+        states = {run.index: run_state(run, out) for run in grid.runs}  # a folder in the way is refused now
         if args.count:
             print(len(grid.runs))
             return
-        states = {run.index: run_state(run, out) for run in grid.runs}
         if args.plan:
             print(markdown_table(("task", "configuration", "seed", "state", "folder"),
                                  [(r.index, r.configuration, r.seed, states[r.index], r.folder(out)) for r in grid.runs]))
