@@ -12352,14 +12352,20 @@ def run_figures(results_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 # Running a grid: locally every run not yet complete, one after another; on a cluster one run per array task (`task`). A failed run is recorded and the others go on.
 
 # %% tags=["export"]
-def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None,
+def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None, only: Sequence[str] = (),
              log: Callable[[str], None] = print) -> list[SweepRun]:
-    """Run every run of `grid` that is not complete (or only run number `task`) with `runner`,
-    recording each in its folder under `out`; return the runs that failed. The state of every
-    run is checked before the first starts (`GridError` for a folder of other settings)."""
+    """Run every run of `grid` that is not complete (or only run number `task`, or only the runs
+    of the configurations named in `only`) with `runner`, recording each in its folder under
+    `out`; return the runs that failed. The state of every run is checked before the first
+    starts (`GridError` for a folder of other settings)."""
     if task is not None and not 0 <= task < len(grid.runs):
         raise GridError(f"--task {task}: the grid {grid.path} has runs 0..{len(grid.runs) - 1}")
-    chosen = grid.runs if task is None else (grid.runs[task],)
+    for name in only:
+        if name not in grid.configurations:
+            close = difflib.get_close_matches(name, grid.configurations, 1)
+            raise GridError(f"--only {name}: no such configuration in {grid.path}"
+                            + (f" (did you mean {close[0]!r}?)" if close else f"; it has {', '.join(grid.configurations)}"))
+    chosen = [r for r in grid.runs if (task is None or r.index == task) and (not only or r.configuration in only)]
     states = {run.index: run_state(run, out) for run in chosen}
     failed = []
     for run in chosen:
@@ -12494,7 +12500,7 @@ def default_out(grid_path: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep") -> None:
-    """`uni-seg sweep GRID [--out DIR] [--task K | --table-only | --count | --plan] [--notebook NB]`."""
+    """`uni-seg sweep GRID [--out DIR] [--task K | --table-only | --count | --plan] [--only NAMES] [--notebook NB]`."""
     parser = argparse.ArgumentParser(prog=prog, description=(
         "Run a grid of notebook runs (configurations x seeds, from a JSON or YAML file) and write one table "
         "(mean and sd over seeds). Finished runs are skipped; killed or failed runs are redone."))
@@ -12505,6 +12511,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep
     what.add_argument("--table-only", action="store_true", help="only write the table from the runs complete so far")
     what.add_argument("--count", action="store_true", help="print the number of runs and stop")
     what.add_argument("--plan", action="store_true", help="list every run, its state and folder, and stop")
+    parser.add_argument("--only", metavar="NAME[,NAME]", default="",
+                        help="run only these configurations (the table still shows every complete run)")
     parser.add_argument("--notebook", type=Path, help="the notebook to run (default: $NOTEBOOK, else the project's)")
     args = parser.parse_args(argv)
     with errors_as_messages(prog, (GridError,)):
@@ -12518,7 +12526,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep
             print(markdown_table(("task", "configuration", "seed", "state", "folder"),
                                  [(r.index, r.configuration, r.seed, states[r.index], r.folder(out)) for r in grid.runs]))
             return
-        failed = [] if args.table_only else run_grid(grid, out, notebook_runner(args.notebook), task=args.task)
+        only = [name for name in args.only.split(",") if name]
+        failed = [] if args.table_only else run_grid(grid, out, notebook_runner(args.notebook), task=args.task, only=only)
         if args.task is None:
             paths = write_table(grid, out)
             print(f"table: {paths[1]} (and {paths[0].name}, per run {paths[2].name})")

@@ -183,6 +183,15 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_redoes_it(tmp_pat
     assert run_grid(grid, out, runner, log=lambda _: None) == [] and runner.calls == ["a_seed0"]
 
 
+def test_only_runs_the_named_configurations_and_names_a_mistyped_one(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "grid.json", {"random": {}, "pretrained": {}}, seeds=[0]), ROOT)
+    runner = FakeRunner()
+    run_grid(grid, tmp_path / "sweep", runner, only=["pretrained"], log=lambda _: None)
+    assert runner.calls == ["pretrained_seed0"]
+    with pytest.raises(GridError, match=r"--only pretrianed: no such configuration .* \(did you mean 'pretrained'\?\)"):
+        run_grid(grid, tmp_path / "sweep", runner, only=["pretrianed"], log=lambda _: None)
+
+
 def test_a_folder_of_other_settings_or_not_of_the_sweep_is_refused_not_overwritten(tmp_path):
     path = write_grid(tmp_path / "grid.json", {"a": {}}, seeds=[0])
     out = tmp_path / "sweep"
@@ -286,3 +295,50 @@ def test_the_command_is_listed_by_uni_seg():
     from uni_seg.cli import COMMANDS, usage
 
     assert COMMANDS["sweep"][0] == "uni_seg.sweep" and "sweep" in usage()
+
+
+@pytest.mark.slow
+def test_sweep_of_the_real_notebook_on_synthetic_smears_end_to_end(tmp_path):
+    """Two configurations, one seed, 1 epoch per phase on 5 synthetic smears: the notebook under
+    papermill for each run, the table, a rerun that runs nothing, and a killed run (its record left
+    "running", as a kill leaves it) redone. ~3 min on 2 CPU cores (the fast tests above cover the
+    same logic with stand-ins)."""
+    from test_e2e import write_external_set
+
+    write_external_set(tmp_path / "external")
+    base = {"PROFILE": "demo", "DATA_DIR": str(tmp_path / "synthetic"), "SYNTHETIC_IMAGES": 5, "CROP_SIZE": 64,
+            "TILE_SIZE": 64, "TILE_OVERLAP": 16, "EPOCHS_PHASE1": 1, "EPOCHS_PHASE2": 1, "BATCH_SIZE_PHASE1": 2,
+            "BATCH_SIZE_PHASE2": 2, "GRAD_ACCUM_TARGET": 2, "CROPS_PER_IMAGE": 1, "WARMUP_EPOCHS": 0,
+            "N_FIGURE_SAMPLES": 1, "RUN_EXPORT": False, "TUNE_POSTPROC": False, "INFER_WORKERS": 0,
+            "EXTERNAL_EVAL_DIR": str(tmp_path / "external")}
+    grid = write_grid(tmp_path / "grid.json", {"d64": {}, "d16": {"DECODER_CHANNELS": 16}}, seeds=[0], base=base)
+    out = tmp_path / "sweep"
+    env_python = [sys.executable, "-m", "uni_seg.sweep", str(grid), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def sweep() -> subprocess.CompletedProcess:
+        result = subprocess.run(env_python, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+        return result
+
+    sweep()
+    md = (out / "table.md").read_text()
+    for name in ("d64", "d16"):
+        record = read_record(out / "runs" / name / "seed0")
+        assert record["status"] == "complete" and record["attempts"] == 1
+        assert 0 <= record["model"]["pq"] <= 1 and "ext_recall_all" in record["model"] and record["baseline"]["pq"] is not None
+        assert f"| {name} | 1/1 |" in md
+    assert "classical baseline (runs of d64, d16)" in md  # same data, scale and seed: one baseline row
+
+    metrics = out / "runs" / "d64" / "seed0" / "results" / "metrics.json"
+    before = metrics.stat().st_mtime_ns
+    assert "complete, skipped" in sweep().stdout
+    assert metrics.stat().st_mtime_ns == before
+
+    killed = out / "runs" / "d16" / "seed0"
+    record = read_record(killed)
+    (killed / "sweep_run.json").write_text(json.dumps({**record, "status": "running"}))
+    result = sweep()
+    assert "run 1 d16_seed0: redoing an incomplete run (attempt 2)" in result.stdout
+    assert read_record(killed)["status"] == "complete" and read_record(killed)["attempts"] == 2
+    assert metrics.stat().st_mtime_ns == before
