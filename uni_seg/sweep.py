@@ -348,7 +348,7 @@ def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None, onl
 # notebook §11 "Sweeps: a grid of runs, with seeds", cell id e7e49eac
 _LABELS = {"val_pq": "val PQ", "pq": "test PQ", "f1": "test F1@0.5", "ap50": "test AP50", "aji": "test AJI",
            "count_error": "test count error", "count_abs_error": "test count error (abs.)",
-           "infected_f1": "infected-RBC F1", "parasitemia_mae": "parasitemia MAE", "ext_ap50": "ext. AP50",
+           "infected_f1": "infected-RBC F1", "parasitemia_mae": "parasitemia MAE (fraction)", "ext_ap50": "ext. AP50",
            "ext_count_error": "ext. count error", "ext_count_abs_error": "ext. count error (abs.)"}
 
 
@@ -431,7 +431,8 @@ def write_table(grid: Grid, out: Path) -> tuple[Path, Path, Path]:
              row["folders"]] for row in summary]
     text = [f"# Sweep `{grid.path.name}`", "", grid.description, "",
             f"Mean ± standard deviation over seeds {list(grid.seeds)} (runs complete / asked for); folders under "
-            f"`{out}`. Choices are made on val and the smears from elsewhere (ext.), never on the test split.", "",
+            f"`{out}`. ext.: the smears of `EXTERNAL_EVAL_DIR` (recall per annotated class); count errors are "
+            "per image, predicted minus true. Choices are made on val and ext., never on the test split.", "",
             markdown_table(header, rows), ""]
     paths = (out / "table.csv", out / "table.md", out / "runs.csv")
     atomic_write(paths[0], _csv_text(summary, ("configuration", "method", "runs", "folders")))
