@@ -302,7 +302,7 @@ def test_the_command_is_listed_by_uni_seg():
 def test_sweep_of_the_real_notebook_on_synthetic_smears_end_to_end(tmp_path):
     """Two configurations, one seed, 1 epoch per phase on 5 synthetic smears: the notebook under
     papermill for each run, the table, a rerun that runs nothing, and a killed run (its record left
-    "running", as a kill leaves it) redone: three notebook runs, ~11 min on 2 CPU cores shared with
+    "running", as a kill leaves it) redone: three notebook runs, 7 min 14 s on 2 CPU cores shared with
     other jobs (the fast tests above cover the same logic with stand-ins)."""
     from test_e2e import write_external_set
 
