@@ -52,7 +52,7 @@
 # 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
-# 11. [The command line](#section-11) (`uni_seg.cli`)
+# 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.sweep`): Sweeps: a grid of runs, with seeds
 
 # %% [markdown]
 # ## 0. Setup and parameters (`uni_seg.config`)
@@ -12321,6 +12321,7 @@ show_markdown(run_summary_text)
 # | `uni-seg weights fetch BACKBONE [--to DIR]` | on a login node: download a backbone's hub weights, check that they fit, print the `WEIGHTS` setting for compute nodes (§3) | `uni_seg.weights` |
 # | `uni-seg weights check BACKBONE --weights W` | on a compute node: load weights as a run would (offline with `HF_HUB_OFFLINE=1`) and print its one-line report (§3) | `uni_seg.weights` |
 # | `uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR\|FILE [--baseline PX]` | score a checkpoint, and the classical baseline, on smears from elsewhere with VOC or COCO boxes (§9) | `uni_seg.external` |
+# | `uni-seg sweep GRID [--out DIR] [--task K \| --table-only \| --plan]` | run a grid of notebook runs (configurations x seeds) and write one table of mean and sd over seeds (below; `slurm_sweep.sh` on a cluster) | `uni_seg.sweep` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -12341,6 +12342,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "compute nodes), or check weights where a run will load them"),
     "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
+    "sweep": ("uni_seg.sweep", "run a grid of notebook runs (configurations x seeds) and write one table of the "
+                               "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
 }
 
 
@@ -12374,3 +12377,570 @@ def main(argv: Sequence[str] | None = None) -> None:
 from uni_seg.cli import usage
 
 print(usage())
+
+# %% [markdown]
+# ### Sweeps: a grid of runs, with seeds (`uni_seg.sweep`)
+#
+# One run says little: two runs of the same settings with other seeds differ by a few PQ points
+# on 10 test images. `uni-seg sweep GRID` runs a grid of notebook runs and writes one table with
+# the mean and standard deviation over seeds of each configuration. The grid is a small JSON (or
+# YAML) file in the notebook's parameter names:
+#
+# ```json
+# {"description": "random vs pretrained ViT-Ti",
+#  "base": {"PROFILE": "full", "DATA_DIR": "../shared/data/bccd_subset", "BACKBONE": "vit_tiny", "N_GPUS": 0},
+#  "configurations": {"random": {"WEIGHTS": "none"}, "pretrained": {"WEIGHTS": "imagenet"}},
+#  "seeds": [0, 1, 2]}
+# ```
+#
+# Every run (configuration x seed) merges `base`, its configuration and `SEED`, and is checked by
+# §0's `resolve_config` **before any run starts**: an unknown name (with the closest valid one),
+# a value of the wrong type or out of range is refused in one line. `SEED`, `RUN_NAME`,
+# `RESULTS_DIR`, `CHECKPOINT_DIR` and `PROCESSED_DIR` are the sweep's: each run gets its own
+# folder `OUT/runs/<configuration>/seed<k>/` (results, checkpoints, processed cache, logs), so
+# runs never share a file and can run at once on a cluster. Relative paths in a grid are relative
+# to the repository root, as with `tools/run_notebook.sh`. A run is the notebook under
+# papermill through `tools/run_notebook.sh` (with its HTML reports). `sweep_run.json` in the
+# run's folder records its settings and state: written "running" before the notebook starts and
+# "complete", with the run's figures, once its `metrics.json` is written, so a rerun of the sweep
+# skips finished runs and redoes a killed or failed one (which continues from its own
+# `latest_phase*.pth` when `RESUME_TRAINING` is on, the default). A folder that holds a run of
+# other settings, or files the sweep did not write, is refused, never overwritten.
+#
+# Per run the table takes, from `metrics.json` (§9): the validation PQ of the post-processing
+# search (what choices are made on), on the test split PQ, F1 at IoU 0.5, AP50, AJI and the count
+# error (signed and absolute, per image); with `EXTERNAL_EVAL_DIR` the recall per class, AP50 and
+# count error on the smears from elsewhere; with a scheme of infected cells (`CLASS_SCHEME=bbbc041`)
+# the infected-RBC F1 (pooled over the infected classes) and the parasitemia MAE; and the same
+# figures of the classical baseline, which runs in every run (one row per distinct result).
+
+# %% [markdown] tags=["why"]
+# A grid is read and checked before anything runs: the format's keys, the seeds, the configuration names, and each run's parameters, typed as the notebook declares them, through §0's `resolve_config`.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import difflib
+import io
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from uni_seg.config import RunConfig, errors_as_messages, markdown_table, resolve_config, write_json_atomic, atomic_write
+
+#: The keys of a grid file.
+GRID_KEYS = ("description", "base", "configurations", "seeds")
+#: Parameters the sweep sets for each run: a grid may not.
+SWEEP_SET = ("SEED", "RUN_NAME", "RESULTS_DIR", "CHECKPOINT_DIR", "PROCESSED_DIR")
+#: Parameters naming a file or folder: a relative path in a grid is relative to the repository root.
+PATH_PARAMETERS = ("DATA_DIR", "CLASS_BOXES", "EXTERNAL_EVAL_DIR", "WEIGHTS")
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+#: The record of a run in its folder.
+RUN_RECORD = "sweep_run.json"
+
+
+class GridError(ValueError):
+    """A grid file, or a sweep folder, that cannot be run as it is (the message says why, in one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """One run of a grid: `parameters` are the notebook's (upper-case names, `PROFILE` and `SEED`
+    included; paths absolute), without the run folders, which `notebook_parameters` adds."""
+
+    index: int
+    configuration: str
+    seed: int
+    parameters: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.configuration}_seed{self.seed}"
+
+    def folder(self, out: Path) -> Path:
+        """This run's folder under the sweep folder `out`."""
+        return Path(out) / "runs" / self.configuration / f"seed{self.seed}"
+
+    def notebook_parameters(self, out: Path) -> dict[str, Any]:
+        """Everything the notebook gets: the grid's parameters and this run's own folders."""
+        folder = self.folder(out).resolve()
+        return {**self.parameters, "RUN_NAME": self.name, "RESULTS_DIR": str(folder / "results"),
+                "CHECKPOINT_DIR": str(folder / "checkpoints"), "PROCESSED_DIR": str(folder / "processed")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """A checked grid: its file, description, configuration names in file order, seeds and runs
+    (configurations in file order, seeds in the given order within each)."""
+
+    path: Path
+    description: str
+    configurations: tuple[str, ...]
+    seeds: tuple[int, ...]
+    runs: tuple[SweepRun, ...]
+
+
+# %% [markdown] tags=["why"]
+# Each value is checked against the type the parameters cell declares (`RunConfig`'s annotation) first, so that a string where a number belongs is named as such, not as a failed comparison.
+
+# %% tags=["export"]
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunConfig)}
+
+
+def _type_problem(name: str, value: Any) -> str | None:
+    """Why `value` cannot be notebook parameter `name` (upper case) by its type alone, or None."""
+    declared = _FIELD_TYPES.get(name.lower())
+    if declared is None:
+        return None  # resolve_config names the unknown parameter and its closest match
+    allowed = [t.strip() for t in declared.split("|")]
+    checks = {"None": lambda v: v is None, "bool": lambda v: isinstance(v, bool),
+              "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str), "Path": lambda v: isinstance(v, str)}
+    ok = any(checks.get(t.split("[")[0], lambda v: isinstance(v, list))(value) for t in allowed)
+    if ok:
+        return None
+    words = {"Path": "a path (string)", "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+             "None": "null"}
+    wanted = " or ".join(words.get(t, "a list") for t in allowed)
+    return f"{name}={value!r} must be {wanted}, not {type(value).__name__}"
+
+
+def _absolute(name: str, value: Any, root: Path) -> Any:
+    """A path parameter's relative path made absolute against `root` (WEIGHTS' choices are not paths)."""
+    from uni_seg.config import WEIGHT_CHOICES
+
+    if name not in PATH_PARAMETERS or not isinstance(value, str) or (name == "WEIGHTS" and value in WEIGHT_CHOICES):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (root / path).resolve())
+
+
+def check_parameters(where: str, parameters: Mapping[str, Any], seed: int) -> None:
+    """`GridError` (one line, starting with `where`) unless `parameters` (upper-case notebook
+    names, `PROFILE` included) with `SEED=seed` is a run the notebook accepts (§0's `resolve_config`)."""
+    lower = [name for name in parameters if name != name.upper()]
+    if lower:
+        raise GridError(f"{where}: parameter names are the notebook's, in upper case: "
+                        + ", ".join(f"{n!r} (write {n.upper()})" for n in lower))
+    taken = [name for name in parameters if name in SWEEP_SET]
+    if taken:
+        raise GridError(f"{where}: {', '.join(taken)} {'is' if len(taken) == 1 else 'are'} set by the sweep for each run "
+                        "(seeds: the grid's \"seeds\"; folders: under --out)")
+    problems = [p for name, value in parameters.items() if (p := _type_problem(name, value))]
+    if problems:
+        raise GridError(f"{where}: {'; '.join(problems)}")
+    rest = {name.lower(): value for name, value in parameters.items() if name != "PROFILE"}
+    try:
+        resolve_config(parameters.get("PROFILE", "demo"), **rest, seed=seed)
+    except (ValueError, TypeError) as error:
+        raise GridError(f"{where}: {error}") from None
+
+
+# %% [markdown] tags=["why"]
+# `load_grid` reads the file (JSON, or YAML where PyYAML is installed, as papermill needs it) and returns every run, checked.
+
+# %% tags=["export"]
+def _read_grid_file(path: Path) -> Any:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such grid file")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise GridError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise GridError(f"{path}: not valid JSON ({error})") from None
+
+
+def load_grid(path: str | Path, root: str | Path) -> Grid:
+    """Read and check the grid file at `path`; relative paths in it are relative to `root` (the
+    repository root, where the notebook runs). `GridError` in one line naming the file, the
+    configuration and what is wrong; `FileNotFoundError` without the file."""
+    path, root = Path(path), Path(root)
+    doc = _read_grid_file(path)
+    if not isinstance(doc, dict):
+        raise GridError(f"{path}: a grid is an object with the keys {', '.join(GRID_KEYS)}")
+    unknown = [k for k in doc if k not in GRID_KEYS]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), GRID_KEYS, 1)
+        raise GridError(f"{path}: unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; a grid has {', '.join(GRID_KEYS)}")
+    seeds = doc.get("seeds")
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+        raise GridError(f"{path}: \"seeds\" must be a list of distinct integers >= 0, e.g. [0, 1, 2]; got {seeds!r}")
+    base, configurations = doc.get("base", {}), doc.get("configurations")
+    if not isinstance(base, dict):
+        raise GridError(f"{path}: \"base\" must be an object of notebook parameters, e.g. {{\"PROFILE\": \"full\"}}")
+    if not isinstance(configurations, dict) or not configurations:
+        raise GridError(f"{path}: \"configurations\" must be a non-empty object: name -> {{parameters}}")
+    runs: list[SweepRun] = []
+    for name, own in configurations.items():
+        if not _NAME.match(name):
+            raise GridError(f"{path}: configuration name {name!r} may hold only letters, digits, '.', '_' and '-'")
+        if not isinstance(own, dict):
+            raise GridError(f"{path}: configuration {name!r} must be an object of notebook parameters")
+        parameters = {key: _absolute(key, value, root) for key, value in {**base, **own}.items()}
+        check_parameters(f"{path}: configuration {name!r}", parameters, seeds[0])
+        for seed in seeds:
+            runs.append(SweepRun(len(runs), name, seed, {"PROFILE": "demo", **parameters, "SEED": seed}))
+    return Grid(path, str(doc.get("description", "")), tuple(configurations), tuple(seeds), tuple(runs))
+
+# %% [markdown] tags=["why"]
+# The state of a run is its record in its folder: "new" (no folder yet), "complete" (recorded complete and its metrics present) or "incomplete" (killed or failed: redone). A folder with other settings, or not the sweep's, is refused.
+
+# %% tags=["export"]
+def read_record(folder: Path) -> dict[str, Any] | None:
+    """The run record (`RUN_RECORD`) in `folder`, or None when there is none."""
+    path = Path(folder) / RUN_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}  # cut short by a kill: an incomplete run
+
+
+def run_state(run: SweepRun, out: Path) -> str:
+    """"new", "complete" or "incomplete" for `run` under the sweep folder `out`. `GridError` when
+    its folder holds files but no record (not the sweep's) or a run of other settings."""
+    folder = run.folder(out)
+    record = read_record(folder)
+    if record is None:
+        if folder.exists() and any(folder.iterdir()):
+            raise GridError(f"{folder}: holds files but no {RUN_RECORD}: not a run of this sweep; move it away "
+                            "or choose another --out")
+        return "new"
+    recorded = record.get("parameters")
+    if recorded is not None and recorded != run.parameters:
+        changed = sorted(k for k in set(recorded) | set(run.parameters) if recorded.get(k) != run.parameters.get(k))
+        what = ", ".join(f"{k}: {recorded.get(k)!r} -> {run.parameters.get(k)!r}" for k in changed)
+        raise GridError(f"{folder}: holds a run of other settings ({what}); give the changed configuration a new "
+                        "name, or choose another --out")
+    done = record.get("status") == "complete" and (folder / "results" / "metrics.json").is_file()
+    return "complete" if done else "incomplete"
+
+
+def write_record(run: SweepRun, out: Path, status: str, **fields: Any) -> Path:
+    """Write `run`'s record with `status` ("running", "failed", "complete") and `fields`, atomically,
+    keeping what the earlier record held (e.g. the number of attempts)."""
+    folder = run.folder(out)
+    record = {**(read_record(folder) or {}), "configuration": run.configuration, "seed": run.seed,
+              "parameters": run.parameters, "status": status, **fields}
+    return write_json_atomic(folder / RUN_RECORD, record)
+
+
+# %% [markdown] tags=["why"]
+# A run is `tools/run_notebook.sh` with the run's parameters in a YAML file (papermill's `-f`; YAML keeps 1e-05 a number only when written as YAML writes it), its results, reports and logs in the run's folder.
+
+# %% tags=["export"]
+#: Runs one sweep run and returns its exit status: (run, sweep folder) -> int.
+Runner = Callable[[SweepRun, Path], int]
+
+
+def project_root() -> Path:
+    """The repository this `uni_seg` belongs to (the notebook and `tools/` are there)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def notebook_runner(notebook: Path | None = None, root: Path | None = None) -> Runner:
+    """A `Runner` that executes `notebook` (default: `$NOTEBOOK` as `tools/run_notebook.sh` reads it,
+    else the project's) headlessly through `tools/run_notebook.sh` of `root`, with this
+    interpreter. `FileNotFoundError` when either is missing."""
+    import yaml
+
+    root = Path(root or project_root())
+    notebook = Path(notebook or os.environ.get("NOTEBOOK") or root / "cell_instance_segmentation.ipynb").resolve()
+    script = root / "tools" / "run_notebook.sh"
+    for needed in (notebook, script):
+        if not needed.is_file():
+            raise FileNotFoundError(f"{needed}: not found (a sweep runs the notebook of a checkout of the project)")
+
+    def run_one(run: SweepRun, out: Path) -> int:
+        folder = run.folder(out).resolve()
+        parameters = run.notebook_parameters(out)
+        params_file = folder / "parameters.yaml"
+        atomic_write(params_file, yaml.safe_dump(parameters, sort_keys=False))
+        if yaml.safe_load(params_file.read_text()) != parameters:  # what papermill will read back
+            raise GridError(f"{params_file}: the parameters do not survive YAML; check their values")
+        env = {**os.environ, "RESULTS_DIR": parameters["RESULTS_DIR"], "LOG_DIR": str(folder / "logs"),
+               "PYTHON": sys.executable, "NOTEBOOK": str(notebook)}
+        return subprocess.run(["bash", str(script), run.name, "-f", str(params_file)], env=env).returncode
+
+    return run_one
+
+# %% [markdown] tags=["why"]
+# The figures of one run, flat, for the table: the model's and the classical baseline's, read from the run's `metrics.json` and `postproc_params.json` (None where the run did not measure one).
+
+# %% tags=["export"]
+def _infected_f1(doc: Mapping[str, Any], block: Mapping[str, Any]) -> float | None:
+    """F1 at IoU 0.5 of the infected classes pooled (class-aware matches), or None without any."""
+    infected = (doc.get("class_scheme") or {}).get("infected_classes") or []
+    per_class = block.get("per_class_pq") or {}
+    rows = [per_class[doc["class_names"][c]] for c in infected if doc["class_names"][c] in per_class]
+    tp, fp, fn = (sum(r.get(k) or 0 for r in rows) for k in ("tp", "fp", "fn"))
+    return None if not rows or 2 * tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _figures(doc: Mapping[str, Any], block: Mapping[str, Any] | None, external: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not block:
+        return {}
+    d, m = block.get("dataset") or {}, block.get("per_image_mean") or {}
+    out = {"pq": d.get("pq"), "f1": d.get("f1"), "ap50": d.get("ap50"), "aji": d.get("aji"),
+           "count_error": m.get("count_error"), "count_abs_error": m.get("count_abs_error")}
+    if (doc.get("class_scheme") or {}).get("infected_classes"):
+        out.update(infected_f1=_infected_f1(doc, d), parasitemia_mae=m.get("parasitemia_mae"))
+    if external:
+        out.update({f"ext_recall_{name}": value for name, value in (external.get("recall") or {}).items()})
+        out.update(ext_ap50=external.get("ap50"), ext_count_error=external.get("count_error"),
+                   ext_count_abs_error=external.get("count_abs_error"))
+    return out
+
+
+def run_figures(results_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, baseline): the figures of one run from `results_dir/metrics.json` (and the
+    validation PQ of `postproc_params.json`): `val_pq`, test `pq f1 ap50 aji count_error
+    count_abs_error`, with infected classes `infected_f1 parasitemia_mae`, with smears from
+    elsewhere `ext_recall_<class> ext_ap50 ext_count_error ext_count_abs_error`. The baseline's
+    dict is empty when it did not run. `FileNotFoundError`/`ValueError` for a missing or bad file."""
+    results_dir = Path(results_dir)
+    path = results_dir / "metrics.json"
+    try:
+        doc = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    methods = (doc.get("external") or {}).get("methods") or {}
+    model = _figures(doc, doc, methods.get("model"))
+    tuned = results_dir / "postproc_params.json"
+    score = json.loads(tuned.read_text()).get("score", {}) if tuned.is_file() else {}
+    model = {"val_pq": score.get("pq"), **model}
+    return model, _figures(doc, doc.get("baseline"), methods.get("baseline"))
+
+
+# %% [markdown] tags=["why"]
+# Running a grid: locally every run not yet complete, one after another; on a cluster one run per array task (`task`). A failed run is recorded and the others go on.
+
+# %% tags=["export"]
+def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None, only: Sequence[str] = (),
+             log: Callable[[str], None] = print) -> list[SweepRun]:
+    """Run every run of `grid` that is not complete (or only run number `task`, or only the runs
+    of the configurations named in `only`) with `runner`, recording each in its folder under
+    `out`; return the runs that failed. The state of every run is checked before the first
+    starts (`GridError` for a folder of other settings)."""
+    if task is not None and not 0 <= task < len(grid.runs):
+        raise GridError(f"--task {task}: the grid {grid.path} has runs 0..{len(grid.runs) - 1}")
+    for name in only:
+        if name not in grid.configurations:
+            close = difflib.get_close_matches(name, grid.configurations, 1)
+            raise GridError(f"--only {name}: no such configuration in {grid.path}"
+                            + (f" (did you mean {close[0]!r}?)" if close else f"; it has {', '.join(grid.configurations)}"))
+    chosen = [r for r in grid.runs if (task is None or r.index == task) and (not only or r.configuration in only)]
+    states = {run.index: run_state(run, out) for run in chosen}
+    failed = []
+    for run in chosen:
+        if states[run.index] == "complete":
+            log(f"run {run.index} {run.name}: complete, skipped ({run.folder(out)})")
+            continue
+        attempts = int((read_record(run.folder(out)) or {}).get("attempts", 0)) + 1
+        log(f"run {run.index} {run.name}: {'redoing an incomplete run' if attempts > 1 else 'starting'} "
+            f"(attempt {attempts}) -> {run.folder(out)}")
+        write_record(run, out, "running", attempts=attempts)
+        status = runner(run, out)
+        figures: tuple[dict[str, Any], dict[str, Any]] | None = None
+        if status == 0:
+            try:
+                figures = run_figures(run.folder(out) / "results")
+            except (OSError, ValueError) as error:
+                log(f"run {run.index} {run.name}: finished but its metrics cannot be read: {error}")
+        if figures is None:
+            write_record(run, out, "failed", exit_status=status)
+            failed.append(run)
+            log(f"run {run.index} {run.name}: FAILED (exit status {status}); its log: {run.folder(out) / 'logs'}")
+        else:
+            write_record(run, out, "complete", exit_status=0, model=figures[0], baseline=figures[1])
+    return failed
+
+# %% [markdown] tags=["why"]
+# The table: per configuration the mean and standard deviation over its complete runs of every figure, the classical baseline in rows of its own (one per distinct result: configurations that share the data, scale and seeds share it).
+
+# %% tags=["export"]
+_LABELS = {"val_pq": "val PQ", "pq": "test PQ", "f1": "test F1@0.5", "ap50": "test AP50", "aji": "test AJI",
+           "count_error": "test count error", "count_abs_error": "test count error (abs.)",
+           "infected_f1": "infected-RBC F1", "parasitemia_mae": "parasitemia MAE (fraction)", "ext_ap50": "ext. AP50",
+           "ext_count_error": "ext. count error", "ext_count_abs_error": "ext. count error (abs.)"}
+
+
+def _metric_order(keys: set[str]) -> list[str]:
+    """The figures in the table's order: validation, test, parasites, smears from elsewhere."""
+    recalls = sorted((k for k in keys if k.startswith("ext_recall_")), key=lambda k: (k == "ext_recall_all", k))
+    fixed = [k for k in _LABELS if k in keys and not k.startswith("ext_")]
+    return fixed + recalls + [k for k in ("ext_ap50", "ext_count_error", "ext_count_abs_error") if k in keys]
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation of the values that are not None (sd None under 2 values)."""
+    present = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else None)
+
+
+def table_rows(grid: Grid, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(per configuration and method, per run) rows of the table from the records under `out`:
+    a summary row has `configuration method runs folders` and `<figure>_mean`/`<figure>_sd`; a
+    run row `configuration seed method folder` and the figures."""
+    per_run, complete = [], {name: [] for name in grid.configurations}
+    for run in grid.runs:
+        record = read_record(run.folder(out)) or {}
+        if record.get("status") != "complete" or record.get("parameters") != run.parameters:
+            continue
+        complete[run.configuration].append((run, record))
+        for method in ("model", "baseline"):
+            if record.get(method):
+                per_run.append({"configuration": run.configuration, "seed": run.seed, "method": method,
+                                "folder": str(run.folder(out)), **record[method]})
+    summary: list[dict[str, Any]] = []
+    baselines: dict[str, list[str]] = {}
+    for name, done in complete.items():
+        summary.append(_summary(name, "model", [r["model"] for _, r in done], done, len(grid.seeds), out))
+        figures = [(run.seed, r["baseline"]) for run, r in done if r.get("baseline")]
+        if figures:
+            baselines.setdefault(json.dumps(figures, sort_keys=True), []).append(name)
+    for key, names in baselines.items():
+        done = [pair for pair in complete[names[0]] if pair[1].get("baseline")]
+        label = f"classical baseline (runs of {', '.join(names)})"
+        summary.append(_summary(label, "baseline", [r["baseline"] for _, r in done], done, len(grid.seeds), out))
+    return summary, per_run
+
+
+def _summary(name: str, method: str, figures: list[dict[str, Any]], done: list, n_seeds: int, out: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"configuration": name, "method": method, "runs": f"{len(done)}/{n_seeds}",
+                           "folders": " ".join(os.path.relpath(run.folder(out), out) for run, _ in done)}
+    for key in _metric_order(set().union(*figures) if figures else set()):
+        row[f"{key}_mean"], row[f"{key}_sd"] = mean_sd([f.get(key) for f in figures])
+    return row
+
+# %% [markdown] tags=["why"]
+# The table is written as CSV (every figure, mean and sd in columns of their own, and one row per run in `runs.csv`) and as Markdown (mean ± sd, for the README), atomically.
+
+# %% tags=["export"]
+def _csv_text(rows: list[dict[str, Any]], first: Sequence[str]) -> str:
+    keys = {k for row in rows for k in row} - set(first)
+    bases = _metric_order({k[:-5] if k.endswith("_mean") else k[:-3] if k.endswith("_sd") else k for k in keys})
+    columns = list(first) + [c for b in bases for c in (b, f"{b}_mean", f"{b}_sd") if c in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def _cell(mean: float | None, sd: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.4f}" if sd is None else f"{mean:.4f} ± {sd:.4f}"
+
+
+def write_table(grid: Grid, out: Path) -> tuple[Path, Path, Path]:
+    """Write `out/table.csv`, `out/table.md` and `out/runs.csv` from the complete runs; return their paths."""
+    summary, per_run = table_rows(grid, out)
+    metrics = _metric_order({k[:-5] for row in summary for k in row if k.endswith("_mean")})
+    header = ["configuration", "runs", *(_LABELS.get(k, k.replace("ext_recall_", "ext. recall ")) for k in metrics),
+              "run folders"]
+    rows = [[row["configuration"], row["runs"], *(_cell(row.get(f"{k}_mean"), row.get(f"{k}_sd")) for k in metrics),
+             row["folders"]] for row in summary]
+    text = [f"# Sweep `{grid.path.name}`", "", grid.description, "",
+            f"Mean ± standard deviation over seeds {list(grid.seeds)} (runs complete / asked for); folders under "
+            f"`{out}`. ext.: the smears of `EXTERNAL_EVAL_DIR` (recall per annotated class); count errors are "
+            "per image, predicted minus true. Choices are made on val and ext., never on the test split.", "",
+            markdown_table(header, rows), ""]
+    paths = (out / "table.csv", out / "table.md", out / "runs.csv")
+    atomic_write(paths[0], _csv_text(summary, ("configuration", "method", "runs", "folders")))
+    atomic_write(paths[1], "\n".join(text))
+    atomic_write(paths[2], _csv_text(per_run, ("configuration", "seed", "method", "folder")))
+    return paths
+
+# %% [markdown] tags=["why"]
+# `uni-seg sweep GRID`: check the grid, then run it (or one task of it), then write the table; `--count`, `--plan` and `--table-only` serve the cluster script and a user who wants to look first.
+
+# %% tags=["export"]
+def default_out(grid_path: Path) -> Path:
+    """The sweep folder when --out is not given: `results/sweeps/<grid file's stem>` of the project."""
+    return project_root() / "results" / "sweeps" / Path(grid_path).stem
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep") -> None:
+    """`uni-seg sweep GRID [--out DIR] [--task K | --table-only | --count | --plan] [--only NAMES] [--notebook NB]`."""
+    parser = argparse.ArgumentParser(prog=prog, description=(
+        "Run a grid of notebook runs (configurations x seeds, from a JSON or YAML file) and write one table "
+        "(mean and sd over seeds). Finished runs are skipped; killed or failed runs are redone."))
+    parser.add_argument("grid", type=Path, help="the grid file: {description, base, configurations, seeds}")
+    parser.add_argument("--out", type=Path, help="the sweep folder (default: results/sweeps/<grid name>)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--task", type=int, help="run only run number TASK (0-based; a SLURM array task), no table")
+    what.add_argument("--table-only", action="store_true", help="only write the table from the runs complete so far")
+    what.add_argument("--count", action="store_true", help="print the number of runs and stop")
+    what.add_argument("--plan", action="store_true", help="list every run, its state and folder, and stop")
+    parser.add_argument("--only", metavar="NAME[,NAME]", default="",
+                        help="run only these configurations (the table still shows every complete run)")
+    parser.add_argument("--notebook", type=Path, help="the notebook to run (default: $NOTEBOOK, else the project's)")
+    args = parser.parse_args(argv)
+    with errors_as_messages(prog, (GridError,)):
+        grid = load_grid(args.grid, project_root())
+        out = (args.out or default_out(args.grid)).resolve()
+        states = {run.index: run_state(run, out) for run in grid.runs}  # a folder in the way is refused now
+        if args.count:
+            print(len(grid.runs))
+            return
+        if args.plan:
+            print(markdown_table(("task", "configuration", "seed", "state", "folder"),
+                                 [(r.index, r.configuration, r.seed, states[r.index], r.folder(out)) for r in grid.runs]))
+            return
+        only = [name for name in args.only.split(",") if name]
+        failed = [] if args.table_only else run_grid(grid, out, notebook_runner(args.notebook), task=args.task, only=only)
+        if args.task is None:
+            paths = write_table(grid, out)
+            print(f"table: {paths[1]} (and {paths[0].name}, per run {paths[2].name})")
+        if failed:
+            raise GridError(f"{len(failed)} run(s) failed: {', '.join(r.name for r in failed)} (their logs are in "
+                            "their folders' logs/; run the sweep again to redo them)")
+
+# %% [markdown]
+# A grid of two configurations and two seeds, checked and listed as a sweep would run it; then a
+# grid with a mistyped name and a bad value, refused before any run:
+
+# %%
+import json
+import tempfile
+
+from uni_seg.sweep import GridError, load_grid, project_root
+
+_grid_dir = Path(tempfile.mkdtemp())
+(_grid_dir / "example.json").write_text(json.dumps({
+    "description": "scale 0.5 vs 0.75 on the demo profile", "base": {"PROFILE": "demo", "EPOCHS_PHASE1": 2},
+    "configurations": {"scale_0.5": {}, "scale_0.75": {"WORKING_SCALE": 0.75}}, "seeds": [0, 1]}))
+for _run in load_grid(_grid_dir / "example.json", project_root()).runs:
+    print(_run.index, _run.name, {k: v for k, v in _run.parameters.items() if k in ("WORKING_SCALE", "SEED")},
+          "->", _run.folder(Path("results/sweeps/example")))
+for _bad in ({"EPOCS_PHASE1": 2}, {"WORKING_SCALE": "0.75"}, {"CROP_SIZE": 100}):
+    (_grid_dir / "bad.json").write_text(json.dumps({"configurations": {"x": _bad}, "seeds": [0]}))
+    try:
+        load_grid(_grid_dir / "bad.json", project_root())
+    except GridError as _error:
+        print("refused:", str(_error).split(": ", 1)[1])

@@ -429,3 +429,34 @@ def test_every_dinobloom_size_builds_with_lora_phases_and_counts(name, depth, di
     assert [g["name"] for g in groups] == ["lora", "decoder"] and len(groups[0]["params"]) == 2 * depth
     counts = parameter_counts_from_config(**model.config)
     assert counts["lora"] == depth * 4 * (dim + 3 * dim) and counts == model.parameter_counts()
+
+
+# ----- vit_tiny with pretrained weights (issue 25): timm's hub tag and the file of ../shared/weights ----
+SHARED_VIT_TINY = Path(__file__).resolve().parents[2] / "shared" / "weights" / "vit_tiny_patch16_224.augreg_in21k_ft_in1k.pth"
+
+
+def test_vit_tiny_imagenet_is_timms_augreg_tag_normalised_with_one_half(monkeypatch, tmp_path):
+    """WEIGHTS=imagenet for vit_tiny loads timm's vit_tiny_patch16_224.augreg_in21k_ft_in1k, whose
+    pixel statistics (0.5/0.5) the model normalises with; from the hub cache, offline."""
+    spec = BACKBONES["vit_tiny"]
+    assert spec.imagenet_tag == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    pretrained = timm.models.get_pretrained_cfg(spec.imagenet_tag)
+    assert tuple(pretrained.mean) == tuple(pretrained.std) == spec.mean == spec.std == (0.5, 0.5, 0.5)
+    cache = isolate_hub(monkeypatch, tmp_path)
+    state = timm.create_model("vit_tiny_patch16_224").state_dict()  # classifier head included, as timm's file
+    fill_hub_cache(cache, pretrained.hf_hub_id, {"model.safetensors": state})
+    go_offline(monkeypatch)
+    model = build_model("vit_tiny", "imagenet", decoder_channels=16, verbose=False)
+    assert model.weights_source == "imagenet"
+    assert model.weights_provenance["repo"] == "timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    assert model.pixel_mean.flatten().tolist() == model.pixel_std.flatten().tolist() == [0.5, 0.5, 0.5]
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, state["blocks.0.attn.qkv.weight"])
+
+
+def test_the_shared_vit_tiny_file_loads_with_the_same_normalisation():
+    if not SHARED_VIT_TINY.is_file():
+        pytest.skip(f"{SHARED_VIT_TINY} is absent (a copy of timm's vit_tiny augreg weights, never committed)")
+    assert W.file_sha256(SHARED_VIT_TINY) == "047f28c9caf3e2821385172e99dab100ed5bdb774f712f3ab2b3bfcd84e075d5"
+    model = build_model("vit_tiny", str(SHARED_VIT_TINY), decoder_channels=16, verbose=False)
+    assert model.weights_source == "file"
+    assert model.pixel_mean.flatten().tolist() == model.pixel_std.flatten().tolist() == [0.5, 0.5, 0.5]

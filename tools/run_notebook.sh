@@ -9,6 +9,7 @@
 #   RESULTS_DIR  where results and reports go (default: results); passed to the notebook too
 #   LOG_DIR      where the run's log goes (default: logs)
 #   KERNEL       Jupyter kernel to run (default: uni_seg; installed into the environment if missing)
+#   NOTEBOOK     the notebook to run (default: cell_instance_segmentation.ipynb; tests run stand-ins)
 #
 # Writes RESULTS_DIR/reports/RUN_NAME.ipynb (the executed notebook), RUN_NAME.html (with code,
 # for developers) and RUN_NAME.no-code.html (outputs only, for reviewers), and LOG_DIR/RUN_NAME_*.log.
@@ -33,6 +34,7 @@ fi
 results_dir=${RESULTS_DIR:-results}
 log_dir=${LOG_DIR:-logs}
 kernel=${KERNEL:-uni_seg}
+notebook=${NOTEBOOK:-cell_instance_segmentation.ipynb}
 report_dir="$results_dir/reports"
 mkdir -p "$report_dir" "$log_dir"
 log="$log_dir/${run_name}_${SLURM_JOB_ID:-$(date +%Y%m%d-%H%M%S)}.log"
@@ -43,9 +45,9 @@ if ! "$PYTHON" -m jupyter kernelspec list 2>/dev/null | grep -q "^ *$kernel "; t
 fi
 
 executed="$report_dir/$run_name.ipynb"
-echo "run '$run_name': executing cell_instance_segmentation.ipynb -> $executed (log: $log)"
+echo "run '$run_name': executing $notebook -> $executed (log: $log)"
 status=0
-"$PYTHON" -m papermill cell_instance_segmentation.ipynb "$executed" \
+"$PYTHON" -m papermill "$notebook" "$executed" \
   -k "$kernel" --cwd . --log-output --no-progress-bar \
   -p RUN_NAME "$run_name" -p RESULTS_DIR "$results_dir" "$@" 2>&1 | tee "$log" || status=$?
 

@@ -27,6 +27,7 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.viz          section 10: Figures
     uni_seg.report       section 10: Figures (The run at a glance)
     uni_seg.cli          section 11: The command line
+    uni_seg.sweep        section 11: The command line (Sweeps: a grid of runs, with seeds)
 """
 
-__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli']
+__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli', 'sweep']

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "compute nodes), or check weights where a run will load them"),
     "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
+    "sweep": ("uni_seg.sweep", "run a grid of notebook runs (configurations x seeds) and write one table of the "
+                               "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
 }
 
 
