@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "compute nodes), or check weights where a run will load them"),
     "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
+    "merge": ("uni_seg.shards", "write the folder-level files (summary, COCO, run record) of a folder segmented as "
+                                "shards (infer --shard K/N, slurm_infer.sh), once every shard is complete"),
 }
 
 
