@@ -159,3 +159,22 @@ def test_slide_outputs_are_never_replaced_without_overwrite(tmp_path):
                               overwrite=True, progress=False)
     assert (tmp_path / "out" / "other.txt").read_text() == "not the slide's"
     assert (tmp_path / "out" / "s_cells.csv").read_text().startswith("id,")
+
+
+def test_uni_seg_infer_routes_a_slide_and_refuses_shards_of_it(tmp_path, monkeypatch, capsys):
+    write_slide(tmp_path / "smear.tif", 192, 256, tile=64)
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stand-in")
+    meta = {"working_scale": 1.0, "cell_diameter": 24.0, "model_config": {"backbone": "stand-in", "n_classes": 4}}
+    monkeypatch.setattr(infer, "load_inference_model", lambda path, device: (DarknessModel(), meta))
+    monkeypatch.chdir(tmp_path)
+    options = ["--checkpoint", str(checkpoint), "--input", "smear.tif", "--tile-size", "64", "--overlap", "16",
+               "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    infer.main([*options, "--output", "out"])
+    record = json.loads((tmp_path / "out" / "smear_slide.json").read_text())
+    assert record["status"] == "complete" and record["margin"] == 48  # two cell diameters of the checkpoint
+    assert "regions" in capsys.readouterr().err and (tmp_path / "out" / "smear_instances.tif").exists()
+    assert not (tmp_path / "out" / "summary.csv").exists()  # a slide is not a folder run
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([*options, "--output", "out2", "--shard", "0/2"])
+    assert exit_info.value.code == 2 and "--shard splits a folder" in capsys.readouterr().err
