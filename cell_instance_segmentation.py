@@ -10005,8 +10005,9 @@ def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings
 # as regions finish: the cell table (CSV), GeoJSON features (QuPath), COCO annotations (RLE on
 # the whole level, made from each cell's box) and the label map as tiles on disk, turned at the
 # end into a tiled pyramidal TIFF; memory follows the region size, not the slide's. Plain images
-# (a TIFF with one level included) keep the folder path and its outputs. All outputs are in the
-# pixels of the level read (`<name>_slide.json` records which, and its downsample).
+# (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
+# pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
+# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide.
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -10019,6 +10020,7 @@ import math
 import shutil
 import sys
 import time
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10134,8 +10136,8 @@ def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) ->
 
 # %% tags=["export"]
 class LabelTiles:
-    """The slide's label map as square tiles on disk (one per region core, uint32, in a hidden
-    folder next to the outputs), never whole in memory. `paint(row, col, cells)` fills a
+    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1:
+    labels shrink ~20x, in a hidden folder next to the outputs), never whole in memory. `paint(row, col, cells)` fills a
     finished region's tile with its own cells and hands the parts of its cells that cross into
     a neighbouring core to that tile: at once if the tile is on disk already, else when its
     region is painted. `write_label_pyramid` turns the tiles into a tiled pyramidal TIFF."""
@@ -10146,7 +10148,10 @@ class LabelTiles:
         self.pending: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
 
     def _path(self, row: int, col: int) -> Path:
-        return self.folder / f"{row}_{col}.npy"
+        return self.folder / f"{row}_{col}.z"
+
+    def _save(self, row: int, col: int, tile: np.ndarray) -> None:
+        self._path(row, col).write_bytes(zlib.compress(np.ascontiguousarray(tile, np.uint32).tobytes(), 1))
 
     def _shape(self, row: int, col: int) -> tuple[int, int]:
         return (min(self.side, self.height - row * self.side), min(self.side, self.width - col * self.side))
@@ -10154,7 +10159,9 @@ class LabelTiles:
     def tile(self, row: int, col: int) -> np.ndarray:
         """uint32 (h, w) labels of the tile at (row, col) as painted so far (zeros if none)."""
         path = self._path(row, col)
-        return np.load(path) if path.exists() else np.zeros(self._shape(row, col), np.uint32)
+        if not path.exists():
+            return np.zeros(self._shape(row, col), np.uint32)
+        return np.frombuffer(zlib.decompress(path.read_bytes()), np.uint32).reshape(self._shape(row, col)).copy()
 
     @staticmethod
     def _put(tile: np.ndarray, origin: tuple[int, int], piece: tuple[int, int, np.ndarray]) -> None:
@@ -10174,7 +10181,7 @@ class LabelTiles:
         tile = np.zeros(self._shape(row, col), np.uint32)
         for piece in self.pending.pop((row, col), []) + list(pieces):
             self._put(tile, (row * s, col * s), piece)
-        np.save(self._path(row, col), tile)
+        self._save(row, col, tile)
         spill: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
         for piece in pieces:
             top, left, labels = piece
@@ -10187,7 +10194,7 @@ class LabelTiles:
                 other = self.tile(r, c)
                 for piece in parts:
                     self._put(other, (r * s, c * s), piece)
-                np.save(self._path(r, c), other)
+                self._save(r, c, other)
             else:
                 self.pending.setdefault((r, c), []).extend(parts)
 
@@ -10300,17 +10307,20 @@ def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> 
 def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
                     class_probs: np.ndarray, scores: np.ndarray, first_id: int, class_names: Sequence[str],
                     object_type: str, slide_name: str, size: tuple[int, int],
-                    colours: Sequence[tuple[int, int, int]] | None) -> tuple[dict[str, np.ndarray], str, list[str], list]:
+                    colours: Sequence[tuple[int, int, int]] | None,
+                    downsample: float = 1.0) -> tuple[dict[str, np.ndarray], str, list[str], list]:
     """The exports of a region's own cells (`region_cells`' local labels 1..N, numbered
-    `first_id`... on the slide), in slide pixels: (cell table, GeoJSON features text, COCO
-    annotations as JSON texts, label pieces for `LabelTiles.paint`)."""
+    `first_id`... on the slide), in the pixels of the level read, but for the GeoJSON outlines,
+    which QuPath places in level-0 pixels (x `downsample`, to the nearest 0.25): (cell table,
+    GeoJSON features text, COCO annotations as JSON texts, label pieces for `LabelTiles.paint`)."""
     wy, wx = region.window[:2]
     shapes = cell_shapes(local, cv2.cvtColor(window, cv2.COLOR_RGB2GRAY), rles=False)
     table = cell_table(local, window, classes, class_probs, scores, class_names, shapes=shapes)
     ids = shapes.ids + (first_id - 1)
     table.update(id=ids, centroid_x=table["centroid_x"] + wx, centroid_y=table["centroid_y"] + wy)
     offset = np.array([wx, wy], np.float64)
-    polygons = {int(g): [[ring + offset for ring in piece] for piece in shapes.polygons[int(c)]]
+    polygons = {int(g): [[np.round((ring + offset) * (4 * downsample)) / 4 for ring in piece]
+                         for piece in shapes.polygons[int(c)]]
                 for g, c in zip(ids.tolist(), shapes.ids.tolist())}
     text = cells_geojson_text(local, table, object_type, slide_name, polygons, colours)
     features = text[len(GEOJSON_HEAD):-2]
@@ -10404,7 +10414,7 @@ def run_slide_inference(
             if len(classes) > 1:
                 table, features, annotations, pieces = _region_exports(
                     local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
-                    name, (height, width), colours)
+                    name, (height, width), colours, float(slide.level_downsamples[level]))
                 rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
                 geo_out.write(("," if n_cells else "") + features)
                 coco_out.write(("," if n_cells else "") + ",".join(annotations))

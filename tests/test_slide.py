@@ -178,3 +178,22 @@ def test_uni_seg_infer_routes_a_slide_and_refuses_shards_of_it(tmp_path, monkeyp
     with pytest.raises(SystemExit) as exit_info:
         infer.main([*options, "--output", "out2", "--shard", "0/2"])
     assert exit_info.value.code == 2 and "--shard splits a folder" in capsys.readouterr().err
+
+
+def test_a_coarser_level_is_read_for_a_smaller_working_scale_and_geojson_is_in_level_0_pixels(tmp_path):
+    image = write_slide(tmp_path / "smear.tif")
+    settings = infer.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16, device="cpu", precision="fp32")
+    report = slide.run_slide_inference(DarknessModel(), tmp_path / "smear.tif", tmp_path / "out", settings,
+                                       region_size=64, margin=24, progress=False)
+    assert (report.level, report.downsample) == (1, 2.0)
+    labels = tifffile.imread(tmp_path / "out" / "smear_instances.tif")
+    assert labels.shape == (image.shape[0] // 2, image.shape[1] // 2)  # the pixels of level 1
+    geo = json.loads((tmp_path / "out" / "smear_cells.geojson").read_text())
+    for feature in geo["features"][:5]:
+        ys, xs = np.nonzero(labels == feature["properties"]["measurements"]["cell_id"])
+        rings = feature["geometry"]["coordinates"]
+        points = np.concatenate([np.asarray(r) for r in (rings if feature["geometry"]["type"] == "Polygon"
+                                                         else [r for piece in rings for r in piece])])
+        # outlines run 0.25 px inside the level-1 pixel edges: x 2 in level-0 pixels
+        assert points[:, 0].min() == 2 * (xs.min() + 0.25) and points[:, 0].max() == 2 * (xs.max() + 0.75)
+        assert points[:, 1].min() == 2 * (ys.min() + 0.25) and points[:, 1].max() == 2 * (ys.max() + 0.75)
