@@ -128,11 +128,12 @@ def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) ->
 
 # notebook §8 "Whole-slide smears in bounded memory", cell id 0ecaffbf
 class LabelTiles:
-    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1:
-    labels shrink ~20x, in a hidden folder next to the outputs), never whole in memory. `paint(row, col, cells)` fills a
-    finished region's tile with its own cells and hands the parts of its cells that cross into
-    a neighbouring core to that tile: at once if the tile is on disk already, else when its
-    region is painted. `write_label_pyramid` turns the tiles into a tiled pyramidal TIFF."""
+    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1,
+    ~40x smaller on synthetic smears; in a hidden folder next to the outputs), never whole in
+    memory. `paint(row, col, pieces)` fills a finished region's tile with its own cells and
+    hands the parts of its cells that cross into a neighbouring core to that tile: at once if
+    the tile is on disk already, else when its region is painted. `write_label_pyramid` turns
+    the tiles into a tiled pyramidal TIFF."""
 
     def __init__(self, folder: Path, height: int, width: int, side: int) -> None:
         self.folder, self.height, self.width, self.side = folder, height, width, side
