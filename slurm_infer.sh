@@ -18,8 +18,13 @@
 #       exists resumes it (`--resume`: a requeued or rerun task does only the images missing).
 #   bash slurm_infer.sh --merge OUTPUT_DIR      (or: uni-seg merge OUTPUT_DIR)
 #       the folder-level files once every shard is complete; exit 1 naming the missing ones.
+# Relative paths are taken from the folder the command is run from.
 set -euo pipefail
-cd "${SLURM_SUBMIT_DIR:-$(dirname "$(readlink -f "$0")")}"
+here=$PWD
+self=$(readlink -f "$0")
+cd "${SLURM_SUBMIT_DIR:-$(dirname "$self")}"
+
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$here/$1" ;; esac; }
 
 # ---- settings: edit here, or override from the environment --------------------------------
 SHARDS=${SHARDS:-4}        # array tasks when this script submits the array itself
@@ -31,19 +36,19 @@ usage="usage: bash slurm_infer.sh CHECKPOINT INPUT_DIR OUTPUT_DIR [uni-seg infer
 if [ "${1:-}" = "--merge" ]; then
   [ $# -eq 2 ] || { echo "$usage" >&2; exit 2; }
   source tools/activate_env.sh
-  exec "$PYTHON" -m uni_seg.cli merge "$2"
+  exec "$PYTHON" -m uni_seg.cli merge "$(absolute "$2")"
 fi
 [ $# -ge 3 ] || { echo "$usage" >&2; exit 2; }
-checkpoint=$1 input=$2 output=$3
+checkpoint=$(absolute "$1") input=$(absolute "$2") output=$(absolute "$3")
 shift 3
 
 if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
   # Not an array task: submit the array, then the merge after all of its tasks.
   mkdir -p logs
-  array_job=$("$SBATCH" --parsable --array="0-$((SHARDS - 1))" "$0" "$checkpoint" "$input" "$output" "$@")
+  array_job=$("$SBATCH" --parsable --array="0-$((SHARDS - 1))" "$self" "$checkpoint" "$input" "$output" "$@")
   array_job=${array_job%%;*}  # --parsable prints "jobid[;cluster]"
   merge_job=$("$SBATCH" --parsable --job-name=uni_seg_merge --gres=none --cpus-per-task=2 \
-    --dependency="afterany:$array_job" "$0" --merge "$output")
+    --dependency="afterany:$array_job" "$self" --merge "$output")
   echo "submitted array job $array_job ($SHARDS shards of $input) and merge job ${merge_job%%;*} into $output"
   exit 0
 fi

@@ -151,7 +151,8 @@ def test_job_array_with_a_killed_task_redone_then_merged(tmp_path, stand_in_slur
     batch, tiles = 6, len(tile_starts(96, 32, 8)) * len(tile_starts(112, 32, 8))
     assert (2 * tiles) % batch and -(-tiles // batch) <= (2 * tiles) // batch
     kill = {"KILL_SHARD": "1/4", "KILL_AT": str(-(-2 * tiles // batch)), "KILL_MARK": str(mark)}
-    submit = subprocess.run(["bash", str(ROOT / "slurm_infer.sh"), str(checkpoint), str(tmp_path / "in"), str(out), *options],
+    # paths relative to the folder the command runs from
+    submit = subprocess.run(["bash", str(ROOT / "slurm_infer.sh"), "model.pth", "in", "out", *options], cwd=tmp_path,
                             env={**env, **kill}, capture_output=True, text=True, timeout=600)
     assert submit.returncode == 0, submit.stderr + (tmp_path / "tasks.log").read_text()
     calls = log.read_text().splitlines()
@@ -169,8 +170,8 @@ def test_job_array_with_a_killed_task_redone_then_merged(tmp_path, stand_in_slur
                            env=task, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert "--resume" in rerun.stdout and "1 image(s) segmented, 1 done before, 0 failed" in rerun.stderr
-    merge = subprocess.run(["bash", str(ROOT / "slurm_infer.sh"), "--merge", str(out)], env=env, capture_output=True,
-                           text=True, timeout=600)
+    merge = subprocess.run(["bash", str(ROOT / "slurm_infer.sh"), "--merge", "out"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600)
     assert merge.returncode == 0, merge.stderr
     one = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", tmp_path / "one",
                                      SETTINGS.replace(device=None), progress=False, workers=0)
