@@ -9613,6 +9613,9 @@ else:
 # files the same bytes as one process's. `slurm_infer.sh` submits the array and a merge job that
 # waits for it.
 
+# %% [markdown] tags=["why"]
+# A shard is a fixed part of the sorted file list, named `shard-K-of-N` after its place in the split.
+
 # %% tags=["export"]
 from __future__ import annotations
 
@@ -9686,6 +9689,9 @@ def shard_record_path(output_dir: str | Path, shard: Shard) -> Path:
     return Path(output_dir) / SHARDS_DIR / f"{shard.name}.json"
 
 
+# %% [markdown] tags=["why"]
+# The log of finished images (what a resumed shard may skip, and the exact COCO scores the merge needs), and an OS lock per shard that dies with its process.
+
 # %% tags=["export"]
 def shard_scores_path(output_dir: str | Path, shard: Shard) -> Path:
     """The shard's log of finished images: one JSON line {"name", "scores"} per image, appended
@@ -9733,6 +9739,9 @@ def _now() -> str:
 def _image_files(output_dir: Path, name: str) -> list[Path]:
     return [output_dir / f"{name}{s}" for s in OVERLAY_SUFFIXES + IMAGE_EXPORT_SUFFIXES]
 
+
+# %% [markdown] tags=["why"]
+# Before a shard writes anything: refuse another split, a second run of the shard, and any file in its way that no record of it wrote.
 
 # %% tags=["export"]
 def start_shard(output_dir: Path, shard: Shard, record: Mapping[str, Any], names: Sequence[str],
@@ -9795,6 +9804,9 @@ class ShardReport:
     failed: dict[str, str]
     record_path: Path
 
+
+# %% [markdown] tags=["why"]
+# One shard through the same pipeline as a whole folder, writing only its images' files, its log and its record.
 
 # %% tags=["export"]
 def run_shard(
@@ -9860,6 +9872,9 @@ class ShardsIncomplete(RuntimeError):
     """The shards of a folder are not all complete (or disagree): the message says which."""
 
 
+# %% [markdown] tags=["why"]
+# The merge starts only from a complete set: every shard of one split of one run, each finished; otherwise it names what is missing.
+
 # %% tags=["export"]
 def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     """{K: record} of the shards in `output_dir`, after checking that they are every shard of one
@@ -9900,6 +9915,9 @@ class MergeReport:
     def n_ok(self) -> int:
         return sum(1 for r in self.rows if r["status"] == "ok")
 
+
+# %% [markdown] tags=["why"]
+# The folder-level files, in folder order, from the images' own files: the same bytes a one-process run writes.
 
 # %% tags=["export"]
 def merge_shards(output_dir: str | Path) -> MergeReport:
@@ -9978,6 +9996,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.shard
         raise SystemExit(1)
 
 
+# %% [markdown] tags=["why"]
+# The command-line side: `uni-seg infer --shard K/N` once the model is loaded.
+
 # %% tags=["export"]
 def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
                   class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
@@ -10008,6 +10029,9 @@ def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings
 # (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
 # pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
 # GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide.
+
+# %% [markdown] tags=["why"]
+# A slide is known by its format or by being a TIFF pyramid; the level read is the one nearest the working scale.
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -10085,6 +10109,9 @@ class Region:
     window: tuple[int, int, int, int]
 
 
+# %% [markdown] tags=["why"]
+# Regions tile the level once, each with a margin; a cell belongs to the region that holds its centroid (kept once, whole), and its COCO RLE on the whole level comes from its box alone.
+
 # %% tags=["export"]
 def slide_regions(height: int, width: int, core: int, margin: int) -> list[Region]:
     """The regions of a (height, width) slide level in row-major order: cores `core` x `core`
@@ -10133,6 +10160,9 @@ def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) ->
     ends = (left + cols) * height + top + rows
     return _rle_string(_counts_from_runs(starts.astype(np.int64), ends.astype(np.int64), height * width))
 
+
+# %% [markdown] tags=["why"]
+# The label map never exists whole: tiles on disk, each completed when its neighbours have handed over the parts of their cells that cross into it.
 
 # %% tags=["export"]
 class LabelTiles:
@@ -10217,6 +10247,9 @@ def _level_tiles(tiles: LabelTiles, k: int) -> Iterator[np.ndarray]:
             yield out
 
 
+# %% [markdown] tags=["why"]
+# The tiles become a tiled pyramidal TIFF a tile at a time; one region is segmented as a whole image is, from its window of pixels.
+
 # %% tags=["export"]
 def write_label_pyramid(tiles: LabelTiles, path: Path) -> Path:
     """Write `tiles` as a tiled, zlib-compressed pyramidal TIFF at `path` (atomically): level
@@ -10291,6 +10324,9 @@ def _slide_files(output_dir: Path, name: str) -> list[Path]:
     return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
 
 
+# %% [markdown] tags=["why"]
+# A slide's outputs are never replaced unasked; each region's cells become table rows, GeoJSON features, COCO annotations and label pieces in slide pixels, appended to files open for the whole run.
+
 # %% tags=["export"]
 def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
     """Refuse a slide whose outputs exist (unless `overwrite`: then those files, and only those,
@@ -10354,6 +10390,9 @@ def _open_streams(stack: contextlib.ExitStack, output_dir: Path, name: str, file
     coco_out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
     return rows, geo_out, coco_out
 
+
+# %% [markdown] tags=["why"]
+# The slide end to end: outputs grow as regions finish, so memory follows the region, not the slide.
 
 # %% tags=["export"]
 def run_slide_inference(
@@ -10436,6 +10475,9 @@ def run_slide_inference(
           f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
     return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
                        rss, _slide_files(output_dir, name))
+
+# %% [markdown] tags=["why"]
+# The command-line side: `uni-seg infer --input SLIDE` once the model is loaded.
 
 # %% tags=["export"]
 def slide_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
