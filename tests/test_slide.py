@@ -197,3 +197,15 @@ def test_a_coarser_level_is_read_for_a_smaller_working_scale_and_geojson_is_in_l
         # outlines run 0.25 px inside the level-1 pixel edges: x 2 in level-0 pixels
         assert points[:, 0].min() == 2 * (xs.min() + 0.25) and points[:, 0].max() == 2 * (xs.max() + 0.75)
         assert points[:, 1].min() == 2 * (ys.min() + 0.25) and points[:, 1].max() == 2 * (ys.max() + 0.75)
+
+
+def test_a_cell_centred_on_a_core_edge_is_kept_by_exactly_one_region():
+    top = slide.Region(0, 0, (100, 0, 125, 40), (100, 0, 140, 40))  # core rows [100, 125)
+    bottom = slide.Region(1, 0, (125, 0, 160, 40), (93, 0, 133, 40))  # core rows [125, 160), window from 93
+    seen_from_top = np.zeros((40, 40), np.int32)
+    seen_from_top[10:20, 15:25] = 1  # slide rows 110..119: centroid row 114.5
+    seen_from_top[20:31, 10:20] = 2  # slide rows 120..130: centroid row 125.0, on the edge of the two cores
+    seen_from_bottom = np.zeros((40, 40), np.int32)
+    seen_from_bottom[7:] = seen_from_top[:33]  # the same slide pixels from a window 7 rows higher
+    assert slide.owned_cells(seen_from_top, top).tolist() == [1]
+    assert slide.owned_cells(seen_from_bottom, bottom).tolist() == [2]  # row 125.0 is the lower core's only

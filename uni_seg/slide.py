@@ -100,17 +100,21 @@ def slide_regions(height: int, width: int, core: int, margin: int) -> list[Regio
 def owned_cells(inst: np.ndarray, region: Region) -> np.ndarray:
     """int64 ids of the cells of `inst` (a region's window labels, int (h, w)) whose centroid
     (mean pixel position, in slide pixels) lies in the region's core: each cell of the slide is
-    kept by exactly one region, whole, whatever the region size."""
+    kept by exactly one region, whole, whatever the region size. The test is done on integer
+    sums (sum of positions vs core edge x area, exact in float64 up to 2^53), so two regions
+    that see the same cell never disagree by a rounding, even for a centroid on a core edge."""
     n = int(inst.max(initial=0))
     if n == 0:
         return np.zeros(0, np.int64)
-    ys, xs = np.indices(inst.shape, dtype=np.float64)
-    area = np.bincount(inst.ravel(), minlength=n + 1)
+    ys, xs = np.indices(inst.shape, dtype=np.int32)
+    labels = inst.ravel()
+    area = np.bincount(labels, minlength=n + 1)
     present = np.flatnonzero(area[1:]) + 1
-    cy = np.bincount(inst.ravel(), weights=ys.ravel(), minlength=n + 1)[present] / area[present] + region.window[0]
-    cx = np.bincount(inst.ravel(), weights=xs.ravel(), minlength=n + 1)[present] / area[present] + region.window[1]
+    a = area[present].astype(np.float64)
+    sum_y = np.bincount(labels, weights=ys.ravel(), minlength=n + 1)[present] + region.window[0] * a
+    sum_x = np.bincount(labels, weights=xs.ravel(), minlength=n + 1)[present] + region.window[1] * a
     y0, x0, y1, x1 = region.core
-    return present[(cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)]
+    return present[(sum_y >= y0 * a) & (sum_y < y1 * a) & (sum_x >= x0 * a) & (sum_x < x1 * a)]
 
 
 def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) -> str:
