@@ -49,7 +49,7 @@
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.shards`, `uni_seg.slide`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; Many nodes: a job array over shards; Whole-slide smears in bounded memory
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.sweep`): Sweeps: a grid of runs, with seeds
@@ -9802,7 +9802,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
-    parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
+    parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp), or one "
+                        "whole-slide image (svs, ndpi, pyramidal tif: read in regions, see uni_seg.slide)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
                         "unless --overwrite or --resume)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --output")
@@ -9820,6 +9821,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         f"exports (default: next to a GPU the usable CPUs minus one, here {default_workers()}; with the model on the "
                         f"CPU, here {default_workers('cpu')}; 0: all in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shard", default=None, metavar="K/N", help="segment only shard K (from 0) of N of the folder "
+                        "(every N-th image of the sorted list) into --output; `uni-seg merge OUTPUT` then writes the "
+                        "folder-level files (slurm_infer.sh runs the shards as a job array)")
     args = parser.parse_args(argv)
 
     # Every option is checked before anything is loaded or any image read.
@@ -9841,17 +9845,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(f"--workers {args.workers} is more than the {usable_cpus()} usable CPUs: {usable_cpus()} used",
               file=sys.stderr)
         args.workers = usable_cpus()
+    from uni_seg.shards import shard_option
+    args.shard = shard_option(parser, args.shard)
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
         if args.checkpoint.is_dir():
             raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
                                     "(e.g. checkpoints/best_phase2.pth)")
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
-        plan_folder(args.input)  # the input folder exists and is a folder
+        from uni_seg.slide import is_slide
+        slide = is_slide(args.input)
+        if slide and args.shard is not None:
+            raise ValueError(f"--shard splits a folder; {args.input} is one slide")
+        if not slide:
+            plan_folder(args.input)  # the input folder exists and is a folder
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
+        scale, scale_line = working_scale_from_options(args, [] if slide else list_images(args.input, args.limit), meta)
         settings = settings.replace(working_scale=scale)
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
@@ -9864,6 +9875,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line, "working_scale_source": scale_line}
+        if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
+            from uni_seg.shards import shard_command
+            from uni_seg.slide import slide_command
+            command = slide_command if slide else shard_command
+            return command(model, args, settings, postproc, names, scheme, provenance, meta)
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,
@@ -9908,6 +9924,904 @@ if "model" in globals() and _demo_images:
     plt.show()
 else:
     print("no model or no test image: skipping the whole-image demo")
+
+# %% [markdown]
+# ### Many nodes: a job array over shards (`uni_seg.shards`)
+#
+# A study of tens of thousands of fields of view outgrows one node. Rather than a scheduler of
+# our own, SLURM's job array does the fanning out: task K of N segments shard K of the folder
+# (`uni-seg infer --shard K/N`: every N-th image of the sorted list, so the split depends on the
+# file names only), with the same worker pipeline, into the same output folder. A shard writes
+# only its images' files and its own record, `shards/shard-K-of-N.json` (the run's description,
+# its images, status, failures); the folder-level files (`summary.csv`, the COCO file, `run.json`)
+# are written once, by `uni-seg merge OUTPUT`, when every shard is complete; until then the merge
+# names the shards missing or unfinished and exits 1. Two shards never write the same file (the
+# split is a partition, a shard refuses a file no record of it wrote, and each holds an OS lock
+# on its name while it runs). A shard killed half-way is finished with `--resume`; its log of
+# finished images (with their exact COCO scores, which the cell CSV rounds) makes the merged
+# files the same bytes as one process's. `slurm_infer.sh` submits the array and a merge job that
+# waits for it.
+
+# %% [markdown] tags=["why"]
+# A shard is a fixed part of the sorted file list, named `shard-K-of-N` after its place in the split.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uni_seg.config import ClassScheme, class_scheme, describe_differences, write_json_atomic
+from uni_seg.data import CLASS_NAMES, WorkerPool, default_workers
+from uni_seg.export import (FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD, export_folder_item,
+                            load_folder_item, plan_folder, reread_image, write_csv)
+from uni_seg.infer import (InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads, peak_rss_mb,
+                           pipeline)
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+
+#: The folder, inside a run's output folder, of the shards' records and lock files.
+SHARDS_DIR = "shards"
+#: What must be the same in every shard of one run (and in a resumed shard): the run's description.
+RUN_KEYS = ("checkpoint", "settings", "postproc", "input", "limit")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Shard `index` (0-based) of `count`: the folder's images `index`, `index + count`, ... in
+    `plan_folder`'s sorted order (a split that depends on the file names only)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"--shard {self.index}/{self.count}: K/N needs 0 <= K < N")
+
+    @property
+    def name(self) -> str:
+        """`shard-K-of-N`: the stem of the shard's record and lock file."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def items(self, items: Sequence[Any]) -> list[Any]:
+        """This shard's part of `items` (every count-th, from index)."""
+        return list(items[self.index::self.count])
+
+
+def parse_shard(text: str) -> Shard:
+    """The `Shard` of `--shard K/N` (e.g. "0/4"); `ValueError` with one line otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not match:
+        raise ValueError(f"--shard {text!r} must be K/N, shard K (from 0) of N, e.g. 0/4")
+    return Shard(int(match[1]), int(match[2]))
+
+
+def shard_option(parser: Any, text: str | None) -> Shard | None:
+    """`--shard`'s `Shard` (None when not given); a bad value ends the command via `parser.error`."""
+    try:
+        return None if text is None else parse_shard(text)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def shard_record_path(output_dir: str | Path, shard: Shard) -> Path:
+    return Path(output_dir) / SHARDS_DIR / f"{shard.name}.json"
+
+
+# %% [markdown] tags=["why"]
+# The log of finished images (what a resumed shard may skip, and the exact COCO scores the merge needs), and an OS lock per shard that dies with its process.
+
+# %% tags=["export"]
+def shard_scores_path(output_dir: str | Path, shard: Shard) -> Path:
+    """The shard's log of finished images: one JSON line {"name", "scores"} per image, appended
+    as each finishes. The COCO scores are rounded from the model's float32 values, which the
+    cell CSV (6 digits) cannot give back exactly; with them the merge writes the same bytes as
+    one process, and an image counts as done on resume only once its line is there."""
+    return Path(output_dir) / SHARDS_DIR / f"{shard.name}.scores.jsonl"
+
+
+def read_scores(path: Path) -> dict[str, list[float]]:
+    """{export name: COCO scores} of a shard's log; a line cut short by a kill is ignored."""
+    scores: dict[str, list[float]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = json.loads(line)
+                scores[entry["name"]] = list(entry["scores"])
+    return scores
+
+
+@contextlib.contextmanager
+def folder_lock(output_dir: str | Path, name: str) -> Iterator[Path]:
+    """Hold the OS lock (`fcntl.flock`, exclusive, not waiting) of `output_dir/shards/<name>.lock`
+    while the block runs: a second process that takes the same lock (the same shard started
+    twice, or a merge while a shard runs) fails at once, naming the
+    folder (`FileExistsError`), rather than both writing the same files. The kernel drops the lock when its
+    process dies, so a killed shard never leaves a stale lock behind."""
+    path = Path(output_dir) / SHARDS_DIR / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileExistsError(f"{output_dir}: {name} is running in another process (it holds the lock {path})") from None
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _image_files(output_dir: Path, name: str) -> list[Path]:
+    return [output_dir / f"{name}{s}" for s in OVERLAY_SUFFIXES + IMAGE_EXPORT_SUFFIXES]
+
+
+# %% [markdown] tags=["why"]
+# Before a shard writes anything: refuse another split, a second run of the shard, and any file in its way that no record of it wrote.
+
+# %% tags=["export"]
+def start_shard(output_dir: Path, shard: Shard, record: Mapping[str, Any], names: Sequence[str],
+                overwrite: bool = False, resume: bool = False) -> set[str]:
+    """Prepare `output_dir` for `shard` of the run described by `record` (its images exported as
+    `names`) and write the shard's record with status "running". Returns the names already
+    complete (every one of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an empty set.
+
+    Refused (`FileExistsError`, `ValueError`, one line): another split of the folder (records
+    of shards of another N), a record of this shard without `resume` or `overwrite`, a resumed
+    record that describes another run, or an image file of this shard that no record of it
+    lists (nothing this shard did not write is replaced). `overwrite` removes the image files
+    its earlier record lists, and only those. The folder-level files are never touched here.
+    """
+    shards_dir = output_dir / SHARDS_DIR
+    shards_dir.mkdir(parents=True, exist_ok=True)
+    other = sorted(p.name for p in shards_dir.glob("shard-*-of-*.json") if not p.name.endswith(f"-of-{shard.count}.json"))
+    if other:
+        raise FileExistsError(f"{output_dir} holds shards of another split ({', '.join(other[:2])}): "
+                              f"use the same N, or another --output folder")
+    path = shard_record_path(output_dir, shard)
+    previous = json.loads(path.read_text()) if path.is_file() else None
+    done: set[str] = set()
+    if previous is not None and resume:
+        diffs = describe_differences({k: previous.get(k) for k in RUN_KEYS}, {k: record.get(k) for k in RUN_KEYS},
+                                     names=("earlier run", "this run"))
+        if diffs:
+            raise ValueError(f"--resume: {path} records another run: " + "; ".join(diffs)
+                             + ". Use --overwrite to replace it, or another --output folder")
+        logged = read_scores(shard_scores_path(output_dir, shard))
+        done = {n for n in names if n in logged and all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+    elif previous is not None and overwrite:
+        for _, _, name in previous.get("images", []):
+            for file in _image_files(output_dir, name):
+                file.unlink(missing_ok=True)
+        shard_scores_path(output_dir, shard).unlink(missing_ok=True)
+    elif previous is not None:
+        raise FileExistsError(f"{path} exists: pass --resume to finish that shard, or --overwrite to redo it")
+    elif resume:
+        raise FileNotFoundError(f"--resume: {output_dir} holds no {path.name}, so there is no shard to finish")
+    present = [f for n in names for f in _image_files(output_dir, n) if f.exists()]
+    if present and previous is None:
+        raise FileExistsError(f"{present[0]} exists and no record of {shard.name} wrote it: refusing to replace it "
+                              "(another --output folder, or remove it)")
+    if previous is None:
+        shard_scores_path(output_dir, shard).unlink(missing_ok=True)  # a log without its record: never used
+    write_json_atomic(path, {**record, "shard": [shard.index, shard.count], "status": "running",
+                             "started": previous.get("started", _now()) if resume and previous else _now()})
+    return done
+
+
+@dataclasses.dataclass
+class ShardReport:
+    """What `run_shard` did: the images of the shard, those segmented now, those a resumed
+    run had finished, failures by input file name, and the shard's record."""
+
+    images: int
+    segmented: int
+    resumed: int
+    failed: dict[str, str]
+    record_path: Path
+
+
+# %% [markdown] tags=["why"]
+# One shard through the same pipeline as a whole folder, writing only its images' files, its log and its record.
+
+# %% tags=["export"]
+def run_shard(
+    model: torch.nn.Module, input_dir: Path, output_dir: Path, shard: Shard,
+    settings: InferenceSettings = InferenceSettings(), postproc: PostprocParams | None = None,
+    limit: int | None = None, class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection",
+    progress: bool = True, *, overwrite: bool = False, resume: bool = False,
+    provenance: Mapping[str, Any] | None = None, workers: int | None = None, overlay: str = "jpg",
+    forward: Any | None = None, scheme: ClassScheme | None = None,
+) -> ShardReport:
+    """Segment `shard`'s images of `input_dir` (see `Shard`) into `output_dir`: the same
+    per-image files as `run_folder_inference` (same arguments), made by the same pipeline, and
+    `shards/shard-K-of-N.json` (the run's description, the shard's images as [index in the
+    folder, input file, export name], status, failures). The folder-level files are
+    `merge_shards`' once every shard is complete. The shard holds its lock (`folder_lock`) while
+    it runs; images go to the device in folder order, as in a one-process run."""
+    from tqdm.auto import tqdm
+
+    output_dir = Path(output_dir)
+    plan = plan_folder(input_dir, limit)
+    postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    class_names = scheme.names if scheme is not None else tuple(class_names)
+    colours = scheme.colours if scheme is not None else None
+    mine = shard.items([(k, path, name) for k, (path, name) in enumerate(plan.images)])
+    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "limit": limit,
+              "device": settings.device, "settings": settings.replace(device=None).as_dict(),
+              "postproc": postproc.as_dict(), **(provenance or {}), "class_names": list(class_names),
+              "scheme": scheme.as_dict() if scheme is not None else None,
+              "images": [[k, path.name, name] for k, path, name in mine],
+              "skipped": {str(p): why for p, why in plan.skipped}, "not_images": plan.ignored}
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(output_dir, shard.name):
+        done = start_shard(output_dir, shard, record, [name for _, _, name in mine], overwrite, resume)
+        todo = [(path, name) for _, path, name in mine if name not in done]
+        batcher = TileBatcher(model, settings, forward)
+        workers = default_workers(batcher.device.type) if workers is None else workers
+        failed: dict[str, str] = {}
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"segmenting ({shard.name})", unit="image",
+                   disable=not progress)
+        with (WorkerPool(workers) as pool, model_threads(batcher.device, workers),
+              open(shard_scores_path(output_dir, shard), "a") as log):
+            for index, status, value in pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
+                                                 (output_dir, postproc, class_names, object_type, overlay, colours),
+                                                 batcher, pool):
+                if status != "ok":
+                    failed[todo[index][0].name] = value
+                    tqdm.write(f"skipped {todo[index][0]}: {value}", file=sys.stderr)
+                else:
+                    scores = [a["score"] for a in value["annotations"]]
+                    log.write(json.dumps({"name": todo[index][1], "scores": scores}) + "\n")
+                    log.flush()
+                bar.update(1)
+        bar.close()
+        path = shard_record_path(output_dir, shard)
+        started = json.loads(path.read_text())["started"]
+        write_json_atomic(path, {**record, "shard": [shard.index, shard.count], "status": "complete", "started": started,
+                                 "finished": _now(), "segmented": len(todo) - len(failed), "resumed": len(done),
+                                 "failed": failed, "workers": workers, "peak_rss_mb": peak_rss_mb()})
+    return ShardReport(len(mine), len(todo) - len(failed), len(done), failed, path)
+
+
+class ShardsIncomplete(RuntimeError):
+    """The shards of a folder are not all complete (or disagree): the message says which."""
+
+
+# %% [markdown] tags=["why"]
+# The merge starts only from a complete set: every shard of one split of one run, each finished; otherwise it names what is missing.
+
+# %% tags=["export"]
+def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
+    """{K: record} of the shards in `output_dir`, after checking that they are every shard of one
+    split of one run and all complete; `ShardsIncomplete` naming each shard missing, still
+    running (or killed: rerun it with --resume) or describing another run otherwise."""
+    shards_dir = Path(output_dir) / SHARDS_DIR
+    records = {p: json.loads(p.read_text()) for p in sorted(shards_dir.glob("shard-*-of-*.json"))}
+    if not records:
+        raise ShardsIncomplete(f"{output_dir}: no shard records ({SHARDS_DIR}/shard-K-of-N.json): nothing to merge")
+    counts = {r["shard"][1] for r in records.values()}
+    if len(counts) > 1:
+        raise ShardsIncomplete(f"{shards_dir} holds shards of several splits (N = {sorted(counts)})")
+    count = counts.pop()
+    by_index = {r["shard"][0]: r for r in records.values()}
+    problems = [f"shard {k}/{count} is missing" for k in range(count) if k not in by_index]
+    problems += [f"shard {k}/{count} did not finish (status {r.get('status')!r}: killed or still running; "
+                 "rerun it with --resume)" for k, r in sorted(by_index.items()) if r.get("status") != "complete"]
+    first = by_index[min(by_index)]
+    problems += [f"shard {k}/{count} describes another run: " + "; ".join(diffs)
+                 for k, r in sorted(by_index.items())
+                 if (diffs := describe_differences({key: first.get(key) for key in RUN_KEYS},
+                                                   {key: r.get(key) for key in RUN_KEYS},
+                                                   names=(f"shard {min(by_index)}", f"shard {k}")))]
+    if problems:
+        raise ShardsIncomplete(f"{output_dir}: cannot merge: " + "; ".join(problems))
+    return by_index
+
+
+@dataclasses.dataclass
+class MergeReport:
+    rows: list[dict[str, Any]]
+    failed: dict[str, str]
+    coco_path: Path
+    summary_path: Path
+    record_path: Path
+
+    @property
+    def n_ok(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "ok")
+
+
+# %% [markdown] tags=["why"]
+# The folder-level files, in folder order, from the images' own files: the same bytes a one-process run writes.
+
+# %% tags=["export"]
+def merge_shards(output_dir: str | Path) -> MergeReport:
+    """Write the folder-level files of a run done as shards: `summary.csv` and
+    `coco_instances.json` (the same bytes a one-process run writes: images in folder order,
+    each read back from its files with `reread_image`) and `run.json` (the run's record with
+    the counts, failures and every shard's peak memory). Every shard must be complete
+    (`shard_records`); each shard's lock is held while merging, so none runs meanwhile."""
+    output_dir = Path(output_dir)
+    records = shard_records(output_dir)
+    with contextlib.ExitStack() as locks:
+        for k, r in records.items():
+            locks.enter_context(folder_lock(output_dir, Shard(k, r["shard"][1]).name))
+        records = shard_records(output_dir)  # read again under the locks
+        first = records[min(records)]
+        scheme = class_scheme(first["scheme"]) if first.get("scheme") else None
+        class_names = tuple(first["class_names"])
+        images = sorted(tuple(item) for r in records.values() for item in r["images"])
+        failed = {file: why for r in records.values() for file, why in r["failed"].items()}
+        scores = {n: v for k, r in records.items() for n, v in read_scores(shard_scores_path(output_dir, Shard(k, r["shard"][1]))).items()}
+        for name in FOLDER_EXPORTS:
+            (output_dir / name).unlink(missing_ok=True)
+        writer = _CocoWriter(output_dir, class_names)
+        rows = []
+        for _, file, name in images:
+            if file in failed:
+                rows.append({**_summary_row(Path(file), name, class_names, scheme), "status": "failed",
+                             "error": failed[file]})
+                continue
+            result = reread_image(output_dir, name)
+            if len(scores.get(name, ())) == len(result["annotations"]):
+                for annotation, score in zip(result["annotations"], scores[name]):
+                    annotation["score"] = score
+            rows.append(_summary_row(Path(file), name, class_names, scheme, result))
+            writer.add(file, result)
+        for entry, why in first["skipped"].items():
+            rows.append({**_summary_row(Path(entry), "", class_names, scheme), "status": "skipped", "error": why})
+        coco_path = writer.close()
+        columns = _summary_row(Path("x"), "", class_names, scheme)
+        summary_path = write_csv(output_dir / "summary.csv", {c: [r[c] for r in rows] for c in columns})
+        shard_keys = ("shard", "images", "status", "started", "finished", "segmented", "resumed", "failed", "workers",
+                      "peak_rss_mb", "class_names", "scheme", "skipped", "not_images")
+        record = {k: v for k, v in first.items() if k not in shard_keys}
+        record_path = write_json_atomic(output_dir / RUN_RECORD, {
+            **record, "status": "complete", "started": min(r["started"] for r in records.values()),
+            "finished": _now(), "resumed": sum(r["resumed"] for r in records.values()), "images": len(images),
+            "segmented": sum(r["status"] == "ok" for r in rows), "failed": failed, "skipped": first["skipped"],
+            "not_images": first["not_images"], "shards": len(records),
+            "peak_rss_mb": {str(k): r["peak_rss_mb"] for k, r in sorted(records.items())}})
+    return MergeReport(rows, failed, coco_path, summary_path, record_path)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.shards") -> None:
+    """`uni-seg merge OUTPUT`: the folder-level files of a run done as shards (`merge_shards`);
+    exit 1 naming the shards missing, failed or still running, or when an image failed."""
+    import argparse
+
+    from uni_seg.config import errors_as_messages
+    from uni_seg.data import DataError
+
+    parser = argparse.ArgumentParser(prog=prog, description="Write summary.csv, coco_instances.json and run.json of a "
+                                     "folder segmented as shards (uni-seg infer --shard K/N), once every shard is complete.")
+    parser.add_argument("output", type=Path, help="the output folder the shards wrote into")
+    args = parser.parse_args(argv)
+    if not args.output.is_dir():
+        parser.error(f"{args.output} is not a folder")
+    try:
+        with errors_as_messages(prog, (DataError, ValueError)):
+            report = merge_shards(args.output)
+    except (ShardsIncomplete, FileExistsError) as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"merged: {report.n_ok} image(s) segmented, {len(report.failed)} failed; summary: {report.summary_path}",
+          file=sys.stderr)
+    if report.failed:
+        raise SystemExit(1)
+
+
+# %% [markdown] tags=["why"]
+# The command-line side: `uni-seg infer --shard K/N` once the model is loaded.
+
+# %% tags=["export"]
+def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
+                  class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
+                  meta: Mapping[str, Any]) -> None:
+    """`uni-seg infer --shard K/N`'s part once the model is loaded (`args` its options, `meta` the
+    checkpoint's metadata): `run_shard`, one line of counts; exit 1 when an image failed."""
+    report = run_shard(model, args.input, args.output, args.shard, settings, postproc, args.limit, class_names,
+                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+                       provenance=provenance, workers=args.workers, overlay=args.overlay, scheme=scheme)
+    print(f"{args.shard.name}: {report.segmented} image(s) segmented, {report.resumed} done before, "
+          f"{len(report.failed)} failed; record: {report.record_path}", file=sys.stderr)
+    if report.failed:
+        raise SystemExit(1)
+
+
+# %% [markdown]
+# ### Whole-slide smears in bounded memory (`uni_seg.slide`)
+#
+# A scanned smear (SVS, NDPI, a pyramidal TIFF: 50k x 50k pixels and more) never fits in memory
+# as one image, nor do its maps or its label map. `uni-seg infer --input SLIDE.svs` reads it
+# through tiffslide (pure Python on tifffile: no system library) at the pyramid level nearest
+# the working scale, in regions: a square core plus a margin of at least two cell diameters,
+# segmented as a whole image is. A cell cut by a core's border is kept once, whole, by the region
+# that holds its centroid, so the cells do not depend on the region size. Outputs stream to disk
+# as regions finish: the cell table (CSV), GeoJSON features (QuPath), COCO annotations (RLE on
+# the whole level, made from each cell's box) and the label map as tiles on disk, turned at the
+# end into a tiled pyramidal TIFF; memory follows the region size, not the slide's. Plain images
+# (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
+# pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
+# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide.
+
+# %% [markdown] tags=["why"]
+# A slide is known by its format or by being a TIFF pyramid; the level read is the one nearest the working scale.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from uni_seg.config import ClassScheme, atomic_open, write_json_atomic
+from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
+                            cell_table, cells_geojson_text)
+from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+
+#: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
+#: pyramid (more than one level), otherwise a plain image (today's path).
+SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff")
+#: The files a slide exported as <name> gets, written as regions finish (as `.partial` until the end).
+SLIDE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.tif", "_cells.csv", "_cells.geojson", "_coco.json")
+SLIDE_RECORD_SUFFIX = "_slide.json"
+
+
+def is_slide(path: str | Path) -> bool:
+    """Whether `path` is a file to read as a whole slide: a `SLIDE_SUFFIXES` file, or a TIFF
+    whose first series is a pyramid (several levels). A folder, or a plain image, is not."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.series) and len(tif.series[0].levels) > 1
+    except (tifffile.TiffFileError, OSError, ValueError):
+        return False  # left to the plain-image reader, which names the problem
+
+
+def pick_level(downsamples: Sequence[float], working_scale: float) -> tuple[int, float]:
+    """(level, the scale left to apply to it) for reading a slide at `working_scale` (of level 0):
+    the level whose downsample is nearest 1 / working_scale on a log scale, so the residual
+    resize is the smallest. E.g. downsamples (1, 4, 16) and scale 0.25 -> (1, 1.0)."""
+    target = -math.log(working_scale)
+    level = min(range(len(downsamples)), key=lambda k: (abs(math.log(downsamples[k]) - target), k))
+    return level, float(working_scale * downsamples[level])
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One region of a slide (pixels of the level read): its `core` (y0, x0, y1, x1), the cells
+    whose centre lies there are this region's, and its `window` (the core and a margin, clipped
+    to the slide), the pixels that are segmented. `row`, `col`: its place in the grid."""
+
+    row: int
+    col: int
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+
+# %% [markdown] tags=["why"]
+# Regions tile the level once, each with a margin; a cell belongs to the region that holds its centroid (kept once, whole), and its COCO RLE on the whole level comes from its box alone.
+
+# %% tags=["export"]
+def slide_regions(height: int, width: int, core: int, margin: int) -> list[Region]:
+    """The regions of a (height, width) slide level in row-major order: cores `core` x `core`
+    (smaller at the right and bottom edges) that tile the slide exactly once, windows with
+    `margin` pixels more on each side. A cell whose centre is in a core lies within its window
+    as long as `margin` exceeds the cell's diameter; `margin` <= `core` keeps a cell within the
+    neighbouring cores."""
+    if core <= 0 or core % 16:
+        raise ValueError(f"region size {core} must be a positive multiple of 16 (the label TIFF's tile side)")
+    if not 0 <= margin <= core:
+        raise ValueError(f"region margin {margin} must be in [0, region size {core}]")
+    regions = []
+    for row, y0 in enumerate(range(0, height, core)):
+        for col, x0 in enumerate(range(0, width, core)):
+            y1, x1 = min(y0 + core, height), min(x0 + core, width)
+            regions.append(Region(row, col, (y0, x0, y1, x1),
+                                  (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))))
+    return regions
+
+
+def owned_cells(inst: np.ndarray, region: Region) -> np.ndarray:
+    """int64 ids of the cells of `inst` (a region's window labels, int (h, w)) whose centroid
+    (mean pixel position, in slide pixels) lies in the region's core: each cell of the slide is
+    kept by exactly one region, whole, whatever the region size. The test is done on integer
+    sums (sum of positions vs core edge x area, exact in float64 up to 2^53), so two regions
+    that see the same cell never disagree by a rounding, even for a centroid on a core edge."""
+    n = int(inst.max(initial=0))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    ys, xs = np.indices(inst.shape, dtype=np.int32)
+    labels = inst.ravel()
+    area = np.bincount(labels, minlength=n + 1)
+    present = np.flatnonzero(area[1:]) + 1
+    a = area[present].astype(np.float64)
+    sum_y = np.bincount(labels, weights=ys.ravel(), minlength=n + 1)[present] + region.window[0] * a
+    sum_x = np.bincount(labels, weights=xs.ravel(), minlength=n + 1)[present] + region.window[1] * a
+    y0, x0, y1, x1 = region.core
+    return present[(sum_y >= y0 * a) & (sum_y < y1 * a) & (sum_x >= x0 * a) & (sum_x < x1 * a)]
+
+
+def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) -> str:
+    """COCO compressed RLE counts of one cell on the whole (height, width) slide, from its mask
+    `mask` (bool (h, w)) placed at (top, left): the column runs of the crop, shifted to slide
+    positions, without ever making a slide-sized mask. Equal to `rle_encode` of the full mask."""
+    framed = np.pad(mask, ((1, 1), (0, 0))).T.view(np.int8)  # (w, h + 2): one column per row
+    change = np.diff(framed, axis=1)
+    cols, rows = np.nonzero(change == 1)
+    starts = (left + cols) * height + top + rows
+    cols, rows = np.nonzero(change == -1)
+    ends = (left + cols) * height + top + rows
+    return _rle_string(_counts_from_runs(starts.astype(np.int64), ends.astype(np.int64), height * width))
+
+
+# %% [markdown] tags=["why"]
+# The label map never exists whole: tiles on disk, each completed when its neighbours have handed over the parts of their cells that cross into it.
+
+# %% tags=["export"]
+class LabelTiles:
+    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1,
+    ~40x smaller on synthetic smears; in a hidden folder next to the outputs), never whole in
+    memory. `paint(row, col, pieces)` fills a finished region's tile with its own cells and
+    hands the parts of its cells that cross into a neighbouring core to that tile: at once if
+    the tile is on disk already, else when its region is painted. `write_label_pyramid` turns
+    the tiles into a tiled pyramidal TIFF."""
+
+    def __init__(self, folder: Path, height: int, width: int, side: int) -> None:
+        self.folder, self.height, self.width, self.side = folder, height, width, side
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pending: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+
+    def _path(self, row: int, col: int) -> Path:
+        return self.folder / f"{row}_{col}.z"
+
+    def _save(self, row: int, col: int, tile: np.ndarray) -> None:
+        self._path(row, col).write_bytes(zlib.compress(np.ascontiguousarray(tile, np.uint32).tobytes(), 1))
+
+    def _shape(self, row: int, col: int) -> tuple[int, int]:
+        return (min(self.side, self.height - row * self.side), min(self.side, self.width - col * self.side))
+
+    def tile(self, row: int, col: int) -> np.ndarray:
+        """uint32 (h, w) labels of the tile at (row, col) as painted so far (zeros if none)."""
+        path = self._path(row, col)
+        if not path.exists():
+            return np.zeros(self._shape(row, col), np.uint32)
+        return np.frombuffer(zlib.decompress(path.read_bytes()), np.uint32).reshape(self._shape(row, col)).copy()
+
+    @staticmethod
+    def _put(tile: np.ndarray, origin: tuple[int, int], piece: tuple[int, int, np.ndarray]) -> None:
+        top, left, labels = piece  # slide position of `labels` (uint32, 0 = not this cell)
+        y0, x0 = max(top, origin[0]), max(left, origin[1])
+        y1, x1 = min(top + labels.shape[0], origin[0] + tile.shape[0]), min(left + labels.shape[1], origin[1] + tile.shape[1])
+        if y0 >= y1 or x0 >= x1:
+            return
+        src = labels[y0 - top:y1 - top, x0 - left:x1 - left]
+        dst = tile[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
+        np.copyto(dst, src, where=(src > 0) & (dst == 0))  # a pixel claimed twice stays with the first cell
+
+    def paint(self, row: int, col: int, pieces: Sequence[tuple[int, int, np.ndarray]]) -> None:
+        """Paint region (row, col)'s cells, `pieces` (top, left, uint32 labels of one cell's box),
+        into its tile and its neighbours' (regions are painted in row-major order)."""
+        s = self.side
+        tile = np.zeros(self._shape(row, col), np.uint32)
+        for piece in self.pending.pop((row, col), []) + list(pieces):
+            self._put(tile, (row * s, col * s), piece)
+        self._save(row, col, tile)
+        spill: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+        for piece in pieces:
+            top, left, labels = piece
+            for r in range(top // s, (top + labels.shape[0] - 1) // s + 1):
+                for c in range(left // s, (left + labels.shape[1] - 1) // s + 1):
+                    if (r, c) != (row, col):
+                        spill.setdefault((r, c), []).append(piece)
+        for (r, c), parts in spill.items():
+            if (r, c) < (row, col):  # painted already (row-major order): add to its file
+                other = self.tile(r, c)
+                for piece in parts:
+                    self._put(other, (r * s, c * s), piece)
+                self._save(r, c, other)
+            else:
+                self.pending.setdefault((r, c), []).extend(parts)
+
+
+def _level_tiles(tiles: LabelTiles, k: int) -> Iterator[np.ndarray]:
+    """The tiles (side x side, zero-padded) of pyramid level k (every 2^k-th pixel of level
+    0, nearest: labels stay labels), row-major, each built from the level-0 tiles it covers."""
+    s, f = tiles.side, 2**k
+    rows, cols = math.ceil(math.ceil(tiles.height / f) / s), math.ceil(math.ceil(tiles.width / f) / s)
+    n_rows, n_cols = math.ceil(tiles.height / s), math.ceil(tiles.width / s)
+    for i in range(rows):
+        for j in range(cols):
+            out = np.zeros((s, s), np.uint32)
+            for a in range(i * f, min((i + 1) * f, n_rows)):
+                for b in range(j * f, min((j + 1) * f, n_cols)):
+                    part = tiles.tile(a, b)[::f, ::f]
+                    y, x = (a - i * f) * (s // f), (b - j * f) * (s // f)
+                    out[y:y + part.shape[0], x:x + part.shape[1]] = part
+            yield out
+
+
+# %% [markdown] tags=["why"]
+# The tiles become a tiled pyramidal TIFF a tile at a time; one region is segmented as a whole image is, from its window of pixels.
+
+# %% tags=["export"]
+def write_label_pyramid(tiles: LabelTiles, path: Path) -> Path:
+    """Write `tiles` as a tiled, zlib-compressed pyramidal TIFF at `path` (atomically): level
+    0 the slide's labels (uint32), then halvings as sub-resolutions until one tile holds the
+    level; a tile at a time in memory."""
+    import tifffile
+
+    levels = 0
+    while max(tiles.height, tiles.width) > tiles.side * 2**levels and tiles.side % 2 ** (levels + 1) == 0:
+        levels += 1
+    with atomic_open(path, "wb") as handle, tifffile.TiffWriter(handle, bigtiff=True) as tif:
+        options = {"dtype": np.uint32, "tile": (tiles.side, tiles.side), "compression": "zlib",
+                   "photometric": "minisblack", "metadata": None}
+        tif.write(_level_tiles(tiles, 0), shape=(tiles.height, tiles.width), subifds=levels, **options)
+        for k in range(1, levels + 1):
+            tif.write(_level_tiles(tiles, k), shape=(math.ceil(tiles.height / 2**k), math.ceil(tiles.width / 2**k)),
+                      subfiletype=1, **options)
+    return path
+
+
+@dataclasses.dataclass
+class SlideReport:
+    """What `run_slide_inference` did: the level read, its size, regions, cells, seconds, files."""
+
+    level: int
+    downsample: float
+    size: tuple[int, int]
+    regions: int
+    cells: int
+    seconds: float
+    peak_rss_mb: float
+    files: list[Path]
+
+
+def region_cells(
+    model: torch.nn.Module, window: np.ndarray, region: Region, settings: InferenceSettings,
+    postproc: PostprocParams, first_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segment one region: its `window` pixels (uint8 (h, w, 3) RGB of the level read) at
+    `settings.working_scale` (the residual scale), and keep the cells it owns (`owned_cells`),
+    numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
+    (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
+    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
+    seg = segment_image(model, window, settings, postproc, keep_maps=False)
+    keep = owned_cells(seg.inst, region)
+    lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
+    local = lut[seg.inst]
+    pick = np.r_[0, keep]
+    return local, seg.classes[pick], seg.class_probs[pick], seg.scores[pick], keep
+
+
+def _read_window(slide: Any, level: int, region: Region) -> np.ndarray:
+    """uint8 (h, w, 3) RGB of `region`'s window at `level` (tiffslide: location in level-0 pixels)."""
+    y0, x0, y1, x1 = region.window
+    downsample = slide.level_downsamples[level]
+    pixels = slide.read_region((round(x0 * downsample), round(y0 * downsample)), level, (x1 - x0, y1 - y0),
+                               as_array=True)
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return np.ascontiguousarray(pixels[..., :3]).astype(np.uint8, copy=False)
+
+
+#: Cell diameter (working-scale px) assumed for the region margin when the checkpoint does not record
+#: its training cell size: generous, since a margin too small cuts cells and one too large costs time.
+FALLBACK_CELL_DIAMETER = 64.0
+GEOJSON_HEAD = '{"type":"FeatureCollection","features":['
+
+
+def _slide_files(output_dir: Path, name: str) -> list[Path]:
+    return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
+
+
+# %% [markdown] tags=["why"]
+# A slide's outputs are never replaced unasked; each region's cells become table rows, GeoJSON features, COCO annotations and label pieces in slide pixels, appended to files open for the whole run.
+
+# %% tags=["export"]
+def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
+    """Refuse a slide whose outputs exist (unless `overwrite`: then those files, and only those,
+    are removed) and `resume`, which slides do not offer yet."""
+    if resume:
+        raise ValueError("--resume is not offered for a slide yet: run it again (with --overwrite)")
+    present = [p for p in _slide_files(output_dir, name) if p.exists()]
+    if present and not overwrite:
+        raise FileExistsError(f"{present[0]} exists: pass --overwrite to replace this slide's outputs, "
+                              "or another --output folder")
+    for path in present:
+        path.unlink()
+
+
+def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
+                    class_probs: np.ndarray, scores: np.ndarray, first_id: int, class_names: Sequence[str],
+                    object_type: str, slide_name: str, size: tuple[int, int],
+                    colours: Sequence[tuple[int, int, int]] | None,
+                    downsample: float = 1.0) -> tuple[dict[str, np.ndarray], str, list[str], list]:
+    """The exports of a region's own cells (`region_cells`' local labels 1..N, numbered
+    `first_id`... on the slide), in the pixels of the level read, but for the GeoJSON outlines,
+    which QuPath places in level-0 pixels (x `downsample`, to the nearest 0.25): (cell table,
+    GeoJSON features text, COCO annotations as JSON texts, label pieces for `LabelTiles.paint`)."""
+    wy, wx = region.window[:2]
+    shapes = cell_shapes(local, cv2.cvtColor(window, cv2.COLOR_RGB2GRAY), rles=False)
+    table = cell_table(local, window, classes, class_probs, scores, class_names, shapes=shapes)
+    ids = shapes.ids + (first_id - 1)
+    table.update(id=ids, centroid_x=table["centroid_x"] + wx, centroid_y=table["centroid_y"] + wy)
+    offset = np.array([wx, wy], np.float64)
+    polygons = {int(g): [[np.round((ring + offset) * (4 * downsample)) / 4 for ring in piece]
+                         for piece in shapes.polygons[int(c)]]
+                for g, c in zip(ids.tolist(), shapes.ids.tolist())}
+    text = cells_geojson_text(local, table, object_type, slide_name, polygons, colours)
+    features = text[len(GEOJSON_HEAD):-2]
+    annotations, pieces = [], []
+    for cell, (r0, r1, c0, c1) in zip(*[a.tolist() for a in cell_boxes(local)]):
+        mask = local[r0:r1, c0:c1] == cell
+        top, left, number = wy + r0, wx + c0, cell + first_id - 1
+        pieces.append((top, left, np.where(mask, np.uint32(number), np.uint32(0))))
+        annotations.append(json.dumps({
+            "id": number, "image_id": 1, "category_id": int(classes[cell]),
+            "segmentation": {"size": list(size), "counts": slide_rle(mask, top, left, *size)},
+            "area": int(mask.sum()), "bbox": [left, top, c1 - c0, r1 - r0], "iscrowd": 0,
+            "score": round(float(scores[cell]), 5)}, separators=(",", ":")))
+    return table, features, annotations, pieces
+
+
+def _open_streams(stack: contextlib.ExitStack, output_dir: Path, name: str, file_name: str,
+                  size: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """(csv writer of the cell table, GeoJSON handle, COCO handle), each file opened through
+    `atomic_open` for the whole run (so a killed run leaves no half file under the final name)
+    and its head written; the caller appends each region's part and closes them."""
+    table_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.csv", "w", newline=""))
+    geo_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.geojson", "w"))
+    coco_out = stack.enter_context(atomic_open(output_dir / f"{name}_coco.json", "w"))
+    rows = csv.writer(table_out)
+    rows.writerow(CELL_TABLE_COLUMNS)
+    geo_out.write(GEOJSON_HEAD)
+    head = {"info": {"description": "uni_seg cell instances", "version": "1.0"},
+            "images": [{"id": 1, "file_name": file_name, "height": size[0], "width": size[1]}]}
+    coco_out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
+    return rows, geo_out, coco_out
+
+
+# %% [markdown] tags=["why"]
+# The slide end to end: outputs grow as regions finish, so memory follows the region, not the slide.
+
+# %% tags=["export"]
+def run_slide_inference(
+    model: torch.nn.Module, slide_path: str | Path, output_dir: str | Path,
+    settings: InferenceSettings = InferenceSettings(), postproc: PostprocParams | None = None,
+    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", progress: bool = True, *,
+    overwrite: bool = False, resume: bool = False, provenance: Mapping[str, Any] | None = None,
+    scheme: ClassScheme | None = None, region_size: int = 2048, margin: int | None = None,
+    cell_diameter: float | None = None,
+) -> SlideReport:
+    """Segment a whole slide region by region, streaming the exports to `output_dir` as regions
+    finish: `<name>_cells.csv` (`cell_table`'s columns), `<name>_cells.geojson` (QuPath),
+    `<name>_coco.json` (one image, RLE on the whole level), `<name>_instances.tif` (tiled
+    pyramidal uint32 labels) and `<name>_slide.json` (what was read, how, and the counts).
+
+    Args:
+        slide_path: a slide tiffslide reads (SVS, NDPI, pyramidal TIFF, ...). The level nearest
+            `settings.working_scale` is read (`pick_level`); every output is in its pixels.
+        region_size: side of a region's core in the level's pixels (a multiple of 16: also the
+            label TIFF's tile side); memory grows with its square, not with the slide.
+        margin: pixels added around each core (default: two cell diameters, `cell_diameter`
+            in working-scale px, the checkpoint's, else `FALLBACK_CELL_DIAMETER`).
+        Others as in `run_folder_inference`. A cell cut by a core's border is kept, whole,
+        by the region that holds its centroid (`owned_cells`).
+    """
+    import tiffslide
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    output_dir, slide_path = Path(output_dir), Path(slide_path)
+    name = slide_path.stem
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _start_slide(output_dir, name, overwrite, resume)
+    postproc = postproc or DEFAULT_POSTPROC_PARAMS
+    class_names = scheme.names if scheme is not None else tuple(class_names)
+    colours = scheme.colours if scheme is not None else None
+    slide = tiffslide.TiffSlide(slide_path)
+    level, residual = pick_level(slide.level_downsamples, settings.working_scale)
+    width, height = slide.level_dimensions[level]
+    if margin is None:
+        margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
+    regions = slide_regions(height, width, region_size, margin)
+    at_level = settings.replace(working_scale=residual)
+    record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "level": level,
+              "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
+              "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
+              "postproc": postproc.as_dict(), **(provenance or {})}
+    record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
+    tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
+    categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
+    n_cells = 0
+    with contextlib.ExitStack() as stack:
+        rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
+        bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
+        for region in regions:
+            window = _read_window(slide, level, region)
+            local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+            pieces: list = []
+            if len(classes) > 1:
+                table, features, annotations, pieces = _region_exports(
+                    local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
+                    name, (height, width), colours, float(slide.level_downsamples[level]))
+                rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
+                geo_out.write(("," if n_cells else "") + features)
+                coco_out.write(("," if n_cells else "") + ",".join(annotations))
+                n_cells += len(classes) - 1
+            tiles.paint(region.row, region.col, pieces)
+            bar.update(1)
+            bar.set_postfix(cells=n_cells)
+        bar.close()
+        geo_out.write("]}")
+        coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+        write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
+    shutil.rmtree(tiles.folder)
+    slide.close()
+    seconds = time.perf_counter() - start
+    write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
+                                    "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
+    print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
+          f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
+    return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
+                       rss, _slide_files(output_dir, name))
+
+# %% [markdown] tags=["why"]
+# The command-line side: `uni-seg infer --input SLIDE` once the model is loaded.
+
+# %% tags=["export"]
+def slide_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
+                  class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
+                  meta: Mapping[str, Any]) -> None:
+    """`uni-seg infer --input SLIDE`'s part once the model is loaded (`args` its options, `meta` the
+    checkpoint's metadata: its training cell size sets the region margin)."""
+    run_slide_inference(model, args.input, args.output, settings, postproc, class_names, args.object_type,
+                        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
+                        provenance=provenance, scheme=scheme, cell_diameter=meta.get("cell_diameter"))
+
 
 # %% [markdown]
 # ## 9. Evaluation (`uni_seg.metrics`)
@@ -12322,6 +13236,7 @@ show_markdown(run_summary_text)
 # | `uni-seg weights check BACKBONE --weights W` | on a compute node: load weights as a run would (offline with `HF_HUB_OFFLINE=1`) and print its one-line report (§3) | `uni_seg.weights` |
 # | `uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR\|FILE [--baseline PX]` | score a checkpoint, and the classical baseline, on smears from elsewhere with VOC or COCO boxes (§9) | `uni_seg.external` |
 # | `uni-seg sweep GRID [--out DIR] [--task K \| --table-only \| --plan]` | run a grid of notebook runs (configurations x seeds) and write one table of mean and sd over seeds (below; `slurm_sweep.sh` on a cluster) | `uni_seg.sweep` |
+# | `uni-seg merge OUTPUT` | the folder-level files of a folder segmented as shards (`infer --shard K/N`, `slurm_infer.sh`), once every shard is complete (§8) | `uni_seg.shards` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -12344,6 +13259,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
     "sweep": ("uni_seg.sweep", "run a grid of notebook runs (configurations x seeds) and write one table of the "
                                "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
+    "merge": ("uni_seg.shards", "write the folder-level files (summary, COCO, run record) of a folder segmented as "
+                                "shards (infer --shard K/N, slurm_infer.sh), once every shard is complete"),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["slurm_train.sh", "slurm_train_ddp.sh", "slurm_train_multinode.sh", "slurm_eval.sh", "slurm_sweep.sh",
+SCRIPTS = ["slurm_train.sh", "slurm_train_ddp.sh", "slurm_train_multinode.sh", "slurm_eval.sh", "slurm_sweep.sh", "slurm_infer.sh",
            "tools/run_notebook.sh", "tools/setup_env.sh", "tools/activate_env.sh", ".ci/run", "bench/gpu_suite.sh"]
 
 

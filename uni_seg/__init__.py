@@ -21,6 +21,8 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.postproc     section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export       section 8: Inference and post-processing (Exports)
     uni_seg.infer        section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
+    uni_seg.shards       section 8: Inference and post-processing (Many nodes: a job array over shards)
+    uni_seg.slide        section 8: Inference and post-processing (Whole-slide smears in bounded memory)
     uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
     uni_seg.baseline     section 9: Evaluation (The classical baseline)
     uni_seg.external     section 9: Evaluation (Smears from another lab)
@@ -30,4 +32,4 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.sweep        section 11: The command line (Sweeps: a grid of runs, with seeds)
 """
 
-__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli', 'sweep']
+__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'shards', 'slide', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli', 'sweep']

@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
     "sweep": ("uni_seg.sweep", "run a grid of notebook runs (configurations x seeds) and write one table of the "
                                "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
+    "merge": ("uni_seg.shards", "write the folder-level files (summary, COCO, run record) of a folder segmented as "
+                                "shards (infer --shard K/N, slurm_infer.sh), once every shard is complete"),
 }
 
 

@@ -671,7 +671,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
     parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
-    parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
+    parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp), or one "
+                        "whole-slide image (svs, ndpi, pyramidal tif: read in regions, see uni_seg.slide)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
                         "unless --overwrite or --resume)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier run's outputs in --output")
@@ -689,6 +690,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
                         f"exports (default: next to a GPU the usable CPUs minus one, here {default_workers()}; with the model on the "
                         f"CPU, here {default_workers('cpu')}; 0: all in this process)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shard", default=None, metavar="K/N", help="segment only shard K (from 0) of N of the folder "
+                        "(every N-th image of the sorted list) into --output; `uni-seg merge OUTPUT` then writes the "
+                        "folder-level files (slurm_infer.sh runs the shards as a job array)")
     args = parser.parse_args(argv)
 
     # Every option is checked before anything is loaded or any image read.
@@ -710,17 +714,24 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(f"--workers {args.workers} is more than the {usable_cpus()} usable CPUs: {usable_cpus()} used",
               file=sys.stderr)
         args.workers = usable_cpus()
+    from uni_seg.shards import shard_option
+    args.shard = shard_option(parser, args.shard)
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
         if args.checkpoint.is_dir():
             raise IsADirectoryError(f"--checkpoint {args.checkpoint} is a folder, not a checkpoint file "
                                     "(e.g. checkpoints/best_phase2.pth)")
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
-        plan_folder(args.input)  # the input folder exists and is a folder
+        from uni_seg.slide import is_slide
+        slide = is_slide(args.input)
+        if slide and args.shard is not None:
+            raise ValueError(f"--shard splits a folder; {args.input} is one slide")
+        if not slide:
+            plan_folder(args.input)  # the input folder exists and is a folder
         model, meta = load_inference_model(args.checkpoint, device)
         postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
                                                   meta.get("checkpoint_id"))
-        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
+        scale, scale_line = working_scale_from_options(args, [] if slide else list_images(args.input, args.limit), meta)
         settings = settings.replace(working_scale=scale)
         n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
         names = tuple(class_name(c) for c in range(n_classes))
@@ -733,6 +744,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
                       "postproc_source": postproc_line, "working_scale_source": scale_line}
+        if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
+            from uni_seg.shards import shard_command
+            from uni_seg.slide import slide_command
+            command = slide_command if slide else shard_command
+            return command(model, args, settings, postproc, names, scheme, provenance, meta)
         report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
                                       args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
                                       resume=args.resume, provenance=provenance, workers=args.workers,

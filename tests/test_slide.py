@@ -1,0 +1,211 @@
+"""Whole-slide smears (uni_seg.slide): a synthetic tiled pyramid written here by tifffile, a
+pointwise stand-in model (every map pixel depends only on its image pixel, so a region and the
+whole image see the same maps), and the slide's cells compared with whole-image inference."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from uni_seg import export, infer, slide
+from uni_seg.synthetic import render_synthetic_smear
+
+pytest.importorskip("tiffslide")
+
+
+class DarknessModel(torch.nn.Module):
+    """Stand-in: a cell is a pixel darker than the background (a stained cell on a bright
+    smear), HV flat (each blob one cell), class from the red/blue balance. Pointwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(30.0))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        grey = x.mean(dim=1, keepdim=True)
+        r, b = x[:, 0:1], x[:, 2:3]
+        nc = torch.cat([1 - grey, r, b, 0.5 * (r + b)], dim=1) * 4
+        return {"np": (0.8 - grey) * self.gain, "hv": torch.zeros_like(x[:, :2]), "nc": nc}
+
+
+def _canonical(inst: np.ndarray) -> np.ndarray:
+    """Labels renumbered by first appearance (row-major): equal partitions give equal arrays."""
+    flat = inst.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    order = ids[np.argsort(first)]
+    order = order[order != 0]
+    lut = np.zeros(int(flat.max(initial=0)) + 1, np.int64)
+    lut[order] = np.arange(1, order.size + 1)
+    return lut[inst]
+
+
+def write_slide(path, height: int = 384, width: int = 512, seed: int = 0, tile: int = 128) -> np.ndarray:
+    """A synthetic smear saved as a tiled pyramidal RGB TIFF (levels 1, 1/2, 1/4); returns level 0."""
+    smear = render_synthetic_smear(np.random.default_rng(seed), height, width, cell_diameter=24, fill_fraction=0.15,
+                                   max_overlap=0.0, n_wbc=(1, 2), n_platelets=(2, 4))
+    image = smear.image
+    with tifffile.TiffWriter(path, bigtiff=False) as tif:
+        tif.write(image, tile=(tile, tile), photometric="rgb", subifds=2, compression="zlib")
+        for k in (1, 2):
+            tif.write(image[::2**k, ::2**k], tile=(tile, tile), photometric="rgb", subfiletype=1, compression="zlib")
+    return image
+
+
+def test_pick_level_is_the_nearest_on_a_log_scale():
+    assert slide.pick_level([1, 4, 16], 1.0) == (0, 1.0)
+    assert slide.pick_level([1, 4, 16], 0.25) == (1, 1.0)
+    assert slide.pick_level([1, 2, 4], 0.3) == (2, pytest.approx(1.2))
+    assert slide.pick_level([1, 2, 4], 2.0) == (0, 2.0)
+
+
+def test_regions_tile_the_slide_once_with_margins():
+    regions = slide.slide_regions(300, 500, 128, 40)
+    cover = np.zeros((300, 500), np.int32)
+    for r in regions:
+        y0, x0, y1, x1 = r.core
+        cover[y0:y1, x0:x1] += 1
+        wy0, wx0, wy1, wx1 = r.window
+        assert wy0 == max(0, y0 - 40) and wx1 == min(500, x1 + 40)
+    assert (cover == 1).all() and len(regions) == 3 * 4
+    with pytest.raises(ValueError, match="multiple of 16"):
+        slide.slide_regions(300, 500, 100, 10)
+
+
+def test_slide_rle_equals_the_full_mask_encoding():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        h, w = rng.integers(1, 9, 2)
+        mask = rng.random((h, w)) < 0.6
+        top, left = rng.integers(0, 5, 2)
+        full = np.zeros((16, 12), bool)
+        full[top:top + h, left:left + w] = mask
+        assert slide.slide_rle(mask, int(top), int(left), 16, 12) == export.rle_encode(full)["counts"]
+    column = np.ones((16, 1), bool)  # a full-height column continues into the next one
+    full = np.zeros((16, 12), bool)
+    full[:, 3:5] = True
+    assert slide.slide_rle(np.ones((16, 2), bool), 0, 3, 16, 12) == export.rle_encode(full)["counts"]
+    assert slide.slide_rle(column, 0, 0, 16, 1) == export.rle_encode(column)["counts"]
+
+
+def test_is_slide_tells_pyramids_from_plain_images(tmp_path):
+    write_slide(tmp_path / "pyramid.tif", 128, 128, tile=64)
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((32, 32, 3), np.uint8))
+    (tmp_path / "scan.svs").write_bytes(b"not looked at")
+    assert slide.is_slide(tmp_path / "pyramid.tif") and slide.is_slide(tmp_path / "scan.svs")
+    assert not slide.is_slide(tmp_path / "flat.tif") and not slide.is_slide(tmp_path)
+
+
+def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
+    image = write_slide(tmp_path / "smear.tif")
+    settings = infer.InferenceSettings(tile_size=64, overlap=16, batch_size=16, device="cpu", precision="fp32")
+    model = DarknessModel()
+    whole = infer.segment_image(model, image, settings)
+    report = slide.run_slide_inference(model, tmp_path / "smear.tif", tmp_path / "out", settings, region_size=128,
+                                       margin=48, progress=False)
+    out = tmp_path / "out"
+    labels = tifffile.imread(out / "smear_instances.tif")
+    assert labels.shape == image.shape[:2] and labels.dtype == np.uint32
+    # the same cells as one pass over the whole image: none cut at a region border, none doubled
+    np.testing.assert_array_equal(_canonical(labels), _canonical(whole.inst))
+    assert report.cells == whole.n_cells == len(np.unique(labels)) - 1 and report.regions == 3 * 4
+    # the test means something: cells straddle the region borders (every 128 px)
+    straddling = sum(np.intersect1d(whole.inst[:, x - 1], whole.inst[:, x]).size - 1 for x in (128, 256, 384))
+    assert straddling >= 3
+    with open(out / "smear_cells.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["id"]) for r in rows] == list(range(1, report.cells + 1))
+    for row in rows[:: max(1, len(rows) // 10)]:  # centroids in slide pixels
+        cell = labels == int(row["id"])
+        ys, xs = np.nonzero(cell)
+        assert float(row["centroid_x"]) == pytest.approx(xs.mean(), abs=1e-3)
+        assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=1e-3)
+        assert int(row["area"]) == cell.sum()
+    geo = json.loads((out / "smear_cells.geojson").read_text())
+    assert len(geo["features"]) == report.cells
+    coco = json.loads((out / "smear_coco.json").read_text())
+    assert coco["images"][0]["width"] == image.shape[1] and len(coco["annotations"]) == report.cells
+    for ann in coco["annotations"][:: max(1, report.cells // 10)]:
+        np.testing.assert_array_equal(export.rle_decode(ann["segmentation"]), labels == ann["id"])
+    with tifffile.TiffFile(out / "smear_instances.tif") as tif:  # a tiled pyramid: level 1 every 2nd pixel
+        levels = tif.series[0].levels
+        assert len(levels) >= 2 and tif.pages[0].is_tiled
+        np.testing.assert_array_equal(levels[1].asarray(), labels[::2, ::2])
+    record = json.loads((out / "smear_slide.json").read_text())
+    assert record["status"] == "complete" and record["cells"] == report.cells and record["level"] == 0
+    assert not list(out.glob(".*"))  # no temporaries, no tile store left behind
+    # the result does not depend on the region size
+    slide.run_slide_inference(model, tmp_path / "smear.tif", tmp_path / "out2", settings, region_size=192, margin=48,
+                              progress=False)
+    np.testing.assert_array_equal(_canonical(tifffile.imread(tmp_path / "out2" / "smear_instances.tif")),
+                                  _canonical(labels))
+
+
+def test_slide_outputs_are_never_replaced_without_overwrite(tmp_path):
+    write_slide(tmp_path / "s.tif", 128, 128, tile=64)
+    settings = infer.InferenceSettings(tile_size=64, overlap=16, device="cpu")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "s_cells.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match="s_cells.csv"):
+        slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
+                                  progress=False)
+    assert (tmp_path / "out" / "s_cells.csv").read_text() == "mine"
+    (tmp_path / "out" / "other.txt").write_text("not the slide's")
+    slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
+                              overwrite=True, progress=False)
+    assert (tmp_path / "out" / "other.txt").read_text() == "not the slide's"
+    assert (tmp_path / "out" / "s_cells.csv").read_text().startswith("id,")
+
+
+def test_uni_seg_infer_routes_a_slide_and_refuses_shards_of_it(tmp_path, monkeypatch, capsys):
+    write_slide(tmp_path / "smear.tif", 192, 256, tile=64)
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stand-in")
+    meta = {"working_scale": 1.0, "cell_diameter": 24.0, "model_config": {"backbone": "stand-in", "n_classes": 4}}
+    monkeypatch.setattr(infer, "load_inference_model", lambda path, device: (DarknessModel(), meta))
+    monkeypatch.chdir(tmp_path)
+    options = ["--checkpoint", str(checkpoint), "--input", "smear.tif", "--tile-size", "64", "--overlap", "16",
+               "--device", "cpu", "--precision", "fp32", "--no-progress"]
+    infer.main([*options, "--output", "out"])
+    record = json.loads((tmp_path / "out" / "smear_slide.json").read_text())
+    assert record["status"] == "complete" and record["margin"] == 48  # two cell diameters of the checkpoint
+    assert "regions" in capsys.readouterr().err and (tmp_path / "out" / "smear_instances.tif").exists()
+    assert not (tmp_path / "out" / "summary.csv").exists()  # a slide is not a folder run
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main([*options, "--output", "out2", "--shard", "0/2"])
+    assert exit_info.value.code == 2 and "--shard splits a folder" in capsys.readouterr().err
+
+
+def test_a_coarser_level_is_read_for_a_smaller_working_scale_and_geojson_is_in_level_0_pixels(tmp_path):
+    image = write_slide(tmp_path / "smear.tif")
+    settings = infer.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16, device="cpu", precision="fp32")
+    report = slide.run_slide_inference(DarknessModel(), tmp_path / "smear.tif", tmp_path / "out", settings,
+                                       region_size=64, margin=24, progress=False)
+    assert (report.level, report.downsample) == (1, 2.0)
+    labels = tifffile.imread(tmp_path / "out" / "smear_instances.tif")
+    assert labels.shape == (image.shape[0] // 2, image.shape[1] // 2)  # the pixels of level 1
+    geo = json.loads((tmp_path / "out" / "smear_cells.geojson").read_text())
+    for feature in geo["features"][:5]:
+        ys, xs = np.nonzero(labels == feature["properties"]["measurements"]["cell_id"])
+        rings = feature["geometry"]["coordinates"]
+        points = np.concatenate([np.asarray(r) for r in (rings if feature["geometry"]["type"] == "Polygon"
+                                                         else [r for piece in rings for r in piece])])
+        # outlines run 0.25 px inside the level-1 pixel edges: x 2 in level-0 pixels
+        assert points[:, 0].min() == 2 * (xs.min() + 0.25) and points[:, 0].max() == 2 * (xs.max() + 0.75)
+        assert points[:, 1].min() == 2 * (ys.min() + 0.25) and points[:, 1].max() == 2 * (ys.max() + 0.75)
+
+
+def test_a_cell_centred_on_a_core_edge_is_kept_by_exactly_one_region():
+    top = slide.Region(0, 0, (100, 0, 125, 40), (100, 0, 140, 40))  # core rows [100, 125)
+    bottom = slide.Region(1, 0, (125, 0, 160, 40), (93, 0, 133, 40))  # core rows [125, 160), window from 93
+    seen_from_top = np.zeros((40, 40), np.int32)
+    seen_from_top[10:20, 15:25] = 1  # slide rows 110..119: centroid row 114.5
+    seen_from_top[20:31, 10:20] = 2  # slide rows 120..130: centroid row 125.0, on the edge of the two cores
+    seen_from_bottom = np.zeros((40, 40), np.int32)
+    seen_from_bottom[7:] = seen_from_top[:33]  # the same slide pixels from a window 7 rows higher
+    assert slide.owned_cells(seen_from_top, top).tolist() == [1]
+    assert slide.owned_cells(seen_from_bottom, bottom).tolist() == [2]  # row 125.0 is the lower core's only
