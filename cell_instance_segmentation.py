@@ -6710,9 +6710,23 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
 
 
 # %% [markdown] tags=["why"]
-# The set-up of a phase, stage by stage: whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
+# The set-up of a phase, stage by stage: that the checkpoints it would replace are ours, whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
 
 # %% tags=["export"]
+def _refuse_foreign_checkpoints(spec: TrainSpec) -> None:
+    """`CheckpointError` naming a file at the phase's checkpoint paths (best, latest) that is not
+    a checkpoint of ours (no format tag, unreadable, a folder): training would replace it. A
+    tagged checkpoint, from this run or an earlier one, is ours to replace (a rerun, or a phase
+    started over with RESUME_TRAINING=False), as before."""
+    for path in (spec.best_path, spec.latest_path):
+        if path.exists() or path.is_symlink():
+            try:
+                load_checkpoint(path, mmap=True)  # mapped: only the tags are read
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; phase {spec.phase.phase} would replace it: move it away or choose "
+                                      "another CHECKPOINT_DIR") from None
+
+
 def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
     """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
     is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
@@ -6793,6 +6807,7 @@ class _PhaseSetup:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
+        _refuse_foreign_checkpoints(spec)  # every rank: each one raises, none waits for the others
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
         self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,
@@ -7416,7 +7431,9 @@ for _phase in (1, 2):
 # `N_GPUS > 1` trains with DistributedDataParallel: this cell then spawns one process per GPU,
 # each rebuilding the model, data and loss from `uni_seg` (the spec below), and the model
 # built in §3 is not used. With `RESUME_TRAINING` an interrupted phase continues from
-# `checkpoints/latest_phase1.pth`; a finished one is not trained again.
+# `checkpoints/latest_phase1.pth`; a finished one is not trained again. A phase replaces only
+# checkpoints of ours (their format tag) at its two paths: any other file there (your own model
+# saved as `best_phase1.pth`, say) stops the phase before training, naming it.
 
 # %%
 from IPython.display import Image, display
@@ -8096,7 +8113,18 @@ def save_postproc_params(path: str | Path, params: PostprocParams, score: float 
     """Write `{"params": {...}, "score": {"pq": score}, "tuned_for": {...}, "created": ...,
     **extra}` to `path` (results/postproc_params.json) atomically. `tuned_for` names the model
     the parameters were tuned for: {"checkpoint": path, "checkpoint_id": its id}, which
-    `select_postproc` checks before using them for another model."""
+    `select_postproc` checks before using them for another model. An existing file at `path` is
+    replaced only when it is such a document (a JSON object with "params" and "created");
+    anything else is refused with a `ValueError` naming it."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and isinstance(old.get("params"), dict) and "created" in old):
+            raise ValueError(f"{path}: not a post-processing parameter file written by uni_seg; not overwriting it: "
+                             "move it away or choose another RESULTS_DIR")
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)),
                tuned_for=dict(tuned_for) if tuned_for else None, created=created, **extra)
@@ -10894,6 +10922,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _refuse_foreign_metrics(path: Path) -> None:
+    """`ValueError` naming `path` when something is there that is not a metrics.json of ours
+    (a JSON object whose schema tag starts "uni_seg.metrics/")."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(METRICS_SCHEMA.split("/")[0] + "/")):
+        raise ValueError(f"{path}: not a metrics.json written by uni_seg (no schema tag {METRICS_SCHEMA!r}); not "
+                         "overwriting it: move it away or choose another RESULTS_DIR")
+
+
 def write_metrics_json(
     path: str | Path,
     metrics: Mapping[str, Any],
@@ -10916,7 +10958,10 @@ def write_metrics_json(
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
     it); `baseline` and `external` the blocks of the classical baseline and of the smears from
     elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
+    An existing file at `path` is replaced only when it is a metrics.json of ours (its schema
+    tag, any version); anything else is refused with a `ValueError` naming it, before any change.
     """
+    _refuse_foreign_metrics(Path(path))
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -11038,7 +11083,9 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
 # The metrics on the synthetic field of section 8 (one image), and the tuning search on it.
 # The test-set evaluation of the trained model below calls `evaluate_predictions` with
 # the predictions of every test image and writes `results/metrics.json`; the tuning runs on
-# the validation set's predictions and writes `results/postproc_params.json`.
+# the validation set's predictions and writes `results/postproc_params.json`. Each replaces an
+# existing file only when it is one of ours (the schema tag; the parameters' document), and
+# otherwise stops naming it.
 
 # %%
 from uni_seg.metrics import METRICS_SCHEMA_DOC, evaluate_predictions, tune_postproc
