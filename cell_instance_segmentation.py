@@ -10922,6 +10922,10 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# %% [markdown] tags=["why"]
+# Writing the document, and adding the later blocks to it; an existing metrics.json is replaced only when its schema tag says it is ours.
+
+# %% tags=["export"]
 def _refuse_foreign_metrics(path: Path) -> None:
     """`ValueError` naming `path` when something is there that is not a metrics.json of ours
     (a JSON object whose schema tag starts "uni_seg.metrics/")."""

@@ -732,6 +732,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# notebook §9 "results/metrics.json", cell id 7650cf3e
 def _refuse_foreign_metrics(path: Path) -> None:
     """`ValueError` naming `path` when something is there that is not a metrics.json of ours
     (a JSON object whose schema tag starts "uni_seg.metrics/")."""
