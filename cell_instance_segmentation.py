@@ -3408,7 +3408,7 @@ def _remove_synthetic(out_dir: Path, recorded: set[str]) -> None:
         more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
         raise FileExistsError(f"{out_dir / foreign[0]}{more}: in the synthetic dataset's folders, but {SYNTHETIC_RECORD} "
                               "does not list it as written by the generator; not replacing the dataset: move it away "
-                              "or choose another folder")
+                              "or choose another DATA_DIR")
     for name in sorted(recorded):
         folder, _, plain = name.rpartition("/")
         if folder in folders:
