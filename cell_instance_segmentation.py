@@ -1426,6 +1426,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.config import (CLASS_SCHEMES, UNKNOWN_CLASS, ClassScheme, atomic_open, atomic_write, class_scheme,
                             markdown_table, remove_stale_temporaries)
+from uni_seg.files import folder_lock, remove_own_files
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -2448,8 +2449,11 @@ class WorkerPool:
 # fraction only moves files between `train/` and `val/`. Every file is written through §0's
 # `atomic_open` (a temporary name, renamed into place), and the manifest only ever lists files
 # that are complete and current, so a run killed half-way leaves nothing half-written that a
-# later run would trust.
-# Build the cache on one process only (rank 0 under DDP).
+# later run would trust. The manifest also lists every file the builds wrote there: a build
+# replaces or deletes only those, and refuses, naming it, a file in its folders that no build of
+# ours wrote (nothing of yours is lost to a PROCESSED_DIR pointed at the wrong folder). A second
+# build into the same folder while one runs is refused by the folder's lock (§0).
+# Build the cache on one process only (rank 0 under DDP); training ranks only read it.
 
 # %% tags=["export"]
 def working_shape(height: int, width: int, working_scale: float) -> tuple[int, int]:
@@ -2715,7 +2719,7 @@ def load_manifest(processed_dir: str | Path) -> dict[str, Any]:
 
 
 # %% [markdown] tags=["why"]
-# The stages of a build: what the dataset wants where, what the old cache still vouches for, what can be kept or moved, and what is stale.
+# The stages of a build: what the dataset wants where, what the old cache still vouches for, what can be kept or moved, and what is stale; only files the cache's record lists are ever replaced or deleted.
 
 # %% tags=["export"]
 def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str, dict[str, ImagePair]]:
@@ -2730,6 +2734,48 @@ def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str
     return wanted
 
 
+# %% [markdown] tags=["why"]
+# The cache's record of its own files: the manifest lists every processed file a build wrote, so a build replaces or deletes only those and refuses a stranger's file in its folders.
+
+# %% tags=["export"]
+def _recorded_files(processed_dir: Path) -> set[str]:
+    """The files (paths "split/name" under `processed_dir`) that the cache's record says builds
+    of ours wrote: its manifest's "files", or, in a manifest from before that list, the processed
+    file of each stem it lists (.npy, or .npz of an older format). Empty without a manifest;
+    `DataError` naming a manifest.json that is not a processed cache's (not ours to replace)."""
+    path = processed_dir / "manifest.json"
+    if not path.exists() and not path.is_symlink():
+        return set()
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("params"), dict) and "format" in old["params"]):
+        raise DataError(f"{path} is not a processed cache's manifest (no params.format), so not ours to replace: "
+                        "move it away or choose another PROCESSED_DIR")
+    if "files" in old:
+        return {str(name) for name in old["files"]}
+    return {f"{split}/{stem}{suffix}" for split, entries in old.get("samples", {}).items() for stem in entries
+            for suffix in (CACHE_SUFFIX, ".npz")}
+
+
+def _refuse_unrecorded(processed_dir: Path, recorded: set[str]) -> None:
+    """`DataError` naming a processed-looking file (.npy, .npz) in a split folder that no record
+    lists: the build would write over it, or leave it beside its own files, or (before) delete it."""
+    found = sorted(f"{split}/{p.name}" for split in SPLITS if (processed_dir / split).is_dir()
+                   for p in (processed_dir / split).iterdir() if p.suffix in (CACHE_SUFFIX, ".npz"))
+    foreign = [name for name in found if name not in recorded]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise DataError(f"{processed_dir / foreign[0]}{more}: in the processed cache's folder, but its manifest does "
+                        f"not list it as written by a build of ours; move it out of {processed_dir}, or choose another "
+                        "PROCESSED_DIR")
+
+
+# %% [markdown] tags=["why"]
+# What the old cache still vouches for, what can be kept or moved, and what of ours is stale.
+
+# %% tags=["export"]
 def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
     """Where each stem's processed file is now, when the old manifest vouches for it and was made
     with the same content parameters: (partition, stem) -> (split, manifest entry)."""
@@ -2771,17 +2817,16 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
     return samples, todo, moved, reused
 
 
-def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
-    """Delete processed files no longer in the dataset, files of an older cache format (.npz),
-    and temporaries of killed writers; returns the number of processed files removed."""
+def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]], recorded: set[str]) -> int:
+    """Delete the `recorded` files (ours) that are not the processed files of `samples`: stems no
+    longer in the dataset (or skipped), files of an older cache format (.npz); and temporaries of
+    killed writers. Nothing the record does not list. Returns the number of files removed."""
+    keep = {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in samples[split]}
     removed = 0
     for split in SPLITS:
         remove_stale_temporaries(processed_dir / split)
-        for path in (processed_dir / split).iterdir():
-            older_format = path.suffix == ".npz"
-            if path.is_file() and (older_format or (path.suffix == CACHE_SUFFIX and path.stem not in samples[split])):
-                path.unlink()
-                removed += 1
+        names = [name.split("/", 1)[1] for name in recorded - keep if name.startswith(f"{split}/")]
+        removed += len(remove_own_files(processed_dir / split, names))
     return removed
 
 
@@ -2855,9 +2900,15 @@ def build_processed_cache(
     `scheme`, `UNKNOWN_CLASS` for cells of no known class) at `working_scale` (h = round(H *
     working_scale)). The manifest records the parameters, the split, and per stem its raw files
     (path relative to `raw_dir`, size, mtime), sizes, cells per class and the class boxes' join
-    (`BoxJoin.summary`). A stem is rewritten only when its raw files or what `_content_key`
-    holds changed; one whose split changed is moved; others are removed. `class_boxes` (for
-    `load_class_boxes`) is for, and needed by, a scheme that takes classes from boxes.
+    (`BoxJoin.summary`), and under "files" every processed file builds of ours wrote there. A
+    stem is rewritten only when its raw files or what `_content_key` holds changed; one whose
+    split changed is moved; others are removed. `class_boxes` (for `load_class_boxes`) is for,
+    and needed by, a scheme that takes classes from boxes.
+
+    Only files the manifest lists are replaced or deleted: a .npy/.npz in a split folder that it
+    does not list, or a manifest.json that is not a cache's, is refused with a `DataError` naming
+    it, before any change. One build at a time: `files.FolderInUse` while another process builds
+    into `processed_dir` (training ranks only read the cache).
 
     on_error: "raise" (default) stops at the first bad file with a `DataError` naming it; "skip"
       warns, leaves the file out and lists it in `CacheSummary.skipped`. num_workers: processes
@@ -2873,21 +2924,43 @@ def build_processed_cache(
     scheme, content, boxes = _content_key(class_scheme(scheme), class_boxes, working_scale, min_area)
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
     no_boxes = _without_boxes(wanted, boxes, class_boxes)
+    with folder_lock(processed_dir, what="processed cache build"):
+        return _build_locked(raw_dir, processed_dir, scan, wanted, scheme, content, boxes, params, no_boxes,
+                             on_error=on_error, num_workers=num_workers, progress=progress, start=start)
+
+
+# %% [markdown] tags=["why"]
+# The build's changes, made while it holds the cache folder's lock: the manifest lists a file before it is written or moved there.
+
+# %% tags=["export"]
+def _build_locked(raw_dir: Path, processed_dir: Path, scan: DatasetScan, wanted: dict[str, dict[str, ImagePair]],
+                  scheme: ClassScheme, content: dict[str, Any], boxes: ClassBoxes | None, params: dict[str, Any],
+                  no_boxes: list[str], *, on_error: Literal["raise", "skip"], num_workers: int, progress: bool,
+                  start: float) -> CacheSummary:
+    """`build_processed_cache`'s changes to `processed_dir`, under its lock (arguments as it computes them)."""
+    working_scale, min_area = content["working_scale"], content["min_area"]
+    recorded = _recorded_files(processed_dir)
+    _refuse_unrecorded(processed_dir, recorded)
     valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
     keys = _raw_keys(wanted)
-    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
+    # Listed before they are written or moved there: a crash from here on leaves no file of ours unlisted.
+    files = recorded | {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in wanted[split]}
 
     def save_manifest(skipped: dict[str, str]) -> None:
         atomic_write(processed_dir / "manifest.json", json.dumps(
             {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
              "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
              "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored,
-             "no_class_boxes": no_boxes}, indent=1))
+             "no_class_boxes": no_boxes, "files": sorted(files)}, indent=1))
 
-    # Before rewriting anything, record only what is complete and current: a crash from here on
-    # leaves a manifest that never vouches for a file being rewritten.
+    # Before moving or rewriting anything, record only what is complete and current (nothing
+    # before the moves, the kept files after them): a crash from here on leaves a manifest that
+    # never vouches for a file being rewritten.
+    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    save_manifest({})
+    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
     save_manifest({})
     skipped: dict[str, str] = {}
     tasks = [_cache_task(pair, processed_dir / split / f"{pair.stem}{CACHE_SUFFIX}", working_scale, min_area, scheme, boxes)
@@ -2899,7 +2972,7 @@ def build_processed_cache(
                 if on_error == "raise":
                     save_manifest(skipped)  # keep the manifest honest about what was completed
                     raise result
-                warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
+                warnings.warn(f"skipped: {result}", DataWarning, stacklevel=3)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
                 continue
             samples[split][pair.stem] = {"image": pair.image_path.relative_to(raw_dir).as_posix(),
@@ -2909,11 +2982,12 @@ def build_processed_cache(
                 print(f"  processed {i + 1}/{len(todo)}", flush=True)
     finally:
         outcomes.close()
-    removed = _remove_stale(processed_dir, samples)
+    removed = _remove_stale(processed_dir, samples, files)
+    files = {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in samples[split]}
     save_manifest(skipped)
     converted = Counter(note.split(":")[0] for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
-        warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
+        warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=3)
     return CacheSummary(
         processed_dir=processed_dir, counts={s: len(samples[s]) for s in SPLITS}, written=len(todo) - len(skipped),
         reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired, no_class_boxes=no_boxes,
@@ -3072,7 +3146,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -3080,9 +3153,10 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_write
+from uni_seg.config import atomic_write, remove_stale_temporaries
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
                           relabel_sequential, save_npz_atomic, scan_dataset, write_image)
+from uni_seg.files import remove_own_files
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -3283,6 +3357,65 @@ def render_synthetic_smear(
 
 
 # %% [markdown] tags=["why"]
+# The generator's record, `synthetic.json`: its parameters and every file it wrote, so that it replaces only those and refuses a stranger's file in its folders.
+
+# %% tags=["export"]
+#: The generator's record in a synthetic dataset's folder: its parameters, and under "files" the
+#: files it wrote there (paths relative to the folder).
+SYNTHETIC_RECORD = "synthetic.json"
+#: The class box file `write_synthetic_class_boxes` writes (relative to the dataset's folder).
+SYNTHETIC_CLASS_BOXES = "classes/bbbc041_boxes.json"
+_SYNTHETIC_FOLDERS = ("original", "mask", "truth")
+
+
+def _synthetic_files(params: dict[str, Any]) -> list[str]:
+    """The files (relative paths) `generate_synthetic_dataset` writes for `params`: image, mask and truth of each stem."""
+    files = []
+    for part in PARTITIONS:
+        for i in range(int(params.get(f"n_{part}", 0))):
+            stem = f"synth_{part}_{i:04d}"
+            files += [f"{part}/original/{stem}.{params.get('image_format', 'png')}", f"{part}/mask/{stem}.png",
+                      f"{part}/truth/{stem}.npz"]
+    return files
+
+
+def _read_synthetic_record(out_dir: Path) -> tuple[dict[str, Any], set[str]]:
+    """(the parameters, the files) of the generator's record in `out_dir`; a record from before
+    the list of files names them by its parameters. `FileExistsError` naming a record that is not ours."""
+    path = out_dir / SYNTHETIC_RECORD
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or "n_train" not in doc:
+        raise FileExistsError(f"{path} is not a synthetic dataset's record; not overwriting it or its folder")
+    files = doc.pop("files", None)
+    return doc, set(_synthetic_files(doc) if files is None else map(str, files))
+
+
+def _remove_synthetic(out_dir: Path, recorded: set[str]) -> None:
+    """Delete the `recorded` files of an earlier generation (only those, in the generator's own
+    folders); first `FileExistsError` naming a file in those folders that the record does not list."""
+    folders = [f"{part}/{sub}" for part in PARTITIONS for sub in _SYNTHETIC_FOLDERS]
+    folders.append(str(Path(SYNTHETIC_CLASS_BOXES).parent))
+    for folder in folders:
+        if (out_dir / folder).is_dir():
+            remove_stale_temporaries(out_dir / folder)  # our own writers' leftovers, by their names
+    foreign = sorted(p.relative_to(out_dir).as_posix() for folder in folders[:-1] if (out_dir / folder).is_dir()
+                     for p in (out_dir / folder).rglob("*") if not p.is_dir())
+    foreign = [name for name in foreign if name not in recorded]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise FileExistsError(f"{out_dir / foreign[0]}{more}: in the synthetic dataset's folders, but {SYNTHETIC_RECORD} "
+                              "does not list it as written by the generator; not replacing the dataset: move it away "
+                              "or choose another DATA_DIR")
+    for name in sorted(recorded):
+        folder, _, plain = name.rpartition("/")
+        if folder in folders:
+            remove_own_files(out_dir / folder, [plain])
+
+
+# %% [markdown] tags=["why"]
 # A whole dataset in the Kaggle layout, with the true maps beside it; regenerated only when its parameters change.
 
 # %% tags=["export"]
@@ -3302,10 +3435,12 @@ def generate_synthetic_dataset(
 
     Files: `out_dir/{train,test}/original/<stem>.{png|jpg}`, `.../mask/<stem>.png` and the truth
     `.../truth/<stem>.npz` (inst int32, cls uint8, full-size cells), plus `out_dir/synthetic.json`
-    (the generator's parameters). image_size is (height, width). Image i of a partition depends
-    only on (seed, partition, i). Calling again with the same parameters returns at once; with
-    other parameters, the previous synthetic files are replaced. Refuses (`FileExistsError`) to
-    write into a non-empty folder that it did not create.
+    (`SYNTHETIC_RECORD`: the generator's parameters and the files it wrote, listed before they are
+    written). image_size is (height, width). Image i of a partition depends only on (seed,
+    partition, i). Calling again with the same parameters returns at once; with other parameters
+    (or files missing), the files the record lists are replaced, and only those. Refuses
+    (`FileExistsError`, naming it) to write into a non-empty folder that has no record of ours,
+    or while the generator's folders hold a file the record does not list.
     """
     out_dir = Path(out_dir)
     params = {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": list(image_size),
@@ -3318,17 +3453,16 @@ def generate_synthetic_dataset(
         return {part: [ImagePair(s, out_dir / part / "original" / f"{s}.{image_format}", out_dir / part / "mask" / f"{s}.png")
                        for s in stems[part]] for part in PARTITIONS}
 
-    if marker.is_file():
-        if json.loads(marker.read_text()) == params and all(
-            p.image_path.is_file() and p.mask_path.is_file() for ps in pairs().values() for p in ps
-        ):
+    planned = _synthetic_files(params)
+    if marker.exists():
+        old, recorded = _read_synthetic_record(out_dir)
+        if old == params and all((out_dir / name).is_file() for name in planned):
             return pairs()
-        for part in PARTITIONS:  # ours to replace: the marker says we wrote them
-            for sub in ("original", "mask", "truth"):
-                shutil.rmtree(out_dir / part / sub, ignore_errors=True)
-        marker.unlink()
+        _remove_synthetic(out_dir, recorded)  # ours to replace: the record says we wrote them
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty and not a synthetic dataset (no synthetic.json); not overwriting")
+    # Listed before they are written: a generation killed half-way is replaced by the next call.
+    atomic_write(marker, json.dumps({**params, "files": planned}, indent=1))
 
     for part_index, part in enumerate(PARTITIONS):
         for sub in ("original", "mask", "truth"):
@@ -3339,7 +3473,6 @@ def generate_synthetic_dataset(
             write_image(out_dir / part / "original" / f"{stem}.{image_format}", smear.image)
             write_image(out_dir / part / "mask" / f"{stem}.png", smear.mask)
             save_npz_atomic(out_dir / part / "truth" / f"{stem}.npz", inst=smear.inst, cls=smear.cls)
-    atomic_write(marker, json.dumps(params, indent=1))
     return pairs()
 
 
@@ -3421,8 +3554,20 @@ def _bbbc041_object(category: str, r0: int, c0: int, r1: int, c1: int) -> dict[s
 def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: Any) -> Path:
     """Write `dataset_dir/classes/bbbc041_boxes.json`: `synthetic_class_boxes` of every image of a
     synthetic dataset (from its truth files), in BBBC041's format; returns the path. Image i of a
-    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`."""
+    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`. The file
+    goes into the generator's record; `FileExistsError` naming it when one is there that the
+    record does not list, `FileNotFoundError` when `dataset_dir` holds no synthetic dataset."""
     dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / SYNTHETIC_RECORD).exists():
+        raise FileNotFoundError(f"{dataset_dir}: no synthetic dataset here (no {SYNTHETIC_RECORD}); "
+                                "generate_synthetic_dataset makes one")
+    params, recorded = _read_synthetic_record(dataset_dir)
+    target = dataset_dir / SYNTHETIC_CLASS_BOXES
+    if (target.exists() or target.is_symlink()) and SYNTHETIC_CLASS_BOXES not in recorded:
+        raise FileExistsError(f"{target}: not written by the generator ({SYNTHETIC_RECORD} does not list it); not "
+                              "overwriting it: move it away, or give it as CLASS_BOXES")
+    listed = sorted(recorded | {SYNTHETIC_CLASS_BOXES})  # listed before it is written
+    atomic_write(dataset_dir / SYNTHETIC_RECORD, json.dumps({**params, "files": listed}, indent=1))
     pairs = scan_dataset(dataset_dir).pairs
     doc = []
     for part_index, part in enumerate(PARTITIONS):
@@ -3432,7 +3577,7 @@ def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: An
             doc.append({"image": {"pathname": f"/images/{pair.stem}.png",
                                   "shape": {"r": int(inst.shape[0]), "c": int(inst.shape[1]), "channels": 3}},
                         "objects": synthetic_class_boxes(inst, cls, rng, **box_kw)})
-    return atomic_write(dataset_dir / "classes" / "bbbc041_boxes.json", json.dumps(doc))
+    return atomic_write(target, json.dumps(doc))
 
 
 # %% [markdown]
@@ -6565,9 +6710,23 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
 
 
 # %% [markdown] tags=["why"]
-# The set-up of a phase, stage by stage: whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
+# The set-up of a phase, stage by stage: that the checkpoints it would replace are ours, whether to resume, the optimisation state, the loaders, and the DDP or compiled wrapper.
 
 # %% tags=["export"]
+def _refuse_foreign_checkpoints(spec: TrainSpec) -> None:
+    """`CheckpointError` naming a file at the phase's checkpoint paths (best, latest) that is not
+    a checkpoint of ours (no format tag, unreadable, a folder): training would replace it. A
+    tagged checkpoint, from this run or an earlier one, is ours to replace (a rerun, or a phase
+    started over with RESUME_TRAINING=False), as before."""
+    for path in (spec.best_path, spec.latest_path):
+        if path.exists() or path.is_symlink():
+            try:
+                load_checkpoint(path, mmap=True)  # mapped: only the tags are read
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; phase {spec.phase.phase} would replace it: move it away or choose "
+                                      "another CHECKPOINT_DIR") from None
+
+
 def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
     """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
     is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
@@ -6648,6 +6807,7 @@ class _PhaseSetup:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
+        _refuse_foreign_checkpoints(spec)  # every rank: each one raises, none waits for the others
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
         self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,
@@ -7271,7 +7431,9 @@ for _phase in (1, 2):
 # `N_GPUS > 1` trains with DistributedDataParallel: this cell then spawns one process per GPU,
 # each rebuilding the model, data and loss from `uni_seg` (the spec below), and the model
 # built in §3 is not used. With `RESUME_TRAINING` an interrupted phase continues from
-# `checkpoints/latest_phase1.pth`; a finished one is not trained again.
+# `checkpoints/latest_phase1.pth`; a finished one is not trained again. A phase replaces only
+# checkpoints of ours (their format tag) at its two paths: any other file there (your own model
+# saved as `best_phase1.pth`, say) stops the phase before training, naming it.
 
 # %%
 from IPython.display import Image, display
@@ -7951,7 +8113,18 @@ def save_postproc_params(path: str | Path, params: PostprocParams, score: float 
     """Write `{"params": {...}, "score": {"pq": score}, "tuned_for": {...}, "created": ...,
     **extra}` to `path` (results/postproc_params.json) atomically. `tuned_for` names the model
     the parameters were tuned for: {"checkpoint": path, "checkpoint_id": its id}, which
-    `select_postproc` checks before using them for another model."""
+    `select_postproc` checks before using them for another model. An existing file at `path` is
+    replaced only when it is such a document (a JSON object with "params" and "created");
+    anything else is refused with a `ValueError` naming it."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and isinstance(old.get("params"), dict) and "created" in old):
+            raise ValueError(f"{path}: not a post-processing parameter file written by uni_seg; not overwriting it: "
+                             "move it away or choose another RESULTS_DIR")
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)),
                tuned_for=dict(tuned_for) if tuned_for else None, created=created, **extra)
@@ -11663,6 +11836,24 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# %% [markdown] tags=["why"]
+# Writing the document, and adding the later blocks to it; an existing metrics.json is replaced only when its schema tag says it is ours.
+
+# %% tags=["export"]
+def _refuse_foreign_metrics(path: Path) -> None:
+    """`ValueError` naming `path` when something is there that is not a metrics.json of ours
+    (a JSON object whose schema tag starts "uni_seg.metrics/")."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(METRICS_SCHEMA.split("/")[0] + "/")):
+        raise ValueError(f"{path}: not a metrics.json written by uni_seg (no schema tag {METRICS_SCHEMA!r}); not "
+                         "overwriting it: move it away or choose another RESULTS_DIR")
+
+
 def write_metrics_json(
     path: str | Path,
     metrics: Mapping[str, Any],
@@ -11685,7 +11876,10 @@ def write_metrics_json(
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
     it); `baseline` and `external` the blocks of the classical baseline and of the smears from
     elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
+    An existing file at `path` is replaced only when it is a metrics.json of ours (its schema
+    tag, any version); anything else is refused with a `ValueError` naming it, before any change.
     """
+    _refuse_foreign_metrics(Path(path))
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -11807,7 +12001,9 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
 # The metrics on the synthetic field of section 8 (one image), and the tuning search on it.
 # The test-set evaluation of the trained model below calls `evaluate_predictions` with
 # the predictions of every test image and writes `results/metrics.json`; the tuning runs on
-# the validation set's predictions and writes `results/postproc_params.json`.
+# the validation set's predictions and writes `results/postproc_params.json`. Each replaces an
+# existing file only when it is one of ours (the schema tag; the parameters' document), and
+# otherwise stops naming it.
 
 # %%
 from uni_seg.metrics import METRICS_SCHEMA_DOC, evaluate_predictions, tune_postproc

@@ -490,6 +490,72 @@ def test_removed_raw_files_are_removed_from_the_cache(tmp_path):
     assert summary.removed == 1 and not (out / "test/test01.npy").exists()
 
 
+def test_cache_refuses_a_file_in_its_way_that_no_build_wrote_and_keeps_it(tmp_path):
+    raw, out = make_raw(tmp_path / "raw"), tmp_path / "out"
+    (out / "test").mkdir(parents=True)
+    (out / "test/test00.npy").write_bytes(b"the user's own array")  # where the cache would write test00
+    with pytest.raises(D.DataError, match=r"test/test00\.npy: in the processed cache's folder, but its manifest"):
+        build(raw, out)
+    assert (out / "test/test00.npy").read_bytes() == b"the user's own array"
+    (out / "test/test00.npy").rename(tmp_path / "kept.npy")
+    build(raw, out)
+    (out / "val/notes.npy").write_bytes(b"mine")  # not in the dataset: the old build deleted it as stale
+    with pytest.raises(D.DataError, match=r"val/notes\.npy.*move it out of"):
+        build(raw, out)
+    assert (out / "val/notes.npy").read_bytes() == b"mine"
+
+
+def test_cache_refuses_a_manifest_that_is_not_ours(tmp_path):
+    raw, out = make_raw(tmp_path / "raw", n_train=2, n_test=1), tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"name": "my packing list"}')
+    with pytest.raises(D.DataError, match=r"manifest\.json is not a processed cache's manifest"):
+        build(raw, out)
+    assert (out / "manifest.json").read_text() == '{"name": "my packing list"}'
+
+
+def test_stale_files_of_ours_are_still_removed_and_rebuilt_from_the_record(tmp_path):
+    raw, out = make_raw(tmp_path / "raw"), tmp_path / "out"
+    build(raw, out)
+    assert load_manifest(out)["files"] == sorted(f"{s}/{p.name}" for s in ("train", "val", "test")
+                                                 for p in (out / s).glob("*.npy"))
+    # a manifest from before the list of files (and a file of the older .npz format it vouched for)
+    manifest = load_manifest(out)
+    del manifest["files"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "test/test01.npz").write_bytes(b"older format")
+    for sub in ("original", "mask"):
+        (raw / f"test/{sub}/test01.png").unlink()
+    summary = build(raw, out, working_scale=0.25)  # stale: every file rewritten, test01 gone
+    assert summary.written == 7 and summary.removed == 2
+    assert not (out / "test/test01.npy").exists() and not (out / "test/test01.npz").exists()
+    assert load_manifest(out)["files"] == sorted(f"{s}/{stem}.npy" for s in ("train", "val", "test")
+                                                 for stem in load_manifest(out)["split"][s])
+
+
+def test_cache_build_killed_half_way_lists_what_it_wrote_and_the_next_build_goes_on(tmp_path):
+    raw, out = make_raw(tmp_path / "raw"), tmp_path / "out"
+    good = (raw / "test/original/test01.png").read_bytes()
+    (raw / "test/original/test01.png").write_bytes(b"")  # the last file written: the build stops there
+    with pytest.raises(D.DataError):
+        build(raw, out)
+    written = sorted(f"{s}/{p.name}" for s in ("train", "val", "test") for p in (out / s).glob("*.npy"))
+    assert len(written) == 7 and set(written) <= set(load_manifest(out)["files"])
+    (raw / "test/original/test01.png").write_bytes(good)
+    assert build(raw, out).counts == {"train": 4, "val": 2, "test": 2}
+
+
+def test_a_second_cache_build_into_the_same_folder_is_refused_while_one_runs(tmp_path):
+    from uni_seg.files import FolderInUse, folder_lock
+
+    raw, out = make_raw(tmp_path / "raw", n_train=2, n_test=1), tmp_path / "out"
+    with folder_lock(out):  # as another build holds it; a lock on its own open file conflicts even in one process
+        with pytest.raises(FolderInUse, match="another processed cache build"):
+            build(raw, out)
+    assert not (out / "manifest.json").exists()
+    build(raw, out)
+
+
 def test_parallel_build_matches_serial(tmp_path):
     raw = make_raw(tmp_path / "raw", n_train=4, n_test=2)
     build(raw, tmp_path / "serial")

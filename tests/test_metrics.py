@@ -313,6 +313,20 @@ def test_evaluate_predictions_pools_and_averages():
     assert set(d["pixel_iou"]) == set(m["class_names"])
 
 
+def test_metrics_json_refuses_to_replace_a_file_that_is_not_ours(tmp_path):
+    rng = np.random.default_rng(9)
+    m = evaluate_predictions(*_dataset(rng, 2), n_classes=4)
+    args = dict(backbone="vit_tiny", weights="none", postproc_params={}, split_sizes={"test": 2})
+    path = tmp_path / "metrics.json"
+    path.write_text('{"accuracy": 0.99}')  # the user's own results
+    with pytest.raises(ValueError, match=r"metrics\.json: not a metrics\.json written by uni_seg.*RESULTS_DIR"):
+        write_metrics_json(path, m, **args)
+    assert path.read_text() == '{"accuracy": 0.99}'
+    path.unlink()
+    write_metrics_json(path, m, **args)
+    assert write_metrics_json(path, m, **{**args, "extra": {"rerun": True}})["extra"] == {"rerun": True}  # ours
+
+
 def test_metrics_json_schema(tmp_path):
     rng = np.random.default_rng(9)
     ti, tc, pi, pc, ps = _dataset(rng, 2)

@@ -222,6 +222,20 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
 
 
+def test_saving_postproc_params_refuses_a_file_that_is_not_ours(tmp_path):
+    from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS as defaults
+
+    path = tmp_path / "postproc_params.json"
+    path.write_text('{"my": "notes"}')
+    with pytest.raises(ValueError, match=r"postproc_params\.json: not a post-processing parameter file written by"):
+        save_postproc_params(path, defaults, 0.5)
+    assert path.read_text() == '{"my": "notes"}'
+    path.unlink()
+    save_postproc_params(path, defaults, 0.5)
+    assert save_postproc_params(path, defaults, 0.6) == path  # ours: replaced
+    assert json.loads(path.read_text())["score"]["pq"] == 0.6
+
+
 def test_load_postproc_params_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_postproc_params(tmp_path / "missing.json")

@@ -288,6 +288,22 @@ def test_resume_off_starts_over(tmp_path, capsys):
     assert C.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")["epoch"] == 1
 
 
+@pytest.mark.parametrize("name", ["best_phase1.pth", "latest_phase1.pth"])
+def test_training_refuses_to_replace_a_checkpoint_that_is_not_ours(tmp_path, name):
+    spec = dataclasses.replace(tiny_spec(tmp_path, epochs=1), resume=False)  # a fresh start replaces both files
+    mine = tmp_path / "checkpoints" / name
+    mine.parent.mkdir(parents=True)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, mine)  # the user's own model, no format tag of ours
+    before = mine.read_bytes()
+    with pytest.raises(C.CheckpointError, match=rf"{name} is not a uni_seg checkpoint.*phase 1 would replace it: "
+                                                r"move it away or choose another CHECKPOINT_DIR"):
+        E.train_phase(spec)
+    assert mine.read_bytes() == before
+    mine.unlink()
+    E.train_phase(spec)
+    E.train_phase(spec)  # a checkpoint of ours (a rerun's) is replaced, as before
+
+
 def test_phase2_starts_from_phase1_best_and_stores_adapters(tmp_path):
     p1 = E.train_phase(tiny_spec(tmp_path, epochs=2))
     best1 = weights(p1.best_checkpoint)

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.config import (CLASS_SCHEMES, UNKNOWN_CLASS, ClassScheme, atomic_open, atomic_write, class_scheme,
                             markdown_table, remove_stale_temporaries)
+from uni_seg.files import folder_lock, remove_own_files
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -1202,6 +1203,42 @@ def _wanted_pairs(scan: DatasetScan, val_fraction: float, seed: int) -> dict[str
     return wanted
 
 
+# notebook §1 "The processed cache at the working scale", cell id 76785803
+def _recorded_files(processed_dir: Path) -> set[str]:
+    """The files (paths "split/name" under `processed_dir`) that the cache's record says builds
+    of ours wrote: its manifest's "files", or, in a manifest from before that list, the processed
+    file of each stem it lists (.npy, or .npz of an older format). Empty without a manifest;
+    `DataError` naming a manifest.json that is not a processed cache's (not ours to replace)."""
+    path = processed_dir / "manifest.json"
+    if not path.exists() and not path.is_symlink():
+        return set()
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = None
+    if not (isinstance(old, dict) and isinstance(old.get("params"), dict) and "format" in old["params"]):
+        raise DataError(f"{path} is not a processed cache's manifest (no params.format), so not ours to replace: "
+                        "move it away or choose another PROCESSED_DIR")
+    if "files" in old:
+        return {str(name) for name in old["files"]}
+    return {f"{split}/{stem}{suffix}" for split, entries in old.get("samples", {}).items() for stem in entries
+            for suffix in (CACHE_SUFFIX, ".npz")}
+
+
+def _refuse_unrecorded(processed_dir: Path, recorded: set[str]) -> None:
+    """`DataError` naming a processed-looking file (.npy, .npz) in a split folder that no record
+    lists: the build would write over it, or leave it beside its own files, or (before) delete it."""
+    found = sorted(f"{split}/{p.name}" for split in SPLITS if (processed_dir / split).is_dir()
+                   for p in (processed_dir / split).iterdir() if p.suffix in (CACHE_SUFFIX, ".npz"))
+    foreign = [name for name in found if name not in recorded]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise DataError(f"{processed_dir / foreign[0]}{more}: in the processed cache's folder, but its manifest does "
+                        f"not list it as written by a build of ours; move it out of {processed_dir}, or choose another "
+                        "PROCESSED_DIR")
+
+
+# notebook §1 "The processed cache at the working scale", cell id 3a43bfda
 def _valid_cached(processed_dir: Path, content: Mapping[str, Any]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
     """Where each stem's processed file is now, when the old manifest vouches for it and was made
     with the same content parameters: (partition, stem) -> (split, manifest entry)."""
@@ -1243,17 +1280,16 @@ def _reuse_or_schedule(processed_dir: Path, wanted: Mapping[str, Mapping[str, Im
     return samples, todo, moved, reused
 
 
-def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]]) -> int:
-    """Delete processed files no longer in the dataset, files of an older cache format (.npz),
-    and temporaries of killed writers; returns the number of processed files removed."""
+def _remove_stale(processed_dir: Path, samples: Mapping[str, Mapping[str, Any]], recorded: set[str]) -> int:
+    """Delete the `recorded` files (ours) that are not the processed files of `samples`: stems no
+    longer in the dataset (or skipped), files of an older cache format (.npz); and temporaries of
+    killed writers. Nothing the record does not list. Returns the number of files removed."""
+    keep = {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in samples[split]}
     removed = 0
     for split in SPLITS:
         remove_stale_temporaries(processed_dir / split)
-        for path in (processed_dir / split).iterdir():
-            older_format = path.suffix == ".npz"
-            if path.is_file() and (older_format or (path.suffix == CACHE_SUFFIX and path.stem not in samples[split])):
-                path.unlink()
-                removed += 1
+        names = [name.split("/", 1)[1] for name in recorded - keep if name.startswith(f"{split}/")]
+        removed += len(remove_own_files(processed_dir / split, names))
     return removed
 
 
@@ -1321,9 +1357,15 @@ def build_processed_cache(
     `scheme`, `UNKNOWN_CLASS` for cells of no known class) at `working_scale` (h = round(H *
     working_scale)). The manifest records the parameters, the split, and per stem its raw files
     (path relative to `raw_dir`, size, mtime), sizes, cells per class and the class boxes' join
-    (`BoxJoin.summary`). A stem is rewritten only when its raw files or what `_content_key`
-    holds changed; one whose split changed is moved; others are removed. `class_boxes` (for
-    `load_class_boxes`) is for, and needed by, a scheme that takes classes from boxes.
+    (`BoxJoin.summary`), and under "files" every processed file builds of ours wrote there. A
+    stem is rewritten only when its raw files or what `_content_key` holds changed; one whose
+    split changed is moved; others are removed. `class_boxes` (for `load_class_boxes`) is for,
+    and needed by, a scheme that takes classes from boxes.
+
+    Only files the manifest lists are replaced or deleted: a .npy/.npz in a split folder that it
+    does not list, or a manifest.json that is not a cache's, is refused with a `DataError` naming
+    it, before any change. One build at a time: `files.FolderInUse` while another process builds
+    into `processed_dir` (training ranks only read the cache).
 
     on_error: "raise" (default) stops at the first bad file with a `DataError` naming it; "skip"
       warns, leaves the file out and lists it in `CacheSummary.skipped`. num_workers: processes
@@ -1339,21 +1381,40 @@ def build_processed_cache(
     scheme, content, boxes = _content_key(class_scheme(scheme), class_boxes, working_scale, min_area)
     params = {**content, "val_fraction": float(val_fraction), "seed": int(seed)}
     no_boxes = _without_boxes(wanted, boxes, class_boxes)
+    with folder_lock(processed_dir, what="processed cache build"):
+        return _build_locked(raw_dir, processed_dir, scan, wanted, scheme, content, boxes, params, no_boxes,
+                             on_error=on_error, num_workers=num_workers, progress=progress, start=start)
+
+
+# notebook §1 "The processed cache at the working scale", cell id 386f51e2
+def _build_locked(raw_dir: Path, processed_dir: Path, scan: DatasetScan, wanted: dict[str, dict[str, ImagePair]],
+                  scheme: ClassScheme, content: dict[str, Any], boxes: ClassBoxes | None, params: dict[str, Any],
+                  no_boxes: list[str], *, on_error: Literal["raise", "skip"], num_workers: int, progress: bool,
+                  start: float) -> CacheSummary:
+    """`build_processed_cache`'s changes to `processed_dir`, under its lock (arguments as it computes them)."""
+    working_scale, min_area = content["working_scale"], content["min_area"]
+    recorded = _recorded_files(processed_dir)
+    _refuse_unrecorded(processed_dir, recorded)
     valid = _valid_cached(processed_dir, content)
     for split in SPLITS:
         (processed_dir / split).mkdir(parents=True, exist_ok=True)
     keys = _raw_keys(wanted)
-    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
+    # Listed before they are written or moved there: a crash from here on leaves no file of ours unlisted.
+    files = recorded | {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in wanted[split]}
 
     def save_manifest(skipped: dict[str, str]) -> None:
         atomic_write(processed_dir / "manifest.json", json.dumps(
             {"params": params, "raw_dir": str(raw_dir), "layout": scan.layout,
              "split": {s: sorted(samples[s]) for s in SPLITS}, "samples": samples,
              "skipped": skipped, "unpaired": scan.unpaired, "ignored": scan.ignored,
-             "no_class_boxes": no_boxes}, indent=1))
+             "no_class_boxes": no_boxes, "files": sorted(files)}, indent=1))
 
-    # Before rewriting anything, record only what is complete and current: a crash from here on
-    # leaves a manifest that never vouches for a file being rewritten.
+    # Before moving or rewriting anything, record only what is complete and current (nothing
+    # before the moves, the kept files after them): a crash from here on leaves a manifest that
+    # never vouches for a file being rewritten.
+    samples: dict[str, dict[str, Any]] = {s: {} for s in SPLITS}
+    save_manifest({})
+    samples, todo, moved, reused = _reuse_or_schedule(processed_dir, wanted, keys, valid)
     save_manifest({})
     skipped: dict[str, str] = {}
     tasks = [_cache_task(pair, processed_dir / split / f"{pair.stem}{CACHE_SUFFIX}", working_scale, min_area, scheme, boxes)
@@ -1365,7 +1426,7 @@ def build_processed_cache(
                 if on_error == "raise":
                     save_manifest(skipped)  # keep the manifest honest about what was completed
                     raise result
-                warnings.warn(f"skipped: {result}", DataWarning, stacklevel=2)
+                warnings.warn(f"skipped: {result}", DataWarning, stacklevel=3)
                 skipped[f"{'test' if split == 'test' else 'train'}/{pair.stem}"] = str(result)
                 continue
             samples[split][pair.stem] = {"image": pair.image_path.relative_to(raw_dir).as_posix(),
@@ -1375,11 +1436,12 @@ def build_processed_cache(
                 print(f"  processed {i + 1}/{len(todo)}", flush=True)
     finally:
         outcomes.close()
-    removed = _remove_stale(processed_dir, samples)
+    removed = _remove_stale(processed_dir, samples, files)
+    files = {f"{split}/{stem}{CACHE_SUFFIX}" for split in SPLITS for stem in samples[split]}
     save_manifest(skipped)
     converted = Counter(note.split(":")[0] for s in SPLITS for e in samples[s].values() for note in e.get("converted", []))
     if converted:
-        warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=2)
+        warnings.warn(f"converted to RGB uint8: {dict(converted)} image(s) (see manifest.json)", DataWarning, stacklevel=3)
     return CacheSummary(
         processed_dir=processed_dir, counts={s: len(samples[s]) for s in SPLITS}, written=len(todo) - len(skipped),
         reused=reused, moved=moved, removed=removed, skipped=skipped, unpaired=scan.unpaired, no_class_boxes=no_boxes,

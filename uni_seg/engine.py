@@ -373,6 +373,20 @@ def _summary_line(phase: int, epochs: int, row: Mapping[str, Any], improved: boo
 
 
 # notebook §5 "The loop", cell id 02df13b2
+def _refuse_foreign_checkpoints(spec: TrainSpec) -> None:
+    """`CheckpointError` naming a file at the phase's checkpoint paths (best, latest) that is not
+    a checkpoint of ours (no format tag, unreadable, a folder): training would replace it. A
+    tagged checkpoint, from this run or an earlier one, is ours to replace (a rerun, or a phase
+    started over with RESUME_TRAINING=False), as before."""
+    for path in (spec.best_path, spec.latest_path):
+        if path.exists() or path.is_symlink():
+            try:
+                load_checkpoint(path, mmap=True)  # mapped: only the tags are read
+            except CheckpointError as error:
+                raise CheckpointError(f"{error}; phase {spec.phase.phase} would replace it: move it away or choose "
+                                      "another CHECKPOINT_DIR") from None
+
+
 def _resume_state(spec: TrainSpec, ctx: DistContext) -> dict[str, Any] | None:
     """The checkpoint a phase continues from, or None when it starts over: resuming is off, there
     is none, or (phase 2) phase 1 trained further since phase 2 began from it."""
@@ -450,6 +464,7 @@ class _PhaseSetup:
             Path(spec.checkpoint_dir).mkdir(parents=True, exist_ok=True)
             Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(spec.checkpoint_dir)
+        _refuse_foreign_checkpoints(spec)  # every rank: each one raises, none waits for the others
         seed_everything(pc.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         resume_state = _resume_state(spec, ctx)
         self.model, (self.weights_source, self.weights_provenance), self.init_id = _setup_model(spec, model,

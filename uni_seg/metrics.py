@@ -732,6 +732,21 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# notebook §9 "results/metrics.json", cell id 7650cf3e
+def _refuse_foreign_metrics(path: Path) -> None:
+    """`ValueError` naming `path` when something is there that is not a metrics.json of ours
+    (a JSON object whose schema tag starts "uni_seg.metrics/")."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        doc = None
+    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(METRICS_SCHEMA.split("/")[0] + "/")):
+        raise ValueError(f"{path}: not a metrics.json written by uni_seg (no schema tag {METRICS_SCHEMA!r}); not "
+                         "overwriting it: move it away or choose another RESULTS_DIR")
+
+
 def write_metrics_json(
     path: str | Path,
     metrics: Mapping[str, Any],
@@ -754,7 +769,10 @@ def write_metrics_json(
     backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
     it); `baseline` and `external` the blocks of the classical baseline and of the smears from
     elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
+    An existing file at `path` is replaced only when it is a metrics.json of ours (its schema
+    tag, any version); anything else is refused with a `ValueError` naming it, before any change.
     """
+    _refuse_foreign_metrics(Path(path))
     doc = dict(
         schema=METRICS_SCHEMA,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -520,7 +520,18 @@ def save_postproc_params(path: str | Path, params: PostprocParams, score: float 
     """Write `{"params": {...}, "score": {"pq": score}, "tuned_for": {...}, "created": ...,
     **extra}` to `path` (results/postproc_params.json) atomically. `tuned_for` names the model
     the parameters were tuned for: {"checkpoint": path, "checkpoint_id": its id}, which
-    `select_postproc` checks before using them for another model."""
+    `select_postproc` checks before using them for another model. An existing file at `path` is
+    replaced only when it is such a document (a JSON object with "params" and "created");
+    anything else is refused with a `ValueError` naming it."""
+    path = Path(path)
+    if path.exists() or path.is_symlink():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            old = None
+        if not (isinstance(old, dict) and isinstance(old.get("params"), dict) and "created" in old):
+            raise ValueError(f"{path}: not a post-processing parameter file written by uni_seg; not overwriting it: "
+                             "move it away or choose another RESULTS_DIR")
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     doc = dict(params=params.as_dict(), score=dict(pq=None if score is None else float(score)),
                tuned_for=dict(tuned_for) if tuned_for else None, created=created, **extra)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +14,10 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_write
+from uni_seg.config import atomic_write, remove_stale_temporaries
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
                           relabel_sequential, save_npz_atomic, scan_dataset, write_image)
+from uni_seg.files import remove_own_files
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -208,6 +208,62 @@ def render_synthetic_smear(
     return SyntheticSmear(image=image, mask=_draw_mask(inst, cls, mask_style), inst=inst, cls=cls)
 
 
+# notebook §1 "Synthetic smears", cell id 068109ca
+#: The generator's record in a synthetic dataset's folder: its parameters, and under "files" the
+#: files it wrote there (paths relative to the folder).
+SYNTHETIC_RECORD = "synthetic.json"
+#: The class box file `write_synthetic_class_boxes` writes (relative to the dataset's folder).
+SYNTHETIC_CLASS_BOXES = "classes/bbbc041_boxes.json"
+_SYNTHETIC_FOLDERS = ("original", "mask", "truth")
+
+
+def _synthetic_files(params: dict[str, Any]) -> list[str]:
+    """The files (relative paths) `generate_synthetic_dataset` writes for `params`: image, mask and truth of each stem."""
+    files = []
+    for part in PARTITIONS:
+        for i in range(int(params.get(f"n_{part}", 0))):
+            stem = f"synth_{part}_{i:04d}"
+            files += [f"{part}/original/{stem}.{params.get('image_format', 'png')}", f"{part}/mask/{stem}.png",
+                      f"{part}/truth/{stem}.npz"]
+    return files
+
+
+def _read_synthetic_record(out_dir: Path) -> tuple[dict[str, Any], set[str]]:
+    """(the parameters, the files) of the generator's record in `out_dir`; a record from before
+    the list of files names them by its parameters. `FileExistsError` naming a record that is not ours."""
+    path = out_dir / SYNTHETIC_RECORD
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or "n_train" not in doc:
+        raise FileExistsError(f"{path} is not a synthetic dataset's record; not overwriting it or its folder")
+    files = doc.pop("files", None)
+    return doc, set(_synthetic_files(doc) if files is None else map(str, files))
+
+
+def _remove_synthetic(out_dir: Path, recorded: set[str]) -> None:
+    """Delete the `recorded` files of an earlier generation (only those, in the generator's own
+    folders); first `FileExistsError` naming a file in those folders that the record does not list."""
+    folders = [f"{part}/{sub}" for part in PARTITIONS for sub in _SYNTHETIC_FOLDERS]
+    folders.append(str(Path(SYNTHETIC_CLASS_BOXES).parent))
+    for folder in folders:
+        if (out_dir / folder).is_dir():
+            remove_stale_temporaries(out_dir / folder)  # our own writers' leftovers, by their names
+    foreign = sorted(p.relative_to(out_dir).as_posix() for folder in folders[:-1] if (out_dir / folder).is_dir()
+                     for p in (out_dir / folder).rglob("*") if not p.is_dir())
+    foreign = [name for name in foreign if name not in recorded]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if len(foreign) > 1 else ""
+        raise FileExistsError(f"{out_dir / foreign[0]}{more}: in the synthetic dataset's folders, but {SYNTHETIC_RECORD} "
+                              "does not list it as written by the generator; not replacing the dataset: move it away "
+                              "or choose another DATA_DIR")
+    for name in sorted(recorded):
+        folder, _, plain = name.rpartition("/")
+        if folder in folders:
+            remove_own_files(out_dir / folder, [plain])
+
+
 # notebook §1 "Synthetic smears", cell id 8c04e7fe
 def generate_synthetic_dataset(
     out_dir: str | Path,
@@ -225,10 +281,12 @@ def generate_synthetic_dataset(
 
     Files: `out_dir/{train,test}/original/<stem>.{png|jpg}`, `.../mask/<stem>.png` and the truth
     `.../truth/<stem>.npz` (inst int32, cls uint8, full-size cells), plus `out_dir/synthetic.json`
-    (the generator's parameters). image_size is (height, width). Image i of a partition depends
-    only on (seed, partition, i). Calling again with the same parameters returns at once; with
-    other parameters, the previous synthetic files are replaced. Refuses (`FileExistsError`) to
-    write into a non-empty folder that it did not create.
+    (`SYNTHETIC_RECORD`: the generator's parameters and the files it wrote, listed before they are
+    written). image_size is (height, width). Image i of a partition depends only on (seed,
+    partition, i). Calling again with the same parameters returns at once; with other parameters
+    (or files missing), the files the record lists are replaced, and only those. Refuses
+    (`FileExistsError`, naming it) to write into a non-empty folder that has no record of ours,
+    or while the generator's folders hold a file the record does not list.
     """
     out_dir = Path(out_dir)
     params = {"n_train": n_train, "n_test": n_test, "seed": seed, "image_size": list(image_size),
@@ -241,17 +299,16 @@ def generate_synthetic_dataset(
         return {part: [ImagePair(s, out_dir / part / "original" / f"{s}.{image_format}", out_dir / part / "mask" / f"{s}.png")
                        for s in stems[part]] for part in PARTITIONS}
 
-    if marker.is_file():
-        if json.loads(marker.read_text()) == params and all(
-            p.image_path.is_file() and p.mask_path.is_file() for ps in pairs().values() for p in ps
-        ):
+    planned = _synthetic_files(params)
+    if marker.exists():
+        old, recorded = _read_synthetic_record(out_dir)
+        if old == params and all((out_dir / name).is_file() for name in planned):
             return pairs()
-        for part in PARTITIONS:  # ours to replace: the marker says we wrote them
-            for sub in ("original", "mask", "truth"):
-                shutil.rmtree(out_dir / part / sub, ignore_errors=True)
-        marker.unlink()
+        _remove_synthetic(out_dir, recorded)  # ours to replace: the record says we wrote them
     elif out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir}: not empty and not a synthetic dataset (no synthetic.json); not overwriting")
+    # Listed before they are written: a generation killed half-way is replaced by the next call.
+    atomic_write(marker, json.dumps({**params, "files": planned}, indent=1))
 
     for part_index, part in enumerate(PARTITIONS):
         for sub in ("original", "mask", "truth"):
@@ -262,7 +319,6 @@ def generate_synthetic_dataset(
             write_image(out_dir / part / "original" / f"{stem}.{image_format}", smear.image)
             write_image(out_dir / part / "mask" / f"{stem}.png", smear.mask)
             save_npz_atomic(out_dir / part / "truth" / f"{stem}.npz", inst=smear.inst, cls=smear.cls)
-    atomic_write(marker, json.dumps(params, indent=1))
     return pairs()
 
 
@@ -337,8 +393,20 @@ def _bbbc041_object(category: str, r0: int, c0: int, r1: int, c1: int) -> dict[s
 def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: Any) -> Path:
     """Write `dataset_dir/classes/bbbc041_boxes.json`: `synthetic_class_boxes` of every image of a
     synthetic dataset (from its truth files), in BBBC041's format; returns the path. Image i of a
-    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`."""
+    partition depends only on (seed, partition, i), as in `generate_synthetic_dataset`. The file
+    goes into the generator's record; `FileExistsError` naming it when one is there that the
+    record does not list, `FileNotFoundError` when `dataset_dir` holds no synthetic dataset."""
     dataset_dir = Path(dataset_dir)
+    if not (dataset_dir / SYNTHETIC_RECORD).exists():
+        raise FileNotFoundError(f"{dataset_dir}: no synthetic dataset here (no {SYNTHETIC_RECORD}); "
+                                "generate_synthetic_dataset makes one")
+    params, recorded = _read_synthetic_record(dataset_dir)
+    target = dataset_dir / SYNTHETIC_CLASS_BOXES
+    if (target.exists() or target.is_symlink()) and SYNTHETIC_CLASS_BOXES not in recorded:
+        raise FileExistsError(f"{target}: not written by the generator ({SYNTHETIC_RECORD} does not list it); not "
+                              "overwriting it: move it away, or give it as CLASS_BOXES")
+    listed = sorted(recorded | {SYNTHETIC_CLASS_BOXES})  # listed before it is written
+    atomic_write(dataset_dir / SYNTHETIC_RECORD, json.dumps({**params, "files": listed}, indent=1))
     pairs = scan_dataset(dataset_dir).pairs
     doc = []
     for part_index, part in enumerate(PARTITIONS):
@@ -348,4 +416,4 @@ def write_synthetic_class_boxes(dataset_dir: str | Path, seed: int, **box_kw: An
             doc.append({"image": {"pathname": f"/images/{pair.stem}.png",
                                   "shape": {"r": int(inst.shape[0]), "c": int(inst.shape[1]), "channels": 3}},
                         "objects": synthetic_class_boxes(inst, cls, rng, **box_kw)})
-    return atomic_write(dataset_dir / "classes" / "bbbc041_boxes.json", json.dumps(doc))
+    return atomic_write(target, json.dumps(doc))
