@@ -1248,7 +1248,9 @@ show_markdown(config_table(cfg.as_dict()))
 #   ends (kill -9 included), so a killed run never leaves a stale lock, and a second run,
 #   resume included, is refused at once while the first is alive. The lock file's name is an
 #   argument, so that several writers of one folder (job-array shards, each writing its own
-#   files) can each hold their own.
+#   files) can each hold their own; and a lock can be shared: the shards of one run share the
+#   folder's lock among themselves, which keeps out a plain run or a merge, each of which
+#   holds it alone.
 # - **Only our own files**: a run deletes or replaces only the files that a recorded run
 #   listed as its own; any other file in its way is named, and the run refused. An output
 #   folder that is the input folder, lies inside it or holds it is refused too.
@@ -1275,17 +1277,21 @@ class FolderInUse(FileExistsError):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run") -> Iterator[Path]:
-    """Hold the exclusive lock `folder/name` (created with `folder` when missing) while the
-    block runs; yields the lock file's path. `FolderInUse` at once, naming the holder's
-    process id, while another process holds it. The kernel releases the lock when this process
-    ends, however it ends. The lock file holds its holder's process id, and is left in place
-    (deleting it would let a third process lock a new file while the second holds the old).
+def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run",
+                shared: bool = False) -> Iterator[Path]:
+    """Hold the lock `folder/name` (created with `folder` when missing) while the block runs;
+    yields the lock file's path. `FolderInUse` at once, naming a holder's process id, while
+    another process holds it (exclusively, or at all when this one wants it exclusively). The
+    kernel releases the lock when this process ends, however it ends. The lock file holds its
+    (last) holder's process id, and is left in place (deleting it would let a third process
+    lock a new file while the second holds the old).
 
     Args:
         folder: the folder to write into.
         name: the lock file's name in it (one per writer of the folder's files).
-        what: the writer, for the message ("run", "shard 3").
+        what: the writer, for the message ("run", "shard 3/4").
+        shared: share the lock with other shared holders (the shards of one run), while
+            keeping out an exclusive one (a plain run, a merge).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1293,18 +1299,31 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run") ->
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise FolderInUse(f"{folder} is in use: another {what} (process {holder or '?'}) is writing there and "
-                              f"holds {path}; wait for it to end, or choose another output folder") from None
+            raise FolderInUse(f"{folder} is in use: another writer (process {holder or '?'}) holds {path}, so this "
+                              f"{what} cannot write there; wait for it to end, or choose another output folder") from None
         earlier = os.pread(fd, 64, 0).strip()
-        if not earlier or earlier.isdigit():  # empty, or an earlier holder's id; a user's file stays as it is
+        # Empty, or an earlier holder's id (a user's file stays as it is); a live sharer's id stays too,
+        # so that the message names a process that holds the lock.
+        if (not earlier or earlier.isdigit()) and not (shared and earlier and _alive(int(earlier))):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # %% [markdown] tags=["why"]
@@ -1322,7 +1341,7 @@ def separate_folders(input_dir: str | Path, output_dir: str | Path) -> None:
     if source in target.parents:
         raise ValueError(f"--output {output_dir} lies inside the input folder {input_dir}: choose a folder outside it")
     if target in source.parents:
-        raise ValueError(f"--output {output_dir} holds the input folder {input_dir}: choose a folder outside it")
+        raise ValueError(f"--output {output_dir} holds the input {input_dir}: choose a folder outside it")
 
 
 def remove_own_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
@@ -10106,14 +10125,23 @@ else:
 # (`uni-seg infer --shard K/N`: every N-th image of the sorted list, so the split depends on the
 # file names only), with the same worker pipeline, into the same output folder. A shard writes
 # only its images' files and its own record, `shards/shard-K-of-N.json` (the run's description,
-# its images, status, failures); the folder-level files (`summary.csv`, the COCO file, `run.json`)
-# are written once, by `uni-seg merge OUTPUT`, when every shard is complete; until then the merge
-# names the shards missing or unfinished and exits 1. Two shards never write the same file (the
-# split is a partition, a shard refuses a file no record of it wrote, and each holds an OS lock
-# on its name while it runs). A shard killed half-way is finished with `--resume`; its log of
-# finished images (with their exact COCO scores, which the cell CSV rounds) makes the merged
-# files the same bytes as one process's. `slurm_infer.sh` submits the array and a merge job that
-# waits for it.
+# exactly as a one-process run records it, its images, status, failures); the folder-level files
+# (`summary.csv`, the COCO file, `run.json`) are written once, by `uni-seg merge OUTPUT`, when
+# every shard is complete; until then the merge names the shards missing or unfinished and exits 1.
+#
+# The folder rules of §0 hold for shards too. Locks: each shard holds its own lock file
+# (`shards/shard-K-of-N.lock`) alone, and shares the folder's lock with the other shards; a plain
+# run and a merge hold the folder's lock alone (the merge every shard's as well), so a plain run,
+# a shard and a merge never write the folder at once, while the shards run side by side. Two
+# shards never write the same file (the split is a partition). A shard replaces only files that
+# its own record, or a recorded run's `run.json`, lists; an output folder that is, lies in or
+# holds the input is refused. A shard killed half-way is finished with `--resume`: an image counts
+# as done once all its files are there (each written whole, under its final name only at the
+# end). The merge reads every image back from its files (`reread_image`: exact, since the COCO
+# scores are the cell table's), so the merged folder holds the same bytes as one process's run,
+# and its `run.json` is that run's record (but for the per-run fields: times, resumed images,
+# peak memory per shard, and the number of shards), which a later `--overwrite` or `--resume`
+# of a plain run recognises. `slurm_infer.sh` submits the array and a merge job that waits for it.
 
 # %% [markdown] tags=["why"]
 # A shard is a fixed part of the sorted file list, named `shard-K-of-N` after its place in the split.
@@ -10124,9 +10152,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import fcntl
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -10136,17 +10162,20 @@ from typing import Any
 import torch
 
 from uni_seg.config import ClassScheme, class_scheme, describe_differences, write_json_atomic
-from uni_seg.data import CLASS_NAMES, WorkerPool, default_workers
-from uni_seg.export import (FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD, export_folder_item,
-                            load_folder_item, plan_folder, reread_image, write_csv)
+from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, default_workers
+from uni_seg.export import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD,
+                            export_folder_item, finish_run, load_folder_item, plan_folder, read_run_record,
+                            recorded_files, reread_image, write_csv)
+from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders
 from uni_seg.infer import (InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads, peak_rss_mb,
                            pipeline)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
 #: The folder, inside a run's output folder, of the shards' records and lock files.
 SHARDS_DIR = "shards"
-#: What must be the same in every shard of one run (and in a resumed shard): the run's description.
-RUN_KEYS = ("checkpoint", "settings", "postproc", "input", "limit")
+#: What must be the same in every shard of one run (and in a resumed shard): the run's description
+#: (its "run" record; the export names fix the folder's image list, so its limit too).
+RUN_KEYS = ("checkpoint", "settings", "postproc", "input", "export_names", "overlays")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10192,104 +10221,83 @@ def shard_record_path(output_dir: str | Path, shard: Shard) -> Path:
 
 
 # %% [markdown] tags=["why"]
-# The log of finished images (what a resumed shard may skip, and the exact COCO scores the merge needs), and an OS lock per shard that dies with its process.
+# The locks (§0's `folder_lock`): a shard shares the folder's lock with the other shards, which keeps out a plain run and a merge, and holds its own lock alone.
 
 # %% tags=["export"]
-def shard_scores_path(output_dir: str | Path, shard: Shard) -> Path:
-    """The shard's log of finished images: one JSON line {"name", "scores"} per image, appended
-    as each finishes. The COCO scores are rounded from the model's float32 values, which the
-    cell CSV (6 digits) cannot give back exactly; with them the merge writes the same bytes as
-    one process, and an image counts as done on resume only once its line is there."""
-    return Path(output_dir) / SHARDS_DIR / f"{shard.name}.scores.jsonl"
-
-
-def read_scores(path: Path) -> dict[str, list[float]]:
-    """{export name: COCO scores} of a shard's log; a line cut short by a kill is ignored."""
-    scores: dict[str, list[float]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                entry = json.loads(line)
-                scores[entry["name"]] = list(entry["scores"])
-    return scores
-
-
 @contextlib.contextmanager
-def folder_lock(output_dir: str | Path, name: str) -> Iterator[Path]:
-    """Hold the OS lock (`fcntl.flock`, exclusive, not waiting) of `output_dir/shards/<name>.lock`
-    while the block runs: a second process that takes the same lock (the same shard started
-    twice, or a merge while a shard runs) fails at once, naming the
-    folder (`FileExistsError`), rather than both writing the same files. The kernel drops the lock when its
-    process dies, so a killed shard never leaves a stale lock behind."""
-    path = Path(output_dir) / SHARDS_DIR / f"{name}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FileExistsError(f"{output_dir}: {name} is running in another process (it holds the lock {path})") from None
-        try:
-            yield path
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def shard_locks(output_dir: str | Path, shard: Shard) -> Iterator[Path]:
+    """Hold, while the block runs, the folder's lock (`files.LOCK_NAME`) shared with the other
+    shards and `shards/shard-K-of-N.lock` alone; yields the latter's path. `FolderInUse` at once
+    while a plain run or a merge writes the folder, or this shard runs in another process."""
+    what = f"shard {shard.index}/{shard.count}"
+    with (folder_lock(output_dir, LOCK_NAME, what, shared=True),
+          folder_lock(Path(output_dir) / SHARDS_DIR, f"{shard.name}.lock", what) as path):
+        yield path
+
+
+def _description(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a shard's record that must be the same in every shard of one run."""
+    return {k: (record.get("run") or {}).get(k) for k in RUN_KEYS}
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _image_files(output_dir: Path, name: str) -> list[Path]:
-    return [output_dir / f"{name}{s}" for s in OVERLAY_SUFFIXES + IMAGE_EXPORT_SUFFIXES]
+def _image_files(names: Sequence[str]) -> set[str]:
+    return {f"{n}{s}" for n in names for s in OVERLAY_SUFFIXES + IMAGE_EXPORT_SUFFIXES}
 
 
 # %% [markdown] tags=["why"]
-# Before a shard writes anything: refuse another split, a second run of the shard, and any file in its way that no record of it wrote.
+# Before a shard writes anything: refuse another split, a second run of the shard, and any file in its way that no record of ours lists.
 
 # %% tags=["export"]
-def start_shard(output_dir: Path, shard: Shard, record: Mapping[str, Any], names: Sequence[str],
-                overwrite: bool = False, resume: bool = False) -> set[str]:
-    """Prepare `output_dir` for `shard` of the run described by `record` (its images exported as
-    `names`) and write the shard's record with status "running". Returns the names already
-    complete (every one of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an empty set.
+def start_shard(output_dir: Path, shard: Shard, record: Mapping[str, Any], overwrite: bool = False,
+                resume: bool = False) -> set[str]:
+    """Prepare `output_dir` for `shard` of the run described by `record` (its "run" record and
+    its "images" [index, input file, export name]) and write the shard's record with status
+    "running". Call it holding `shard_locks`. Returns the export names already complete
+    (every one of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an empty set.
 
     Refused (`FileExistsError`, `ValueError`, one line): another split of the folder (records
     of shards of another N), a record of this shard without `resume` or `overwrite`, a resumed
-    record that describes another run, or an image file of this shard that no record of it
-    lists (nothing this shard did not write is replaced). `overwrite` removes the image files
-    its earlier record lists, and only those. The folder-level files are never touched here.
+    record that describes another run, a file of this shard or a folder-level file that neither
+    a record of this shard nor the folder's `run.json` lists (nothing of the user's is
+    replaced), and an earlier run's file without `overwrite`. `overwrite` removes the image files
+    its earlier record lists, and only those. The folder-level files are the merge's.
     """
     shards_dir = output_dir / SHARDS_DIR
-    shards_dir.mkdir(parents=True, exist_ok=True)
     other = sorted(p.name for p in shards_dir.glob("shard-*-of-*.json") if not p.name.endswith(f"-of-{shard.count}.json"))
     if other:
         raise FileExistsError(f"{output_dir} holds shards of another split ({', '.join(other[:2])}): "
                               f"use the same N, or another --output folder")
     path = shard_record_path(output_dir, shard)
     previous = json.loads(path.read_text()) if path.is_file() else None
-    done: set[str] = set()
+    names = [name for _, _, name in record["images"]]
     if previous is not None and resume:
-        diffs = describe_differences({k: previous.get(k) for k in RUN_KEYS}, {k: record.get(k) for k in RUN_KEYS},
-                                     names=("earlier run", "this run"))
+        diffs = describe_differences(_description(previous), _description(record), names=("earlier run", "this run"))
         if diffs:
             raise ValueError(f"--resume: {path} records another run: " + "; ".join(diffs)
                              + ". Use --overwrite to replace it, or another --output folder")
-        logged = read_scores(shard_scores_path(output_dir, shard))
-        done = {n for n in names if n in logged and all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
-    elif previous is not None and overwrite:
-        for _, _, name in previous.get("images", []):
-            for file in _image_files(output_dir, name):
-                file.unlink(missing_ok=True)
-        shard_scores_path(output_dir, shard).unlink(missing_ok=True)
-    elif previous is not None:
+    elif previous is not None and not overwrite:
         raise FileExistsError(f"{path} exists: pass --resume to finish that shard, or --overwrite to redo it")
     elif resume:
         raise FileNotFoundError(f"--resume: {output_dir} holds no {path.name}, so there is no shard to finish")
-    present = [f for n in names for f in _image_files(output_dir, n) if f.exists()]
-    if present and previous is None:
-        raise FileExistsError(f"{present[0]} exists and no record of {shard.name} wrote it: refusing to replace it "
-                              "(another --output folder, or remove it)")
-    if previous is None:
-        shard_scores_path(output_dir, shard).unlink(missing_ok=True)  # a log without its record: never used
+    ours = recorded_files(read_run_record(output_dir))  # a merged or plain run's files
+    if previous is not None:
+        ours |= _image_files([name for _, _, name in previous.get("images", [])])
+    present = sorted(n for n in _image_files(names) | set(FOLDER_EXPORTS) if (output_dir / n).exists())
+    in_the_way = [n for n in present if n not in ours]
+    if in_the_way:
+        raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a run of ours lists it: refusing "
+                              "to replace it (move it, or choose another --output folder)")
+    earlier = [n for n in present if n not in FOLDER_EXPORTS]
+    if previous is None and earlier and not overwrite:
+        raise FileExistsError(f"{output_dir / earlier[0]} is an earlier run's: pass --overwrite to replace it")
+    if previous is not None and overwrite:
+        remove_own_files(output_dir, _image_files([name for _, _, name in previous.get("images", [])]))
+    done = ({n for n in names if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
+            if previous is not None and resume else set())
     write_json_atomic(path, {**record, "shard": [shard.index, shard.count], "status": "running",
                              "started": previous.get("started", _now()) if resume and previous else _now()})
     return done
@@ -10308,7 +10316,7 @@ class ShardReport:
 
 
 # %% [markdown] tags=["why"]
-# One shard through the same pipeline as a whole folder, writing only its images' files, its log and its record.
+# One shard through the same pipeline as a whole folder, writing only its images' files and its record.
 
 # %% tags=["export"]
 def run_shard(
@@ -10321,45 +10329,42 @@ def run_shard(
 ) -> ShardReport:
     """Segment `shard`'s images of `input_dir` (see `Shard`) into `output_dir`: the same
     per-image files as `run_folder_inference` (same arguments), made by the same pipeline, and
-    `shards/shard-K-of-N.json` (the run's description, the shard's images as [index in the
-    folder, input file, export name], status, failures). The folder-level files are
-    `merge_shards`' once every shard is complete. The shard holds its lock (`folder_lock`) while
-    it runs; images go to the device in folder order, as in a one-process run."""
+    `shards/shard-K-of-N.json`: "run", the record a one-process run starts with (what
+    `run_folder_inference` writes to `run.json`), the shard's images as [index in the folder,
+    input file, export name], status, failures. The folder-level files are `merge_shards`'
+    once every shard is complete. The shard holds `shard_locks` while it runs; an output folder
+    that is, lies in or holds `input_dir` is refused (`ValueError`). Images go to the device in
+    folder order, as in a one-process run."""
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
+    separate_folders(input_dir, output_dir)
     plan = plan_folder(input_dir, limit)
     postproc = postproc or DEFAULT_POSTPROC_PARAMS
     class_names = scheme.names if scheme is not None else tuple(class_names)
     colours = scheme.colours if scheme is not None else None
     mine = shard.items([(k, path, name) for k, (path, name) in enumerate(plan.images)])
-    record = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "limit": limit,
-              "device": settings.device, "settings": settings.replace(device=None).as_dict(),
-              "postproc": postproc.as_dict(), **(provenance or {}), "class_names": list(class_names),
-              "scheme": scheme.as_dict() if scheme is not None else None,
+    run = {"tool": "uni_seg.infer", "input": str(Path(input_dir).resolve()), "device": settings.device,
+           "settings": settings.replace(device=None).as_dict(), "postproc": postproc.as_dict(), **(provenance or {}),
+           "export_names": [name for _, name in plan.images], "overlays": [] if overlay == "none" else [overlay]}
+    record = {"run": run, "class_names": list(class_names), "scheme": scheme.as_dict() if scheme is not None else None,
               "images": [[k, path.name, name] for k, path, name in mine],
               "skipped": {str(p): why for p, why in plan.skipped}, "not_images": plan.ignored}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(output_dir, shard.name):
-        done = start_shard(output_dir, shard, record, [name for _, _, name in mine], overwrite, resume)
+    with shard_locks(output_dir, shard):
+        done = start_shard(output_dir, shard, record, overwrite, resume)
         todo = [(path, name) for _, path, name in mine if name not in done]
         batcher = TileBatcher(model, settings, forward)
         workers = default_workers(batcher.device.type) if workers is None else workers
         failed: dict[str, str] = {}
         bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"segmenting ({shard.name})", unit="image",
                    disable=not progress)
-        with (WorkerPool(workers) as pool, model_threads(batcher.device, workers),
-              open(shard_scores_path(output_dir, shard), "a") as log):
+        with WorkerPool(workers) as pool, model_threads(batcher.device, workers):
             for index, status, value in pipeline(todo, load_folder_item, (settings.working_scale,), export_folder_item,
                                                  (output_dir, postproc, class_names, object_type, overlay, colours),
                                                  batcher, pool):
                 if status != "ok":
                     failed[todo[index][0].name] = value
                     tqdm.write(f"skipped {todo[index][0]}: {value}", file=sys.stderr)
-                else:
-                    scores = [a["score"] for a in value["annotations"]]
-                    log.write(json.dumps({"name": todo[index][1], "scores": scores}) + "\n")
-                    log.flush()
                 bar.update(1)
         bar.close()
         path = shard_record_path(output_dir, shard)
@@ -10381,7 +10386,8 @@ class ShardsIncomplete(RuntimeError):
 def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     """{K: record} of the shards in `output_dir`, after checking that they are every shard of one
     split of one run and all complete; `ShardsIncomplete` naming each shard missing, still
-    running (or killed: rerun it with --resume) or describing another run otherwise."""
+    running (or killed: rerun it with --resume), written by an older version, or describing
+    another run otherwise."""
     shards_dir = Path(output_dir) / SHARDS_DIR
     records = {p: json.loads(p.read_text()) for p in sorted(shards_dir.glob("shard-*-of-*.json"))}
     if not records:
@@ -10394,11 +10400,12 @@ def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     problems = [f"shard {k}/{count} is missing" for k in range(count) if k not in by_index]
     problems += [f"shard {k}/{count} did not finish (status {r.get('status')!r}: killed or still running; "
                  "rerun it with --resume)" for k, r in sorted(by_index.items()) if r.get("status") != "complete"]
+    problems += [f"shard {k}/{count} was written by an older version (rerun it with --overwrite)"
+                 for k, r in sorted(by_index.items()) if "run" not in r]
     first = by_index[min(by_index)]
     problems += [f"shard {k}/{count} describes another run: " + "; ".join(diffs)
                  for k, r in sorted(by_index.items())
-                 if (diffs := describe_differences({key: first.get(key) for key in RUN_KEYS},
-                                                   {key: r.get(key) for key in RUN_KEYS},
+                 if (diffs := describe_differences(_description(first), _description(r),
                                                    names=(f"shard {min(by_index)}", f"shard {k}")))]
     if problems:
         raise ShardsIncomplete(f"{output_dir}: cannot merge: " + "; ".join(problems))
@@ -10419,62 +10426,79 @@ class MergeReport:
 
 
 # %% [markdown] tags=["why"]
-# The folder-level files, in folder order, from the images' own files: the same bytes a one-process run writes.
+# The folder-level files, in folder order, from the images' own files: the same bytes, and the same record, as a one-process run's.
 
 # %% tags=["export"]
 def merge_shards(output_dir: str | Path) -> MergeReport:
-    """Write the folder-level files of a run done as shards: `summary.csv` and
-    `coco_instances.json` (the same bytes a one-process run writes: images in folder order,
-    each read back from its files with `reread_image`) and `run.json` (the run's record with
-    the counts, failures and every shard's peak memory). Every shard must be complete
-    (`shard_records`); each shard's lock is held while merging, so none runs meanwhile."""
+    """Write the folder-level files of a run done as shards, as `run_folder_inference` writes
+    them: `summary.csv` and `coco_instances.json` (the same bytes: images in folder order, each
+    read back from its files and its input with `reread_image`) and `run.json` (the shards'
+    "run" record with the counts, failures and reading notes; but for the per-run fields,
+    started, finished, resumed and peak_rss_mb (per shard), and "shards", the one a
+    one-process run writes). Every shard must be complete (`shard_records`). The merge holds
+    the folder's lock alone and every shard's, so no plain run or shard writes meanwhile; it
+    replaces only folder-level files that the folder's `run.json` lists (`FileExistsError`
+    naming one it does not)."""
     output_dir = Path(output_dir)
-    records = shard_records(output_dir)
     with contextlib.ExitStack() as locks:
+        locks.enter_context(folder_lock(output_dir, LOCK_NAME, "merge"))
+        records = shard_records(output_dir)
         for k, r in records.items():
-            locks.enter_context(folder_lock(output_dir, Shard(k, r["shard"][1]).name))
-        records = shard_records(output_dir)  # read again under the locks
+            locks.enter_context(folder_lock(output_dir / SHARDS_DIR, f"{Shard(k, r['shard'][1]).name}.lock", "merge"))
+        own = recorded_files(read_run_record(output_dir))
+        in_the_way = [n for n in (*FOLDER_EXPORTS, RUN_RECORD, COCO_SIDE_FILE) if (output_dir / n).exists() and n not in own]
+        if in_the_way:
+            raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a run of ours lists it: "
+                                  "refusing to replace it (move it, or choose another --output folder)")
         first = records[min(records)]
         scheme = class_scheme(first["scheme"]) if first.get("scheme") else None
         class_names = tuple(first["class_names"])
         images = sorted(tuple(item) for r in records.values() for item in r["images"])
-        failed = {file: why for r in records.values() for file, why in r["failed"].items()}
-        scores = {n: v for k, r in records.items() for n, v in read_scores(shard_scores_path(output_dir, Shard(k, r["shard"][1]))).items()}
-        for name in FOLDER_EXPORTS:
-            (output_dir / name).unlink(missing_ok=True)
+        failed_in = {file: why for r in records.values() for file, why in r["failed"].items()}
+        remove_own_files(output_dir, own & {*FOLDER_EXPORTS, COCO_SIDE_FILE})
+        write_json_atomic(output_dir / RUN_RECORD, {**first["run"], "status": "running",
+                                                    "started": min(r["started"] for r in records.values()),
+                                                    "resumed": sum(r["resumed"] for r in records.values())})
         writer = _CocoWriter(output_dir, class_names)
-        rows = []
+        rows, failed, notes = [], {}, {}
         for _, file, name in images:
-            if file in failed:
-                rows.append({**_summary_row(Path(file), name, class_names, scheme), "status": "failed",
-                             "error": failed[file]})
+            path = Path(first["run"]["input"]) / file
+            if file in failed_in:
+                failed[file] = failed_in[file]
+                rows.append({**_summary_row(path, name, class_names, scheme), "status": "failed", "error": failed[file]})
                 continue
-            result = reread_image(output_dir, name)
-            if len(scores.get(name, ())) == len(result["annotations"]):
-                for annotation, score in zip(result["annotations"], scores[name]):
-                    annotation["score"] = score
-            rows.append(_summary_row(Path(file), name, class_names, scheme, result))
+            result = reread_image(output_dir, name, path)
+            rows.append(_summary_row(path, name, class_names, scheme, result))
             writer.add(file, result)
+            if result["notes"]:
+                notes[file] = result["notes"]
         for entry, why in first["skipped"].items():
             rows.append({**_summary_row(Path(entry), "", class_names, scheme), "status": "skipped", "error": why})
         coco_path = writer.close()
         columns = _summary_row(Path("x"), "", class_names, scheme)
         summary_path = write_csv(output_dir / "summary.csv", {c: [r[c] for r in rows] for c in columns})
-        shard_keys = ("shard", "images", "status", "started", "finished", "segmented", "resumed", "failed", "workers",
-                      "peak_rss_mb", "class_names", "scheme", "skipped", "not_images")
-        record = {k: v for k, v in first.items() if k not in shard_keys}
-        record_path = write_json_atomic(output_dir / RUN_RECORD, {
-            **record, "status": "complete", "started": min(r["started"] for r in records.values()),
-            "finished": _now(), "resumed": sum(r["resumed"] for r in records.values()), "images": len(images),
-            "segmented": sum(r["status"] == "ok" for r in rows), "failed": failed, "skipped": first["skipped"],
-            "not_images": first["not_images"], "shards": len(records),
-            "peak_rss_mb": {str(k): r["peak_rss_mb"] for k, r in sorted(records.items())}})
+        segmented = sum(r["status"] == "ok" for r in rows)
+        outcome: dict[str, Any] = {}
+        if not segmented:  # as a one-process run: a record with nothing to show is not "complete"
+            outcome["error"] = (f"none of the {len(images)} images could be read or segmented" if images
+                                else f"no images ({', '.join(IMAGE_SUFFIXES)}) in the input folder")
+        workers = {r["workers"] for r in records.values()}
+        record_path = finish_run(
+            output_dir, "complete" if segmented else "failed", images=len(images), segmented=segmented, failed=failed,
+            notes=notes, skipped=first["skipped"], not_images=first["not_images"],
+            workers=workers.pop() if len(workers) == 1 else {str(k): r["workers"] for k, r in sorted(records.items())},
+            peak_rss_mb={str(k): r["peak_rss_mb"] for k, r in sorted(records.items())}, **outcome, shards=len(records))
     return MergeReport(rows, failed, coco_path, summary_path, record_path)
 
 
+# %% [markdown] tags=["why"]
+# The command-line side: `uni-seg merge OUTPUT`, and `uni-seg infer --shard K/N` once the model is loaded.
+
+# %% tags=["export"]
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.shards") -> None:
     """`uni-seg merge OUTPUT`: the folder-level files of a run done as shards (`merge_shards`);
-    exit 1 naming the shards missing, failed or still running, or when an image failed."""
+    exit 1 naming the shards missing, failed or still running, a writer in the folder, or a
+    file in the way, or when an image failed."""
     import argparse
 
     from uni_seg.config import errors_as_messages
@@ -10498,10 +10522,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.shard
         raise SystemExit(1)
 
 
-# %% [markdown] tags=["why"]
-# The command-line side: `uni-seg infer --shard K/N` once the model is loaded.
-
-# %% tags=["export"]
 def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
                   class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
                   meta: Mapping[str, Any]) -> None:
@@ -10530,7 +10550,11 @@ def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings
 # end into a tiled pyramidal TIFF; memory follows the region size, not the slide's. Plain images
 # (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
 # pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
-# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide.
+# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide. The folder
+# rules of §0 hold: the run holds the folder's lock, an output folder that holds the slide is
+# refused, and `<name>_slide.json`, written before anything else, lists the run's files, so
+# that `--overwrite` removes those and only those; any other file in the way is named, and the
+# run refused.
 
 # %% [markdown] tags=["why"]
 # A slide is known by its format or by being a TIFF pyramid; the level read is the one nearest the working scale.
@@ -10555,10 +10579,11 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import ClassScheme, atomic_open, write_json_atomic
+from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
 from uni_seg.data import CLASS_NAMES, class_name
 from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
                             cell_table, cells_geojson_text)
+from uni_seg.files import folder_lock, remove_own_files, separate_folders
 from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
@@ -10830,21 +10855,43 @@ def _slide_files(output_dir: Path, name: str) -> list[Path]:
     return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
 
 
+def _slide_names(name: str) -> list[str]:
+    """What a slide run exported as <name> writes, as its record lists it: the outputs, the
+    record, and the hidden folder of its label tiles (removed at the end)."""
+    return [p.name for p in _slide_files(Path(), name)] + [f".{name}_labels.partial"]
+
+
 # %% [markdown] tags=["why"]
 # A slide's outputs are never replaced unasked; each region's cells become table rows, GeoJSON features, COCO annotations and label pieces in slide pixels, appended to files open for the whole run.
 
 # %% tags=["export"]
 def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
-    """Refuse a slide whose outputs exist (unless `overwrite`: then those files, and only those,
-    are removed) and `resume`, which slides do not offer yet."""
+    """Refuse `resume`, which slides do not offer yet, and any of the slide's files (`_slide_names`)
+    in `output_dir` that the record of an earlier run of this slide there does not list (the
+    user's: named, never replaced); refuse the earlier run's without `overwrite`, else remove
+    them (its files, and only those). Call it holding the folder's lock."""
     if resume:
         raise ValueError("--resume is not offered for a slide yet: run it again (with --overwrite)")
-    present = [p for p in _slide_files(output_dir, name) if p.exists()]
+    record_path = output_dir / f"{name}{SLIDE_RECORD_SUFFIX}"
+    previous = None
+    if record_path.exists():
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            previous = json.loads(record_path.read_text())
+        if not isinstance(previous, dict) or previous.get("tool") != "uni_seg.slide":
+            raise FileExistsError(f"{record_path} is not the record of a uni_seg slide run, so no file of {name} in "
+                                  f"{output_dir} is known to be ours: choose another --output folder")
+    own = set(previous.get("files", [])) if previous else set()
+    present = [n for n in _slide_names(name) if (output_dir / n).exists()]
+    in_the_way = [n for n in present if n not in own]
+    if in_the_way:
+        raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a slide run of ours lists it: "
+                              "refusing to replace it (move it, or choose another --output folder)")
     if present and not overwrite:
-        raise FileExistsError(f"{present[0]} exists: pass --overwrite to replace this slide's outputs, "
+        raise FileExistsError(f"{output_dir / present[0]} exists: pass --overwrite to replace this slide's outputs, "
                               "or another --output folder")
-    for path in present:
-        path.unlink()
+    if previous is not None:
+        remove_stale_temporaries(output_dir)  # a killed run's; no writer of ours runs here (the lock)
+        remove_own_files(output_dir, own & set(_slide_names(name)))  # the tile folder, if any, is rewritten
 
 
 def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
@@ -10923,64 +10970,69 @@ def run_slide_inference(
             in working-scale px, the checkpoint's, else `FALLBACK_CELL_DIAMETER`).
         Others as in `run_folder_inference`. A cell cut by a core's border is kept, whole,
         by the region that holds its centroid (`owned_cells`).
+
+    The run holds the folder's lock (`folder_lock`) throughout, and replaces only files an
+    earlier run's record lists (`_start_slide`); an output folder that holds the slide is
+    refused (`ValueError`).
     """
     import tiffslide
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     output_dir, slide_path = Path(output_dir), Path(slide_path)
+    separate_folders(slide_path, output_dir)
     name = slide_path.stem
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _start_slide(output_dir, name, overwrite, resume)
-    postproc = postproc or DEFAULT_POSTPROC_PARAMS
-    class_names = scheme.names if scheme is not None else tuple(class_names)
-    colours = scheme.colours if scheme is not None else None
-    slide = tiffslide.TiffSlide(slide_path)
-    level, residual = pick_level(slide.level_downsamples, settings.working_scale)
-    width, height = slide.level_dimensions[level]
-    if margin is None:
-        margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
-    regions = slide_regions(height, width, region_size, margin)
-    at_level = settings.replace(working_scale=residual)
-    record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "level": level,
-              "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
-              "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
-              "postproc": postproc.as_dict(), **(provenance or {})}
-    record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
-    tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
-    categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
-    n_cells = 0
-    with contextlib.ExitStack() as stack:
-        rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
-        bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
-        for region in regions:
-            window = _read_window(slide, level, region)
-            local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
-            pieces: list = []
-            if len(classes) > 1:
-                table, features, annotations, pieces = _region_exports(
-                    local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
-                    name, (height, width), colours, float(slide.level_downsamples[level]))
-                rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
-                geo_out.write(("," if n_cells else "") + features)
-                coco_out.write(("," if n_cells else "") + ",".join(annotations))
-                n_cells += len(classes) - 1
-            tiles.paint(region.row, region.col, pieces)
-            bar.update(1)
-            bar.set_postfix(cells=n_cells)
-        bar.close()
-        geo_out.write("]}")
-        coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
-        write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
-    shutil.rmtree(tiles.folder)
-    slide.close()
-    seconds = time.perf_counter() - start
-    write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
-                                    "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
-    print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
-          f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
-    return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
-                       rss, _slide_files(output_dir, name))
+    with folder_lock(output_dir, what="slide run"):
+        _start_slide(output_dir, name, overwrite, resume)
+        postproc = postproc or DEFAULT_POSTPROC_PARAMS
+        class_names = scheme.names if scheme is not None else tuple(class_names)
+        colours = scheme.colours if scheme is not None else None
+        slide = tiffslide.TiffSlide(slide_path)
+        level, residual = pick_level(slide.level_downsamples, settings.working_scale)
+        width, height = slide.level_dimensions[level]
+        if margin is None:
+            margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
+        regions = slide_regions(height, width, region_size, margin)
+        at_level = settings.replace(working_scale=residual)
+        record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
+                  "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
+                  "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
+                  "postproc": postproc.as_dict(), **(provenance or {})}
+        record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
+        tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
+        categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
+        n_cells = 0
+        with contextlib.ExitStack() as stack:
+            rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
+            bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
+            for region in regions:
+                window = _read_window(slide, level, region)
+                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+                pieces: list = []
+                if len(classes) > 1:
+                    table, features, annotations, pieces = _region_exports(
+                        local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
+                        name, (height, width), colours, float(slide.level_downsamples[level]))
+                    rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
+                    geo_out.write(("," if n_cells else "") + features)
+                    coco_out.write(("," if n_cells else "") + ",".join(annotations))
+                    n_cells += len(classes) - 1
+                tiles.paint(region.row, region.col, pieces)
+                bar.update(1)
+                bar.set_postfix(cells=n_cells)
+            bar.close()
+            geo_out.write("]}")
+            coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+            write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
+        shutil.rmtree(tiles.folder)
+        slide.close()
+        seconds = time.perf_counter() - start
+        write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
+                                        "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
+        print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
+              f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
+        return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
+                           rss, _slide_files(output_dir, name))
 
 # %% [markdown] tags=["why"]
 # The command-line side: `uni-seg infer --input SLIDE` once the model is loaded.

@@ -22,14 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 HOLDER = """
 import sys
 from uni_seg.files import folder_lock
-with folder_lock(sys.argv[1], sys.argv[2]):
+with folder_lock(sys.argv[1], sys.argv[2], shared=sys.argv[3] == "shared"):
     print("locked", flush=True)
     sys.stdin.read()  # until the test closes the pipe
 """
 
 
-def _holder(folder: Path, name: str = LOCK_NAME) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), name], stdin=subprocess.PIPE,
+def _holder(folder: Path, name: str = LOCK_NAME, shared: bool = False) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), name, "shared" if shared else "alone"],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "locked"  # blocks until the child holds the lock
     return proc
@@ -48,6 +49,27 @@ def test_a_second_process_is_refused_while_the_first_holds_the_lock_and_admitted
         assert holder.wait() == 0
     with folder_lock(tmp_path / "out") as path:  # released when the holder ended
         assert path == tmp_path / "out" / LOCK_NAME and path.read_text().strip() == str(os.getpid())
+
+
+def test_a_shared_lock_admits_other_shared_holders_and_keeps_out_an_exclusive_one(tmp_path):
+    """The shards of one run share the folder's lock; a plain run or a merge wants it alone."""
+    holder = _holder(tmp_path / "out", shared=True)
+    try:
+        with folder_lock(tmp_path / "out", shared=True):  # a second shard: admitted
+            pass
+        with pytest.raises(FolderInUse, match=rf"in use.*process {holder.pid}.*this merge"):
+            with folder_lock(tmp_path / "out", what="merge"):
+                pytest.fail("a merge while a shard writes")
+    finally:
+        holder.stdin.close()
+        assert holder.wait() == 0
+    exclusive = _holder(tmp_path / "out")
+    try:
+        with pytest.raises(FolderInUse, match="in use"), folder_lock(tmp_path / "out", shared=True):
+            pytest.fail("a shard while a plain run writes")
+    finally:
+        exclusive.stdin.close()
+        assert exclusive.wait() == 0
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):

@@ -1,6 +1,8 @@
 """Folder inference as shards (uni_seg.shards, slurm_infer.sh): shards of one folder, merged, give
-the same bytes as one process; a shard killed half-way is finished with --resume; two shards
-never write the same file; the job array runs under a stand-in sbatch."""
+the same bytes (and run record) as one process; a shard killed half-way is finished with --resume;
+two shards never write the same file; a plain run, a shard and a merge never write one folder at
+once (the second writer is a process that holds the lock when the test goes on: it says so on a
+pipe, no clock); the job array runs under a stand-in sbatch."""
 
 from __future__ import annotations
 
@@ -11,14 +13,36 @@ import sys
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from stand_ins import EquivariantModel, disks_image
 
 from uni_seg import infer, shards
 from uni_seg.data import tile_starts
+from uni_seg.files import LOCK_NAME, FolderInUse
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = infer.InferenceSettings(tile_size=32, overlap=8, batch_size=8, device="cpu", precision="fp32")
+#: run.json's fields that belong to one run as it was done: when it started and ended, how many
+#: images it read back rather than segmented, its peak memory (per shard), how many shards.
+PER_RUN_FIELDS = {"started", "finished", "resumed", "peak_rss_mb", "shards"}
+#: A process that enters the context manager given as an expression, says so on stdout, and holds
+#: it until its stdin is closed.
+HOLDER = """
+import sys
+from pathlib import Path
+from uni_seg import files, shards
+with eval(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def _holder(expression: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, expression], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "locked"  # blocks until the child holds the lock
+    return proc
 
 
 def _write_folder(folder: Path, n: int = 8, broken: bool = True) -> None:
@@ -35,8 +59,8 @@ def _write_folder(folder: Path, n: int = 8, broken: bool = True) -> None:
 
 def _same_files(a: Path, b: Path) -> list[str]:
     """The files of `a` (but run.json and the shards' folder), checked byte-identical in `b`."""
-    names = sorted(p.name for p in a.iterdir() if p.is_file() and p.name != "run.json")
-    assert names == sorted(p.name for p in b.iterdir() if p.is_file() and p.name != "run.json")
+    names = sorted(p.name for p in a.iterdir() if p.is_file() and p.name not in ("run.json", LOCK_NAME))
+    assert names == sorted(p.name for p in b.iterdir() if p.is_file() and p.name not in ("run.json", LOCK_NAME))
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     return names
@@ -52,8 +76,15 @@ def test_parse_shard_and_the_split_is_every_nth_of_the_sorted_list():
             shards.parse_shard(text)
 
 
+def _run_record(folder: Path) -> dict:
+    """run.json but for its per-run fields."""
+    return {k: v for k, v in json.loads((folder / "run.json").read_text()).items() if k not in PER_RUN_FIELDS}
+
+
 def test_merged_shards_are_byte_identical_to_one_process(tmp_path):
     _write_folder(tmp_path / "in")
+    deep = cv2.imread(str(tmp_path / "in" / "img3.png")).astype(np.uint32) * 4095 // 255  # a reading note
+    cv2.imwrite(str(tmp_path / "in" / "img3.png"), deep.astype(np.uint16))
     one = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", tmp_path / "one", SETTINGS, progress=False,
                                      workers=0)
     out = tmp_path / "sharded"
@@ -69,13 +100,75 @@ def test_merged_shards_are_byte_identical_to_one_process(tmp_path):
     names = _same_files(tmp_path / "one", out)
     assert "summary.csv" in names and "coco_instances.json" in names and "img7_cells.geojson" in names
     assert merged.failed.keys() == one.failed.keys() == {"broken.png"}
-    a, b = json.loads((tmp_path / "one" / "run.json").read_text()), json.loads((out / "run.json").read_text())
-    for key in ("status", "images", "segmented", "failed", "skipped", "not_images", "settings", "postproc", "input"):
-        assert a[key] == b[key], key
+    assert "12-bit" in (out / "summary.csv").read_text()  # the notes column, read again from the input
+    assert _run_record(tmp_path / "one") == _run_record(out)  # export_names, overlays, notes, ... included
+    b = json.loads((out / "run.json").read_text())
+    assert "12-bit" in b["notes"]["img3.png"][0] and list(b["notes"]) == ["img3.png"]
     assert b["shards"] == 3 and set(b["peak_rss_mb"]) == {"0", "1", "2"}
     # every image file was written by exactly one shard
     written = [name for k in range(3) for _, _, name in json.loads(shards.shard_record_path(out, shards.Shard(k, 3)).read_text())["images"]]
     assert sorted(written) == sorted(set(written)) and len(written) == 9
+    # a plain run recognises every merged file as a recorded run's own: --resume finds every image
+    # done (and writes the same files), --overwrite replaces them
+    resumed = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, SETTINGS, progress=False, workers=0,
+                                         resume=True)
+    assert json.loads(resumed.record_path.read_text())["resumed"] == 8
+    _same_files(tmp_path / "one", out)
+    infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, SETTINGS, progress=False, workers=0,
+                               overwrite=True)
+    _same_files(tmp_path / "one", out)
+    assert _run_record(tmp_path / "one") == _run_record(out)
+
+
+def test_a_plain_run_a_shard_and_a_merge_never_write_one_folder_at_once(tmp_path):
+    _write_folder(tmp_path / "in", n=4, broken=False)
+    out = tmp_path / "out"
+    run = dict(settings=SETTINGS, progress=False, workers=0)
+    plain = _holder(f"files.folder_lock({str(out)!r}, what='run')")  # as run_folder_inference holds it
+    try:
+        with pytest.raises(FolderInUse, match=rf"in use.*process {plain.pid}"):
+            shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(0, 2), **run)
+        with pytest.raises(FolderInUse, match=rf"in use.*process {plain.pid}"):
+            shards.merge_shards(out)
+    finally:
+        plain.stdin.close()
+        assert plain.wait() == 0
+    assert not (out / shards.SHARDS_DIR / "shard-0-of-2.json").exists()  # refused before writing anything
+    shard = _holder(f"shards.shard_locks({str(out)!r}, shards.Shard(1, 2))")  # as shard 1/2 holds them
+    try:
+        report = shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(0, 2), **run)  # side by side
+        assert report.segmented == 2
+        with pytest.raises(FolderInUse, match=rf"in use.*process {shard.pid}"):  # the same shard twice
+            shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(1, 2), **run)
+        with pytest.raises(FolderInUse, match="in use"):
+            infer.run_folder_inference(EquivariantModel(), tmp_path / "in", tmp_path / "out", overwrite=True, **run)
+        with pytest.raises(FolderInUse, match="in use"):
+            shards.merge_shards(out)
+    finally:
+        shard.stdin.close()
+        assert shard.wait() == 0
+    shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(1, 2), **run)
+    assert shards.merge_shards(out).n_ok == 4
+
+
+def test_a_shard_and_a_merge_refuse_an_output_in_the_input_and_a_users_folder_file(tmp_path):
+    _write_folder(tmp_path / "in", n=2, broken=False)
+    run = dict(settings=SETTINGS, progress=False, workers=0)
+    with pytest.raises(ValueError, match="inside the input"):
+        shards.run_shard(EquivariantModel(), tmp_path / "in", tmp_path / "in" / "out", shards.Shard(0, 2), **run)
+    assert not (tmp_path / "in" / "out").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.csv").write_text("the user's")
+    with pytest.raises(FileExistsError, match="summary.csv"):  # refused before any work
+        shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(0, 2), **run)
+    (out / "summary.csv").unlink()
+    for k in range(2):
+        shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(k, 2), **run)
+    (out / "summary.csv").write_text("the user's")  # put there while the shards ran
+    with pytest.raises(FileExistsError, match="summary.csv"):
+        shards.merge_shards(out)
+    assert (out / "summary.csv").read_text() == "the user's" and not (out / "run.json").exists()
 
 
 def test_a_shard_never_replaces_what_it_did_not_write(tmp_path):
@@ -91,7 +184,7 @@ def test_a_shard_never_replaces_what_it_did_not_write(tmp_path):
     with pytest.raises(FileExistsError, match="img1"):
         shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(1, 2), **run)
     assert (out / "img1_cells.csv").read_text() == "someone else's"
-    with shards.folder_lock(out, "shard-0-of-2"), pytest.raises(FileExistsError, match="another process"):
+    with shards.shard_locks(out, shards.Shard(0, 2)), pytest.raises(FolderInUse, match="in use"):
         shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(0, 2), resume=True, **run)
     with pytest.raises(ValueError, match="tile_size"):  # a resumed shard must be the same run
         shards.run_shard(EquivariantModel(), tmp_path / "in", out, shards.Shard(0, 2), resume=True,

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,10 @@ import tifffile
 import torch
 
 from uni_seg import export, infer, slide
+from uni_seg.files import LOCK_NAME, FolderInUse
 from uni_seg.synthetic import render_synthetic_smear
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("tiffslide")
 
@@ -137,7 +144,7 @@ def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
         np.testing.assert_array_equal(levels[1].asarray(), labels[::2, ::2])
     record = json.loads((out / "smear_slide.json").read_text())
     assert record["status"] == "complete" and record["cells"] == report.cells and record["level"] == 0
-    assert not list(out.glob(".*"))  # no temporaries, no tile store left behind
+    assert [p.name for p in out.glob(".*")] == [LOCK_NAME]  # no temporaries, no tile store left behind
     # the result does not depend on the region size
     slide.run_slide_inference(model, tmp_path / "smear.tif", tmp_path / "out2", settings, region_size=192, margin=48,
                               progress=False)
@@ -145,20 +152,57 @@ def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
                                   _canonical(labels))
 
 
-def test_slide_outputs_are_never_replaced_without_overwrite(tmp_path):
+def test_slide_outputs_are_replaced_only_when_a_recorded_run_wrote_them(tmp_path):
     write_slide(tmp_path / "s.tif", 128, 128, tile=64)
     settings = infer.InferenceSettings(tile_size=64, overlap=16, device="cpu")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "s_cells.csv").write_text("mine")
-    with pytest.raises(FileExistsError, match="s_cells.csv"):
-        slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
-                                  progress=False)
-    assert (tmp_path / "out" / "s_cells.csv").read_text() == "mine"
-    (tmp_path / "out" / "other.txt").write_text("not the slide's")
-    slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "s_cells.csv").write_text("mine")
+    for overwrite in (False, True):  # no record of ours lists it: never replaced, --overwrite or not
+        with pytest.raises(FileExistsError, match="s_cells.csv"):
+            slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", out, settings, region_size=64,
+                                      overwrite=overwrite, progress=False)
+        assert (out / "s_cells.csv").read_text() == "mine"
+    (out / "s_cells.csv").unlink()
+    (out / "other.txt").write_text("not the slide's")
+    slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", out, settings, region_size=64, progress=False)
+    record = json.loads((out / "s_slide.json").read_text())
+    assert {"s_cells.csv", "s_instances.tif", "s_slide.json"} <= set(record["files"])
+    with pytest.raises(FileExistsError, match="--overwrite"):  # the earlier run's: only with --overwrite
+        slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", out, settings, region_size=64, progress=False)
+    (out / "s_cells.csv").write_text("stale")
+    slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", out, settings, region_size=64,
                               overwrite=True, progress=False)
-    assert (tmp_path / "out" / "other.txt").read_text() == "not the slide's"
-    assert (tmp_path / "out" / "s_cells.csv").read_text().startswith("id,")
+    assert (out / "other.txt").read_text() == "not the slide's"
+    assert (out / "s_cells.csv").read_text().startswith("id,")
+    (out / "s_slide.json").write_text('{"tool": "someone else"}')  # a record not ours claims nothing
+    with pytest.raises(FileExistsError, match="not the record"):
+        slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", out, settings, region_size=64,
+                                  overwrite=True, progress=False)
+
+
+def test_a_slide_run_holds_the_folder_lock_and_refuses_an_output_holding_the_slide(tmp_path):
+    write_slide(tmp_path / "s.tif", 128, 128, tile=64)
+    settings = infer.InferenceSettings(tile_size=64, overlap=16, device="cpu")
+    with pytest.raises(ValueError, match="holds the input"):  # the slide's own folder
+        slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path, settings, region_size=64,
+                                  progress=False)
+    assert not (tmp_path / "s_slide.json").exists()
+    holder = subprocess.Popen(  # another writer of the folder (a plain run): holds its lock until told
+        [sys.executable, "-c", "import sys\nfrom uni_seg.files import folder_lock\nwith folder_lock(sys.argv[1]):\n"
+         "    print('locked', flush=True)\n    sys.stdin.read()", str(tmp_path / "out")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # an event, not a clock
+        with pytest.raises(FolderInUse, match=rf"in use.*process {holder.pid}"):
+            slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
+                                      progress=False)
+        assert not (tmp_path / "out" / "s_slide.json").exists()
+    finally:
+        holder.stdin.close()
+        assert holder.wait() == 0
+    slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path / "out", settings, region_size=64,
+                              progress=False)
 
 
 def test_uni_seg_infer_routes_a_slide_and_refuses_shards_of_it(tmp_path, monkeypatch, capsys):

@@ -19,17 +19,21 @@ class FolderInUse(FileExistsError):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run") -> Iterator[Path]:
-    """Hold the exclusive lock `folder/name` (created with `folder` when missing) while the
-    block runs; yields the lock file's path. `FolderInUse` at once, naming the holder's
-    process id, while another process holds it. The kernel releases the lock when this process
-    ends, however it ends. The lock file holds its holder's process id, and is left in place
-    (deleting it would let a third process lock a new file while the second holds the old).
+def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run",
+                shared: bool = False) -> Iterator[Path]:
+    """Hold the lock `folder/name` (created with `folder` when missing) while the block runs;
+    yields the lock file's path. `FolderInUse` at once, naming a holder's process id, while
+    another process holds it (exclusively, or at all when this one wants it exclusively). The
+    kernel releases the lock when this process ends, however it ends. The lock file holds its
+    (last) holder's process id, and is left in place (deleting it would let a third process
+    lock a new file while the second holds the old).
 
     Args:
         folder: the folder to write into.
         name: the lock file's name in it (one per writer of the folder's files).
-        what: the writer, for the message ("run", "shard 3").
+        what: the writer, for the message ("run", "shard 3/4").
+        shared: share the lock with other shared holders (the shards of one run), while
+            keeping out an exclusive one (a plain run, a merge).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -37,18 +41,31 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run") ->
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-            raise FolderInUse(f"{folder} is in use: another {what} (process {holder or '?'}) is writing there and "
-                              f"holds {path}; wait for it to end, or choose another output folder") from None
+            raise FolderInUse(f"{folder} is in use: another writer (process {holder or '?'}) holds {path}, so this "
+                              f"{what} cannot write there; wait for it to end, or choose another output folder") from None
         earlier = os.pread(fd, 64, 0).strip()
-        if not earlier or earlier.isdigit():  # empty, or an earlier holder's id; a user's file stays as it is
+        # Empty, or an earlier holder's id (a user's file stays as it is); a live sharer's id stays too,
+        # so that the message names a process that holds the lock.
+        if (not earlier or earlier.isdigit()) and not (shared and earlier and _alive(int(earlier))):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # notebook §0 "One folder, one writer; only our own files", cell id a3352ace
@@ -62,7 +79,7 @@ def separate_folders(input_dir: str | Path, output_dir: str | Path) -> None:
     if source in target.parents:
         raise ValueError(f"--output {output_dir} lies inside the input folder {input_dir}: choose a folder outside it")
     if target in source.parents:
-        raise ValueError(f"--output {output_dir} holds the input folder {input_dir}: choose a folder outside it")
+        raise ValueError(f"--output {output_dir} holds the input {input_dir}: choose a folder outside it")
 
 
 def remove_own_files(folder: str | Path, names: Iterable[str]) -> list[Path]:

@@ -21,10 +21,11 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import ClassScheme, atomic_open, write_json_atomic
+from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
 from uni_seg.data import CLASS_NAMES, class_name
 from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
                             cell_table, cells_geojson_text)
+from uni_seg.files import folder_lock, remove_own_files, separate_folders
 from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
@@ -287,18 +288,40 @@ def _slide_files(output_dir: Path, name: str) -> list[Path]:
     return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
 
 
+def _slide_names(name: str) -> list[str]:
+    """What a slide run exported as <name> writes, as its record lists it: the outputs, the
+    record, and the hidden folder of its label tiles (removed at the end)."""
+    return [p.name for p in _slide_files(Path(), name)] + [f".{name}_labels.partial"]
+
+
 # notebook §8 "Whole-slide smears in bounded memory", cell id ca2cbe82
 def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
-    """Refuse a slide whose outputs exist (unless `overwrite`: then those files, and only those,
-    are removed) and `resume`, which slides do not offer yet."""
+    """Refuse `resume`, which slides do not offer yet, and any of the slide's files (`_slide_names`)
+    in `output_dir` that the record of an earlier run of this slide there does not list (the
+    user's: named, never replaced); refuse the earlier run's without `overwrite`, else remove
+    them (its files, and only those). Call it holding the folder's lock."""
     if resume:
         raise ValueError("--resume is not offered for a slide yet: run it again (with --overwrite)")
-    present = [p for p in _slide_files(output_dir, name) if p.exists()]
+    record_path = output_dir / f"{name}{SLIDE_RECORD_SUFFIX}"
+    previous = None
+    if record_path.exists():
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            previous = json.loads(record_path.read_text())
+        if not isinstance(previous, dict) or previous.get("tool") != "uni_seg.slide":
+            raise FileExistsError(f"{record_path} is not the record of a uni_seg slide run, so no file of {name} in "
+                                  f"{output_dir} is known to be ours: choose another --output folder")
+    own = set(previous.get("files", [])) if previous else set()
+    present = [n for n in _slide_names(name) if (output_dir / n).exists()]
+    in_the_way = [n for n in present if n not in own]
+    if in_the_way:
+        raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a slide run of ours lists it: "
+                              "refusing to replace it (move it, or choose another --output folder)")
     if present and not overwrite:
-        raise FileExistsError(f"{present[0]} exists: pass --overwrite to replace this slide's outputs, "
+        raise FileExistsError(f"{output_dir / present[0]} exists: pass --overwrite to replace this slide's outputs, "
                               "or another --output folder")
-    for path in present:
-        path.unlink()
+    if previous is not None:
+        remove_stale_temporaries(output_dir)  # a killed run's; no writer of ours runs here (the lock)
+        remove_own_files(output_dir, own & set(_slide_names(name)))  # the tile folder, if any, is rewritten
 
 
 def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
@@ -374,64 +397,69 @@ def run_slide_inference(
             in working-scale px, the checkpoint's, else `FALLBACK_CELL_DIAMETER`).
         Others as in `run_folder_inference`. A cell cut by a core's border is kept, whole,
         by the region that holds its centroid (`owned_cells`).
+
+    The run holds the folder's lock (`folder_lock`) throughout, and replaces only files an
+    earlier run's record lists (`_start_slide`); an output folder that holds the slide is
+    refused (`ValueError`).
     """
     import tiffslide
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     output_dir, slide_path = Path(output_dir), Path(slide_path)
+    separate_folders(slide_path, output_dir)
     name = slide_path.stem
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _start_slide(output_dir, name, overwrite, resume)
-    postproc = postproc or DEFAULT_POSTPROC_PARAMS
-    class_names = scheme.names if scheme is not None else tuple(class_names)
-    colours = scheme.colours if scheme is not None else None
-    slide = tiffslide.TiffSlide(slide_path)
-    level, residual = pick_level(slide.level_downsamples, settings.working_scale)
-    width, height = slide.level_dimensions[level]
-    if margin is None:
-        margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
-    regions = slide_regions(height, width, region_size, margin)
-    at_level = settings.replace(working_scale=residual)
-    record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "level": level,
-              "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
-              "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
-              "postproc": postproc.as_dict(), **(provenance or {})}
-    record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
-    tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
-    categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
-    n_cells = 0
-    with contextlib.ExitStack() as stack:
-        rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
-        bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
-        for region in regions:
-            window = _read_window(slide, level, region)
-            local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
-            pieces: list = []
-            if len(classes) > 1:
-                table, features, annotations, pieces = _region_exports(
-                    local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
-                    name, (height, width), colours, float(slide.level_downsamples[level]))
-                rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
-                geo_out.write(("," if n_cells else "") + features)
-                coco_out.write(("," if n_cells else "") + ",".join(annotations))
-                n_cells += len(classes) - 1
-            tiles.paint(region.row, region.col, pieces)
-            bar.update(1)
-            bar.set_postfix(cells=n_cells)
-        bar.close()
-        geo_out.write("]}")
-        coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
-        write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
-    shutil.rmtree(tiles.folder)
-    slide.close()
-    seconds = time.perf_counter() - start
-    write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
-                                    "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
-    print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
-          f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
-    return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
-                       rss, _slide_files(output_dir, name))
+    with folder_lock(output_dir, what="slide run"):
+        _start_slide(output_dir, name, overwrite, resume)
+        postproc = postproc or DEFAULT_POSTPROC_PARAMS
+        class_names = scheme.names if scheme is not None else tuple(class_names)
+        colours = scheme.colours if scheme is not None else None
+        slide = tiffslide.TiffSlide(slide_path)
+        level, residual = pick_level(slide.level_downsamples, settings.working_scale)
+        width, height = slide.level_dimensions[level]
+        if margin is None:
+            margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
+        regions = slide_regions(height, width, region_size, margin)
+        at_level = settings.replace(working_scale=residual)
+        record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
+                  "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
+                  "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
+                  "postproc": postproc.as_dict(), **(provenance or {})}
+        record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
+        tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
+        categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
+        n_cells = 0
+        with contextlib.ExitStack() as stack:
+            rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
+            bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
+            for region in regions:
+                window = _read_window(slide, level, region)
+                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+                pieces: list = []
+                if len(classes) > 1:
+                    table, features, annotations, pieces = _region_exports(
+                        local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
+                        name, (height, width), colours, float(slide.level_downsamples[level]))
+                    rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
+                    geo_out.write(("," if n_cells else "") + features)
+                    coco_out.write(("," if n_cells else "") + ",".join(annotations))
+                    n_cells += len(classes) - 1
+                tiles.paint(region.row, region.col, pieces)
+                bar.update(1)
+                bar.set_postfix(cells=n_cells)
+            bar.close()
+            geo_out.write("]}")
+            coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+            write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
+        shutil.rmtree(tiles.folder)
+        slide.close()
+        seconds = time.perf_counter() - start
+        write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
+                                        "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
+        print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
+              f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
+        return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
+                           rss, _slide_files(output_dir, name))
 
 
 # notebook §8 "Whole-slide smears in bounded memory", cell id 86406a07
