@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                    "compute nodes), or check weights where a run will load them"),
     "evaluate-boxes": ("uni_seg.external", "score a checkpoint (and the classical baseline) on images with VOC or COCO "
                                            "cell boxes: recall per class, AP50, precision as a floor, count error"),
+    "package": ("uni_seg.package", "write a model file to share from a training checkpoint (weights, scale, tuned "
+                                   "post-processing, classes; no optimiser state), read safely by the Segmenter"),
 }
 
 

@@ -37,6 +37,9 @@ class InferenceSettings(Settings):
 
     Validated when made (`ValueError` naming the field), so a bad setting fails before any
     image is read; saved and read as JSON with the run's outputs (`as_dict`, `from_dict`).
+
+    >>> from uni_seg import InferenceSettings; InferenceSettings(working_scale=0.5).replace(tile_size=448).tile_size
+    448
     """
 
     what = "inference setting"
@@ -673,27 +676,27 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} does not exist")
         plan_folder(args.input)  # the input folder exists and is a folder
-        device = resolve_device(args.device)
-        model, meta = load_inference_model(args.checkpoint, device)
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_line = working_scale_from_options(args, list_images(args.input, args.limit), meta)
-        settings = settings.replace(working_scale=scale)
-        n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
-        names = tuple(class_name(c) for c in range(n_classes))
-        scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
-        _, precision = settings.placement(model)
-        print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
-              f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
+        # The front door (the `Segmenter`, below) reads the model, its post-processing, scale and classes.
+        from uni_seg.segmenter import Segmenter
+
+        seg = Segmenter.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision,
+            workers=args.workers)
+        scale, scale_line = seg.scale_for(list_images(args.input, args.limit))
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"model {seg.meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {seg.device} "
+              f"({seg.precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
-        print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(f"{seg.postproc_source}: {seg.postproc}", file=sys.stderr)
         print(scale_line, file=sys.stderr)
-        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
-                      "postproc_source": postproc_line}
-        report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                      args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
-                                      resume=args.resume, provenance=provenance, workers=args.workers,
-                                      overlay=args.overlay, scheme=scheme)
+        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": seg.meta.get("checkpoint_id")},
+                      "postproc_source": seg.postproc_source}
+        report = run_folder_inference(seg.model, args.input, args.output, settings, seg.postproc, args.limit,
+                                      seg.class_names, args.object_type, progress=not args.no_progress,
+                                      overwrite=args.overwrite, resume=args.resume, provenance=provenance,
+                                      workers=args.workers, overlay=args.overlay, scheme=seg.scheme)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
