@@ -76,7 +76,7 @@ def make_segment_widget(napari_viewer: Any) -> Any:
         napari_viewer.add_points(data["points"], name=f"{name} classes", features=data["features"],
                                  face_color=data["face_color"], size=max(4, min(data["labels"].shape) // 60))
         bar.value = 3
-        status.value = f"{result.n_cells} cells: " + ", ".join(f"{n} {k}" for k, n in result.counts().items())
+        status.value = f"{result.n_cells} cells: " + ", ".join(f"{n} {k}" for k, n in result.counts().items() if n)
 
     def ended() -> None:
         run.enabled, stop.enabled = True, False
