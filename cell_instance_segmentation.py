@@ -9518,7 +9518,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         description="Segment and classify the cells of every image in a folder; write label maps, "
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
                         "unless --overwrite or --resume)")
@@ -10067,6 +10067,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError,
                                  atomic_torch_save, load_checkpoint)
 from uni_seg.config import errors_as_messages
@@ -10078,8 +10080,13 @@ MODEL_FILE_KEYS: tuple[str, ...] = ("model_config", "model_state_dict", "working
                                     "epoch", "best_epoch", "best_val_loss")
 
 
+#: How a model file may store its floating-point weights (inference upcasts them to the model's float32).
+WEIGHTS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Path | None = None,
-                  postproc_file: str | Path | None = POSTPROC_SIDE_FILE, overwrite: bool = False) -> tuple[Path, str]:
+                  postproc_file: str | Path | None = POSTPROC_SIDE_FILE, overwrite: bool = False,
+                  weights_dtype: str = "float32") -> tuple[Path, str]:
     """Write the model file of `checkpoint` (a training checkpoint, or a model file to repackage)
     to `output`; returns (`output`, the line saying which post-processing it carries).
 
@@ -10087,9 +10094,12 @@ def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Pa
     `Segmenter.postproc_for` finds it (the checkpoint's, the side file's if tuned for it, the
     defaults). The file holds `MODEL_FILE_KEYS`, "postproc" {"params", "source", ...},
     "normalisation" {"mean", "std"} (RGB in [0, 1], from the model's buffers) and "packaged_from".
-    Raises `FileExistsError` for an existing `output` unless `overwrite`, and `CheckpointError`
-    for a file that is not ours.
+    `weights_dtype` "float16" or "bfloat16" halves the file (the labels may then differ from the
+    checkpoint's in a few boundary pixels). Raises `FileExistsError` for an existing `output`
+    unless `overwrite`, and `CheckpointError` for a file that is not ours.
     """
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r} is not one of {list(WEIGHTS_DTYPES)}")
     checkpoint, output = Path(checkpoint), Path(output)
     if output.exists() and (not overwrite or output.resolve() == checkpoint.resolve()):
         raise FileExistsError(f"{output} exists (pass --overwrite to replace it; never the checkpoint itself)")
@@ -10097,12 +10107,13 @@ def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Pa
     params, line = Segmenter.postproc_for(ckpt, postproc, postproc_file)
     stored = dict(ckpt.get("postproc") or {}) if postproc is None and line.startswith(
         "post-processing: stored") else {}
-    state = ckpt["model_state_dict"]
+    state = {k: v.to(WEIGHTS_DTYPES[weights_dtype]) if v.is_floating_point() else v
+             for k, v in ckpt["model_state_dict"].items()}
     normalisation = {name: [float(v) for v in state[f"pixel_{name}"].flatten()]
                      for name in ("mean", "std") if f"pixel_{name}" in state}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     model_file = {"format": MODEL_FILE_FORMAT, "format_version": MODEL_FILE_VERSION,
-                  **{k: ckpt.get(k) for k in MODEL_FILE_KEYS},
+                  **{k: ckpt.get(k) for k in MODEL_FILE_KEYS}, "model_state_dict": state, "weights_dtype": weights_dtype,
                   "postproc": json.loads(json.dumps({**stored, "params": params.as_dict(), "source": line})),
                   "normalisation": normalisation,
                   "packaged_from": {"file": checkpoint.name, "format": ckpt["format"], "saved_at": ckpt.get("saved_at"),
@@ -10127,9 +10138,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.packa
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         f"those stored in the checkpoint, else {POSTPROC_SIDE_FILE} if tuned for it, else the defaults)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--weights-dtype", default="float32", choices=list(WEIGHTS_DTYPES), help="how to store the "
+                        "weights: float16 or bfloat16 halve the file (labels may differ in a few boundary pixels)")
     args = parser.parse_args(argv)
     with errors_as_messages(prog, (CheckpointError, ValueError)):
-        output, line = package_model(args.checkpoint, args.output, args.postproc, overwrite=args.overwrite)
+        output, line = package_model(args.checkpoint, args.output, args.postproc, overwrite=args.overwrite,
+                                     weights_dtype=args.weights_dtype)
     size, was = output.stat().st_size, args.checkpoint.stat().st_size
     print(f"{output}: {size / 1e6:.1f} MB (the checkpoint: {was / 1e6:.1f} MB); {line}", file=sys.stderr)
 
@@ -11865,13 +11879,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
 
     from uni_seg.checkpoints import CheckpointError
     from uni_seg.data import DataError
-    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
-    from uni_seg.postproc import select_postproc
+    from uni_seg.infer import add_inference_options, settings_from_options
+    from uni_seg.segmenter import Segmenter as FrontDoor  # §8's; this module's `Segmenter` is a callable's type
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
                                      "folder of images with Pascal VOC or COCO cell boxes: recall per class and AP50 "
                                      "at box IoU 0.5, precision as a floor, count error.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
     parser.add_argument("--boxes", type=Path, required=True, help="Annotations folder of VOC .xml files, or a COCO .json")
     parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
@@ -11894,13 +11908,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, resolve_device(args.device))
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
-        settings = settings.replace(working_scale=scale)
-        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
-        segmenters = {"model": model_segmenter(model, settings, postproc)}
+        seg = FrontDoor.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision)
+        scale, scale_note = seg.scale_for([path for path, _ in pairs])
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {seg.postproc_source}", file=sys.stderr)
+        segmenters = {"model": model_segmenter(seg.model, settings, seg.postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
         methods = score_folder(segmenters, pairs, progress=not args.no_progress)

@@ -82,3 +82,18 @@ def test_a_file_that_would_run_code_is_refused_and_its_code_never_runs(tmp_path)
     with pytest.raises(CheckpointError):
         package_model(evil, tmp_path / "out.pt")
     assert not marker.exists() and not (tmp_path / "out.pt").exists()
+
+
+def test_half_precision_weights_halve_the_file_and_still_segment(tmp_path):
+    checkpoint = untrained_checkpoint(tmp_path / "tiny.pth")
+    full, _ = package_model(checkpoint, tmp_path / "full.pt")
+    half, _ = package_model(checkpoint, tmp_path / "half.pt", weights_dtype="float16")
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    assert torch.load(half, weights_only=True)["weights_dtype"] == "float16"
+    image, _ = disks_image((120, 150), [(40, 40), (80, 100)], 18)
+    a = Segmenter.from_checkpoint(full, **RUN)(image)
+    b = Segmenter.from_checkpoint(half, **RUN)(image)
+    assert next(Segmenter.from_checkpoint(half, device="cpu").model.parameters()).dtype == torch.float32
+    assert (a.labels > 0).sum() > 0 and ((a.labels > 0) == (b.labels > 0)).mean() > 0.99
+    with pytest.raises(ValueError, match="weights_dtype='int8'"):
+        package_model(checkpoint, tmp_path / "x.pt", weights_dtype="int8")

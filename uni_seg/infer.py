@@ -640,7 +640,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         description="Segment and classify the cells of every image in a folder; write label maps, "
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
                         "unless --overwrite or --resume)")

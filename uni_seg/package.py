@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError,
                                  atomic_torch_save, load_checkpoint)
 from uni_seg.config import errors_as_messages
@@ -22,8 +24,13 @@ MODEL_FILE_KEYS: tuple[str, ...] = ("model_config", "model_state_dict", "working
                                     "epoch", "best_epoch", "best_val_loss")
 
 
+#: How a model file may store its floating-point weights (inference upcasts them to the model's float32).
+WEIGHTS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Path | None = None,
-                  postproc_file: str | Path | None = POSTPROC_SIDE_FILE, overwrite: bool = False) -> tuple[Path, str]:
+                  postproc_file: str | Path | None = POSTPROC_SIDE_FILE, overwrite: bool = False,
+                  weights_dtype: str = "float32") -> tuple[Path, str]:
     """Write the model file of `checkpoint` (a training checkpoint, or a model file to repackage)
     to `output`; returns (`output`, the line saying which post-processing it carries).
 
@@ -31,9 +38,12 @@ def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Pa
     `Segmenter.postproc_for` finds it (the checkpoint's, the side file's if tuned for it, the
     defaults). The file holds `MODEL_FILE_KEYS`, "postproc" {"params", "source", ...},
     "normalisation" {"mean", "std"} (RGB in [0, 1], from the model's buffers) and "packaged_from".
-    Raises `FileExistsError` for an existing `output` unless `overwrite`, and `CheckpointError`
-    for a file that is not ours.
+    `weights_dtype` "float16" or "bfloat16" halves the file (the labels may then differ from the
+    checkpoint's in a few boundary pixels). Raises `FileExistsError` for an existing `output`
+    unless `overwrite`, and `CheckpointError` for a file that is not ours.
     """
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r} is not one of {list(WEIGHTS_DTYPES)}")
     checkpoint, output = Path(checkpoint), Path(output)
     if output.exists() and (not overwrite or output.resolve() == checkpoint.resolve()):
         raise FileExistsError(f"{output} exists (pass --overwrite to replace it; never the checkpoint itself)")
@@ -41,12 +51,13 @@ def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Pa
     params, line = Segmenter.postproc_for(ckpt, postproc, postproc_file)
     stored = dict(ckpt.get("postproc") or {}) if postproc is None and line.startswith(
         "post-processing: stored") else {}
-    state = ckpt["model_state_dict"]
+    state = {k: v.to(WEIGHTS_DTYPES[weights_dtype]) if v.is_floating_point() else v
+             for k, v in ckpt["model_state_dict"].items()}
     normalisation = {name: [float(v) for v in state[f"pixel_{name}"].flatten()]
                      for name in ("mean", "std") if f"pixel_{name}" in state}
     created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     model_file = {"format": MODEL_FILE_FORMAT, "format_version": MODEL_FILE_VERSION,
-                  **{k: ckpt.get(k) for k in MODEL_FILE_KEYS},
+                  **{k: ckpt.get(k) for k in MODEL_FILE_KEYS}, "model_state_dict": state, "weights_dtype": weights_dtype,
                   "postproc": json.loads(json.dumps({**stored, "params": params.as_dict(), "source": line})),
                   "normalisation": normalisation,
                   "packaged_from": {"file": checkpoint.name, "format": ckpt["format"], "saved_at": ckpt.get("saved_at"),
@@ -68,9 +79,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.packa
     parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
                         f"those stored in the checkpoint, else {POSTPROC_SIDE_FILE} if tuned for it, else the defaults)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--weights-dtype", default="float32", choices=list(WEIGHTS_DTYPES), help="how to store the "
+                        "weights: float16 or bfloat16 halve the file (labels may differ in a few boundary pixels)")
     args = parser.parse_args(argv)
     with errors_as_messages(prog, (CheckpointError, ValueError)):
-        output, line = package_model(args.checkpoint, args.output, args.postproc, overwrite=args.overwrite)
+        output, line = package_model(args.checkpoint, args.output, args.postproc, overwrite=args.overwrite,
+                                     weights_dtype=args.weights_dtype)
     size, was = output.stat().st_size, args.checkpoint.stat().st_size
     print(f"{output}: {size / 1e6:.1f} MB (the checkpoint: {was / 1e6:.1f} MB); {line}", file=sys.stderr)
 
