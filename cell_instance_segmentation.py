@@ -10043,6 +10043,24 @@ def untrained_checkpoint(path: str | Path, backbone: str = "vit_tiny", working_s
     return Path(path)
 
 # %% [markdown]
+# The front door on this run's model: the same test image as above, in one call. Before §9
+# tunes the post-processing, a fresh checkpoint carries none, so the defaults apply (the line
+# says which were used).
+
+# %%
+from uni_seg.segmenter import Segmenter
+
+if "model" in globals() and _demo_images:
+    SEGMENTER = Segmenter(model, checkpoint_meta or {"working_scale": cfg.working_scale}, device=str(DEVICE),
+                          tile_size=cfg.tile_size, overlap=cfg.tile_overlap, precision=cfg.precision,
+                          postproc_file=cfg.results_dir / "postproc_params.json")
+    _result = SEGMENTER(_demo_images[0])
+    print(f"{_demo_images[0].name}: {_result.n_cells} cells {_result.counts()} at working scale "
+          f"{_result.working_scale}; {SEGMENTER.postproc_source}")
+else:
+    print("no model or no test image: skipping the Segmenter demo")
+
+# %% [markdown]
 # ### A model file to share (`uni_seg.package`)
 #
 # A training checkpoint holds what resuming needs: the optimiser's moments, the scheduler, the
