@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,10 @@ from uni_seg.napari_widget import layer_data, make_segment_widget, rgb_uint8  # 
 SCREENSHOT = os.environ.get("UNI_SEG_NAPARI_SCREENSHOT")  # where to save a screenshot of the viewer, if set
 
 
+_SERVER: subprocess.Popen | None = None  # the Xvfb this module started, if any
+_SERVER_LOG = tempfile.TemporaryFile()  # its messages, shown if it ends early (a pipe could fill and stall it)
+
+
 def _x_display() -> str | None:
     """An X display for napari's OpenGL canvas (Qt's offscreen platform draws through its GLX):
     the one there is, else a virtual one (Xvfb) started here, at import, before Qt reads the
@@ -36,9 +41,10 @@ def _x_display() -> str | None:
     # -displayfd: Xvfb writes its display number once it accepts clients (an event, not a wait).
     # It ends with this process (PR_SET_PDEATHSIG), not earlier: Qt keeps its connection until
     # the process exits and aborts the run if the server goes first.
-    subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
-                     pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     preexec_fn=_end_with_parent)
+    global _SERVER
+    _SERVER = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                               pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=_SERVER_LOG,
+                               preexec_fn=_end_with_parent, start_new_session=True)
     os.close(write)
     number = b""
     while not number.endswith(b"\n") and (chunk := os.read(ready, 16)):  # "N\n", maybe in two writes
@@ -47,6 +53,11 @@ def _x_display() -> str | None:
     if number:
         os.environ["DISPLAY"] = f":{number}"
     return os.environ.get("DISPLAY")
+
+
+def _server_log() -> str:
+    _SERVER_LOG.seek(0)
+    return _SERVER_LOG.read().decode(errors="replace")[-500:]
 
 
 def _end_with_parent() -> None:
@@ -81,6 +92,9 @@ def test_the_widget_adds_labels_and_points_with_each_cells_class_and_score(make_
     model_file = tmp_path / "model.pt"
     model_file.write_bytes(b"stand-in")
     image, truth = disks_image((160, 200), [(40, 40), (40, 150), (110, 90), (120, 170)], 18)
+    if _SERVER is not None and _SERVER.poll() is not None:
+        pytest.fail(f"the virtual display ended early (Xvfb exit status {_SERVER.returncode}): "
+                    f"{_server_log()}")
     viewer = make_napari_viewer(show=bool(SCREENSHOT))  # shown (offscreen) only to be photographed
     viewer.add_image(image, name="smear", rgb=True)
     widget = make_segment_widget(viewer)
