@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,9 +68,23 @@ def _end_with_parent() -> None:
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
 
 
-DISPLAY = _x_display()
+# The widget test runs in a fresh pytest process of its own (`test_the_widget_in_a_fresh_process`):
+# there the virtual display is made before anything else touches Qt or matplotlib, and the
+# display never leaks into the other tests of a session (matplotlib would pick a Qt backend).
+IN_CHILD = os.environ.get("UNI_SEG_NAPARI_CHILD") == "1"
+DISPLAY = _x_display() if IN_CHILD else os.environ.get("DISPLAY") or shutil.which("Xvfb")
 needs_display = pytest.mark.skipif(DISPLAY is None, reason="no X display for napari's OpenGL canvas and no Xvfb "
                                    "to make one (apt-get install xvfb)")
+
+
+@needs_display
+def test_the_widget_in_a_fresh_process(tmp_path):
+    name = "test_the_widget_adds_labels_and_points_with_each_cells_class_and_score"
+    child = subprocess.run([sys.executable, "-m", "pytest", f"{__file__}::{name}", "-q", "-p", "no:cacheprovider",
+                            "--basetemp", str(tmp_path / "child")], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "UNI_SEG_NAPARI_CHILD": "1", "MPLBACKEND": "Agg"},
+                           cwd=Path(__file__).parents[1])
+    assert child.returncode == 0 and "1 passed" in child.stdout, (child.stdout + child.stderr)[-4000:]
 
 
 def test_the_manifest_names_the_widget():
@@ -81,7 +96,7 @@ def test_the_manifest_names_the_widget():
     assert manifest.contributions.widgets[0].command == command.id
 
 
-@needs_display
+@pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_the_widget_in_a_fresh_process)")
 def test_the_widget_adds_labels_and_points_with_each_cells_class_and_score(make_napari_viewer, qtbot, tmp_path,
                                                                           monkeypatch):
     from uni_seg.config import class_scheme
