@@ -49,10 +49,10 @@
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.shards`, `uni_seg.slide`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; Many nodes: a job array over shards; Whole-slide smears in bounded memory
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`, `uni_seg.slide`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards; Whole-slide smears in bounded memory
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
-# 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.sweep`): Sweeps: a grid of runs, with seeds
+# 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.napari_widget`, `uni_seg.sweep`): The napari plugin; Sweeps: a grid of runs, with seeds
 
 # %% [markdown]
 # ## 0. Setup and parameters (`uni_seg.config`)
@@ -6163,6 +6163,8 @@ from uni_seg.config import Factory, atomic_open, describe_differences, state_dic
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
+MODEL_FILE_FORMAT = "uni_seg/model"  # the tag of a packaged model file (`uni-seg package`): inference only
+MODEL_FILE_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -6204,10 +6206,12 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 # Reading a checkpoint safely (`weights_only=True`: a foreign pickle is refused, never run) and checking that it comes from this run's architecture.
 
 # %% tags=["export"]
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False, model_file: bool = False) -> dict[str, Any]:
     """Read one of our checkpoints on the CPU, safely (`weights_only=True`: no pickled code runs).
 
     `mmap=True` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    `model_file=True` also accepts a packaged model file (`MODEL_FILE_FORMAT`, §8's `uni-seg
+    package`): enough to segment, not to resume training.
 
     Raises `CheckpointError` when the file is missing, is not a checkpoint of ours (any other
     pickle, a foreign state dict), or is damaged.
@@ -6221,12 +6225,16 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for damage
         raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {torch_load_refusal(exc)}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    versions = {CHECKPOINT_FORMAT: CHECKPOINT_VERSION, **({MODEL_FILE_FORMAT: MODEL_FILE_VERSION} if model_file else {})}
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in versions:
+        if isinstance(ckpt, dict) and ckpt.get("format") == MODEL_FILE_FORMAT:
+            raise CheckpointError(f"{path} is a packaged model file: it segments, but holds no training state to "
+                                  "resume or start from")
         raise CheckpointError(f"{path} is not a uni_seg checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
                               "was it written by another program?")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+    if ckpt.get("format_version", 0) > versions[ckpt["format"]]:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this code "
-                              f"({CHECKPOINT_VERSION}); update uni_seg")
+                              f"({versions[ckpt['format']]}); update uni_seg")
     return ckpt
 
 
@@ -6271,9 +6279,12 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
-    (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
+    (`ClassScheme.as_dict()`, None in older checkpoints), "postproc" (the tuned post-processing
+    stored in the file by `store_postproc`, {"params": {...}, "tuned_on": ..., ...}, or None),
+    "format" (a training checkpoint's or a packaged model file's tag) and "path". `path` may
+    be either kind of file.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, model_file=True)
     missing = [k for k in ("model_config", "model_state_dict") if not isinstance(ckpt.get(k), Mapping)]
     if missing:  # the format tag, but not what a model is rebuilt from: damaged, or written by hand
         raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
@@ -6289,10 +6300,24 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
                                       "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
-                                      "checkpoint_id", "class_scheme")}
+                                      "checkpoint_id", "class_scheme", "postproc", "format")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
+
+
+# %% [markdown] tags=["why"]
+# The tuned post-processing travels inside the checkpoint it was tuned for (§9 writes it there), so a model file needs no side file.
+
+# %% tags=["export"]
+def store_postproc(path: str | Path, params: Mapping[str, Any], **about: Any) -> None:
+    """Write tuned post-processing parameters into the checkpoint (or model file) at `path`,
+    atomically: its "postproc" becomes {"params": `params` (a `PostprocParams.as_dict()`),
+    **about} (e.g. tuned_on="val (15 images)", score={"pq": 0.71}). Everything else in the file
+    is kept as it was, its `checkpoint_id` included."""
+    ckpt = load_checkpoint(path, model_file=True)
+    ckpt["postproc"] = json.loads(json.dumps({"params": dict(params), **about}))  # plain values: weights_only-safe
+    atomic_torch_save(ckpt, path)
 
 
 # %% [markdown]
@@ -7605,7 +7630,15 @@ class PostprocParams(Settings):
     Defaults chosen on blurred, noisy true maps of real BCCD masks at the working scale (cells
     ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. Validation runs in
     the constructor, so `PostprocParams(sobel_ksize=8)` fails at once, naming the field;
-    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one.
+    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one. §9's
+    tuning stores the tuned ones in the checkpoint, where `Segmenter` finds them.
+
+    >>> from uni_seg import PostprocParams
+    >>> PostprocParams(fg_threshold=0.4).replace(min_area=50).as_dict()["min_area"]
+    50
+    >>> PostprocParams(sobel_ksize=8)
+    Traceback (most recent call last):
+    ValueError: sobel_ksize=8 must be an odd integer in 3..31
     """
 
     what = "post-processing parameter"
@@ -9273,6 +9306,9 @@ class InferenceSettings(Settings):
 
     Validated when made (`ValueError` naming the field), so a bad setting fails before any
     image is read; saved and read as JSON with the run's outputs (`as_dict`, `from_dict`).
+
+    >>> from uni_seg import InferenceSettings; InferenceSettings(working_scale=0.5).replace(tile_size=448).tile_size
+    448
     """
 
     what = "inference setting"
@@ -9993,7 +10029,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         description="Segment and classify the cells of every image in a folder; write label maps, "
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp), or one "
                         "whole-slide image (svs, ndpi, pyramidal tif: read in regions, see uni_seg.slide)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
@@ -10051,31 +10087,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             raise ValueError(f"--shard splits a folder; {args.input} is one slide")
         if not slide:
             plan_folder(args.input)  # the input folder exists and is a folder
-        model, meta = load_inference_model(args.checkpoint, device)
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_line = working_scale_from_options(args, [] if slide else list_images(args.input, args.limit), meta)
-        settings = settings.replace(working_scale=scale)
-        n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
-        names = tuple(class_name(c) for c in range(n_classes))
-        scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
-        _, precision = settings.placement(model)
-        print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
-              f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
+        # The front door (the `Segmenter`, below) reads the model, its post-processing, scale and classes.
+        from uni_seg.segmenter import Segmenter
+
+        seg = Segmenter.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision,
+            workers=args.workers)
+        scale, scale_line = seg.scale_for([] if slide else list_images(args.input, args.limit))
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"model {seg.meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {seg.device} "
+              f"({seg.precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
-        print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(f"{seg.postproc_source}: {seg.postproc}", file=sys.stderr)
         print(scale_line, file=sys.stderr)
-        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
-                      "postproc_source": postproc_line, "working_scale_source": scale_line}
+        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": seg.meta.get("checkpoint_id")},
+                      "postproc_source": seg.postproc_source, "working_scale_source": scale_line}
         if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
             from uni_seg.shards import shard_command
             from uni_seg.slide import slide_command
             command = slide_command if slide else shard_command
-            return command(model, args, settings, postproc, names, scheme, provenance, meta)
-        report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                      args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
-                                      resume=args.resume, provenance=provenance, workers=args.workers,
-                                      overlay=args.overlay, scheme=scheme)
+            return command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
+        report = run_folder_inference(seg.model, args.input, args.output, settings, seg.postproc, args.limit,
+                                      seg.class_names, args.object_type, progress=not args.no_progress,
+                                      overwrite=args.overwrite, resume=args.resume, provenance=provenance,
+                                      workers=args.workers, overlay=args.overlay, scheme=seg.scheme)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)
@@ -10116,6 +10153,555 @@ if "model" in globals() and _demo_images:
     plt.show()
 else:
     print("no model or no test image: skipping the whole-image demo")
+
+# %% [markdown]
+# ### One call to segment: the result (`uni_seg.result`)
+#
+# What a user gets back from the `Segmenter` (below) for one image: the label map at the
+# image's own size, each cell's class and scores, and the same exports a folder run writes
+# (the per-cell table of `cells.csv`, the GeoJSON, COCO annotations, the overlay), made by the
+# same functions, so a Python call and `uni-seg infer` agree to the byte. This module stays
+# free of torch: its load and finish stages run in the worker processes of the pipeline.
+
+# %% [markdown] tags=["why"]
+# The exports of one image's cells, each through the function the folder run writes its file with.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uni_seg.data import check_rgb_image, read_image, resize_image, working_shape
+from uni_seg.export import (cell_table, cells_geojson_text, coco_annotations, draw_overlay, export_segmentation,
+                            load_for_model)
+from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
+
+
+class CellExports:
+    """The exports of a `SegmentationResult` (its `labels`, `classes`, `class_probs`, `scores`,
+    `class_names`, `colours`, `name`, `source`, `table()` and `pixels()`), each made by the function
+    a folder run writes its file with."""
+
+    def _geojson_text(self, object_type: str = "detection") -> str:
+        return cells_geojson_text(self.labels, self.table(), object_type=object_type, image_name=self.name,
+                                  colours=self.colours)
+
+    def to_geojson(self, object_type: str = "detection", as_text: bool = False) -> dict | str:
+        """The cells as a GeoJSON FeatureCollection in QuPath's format (a dict; with `as_text` the
+        compact text `cells.geojson` holds). `object_type` "detection" or "annotation"."""
+        text = self._geojson_text(object_type)
+        return text if as_text else json.loads(text)
+
+    def to_coco(self, image_id: int = 1, first_id: int = 1) -> dict[str, Any]:
+        """COCO instances of this image: {"images", "annotations" (RLE masks, boxes, scores),
+        "categories"}; annotation ids from `first_id`."""
+        height, width = self.labels.shape
+        categories = [{"id": c, "name": n, "supercategory": "cell"} for c, n in enumerate(self.class_names) if c]
+        return {"images": [{"id": image_id, "file_name": str(self.source.name if self.source else self.name or ""),
+                            "height": height, "width": width}],
+                "annotations": coco_annotations(self.labels, self.classes, self.scores, image_id, first_id),
+                "categories": categories}
+
+    def overlay(self, thickness: int | None = None) -> np.ndarray:
+        """uint8 (H, W, 3): the image with each cell's outline in its class colour (`draw_overlay`)."""
+        return draw_overlay(self.pixels(), self.labels, self.classes, thickness, colours=self.colours)
+
+    def write(self, out_dir: str | Path, name: str | None = None, object_type: str = "detection",
+              overlay: str = "jpg") -> Path:
+        """Write the files a folder run writes for one image (`export_segmentation`) into `out_dir`
+        (created) as `<name>_...` (default: `self.name`); returns `out_dir`."""
+        name = name or self.name
+        if not name:
+            raise ValueError("name= is needed for an image that came without a file name")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seg = Segmentation(self.labels, self.classes, self.class_probs, self.scores, self.labels, None, {})
+        export_segmentation(out, name, self.pixels(), seg, self.class_names, object_type, overlay,
+                            class_colours=self.colours)
+        return out
+
+
+# %% [markdown] tags=["why"]
+# The result of one image: labels at the input size and the per-cell values.
+
+# %% tags=["export"]
+@dataclasses.dataclass(eq=False)
+class SegmentationResult(CellExports):
+    """The cells of one image, as `Segmenter` returns them.
+
+    labels: int32 (H, W) at the input's size, 0 background, cells 1..N.
+    classes: int64 (N + 1,) class id of each cell by label (`classes[0] = 0`).
+    class_probs: float32 (N + 1,) mean probability of the chosen class inside each cell.
+    scores: float32 (N + 1,) detection confidence (mean NP probability inside each cell).
+    class_names, colours: the model's class scheme (names by class id; RGB per class or None).
+    working_scale: the scale the model saw the image at. name: the image's export name (its
+    file's stem, or None for an array): it seeds the GeoJSON's stable cell ids.
+
+    Example (a label map made by hand; `Segmenter` fills these from a model):
+
+    >>> import numpy as np
+    >>> from uni_seg import SegmentationResult
+    >>> labels = np.zeros((8, 8), np.int32); labels[1:4, 1:4] = 1; labels[5:8, 4:8] = 2
+    >>> r = SegmentationResult(labels, np.array([0, 1, 3]), np.array([0, .9, .8], np.float32),
+    ...                        np.array([0, .95, .7], np.float32), ("background", "RBC", "WBC", "Platelet"),
+    ...                        None, 0.5, image=np.full((8, 8, 3), 200, np.uint8))
+    >>> r.n_cells, r.cell_class_names(), r.counts()
+    (2, ['RBC', 'Platelet'], {'RBC': 1, 'WBC': 0, 'Platelet': 1})
+    >>> r.table()["area"].tolist(), len(r.to_geojson()["features"]), r.to_coco()["annotations"][1]["category_id"]
+    ([9, 12], 2, 3)
+    """
+
+    labels: np.ndarray
+    classes: np.ndarray
+    class_probs: np.ndarray
+    scores: np.ndarray
+    class_names: tuple[str, ...]
+    colours: tuple[tuple[int, int, int], ...] | None
+    working_scale: float
+    name: str | None = None
+    source: Path | None = None  # the image file, read again when the table or overlay needs its pixels
+    image: dataclasses.InitVar[np.ndarray | None] = None
+
+    def __post_init__(self, image: np.ndarray | None) -> None:
+        self._image = image
+        self._table: dict[str, np.ndarray] | None = None
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.classes) - 1
+
+    def pixels(self) -> np.ndarray:
+        """The input image, uint8 (H, W, 3) RGB (read from `source` when the result holds none)."""
+        if self._image is None:
+            if self.source is None:
+                raise ValueError("this result holds no image and no file to read it from")
+            self._image = read_image(self.source)
+        return self._image
+
+    def cell_class_names(self) -> list[str]:
+        """The class name of each cell 1..N, in label order."""
+        return [self.class_names[c] if c < len(self.class_names) else f"class_{c}" for c in self.classes[1:].tolist()]
+
+    def counts(self) -> dict[str, int]:
+        """Cells per class (background left out), by class name."""
+        counts = np.bincount(self.classes[1:], minlength=len(self.class_names))
+        return {name: int(counts[c]) for c, name in enumerate(self.class_names) if c}
+
+    def class_map(self) -> np.ndarray:
+        """uint8 (H, W): the class of each pixel (0 background)."""
+        return self.classes.astype(np.uint8)[self.labels]
+
+    def table(self) -> dict[str, np.ndarray]:
+        """The per-cell table, columns as in `cells.csv` (`export.cell_table`), each of length N."""
+        if self._table is None:
+            self._table = cell_table(self.labels, self.pixels(), self.classes, self.class_probs, self.scores,
+                                     self.class_names)
+        return self._table
+
+
+# %% [markdown] tags=["why"]
+# The pipeline's two CPU stages for the Segmenter: an image (array or file) to the working scale, and maps to cells at the image's size.
+
+# %% tags=["export"]
+def load_any(item: np.ndarray | str | Path, working_scale: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the image at the working scale uint8 (h, w, 3), its own size (H, W)) of an RGB uint8
+    array or an image file (`export.load_for_model`)."""
+    if isinstance(item, np.ndarray):
+        image = check_rgb_image(item)
+        return resize_image(image, working_shape(*image.shape[:2], working_scale)), image.shape[:2]
+    return load_for_model(item, working_scale)
+
+
+def cells_of_image(maps: Mapping[str, np.ndarray], item: Any, size: Sequence[int],
+                   postproc: PostprocParams | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(labels int32 (H, W), classes, class_probs, scores) of one image from its maps at the
+    working scale: `cells_from_maps`, then `cells_at_size` at the image's size `size` (what a
+    folder run's `export_image` does before it writes)."""
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
+    inst, _, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores, tuple(size))
+    return inst, classes, class_probs, scores
+
+# %% [markdown]
+# ### The front door: `Segmenter` (`uni_seg.segmenter`)
+#
+# One object carries everything a model needs to segment an image, read from its checkpoint
+# (or packaged model file): the architecture and weights, the working scale it was trained at
+# and its cells' diameter there, the post-processing tuned for it (§9 writes it into the
+# checkpoint; older checkpoints are matched to `results/postproc_params.json` by id), its class
+# scheme's names and colours; the device and precision come from the hardware. So the
+# default call is the right one: `Segmenter.from_checkpoint(path)(image)`. Every setting can be
+# given as a keyword and is checked when given. `cell_diameter="auto"` measures the cells of
+# the images (§1's granulometry) and scales them to the training size; a number says it.
+# A list, a folder or an iterator of images runs through the same worker pipeline as
+# `uni-seg infer`, which is itself a thin layer over this class.
+
+# %% [markdown] tags=["why"]
+# Which post-processing and which working scale: each one decided in one place, with a line saying why.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.config import ClassScheme, class_scheme, resolve_device
+from uni_seg.data import CLASS_NAMES, WorkerPool, class_name, default_workers
+from uni_seg import infer
+from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
+from uni_seg.result import SegmentationResult, cells_of_image, load_any
+
+#: Where §9 wrote tuned post-processing before checkpoints carried it (read for older checkpoints).
+POSTPROC_SIDE_FILE = Path("results/postproc_params.json")
+#: Images handled per round when `Segmenter` is given an iterator (bounded memory).
+ITERATOR_CHUNK = 32
+
+
+class _Choices:
+    """How a `Segmenter` decides its post-processing and, per call, its working scale."""
+
+    @staticmethod
+    def postproc_for(meta: Mapping[str, Any], postproc: PostprocParams | Mapping[str, Any] | str | Path | None,
+                     side_file: str | Path | None = POSTPROC_SIDE_FILE) -> tuple[PostprocParams, str]:
+        """(post-processing parameters, one line saying which) for a model whose checkpoint says
+        `meta`: `postproc` as given (parameters, a dict of them, or a file: `select_postproc`), else
+        those stored in the checkpoint (§9's `store_postproc`), else the side file `side_file` when
+        it was tuned for this checkpoint, else the defaults."""
+        if isinstance(postproc, PostprocParams):
+            return postproc, "post-processing: as given"
+        if isinstance(postproc, Mapping):
+            return PostprocParams.from_dict(postproc), "post-processing: as given"
+        if postproc is not None:
+            return select_postproc(postproc, None, meta.get("checkpoint_id"))
+        stored = meta.get("postproc")
+        if stored:
+            how = f", tuned on {stored['tuned_on']}" if stored.get("tuned_on") else ""
+            return (PostprocParams.from_dict(stored["params"], source="the checkpoint's post-processing"),
+                    f"post-processing: stored in the checkpoint{how}")
+        if side_file is None:
+            return DEFAULT_POSTPROC_PARAMS, "post-processing: the defaults"
+        return select_postproc(None, side_file, meta.get("checkpoint_id"))
+
+    def scale_for(self, images: Sequence[np.ndarray | str | Path]) -> tuple[float, str]:
+        """(working scale, one line saying why) for `images`: `working_scale` as given; else with
+        `cell_diameter` "auto" or a number, the scale that brings the cells (measured on up to 16
+        of `images`, or as given) to the checkpoint's training diameter (§1's
+        `working_scale_for_cells`); else the checkpoint's working scale."""
+        if self.given_scale is not None:
+            return float(self.given_scale), f"working scale {self.given_scale:g}, as given"
+        default = float(self.meta.get("working_scale") or 1.0)
+        if self.cell_diameter is None:
+            return default, f"working scale {default:g}, the checkpoint's"
+        given = None if self.cell_diameter == "auto" else float(self.cell_diameter)
+        return working_scale_for_cells(images, self.meta.get("cell_diameter"), default, given)
+
+
+# %% [markdown] tags=["why"]
+# One image, a list, a folder or an iterator: all through the worker pipeline (one image in this process); a whole folder with the folder run's files.
+
+# %% tags=["export"]
+class _Runs:
+    """How a `Segmenter` runs images: one, a list, a folder or an iterator; a folder with its files."""
+
+    def __call__(self, images: Any) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:
+        """Segment `images`: an RGB uint8 (H, W, 3) array or an image file -> a `SegmentationResult`;
+        a list/tuple of them or a folder -> a list; any other iterable -> an iterator (handled
+        `ITERATOR_CHUNK` at a time). Raises `ValueError` naming the image that could not be read."""
+        if isinstance(images, np.ndarray) or (isinstance(images, (str, Path)) and not Path(images).is_dir()):
+            return list(self._run([images], workers=0))[0]
+        if isinstance(images, (str, Path)):
+            return list(self._run(list_images(Path(images))))
+        if isinstance(images, Sequence):
+            return list(self._run(list(images)))
+        if isinstance(images, Iterable):
+            return self._iterate(iter(images))
+        raise TypeError(f"images={type(images).__name__}: expected an RGB uint8 array, an image file, a folder, "
+                        "or a list or iterator of images")
+
+    def _iterate(self, images: Iterator[Any]) -> Iterator[SegmentationResult]:
+        while chunk := list(itertools.islice(images, ITERATOR_CHUNK)):
+            yield from self._run(chunk)
+
+    def _run(self, items: list[Any], workers: int | None = None) -> Iterator[SegmentationResult]:
+        """Results of `items` (arrays or paths), in order, through `infer.pipeline` at the scale
+        `scale_for(items)` decides."""
+        scale, _ = self.scale_for(items)
+        settings = self.settings.replace(working_scale=scale)
+        batcher = TileBatcher(self.model, settings)
+        workers = self.workers if workers is None else workers
+        workers = default_workers(self.device.type) if workers is None else workers
+        with WorkerPool(workers, preload=("uni_seg.result",)) as pool, model_threads(self.device, workers):
+            for index, status, value in pipeline(items, load_any, (scale,), cells_of_image, (self.postproc,), batcher, pool):
+                item = items[index]
+                where = f"image {index}" if isinstance(item, np.ndarray) else str(item)
+                if status == "error":
+                    raise ValueError(f"{where}: {value}")
+                labels, classes, class_probs, scores = value
+                is_file = not isinstance(item, np.ndarray)
+                yield SegmentationResult(labels, classes, class_probs, scores, tuple(self.class_names), self.colours,
+                                         scale, name=Path(item).stem if is_file else None,
+                                         source=Path(item) if is_file else None, image=None if is_file else item)
+
+    def segment_folder(self, input_dir: str | Path, output_dir: str | Path, *, limit: int | None = None,
+                       object_type: str = "detection", overlay: str = "jpg", overwrite: bool = False,
+                       resume: bool = False, progress: bool = True) -> FolderReport:
+        """What `uni-seg infer` does: every image of `input_dir` (at most `limit`) segmented and
+        written into `output_dir` by `infer.run_folder_inference` (see it for the files)."""
+        scale, _ = self.scale_for(list_images(Path(input_dir), limit))
+        provenance = {"checkpoint": {"path": str(Path(self.meta["path"]).resolve()) if self.meta.get("path") else None,
+                                     "checkpoint_id": self.meta.get("checkpoint_id")},
+                      "postproc_source": self.postproc_source}
+        return infer.run_folder_inference(
+            self.model, Path(input_dir), Path(output_dir), self.settings.replace(working_scale=scale), self.postproc,
+            limit, self.class_names, object_type, progress=progress, overwrite=overwrite, resume=resume,
+            provenance=provenance, workers=self.workers, overlay=overlay, scheme=self.scheme)
+
+
+# %% [markdown] tags=["why"]
+# The Segmenter: a model with everything its checkpoint says about how to run it, each setting overridable and validated.
+
+# %% tags=["export"]
+class Segmenter(_Choices, _Runs):
+    """A model ready to segment: `Segmenter.from_checkpoint(path)(image)` -> `SegmentationResult`.
+
+    Args:
+        model: a `CellSegModel` (or a module with its contract, see `predict_maps`).
+        meta: what its checkpoint says (`load_model_from_checkpoint`'s meta): "working_scale",
+            "cell_diameter", "postproc", "class_scheme", "model_config", "checkpoint_id".
+        working_scale: resize factor to the model's scale (default: the checkpoint's, or from
+            `cell_diameter`); in (0, 4].
+        cell_diameter: None (the checkpoint's working scale as it is), "auto" (measure the cells
+            of the images and bring them to the training size) or the cells' diameter in the
+            input images' pixels (> 0).
+        postproc: `PostprocParams`, a dict of them, or a file saved by `save_postproc_params`
+            (default: the checkpoint's tuned ones, else `postproc_file` if tuned for this
+            checkpoint, else the defaults).
+        scheme: class scheme name or `ClassScheme` (default: the checkpoint's).
+        tile_size, overlap, tta, batch_size, precision, device: as `InferenceSettings`
+            (precision and device "auto": from the hardware).
+        workers: worker processes for lists of images (None: `default_workers` for the device;
+            a single image always runs in this process).
+
+    Example (an untrained tiny model, so the cells are whatever it finds):
+
+    >>> import tempfile, numpy as np
+    >>> from uni_seg import Segmenter
+    >>> from uni_seg.segmenter import untrained_checkpoint
+    >>> path = untrained_checkpoint(tempfile.mkdtemp() + "/tiny.pth", working_scale=0.5)
+    >>> seg = Segmenter.from_checkpoint(path, device="cpu", tile_size=64, overlap=16)
+    >>> seg.working_scale, seg.class_names
+    (0.5, ('background', 'RBC', 'WBC', 'Platelet'))
+    >>> result = seg(np.zeros((60, 90, 3), np.uint8))
+    >>> result.labels.shape, result.labels.dtype.name, result.working_scale
+    ((60, 90), 'int32', 0.5)
+    >>> Segmenter.from_checkpoint(path, cell_diameter=-3)
+    Traceback (most recent call last):
+    ValueError: cell_diameter=-3 must be None, 'auto' or a number of pixels > 0
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: Mapping[str, Any] | None = None, *,
+                 working_scale: float | None = None, cell_diameter: float | str | None = None,
+                 postproc: PostprocParams | Mapping[str, Any] | str | Path | None = None,
+                 postproc_file: str | Path | None = POSTPROC_SIDE_FILE, scheme: str | ClassScheme | None = None,
+                 tile_size: int = 224, overlap: int = 64, tta: bool = False, batch_size: int = 8,
+                 precision: str = "auto", device: str | None = "auto", workers: int | None = None) -> None:
+        self.meta = dict(meta or {})
+        if cell_diameter is not None and cell_diameter != "auto" and (
+                isinstance(cell_diameter, (bool, str)) or not isinstance(cell_diameter, (int, float))
+                or not cell_diameter > 0 or not math.isfinite(cell_diameter)):
+            raise ValueError(f"cell_diameter={cell_diameter!r} must be None, 'auto' or a number of pixels > 0")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+            raise ValueError(f"workers={workers!r} must be an integer >= 0 (0: all in this process)")
+        self.cell_diameter, self.workers = cell_diameter, workers
+        self.given_scale = working_scale
+        default_scale = float(self.meta.get("working_scale") or 1.0)
+        self.settings = InferenceSettings(working_scale=default_scale if working_scale is None else working_scale,
+                                          tile_size=tile_size, overlap=overlap, tta=tta, batch_size=batch_size,
+                                          precision=precision, device=device)
+        self.device, self.precision = self.settings.placement(model)
+        self.model = model.to(self.device).eval()
+        self.postproc, self.postproc_source = self.postproc_for(self.meta, postproc, postproc_file)
+        n_classes = int(self.meta.get("model_config", {}).get("n_classes", 0)) or None
+        stored = self.meta.get("class_scheme")
+        self.scheme = class_scheme(scheme) if scheme is not None else class_scheme(stored) if stored else None
+        if self.scheme is not None and n_classes is not None and self.scheme.n_classes != n_classes:
+            raise ValueError(f"scheme={self.scheme.name!r} has {self.scheme.n_classes} classes but the model "
+                             f"predicts {n_classes}")
+        self.class_names = (self.scheme.names if self.scheme is not None
+                            else tuple(class_name(c) for c in range(n_classes or len(CLASS_NAMES))))
+        self.colours = self.scheme.colours if self.scheme is not None else None
+
+    @property
+    def working_scale(self) -> float:
+        """The scale used when no image has to be measured (given, or the checkpoint's)."""
+        return self.settings.working_scale
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | None = "auto", **settings: Any) -> "Segmenter":
+        """The Segmenter of a training checkpoint or a packaged model file (`uni-seg package`),
+        read safely (`weights_only`: a file that would run code is refused, `CheckpointError`);
+        `settings` as the constructor's keywords."""
+        InferenceSettings(device=device)  # a bad device fails before the file is read
+        model, meta = infer.load_inference_model(Path(path), resolve_device(device or "auto"))
+        return cls(model, meta, device=device, **settings)
+
+
+# %% [markdown] tags=["why"]
+# A tiny untrained model in the checkpoint format, for the examples and the tests.
+
+# %% tags=["export"]
+def untrained_checkpoint(path: str | Path, backbone: str = "vit_tiny", working_scale: float = 0.5,
+                         cell_diameter: float | None = None, scheme: str = "colour", seed: int = 0) -> Path:
+    """Write an untrained model (random weights, `decoder_channels=32`) as a training checkpoint
+    at `path`, for examples and tests: it runs, it does not find cells. Returns `path`."""
+    from uni_seg.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, atomic_torch_save
+    from uni_seg.model import build_model
+
+    chosen = class_scheme(scheme)
+    torch.manual_seed(seed)
+    model = build_model(backbone, weights="none", n_classes=chosen.n_classes, decoder_channels=32, verbose=False)
+    atomic_torch_save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "phase": 1, "epoch": 0,
+                       "model_config": model.config, "working_scale": working_scale, "cell_diameter": cell_diameter,
+                       "weights_source": "none", "class_scheme": chosen.as_dict(),
+                       "model_state_dict": model.state_dict(), "history": [], "checkpoint_id": f"untrained-{seed}"},
+                      path)
+    return Path(path)
+
+# %% [markdown]
+# The front door on this run's model: the same test image as above, in one call. Before §9
+# tunes the post-processing, a fresh checkpoint carries none, so the defaults apply (the line
+# says which were used).
+
+# %%
+from uni_seg.segmenter import Segmenter
+
+if "model" in globals() and _demo_images:
+    SEGMENTER = Segmenter(model, checkpoint_meta or {"working_scale": cfg.working_scale}, device=str(DEVICE),
+                          tile_size=cfg.tile_size, overlap=cfg.tile_overlap, precision=cfg.precision,
+                          postproc_file=cfg.results_dir / "postproc_params.json")
+    _result = SEGMENTER(_demo_images[0])
+    print(f"{_demo_images[0].name}: {_result.n_cells} cells {_result.counts()} at working scale "
+          f"{_result.working_scale}; {SEGMENTER.postproc_source}")
+else:
+    print("no model or no test image: skipping the Segmenter demo")
+
+# %% [markdown]
+# ### A model file to share (`uni_seg.package`)
+#
+# A training checkpoint holds what resuming needs: the optimiser's moments, the scheduler, the
+# gradient scaler, the random states and the history. A model to share needs none of that, but
+# everything inference does: the architecture and weights, the working scale and cell diameter,
+# the tuned post-processing (the checkpoint's, or the side file's when tuned for it), the class
+# scheme, the input normalisation, and where the backbone's pretrained weights came from.
+# `uni-seg package CHECKPOINT -o model.pt` writes that, tensors and plain values only, so
+# `torch.load(weights_only=True)` reads it and a file that would run code is refused;
+# `Segmenter.from_checkpoint` takes either file.
+
+# %% [markdown] tags=["why"]
+# The model file: what inference needs from a checkpoint, nothing a resumed training needs.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError,
+                                 atomic_torch_save, load_checkpoint)
+from uni_seg.config import errors_as_messages
+from uni_seg.segmenter import POSTPROC_SIDE_FILE, Segmenter
+
+#: What a model file copies from its checkpoint, as it is there.
+MODEL_FILE_KEYS: tuple[str, ...] = ("model_config", "model_state_dict", "working_scale", "cell_diameter",
+                                    "class_scheme", "weights_source", "weights_provenance", "checkpoint_id", "phase",
+                                    "epoch", "best_epoch", "best_val_loss")
+
+
+#: How a model file may store its floating-point weights (inference upcasts them to the model's float32).
+WEIGHTS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def package_model(checkpoint: str | Path, output: str | Path, postproc: str | Path | None = None,
+                  postproc_file: str | Path | None = POSTPROC_SIDE_FILE, overwrite: bool = False,
+                  weights_dtype: str = "float32") -> tuple[Path, str]:
+    """Write the model file of `checkpoint` (a training checkpoint, or a model file to repackage)
+    to `output`; returns (`output`, the line saying which post-processing it carries).
+
+    The post-processing is `postproc` (a parameters file) when given, else as
+    `Segmenter.postproc_for` finds it (the checkpoint's, the side file's if tuned for it, the
+    defaults). The file holds `MODEL_FILE_KEYS`, "postproc" {"params", "source", ...},
+    "normalisation" {"mean", "std"} (RGB in [0, 1], from the model's buffers) and "packaged_from".
+    `weights_dtype` "float16" or "bfloat16" halves the file (the labels may then differ from the
+    checkpoint's in a few boundary pixels). Raises `FileExistsError` for an existing `output`
+    unless `overwrite`, and `CheckpointError` for a file that is not ours.
+    """
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(f"weights_dtype={weights_dtype!r} is not one of {list(WEIGHTS_DTYPES)}")
+    checkpoint, output = Path(checkpoint), Path(output)
+    if output.exists() and (not overwrite or output.resolve() == checkpoint.resolve()):
+        raise FileExistsError(f"{output} exists (pass --overwrite to replace it; never the checkpoint itself)")
+    ckpt = load_checkpoint(checkpoint, model_file=True)
+    params, line = Segmenter.postproc_for(ckpt, postproc, postproc_file)
+    stored = dict(ckpt.get("postproc") or {}) if postproc is None and line.startswith(
+        "post-processing: stored") else {}
+    state = {k: v.to(WEIGHTS_DTYPES[weights_dtype]) if v.is_floating_point() else v
+             for k, v in ckpt["model_state_dict"].items()}
+    normalisation = {name: [float(v) for v in state[f"pixel_{name}"].flatten()]
+                     for name in ("mean", "std") if f"pixel_{name}" in state}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    model_file = {"format": MODEL_FILE_FORMAT, "format_version": MODEL_FILE_VERSION,
+                  **{k: ckpt.get(k) for k in MODEL_FILE_KEYS}, "model_state_dict": state, "weights_dtype": weights_dtype,
+                  "postproc": json.loads(json.dumps({**stored, "params": params.as_dict(), "source": line})),
+                  "normalisation": normalisation,
+                  "packaged_from": {"file": checkpoint.name, "format": ckpt["format"], "saved_at": ckpt.get("saved_at"),
+                                    "torch_version": ckpt.get("torch_version"), "packaged_at": created}}
+    atomic_torch_save(model_file, output)
+    return output, line
+
+
+# %% [markdown] tags=["why"]
+# `uni-seg package`: the command line of the above.
+
+# %% tags=["export"]
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.package") -> None:
+    """`uni-seg package CHECKPOINT -o model.pt [--postproc FILE] [--overwrite]`."""
+    parser = argparse.ArgumentParser(prog=prog, description="Write a model file to share from a training "
+                                     "checkpoint: weights, architecture, working scale and cell size, tuned "
+                                     "post-processing, class scheme, normalisation, weights provenance; no "
+                                     "optimiser state. Read safely (weights_only) by Segmenter.from_checkpoint "
+                                     "and uni-seg infer --checkpoint.")
+    parser.add_argument("checkpoint", type=Path, help="training checkpoint (.pth)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="the model file to write (e.g. model.pt)")
+    parser.add_argument("--postproc", type=Path, default=None, help="post-processing parameters JSON (default: "
+                        f"those stored in the checkpoint, else {POSTPROC_SIDE_FILE} if tuned for it, else the defaults)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--weights-dtype", default="float32", choices=list(WEIGHTS_DTYPES), help="how to store the "
+                        "weights: float16 or bfloat16 halve the file (labels may differ in a few boundary pixels)")
+    args = parser.parse_args(argv)
+    with errors_as_messages(prog, (CheckpointError, ValueError)):
+        output, line = package_model(args.checkpoint, args.output, args.postproc, overwrite=args.overwrite,
+                                     weights_dtype=args.weights_dtype)
+    size, was = output.stat().st_size, args.checkpoint.stat().st_size
+    print(f"{output}: {size / 1e6:.1f} MB (the checkpoint: {was / 1e6:.1f} MB); {line}", file=sys.stderr)
 
 # %% [markdown]
 # ### Many nodes: a job array over shards (`uni_seg.shards`)
@@ -12074,18 +12660,21 @@ print(METRICS_SCHEMA_DOC)
 #
 # The watershed's parameters are tuned on the **validation** images (never on test): the model's
 # maps for each validation image are computed once, and the grid search re-runs only the
-# post-processing. The best parameters go to `results/postproc_params.json`, with the id of the
-# checkpoint they were tuned for; evaluation and the figures use them, and a later run (or
-# `uni-seg infer`) reads them back only for that checkpoint: parameters tuned for one model
-# say nothing about another. The test images are then predicted whole (tiled,
+# post-processing. The best parameters are written into the best checkpoint itself
+# (`store_postproc`, with the split that tuned them), so the `Segmenter`, `uni-seg infer` and a
+# packaged model file carry them; they also go to `results/postproc_params.json`, with the id of
+# the checkpoint they were tuned for (older checkpoints are matched to that side file by id:
+# parameters tuned for one model say nothing about another). Evaluation and the figures use them. The test images are then predicted whole (tiled,
 # at the working scale, the same resolution the cache holds their true instances at) and every
 # metric is written to `results/metrics.json`.
 
 # %%
+from uni_seg.checkpoints import store_postproc
 from uni_seg.data import load_manifest
 from uni_seg.infer import predict_split
-from uni_seg.postproc import save_postproc_params, select_postproc
+from uni_seg.postproc import save_postproc_params
 from uni_seg.metrics import evaluate_split, tune_postproc, write_metrics_json
+from uni_seg.segmenter import Segmenter
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
 _checkpoint_id = (checkpoint_meta or {}).get("checkpoint_id")  # what the tuned parameters are for
@@ -12096,14 +12685,17 @@ if cfg.run_evaluation and cfg.tune_postproc:
                                             [p.true_inst for p in _val], workers=cfg.infer_workers)
     save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
                          tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
+    if best_checkpoint is not None:  # the model carries its tuned post-processing from now on
+        store_postproc(best_checkpoint, POSTPROC_PARAMS.as_dict(), tuned_on=f"val ({len(_val)} images)",
+                       score={"pq": float(_table[0]["pq"])})
     _source = (f"post-processing: tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), "
                f"saved to {POSTPROC_PATH}")
     print("top settings:")
     for _row in _table[:5]:
         print("  ", _row)
     del _val
-else:  # tuned by an earlier run: only if for this checkpoint
-    POSTPROC_PARAMS, _source = select_postproc(None, POSTPROC_PATH, _checkpoint_id)
+else:  # tuned by an earlier run: stored in the checkpoint, or the side file if tuned for this checkpoint
+    POSTPROC_PARAMS, _source = Segmenter.postproc_for(checkpoint_meta or {}, None, POSTPROC_PATH)
 print(f"{_source}: {POSTPROC_PARAMS}")
 
 # %%
@@ -12823,13 +13415,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
 
     from uni_seg.checkpoints import CheckpointError
     from uni_seg.data import DataError
-    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
-    from uni_seg.postproc import select_postproc
+    from uni_seg.infer import add_inference_options, settings_from_options
+    from uni_seg.segmenter import Segmenter as FrontDoor  # §8's; this module's `Segmenter` is a callable's type
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
                                      "folder of images with Pascal VOC or COCO cell boxes: recall per class and AP50 "
                                      "at box IoU 0.5, precision as a floor, count error.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
     parser.add_argument("--boxes", type=Path, required=True, help="Annotations folder of VOC .xml files, or a COCO .json")
     parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
@@ -12860,13 +13452,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, device)
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
-        settings = settings.replace(working_scale=scale)
-        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
-        segmenters = {"model": model_segmenter(model, settings, postproc)}
+        seg = FrontDoor.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision)
+        scale, scale_note = seg.scale_for([path for path, _ in pairs])
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {seg.postproc_source}", file=sys.stderr)
+        segmenters = {"model": model_segmenter(seg.model, settings, seg.postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
         warnings: dict[str, str] = {}
@@ -13485,6 +14078,7 @@ show_markdown(run_summary_text)
 # | `uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR\|FILE [--baseline PX]` | score a checkpoint, and the classical baseline, on smears from elsewhere with VOC or COCO boxes (§9) | `uni_seg.external` |
 # | `uni-seg sweep GRID [--out DIR] [--task K \| --table-only \| --plan]` | run a grid of notebook runs (configurations x seeds) and write one table of mean and sd over seeds (below; `slurm_sweep.sh` on a cluster) | `uni_seg.sweep` |
 # | `uni-seg merge OUTPUT` | the folder-level files of a folder segmented as shards (`infer --shard K/N`, `slurm_infer.sh`), once every shard is complete (§8) | `uni_seg.shards` |
+# | `uni-seg package CHECKPOINT -o model.pt` | write a model file to share: weights, scale, tuned post-processing, classes, no optimiser state (§8) | `uni_seg.package` |
 #
 # The module of a command is imported only when that command runs, so `uni-seg --help` is
 # instant and `uni-seg infer` never loads the training engine.
@@ -13509,6 +14103,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
     "merge": ("uni_seg.shards", "write the folder-level files (summary, COCO, run record) of a folder segmented as "
                                 "shards (infer --shard K/N, slurm_infer.sh), once every shard is complete"),
+    "package": ("uni_seg.package", "write a model file to share from a training checkpoint (weights, scale, tuned "
+                                   "post-processing, classes; no optimiser state), read safely by the Segmenter"),
 }
 
 
@@ -13542,6 +14138,138 @@ def main(argv: Sequence[str] | None = None) -> None:
 from uni_seg.cli import usage
 
 print(usage())
+
+# %% [markdown]
+# ### The napari plugin (`uni_seg.napari_widget`)
+#
+# napari is the viewer cellpose, stardist and micro-sam users already work in. The plugin (an
+# npe2 manifest, `uni_seg/napari.yaml`, found through the `napari.manifest` entry point of the
+# same `pip install`; napari and Qt come with the optional extra `uni-seg[napari]`, so the core
+# install stays free of Qt) adds one widget: pick a model file, pick an image layer, and the
+# `Segmenter` runs in a worker thread (napari's `thread_worker`, with a progress bar and a
+# cancel button) and adds a Labels layer (one colour per cell) and a Points layer at the cells'
+# centroids carrying each cell's class, class probability and score as features. This module
+# imports napari only inside the widget, so the rest of it (the layers' data) is plain NumPy.
+
+# %% [markdown] tags=["why"]
+# The layers' data from a result, apart from any viewer: labels, centroids, per-cell features and class colours.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def rgb_uint8(data: Any) -> np.ndarray:
+    """An image layer's data as uint8 (H, W, 3) RGB: RGB(A) or grey, uint8 as it is, other
+    dtypes stretched from their min..max. ValueError for anything else (a stack, a 2-channel image)."""
+    array = np.asarray(data)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ValueError(f"the image layer holds an array of shape {array.shape}: the model needs one RGB or "
+                         "grey image (H, W, 3) or (H, W)")
+    array = array[..., :3]
+    if array.dtype != np.uint8:
+        low, high = float(np.min(array)), float(np.max(array))
+        array = np.round((array.astype(np.float64) - low) / ((high - low) or 1.0) * 255).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def layer_data(result: Any) -> dict[str, Any]:
+    """What the widget shows of a `SegmentationResult`: "labels" int32 (H, W); "points" float64
+    (N, 2) cell centroids (row, column, napari's order); "features" {"cell_id", "class",
+    "class_probability", "score"} per cell; "face_color" float (N, 4) RGBA in [0, 1] by class."""
+    table = result.table()
+    colours = np.array([result.colours[c] if result.colours and c < len(result.colours) else (128, 128, 128)
+                        for c in table["class_id"].tolist()], dtype=np.float64).reshape(-1, 3) / 255.0
+    return {"labels": result.labels,
+            "points": np.stack([table["centroid_y"], table["centroid_x"]], axis=1).astype(np.float64).reshape(-1, 2),
+            "features": {"cell_id": table["id"], "class": np.asarray(table["class"], dtype=str),
+                         "class_probability": table["class_probability"], "score": table["score"]},
+            "face_color": np.concatenate([colours, np.ones((len(colours), 1))], axis=1)}
+
+
+# %% [markdown] tags=["why"]
+# The widget: a model file, an image layer, a Segment button, progress and cancel; the work in a thread.
+
+# %% tags=["export"]
+def make_segment_widget(napari_viewer: Any) -> Any:
+    """The plugin's widget for `napari_viewer` (a magicgui `Container`; its `.native` is the
+    QWidget). `segment()` starts the worker and returns it; `cancel()` stops it between steps."""
+    from magicgui import widgets
+    from napari.layers import Image
+    from napari.qt.threading import thread_worker
+
+    from uni_seg.segmenter import Segmenter
+
+    model_file = widgets.FileEdit(label="model file", filter="*.pt *.pth", mode="r")
+    image_layer = widgets.create_widget(annotation=Image, label="image")
+    run, stop = widgets.PushButton(text="Segment"), widgets.PushButton(text="Cancel", enabled=False)
+    bar = widgets.ProgressBar(label="progress", min=0, max=3, value=0)
+    status = widgets.Label(value="pick a model file and an image layer")
+    box = widgets.Container(widgets=[model_file, image_layer, run, stop, bar, status])
+    box.worker, box.segmenters = None, {}
+
+    @thread_worker
+    def work(path: Path, image: np.ndarray):
+        if path not in box.segmenters:
+            box.segmenters[path] = Segmenter.from_checkpoint(path, workers=0)
+        yield 1, f"model {path.name} read; segmenting"
+        result = box.segmenters[path](image)
+        yield 2, f"{result.n_cells} cells; measuring"
+        return result, layer_data(result)
+
+    def progressed(step: tuple[int, str]) -> None:
+        bar.value, status.value = step
+
+    def finished(outcome: tuple[Any, dict[str, Any]], name: str) -> None:
+        result, data = outcome
+        napari_viewer.add_labels(data["labels"], name=f"{name} cells")
+        napari_viewer.add_points(data["points"], name=f"{name} classes", features=data["features"],
+                                 face_color=data["face_color"], size=max(4, min(data["labels"].shape) // 60))
+        bar.value = 3
+        status.value = f"{result.n_cells} cells: " + ", ".join(f"{n} {k}" for k, n in result.counts().items() if n)
+
+    def ended() -> None:
+        run.enabled, stop.enabled = True, False
+
+    def failed(error: BaseException) -> None:
+        status.value = f"failed: {error}"
+
+    def segment() -> Any:
+        layer = image_layer.value
+        if layer is None or not Path(str(model_file.value)).is_file():
+            status.value = "pick a model file and an image layer first"
+            return None
+        try:
+            image = rgb_uint8(layer.data)
+        except ValueError as error:
+            status.value = str(error)
+            return None
+        worker = work(Path(str(model_file.value)), image)
+        worker.yielded.connect(progressed)
+        worker.returned.connect(lambda outcome: finished(outcome, layer.name))
+        worker.errored.connect(failed)
+        worker.finished.connect(ended)
+        box.worker, run.enabled, stop.enabled, bar.value = worker, False, True, 0
+        status.value = "reading the model"
+        worker.start()
+        return worker
+
+    def cancel() -> None:
+        if box.worker is not None:
+            box.worker.quit()
+            status.value = "cancelled"
+
+    run.changed.connect(segment)
+    stop.changed.connect(cancel)
+    box.segment, box.cancel = segment, cancel
+    return box
+
 
 # %% [markdown]
 # ### Sweeps: a grid of runs, with seeds (`uni_seg.sweep`)

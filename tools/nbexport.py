@@ -132,20 +132,54 @@ def render_module(name: str, entry: dict) -> str:
     return text
 
 
+#: The public surface, `uni_seg.__all__`: name -> the module that defines it at top level. The
+#: package imports each on first use (PEP 562's module `__getattr__`), so `import uni_seg` and
+#: the worker processes stay free of torch until a name that needs it is used.
+PUBLIC_API: dict[str, str] = {
+    "Segmenter": "segmenter",
+    "SegmentationResult": "result",
+    "InferenceSettings": "infer",
+    "PostprocParams": "postproc",
+}
+
+
+def _defines(source: str, name: str) -> bool:
+    return re.search(rf"^(class|def) {name}\b|^{name}\s*[:=]", source, flags=re.MULTILINE) is not None
+
+
 def render_init(modules: dict[str, dict]) -> str:
     ordered = sorted(modules.items(), key=lambda item: (item[1]["section"], item[1]["sources"][0][0]))
     width = max(len(name) for name in modules)
+    for name, module in PUBLIC_API.items():
+        sources = "\n".join(source for *_, source in modules.get(module, {}).get("sources", []))
+        if not _defines(sources, name):
+            raise SystemExit(f"PUBLIC_API: uni_seg.{module} defines no top-level {name} (renamed? update PUBLIC_API)")
     lines = [
         f"{GENERATED_MARK}.",
         "# Do not edit: change the notebook, then run `make sync`.",
         '"""uni_seg: cell instance segmentation of blood smears with a foundation-model backbone.',
+        "",
+        "    from uni_seg import Segmenter",
+        "    result = Segmenter.from_checkpoint(\"checkpoints/best_phase2.pth\")(\"smear.jpg\")",
         "",
         "Modules, in the order data flows through them (each imports only from those above it):",
     ]
     for name, entry in ordered:
         parts = f" ({', '.join(entry['parts'])})" if entry["parts"] else ""
         lines.append(f"    uni_seg.{name:<{width}}  section {entry['section']}: {entry['title']}{parts}")
-    lines += ['"""', "", f"__all__ = {[name for name, _ in ordered]!r}", ""]
+    lines += ['"""', "", "import importlib", "",
+              f"__all__ = {list(PUBLIC_API)!r}",
+              f"_PUBLIC_MODULES = {dict(PUBLIC_API)!r}", "", "",
+              "def __getattr__(name: str):",
+              '    """The public names, imported from their modules on first use (torch only when needed)."""',
+              "    if name in _PUBLIC_MODULES:",
+              '        value = getattr(importlib.import_module(f"uni_seg.{_PUBLIC_MODULES[name]}"), name)',
+              "        globals()[name] = value",
+              "        return value",
+              '    raise AttributeError(f"module \'uni_seg\' has no attribute {name!r}")',
+              "", "",
+              "def __dir__() -> list[str]:",
+              "    return sorted(set(globals()) | set(__all__))", ""]
     return "\n".join(lines)
 
 

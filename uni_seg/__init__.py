@@ -2,34 +2,57 @@
 # Do not edit: change the notebook, then run `make sync`.
 """uni_seg: cell instance segmentation of blood smears with a foundation-model backbone.
 
+    from uni_seg import Segmenter
+    result = Segmenter.from_checkpoint("checkpoints/best_phase2.pth")("smear.jpg")
+
 Modules, in the order data flows through them (each imports only from those above it):
-    uni_seg.config       section 0: Setup and parameters
-    uni_seg.files        section 0: Setup and parameters (One folder, one writer; only our own files)
-    uni_seg.data         section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
-    uni_seg.synthetic    section 1: Data (Synthetic smears)
-    uni_seg.cellsize     section 1: Data (The size of the cells)
-    uni_seg.targets      section 2: Targets and augmentation
-    uni_seg.augment      section 2: Targets and augmentation (Augmentation)
-    uni_seg.dataset      section 2: Targets and augmentation (The Dataset and its loaders)
-    uni_seg.backbones    section 3: Model (The backbone registry)
-    uni_seg.weights      section 3: Model (Where the weights come from)
-    uni_seg.model        section 3: Model (The DPT pyramid and the heads, The model)
-    uni_seg.losses       section 4: Losses
-    uni_seg.checkpoints  section 5: Training engine (Checkpoints)
-    uni_seg.engine       section 5: Training engine (The settings of a phase, Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
-    uni_seg.train        section 5: Training engine (Launching: one process, several GPUs, or a cluster)
-    uni_seg.postproc     section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
-    uni_seg.export       section 8: Inference and post-processing (Exports)
-    uni_seg.infer        section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
-    uni_seg.shards       section 8: Inference and post-processing (Many nodes: a job array over shards)
-    uni_seg.slide        section 8: Inference and post-processing (Whole-slide smears in bounded memory)
-    uni_seg.metrics      section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
-    uni_seg.baseline     section 9: Evaluation (The classical baseline)
-    uni_seg.external     section 9: Evaluation (Smears from another lab)
-    uni_seg.viz          section 10: Figures
-    uni_seg.report       section 10: Figures (The run at a glance)
-    uni_seg.cli          section 11: The command line
-    uni_seg.sweep        section 11: The command line (Sweeps: a grid of runs, with seeds)
+    uni_seg.config         section 0: Setup and parameters
+    uni_seg.files          section 0: Setup and parameters (One folder, one writer; only our own files)
+    uni_seg.data           section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
+    uni_seg.synthetic      section 1: Data (Synthetic smears)
+    uni_seg.cellsize       section 1: Data (The size of the cells)
+    uni_seg.targets        section 2: Targets and augmentation
+    uni_seg.augment        section 2: Targets and augmentation (Augmentation)
+    uni_seg.dataset        section 2: Targets and augmentation (The Dataset and its loaders)
+    uni_seg.backbones      section 3: Model (The backbone registry)
+    uni_seg.weights        section 3: Model (Where the weights come from)
+    uni_seg.model          section 3: Model (The DPT pyramid and the heads, The model)
+    uni_seg.losses         section 4: Losses
+    uni_seg.checkpoints    section 5: Training engine (Checkpoints)
+    uni_seg.engine         section 5: Training engine (The settings of a phase, Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
+    uni_seg.train          section 5: Training engine (Launching: one process, several GPUs, or a cluster)
+    uni_seg.postproc       section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
+    uni_seg.export         section 8: Inference and post-processing (Exports)
+    uni_seg.infer          section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
+    uni_seg.result         section 8: Inference and post-processing (One call to segment: the result)
+    uni_seg.segmenter      section 8: Inference and post-processing (The front door: `Segmenter)
+    uni_seg.package        section 8: Inference and post-processing (A model file to share)
+    uni_seg.shards         section 8: Inference and post-processing (Many nodes: a job array over shards)
+    uni_seg.slide          section 8: Inference and post-processing (Whole-slide smears in bounded memory)
+    uni_seg.metrics        section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
+    uni_seg.baseline       section 9: Evaluation (The classical baseline)
+    uni_seg.external       section 9: Evaluation (Smears from another lab)
+    uni_seg.viz            section 10: Figures
+    uni_seg.report         section 10: Figures (The run at a glance)
+    uni_seg.cli            section 11: The command line
+    uni_seg.napari_widget  section 11: The command line (The napari plugin)
+    uni_seg.sweep          section 11: The command line (Sweeps: a grid of runs, with seeds)
 """
 
-__all__ = ['config', 'files', 'data', 'synthetic', 'cellsize', 'targets', 'augment', 'dataset', 'backbones', 'weights', 'model', 'losses', 'checkpoints', 'engine', 'train', 'postproc', 'export', 'infer', 'shards', 'slide', 'metrics', 'baseline', 'external', 'viz', 'report', 'cli', 'sweep']
+import importlib
+
+__all__ = ['Segmenter', 'SegmentationResult', 'InferenceSettings', 'PostprocParams']
+_PUBLIC_MODULES = {'Segmenter': 'segmenter', 'SegmentationResult': 'result', 'InferenceSettings': 'infer', 'PostprocParams': 'postproc'}
+
+
+def __getattr__(name: str):
+    """The public names, imported from their modules on first use (torch only when needed)."""
+    if name in _PUBLIC_MODULES:
+        value = getattr(importlib.import_module(f"uni_seg.{_PUBLIC_MODULES[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'uni_seg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -19,6 +19,8 @@ from uni_seg.config import Factory, atomic_open, describe_differences, state_dic
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
+MODEL_FILE_FORMAT = "uni_seg/model"  # the tag of a packaged model file (`uni-seg package`): inference only
+MODEL_FILE_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -57,10 +59,12 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 
 # notebook §5 "Checkpoints", cell id 536c8a4e
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, mmap: bool = False, model_file: bool = False) -> dict[str, Any]:
     """Read one of our checkpoints on the CPU, safely (`weights_only=True`: no pickled code runs).
 
     `mmap=True` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    `model_file=True` also accepts a packaged model file (`MODEL_FILE_FORMAT`, §8's `uni-seg
+    package`): enough to segment, not to resume training.
 
     Raises `CheckpointError` when the file is missing, is not a checkpoint of ours (any other
     pickle, a foreign state dict), or is damaged.
@@ -74,12 +78,16 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # UnpicklingError for foreign objects, RuntimeError/EOFError for damage
         raise CheckpointError(f"{path} is not a readable uni_seg checkpoint: {torch_load_refusal(exc)}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    versions = {CHECKPOINT_FORMAT: CHECKPOINT_VERSION, **({MODEL_FILE_FORMAT: MODEL_FILE_VERSION} if model_file else {})}
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in versions:
+        if isinstance(ckpt, dict) and ckpt.get("format") == MODEL_FILE_FORMAT:
+            raise CheckpointError(f"{path} is a packaged model file: it segments, but holds no training state to "
+                                  "resume or start from")
         raise CheckpointError(f"{path} is not a uni_seg checkpoint (no format tag {CHECKPOINT_FORMAT!r}); "
                               "was it written by another program?")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
+    if ckpt.get("format_version", 0) > versions[ckpt["format"]]:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, newer than this code "
-                              f"({CHECKPOINT_VERSION}); update uni_seg")
+                              f"({versions[ckpt['format']]}); update uni_seg")
     return ckpt
 
 
@@ -121,9 +129,12 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     weights came from, §3; None in checkpoints older than that record), "weights_message" (its
     one-line report, or None), "phase", "epoch", "best_val_loss", "best_epoch", "history",
     "checkpoint_id" (what tuned post-processing parameters are matched against), "class_scheme"
-    (`ClassScheme.as_dict()`, None in older checkpoints) and "path".
+    (`ClassScheme.as_dict()`, None in older checkpoints), "postproc" (the tuned post-processing
+    stored in the file by `store_postproc`, {"params": {...}, "tuned_on": ..., ...}, or None),
+    "format" (a training checkpoint's or a packaged model file's tag) and "path". `path` may
+    be either kind of file.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, model_file=True)
     missing = [k for k in ("model_config", "model_state_dict") if not isinstance(ckpt.get(k), Mapping)]
     if missing:  # the format tag, but not what a model is rebuilt from: damaged, or written by hand
         raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
@@ -139,7 +150,18 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
     model.to(device).eval()
     meta = {k: ckpt.get(k) for k in ("model_config", "working_scale", "cell_diameter", "weights_source",
                                       "weights_provenance", "phase", "epoch", "best_val_loss", "best_epoch", "history",
-                                      "checkpoint_id", "class_scheme")}
+                                      "checkpoint_id", "class_scheme", "postproc", "format")}
     meta["weights_message"] = (meta["weights_provenance"] or {}).get("message")
     meta["path"] = Path(path)
     return model, meta
+
+
+# notebook §5 "Checkpoints", cell id 9d676eff
+def store_postproc(path: str | Path, params: Mapping[str, Any], **about: Any) -> None:
+    """Write tuned post-processing parameters into the checkpoint (or model file) at `path`,
+    atomically: its "postproc" becomes {"params": `params` (a `PostprocParams.as_dict()`),
+    **about} (e.g. tuned_on="val (15 images)", score={"pq": 0.71}). Everything else in the file
+    is kept as it was, its `checkpoint_id` included."""
+    ckpt = load_checkpoint(path, model_file=True)
+    ckpt["postproc"] = json.loads(json.dumps({"params": dict(params), **about}))  # plain values: weights_only-safe
+    atomic_torch_save(ckpt, path)

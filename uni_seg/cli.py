@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                "mean and sd over seeds; resumable; one SLURM array task per run with --task"),
     "merge": ("uni_seg.shards", "write the folder-level files (summary, COCO, run record) of a folder segmented as "
                                 "shards (infer --shard K/N, slurm_infer.sh), once every shard is complete"),
+    "package": ("uni_seg.package", "write a model file to share from a training checkpoint (weights, scale, tuned "
+                                   "post-processing, classes; no optimiser state), read safely by the Segmenter"),
 }
 
 

@@ -348,13 +348,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
 
     from uni_seg.checkpoints import CheckpointError
     from uni_seg.data import DataError
-    from uni_seg.infer import add_inference_options, load_inference_model, settings_from_options, working_scale_from_options
-    from uni_seg.postproc import select_postproc
+    from uni_seg.infer import add_inference_options, settings_from_options
+    from uni_seg.segmenter import Segmenter as FrontDoor  # §8's; this module's `Segmenter` is a callable's type
 
     parser = argparse.ArgumentParser(prog=prog, description="Score a checkpoint (and the classical baseline) on a "
                                      "folder of images with Pascal VOC or COCO cell boxes: recall per class and AP50 "
                                      "at box IoU 0.5, precision as a floor, count error.")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--images", type=Path, required=True, help="folder of images (png, jpg, tif, bmp)")
     parser.add_argument("--boxes", type=Path, required=True, help="Annotations folder of VOC .xml files, or a COCO .json")
     parser.add_argument("--baseline", type=int, default=None, metavar="PX", help="also score the classical baseline "
@@ -385,13 +385,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         pairs = pairs[: args.limit]
         if not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint} is not a checkpoint file")
-        model, meta = load_inference_model(args.checkpoint, device)
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_note = working_scale_from_options(args, [path for path, _ in pairs], meta)
-        settings = settings.replace(working_scale=scale)
-        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {postproc_line}", file=sys.stderr)
-        segmenters = {"model": model_segmenter(model, settings, postproc)}
+        seg = FrontDoor.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision)
+        scale, scale_note = seg.scale_for([path for path, _ in pairs])
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"{len(pairs)} annotated image(s) in {args.images}; {scale_note}; {seg.postproc_source}", file=sys.stderr)
+        segmenters = {"model": model_segmenter(seg.model, settings, seg.postproc)}
         if args.baseline:
             segmenters["baseline"] = baseline_segmenter(args.baseline, scale)
         warnings: dict[str, str] = {}

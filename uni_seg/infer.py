@@ -38,6 +38,9 @@ class InferenceSettings(Settings):
 
     Validated when made (`ValueError` naming the field), so a bad setting fails before any
     image is read; saved and read as JSON with the run's outputs (`as_dict`, `from_dict`).
+
+    >>> from uni_seg import InferenceSettings; InferenceSettings(working_scale=0.5).replace(tile_size=448).tile_size
+    448
     """
 
     what = "inference setting"
@@ -670,7 +673,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         description="Segment and classify the cells of every image in a folder; write label maps, "
         "overlays, per-cell CSV and GeoJSON (QuPath), a COCO instances JSON, a summary CSV and a run record.",
     )
-    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="training checkpoint (.pth) or model file (uni-seg package)")
     parser.add_argument("--input", type=Path, required=True, help="folder of images (png, jpg, tif, bmp), or one "
                         "whole-slide image (svs, ndpi, pyramidal tif: read in regions, see uni_seg.slide)")
     parser.add_argument("--output", type=Path, required=True, help="folder for the exports (created; must be empty "
@@ -728,31 +731,32 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             raise ValueError(f"--shard splits a folder; {args.input} is one slide")
         if not slide:
             plan_folder(args.input)  # the input folder exists and is a folder
-        model, meta = load_inference_model(args.checkpoint, device)
-        postproc, postproc_line = select_postproc(args.postproc, Path("results/postproc_params.json"),
-                                                  meta.get("checkpoint_id"))
-        scale, scale_line = working_scale_from_options(args, [] if slide else list_images(args.input, args.limit), meta)
-        settings = settings.replace(working_scale=scale)
-        n_classes = int(meta.get("model_config", {}).get("n_classes", len(CLASS_NAMES)))
-        names = tuple(class_name(c) for c in range(n_classes))
-        scheme = class_scheme(meta["class_scheme"]) if meta.get("class_scheme") else None  # older checkpoints have none
-        _, precision = settings.placement(model)
-        print(f"model {meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {device} "
-              f"({precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
+        # The front door (the `Segmenter`, below) reads the model, its post-processing, scale and classes.
+        from uni_seg.segmenter import Segmenter
+
+        seg = Segmenter.from_checkpoint(
+            args.checkpoint, device=args.device, working_scale=args.working_scale, postproc=args.postproc,
+            cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
+            overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision,
+            workers=args.workers)
+        scale, scale_line = seg.scale_for([] if slide else list_images(args.input, args.limit))
+        settings = seg.settings.replace(working_scale=scale)
+        print(f"model {seg.meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {seg.device} "
+              f"({seg.precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
               f"TTA {'on' if settings.tta else 'off'}", file=sys.stderr)
-        print(f"{postproc_line}: {postproc}", file=sys.stderr)
+        print(f"{seg.postproc_source}: {seg.postproc}", file=sys.stderr)
         print(scale_line, file=sys.stderr)
-        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": meta.get("checkpoint_id")},
-                      "postproc_source": postproc_line, "working_scale_source": scale_line}
+        provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": seg.meta.get("checkpoint_id")},
+                      "postproc_source": seg.postproc_source, "working_scale_source": scale_line}
         if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
             from uni_seg.shards import shard_command
             from uni_seg.slide import slide_command
             command = slide_command if slide else shard_command
-            return command(model, args, settings, postproc, names, scheme, provenance, meta)
-        report = run_folder_inference(model, args.input, args.output, settings, postproc, args.limit, names,
-                                      args.object_type, progress=not args.no_progress, overwrite=args.overwrite,
-                                      resume=args.resume, provenance=provenance, workers=args.workers,
-                                      overlay=args.overlay, scheme=scheme)
+            return command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
+        report = run_folder_inference(seg.model, args.input, args.output, settings, seg.postproc, args.limit,
+                                      seg.class_names, args.object_type, progress=not args.no_progress,
+                                      overwrite=args.overwrite, resume=args.resume, provenance=provenance,
+                                      workers=args.workers, overlay=args.overlay, scheme=seg.scheme)
     n_images = sum(r["status"] != "skipped" for r in report.rows)
     if not n_images:
         print(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input}", file=sys.stderr)

@@ -28,7 +28,15 @@ class PostprocParams(Settings):
     Defaults chosen on blurred, noisy true maps of real BCCD masks at the working scale (cells
     ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. Validation runs in
     the constructor, so `PostprocParams(sobel_ksize=8)` fails at once, naming the field;
-    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one.
+    `PostprocParams.from_dict(d)` also names an unknown key and the closest known one. §9's
+    tuning stores the tuned ones in the checkpoint, where `Segmenter` finds them.
+
+    >>> from uni_seg import PostprocParams
+    >>> PostprocParams(fg_threshold=0.4).replace(min_area=50).as_dict()["min_area"]
+    50
+    >>> PostprocParams(sobel_ksize=8)
+    Traceback (most recent call last):
+    ValueError: sobel_ksize=8 must be an odd integer in 3..31
     """
 
     what = "post-processing parameter"
