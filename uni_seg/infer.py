@@ -661,13 +661,8 @@ def working_scale_from_options(args: argparse.Namespace, images: Sequence[Path],
 
 
 # notebook §8 "Folder inference and the command line", cell id 072ec889
-def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
-    """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
-    import argparse
-
-    from uni_seg.checkpoints import CheckpointError
-    from uni_seg.data import DataError
-
+def infer_parser(prog: str = "python -m uni_seg.infer") -> argparse.ArgumentParser:
+    """The options of `uni-seg infer` (the shared inference options included)."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Segment and classify the cells of every image in a folder; write label maps, "
@@ -696,9 +691,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
     parser.add_argument("--shard", default=None, metavar="K/N", help="segment only shard K (from 0) of N of the folder "
                         "(every N-th image of the sorted list) into --output; `uni-seg merge OUTPUT` then writes the "
                         "folder-level files (slurm_infer.sh runs the shards as a job array)")
+    return parser
+
+
+def checked_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> tuple[argparse.Namespace, InferenceSettings]:
+    """Parse `argv` and check every option before anything is loaded or any image read: a bad one
+    ends the command through `parser.error` (one line, exit status 2). Returns the options (workers
+    capped at the usable CPUs) and the inference settings they give."""
     args = parser.parse_args(argv)
 
-    # Every option is checked before anything is loaded or any image read.
     settings = settings_from_options(parser, args)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit={args.limit} must be >= 1")
@@ -717,7 +718,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(f"--workers {args.workers} is more than the {usable_cpus()} usable CPUs: {usable_cpus()} used",
               file=sys.stderr)
         args.workers = usable_cpus()
-    from uni_seg.shards import shard_option
+    return args, settings
+
+
+# notebook §8 "Folder inference and the command line", cell id 7b73346a
+def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer") -> None:
+    """`python -m uni_seg.infer --checkpoint C --input DIR --output DIR [options]` (also `uni-seg infer`)."""
+    from uni_seg.checkpoints import CheckpointError
+    from uni_seg.data import DataError
+
+    parser = infer_parser(prog)
+    args, settings = checked_options(parser, argv)
+    from uni_seg.shards import shard_option  # a later module (§8's shards): imported by the command alone
+
     args.shard = shard_option(parser, args.shard)
     with errors_as_messages(prog, (CheckpointError, DataError, ValueError)):
         if args.checkpoint.is_dir():
