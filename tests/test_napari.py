@@ -82,14 +82,16 @@ def test_the_widget_in_a_fresh_process(tmp_path):
     name = "test_the_widget_adds_labels_and_points_with_each_cells_class_and_score"
     # Qt's offscreen platform now and then starts without OpenGL on a busy machine even though
     # the display is up (it says so: "QOpenGLWidget is not supported"); that, and only that, is
-    # tried once more in another fresh process.
-    for attempt in range(2):
+    # tried again in another fresh process, and skipped (not failed) after three such starts.
+    for attempt in range(3):
         child = subprocess.run([sys.executable, "-m", "pytest", f"{__file__}::{name}", "-q", "-p", "no:cacheprovider",
                                 "--basetemp", str(tmp_path / f"child{attempt}")], capture_output=True, text=True,
                                timeout=600, env={**os.environ, "UNI_SEG_NAPARI_CHILD": "1", "MPLBACKEND": "Agg"},
                                cwd=Path(__file__).parents[1])
         if child.returncode == 0 or "QOpenGLWidget is not supported" not in child.stdout + child.stderr:
             break
+    else:  # no OpenGL three times over: the machine cannot draw napari's canvas now; not the widget's fault
+        pytest.skip("Qt's offscreen platform came up without OpenGL in three fresh processes")
     assert child.returncode == 0 and "1 passed" in child.stdout, (child.stdout + child.stderr)[-4000:]
 
 
