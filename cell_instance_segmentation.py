@@ -1002,7 +1002,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(ATOMIC_TEMP_GLOB):
         pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -1010,7 +1010,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (signal 0 asks without sending)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -1268,6 +1269,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from uni_seg.config import process_alive
+
 #: The lock file of a folder's one writer.
 LOCK_NAME = ".uni_seg.lock"
 
@@ -1307,23 +1310,13 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run",
         earlier = os.pread(fd, 64, 0).strip()
         # Empty, or an earlier holder's id (a user's file stays as it is); a live sharer's id stays too,
         # so that the message names a process that holds the lock.
-        if (not earlier or earlier.isdigit()) and not (shared and earlier and _alive(int(earlier))):
+        if (not earlier or earlier.isdigit()) and not (shared and earlier and process_alive(int(earlier))):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
 
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 # %% [markdown] tags=["why"]
@@ -10769,8 +10762,8 @@ from uni_seg.export import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXE
                             export_folder_item, finish_run, load_folder_item, plan_folder, read_run_record,
                             recorded_files, reread_image, write_csv)
 from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders
-from uni_seg.infer import (InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads, peak_rss_mb,
-                           pipeline)
+from uni_seg.infer import (FolderReport, InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads,
+                           peak_rss_mb, pipeline)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
 #: The folder, inside a run's output folder, of the shards' records and lock files.
@@ -11014,24 +11007,13 @@ def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     return by_index
 
 
-@dataclasses.dataclass
-class MergeReport:
-    rows: list[dict[str, Any]]
-    failed: dict[str, str]
-    coco_path: Path
-    summary_path: Path
-    record_path: Path
-
-    @property
-    def n_ok(self) -> int:
-        return sum(1 for r in self.rows if r["status"] == "ok")
 
 
 # %% [markdown] tags=["why"]
 # The folder-level files, in folder order, from the images' own files: the same bytes, and the same record, as a one-process run's.
 
 # %% tags=["export"]
-def merge_shards(output_dir: str | Path) -> MergeReport:
+def merge_shards(output_dir: str | Path) -> FolderReport:
     """Write the folder-level files of a run done as shards, as `run_folder_inference` writes
     them: `summary.csv` and `coco_instances.json` (the same bytes: images in folder order, each
     read back from its files and its input with `reread_image`) and `run.json` (the shards'
@@ -11090,7 +11072,7 @@ def merge_shards(output_dir: str | Path) -> MergeReport:
             notes=notes, skipped=first["skipped"], not_images=first["not_images"],
             workers=workers.pop() if len(workers) == 1 else {str(k): r["workers"] for k, r in sorted(records.items())},
             peak_rss_mb={str(k): r["peak_rss_mb"] for k, r in sorted(records.items())}, **outcome, shards=len(records))
-    return MergeReport(rows, failed, coco_path, summary_path, record_path)
+    return FolderReport(rows, failed, coco_path, summary_path, record_path)
 
 
 # %% [markdown] tags=["why"]

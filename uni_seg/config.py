@@ -791,7 +791,7 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     removed = []
     for tmp in Path(folder).glob(ATOMIC_TEMP_GLOB):
         pid = tmp.name.rsplit("-", 1)[-1].split(".")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and _process_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             continue
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -799,7 +799,8 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (signal 0 asks without sending)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

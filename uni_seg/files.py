@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from uni_seg.config import process_alive
+
 #: The lock file of a folder's one writer.
 LOCK_NAME = ".uni_seg.lock"
 
@@ -49,23 +51,12 @@ def folder_lock(folder: str | Path, name: str = LOCK_NAME, what: str = "run",
         earlier = os.pread(fd, 64, 0).strip()
         # Empty, or an earlier holder's id (a user's file stays as it is); a live sharer's id stays too,
         # so that the message names a process that holds the lock.
-        if (not earlier or earlier.isdigit()) and not (shared and earlier and _alive(int(earlier))):
+        if (not earlier or earlier.isdigit()) and not (shared and earlier and process_alive(int(earlier))):
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield path
     finally:
         os.close(fd)  # releases the lock
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 # notebook §0 "One folder, one writer; only our own files", cell id a3352ace

@@ -22,8 +22,8 @@ from uni_seg.export import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXE
                             export_folder_item, finish_run, load_folder_item, plan_folder, read_run_record,
                             recorded_files, reread_image, write_csv)
 from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders
-from uni_seg.infer import (InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads, peak_rss_mb,
-                           pipeline)
+from uni_seg.infer import (FolderReport, InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads,
+                           peak_rss_mb, pipeline)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
 #: The folder, inside a run's output folder, of the shards' records and lock files.
@@ -255,21 +255,8 @@ def shard_records(output_dir: str | Path) -> dict[int, dict[str, Any]]:
     return by_index
 
 
-@dataclasses.dataclass
-class MergeReport:
-    rows: list[dict[str, Any]]
-    failed: dict[str, str]
-    coco_path: Path
-    summary_path: Path
-    record_path: Path
-
-    @property
-    def n_ok(self) -> int:
-        return sum(1 for r in self.rows if r["status"] == "ok")
-
-
 # notebook §8 "Many nodes: a job array over shards", cell id 9a0c942c
-def merge_shards(output_dir: str | Path) -> MergeReport:
+def merge_shards(output_dir: str | Path) -> FolderReport:
     """Write the folder-level files of a run done as shards, as `run_folder_inference` writes
     them: `summary.csv` and `coco_instances.json` (the same bytes: images in folder order, each
     read back from its files and its input with `reread_image`) and `run.json` (the shards'
@@ -328,7 +315,7 @@ def merge_shards(output_dir: str | Path) -> MergeReport:
             notes=notes, skipped=first["skipped"], not_images=first["not_images"],
             workers=workers.pop() if len(workers) == 1 else {str(k): r["workers"] for k, r in sorted(records.items())},
             peak_rss_mb={str(k): r["peak_rss_mb"] for k, r in sorted(records.items())}, **outcome, shards=len(records))
-    return MergeReport(rows, failed, coco_path, summary_path, record_path)
+    return FolderReport(rows, failed, coco_path, summary_path, record_path)
 
 
 # notebook §8 "Many nodes: a job array over shards", cell id 3c3f3018
