@@ -343,3 +343,17 @@ def test_sweep_of_the_real_notebook_on_synthetic_smears_end_to_end(tmp_path):
     assert "run 1 d16_seed0: redoing an incomplete run (attempt 2)" in result.stdout
     assert read_record(killed)["status"] == "complete" and read_record(killed)["attempts"] == 2
     assert metrics.stat().st_mtime_ns == before
+
+
+def test_the_tables_replace_only_the_sweeps_own_files(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "grid.json", {"a": {}}, seeds=[0]), ROOT)
+    mine, theirs = tmp_path / "sweep", tmp_path / "users"
+    run_grid(grid, mine, FakeRunner(), log=lambda _: None)
+    first = [path.read_bytes() for path in write_table(grid, mine)]
+    assert [path.read_bytes() for path in write_table(grid, mine)] == first  # its own: replaced
+    theirs.mkdir()
+    (theirs / "table.csv").write_text("a user's table\n")
+    with pytest.raises(GridError, match="table.csv is in the sweep folder but no table of a sweep of ours wrote it"):
+        write_table(grid, theirs)
+    assert (theirs / "table.csv").read_text() == "a user's table\n"
+    assert not (theirs / "table.md").exists()

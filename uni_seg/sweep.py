@@ -31,6 +31,8 @@ PATH_PARAMETERS = ("DATA_DIR", "CLASS_BOXES", "EXTERNAL_EVAL_DIR", "WEIGHTS")
 _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 #: The record of a run in its folder.
 RUN_RECORD = "sweep_run.json"
+#: The record of the table files a sweep folder holds (a sweep replaces only those).
+TABLE_RECORD = "sweep_tables.json"
 
 
 class GridError(ValueError):
@@ -435,10 +437,28 @@ def write_table(grid: Grid, out: Path) -> tuple[Path, Path, Path]:
             "per image, predicted minus true. Choices are made on val and ext., never on the test split.", "",
             markdown_table(header, rows), ""]
     paths = (out / "table.csv", out / "table.md", out / "runs.csv")
+    _claim_table_files(out, paths)
     atomic_write(paths[0], _csv_text(summary, ("configuration", "method", "runs", "folders")))
     atomic_write(paths[1], "\n".join(text))
     atomic_write(paths[2], _csv_text(per_run, ("configuration", "seed", "method", "folder")))
     return paths
+
+
+# notebook §11 "Sweeps: a grid of runs, with seeds", cell id 251997af
+def _claim_table_files(out: Path, paths: Sequence[Path]) -> None:
+    """Record `paths` as the sweep's own (`out/sweep_tables.json`) before they are written, and
+    refuse (`GridError`, naming it) a file at one of them that no earlier table of ours wrote:
+    a sweep replaces only its own tables."""
+    record = out / TABLE_RECORD
+    try:
+        listed = set(json.loads(record.read_text())["files"]) if record.exists() else set()
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise GridError(f"{record} is not a sweep's record of its tables ({error}); move it or choose another --out")
+    foreign = [path for path in paths if path.exists() and path.name not in listed]
+    if foreign:
+        raise GridError(f"{foreign[0]} is in the sweep folder but no table of a sweep of ours wrote it; "
+                        "move it, or choose another --out")
+    write_json_atomic(record, {"tool": "uni_seg.sweep", "files": sorted(listed | {path.name for path in paths})})
 
 
 # notebook §11 "Sweeps: a grid of runs, with seeds", cell id 5a5ef3b5
