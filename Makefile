@@ -22,7 +22,7 @@ test-slow: setup  ## only the slow tests (SIGKILL resume soak, big benchmarks-as
 test-all: setup
 	@$(PY) -m pytest -q
 
-demo: setup  ## run the whole notebook headlessly on the demo profile, then render the reports
+demo: setup  ## run the whole notebook headlessly on the demo profile (refused while uni_seg/ is stale: `make sync`), then the reports
 	@bash tools/run_notebook.sh $(RUN) -p PROFILE demo
 
 bench: setup  ## every benchmark in bench/ on this machine's CPU

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of the README's performance section, in one command, on one GPU node:
+# The GPU measurements of docs/performance.md, in one command, on one GPU node:
 #
 #   bash bench/gpu_suite.sh [OUT_DIR]          # default OUT_DIR: results/gpu/<date>
 #

@@ -285,7 +285,7 @@ def test_every_bccd_annotation_reads_and_pairs_with_its_image():
     assert len(pairs) == 292 and not without_image
     assert {name: labels.count(name) for name in set(labels)} == {"RBC": 3350, "WBC": 301, "Platelets": 292}
     b = np.concatenate([truth.boxes for _, truth in pairs])
-    assert 90 < np.median(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < 110  # the README's ~100 px red cells
+    assert 90 < np.median(np.sqrt((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))) < 110  # docs/performance.md's ~100 px red cells at full resolution
 
 
 # ------------------------------------------------------------------- issue 21

@@ -91,6 +91,55 @@ def test_run_notebook_reports_a_failed_run_and_exits_nonzero(recording_python, t
     assert "render_report.py" in log.read_text()  # the reports of the failed run are still rendered
 
 
+def _repository_copy(tmp_path: Path) -> Path:
+    """What tools/run_notebook.sh and tools/nbexport.py read: the tools, the notebook, its pair, uni_seg/."""
+    copy = tmp_path / "repo"
+    (copy / "tools").mkdir(parents=True)
+    for name in ("run_notebook.sh", "nbexport.py"):
+        shutil.copy2(ROOT / "tools" / name, copy / "tools" / name)
+    for name in ("cell_instance_segmentation.ipynb", "cell_instance_segmentation.py"):
+        shutil.copy2(ROOT / name, copy / name)
+    shutil.copytree(ROOT / "uni_seg", copy / "uni_seg", ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+@pytest.mark.parametrize("edited", [False, True])
+def test_run_notebook_refuses_a_notebook_edited_without_sync(edited, tmp_path):
+    """An edited, unsynced notebook would run beside a stale uni_seg/: one line, exit 1, no papermill."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("jupytext")
+    copy = _repository_copy(tmp_path)
+    if edited:
+        nb = nbformat.read(copy / "cell_instance_segmentation.ipynb", as_version=4)
+        export = next(cell for cell in nb.cells if "export" in cell.metadata.get("tags", []))
+        export.source += "\n\nEDITED_WITHOUT_SYNC = True"
+        nbformat.write(nb, copy / "cell_instance_segmentation.ipynb")
+    log = tmp_path / "calls.txt"
+    python = tmp_path / "python"  # the real interpreter, but papermill and jupyter only recorded
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        f'case "$*" in\n'
+        f'  *papermill*) echo "$*" >> "{log}"; out=$4; mkdir -p "$(dirname "$out")"; echo "{{}}" > "$out";;\n'
+        f'  *"kernelspec list"*) echo "  uni_seg   /somewhere";;\n'
+        f'  *render_report*) ;;\n'
+        f'  *) exec "{sys.executable}" "$@";;\n'
+        "esac\n"
+    )
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "PYTHONPATH": str(copy), "RESULTS_DIR": str(tmp_path / "r"),
+           "LOG_DIR": str(tmp_path / "l")}
+    result = subprocess.run(["bash", "tools/run_notebook.sh", "demo"], cwd=copy, env=env, capture_output=True, text=True)
+    if not edited:  # the control: a synced copy reaches papermill
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "papermill" in log.read_text()
+        return
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert not log.exists(), "papermill started on a stale package"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "make sync" in lines[0], result.stderr
+    assert "uni_seg/" in lines[0] and "cell_instance_segmentation.py" in lines[0]  # the stale files, named
+
+
 def _executed_notebook(error_in_section: str | None = None):
     """A small executed notebook: title, contents, a section with an export cell and its note,
     a story cell with output, and the summary cell (or an error instead of it)."""

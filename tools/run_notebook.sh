@@ -15,6 +15,9 @@
 # for developers) and RUN_NAME.no-code.html (outputs only, for reviewers), and LOG_DIR/RUN_NAME_*.log.
 # When a cell fails, the reports are still rendered, so the failure can be read in them, and the
 # script exits non-zero.
+#
+# A notebook edited without `make sync` would run its export cells beside a stale uni_seg/ (the
+# story cells import the package): the script refuses, in one line, before papermill starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +33,18 @@ if [[ ! "$run_name" =~ ^[A-Za-z0-9._-]+$ ]]; then
 fi
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python; fi
+fi
+# The package must be in step with the notebook (tools/nbexport.py --check); no way around it.
+sync_status=0
+sync_report=$("$PYTHON" tools/nbexport.py --check 2>&1) || sync_status=$?
+if [ "$sync_status" -ne 0 ]; then
+  if grep -q '^stale: ' <<<"$sync_report"; then
+    stale=$(sed -n 's/^stale: \([^ ]*\).*/\1/p' <<<"$sync_report" | paste -sd ' ' -)
+    echo "refusing to run: the generated files are stale against the notebook ($stale); run \`make sync\` first (edits made in the .py pair: tools/pair_to_notebook.py before it)" >&2
+  else
+    echo "refusing to run: tools/nbexport.py --check failed: $(tail -n 1 <<<"$sync_report")" >&2
+  fi
+  exit 1
 fi
 results_dir=${RESULTS_DIR:-results}
 log_dir=${LOG_DIR:-logs}
