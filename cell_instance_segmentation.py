@@ -49,7 +49,7 @@
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`, `uni_seg.slide`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards; Whole-slide smears in bounded memory
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.napari_widget`, `uni_seg.sweep`): The napari plugin; Sweeps: a grid of runs, with seeds
@@ -10104,7 +10104,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
             overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision,
             workers=args.workers)
-        scale, scale_line = seg.scale_for([] if slide else list_images(args.input, args.limit))
+        scale, scale_line = seg.slide_scale() if slide else seg.scale_for(list_images(args.input, args.limit))
         settings = seg.settings.replace(working_scale=scale)
         print(f"model {seg.meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {seg.device} "
               f"({seg.precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
@@ -10113,11 +10113,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": seg.meta.get("checkpoint_id")},
                       "postproc_source": seg.postproc_source, "working_scale_source": scale_line}
-        if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
+        if slide:  # one slide in regions (§8 uni_seg.slide), by the call Python users make: the same files
+            seg.segment_slide(args.input, args.output, object_type=args.object_type, overwrite=args.overwrite,
+                              resume=args.resume, progress=not args.no_progress)
+            return
+        if args.shard is not None:  # one shard of the folder (§8 uni_seg.shards)
             from uni_seg.shards import shard_command
-            from uni_seg.slide import slide_command
-            command = slide_command if slide else shard_command
-            return command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
+            return shard_command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
         report = run_folder_inference(seg.model, args.input, args.output, settings, seg.postproc, args.limit,
                                       seg.class_names, args.object_type, progress=not args.no_progress,
                                       overwrite=args.overwrite, resume=args.resume, provenance=provenance,
@@ -10162,6 +10164,505 @@ if "model" in globals() and _demo_images:
     plt.show()
 else:
     print("no model or no test image: skipping the whole-image demo")
+
+# %% [markdown]
+# ### Whole-slide smears in bounded memory (`uni_seg.slide`)
+#
+# A scanned smear (SVS, NDPI, a pyramidal TIFF: 50k x 50k pixels and more) never fits in memory
+# as one image, nor do its maps or its label map. `uni-seg infer --input SLIDE.svs` (from Python:
+# `Segmenter.segment_slide`, below, which the command calls) reads it
+# through tiffslide (pure Python on tifffile: no system library) at the pyramid level nearest
+# the working scale, in regions: a square core plus a margin of at least two cell diameters,
+# segmented as a whole image is. A cell cut by a core's border is kept once, whole, by the region
+# that holds its centroid, so the cells do not depend on the region size. Outputs stream to disk
+# as regions finish: the cell table (CSV), GeoJSON features (QuPath), COCO annotations (RLE on
+# the whole level, made from each cell's box) and the label map as tiles on disk, turned at the
+# end into a tiled pyramidal TIFF; memory follows the region size, not the slide's. Plain images
+# (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
+# pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
+# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide. The folder
+# rules of §0 hold: the run holds the folder's lock, an output folder that holds the slide is
+# refused, and `<name>_slide.json`, written before anything else, lists the run's files, so
+# that `--overwrite` removes those and only those; any other file in the way is named, and the
+# run refused.
+
+# %% [markdown] tags=["why"]
+# A slide is known by its format or by being a TIFF pyramid; the level read is the one nearest the working scale.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
+from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
+                            cell_table, cells_geojson_text)
+from uni_seg.files import folder_lock, remove_own_files, separate_folders
+from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+
+#: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
+#: pyramid (more than one level), otherwise a plain image (today's path).
+SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff")
+#: The files a slide exported as <name> gets, written as regions finish (as `.partial` until the end).
+SLIDE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.tif", "_cells.csv", "_cells.geojson", "_coco.json")
+SLIDE_RECORD_SUFFIX = "_slide.json"
+
+
+def is_slide(path: str | Path) -> bool:
+    """Whether `path` is a file to read as a whole slide: a `SLIDE_SUFFIXES` file, or a TIFF
+    whose first series is a pyramid (several levels). A folder, or a plain image, is not."""
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in SLIDE_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.series) and len(tif.series[0].levels) > 1
+    except (tifffile.TiffFileError, OSError, ValueError):
+        return False  # left to the plain-image reader, which names the problem
+
+
+def pick_level(downsamples: Sequence[float], working_scale: float) -> tuple[int, float]:
+    """(level, the scale left to apply to it) for reading a slide at `working_scale` (of level 0):
+    the level whose downsample is nearest 1 / working_scale on a log scale, so the residual
+    resize is the smallest. E.g. downsamples (1, 4, 16) and scale 0.25 -> (1, 1.0)."""
+    target = -math.log(working_scale)
+    level = min(range(len(downsamples)), key=lambda k: (abs(math.log(downsamples[k]) - target), k))
+    return level, float(working_scale * downsamples[level])
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    """One region of a slide (pixels of the level read): its `core` (y0, x0, y1, x1), the cells
+    whose centre lies there are this region's, and its `window` (the core and a margin, clipped
+    to the slide), the pixels that are segmented. `row`, `col`: its place in the grid."""
+
+    row: int
+    col: int
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+
+# %% [markdown] tags=["why"]
+# Regions tile the level once, each with a margin; a cell belongs to the region that holds its centroid (kept once, whole), and its COCO RLE on the whole level comes from its box alone.
+
+# %% tags=["export"]
+def slide_regions(height: int, width: int, core: int, margin: int) -> list[Region]:
+    """The regions of a (height, width) slide level in row-major order: cores `core` x `core`
+    (smaller at the right and bottom edges) that tile the slide exactly once, windows with
+    `margin` pixels more on each side. A cell whose centre is in a core lies within its window
+    as long as `margin` exceeds the cell's diameter; `margin` <= `core` keeps a cell within the
+    neighbouring cores."""
+    if core <= 0 or core % 16:
+        raise ValueError(f"region size {core} must be a positive multiple of 16 (the label TIFF's tile side)")
+    if not 0 <= margin <= core:
+        raise ValueError(f"region margin {margin} must be in [0, region size {core}]")
+    regions = []
+    for row, y0 in enumerate(range(0, height, core)):
+        for col, x0 in enumerate(range(0, width, core)):
+            y1, x1 = min(y0 + core, height), min(x0 + core, width)
+            regions.append(Region(row, col, (y0, x0, y1, x1),
+                                  (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))))
+    return regions
+
+
+def owned_cells(inst: np.ndarray, region: Region) -> np.ndarray:
+    """int64 ids of the cells of `inst` (a region's window labels, int (h, w)) whose centroid
+    (mean pixel position, in slide pixels) lies in the region's core: each cell of the slide is
+    kept by exactly one region, whole, whatever the region size. The test is done on integer
+    sums (sum of positions vs core edge x area, exact in float64 up to 2^53), so two regions
+    that see the same cell never disagree by a rounding, even for a centroid on a core edge."""
+    n = int(inst.max(initial=0))
+    if n == 0:
+        return np.zeros(0, np.int64)
+    ys, xs = np.indices(inst.shape, dtype=np.int32)
+    labels = inst.ravel()
+    area = np.bincount(labels, minlength=n + 1)
+    present = np.flatnonzero(area[1:]) + 1
+    a = area[present].astype(np.float64)
+    sum_y = np.bincount(labels, weights=ys.ravel(), minlength=n + 1)[present] + region.window[0] * a
+    sum_x = np.bincount(labels, weights=xs.ravel(), minlength=n + 1)[present] + region.window[1] * a
+    y0, x0, y1, x1 = region.core
+    return present[(sum_y >= y0 * a) & (sum_y < y1 * a) & (sum_x >= x0 * a) & (sum_x < x1 * a)]
+
+
+def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) -> str:
+    """COCO compressed RLE counts of one cell on the whole (height, width) slide, from its mask
+    `mask` (bool (h, w)) placed at (top, left): the column runs of the crop, shifted to slide
+    positions, without ever making a slide-sized mask. Equal to `rle_encode` of the full mask."""
+    framed = np.pad(mask, ((1, 1), (0, 0))).T.view(np.int8)  # (w, h + 2): one column per row
+    change = np.diff(framed, axis=1)
+    cols, rows = np.nonzero(change == 1)
+    starts = (left + cols) * height + top + rows
+    cols, rows = np.nonzero(change == -1)
+    ends = (left + cols) * height + top + rows
+    return _rle_string(_counts_from_runs(starts.astype(np.int64), ends.astype(np.int64), height * width))
+
+
+# %% [markdown] tags=["why"]
+# The label map never exists whole: tiles on disk, each completed when its neighbours have handed over the parts of their cells that cross into it.
+
+# %% tags=["export"]
+class LabelTiles:
+    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1,
+    ~40x smaller on synthetic smears; in a hidden folder next to the outputs), never whole in
+    memory. `paint(row, col, pieces)` fills a finished region's tile with its own cells and
+    hands the parts of its cells that cross into a neighbouring core to that tile: at once if
+    the tile is on disk already, else when its region is painted. `write_label_pyramid` turns
+    the tiles into a tiled pyramidal TIFF."""
+
+    def __init__(self, folder: Path, height: int, width: int, side: int) -> None:
+        self.folder, self.height, self.width, self.side = folder, height, width, side
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pending: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+
+    def _path(self, row: int, col: int) -> Path:
+        return self.folder / f"{row}_{col}.z"
+
+    def _save(self, row: int, col: int, tile: np.ndarray) -> None:
+        self._path(row, col).write_bytes(zlib.compress(np.ascontiguousarray(tile, np.uint32).tobytes(), 1))
+
+    def _shape(self, row: int, col: int) -> tuple[int, int]:
+        return (min(self.side, self.height - row * self.side), min(self.side, self.width - col * self.side))
+
+    def tile(self, row: int, col: int) -> np.ndarray:
+        """uint32 (h, w) labels of the tile at (row, col) as painted so far (zeros if none)."""
+        path = self._path(row, col)
+        if not path.exists():
+            return np.zeros(self._shape(row, col), np.uint32)
+        return np.frombuffer(zlib.decompress(path.read_bytes()), np.uint32).reshape(self._shape(row, col)).copy()
+
+    @staticmethod
+    def _put(tile: np.ndarray, origin: tuple[int, int], piece: tuple[int, int, np.ndarray]) -> None:
+        top, left, labels = piece  # slide position of `labels` (uint32, 0 = not this cell)
+        y0, x0 = max(top, origin[0]), max(left, origin[1])
+        y1, x1 = min(top + labels.shape[0], origin[0] + tile.shape[0]), min(left + labels.shape[1], origin[1] + tile.shape[1])
+        if y0 >= y1 or x0 >= x1:
+            return
+        src = labels[y0 - top:y1 - top, x0 - left:x1 - left]
+        dst = tile[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
+        np.copyto(dst, src, where=(src > 0) & (dst == 0))  # a pixel claimed twice stays with the first cell
+
+    def paint(self, row: int, col: int, pieces: Sequence[tuple[int, int, np.ndarray]]) -> None:
+        """Paint region (row, col)'s cells, `pieces` (top, left, uint32 labels of one cell's box),
+        into its tile and its neighbours' (regions are painted in row-major order)."""
+        s = self.side
+        tile = np.zeros(self._shape(row, col), np.uint32)
+        for piece in self.pending.pop((row, col), []) + list(pieces):
+            self._put(tile, (row * s, col * s), piece)
+        self._save(row, col, tile)
+        spill: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
+        for piece in pieces:
+            top, left, labels = piece
+            for r in range(top // s, (top + labels.shape[0] - 1) // s + 1):
+                for c in range(left // s, (left + labels.shape[1] - 1) // s + 1):
+                    if (r, c) != (row, col):
+                        spill.setdefault((r, c), []).append(piece)
+        for (r, c), parts in spill.items():
+            if (r, c) < (row, col):  # painted already (row-major order): add to its file
+                other = self.tile(r, c)
+                for piece in parts:
+                    self._put(other, (r * s, c * s), piece)
+                self._save(r, c, other)
+            else:
+                self.pending.setdefault((r, c), []).extend(parts)
+
+
+def _level_tiles(tiles: LabelTiles, k: int) -> Iterator[np.ndarray]:
+    """The tiles (side x side, zero-padded) of pyramid level k (every 2^k-th pixel of level
+    0, nearest: labels stay labels), row-major, each built from the level-0 tiles it covers."""
+    s, f = tiles.side, 2**k
+    rows, cols = math.ceil(math.ceil(tiles.height / f) / s), math.ceil(math.ceil(tiles.width / f) / s)
+    n_rows, n_cols = math.ceil(tiles.height / s), math.ceil(tiles.width / s)
+    for i in range(rows):
+        for j in range(cols):
+            out = np.zeros((s, s), np.uint32)
+            for a in range(i * f, min((i + 1) * f, n_rows)):
+                for b in range(j * f, min((j + 1) * f, n_cols)):
+                    part = tiles.tile(a, b)[::f, ::f]
+                    y, x = (a - i * f) * (s // f), (b - j * f) * (s // f)
+                    out[y:y + part.shape[0], x:x + part.shape[1]] = part
+            yield out
+
+
+# %% [markdown] tags=["why"]
+# The tiles become a tiled pyramidal TIFF a tile at a time; one region is segmented as a whole image is, from its window of pixels.
+
+# %% tags=["export"]
+def write_label_pyramid(tiles: LabelTiles, path: Path) -> Path:
+    """Write `tiles` as a tiled, zlib-compressed pyramidal TIFF at `path` (atomically): level
+    0 the slide's labels (uint32), then halvings as sub-resolutions until one tile holds the
+    level; a tile at a time in memory."""
+    import tifffile
+
+    levels = 0
+    while max(tiles.height, tiles.width) > tiles.side * 2**levels and tiles.side % 2 ** (levels + 1) == 0:
+        levels += 1
+    with atomic_open(path, "wb") as handle, tifffile.TiffWriter(handle, bigtiff=True) as tif:
+        options = {"dtype": np.uint32, "tile": (tiles.side, tiles.side), "compression": "zlib",
+                   "photometric": "minisblack", "metadata": None}
+        tif.write(_level_tiles(tiles, 0), shape=(tiles.height, tiles.width), subifds=levels, **options)
+        for k in range(1, levels + 1):
+            tif.write(_level_tiles(tiles, k), shape=(math.ceil(tiles.height / 2**k), math.ceil(tiles.width / 2**k)),
+                      subfiletype=1, **options)
+    return path
+
+
+@dataclasses.dataclass
+class SlideReport:
+    """What `run_slide_inference` did: the level read, its size, regions, cells, seconds, files."""
+
+    level: int
+    downsample: float
+    size: tuple[int, int]
+    regions: int
+    cells: int
+    seconds: float
+    peak_rss_mb: float
+    files: list[Path]
+
+
+def region_cells(
+    model: torch.nn.Module, window: np.ndarray, region: Region, settings: InferenceSettings,
+    postproc: PostprocParams, first_id: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segment one region: its `window` pixels (uint8 (h, w, 3) RGB of the level read) at
+    `settings.working_scale` (the residual scale), and keep the cells it owns (`owned_cells`),
+    numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
+    (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
+    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
+    seg = segment_image(model, window, settings, postproc, keep_maps=False)
+    keep = owned_cells(seg.inst, region)
+    lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
+    local = lut[seg.inst]
+    pick = np.r_[0, keep]
+    return local, seg.classes[pick], seg.class_probs[pick], seg.scores[pick], keep
+
+
+def _read_window(slide: Any, level: int, region: Region) -> np.ndarray:
+    """uint8 (h, w, 3) RGB of `region`'s window at `level` (tiffslide: location in level-0 pixels)."""
+    y0, x0, y1, x1 = region.window
+    downsample = slide.level_downsamples[level]
+    pixels = slide.read_region((round(x0 * downsample), round(y0 * downsample)), level, (x1 - x0, y1 - y0),
+                               as_array=True)
+    pixels = np.asarray(pixels)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return np.ascontiguousarray(pixels[..., :3]).astype(np.uint8, copy=False)
+
+
+#: Cell diameter (working-scale px) assumed for the region margin when the checkpoint does not record
+#: its training cell size: generous, since a margin too small cuts cells and one too large costs time.
+FALLBACK_CELL_DIAMETER = 64.0
+GEOJSON_HEAD = '{"type":"FeatureCollection","features":['
+
+
+def _slide_files(output_dir: Path, name: str) -> list[Path]:
+    return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
+
+
+def _slide_names(name: str) -> list[str]:
+    """What a slide run exported as <name> writes, as its record lists it: the outputs, the
+    record, and the hidden folder of its label tiles (removed at the end)."""
+    return [p.name for p in _slide_files(Path(), name)] + [f".{name}_labels.partial"]
+
+
+# %% [markdown] tags=["why"]
+# A slide's outputs are never replaced unasked; each region's cells become table rows, GeoJSON features, COCO annotations and label pieces in slide pixels, appended to files open for the whole run.
+
+# %% tags=["export"]
+def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
+    """Refuse `resume`, which slides do not offer yet, and any of the slide's files (`_slide_names`)
+    in `output_dir` that the record of an earlier run of this slide there does not list (the
+    user's: named, never replaced); refuse the earlier run's without `overwrite`, else remove
+    them (its files, and only those). Call it holding the folder's lock."""
+    if resume:
+        raise ValueError("--resume is not offered for a slide yet: run it again (with --overwrite)")
+    record_path = output_dir / f"{name}{SLIDE_RECORD_SUFFIX}"
+    previous = None
+    if record_path.exists():
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
+            previous = json.loads(record_path.read_text())
+        if not isinstance(previous, dict) or previous.get("tool") != "uni_seg.slide":
+            raise FileExistsError(f"{record_path} is not the record of a uni_seg slide run, so no file of {name} in "
+                                  f"{output_dir} is known to be ours: choose another --output folder")
+    own = set(previous.get("files", [])) if previous else set()
+    present = [n for n in _slide_names(name) if (output_dir / n).exists()]
+    in_the_way = [n for n in present if n not in own]
+    if in_the_way:
+        raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a slide run of ours lists it: "
+                              "refusing to replace it (move it, or choose another --output folder)")
+    if present and not overwrite:
+        raise FileExistsError(f"{output_dir / present[0]} exists: pass --overwrite to replace this slide's outputs, "
+                              "or another --output folder")
+    if previous is not None:
+        remove_stale_temporaries(output_dir)  # a killed run's; no writer of ours runs here (the lock)
+        remove_own_files(output_dir, own & set(_slide_names(name)))  # the tile folder, if any, is rewritten
+
+
+def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
+                    class_probs: np.ndarray, scores: np.ndarray, first_id: int, class_names: Sequence[str],
+                    object_type: str, slide_name: str, size: tuple[int, int],
+                    colours: Sequence[tuple[int, int, int]] | None,
+                    downsample: float = 1.0) -> tuple[dict[str, np.ndarray], str, list[str], list]:
+    """The exports of a region's own cells (`region_cells`' local labels 1..N, numbered
+    `first_id`... on the slide), in the pixels of the level read, but for the GeoJSON outlines,
+    which QuPath places in level-0 pixels (x `downsample`, to the nearest 0.25): (cell table,
+    GeoJSON features text, COCO annotations as JSON texts, label pieces for `LabelTiles.paint`)."""
+    wy, wx = region.window[:2]
+    shapes = cell_shapes(local, cv2.cvtColor(window, cv2.COLOR_RGB2GRAY), rles=False)
+    table = cell_table(local, window, classes, class_probs, scores, class_names, shapes=shapes)
+    ids = shapes.ids + (first_id - 1)
+    table.update(id=ids, centroid_x=table["centroid_x"] + wx, centroid_y=table["centroid_y"] + wy)
+    offset = np.array([wx, wy], np.float64)
+    polygons = {int(g): [[np.round((ring + offset) * (4 * downsample)) / 4 for ring in piece]
+                         for piece in shapes.polygons[int(c)]]
+                for g, c in zip(ids.tolist(), shapes.ids.tolist())}
+    text = cells_geojson_text(local, table, object_type, slide_name, polygons, colours)
+    features = text[len(GEOJSON_HEAD):-2]
+    annotations, pieces = [], []
+    for cell, (r0, r1, c0, c1) in zip(*[a.tolist() for a in cell_boxes(local)]):
+        mask = local[r0:r1, c0:c1] == cell
+        top, left, number = wy + r0, wx + c0, cell + first_id - 1
+        pieces.append((top, left, np.where(mask, np.uint32(number), np.uint32(0))))
+        annotations.append(json.dumps({
+            "id": number, "image_id": 1, "category_id": int(classes[cell]),
+            "segmentation": {"size": list(size), "counts": slide_rle(mask, top, left, *size)},
+            "area": int(mask.sum()), "bbox": [left, top, c1 - c0, r1 - r0], "iscrowd": 0,
+            "score": round(float(scores[cell]), 5)}, separators=(",", ":")))
+    return table, features, annotations, pieces
+
+
+def _open_streams(stack: contextlib.ExitStack, output_dir: Path, name: str, file_name: str,
+                  size: tuple[int, int]) -> tuple[Any, Any, Any]:
+    """(csv writer of the cell table, GeoJSON handle, COCO handle), each file opened through
+    `atomic_open` for the whole run (so a killed run leaves no half file under the final name)
+    and its head written; the caller appends each region's part and closes them."""
+    table_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.csv", "w", newline=""))
+    geo_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.geojson", "w"))
+    coco_out = stack.enter_context(atomic_open(output_dir / f"{name}_coco.json", "w"))
+    rows = csv.writer(table_out)
+    rows.writerow(CELL_TABLE_COLUMNS)
+    geo_out.write(GEOJSON_HEAD)
+    head = {"info": {"description": "uni_seg cell instances", "version": "1.0"},
+            "images": [{"id": 1, "file_name": file_name, "height": size[0], "width": size[1]}]}
+    coco_out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
+    return rows, geo_out, coco_out
+
+
+# %% [markdown] tags=["why"]
+# The slide end to end: outputs grow as regions finish, so memory follows the region, not the slide.
+
+# %% tags=["export"]
+def run_slide_inference(
+    model: torch.nn.Module, slide_path: str | Path, output_dir: str | Path,
+    settings: InferenceSettings = InferenceSettings(), postproc: PostprocParams | None = None,
+    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", progress: bool = True, *,
+    overwrite: bool = False, resume: bool = False, provenance: Mapping[str, Any] | None = None,
+    scheme: ClassScheme | None = None, region_size: int = 2048, margin: int | None = None,
+    cell_diameter: float | None = None,
+) -> SlideReport:
+    """Segment a whole slide region by region, streaming the exports to `output_dir` as regions
+    finish: `<name>_cells.csv` (`cell_table`'s columns), `<name>_cells.geojson` (QuPath),
+    `<name>_coco.json` (one image, RLE on the whole level), `<name>_instances.tif` (tiled
+    pyramidal uint32 labels) and `<name>_slide.json` (what was read, how, and the counts).
+
+    Args:
+        slide_path: a slide tiffslide reads (SVS, NDPI, pyramidal TIFF, ...). The level nearest
+            `settings.working_scale` is read (`pick_level`); every output is in its pixels.
+        region_size: side of a region's core in the level's pixels (a multiple of 16: also the
+            label TIFF's tile side); memory grows with its square, not with the slide.
+        margin: pixels added around each core (default: two cell diameters, `cell_diameter`
+            in working-scale px, the checkpoint's, else `FALLBACK_CELL_DIAMETER`).
+        Others as in `run_folder_inference`. A cell cut by a core's border is kept, whole,
+        by the region that holds its centroid (`owned_cells`).
+
+    The run holds the folder's lock (`folder_lock`) throughout, and replaces only files an
+    earlier run's record lists (`_start_slide`); an output folder that holds the slide is
+    refused (`ValueError`).
+    """
+    import tiffslide
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    output_dir, slide_path = Path(output_dir), Path(slide_path)
+    separate_folders(slide_path, output_dir)
+    name = slide_path.stem
+    with folder_lock(output_dir, what="slide run"):
+        _start_slide(output_dir, name, overwrite, resume)
+        postproc = postproc or DEFAULT_POSTPROC_PARAMS
+        class_names = scheme.names if scheme is not None else tuple(class_names)
+        colours = scheme.colours if scheme is not None else None
+        slide = tiffslide.TiffSlide(slide_path)
+        level, residual = pick_level(slide.level_downsamples, settings.working_scale)
+        width, height = slide.level_dimensions[level]
+        if margin is None:
+            margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
+        regions = slide_regions(height, width, region_size, margin)
+        at_level = settings.replace(working_scale=residual)
+        record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
+                  "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
+                  "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
+                  "postproc": postproc.as_dict(), **(provenance or {})}
+        record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
+        tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
+        categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
+        n_cells = 0
+        with contextlib.ExitStack() as stack:
+            rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
+            bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
+            for region in regions:
+                window = _read_window(slide, level, region)
+                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+                pieces: list = []
+                if len(classes) > 1:
+                    table, features, annotations, pieces = _region_exports(
+                        local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
+                        name, (height, width), colours, float(slide.level_downsamples[level]))
+                    rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
+                    geo_out.write(("," if n_cells else "") + features)
+                    coco_out.write(("," if n_cells else "") + ",".join(annotations))
+                    n_cells += len(classes) - 1
+                tiles.paint(region.row, region.col, pieces)
+                bar.update(1)
+                bar.set_postfix(cells=n_cells)
+            bar.close()
+            geo_out.write("]}")
+            coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
+            write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
+        shutil.rmtree(tiles.folder)
+        slide.close()
+        seconds = time.perf_counter() - start
+        write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
+                                        "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
+        print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
+              f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
+        return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
+                           rss, _slide_files(output_dir, name))
 
 # %% [markdown]
 # ### One call to segment: the result (`uni_seg.result`)
@@ -10348,7 +10849,10 @@ def cells_of_image(maps: Mapping[str, np.ndarray], item: Any, size: Sequence[int
 # given as a keyword and is checked when given. `cell_diameter="auto"` measures the cells of
 # the images (§1's granulometry) and scales them to the training size; a number says it.
 # A list, a folder or an iterator of images runs through the same worker pipeline as
-# `uni-seg infer`, which is itself a thin layer over this class.
+# `uni-seg infer`, which is itself a thin layer over this class. A whole slide is one more kind
+# of input, but not one to hold in memory: `seg.segment_slide(slide, output_dir)` streams it,
+# region by region, to the files `uni-seg infer --input SLIDE` writes (the CLI calls it), and
+# `seg(slide)` is refused with a line that says so.
 
 # %% [markdown] tags=["why"]
 # Which post-processing and which working scale: each one decided in one place, with a line saying why.
@@ -10360,7 +10864,7 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -10372,6 +10876,9 @@ from uni_seg import infer
 from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
 from uni_seg.result import SegmentationResult, cells_of_image, load_any
+
+if TYPE_CHECKING:  # a later module of §8, imported where a slide is run
+    from uni_seg.slide import SlideReport
 
 #: Where §9 wrote tuned post-processing before checkpoints carried it (read for older checkpoints).
 POSTPROC_SIDE_FILE = Path("results/postproc_params.json")
@@ -10428,7 +10935,8 @@ class _Runs:
     def __call__(self, images: Any) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:
         """Segment `images`: an RGB uint8 (H, W, 3) array or an image file -> a `SegmentationResult`;
         a list/tuple of them or a folder -> a list; any other iterable -> an iterator (handled
-        `ITERATOR_CHUNK` at a time). Raises `ValueError` naming the image that could not be read."""
+        `ITERATOR_CHUNK` at a time). Raises `ValueError` naming the image that could not be read, or
+        a whole slide (`slide.is_slide`), which is never loaded: `segment_slide` streams it to disk."""
         if isinstance(images, np.ndarray) or (isinstance(images, (str, Path)) and not Path(images).is_dir()):
             return list(self._run([images], workers=0))[0]
         if isinstance(images, (str, Path)):
@@ -10446,7 +10954,13 @@ class _Runs:
 
     def _run(self, items: list[Any], workers: int | None = None) -> Iterator[SegmentationResult]:
         """Results of `items` (arrays or paths), in order, through `infer.pipeline` at the scale
-        `scale_for(items)` decides."""
+        `scale_for(items)` decides; a whole slide among them is refused before any is read."""
+        from uni_seg.slide import is_slide  # a later module of §8
+
+        for item in items:
+            if isinstance(item, (str, Path)) and is_slide(item):
+                raise ValueError(f"{item} is a whole-slide image, too large to segment in memory: call "
+                                 f"seg.segment_slide({str(item)!r}, output_dir) to stream its cells to disk")
         scale, _ = self.scale_for(items)
         settings = self.settings.replace(working_scale=scale)
         batcher = TileBatcher(self.model, settings)
@@ -10467,8 +10981,14 @@ class _Runs:
     def segment_folder(self, input_dir: str | Path, output_dir: str | Path, *, limit: int | None = None,
                        object_type: str = "detection", overlay: str = "jpg", overwrite: bool = False,
                        resume: bool = False, progress: bool = True) -> FolderReport:
-        """What `uni-seg infer` does: every image of `input_dir` (at most `limit`) segmented and
-        written into `output_dir` by `infer.run_folder_inference` (see it for the files)."""
+        """What `uni-seg infer --input FOLDER` does: every image of `input_dir` (at most `limit`)
+        segmented and written into `output_dir` by `infer.run_folder_inference` (see it for the
+        files). A whole slide as `input_dir` is refused (`ValueError`): `segment_slide` takes it."""
+        from uni_seg.slide import is_slide  # a later module of §8
+
+        if is_slide(input_dir):
+            raise ValueError(f"{input_dir} is a whole-slide image, not a folder: call "
+                             f"seg.segment_slide({str(input_dir)!r}, {str(output_dir)!r})")
         scale, _ = self.scale_for(list_images(Path(input_dir), limit))
         provenance = {"checkpoint": {"path": str(Path(self.meta["path"]).resolve()) if self.meta.get("path") else None,
                                      "checkpoint_id": self.meta.get("checkpoint_id")},
@@ -10480,11 +11000,62 @@ class _Runs:
 
 
 # %% [markdown] tags=["why"]
+# A whole slide: streamed to disk region by region with this Segmenter's model and settings, the one call `uni-seg infer --input SLIDE` makes too.
+
+# %% tags=["export"]
+class _Slides:
+    """How a `Segmenter` takes a whole slide: region by region into files, never whole in memory."""
+
+    def slide_scale(self) -> tuple[float, str]:
+        """(working scale of the slide's level-0 pixels, one line saying why): `working_scale` as
+        given, else from a `cell_diameter` given as a number (`scale_for`), else the checkpoint's
+        working scale. "auto" does not measure a slide (its cells would have to be read first)."""
+        if self.given_scale is not None or self.cell_diameter not in (None, "auto"):
+            return self.scale_for([])
+        default = float(self.meta.get("working_scale") or 1.0)
+        return default, (f"working scale {default:g}, the checkpoint's (a slide's cells are not measured: "
+                         "give cell_diameter in level-0 pixels to rescale)")
+
+    def segment_slide(self, slide_path: str | Path, output_dir: str | Path, *, object_type: str = "detection",
+                      overwrite: bool = False, resume: bool = False, progress: bool = True,
+                      region_size: int = 2048, margin: int | None = None) -> "SlideReport":
+        """Segment the whole slide `slide_path` (SVS, NDPI, pyramidal TIFF, ...: `slide.is_slide`)
+        into `output_dir`, streaming as regions finish, with this Segmenter's model, post-processing,
+        class scheme and settings at `slide_scale()`: what `uni-seg infer --input SLIDE` does (it
+        calls this), so the files are the same. Returns its `SlideReport`.
+
+        Args:
+            slide_path: the slide; the pyramid level nearest the working scale is read.
+            output_dir: folder (created) for `<name>_cells.csv`, `<name>_cells.geojson` (QuPath,
+                level-0 pixels), `<name>_coco.json`, `<name>_instances.tif` (tiled pyramidal
+                uint32 labels, the level read) and `<name>_slide.json` (the run's record).
+            object_type: QuPath object type of the GeoJSON cells, "detection" or "annotation".
+            overwrite: replace this slide's files from an earlier run (only those its record lists).
+            resume: not offered for slides yet (refused).
+            progress: a progress bar of regions done and cells found.
+            region_size: side of a region's core in the level's pixels (multiple of 16); memory
+                follows its square.
+            margin: pixels read around each core (default: two of the checkpoint's cell diameters).
+        """
+        from uni_seg.slide import run_slide_inference  # a later module of §8
+
+        scale, scale_line = self.slide_scale()
+        provenance = {"checkpoint": {"path": str(Path(self.meta["path"]).resolve()) if self.meta.get("path") else None,
+                                     "checkpoint_id": self.meta.get("checkpoint_id")},
+                      "postproc_source": self.postproc_source, "working_scale_source": scale_line}
+        return run_slide_inference(
+            self.model, slide_path, output_dir, self.settings.replace(working_scale=scale), self.postproc,
+            self.class_names, object_type, progress, overwrite=overwrite, resume=resume, provenance=provenance,
+            scheme=self.scheme, region_size=region_size, margin=margin, cell_diameter=self.meta.get("cell_diameter"))
+
+
+# %% [markdown] tags=["why"]
 # The Segmenter: a model with everything its checkpoint says about how to run it, each setting overridable and validated.
 
 # %% tags=["export"]
-class Segmenter(_Choices, _Runs):
-    """A model ready to segment: `Segmenter.from_checkpoint(path)(image)` -> `SegmentationResult`.
+class Segmenter(_Choices, _Runs, _Slides):
+    """A model ready to segment: `Segmenter.from_checkpoint(path)(image)` -> `SegmentationResult`;
+    a folder into files: `segment_folder`; a whole slide into files, streamed: `segment_slide`.
 
     Args:
         model: a `CellSegModel` (or a module with its contract, see `predict_maps`).
@@ -11118,518 +11689,6 @@ def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings
           f"{len(report.failed)} failed; record: {report.record_path}", file=sys.stderr)
     if report.failed:
         raise SystemExit(1)
-
-
-# %% [markdown]
-# ### Whole-slide smears in bounded memory (`uni_seg.slide`)
-#
-# A scanned smear (SVS, NDPI, a pyramidal TIFF: 50k x 50k pixels and more) never fits in memory
-# as one image, nor do its maps or its label map. `uni-seg infer --input SLIDE.svs` reads it
-# through tiffslide (pure Python on tifffile: no system library) at the pyramid level nearest
-# the working scale, in regions: a square core plus a margin of at least two cell diameters,
-# segmented as a whole image is. A cell cut by a core's border is kept once, whole, by the region
-# that holds its centroid, so the cells do not depend on the region size. Outputs stream to disk
-# as regions finish: the cell table (CSV), GeoJSON features (QuPath), COCO annotations (RLE on
-# the whole level, made from each cell's box) and the label map as tiles on disk, turned at the
-# end into a tiled pyramidal TIFF; memory follows the region size, not the slide's. Plain images
-# (a TIFF with one level included) keep the folder path and its outputs. The outputs are in the
-# pixels of the level read (`<name>_slide.json` records which, and its downsample), but for the
-# GeoJSON outlines, in level-0 pixels, where QuPath places them over the slide. The folder
-# rules of §0 hold: the run holds the folder's lock, an output folder that holds the slide is
-# refused, and `<name>_slide.json`, written before anything else, lists the run's files, so
-# that `--overwrite` removes those and only those; any other file in the way is named, and the
-# run refused.
-
-# %% [markdown] tags=["why"]
-# A slide is known by its format or by being a TIFF pyramid; the level read is the one nearest the working scale.
-
-# %% tags=["export"]
-from __future__ import annotations
-
-import contextlib
-import csv
-import dataclasses
-import json
-import math
-import shutil
-import sys
-import time
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any
-
-import cv2
-import numpy as np
-import torch
-
-from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
-from uni_seg.data import CLASS_NAMES, class_name
-from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
-                            cell_table, cells_geojson_text)
-from uni_seg.files import folder_lock, remove_own_files, separate_folders
-from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
-from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
-
-#: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
-#: pyramid (more than one level), otherwise a plain image (today's path).
-SLIDE_SUFFIXES: tuple[str, ...] = (".svs", ".ndpi", ".scn", ".bif", ".svslide", ".qptiff")
-#: The files a slide exported as <name> gets, written as regions finish (as `.partial` until the end).
-SLIDE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.tif", "_cells.csv", "_cells.geojson", "_coco.json")
-SLIDE_RECORD_SUFFIX = "_slide.json"
-
-
-def is_slide(path: str | Path) -> bool:
-    """Whether `path` is a file to read as a whole slide: a `SLIDE_SUFFIXES` file, or a TIFF
-    whose first series is a pyramid (several levels). A folder, or a plain image, is not."""
-    import tifffile
-
-    path = Path(path)
-    if not path.is_file():
-        return False
-    suffix = path.suffix.lower()
-    if suffix in SLIDE_SUFFIXES:
-        return True
-    if suffix not in (".tif", ".tiff"):
-        return False
-    try:
-        with tifffile.TiffFile(path) as tif:
-            return bool(tif.series) and len(tif.series[0].levels) > 1
-    except (tifffile.TiffFileError, OSError, ValueError):
-        return False  # left to the plain-image reader, which names the problem
-
-
-def pick_level(downsamples: Sequence[float], working_scale: float) -> tuple[int, float]:
-    """(level, the scale left to apply to it) for reading a slide at `working_scale` (of level 0):
-    the level whose downsample is nearest 1 / working_scale on a log scale, so the residual
-    resize is the smallest. E.g. downsamples (1, 4, 16) and scale 0.25 -> (1, 1.0)."""
-    target = -math.log(working_scale)
-    level = min(range(len(downsamples)), key=lambda k: (abs(math.log(downsamples[k]) - target), k))
-    return level, float(working_scale * downsamples[level])
-
-
-@dataclasses.dataclass(frozen=True)
-class Region:
-    """One region of a slide (pixels of the level read): its `core` (y0, x0, y1, x1), the cells
-    whose centre lies there are this region's, and its `window` (the core and a margin, clipped
-    to the slide), the pixels that are segmented. `row`, `col`: its place in the grid."""
-
-    row: int
-    col: int
-    core: tuple[int, int, int, int]
-    window: tuple[int, int, int, int]
-
-
-# %% [markdown] tags=["why"]
-# Regions tile the level once, each with a margin; a cell belongs to the region that holds its centroid (kept once, whole), and its COCO RLE on the whole level comes from its box alone.
-
-# %% tags=["export"]
-def slide_regions(height: int, width: int, core: int, margin: int) -> list[Region]:
-    """The regions of a (height, width) slide level in row-major order: cores `core` x `core`
-    (smaller at the right and bottom edges) that tile the slide exactly once, windows with
-    `margin` pixels more on each side. A cell whose centre is in a core lies within its window
-    as long as `margin` exceeds the cell's diameter; `margin` <= `core` keeps a cell within the
-    neighbouring cores."""
-    if core <= 0 or core % 16:
-        raise ValueError(f"region size {core} must be a positive multiple of 16 (the label TIFF's tile side)")
-    if not 0 <= margin <= core:
-        raise ValueError(f"region margin {margin} must be in [0, region size {core}]")
-    regions = []
-    for row, y0 in enumerate(range(0, height, core)):
-        for col, x0 in enumerate(range(0, width, core)):
-            y1, x1 = min(y0 + core, height), min(x0 + core, width)
-            regions.append(Region(row, col, (y0, x0, y1, x1),
-                                  (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))))
-    return regions
-
-
-def owned_cells(inst: np.ndarray, region: Region) -> np.ndarray:
-    """int64 ids of the cells of `inst` (a region's window labels, int (h, w)) whose centroid
-    (mean pixel position, in slide pixels) lies in the region's core: each cell of the slide is
-    kept by exactly one region, whole, whatever the region size. The test is done on integer
-    sums (sum of positions vs core edge x area, exact in float64 up to 2^53), so two regions
-    that see the same cell never disagree by a rounding, even for a centroid on a core edge."""
-    n = int(inst.max(initial=0))
-    if n == 0:
-        return np.zeros(0, np.int64)
-    ys, xs = np.indices(inst.shape, dtype=np.int32)
-    labels = inst.ravel()
-    area = np.bincount(labels, minlength=n + 1)
-    present = np.flatnonzero(area[1:]) + 1
-    a = area[present].astype(np.float64)
-    sum_y = np.bincount(labels, weights=ys.ravel(), minlength=n + 1)[present] + region.window[0] * a
-    sum_x = np.bincount(labels, weights=xs.ravel(), minlength=n + 1)[present] + region.window[1] * a
-    y0, x0, y1, x1 = region.core
-    return present[(sum_y >= y0 * a) & (sum_y < y1 * a) & (sum_x >= x0 * a) & (sum_x < x1 * a)]
-
-
-def slide_rle(mask: np.ndarray, top: int, left: int, height: int, width: int) -> str:
-    """COCO compressed RLE counts of one cell on the whole (height, width) slide, from its mask
-    `mask` (bool (h, w)) placed at (top, left): the column runs of the crop, shifted to slide
-    positions, without ever making a slide-sized mask. Equal to `rle_encode` of the full mask."""
-    framed = np.pad(mask, ((1, 1), (0, 0))).T.view(np.int8)  # (w, h + 2): one column per row
-    change = np.diff(framed, axis=1)
-    cols, rows = np.nonzero(change == 1)
-    starts = (left + cols) * height + top + rows
-    cols, rows = np.nonzero(change == -1)
-    ends = (left + cols) * height + top + rows
-    return _rle_string(_counts_from_runs(starts.astype(np.int64), ends.astype(np.int64), height * width))
-
-
-# %% [markdown] tags=["why"]
-# The label map never exists whole: tiles on disk, each completed when its neighbours have handed over the parts of their cells that cross into it.
-
-# %% tags=["export"]
-class LabelTiles:
-    """The slide's label map as square tiles on disk (one per region core, uint32, zlib level 1,
-    ~40x smaller on synthetic smears; in a hidden folder next to the outputs), never whole in
-    memory. `paint(row, col, pieces)` fills a finished region's tile with its own cells and
-    hands the parts of its cells that cross into a neighbouring core to that tile: at once if
-    the tile is on disk already, else when its region is painted. `write_label_pyramid` turns
-    the tiles into a tiled pyramidal TIFF."""
-
-    def __init__(self, folder: Path, height: int, width: int, side: int) -> None:
-        self.folder, self.height, self.width, self.side = folder, height, width, side
-        folder.mkdir(parents=True, exist_ok=True)
-        self.pending: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
-
-    def _path(self, row: int, col: int) -> Path:
-        return self.folder / f"{row}_{col}.z"
-
-    def _save(self, row: int, col: int, tile: np.ndarray) -> None:
-        self._path(row, col).write_bytes(zlib.compress(np.ascontiguousarray(tile, np.uint32).tobytes(), 1))
-
-    def _shape(self, row: int, col: int) -> tuple[int, int]:
-        return (min(self.side, self.height - row * self.side), min(self.side, self.width - col * self.side))
-
-    def tile(self, row: int, col: int) -> np.ndarray:
-        """uint32 (h, w) labels of the tile at (row, col) as painted so far (zeros if none)."""
-        path = self._path(row, col)
-        if not path.exists():
-            return np.zeros(self._shape(row, col), np.uint32)
-        return np.frombuffer(zlib.decompress(path.read_bytes()), np.uint32).reshape(self._shape(row, col)).copy()
-
-    @staticmethod
-    def _put(tile: np.ndarray, origin: tuple[int, int], piece: tuple[int, int, np.ndarray]) -> None:
-        top, left, labels = piece  # slide position of `labels` (uint32, 0 = not this cell)
-        y0, x0 = max(top, origin[0]), max(left, origin[1])
-        y1, x1 = min(top + labels.shape[0], origin[0] + tile.shape[0]), min(left + labels.shape[1], origin[1] + tile.shape[1])
-        if y0 >= y1 or x0 >= x1:
-            return
-        src = labels[y0 - top:y1 - top, x0 - left:x1 - left]
-        dst = tile[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
-        np.copyto(dst, src, where=(src > 0) & (dst == 0))  # a pixel claimed twice stays with the first cell
-
-    def paint(self, row: int, col: int, pieces: Sequence[tuple[int, int, np.ndarray]]) -> None:
-        """Paint region (row, col)'s cells, `pieces` (top, left, uint32 labels of one cell's box),
-        into its tile and its neighbours' (regions are painted in row-major order)."""
-        s = self.side
-        tile = np.zeros(self._shape(row, col), np.uint32)
-        for piece in self.pending.pop((row, col), []) + list(pieces):
-            self._put(tile, (row * s, col * s), piece)
-        self._save(row, col, tile)
-        spill: dict[tuple[int, int], list[tuple[int, int, np.ndarray]]] = {}
-        for piece in pieces:
-            top, left, labels = piece
-            for r in range(top // s, (top + labels.shape[0] - 1) // s + 1):
-                for c in range(left // s, (left + labels.shape[1] - 1) // s + 1):
-                    if (r, c) != (row, col):
-                        spill.setdefault((r, c), []).append(piece)
-        for (r, c), parts in spill.items():
-            if (r, c) < (row, col):  # painted already (row-major order): add to its file
-                other = self.tile(r, c)
-                for piece in parts:
-                    self._put(other, (r * s, c * s), piece)
-                self._save(r, c, other)
-            else:
-                self.pending.setdefault((r, c), []).extend(parts)
-
-
-def _level_tiles(tiles: LabelTiles, k: int) -> Iterator[np.ndarray]:
-    """The tiles (side x side, zero-padded) of pyramid level k (every 2^k-th pixel of level
-    0, nearest: labels stay labels), row-major, each built from the level-0 tiles it covers."""
-    s, f = tiles.side, 2**k
-    rows, cols = math.ceil(math.ceil(tiles.height / f) / s), math.ceil(math.ceil(tiles.width / f) / s)
-    n_rows, n_cols = math.ceil(tiles.height / s), math.ceil(tiles.width / s)
-    for i in range(rows):
-        for j in range(cols):
-            out = np.zeros((s, s), np.uint32)
-            for a in range(i * f, min((i + 1) * f, n_rows)):
-                for b in range(j * f, min((j + 1) * f, n_cols)):
-                    part = tiles.tile(a, b)[::f, ::f]
-                    y, x = (a - i * f) * (s // f), (b - j * f) * (s // f)
-                    out[y:y + part.shape[0], x:x + part.shape[1]] = part
-            yield out
-
-
-# %% [markdown] tags=["why"]
-# The tiles become a tiled pyramidal TIFF a tile at a time; one region is segmented as a whole image is, from its window of pixels.
-
-# %% tags=["export"]
-def write_label_pyramid(tiles: LabelTiles, path: Path) -> Path:
-    """Write `tiles` as a tiled, zlib-compressed pyramidal TIFF at `path` (atomically): level
-    0 the slide's labels (uint32), then halvings as sub-resolutions until one tile holds the
-    level; a tile at a time in memory."""
-    import tifffile
-
-    levels = 0
-    while max(tiles.height, tiles.width) > tiles.side * 2**levels and tiles.side % 2 ** (levels + 1) == 0:
-        levels += 1
-    with atomic_open(path, "wb") as handle, tifffile.TiffWriter(handle, bigtiff=True) as tif:
-        options = {"dtype": np.uint32, "tile": (tiles.side, tiles.side), "compression": "zlib",
-                   "photometric": "minisblack", "metadata": None}
-        tif.write(_level_tiles(tiles, 0), shape=(tiles.height, tiles.width), subifds=levels, **options)
-        for k in range(1, levels + 1):
-            tif.write(_level_tiles(tiles, k), shape=(math.ceil(tiles.height / 2**k), math.ceil(tiles.width / 2**k)),
-                      subfiletype=1, **options)
-    return path
-
-
-@dataclasses.dataclass
-class SlideReport:
-    """What `run_slide_inference` did: the level read, its size, regions, cells, seconds, files."""
-
-    level: int
-    downsample: float
-    size: tuple[int, int]
-    regions: int
-    cells: int
-    seconds: float
-    peak_rss_mb: float
-    files: list[Path]
-
-
-def region_cells(
-    model: torch.nn.Module, window: np.ndarray, region: Region, settings: InferenceSettings,
-    postproc: PostprocParams, first_id: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Segment one region: its `window` pixels (uint8 (h, w, 3) RGB of the level read) at
-    `settings.working_scale` (the residual scale), and keep the cells it owns (`owned_cells`),
-    numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
-    (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
-    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
-    seg = segment_image(model, window, settings, postproc, keep_maps=False)
-    keep = owned_cells(seg.inst, region)
-    lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
-    lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
-    local = lut[seg.inst]
-    pick = np.r_[0, keep]
-    return local, seg.classes[pick], seg.class_probs[pick], seg.scores[pick], keep
-
-
-def _read_window(slide: Any, level: int, region: Region) -> np.ndarray:
-    """uint8 (h, w, 3) RGB of `region`'s window at `level` (tiffslide: location in level-0 pixels)."""
-    y0, x0, y1, x1 = region.window
-    downsample = slide.level_downsamples[level]
-    pixels = slide.read_region((round(x0 * downsample), round(y0 * downsample)), level, (x1 - x0, y1 - y0),
-                               as_array=True)
-    pixels = np.asarray(pixels)
-    if pixels.ndim == 2:
-        pixels = np.repeat(pixels[..., None], 3, axis=2)
-    return np.ascontiguousarray(pixels[..., :3]).astype(np.uint8, copy=False)
-
-
-#: Cell diameter (working-scale px) assumed for the region margin when the checkpoint does not record
-#: its training cell size: generous, since a margin too small cuts cells and one too large costs time.
-FALLBACK_CELL_DIAMETER = 64.0
-GEOJSON_HEAD = '{"type":"FeatureCollection","features":['
-
-
-def _slide_files(output_dir: Path, name: str) -> list[Path]:
-    return [output_dir / f"{name}{s}" for s in SLIDE_EXPORT_SUFFIXES + (SLIDE_RECORD_SUFFIX,)]
-
-
-def _slide_names(name: str) -> list[str]:
-    """What a slide run exported as <name> writes, as its record lists it: the outputs, the
-    record, and the hidden folder of its label tiles (removed at the end)."""
-    return [p.name for p in _slide_files(Path(), name)] + [f".{name}_labels.partial"]
-
-
-# %% [markdown] tags=["why"]
-# A slide's outputs are never replaced unasked; each region's cells become table rows, GeoJSON features, COCO annotations and label pieces in slide pixels, appended to files open for the whole run.
-
-# %% tags=["export"]
-def _start_slide(output_dir: Path, name: str, overwrite: bool, resume: bool) -> None:
-    """Refuse `resume`, which slides do not offer yet, and any of the slide's files (`_slide_names`)
-    in `output_dir` that the record of an earlier run of this slide there does not list (the
-    user's: named, never replaced); refuse the earlier run's without `overwrite`, else remove
-    them (its files, and only those). Call it holding the folder's lock."""
-    if resume:
-        raise ValueError("--resume is not offered for a slide yet: run it again (with --overwrite)")
-    record_path = output_dir / f"{name}{SLIDE_RECORD_SUFFIX}"
-    previous = None
-    if record_path.exists():
-        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
-            previous = json.loads(record_path.read_text())
-        if not isinstance(previous, dict) or previous.get("tool") != "uni_seg.slide":
-            raise FileExistsError(f"{record_path} is not the record of a uni_seg slide run, so no file of {name} in "
-                                  f"{output_dir} is known to be ours: choose another --output folder")
-    own = set(previous.get("files", [])) if previous else set()
-    present = [n for n in _slide_names(name) if (output_dir / n).exists()]
-    in_the_way = [n for n in present if n not in own]
-    if in_the_way:
-        raise FileExistsError(f"{output_dir / in_the_way[0]} exists and no record of a slide run of ours lists it: "
-                              "refusing to replace it (move it, or choose another --output folder)")
-    if present and not overwrite:
-        raise FileExistsError(f"{output_dir / present[0]} exists: pass --overwrite to replace this slide's outputs, "
-                              "or another --output folder")
-    if previous is not None:
-        remove_stale_temporaries(output_dir)  # a killed run's; no writer of ours runs here (the lock)
-        remove_own_files(output_dir, own & set(_slide_names(name)))  # the tile folder, if any, is rewritten
-
-
-def _region_exports(local: np.ndarray, window: np.ndarray, region: Region, classes: np.ndarray,
-                    class_probs: np.ndarray, scores: np.ndarray, first_id: int, class_names: Sequence[str],
-                    object_type: str, slide_name: str, size: tuple[int, int],
-                    colours: Sequence[tuple[int, int, int]] | None,
-                    downsample: float = 1.0) -> tuple[dict[str, np.ndarray], str, list[str], list]:
-    """The exports of a region's own cells (`region_cells`' local labels 1..N, numbered
-    `first_id`... on the slide), in the pixels of the level read, but for the GeoJSON outlines,
-    which QuPath places in level-0 pixels (x `downsample`, to the nearest 0.25): (cell table,
-    GeoJSON features text, COCO annotations as JSON texts, label pieces for `LabelTiles.paint`)."""
-    wy, wx = region.window[:2]
-    shapes = cell_shapes(local, cv2.cvtColor(window, cv2.COLOR_RGB2GRAY), rles=False)
-    table = cell_table(local, window, classes, class_probs, scores, class_names, shapes=shapes)
-    ids = shapes.ids + (first_id - 1)
-    table.update(id=ids, centroid_x=table["centroid_x"] + wx, centroid_y=table["centroid_y"] + wy)
-    offset = np.array([wx, wy], np.float64)
-    polygons = {int(g): [[np.round((ring + offset) * (4 * downsample)) / 4 for ring in piece]
-                         for piece in shapes.polygons[int(c)]]
-                for g, c in zip(ids.tolist(), shapes.ids.tolist())}
-    text = cells_geojson_text(local, table, object_type, slide_name, polygons, colours)
-    features = text[len(GEOJSON_HEAD):-2]
-    annotations, pieces = [], []
-    for cell, (r0, r1, c0, c1) in zip(*[a.tolist() for a in cell_boxes(local)]):
-        mask = local[r0:r1, c0:c1] == cell
-        top, left, number = wy + r0, wx + c0, cell + first_id - 1
-        pieces.append((top, left, np.where(mask, np.uint32(number), np.uint32(0))))
-        annotations.append(json.dumps({
-            "id": number, "image_id": 1, "category_id": int(classes[cell]),
-            "segmentation": {"size": list(size), "counts": slide_rle(mask, top, left, *size)},
-            "area": int(mask.sum()), "bbox": [left, top, c1 - c0, r1 - r0], "iscrowd": 0,
-            "score": round(float(scores[cell]), 5)}, separators=(",", ":")))
-    return table, features, annotations, pieces
-
-
-def _open_streams(stack: contextlib.ExitStack, output_dir: Path, name: str, file_name: str,
-                  size: tuple[int, int]) -> tuple[Any, Any, Any]:
-    """(csv writer of the cell table, GeoJSON handle, COCO handle), each file opened through
-    `atomic_open` for the whole run (so a killed run leaves no half file under the final name)
-    and its head written; the caller appends each region's part and closes them."""
-    table_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.csv", "w", newline=""))
-    geo_out = stack.enter_context(atomic_open(output_dir / f"{name}_cells.geojson", "w"))
-    coco_out = stack.enter_context(atomic_open(output_dir / f"{name}_coco.json", "w"))
-    rows = csv.writer(table_out)
-    rows.writerow(CELL_TABLE_COLUMNS)
-    geo_out.write(GEOJSON_HEAD)
-    head = {"info": {"description": "uni_seg cell instances", "version": "1.0"},
-            "images": [{"id": 1, "file_name": file_name, "height": size[0], "width": size[1]}]}
-    coco_out.write(json.dumps(head, separators=(",", ":"))[:-1] + ',"annotations":[')
-    return rows, geo_out, coco_out
-
-
-# %% [markdown] tags=["why"]
-# The slide end to end: outputs grow as regions finish, so memory follows the region, not the slide.
-
-# %% tags=["export"]
-def run_slide_inference(
-    model: torch.nn.Module, slide_path: str | Path, output_dir: str | Path,
-    settings: InferenceSettings = InferenceSettings(), postproc: PostprocParams | None = None,
-    class_names: Sequence[str] = CLASS_NAMES, object_type: str = "detection", progress: bool = True, *,
-    overwrite: bool = False, resume: bool = False, provenance: Mapping[str, Any] | None = None,
-    scheme: ClassScheme | None = None, region_size: int = 2048, margin: int | None = None,
-    cell_diameter: float | None = None,
-) -> SlideReport:
-    """Segment a whole slide region by region, streaming the exports to `output_dir` as regions
-    finish: `<name>_cells.csv` (`cell_table`'s columns), `<name>_cells.geojson` (QuPath),
-    `<name>_coco.json` (one image, RLE on the whole level), `<name>_instances.tif` (tiled
-    pyramidal uint32 labels) and `<name>_slide.json` (what was read, how, and the counts).
-
-    Args:
-        slide_path: a slide tiffslide reads (SVS, NDPI, pyramidal TIFF, ...). The level nearest
-            `settings.working_scale` is read (`pick_level`); every output is in its pixels.
-        region_size: side of a region's core in the level's pixels (a multiple of 16: also the
-            label TIFF's tile side); memory grows with its square, not with the slide.
-        margin: pixels added around each core (default: two cell diameters, `cell_diameter`
-            in working-scale px, the checkpoint's, else `FALLBACK_CELL_DIAMETER`).
-        Others as in `run_folder_inference`. A cell cut by a core's border is kept, whole,
-        by the region that holds its centroid (`owned_cells`).
-
-    The run holds the folder's lock (`folder_lock`) throughout, and replaces only files an
-    earlier run's record lists (`_start_slide`); an output folder that holds the slide is
-    refused (`ValueError`).
-    """
-    import tiffslide
-    from tqdm.auto import tqdm
-
-    start = time.perf_counter()
-    output_dir, slide_path = Path(output_dir), Path(slide_path)
-    separate_folders(slide_path, output_dir)
-    name = slide_path.stem
-    with folder_lock(output_dir, what="slide run"):
-        _start_slide(output_dir, name, overwrite, resume)
-        postproc = postproc or DEFAULT_POSTPROC_PARAMS
-        class_names = scheme.names if scheme is not None else tuple(class_names)
-        colours = scheme.colours if scheme is not None else None
-        slide = tiffslide.TiffSlide(slide_path)
-        level, residual = pick_level(slide.level_downsamples, settings.working_scale)
-        width, height = slide.level_dimensions[level]
-        if margin is None:
-            margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
-        regions = slide_regions(height, width, region_size, margin)
-        at_level = settings.replace(working_scale=residual)
-        record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
-                  "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
-                  "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
-                  "postproc": postproc.as_dict(), **(provenance or {})}
-        record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
-        tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
-        categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
-        n_cells = 0
-        with contextlib.ExitStack() as stack:
-            rows, geo_out, coco_out = _open_streams(stack, output_dir, name, slide_path.name, (height, width))
-            bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
-            for region in regions:
-                window = _read_window(slide, level, region)
-                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
-                pieces: list = []
-                if len(classes) > 1:
-                    table, features, annotations, pieces = _region_exports(
-                        local, window, region, classes, class_probs, scores, n_cells + 1, class_names, object_type,
-                        name, (height, width), colours, float(slide.level_downsamples[level]))
-                    rows.writerows([_fmt(v) for v in row] for row in zip(*(table[c] for c in CELL_TABLE_COLUMNS)))
-                    geo_out.write(("," if n_cells else "") + features)
-                    coco_out.write(("," if n_cells else "") + ",".join(annotations))
-                    n_cells += len(classes) - 1
-                tiles.paint(region.row, region.col, pieces)
-                bar.update(1)
-                bar.set_postfix(cells=n_cells)
-            bar.close()
-            geo_out.write("]}")
-            coco_out.write('],"categories":' + json.dumps(categories, separators=(",", ":")) + "}")
-            write_label_pyramid(tiles, output_dir / f"{name}_instances.tif")
-        shutil.rmtree(tiles.folder)
-        slide.close()
-        seconds = time.perf_counter() - start
-        write_json_atomic(record_path, {**record, "status": "complete", "regions": len(regions), "cells": n_cells,
-                                        "seconds": round(seconds, 2), "peak_rss_mb": (rss := peak_rss_mb())})
-        print(f"{slide_path.name}: level {level} ({width}x{height}), {len(regions)} regions, {n_cells} cells in "
-              f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
-        return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
-                           rss, _slide_files(output_dir, name))
-
-# %% [markdown] tags=["why"]
-# The command-line side: `uni-seg infer --input SLIDE` once the model is loaded.
-
-# %% tags=["export"]
-def slide_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
-                  class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
-                  meta: Mapping[str, Any]) -> None:
-    """`uni-seg infer --input SLIDE`'s part once the model is loaded (`args` its options, `meta` the
-    checkpoint's metadata: its training cell size sets the region margin)."""
-    run_slide_inference(model, args.input, args.output, settings, postproc, class_names, args.object_type,
-                        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-                        provenance=provenance, scheme=scheme, cell_diameter=meta.get("cell_diameter"))
 
 
 # %% [markdown]

@@ -253,3 +253,58 @@ def test_a_cell_centred_on_a_core_edge_is_kept_by_exactly_one_region():
     seen_from_bottom[7:] = seen_from_top[:33]  # the same slide pixels from a window 7 rows higher
     assert slide.owned_cells(seen_from_top, top).tolist() == [1]
     assert slide.owned_cells(seen_from_bottom, bottom).tolist() == [2]  # row 125.0 is the lower core's only
+
+
+def _slide_checkpoint(tmp_path, monkeypatch, **meta) -> Path:
+    """A checkpoint file that loads as the pointwise stand-in with `meta` (what the CLI checks exists)."""
+    meta = {"working_scale": 0.5, "cell_diameter": 12.0, "checkpoint_id": "stand-in-1",
+            "model_config": {"backbone": "stand-in", "n_classes": 4}, **meta}
+    monkeypatch.setattr(infer, "load_inference_model", lambda path, device: (DarknessModel(), dict(meta, path=Path(path))))
+    checkpoint = tmp_path / "model.pth"
+    checkpoint.write_bytes(b"stand-in")
+    return checkpoint
+
+
+def test_segmenter_segment_slide_writes_the_files_of_uni_seg_infer_byte_for_byte(tmp_path, monkeypatch):
+    from uni_seg.segmenter import Segmenter
+
+    write_slide(tmp_path / "smear.tif")
+    _slide_checkpoint(tmp_path, monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    fast = ["--tile-size", "64", "--overlap", "16", "--device", "cpu", "--precision", "fp32"]
+    infer.main(["--checkpoint", "model.pth", "--input", "smear.tif", "--output", "cli", *fast, "--no-progress"])
+    seg = Segmenter.from_checkpoint("model.pth", device="cpu", precision="fp32", tile_size=64, overlap=16)
+    report = seg.segment_slide("smear.tif", "python", progress=False)
+    # the checkpoint's scale 0.5 without being told: level 1 (downsample 2) of the pyramid is read
+    assert (report.level, report.downsample, report.size) == (1, 2.0, (192, 256)) and report.cells >= 10
+    for suffix in slide.SLIDE_EXPORT_SUFFIXES:
+        assert (tmp_path / "python" / f"smear{suffix}").read_bytes() == (tmp_path / "cli" / f"smear{suffix}").read_bytes(), suffix
+    records = [json.loads((tmp_path / where / "smear_slide.json").read_text()) for where in ("cli", "python")]
+    for record in records:  # the run's own time and memory differ; everything else is the same
+        assert record.pop("seconds") >= 0 and record.pop("peak_rss_mb") > 0
+    assert records[0] == records[1]
+    assert records[1]["margin"] == 24 and "the checkpoint's" in records[1]["working_scale_source"]
+    assert records[1]["checkpoint"] == {"path": str((tmp_path / "model.pth").resolve()), "checkpoint_id": "stand-in-1"}
+
+
+def test_segmenter_refuses_to_hold_a_slide_in_memory_and_names_segment_slide(tmp_path, monkeypatch):
+    from uni_seg.segmenter import Segmenter
+
+    write_slide(tmp_path / "smear.tif", 128, 128, tile=64)
+    tifffile.imwrite(tmp_path / "field.tif", np.full((64, 64, 3), 230, np.uint8))  # one level: a plain image
+    _slide_checkpoint(tmp_path, monkeypatch)
+    seg = Segmenter.from_checkpoint(tmp_path / "model.pth", device="cpu", precision="fp32", tile_size=64, overlap=16)
+    loads = []
+    with monkeypatch.context() as patched:
+        patched.setattr("uni_seg.segmenter.load_any", lambda *a: loads.append(a))  # nothing may be read
+        for call in (lambda: seg(tmp_path / "smear.tif"), lambda: seg(str(tmp_path / "smear.tif")),
+                     lambda: seg([tmp_path / "field.tif", tmp_path / "smear.tif"])):
+            with pytest.raises(ValueError) as refused:
+                call()
+            message = str(refused.value)
+            assert "\n" not in message and str(tmp_path / "smear.tif") in message
+            assert "whole-slide image" in message and "seg.segment_slide(" in message
+        with pytest.raises(ValueError, match=r"not a folder: call seg\.segment_slide\("):
+            seg.segment_folder(tmp_path / "smear.tif", tmp_path / "out")
+    assert loads == [] and not (tmp_path / "out").exists()
+    assert seg(tmp_path / "field.tif").labels.shape == (64, 64)  # a one-level TIFF is still an image to hold

@@ -752,7 +752,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
             cell_diameter="auto" if args.cell_diameter is None else args.cell_diameter, tile_size=settings.tile_size,
             overlap=settings.overlap, tta=settings.tta, batch_size=settings.batch_size, precision=settings.precision,
             workers=args.workers)
-        scale, scale_line = seg.scale_for([] if slide else list_images(args.input, args.limit))
+        scale, scale_line = seg.slide_scale() if slide else seg.scale_for(list_images(args.input, args.limit))
         settings = seg.settings.replace(working_scale=scale)
         print(f"model {seg.meta.get('model_config', {}).get('backbone', '?')} from {args.checkpoint} on {seg.device} "
               f"({seg.precision}), working scale {settings.working_scale}, tiles {settings.tile_size}/{settings.overlap}, "
@@ -761,11 +761,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
         print(scale_line, file=sys.stderr)
         provenance = {"checkpoint": {"path": str(args.checkpoint.resolve()), "checkpoint_id": seg.meta.get("checkpoint_id")},
                       "postproc_source": seg.postproc_source, "working_scale_source": scale_line}
-        if slide or args.shard is not None:  # one slide in regions (§8 uni_seg.slide), or one shard of the folder
+        if slide:  # one slide in regions (§8 uni_seg.slide), by the call Python users make: the same files
+            seg.segment_slide(args.input, args.output, object_type=args.object_type, overwrite=args.overwrite,
+                              resume=args.resume, progress=not args.no_progress)
+            return
+        if args.shard is not None:  # one shard of the folder (§8 uni_seg.shards)
             from uni_seg.shards import shard_command
-            from uni_seg.slide import slide_command
-            command = slide_command if slide else shard_command
-            return command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
+            return shard_command(seg.model, args, settings, seg.postproc, seg.class_names, seg.scheme, provenance, seg.meta)
         report = run_folder_inference(seg.model, args.input, args.output, settings, seg.postproc, args.limit,
                                       seg.class_names, args.object_type, progress=not args.no_progress,
                                       overwrite=args.overwrite, resume=args.resume, provenance=provenance,

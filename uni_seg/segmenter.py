@@ -8,7 +8,7 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ from uni_seg import infer
 from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
 from uni_seg.result import SegmentationResult, cells_of_image, load_any
+
+if TYPE_CHECKING:  # a later module of §8, imported where a slide is run
+    from uni_seg.slide import SlideReport
 
 #: Where §9 wrote tuned post-processing before checkpoints carried it (read for older checkpoints).
 POSTPROC_SIDE_FILE = Path("results/postproc_params.json")
@@ -73,7 +76,8 @@ class _Runs:
     def __call__(self, images: Any) -> SegmentationResult | list[SegmentationResult] | Iterator[SegmentationResult]:
         """Segment `images`: an RGB uint8 (H, W, 3) array or an image file -> a `SegmentationResult`;
         a list/tuple of them or a folder -> a list; any other iterable -> an iterator (handled
-        `ITERATOR_CHUNK` at a time). Raises `ValueError` naming the image that could not be read."""
+        `ITERATOR_CHUNK` at a time). Raises `ValueError` naming the image that could not be read, or
+        a whole slide (`slide.is_slide`), which is never loaded: `segment_slide` streams it to disk."""
         if isinstance(images, np.ndarray) or (isinstance(images, (str, Path)) and not Path(images).is_dir()):
             return list(self._run([images], workers=0))[0]
         if isinstance(images, (str, Path)):
@@ -91,7 +95,13 @@ class _Runs:
 
     def _run(self, items: list[Any], workers: int | None = None) -> Iterator[SegmentationResult]:
         """Results of `items` (arrays or paths), in order, through `infer.pipeline` at the scale
-        `scale_for(items)` decides."""
+        `scale_for(items)` decides; a whole slide among them is refused before any is read."""
+        from uni_seg.slide import is_slide  # a later module of §8
+
+        for item in items:
+            if isinstance(item, (str, Path)) and is_slide(item):
+                raise ValueError(f"{item} is a whole-slide image, too large to segment in memory: call "
+                                 f"seg.segment_slide({str(item)!r}, output_dir) to stream its cells to disk")
         scale, _ = self.scale_for(items)
         settings = self.settings.replace(working_scale=scale)
         batcher = TileBatcher(self.model, settings)
@@ -112,8 +122,14 @@ class _Runs:
     def segment_folder(self, input_dir: str | Path, output_dir: str | Path, *, limit: int | None = None,
                        object_type: str = "detection", overlay: str = "jpg", overwrite: bool = False,
                        resume: bool = False, progress: bool = True) -> FolderReport:
-        """What `uni-seg infer` does: every image of `input_dir` (at most `limit`) segmented and
-        written into `output_dir` by `infer.run_folder_inference` (see it for the files)."""
+        """What `uni-seg infer --input FOLDER` does: every image of `input_dir` (at most `limit`)
+        segmented and written into `output_dir` by `infer.run_folder_inference` (see it for the
+        files). A whole slide as `input_dir` is refused (`ValueError`): `segment_slide` takes it."""
+        from uni_seg.slide import is_slide  # a later module of §8
+
+        if is_slide(input_dir):
+            raise ValueError(f"{input_dir} is a whole-slide image, not a folder: call "
+                             f"seg.segment_slide({str(input_dir)!r}, {str(output_dir)!r})")
         scale, _ = self.scale_for(list_images(Path(input_dir), limit))
         provenance = {"checkpoint": {"path": str(Path(self.meta["path"]).resolve()) if self.meta.get("path") else None,
                                      "checkpoint_id": self.meta.get("checkpoint_id")},
@@ -124,9 +140,57 @@ class _Runs:
             provenance=provenance, workers=self.workers, overlay=overlay, scheme=self.scheme)
 
 
+# notebook §8 "The front door: `Segmenter", cell id f049ae04
+class _Slides:
+    """How a `Segmenter` takes a whole slide: region by region into files, never whole in memory."""
+
+    def slide_scale(self) -> tuple[float, str]:
+        """(working scale of the slide's level-0 pixels, one line saying why): `working_scale` as
+        given, else from a `cell_diameter` given as a number (`scale_for`), else the checkpoint's
+        working scale. "auto" does not measure a slide (its cells would have to be read first)."""
+        if self.given_scale is not None or self.cell_diameter not in (None, "auto"):
+            return self.scale_for([])
+        default = float(self.meta.get("working_scale") or 1.0)
+        return default, (f"working scale {default:g}, the checkpoint's (a slide's cells are not measured: "
+                         "give cell_diameter in level-0 pixels to rescale)")
+
+    def segment_slide(self, slide_path: str | Path, output_dir: str | Path, *, object_type: str = "detection",
+                      overwrite: bool = False, resume: bool = False, progress: bool = True,
+                      region_size: int = 2048, margin: int | None = None) -> "SlideReport":
+        """Segment the whole slide `slide_path` (SVS, NDPI, pyramidal TIFF, ...: `slide.is_slide`)
+        into `output_dir`, streaming as regions finish, with this Segmenter's model, post-processing,
+        class scheme and settings at `slide_scale()`: what `uni-seg infer --input SLIDE` does (it
+        calls this), so the files are the same. Returns its `SlideReport`.
+
+        Args:
+            slide_path: the slide; the pyramid level nearest the working scale is read.
+            output_dir: folder (created) for `<name>_cells.csv`, `<name>_cells.geojson` (QuPath,
+                level-0 pixels), `<name>_coco.json`, `<name>_instances.tif` (tiled pyramidal
+                uint32 labels, the level read) and `<name>_slide.json` (the run's record).
+            object_type: QuPath object type of the GeoJSON cells, "detection" or "annotation".
+            overwrite: replace this slide's files from an earlier run (only those its record lists).
+            resume: not offered for slides yet (refused).
+            progress: a progress bar of regions done and cells found.
+            region_size: side of a region's core in the level's pixels (multiple of 16); memory
+                follows its square.
+            margin: pixels read around each core (default: two of the checkpoint's cell diameters).
+        """
+        from uni_seg.slide import run_slide_inference  # a later module of §8
+
+        scale, scale_line = self.slide_scale()
+        provenance = {"checkpoint": {"path": str(Path(self.meta["path"]).resolve()) if self.meta.get("path") else None,
+                                     "checkpoint_id": self.meta.get("checkpoint_id")},
+                      "postproc_source": self.postproc_source, "working_scale_source": scale_line}
+        return run_slide_inference(
+            self.model, slide_path, output_dir, self.settings.replace(working_scale=scale), self.postproc,
+            self.class_names, object_type, progress, overwrite=overwrite, resume=resume, provenance=provenance,
+            scheme=self.scheme, region_size=region_size, margin=margin, cell_diameter=self.meta.get("cell_diameter"))
+
+
 # notebook §8 "The front door: `Segmenter", cell id a6ac99c7
-class Segmenter(_Choices, _Runs):
-    """A model ready to segment: `Segmenter.from_checkpoint(path)(image)` -> `SegmentationResult`.
+class Segmenter(_Choices, _Runs, _Slides):
+    """A model ready to segment: `Segmenter.from_checkpoint(path)(image)` -> `SegmentationResult`;
+    a folder into files: `segment_folder`; a whole slide into files, streamed: `segment_slide`.
 
     Args:
         model: a `CellSegModel` (or a module with its contract, see `predict_maps`).

@@ -460,14 +460,3 @@ def run_slide_inference(
               f"{seconds:.1f} s; outputs in {output_dir}", file=sys.stderr)
         return SlideReport(level, float(slide.level_downsamples[level]), (height, width), len(regions), n_cells, seconds,
                            rss, _slide_files(output_dir, name))
-
-
-# notebook §8 "Whole-slide smears in bounded memory", cell id 86406a07
-def slide_command(model: torch.nn.Module, args: Any, settings: InferenceSettings, postproc: PostprocParams,
-                  class_names: Sequence[str], scheme: ClassScheme | None, provenance: Mapping[str, Any],
-                  meta: Mapping[str, Any]) -> None:
-    """`uni-seg infer --input SLIDE`'s part once the model is loaded (`args` its options, `meta` the
-    checkpoint's metadata: its training cell size sets the region margin)."""
-    run_slide_inference(model, args.input, args.output, settings, postproc, class_names, args.object_type,
-                        progress=not args.no_progress, overwrite=args.overwrite, resume=args.resume,
-                        provenance=provenance, scheme=scheme, cell_diameter=meta.get("cell_diameter"))
