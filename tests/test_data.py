@@ -550,7 +550,7 @@ def test_a_second_cache_build_into_the_same_folder_is_refused_while_one_runs(tmp
 
     raw, out = make_raw(tmp_path / "raw", n_train=2, n_test=1), tmp_path / "out"
     with folder_lock(out):  # as another build holds it; a lock on its own open file conflicts even in one process
-        with pytest.raises(FolderInUse, match="another processed cache build"):
+        with pytest.raises(FolderInUse, match="so this processed cache build cannot write there"):
             build(raw, out)
     assert not (out / "manifest.json").exists()
     build(raw, out)
