@@ -422,12 +422,17 @@ def test_workers_in_a_script_are_forked_so_an_unguarded_script_runs_once(cache, 
     assert worker_context().get_start_method() == "fork"
     script = tmp_path / "unguarded.py"
     script.write_text(f"""
-import sys, time
+import os, sys, threading
 import cv2, numpy as np
 from uni_seg.dataset import CellCropDataset, make_loader
 print("script started", flush=True)
 cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 5)  # a parallel call: OpenCV's pool starts
-time.sleep(0.5)  # ... and its threads go to sleep
+def others_running():  # any thread but this one in state R (running), as /proc/self/task/*/stat says
+    me = str(threading.get_native_id())
+    return any(open(f"/proc/self/task/{{t}}/stat").read().rsplit(")", 1)[1].split()[0] == "R"
+               for t in os.listdir("/proc/self/task") if t != me)
+while others_running():  # ... and its threads go to sleep: the fork below comes once they all do, not after a clock
+    os.sched_yield()
 ds = CellCropDataset({str(cache)!r}, "train", 64, train=True, crops_per_image=2, seed=1)
 loader = make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=0)
 print("batches", len(list(loader)), flush=True)
