@@ -334,15 +334,14 @@ def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
 
 
 # ------------------------------------------------------ 17. valid GeoJSON polygons
-def test_exported_polygons_are_valid_for_every_cell_of_the_real_masks():
+def test_exported_polygons_are_valid_for_every_cell_of_the_real_masks(real_subset):
     shapely = pytest.importorskip("shapely")
-    from real_subset import require_real_subset
 
     from uni_seg.data import parse_mask_to_instances, read_mask
     from uni_seg.export import cell_polygons
 
     checked = 0
-    for mask in sorted(require_real_subset().glob("*/mask/*.png")):
+    for mask in sorted(real_subset.glob("*/mask/*.png")):
         inst = parse_mask_to_instances(read_mask(mask), source=mask)[0]
         for cell, pieces in cell_polygons(inst).items():
             geometry = shapely.MultiPolygon([(p[0], p[1:]) for p in pieces])

@@ -19,18 +19,13 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import Dataset
 
 from uni_seg import checkpoints as C
-from uni_seg import config
 from uni_seg import engine as E
 from uni_seg import train as T
 
