@@ -4,7 +4,9 @@
   that names where they were looked for (the lookup: tests/real_subset.py);
 * `smear`: a synthetic smear of round cells of a given diameter (the cell-size and Segmenter tests);
 * `write_external_set`: two synthetic smears with Pascal VOC boxes, a stand-in external set
-  (the end-to-end and sweep tests).
+  (the end-to-end and sweep tests);
+* `cache`: a processed cache of 7 synthetic smears, built once per session (the augmentation
+  and Dataset tests; read, never written, by them).
 
 Plain helper modules stay beside this file where a fixture cannot serve, because another process
 or a benchmark imports them by name: stand_ins.py and train_stand_ins.py (models built inside
@@ -22,6 +24,8 @@ import numpy as np
 import pytest
 
 import real_subset as lookup
+from uni_seg.data import build_processed_cache
+from uni_seg.synthetic import generate_synthetic_dataset
 
 
 @pytest.fixture
@@ -86,3 +90,11 @@ def _write_external_set(folder: Path) -> None:
 def write_external_set() -> Callable[[Path], None]:
     """`write_external_set(folder)`: see `_write_external_set`."""
     return _write_external_set
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("targets")
+    generate_synthetic_dataset(work / "raw", 5, 2, seed=11, image_size=(200, 260), cell_diameter=40.0)
+    build_processed_cache(work / "raw", work / "processed", working_scale=0.5, val_fraction=0.2, seed=0, min_area=20)
+    return work / "processed"  # working images are 100 x 130

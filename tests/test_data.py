@@ -759,3 +759,13 @@ def test_most_masks_empty_is_refused_too():
     5 of 8 masks empty (most, not all)."""
     with pytest.raises(DataError, match="5 of the 8 train masks hold no cell"):
         D.check_training_masks(_manifest([0, 0, 0, 0, 0, 5, 5, 5]))
+
+
+# ---------------------------------------------------------------- the processed cache file (from test_targets.py)
+def test_an_old_cache_file_is_refused_by_name(tmp_path):
+    from uni_seg import data
+
+    old = tmp_path / "a.npy"
+    np.save(old, np.zeros((4, 4), np.uint8))
+    with pytest.raises(data.DataError, match="a.npy.*rebuild the cache"):
+        data.open_processed(old)
