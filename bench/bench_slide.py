@@ -11,7 +11,7 @@ of `--region` px with a 48 px margin. Each slide runs in a fresh process, so its
 (`run_folder_inference`) and as `--shards` shards (`run_shard`, one process each, one after
 another here; on a cluster they run side by side) and `merge_shards`.
 
-The model is a stand-in, not a network: a pointwise "darkness" map (tests/test_slide.py's
+The model is a stand-in, not a network: a pointwise "darkness" map (tests/stand_ins.py's
 DarknessModel: NP from the grey level, HV flat, classes from the colour), so the figures are
 the cost of reading, tiling, post-processing and the streamed exports; a real backbone adds its
 forward time per tile (bench/bench_infer.py measures that).
@@ -73,7 +73,7 @@ def _settings():
 
 
 def child_slide(path: Path, out: Path, region: int) -> None:
-    from test_slide import DarknessModel
+    from stand_ins import DarknessModel
 
     from uni_seg.infer import peak_rss_mb
     from uni_seg.slide import run_slide_inference
@@ -85,7 +85,7 @@ def child_slide(path: Path, out: Path, region: int) -> None:
 
 
 def child_folder(folder: Path, out: Path, shard: str | None) -> None:
-    from test_slide import DarknessModel
+    from stand_ins import DarknessModel
 
     from uni_seg import infer, shards
     from uni_seg.infer import peak_rss_mb

@@ -1,23 +1,20 @@
 """What every benchmark shares: one timer, and where the real BCCD subset lives.
 
 Benchmarks import it as `common` (a script's own folder is on `sys.path`); the tests' skip
-helper (`tests/real_subset.py`) uses the same lookup. Not generated from the notebook: it is
+helper (`tests/real_subset.py`) holds the lookup, and this module takes it from there. Not generated from the notebook: it is
 tooling around the library, not part of it.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Where the subset sits relative to the folder that holds the checkout.
-RELATIVE = Path("shared/data/bccd_subset")
 
 
 def timed(fn: Callable[[], Any], repeat: int = 1, warmup: int = 0, stat: str = "min", clock: str = "wall",
@@ -59,29 +56,7 @@ def format_ms(seconds: list[float]) -> str:
     return f"{1000 * statistics.median(seconds):7.0f} ms" + (f" (min {1000 * min(seconds):.0f})" if len(seconds) > 1 else "")
 
 
-def _origin_checkout(root: Path) -> Path | None:
-    """The local folder `root` was cloned from, or None (no git, remote not a local path)."""
-    try:
-        url = subprocess.run(["git", "-C", str(root), "config", "--get", "remote.origin.url"],
-                             capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    path = Path(url.removeprefix("file://")) if url else None
-    return path.resolve() if path is not None and path.is_dir() else None
-
-
-def candidate_dirs(root: Path = ROOT) -> list[Path]:
-    """Places to look for the real subset, in order: $BCCD_SUBSET, beside this checkout,
-    beside the checkout it was cloned from (CI clones into a temporary folder)."""
-    if os.environ.get("BCCD_SUBSET"):
-        return [Path(os.environ["BCCD_SUBSET"])]
-    places = [root.parent / RELATIVE]
-    origin = _origin_checkout(root)
-    if origin is not None:
-        places.append(origin.parent / RELATIVE)
-    return places
-
-
-def find_real_subset(root: Path = ROOT) -> Path | None:
-    """The first candidate holding a Kaggle-layout subset (train/mask present), else None."""
-    return next((d for d in candidate_dirs(root) if (d / "train" / "mask").is_dir()), None)
+# The real subset's lookup lives on the test side (tests/real_subset.py), which the skip
+# fixtures of the tests use; the benchmarks share it from there.
+sys.path.insert(0, str(ROOT / "tests"))
+from real_subset import RELATIVE, candidate_dirs, find_real_subset  # noqa: E402,F401

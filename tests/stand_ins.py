@@ -5,7 +5,13 @@ the images they segment.
 * `PointwiseModel`: every output pixel depends only on the same input pixel, so tiled
   blending must reproduce a single whole-image pass exactly, whatever the tile size;
 * `EquivariantModel`: labels the bright blobs of the tile it is given and returns their exact
-  HV maps, so its output commutes with flips/rotations and TTA must give the plain output.
+  HV maps, so its output commutes with flips/rotations and TTA must give the plain output;
+* `DarknessModel`: a cell is a pixel darker than the background, HV flat, pointwise (the slide
+  tests and bench/bench_slide.py).
+
+A plain helper module, not fixtures in conftest.py: scripts that tests run in subprocesses
+(tests/shard_stand_in_python.py, the worker script of tests/test_infer.py) and a benchmark
+import these classes by name.
 """
 
 from __future__ import annotations
@@ -64,6 +70,21 @@ class EquivariantModel(torch.nn.Module):
             outs["hv"].append(exact_hv(inst))
             outs["nc"].append(np.stack([~fg * 5.0, tile[1] * 5, tile[2] * 5, tile[0]]))
         return {k: torch.from_numpy(np.stack(v).astype(np.float32)).to(x.device) + 0 * self.dummy for k, v in outs.items()}
+
+
+class DarknessModel(torch.nn.Module):
+    """Stand-in: a cell is a pixel darker than the background (a stained cell on a bright
+    smear), HV flat (each blob one cell), class from the red/blue balance. Pointwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(30.0))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        grey = x.mean(dim=1, keepdim=True)
+        r, b = x[:, 0:1], x[:, 2:3]
+        nc = torch.cat([1 - grey, r, b, 0.5 * (r + b)], dim=1) * 4
+        return {"np": (0.8 - grey) * self.gain, "hv": torch.zeros_like(x[:, :2]), "nc": nc}
 
 
 def disks_image(shape, centres, radius, seed=0) -> tuple[np.ndarray, np.ndarray]:

@@ -9,31 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
-from real_subset import require_bccd_detection, require_real_subset
 from uni_seg.cellsize import (MEASURE_IMAGES, cell_diameter, cell_foreground, folder_cell_diameter, granulometry,
                               working_scale_for_cells)
 
 
-def smear(diameter: float, shape=(480, 640), touching: bool = False, seed: int = 0, with_mask: bool = False):
-    """Pink cells with pale centres on a light background, on a jittered grid (all touching
-    their neighbours when `touching`): RGB uint8 (H, W, 3), and with `with_mask` the cells' bool mask."""
-    rng = np.random.default_rng(seed)
-    image = np.full((*shape, 3), (235, 232, 240), np.float32)
-    r, step = diameter / 2, diameter * (1.0 if touching else 1.6)
-    ys, xs = np.indices(shape)
-    for cy in np.arange(r + 2, shape[0] - r - 2, step):
-        for cx in np.arange(r + 2, shape[1] - r - 2, step):
-            cy_j, cx_j = cy + rng.uniform(-2, 2), cx + rng.uniform(-2, 2)
-            d2 = (ys - cy_j) ** 2 + (xs - cx_j) ** 2
-            image[d2 <= r * r] = (190, 120, 140)
-            image[d2 <= (0.3 * r) ** 2] = (228, 215, 225)  # the pale centre, nearly as light as the background
-    cells = image[..., 0] < 230
-    image += rng.normal(0, 3, image.shape)
-    image = np.clip(image, 0, 255).astype(np.uint8)
-    return (image, cells) if with_mask else image
-
-
-def test_the_foreground_is_the_darker_cells_with_their_pale_centres_filled():
+def test_the_foreground_is_the_darker_cells_with_their_pale_centres_filled(smear):
     image, cells = smear(60, with_mask=True)
     foreground = cell_foreground(image)
     assert (foreground == cells).mean() > 0.99 and (foreground & cells).sum() > 0.97 * cells.sum()
@@ -49,14 +29,14 @@ def test_granulometry_of_a_disc_falls_at_its_radius():
 
 
 @pytest.mark.parametrize("diameter", [24, 48, 96])
-def test_the_measured_diameter_follows_the_cells_not_the_image(diameter):
+def test_the_measured_diameter_follows_the_cells_not_the_image(smear, diameter):
     measured = cell_diameter(smear(diameter))
     assert 0.85 * diameter < measured < 1.08 * diameter
     # cells that all touch their neighbours are not read as clumps twice their size
     assert 0.85 * diameter < cell_diameter(smear(diameter, touching=True)) < 1.25 * diameter
 
 
-def test_a_larger_image_of_the_same_cells_reads_larger_by_the_same_factor():
+def test_a_larger_image_of_the_same_cells_reads_larger_by_the_same_factor(smear):
     image = smear(40, shape=(300, 400))
     big = cv2.resize(image, (1200, 900), interpolation=cv2.INTER_LINEAR)  # measured on a 640 px copy
     assert cell_diameter(big) / cell_diameter(image) == pytest.approx(3.0, rel=0.08)
@@ -67,7 +47,7 @@ def test_an_image_without_cells_measures_nothing():
     assert math.isnan(folder_cell_diameter([np.full((50, 60, 3), 200, np.uint8)]))
 
 
-def test_a_folder_takes_the_median_of_its_first_images(tmp_path):
+def test_a_folder_takes_the_median_of_its_first_images(smear, tmp_path):
     images = [smear(30, seed=1), smear(30, seed=2), smear(60, seed=3)]
     assert folder_cell_diameter(images) == pytest.approx(cell_diameter(images[1]), rel=0.1)
     assert folder_cell_diameter(images, limit=1) == cell_diameter(images[0])
@@ -76,7 +56,7 @@ def test_a_folder_takes_the_median_of_its_first_images(tmp_path):
     assert folder_cell_diameter([path]) == pytest.approx(cell_diameter(images[0]))
 
 
-def test_the_working_scale_brings_the_cells_to_the_training_size():
+def test_the_working_scale_brings_the_cells_to_the_training_size(smear):
     images = [smear(80, seed=s) for s in range(2)]
     measured = folder_cell_diameter(images)
     scale, line = working_scale_for_cells(images, 40.0, 0.5)
@@ -115,7 +95,7 @@ def test_the_cell_diameter_is_recorded_in_the_spec_and_read_back_from_a_checkpoi
 
 
 # ------------------------------------------------------------------ real smears of two labs
-def test_on_real_smears_the_measurement_reads_the_same_share_of_the_true_size():
+def test_on_real_smears_the_measurement_reads_the_same_share_of_the_true_size(real_subset, bccd_detection):
     """The subset's masks and BCCD's red-cell boxes: the measurement reads nearly the same share
     of the true size in both labs' images, so the ratio of two measurements is the ratio of the
     cells' sizes (what the working scale needs)."""
@@ -123,7 +103,7 @@ def test_on_real_smears_the_measurement_reads_the_same_share_of_the_true_size():
 
     from uni_seg.data import parse_mask_to_instances, read_image, read_mask
 
-    subset, bccd = require_real_subset(), require_bccd_detection()
+    subset, bccd = real_subset, bccd_detection
     shares = []
     for mask in sorted((subset / "train" / "mask").glob("*.png"))[:6]:
         image = next(p for p in (subset / "train" / "original").glob(mask.stem + ".*"))
@@ -142,7 +122,7 @@ def test_on_real_smears_the_measurement_reads_the_same_share_of_the_true_size():
     assert abs(subset_share - bccd_share) < 0.1
 
 
-def test_issue21_case4_unreadable_files_among_the_first_images_are_skipped_and_said(tmp_path):
+def test_issue21_case4_unreadable_files_among_the_first_images_are_skipped_and_said(smear, tmp_path):
     (tmp_path / "a_empty.png").write_bytes(b"")
     good = tmp_path / "b.png"
     cv2.imwrite(str(good), cv2.cvtColor(smear(30, seed=1), cv2.COLOR_RGB2BGR))
@@ -155,7 +135,7 @@ def test_issue21_case4_unreadable_files_among_the_first_images_are_skipped_and_s
     assert scale == pytest.approx(0.5, rel=0.15) and "2 unreadable image(s) not measured" in line and "empty file" in line
 
 
-def test_a_scale_outside_the_range_is_said_not_hidden():
+def test_a_scale_outside_the_range_is_said_not_hidden(smear):
     images = [smear(30, seed=1)]
     scale, line = working_scale_for_cells(images, 40.0, 0.5, cell_diameter_px=1.0)
     assert scale == 4.0 and "is outside [1/16, 4]" in line
@@ -173,7 +153,7 @@ def _png_header_claiming(path, width: int, height: int) -> None:
                      + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
 
 
-def test_an_image_too_large_for_the_decoder_is_skipped_by_the_measurement(tmp_path):
+def test_an_image_too_large_for_the_decoder_is_skipped_by_the_measurement(smear, tmp_path):
     """Principle 'one bad input never stops a folder run', on a case the issue does not list:
     a PNG whose header claims more pixels than OpenCV decodes (on main an OpenCV error that
     ended the measurement, and the run)."""

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from real_subset import require_real_subset
 
 from uni_seg import data as D
 from uni_seg import synthetic as S
@@ -270,8 +269,8 @@ def test_boxes_drawn_on_another_image_size_are_an_error(boxed_synthetic, tmp_pat
         D.build_processed_cache(root, tmp_path / "p", 0.5, 0.25, 0, 20, scheme="bbbc041", class_boxes=bad)
 
 
-def test_the_join_on_the_real_subset_reproduces_the_measured_counts():
-    root = require_real_subset()
+def test_the_join_on_the_real_subset_reproduces_the_measured_counts(real_subset):
+    root = real_subset
     boxes = D.load_class_boxes(root / "classes")
     totals, categories = {"instances": 0, "matched": 0, "boxes": 0, "unmatched_boxes": 0}, {}
     for pairs in D.find_dataset(root).values():

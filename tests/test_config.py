@@ -100,7 +100,8 @@ def test_precision_on_cpu():
 def test_config_is_json_ready():
     import json
 
-    json.dumps(resolve_config("full").as_dict())
+    values = resolve_config("full").as_dict()
+    assert json.loads(json.dumps(values)) == values  # every value survives a JSON round trip unchanged
 
 
 def test_parameter_cell_defaults_agree_with_the_library_defaults():

@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from real_subset import require_real_subset as needs_real
 
 from uni_seg import data as D
 from uni_seg import synthetic as S
@@ -659,8 +658,8 @@ def test_synthetic_data_through_the_cache(synthetic, tmp_path):
 
 
 # ---------------------------------------------------------------- the real subset
-def test_real_subset_is_found_and_read(tmp_path):
-    real = needs_real()
+def test_real_subset_is_found_and_read(real_subset, tmp_path):
+    real = real_subset
     pairs = find_dataset(real)
     assert len(pairs["train"]) == 90 and len(pairs["test"]) == 10
     jpg = next(p for p in pairs["train"] if p.image_path.suffix == ".jpg")
@@ -668,8 +667,8 @@ def test_real_subset_is_found_and_read(tmp_path):
     assert image.dtype == np.uint8 and image.shape == (1383, 1944, 3)
 
 
-def test_real_masks_parse_to_about_72_cells_each():
-    real = needs_real()
+def test_real_masks_parse_to_about_72_cells_each(real_subset):
+    real = real_subset
     for pair in find_dataset(real)["test"][:3]:
         mask = read_mask(pair.mask_path)
         assert mask.shape == (1200, 1600, 3) and set(np.unique(mask).tolist()) == {0, 255}
@@ -679,8 +678,8 @@ def test_real_masks_parse_to_about_72_cells_each():
         assert np.bincount(inst.ravel())[1:].min() >= 30
 
 
-def test_real_pairs_through_the_cache(tmp_path):
-    real = needs_real()
+def test_real_pairs_through_the_cache(real_subset, tmp_path):
+    real = real_subset
     raw = tmp_path / "raw"
     pairs = find_dataset(real)
     for part, chosen in (("train", pairs["train"][:2]), ("test", pairs["test"][:1])):
@@ -697,8 +696,8 @@ def test_real_pairs_through_the_cache(tmp_path):
 
 
 @pytest.mark.slow
-def test_real_subset_component_counts_as_documented():
-    real = needs_real()
+def test_real_subset_component_counts_as_documented(real_subset):
+    real = real_subset
     masks = sorted((real / "train/mask").glob("*.png")) + sorted((real / "test/mask").glob("*.png"))
     assert len(masks) == 100
     n8 = n4 = n30 = 0
@@ -716,7 +715,7 @@ def test_real_subset_component_counts_as_documented():
 
 
 def test_real_subset_is_found_beside_the_checkout_or_its_origin(tmp_path, monkeypatch):
-    from bench import common as rs
+    import real_subset as rs
 
     monkeypatch.delenv("BCCD_SUBSET", raising=False)
     origin = tmp_path / "work" / "main"
@@ -760,3 +759,13 @@ def test_most_masks_empty_is_refused_too():
     5 of 8 masks empty (most, not all)."""
     with pytest.raises(DataError, match="5 of the 8 train masks hold no cell"):
         D.check_training_masks(_manifest([0, 0, 0, 0, 0, 5, 5, 5]))
+
+
+# ---------------------------------------------------------------- the processed cache file (from test_targets.py)
+def test_an_old_cache_file_is_refused_by_name(tmp_path):
+    from uni_seg import data
+
+    old = tmp_path / "a.npy"
+    np.save(old, np.zeros((4, 4), np.uint8))
+    with pytest.raises(data.DataError, match="a.npy.*rebuild the cache"):
+        data.open_processed(old)

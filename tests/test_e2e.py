@@ -45,29 +45,8 @@ def run(command: list[str], work: Path, extra_env: dict[str, str]) -> subprocess
     return result
 
 
-def write_external_set(folder: Path) -> None:
-    """Two synthetic smears with Pascal VOC boxes of their cells: smears from elsewhere for §9."""
-    import cv2
-    import numpy as np
-
-    from uni_seg.external import instance_boxes
-    from uni_seg.synthetic import render_synthetic_smear
-
-    names = {1: "RBC", 2: "WBC", 3: "Platelets"}
-    for k in range(2):
-        smear = render_synthetic_smear(np.random.default_rng(100 + k), 160, 200, 40.0)
-        (folder / "JPEGImages").mkdir(parents=True, exist_ok=True)
-        (folder / "Annotations").mkdir(exist_ok=True)
-        cv2.imwrite(str(folder / "JPEGImages" / f"s{k}.jpg"), cv2.cvtColor(smear.image, cv2.COLOR_RGB2BGR))
-        objects = "".join(
-            f"<object><name>{names[int(np.bincount(smear.cls[smear.inst == i]).argmax())]}</name><bndbox>"
-            f"<xmin>{x0 + 1:.0f}</xmin><ymin>{y0 + 1:.0f}</ymin><xmax>{x1:.0f}</xmax><ymax>{y1:.0f}</ymax></bndbox></object>"
-            for i, (x0, y0, x1, y1) in enumerate(instance_boxes(smear.inst), start=1) if x1 > x0)
-        (folder / "Annotations" / f"s{k}.xml").write_text(f"<annotation>{objects}</annotation>")
-
-
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(write_external_set, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("e2e")
     write_external_set(work / "external")
     run(["bash", "tools/run_notebook.sh", "e2e", *tiny_parameters(work, epochs=1)], work, {})

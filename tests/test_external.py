@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import pytest
 
-from real_subset import require_bccd_detection
 from stand_ins import EquivariantModel, disks_image
 from uni_seg import external
 from uni_seg.external import (AnnotationError, BoxSet, annotated_images, box_pair_table, external_block, external_table,
@@ -277,8 +276,8 @@ def test_evaluate_boxes_names_a_malformed_file_before_loading_the_model(tmp_path
 
 
 # ------------------------------------------------------------------- the real BCCD boxes
-def test_every_bccd_annotation_reads_and_pairs_with_its_image():
-    root = require_bccd_detection()
+def test_every_bccd_annotation_reads_and_pairs_with_its_image(bccd_detection):
+    root = bccd_detection
     images, boxes = find_box_dataset(root)
     pairs, without_image = annotated_images(images, read_boxes(boxes))
     labels = [label for _, truth in pairs for label in truth.labels]

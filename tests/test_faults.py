@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -217,29 +216,54 @@ def test_a_rank_with_one_bound_gpu_uses_that_gpu(monkeypatch):
         train.rank_gpu(3)
 
 
+def _read_pids(fifo: Path, pids: set[int], n: int, exclude: int, hang_limit: float = 300) -> set[int]:
+    """Read one pid a line from `fifo` until `n` pids other than `exclude` came. Opened read-write
+    (Linux), so the read never sees end-of-file between writers; `hang_limit` only guards against
+    a hang (select's timeout), it never decides the outcome of a passing run."""
+    import select
+
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    buffer = b""
+    try:
+        while len(pids - {exclude}) < n:
+            ready, _, _ = select.select([fd], [], [], hang_limit)
+            if not ready:
+                break
+            buffer += os.read(fd, 4096)
+            *lines, buffer = buffer.split(b"\n")
+            pids.update(int(line) for line in lines if line.strip())
+    finally:
+        os.close(fd)
+    return pids - {exclude}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO opened read-write: Linux")
 def test_spawned_ranks_exit_when_the_parent_is_killed(tmp_path):
     psutil = pytest.importorskip("psutil")
-    from test_train import tiny_spec
+    from train_stand_ins import tiny_spec
 
     from uni_seg import train
 
+    # each rank announces its pid when it builds its model: the kill comes after both did, not after a clock
+    fifo = tmp_path / "ranks.fifo"
+    os.mkfifo(fifo)
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(train.spec_to_json(tiny_spec(tmp_path, epochs=100_000, batch_size=2)))
+    spec_path.write_text(train.spec_to_json(tiny_spec(tmp_path, epochs=100_000, batch_size=2,
+                                                      model={"announce": str(fifo)})))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
     parent = subprocess.Popen([sys.executable, "-m", "uni_seg.train", "--spec", str(spec_path), "--nproc", "2",
                                "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ranks: list = []
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(ranks) < 2:  # both ranks started
-            ranks = [c for c in psutil.Process(parent.pid).children() if "spawn" in " ".join(c.cmdline())]
-            time.sleep(0.2)
+        pids = _read_pids(fifo, set(), 2, exclude=parent.pid)
+        ranks = [psutil.Process(pid) for pid in pids]
         assert len(ranks) == 2, "the two ranks did not start"
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         _, alive = psutil.wait_procs(ranks, timeout=60)
         assert not alive, f"{len(alive)} rank(s) still running after the parent was killed"
     finally:
+        parent.kill()
         for process in ranks:
             if process.is_running():
                 process.kill()
@@ -310,15 +334,14 @@ def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
 
 
 # ------------------------------------------------------ 17. valid GeoJSON polygons
-def test_exported_polygons_are_valid_for_every_cell_of_the_real_masks():
+def test_exported_polygons_are_valid_for_every_cell_of_the_real_masks(real_subset):
     shapely = pytest.importorskip("shapely")
-    from real_subset import require_real_subset
 
     from uni_seg.data import parse_mask_to_instances, read_mask
     from uni_seg.export import cell_polygons
 
     checked = 0
-    for mask in sorted(require_real_subset().glob("*/mask/*.png")):
+    for mask in sorted(real_subset.glob("*/mask/*.png")):
         inst = parse_mask_to_instances(read_mask(mask), source=mask)[0]
         for cell, pieces in cell_polygons(inst).items():
             geometry = shapely.MultiPolygon([(p[0], p[1:]) for p in pieces])
@@ -343,35 +366,43 @@ def test_a_cell_pinched_to_a_diagonal_contact_and_a_cell_with_a_hole_give_valid_
     assert shapely.Polygon(polygons[2][0][0], polygons[2][0][1:]).is_valid
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO opened read-write: Linux")
 def test_cpu_workers_end_when_their_parent_is_killed(tmp_path):
     """A forkserver's workers are its children and keep it alive: they must watch the process
     that made the pool, or a killed run leaves them (and the forkserver) running."""
     psutil = pytest.importorskip("psutil")
-    script = ("import sys, time\n"
+    # each worker announces its pid once it holds its task: the kill comes after both did, not after a clock
+    fifo = tmp_path / "workers.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "holder.py").write_text("import os, threading\n"
+                                        "def hold(fifo):\n"
+                                        "    with open(fifo, 'a') as handle:\n"
+                                        "        handle.write(f'{os.getpid()}\\n')\n"
+                                        "    threading.Event().wait()\n")
+    script = ("import sys, threading\n"
               "from uni_seg.data import WorkerPool\n"
+              "from holder import hold\n"
               "if __name__ == '__main__':\n"
               "    pool = WorkerPool(2)\n"
-              "    busy = [pool.submit(time.sleep, 600) for _ in range(2)]\n"
+              f"    busy = [pool.submit(hold, {str(fifo)!r}) for _ in range(2)]\n"
               "    print('started', flush=True)\n"
-              "    time.sleep(600)\n")
+              "    threading.Event().wait()\n")
     (tmp_path / "pool.py").write_text(script)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     parent = subprocess.Popen([sys.executable, str(tmp_path / "pool.py")], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     descendants: list = []
     try:
         assert parent.stdout.readline().strip() == "started"
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # the forkserver and its two workers
-            descendants = psutil.Process(parent.pid).children(recursive=True)
-            if sum("forkserver" in " ".join(p.cmdline()) for p in descendants) >= 3:
-                break
-            time.sleep(0.2)
+        workers = _read_pids(fifo, set(), 2, exclude=parent.pid)
+        assert len(workers) == 2, "the two workers did not start"
+        descendants = psutil.Process(parent.pid).children(recursive=True)  # the forkserver and its two workers
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         _, alive = psutil.wait_procs(descendants, timeout=60)
         assert descendants and not alive, f"{len(alive)} of {len(descendants)} worker process(es) outlived the parent"
     finally:
+        parent.kill()
         for process in descendants:
             if process.is_running():
                 process.kill()

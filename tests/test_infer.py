@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from real_subset import require_real_subset
 from stand_ins import EquivariantModel, PointwiseModel, disks_image, exact_hv
 
 from uni_seg import data, export, infer
@@ -372,8 +371,8 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
         infer.predict_split(EquivariantModel(), tmp_path / "processed", "val")
 
 
-def test_real_image_runs_through_the_whole_image_path():
-    folder = require_real_subset() / "test" / "original"
+def test_real_image_runs_through_the_whole_image_path(real_subset):
+    folder = real_subset / "test" / "original"
     path = sorted(folder.iterdir())[0]
     image = data.read_image(path)
     assert image.shape == (1200, 1600, 3)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from real_subset import require_real_subset
 from scipy import ndimage as ndi
 
 from uni_seg.config import ATOMIC_TEMP_GLOB
@@ -43,8 +42,8 @@ def disk_scene(shape=(200, 260), cells=((50, 50, 18), (50, 84, 18), (140, 70, 25
     return inst
 
 
-def real_mask_paths(n: int) -> list[Path]:
-    paths = sorted((require_real_subset() / "test" / "mask").glob("*.png"))[:n]
+def real_mask_paths(real_subset, n: int) -> list[Path]:
+    paths = sorted((real_subset / "test" / "mask").glob("*.png"))[:n]
     return paths
 
 
@@ -139,9 +138,9 @@ def test_watershed_runs_only_on_blobs_with_two_or_more_markers(monkeypatch):
 
 
 @pytest.mark.parametrize("n_masks", [10])
-def test_true_maps_of_real_masks_recover_the_cells(n_masks):
+def test_true_maps_of_real_masks_recover_the_cells(real_subset, n_masks):
     """Fed the true NP/HV maps of real masks (touching cells touching), PQ >= 0.99."""
-    for path in real_mask_paths(n_masks):
+    for path in real_mask_paths(real_subset, n_masks):
         truth = close_separation_lines(load_real_instances(path))
         pred = instances_from_maps(*true_maps(truth))
         pq = panoptic_quality(truth, pred)

@@ -14,7 +14,6 @@ import torch
 
 import uni_seg
 from stand_ins import EquivariantModel, disks_image
-from test_cellsize import smear
 from uni_seg import infer
 from uni_seg.checkpoints import store_postproc
 from uni_seg.export import write_csv
@@ -118,7 +117,7 @@ def test_a_checkpoint_trained_at_half_scale_segments_at_half_scale_without_being
     assert result.n_cells == 2
 
 
-def test_cell_diameter_auto_rescales_an_image_whose_cells_are_twice_as_large(monkeypatch):
+def test_cell_diameter_auto_rescales_an_image_whose_cells_are_twice_as_large(smear, monkeypatch):
     _stand_in(monkeypatch, working_scale=0.5, cell_diameter=20.0)
     seg = Segmenter.from_checkpoint("x.pth", cell_diameter="auto", **FAST)
     usual, large = seg(smear(40, shape=(240, 320))), seg(smear(80, shape=(480, 640)))

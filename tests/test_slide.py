@@ -14,30 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 from uni_seg import export, infer, slide
 from uni_seg.files import LOCK_NAME, FolderInUse
 from uni_seg.synthetic import render_synthetic_smear
 
+from stand_ins import DarknessModel
+
 ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("tiffslide")
-
-
-class DarknessModel(torch.nn.Module):
-    """Stand-in: a cell is a pixel darker than the background (a stained cell on a bright
-    smear), HV flat (each blob one cell), class from the red/blue balance. Pointwise."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gain = torch.nn.Parameter(torch.tensor(30.0))
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        grey = x.mean(dim=1, keepdim=True)
-        r, b = x[:, 0:1], x[:, 2:3]
-        nc = torch.cat([1 - grey, r, b, 0.5 * (r + b)], dim=1) * 4
-        return {"np": (0.8 - grey) * self.gain, "hv": torch.zeros_like(x[:, :2]), "nc": nc}
 
 
 def _canonical(inst: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ import pytest
 
 from uni_seg.sweep import (GridError, load_grid, main, read_record, run_figures, run_grid, run_state, write_table)
 
+from sweep_stand_ins import fake_metrics
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,23 +27,6 @@ def write_grid(path: Path, configurations: dict, seeds=(0, 1), base=None, **extr
            "configurations": configurations, "seeds": list(seeds), **extra}
     path.write_text(json.dumps(doc))
     return path
-
-
-def fake_metrics(pq: float, scheme: bool = False, external: bool = True) -> dict:
-    """The parts of a metrics.json (uni_seg.metrics/4) the sweep reads."""
-    def block(value):
-        return {"dataset": {"pq": value, "f1": value + 0.05, "ap50": value - 0.05, "aji": value - 0.1,
-                            "per_class_pq": {"uninfected RBC": {"tp": 90, "fp": 5, "fn": 5},
-                                             "infected RBC": {"tp": 6, "fp": 2, "fn": 2}}},
-                "per_image_mean": {"count_error": 2.0, "count_abs_error": 3.0, "parasitemia_mae": 0.01}}
-    ext = {"methods": {"model": {"recall": {"RBC": pq - 0.2, "WBC": 0.9, "Platelets": 0.1, "all": pq - 0.25},
-                                 "ap50": 0.3, "count_error": 5.0, "count_abs_error": 6.0},
-                       "baseline": {"recall": {"RBC": 0.627, "WBC": 0.92, "Platelets": 0.175, "all": 0.616},
-                                    "ap50": 0.286, "count_error": 12.6, "count_abs_error": 12.7}}}
-    return {"schema": "uni_seg.metrics/4", **block(pq), "baseline": {"method": "otsu", **block(0.7671)},
-            "class_names": ["background", "uninfected RBC", "infected RBC", "leukocyte"],
-            "class_scheme": {"name": "bbbc041", "infected_classes": [2]} if scheme else None,
-            "external": ext if external else None}
 
 
 def pq_of(run) -> float:
@@ -229,7 +214,7 @@ STAND_IN_NOTEBOOK = {
         {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": (
             "import json, pathlib, sys\n"
             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            "from test_sweep import fake_metrics\n"
+            "from sweep_stand_ins import fake_metrics\n"
             "pq = 0.8 + 0.01 * SEED + (0.05 if WORKING_SCALE else 0.0)\n"
             "pathlib.Path(RESULTS_DIR).mkdir(parents=True, exist_ok=True)\n"
             "pathlib.Path(RESULTS_DIR, 'metrics.json').write_text(json.dumps(fake_metrics(pq)))\n")},
@@ -299,13 +284,11 @@ def test_the_command_is_listed_by_uni_seg():
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_sweep_of_the_real_notebook_on_synthetic_smears_end_to_end(tmp_path):
+def test_sweep_of_the_real_notebook_on_synthetic_smears_end_to_end(write_external_set, tmp_path):
     """Two configurations, one seed, 1 epoch per phase on 5 synthetic smears: the notebook under
     papermill for each run, the table, a rerun that runs nothing, and a killed run (its record left
     "running", as a kill leaves it) redone: three notebook runs, 7 min 14 s on 2 CPU cores shared with
     other jobs (the fast tests above cover the same logic with stand-ins)."""
-    from test_e2e import write_external_set
-
     write_external_set(tmp_path / "external")
     base = {"PROFILE": "demo", "DATA_DIR": str(tmp_path / "synthetic"), "SYNTHETIC_IMAGES": 5, "CROP_SIZE": 64,
             "TILE_SIZE": 64, "TILE_OVERLAP": 16, "EPOCHS_PHASE1": 1, "EPOCHS_PHASE2": 1, "BATCH_SIZE_PHASE1": 2,

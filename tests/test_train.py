@@ -1,10 +1,12 @@
 """§5-§7: the training engine (uni_seg.train).
 
-Most tests train tiny stand-ins defined here (a few-conv model with the CellSegModel
-interface, an in-memory dataset with the batch dict of CellCropDataset, a loss with the
-CellSegLoss interface), so that they run in seconds and also inside spawned DDP workers and
-killed subprocesses: the engine reaches them through `Factory("<this module>:...")`, exactly as
-it reaches `uni_seg` code in a notebook run. Tests named `test_real_*` use the real modules.
+Most tests train tiny stand-ins (tests/train_stand_ins.py: a few-conv model with the
+CellSegModel interface, an in-memory dataset with the batch dict of CellCropDataset, a loss with
+the CellSegLoss interface), so that they run in seconds and also inside spawned DDP workers and
+killed subprocesses: the engine reaches them through `Factory("train_stand_ins:...")`, exactly as
+it reaches `uni_seg` code in a notebook run. Kill tests stop `uni_seg.train` at a kill point it
+announces (tests/train_kill_point.py), never after a clock. Tests named `test_real_*` use the
+real modules.
 """
 
 from __future__ import annotations
@@ -17,149 +19,20 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import Dataset
 
 from uni_seg import checkpoints as C
-from uni_seg import config
 from uni_seg import engine as E
 from uni_seg import train as T
 
+from train_stand_ins import TinySegModel, strip_timing, tiny_spec, weights
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-
-
-# ----------------------------------------------------------------------------- stand-ins
-class TinySegModel(nn.Module):
-    """The CellSegModel interface on a few convolutions (no dropout, no batch norm)."""
-
-    def __init__(self, backbone: str = "tiny", weights: str = "none", n_classes: int = 4, decoder_channels: int = 8,
-                 lora_rank: int | None = None, lora_alpha: float | None = None, pad_floats: int = 0) -> None:
-        super().__init__()
-        self._config = dict(backbone=backbone, n_classes=n_classes, decoder_channels=decoder_channels,
-                            pad_floats=pad_floats)
-        self.backbone = nn.Conv2d(3, 8, 3, padding=1)
-        self.decoder = nn.Sequential(nn.Conv2d(8, decoder_channels, 3, padding=1), nn.Tanh())
-        self.np_head = nn.Conv2d(decoder_channels, 1, 1)
-        self.hv_head = nn.Conv2d(decoder_channels, 2, 1)
-        self.nc_head = nn.Conv2d(decoder_channels, n_classes, 1)
-        if pad_floats:  # a big frozen buffer: makes checkpoint writes slow (kill tests)
-            self.register_buffer("pad", torch.zeros(pad_floats))
-        self.weights_source = "none" if weights == "none" else "imagenet"
-        self.weights_provenance = {"kind": self.weights_source, "backbone": backbone, "repo": "timm/tiny",
-                                   "revision": "abc123", "message": f"weights: {self.weights_source}"}
-        self.lora_rank = self.lora_alpha = None
-        if lora_rank:
-            self.add_lora(lora_rank, lora_alpha)
-
-    @property
-    def config(self) -> dict:
-        return {**self._config, "lora_rank": self.lora_rank, "lora_alpha": self.lora_alpha}
-
-    def freeze_backbone(self) -> None:
-        self.backbone.requires_grad_(False)
-
-    def add_lora(self, rank: int, alpha: float) -> None:
-        self.lora_rank, self.lora_alpha = rank, alpha
-        self.lora_down = nn.Conv2d(8, rank, 1, bias=False)
-        self.lora_up = nn.Conv2d(rank, 8, 1, bias=False)
-        nn.init.zeros_(self.lora_up.weight)
-
-    def param_groups(self, phase: int, lr_decoder: float, lr_lora: float | None = None,
-                     weight_decay: float = 0.0) -> list[dict]:
-        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        groups = [dict(name="decoder", params=[p for n, p in named if not n.startswith("lora")], lr=lr_decoder,
-                       weight_decay=weight_decay)]
-        if phase == 2:
-            groups.insert(0, dict(name="lora", params=[p for n, p in named if n.startswith("lora")], lr=lr_lora,
-                                  weight_decay=weight_decay))
-        return groups
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        f = self.backbone(x)
-        if self.lora_rank:
-            f = f + (self.lora_alpha / self.lora_rank) * self.lora_up(self.lora_down(f))
-        d = self.decoder(f)
-        return {"np": self.np_head(d), "hv": self.hv_head(d), "nc": self.nc_head(d)}
-
-
-class TinyDataset(Dataset):
-    """n items of the CellCropDataset batch dict; random flips from the global RNGs (which the
-    engine seeds per (seed, epoch, index)). Images turn NaN at `nan_indices` or from `nan_from_epoch`."""
-
-    def __init__(self, n: int = 8, size: int = 16, seed: int = 0, augment: bool = True,
-                 nan_indices: tuple[int, ...] = (), nan_from_epoch: int | None = None) -> None:
-        self.n, self.size, self.seed, self.augment = n, size, seed, augment
-        self.nan_indices, self.nan_from_epoch = set(nan_indices), nan_from_epoch
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng(self.seed * 1000 + i)
-        image = rng.random((3, self.size, self.size), dtype=np.float32)
-        if self.augment and np.random.random() < 0.5:
-            image = image[:, :, ::-1]
-        if self.augment and random.random() < 0.5:
-            image = image[:, ::-1, :]
-        image = np.ascontiguousarray(image) + 0.01 * torch.rand(1).item()
-        fg = (image.mean(0) > 0.5).astype(np.float32)
-        hv = np.stack([image[0] - 0.5, image[1] - 0.5]).astype(np.float32)
-        nc = (fg * (1 + (image[2] > 0.5))).astype(np.int64)
-        if i in self.nan_indices or (self.nan_from_epoch is not None and self.epoch >= self.nan_from_epoch):
-            image = np.full_like(image, np.nan)
-        return {"image": torch.from_numpy(image.astype(np.float32)), "np": torch.from_numpy(fg)[None],
-                "hv": torch.from_numpy(hv), "nc": torch.from_numpy(nc), "inst": torch.from_numpy(nc)}
-
-
-class TinyLoss(nn.Module):
-    """CellSegLoss interface; every term a plain mean, so losses of equal-size halves average exactly."""
-
-    def forward(self, out: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {"np": F.binary_cross_entropy_with_logits(out["np"], batch["np"]),
-                 "hv": F.mse_loss(out["hv"], batch["hv"]),
-                 "nc": F.cross_entropy(out["nc"], batch["nc"])}
-        return parts["np"] + 2 * parts["hv"] + parts["nc"], parts
-
-
-def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None = None, data: dict | None = None,
-              **phase_kw) -> E.TrainSpec:
-    kw = dict(phase=phase, epochs=epochs, patience=10, batch_size=2, lr_decoder=1e-2, lr_lora=1e-3,
-              warmup_epochs=1, restart_period=2, grad_accum_target=4, precision="fp32", seed=0)
-    kw.update(phase_kw)
-    if phase == 2:
-        kw["schedule"] = "cosine"
-    data = {"n": 8, **(data or {})}
-    return E.TrainSpec(
-        phase=E.PhaseConfig(**kw),
-        model=config.Factory(f"{__name__}:TinySegModel", model or {}),
-        train_data=config.Factory(f"{__name__}:TinyDataset", data),
-        val_data=config.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
-        loss=config.Factory(f"{__name__}:TinyLoss"),
-        checkpoint_dir=tmp / "checkpoints", results_dir=tmp / "results", working_scale=0.5,
-        lora=(2, 4.0) if phase == 2 else None,
-        init_checkpoint=tmp / "checkpoints" / "best_phase1.pth" if phase == 2 else None,
-        device="cpu", progress=False, plot=False,
-    )
-
-
-def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in E.TIMING_KEYS} for row in history]
-
-
-def weights(path: Path) -> dict[str, torch.Tensor]:
-    return C.load_checkpoint(path)["model_state_dict"]
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -262,7 +135,7 @@ def test_checkpoint_holds_everything_for_inference_and_resume(tmp_path):
                 "weights_source", "phase", "format"):
         assert key in ckpt, key
     assert ckpt["working_scale"] == 0.5 and ckpt["phase"] == 1
-    model, meta = C.load_model_from_checkpoint(res.best_checkpoint, "cpu", builder=f"{__name__}:TinySegModel")
+    model, meta = C.load_model_from_checkpoint(res.best_checkpoint, "cpu", builder="train_stand_ins:TinySegModel")
     assert meta["epoch"] == res.best_epoch and not model.training
     ref = TinySegModel()
     ref.load_state_dict(ckpt["model_state_dict"])
@@ -314,7 +187,7 @@ def test_phase2_starts_from_phase1_best_and_stores_adapters(tmp_path):
     assert ckpt["weights_source"] == "none"  # carried over from phase 1, not from the rebuilt architecture
     assert set(p2.history[0]) >= {"lr_lora", "lr_decoder"}
     assert torch.equal(ckpt["model_state_dict"]["backbone.weight"], best1["backbone.weight"])  # frozen
-    model, meta = C.load_model_from_checkpoint(p2.best_checkpoint, builder=f"{__name__}:TinySegModel")
+    model, meta = C.load_model_from_checkpoint(p2.best_checkpoint, builder="train_stand_ins:TinySegModel")
     assert meta["phase"] == 2 and model.lora_rank == 2
 
 
@@ -328,7 +201,7 @@ def test_weights_provenance_travels_from_phase_1_through_phase_2_and_resumes(tmp
     E.train_phase(tiny_spec(tmp_path, phase=2, epochs=2))  # resumed
     ckpt = C.load_checkpoint(tmp_path / "checkpoints/latest_phase2.pth")
     assert ckpt["weights_source"] == "imagenet" and ckpt["weights_provenance"] == recorded
-    _, meta = C.load_model_from_checkpoint(tmp_path / "checkpoints/latest_phase2.pth", builder=f"{__name__}:TinySegModel")
+    _, meta = C.load_model_from_checkpoint(tmp_path / "checkpoints/latest_phase2.pth", builder="train_stand_ins:TinySegModel")
     assert meta["weights_provenance"] == recorded and meta["weights_message"] == "weights: imagenet"
 
 
@@ -451,7 +324,7 @@ def test_cli_joins_a_job_started_by_srun_or_torchrun(tmp_path, launcher):
 
 # ----------------------------------------------------------------------------- kills
 def _kill_spec(tmp: Path, epochs: int, pad_floats: int = 4_000_000) -> Path:
-    # A big frozen buffer makes checkpoint writes a large share of the time, so kills land in them.
+    # A big frozen buffer: checkpoints of a realistic size, so a write cut in half leaves megabytes behind.
     spec = tiny_spec(tmp, epochs=epochs, model={"pad_floats": pad_floats}, data={"n": 4})
     path = tmp / "spec.json"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -467,31 +340,28 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
 
 
-def _kill_at_random(spec_path: Path, rng: random.Random, ckpt_dir: Path, after_epoch: int = 1,
-                    longest: float = 1.0) -> bool:
-    """Start training and SIGKILL it `rng.uniform(0, longest)` seconds after it has written the
-    checkpoint of epoch `after_epoch` of this run (it prints the epoch's line once the
-    checkpoint is on disk), so that a checkpoint to resume from always exists; True when the
-    kill caught a checkpoint write (a temporary file existed). The moment comes from `rng`:
-    seeded, so a failure can be replayed."""
-    proc = subprocess.Popen(_train_cmd(spec_path), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    epochs_seen = 0
-    for line in proc.stdout:  # "phase 1 epoch   N/M | ..." after each epoch's checkpoint
-        if line.startswith("phase 1 epoch"):
-            epochs_seen += 1
-        if epochs_seen >= after_epoch or line.startswith("Phase 1 already finished"):
+def _kill_at_point(spec_path: Path, ckpt_dir: Path, at_save: int, point: str = "mid") -> bool:
+    """Start training with a kill point (tests/train_kill_point.py) and SIGKILL it once it
+    announces that it stands there: during (`point="mid"`: half of the bytes in the temporary
+    file) or just after (`"after"`) its `at_save`-th write of the latest checkpoint. With
+    `at_save` >= 2 a checkpoint to resume from always exists. True when the kill caught a
+    checkpoint write (a temporary file existed). A run that finishes before the point (its
+    phase already done) ends by itself."""
+    env = {**_env(), "KILL_AT_SAVE": str(at_save), "KILL_POINT": point}
+    proc = subprocess.Popen([sys.executable, str(TESTS / "train_kill_point.py"), *_train_cmd(spec_path)[3:]],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith("KILL POINT"):
+            proc.send_signal(signal.SIGKILL)
             break
-    time.sleep(rng.uniform(0.0, longest))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.wait(timeout=300)
     proc.stdout.close()
     return bool(list(ckpt_dir.glob(".*.tmp-*")))  # a write was cut short
 
 
-def test_sigkill_at_a_random_moment_resumes_from_an_intact_checkpoint(tmp_path):
+def test_sigkill_during_a_checkpoint_write_resumes_from_an_intact_checkpoint(tmp_path):
     spec_path = _kill_spec(tmp_path, epochs=30)
-    _kill_at_random(spec_path, random.Random(20261202), tmp_path / "checkpoints")
+    assert _kill_at_point(spec_path, tmp_path / "checkpoints", at_save=2, point="mid")
     ckpt = C.load_checkpoint(tmp_path / "checkpoints/latest_phase1.pth")  # intact
     spec = T.spec_from_json(spec_path.read_text())
     res = E.train_phase(dataclasses.replace(spec, phase=dataclasses.replace(spec.phase, epochs=ckpt["epoch"] + 1)))
@@ -506,7 +376,7 @@ def test_killed_after_a_checkpoint_and_resumed_equals_an_uninterrupted_run(tmp_p
     subprocess.run(_train_cmd(_kill_spec(ref, epochs)), cwd=ROOT, env=_env(), check=True, capture_output=True)
     work = tmp_path / "killed"
     spec_path = _kill_spec(work, epochs)
-    _kill_at_random(spec_path, random.Random(7), work / "checkpoints", after_epoch=2, longest=0.05)
+    _kill_at_point(spec_path, work / "checkpoints", at_save=3, point="mid")
     killed_at = C.load_checkpoint(work / "checkpoints/latest_phase1.pth")["epoch"]
     assert 2 <= killed_at < epochs  # the run was cut, after a checkpoint: what follows is a resume
     subprocess.run(_train_cmd(spec_path), cwd=ROOT, env=_env(), check=True, capture_output=True)
@@ -523,13 +393,14 @@ def test_sigkill_soak_many_kills_end_identical_to_an_uninterrupted_run(tmp_path)
     subprocess.run(_train_cmd(_kill_spec(ref, epochs, pad)), cwd=ROOT, env=_env(), check=True, capture_output=True)
     work = tmp_path / "killed"
     spec_path = _kill_spec(work, epochs, pad)
-    rng = random.Random(1234)
+    rng = random.Random(1234)  # seeded: which kill point comes next, replayable
     kills, mid_writes = 0, 0
     for _ in range(60):
         latest = work / "checkpoints/latest_phase1.pth"
         if latest.exists() and C.load_checkpoint(latest)["epoch"] >= epochs:
             break
-        mid_writes += _kill_at_random(spec_path, rng, work / "checkpoints")
+        mid_writes += _kill_at_point(spec_path, work / "checkpoints", at_save=rng.randint(2, 4),
+                                     point=rng.choice(["mid", "after"]))
         kills += 1
         C.load_checkpoint(latest)  # always intact
     subprocess.run(_train_cmd(spec_path), cwd=ROOT, env=_env(), check=True, capture_output=True)
