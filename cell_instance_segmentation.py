@@ -9282,15 +9282,15 @@ import numpy as np
 import torch
 
 from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, class_scheme, errors_as_messages,
-                            resolve_device, resolve_precision)
+from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, errors_as_messages, resolve_device,
+                            resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
 from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
                             load_folder_item, plan_folder, reread_image, start_run, write_csv)
 from uni_seg.files import folder_lock, separate_folders
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
-                              cells_from_maps, cells_with_truth, select_postproc)
+                              cells_from_maps, cells_with_truth)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10060,7 +10060,7 @@ def checked_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None)
         parser.error(f"--output {args.output} is a file, not a folder")
     try:
         separate_folders(args.input, args.output)
-        device = resolve_device(args.device)
+        resolve_device(args.device)  # a device this machine lacks: one line now, before any work
     except ValueError as error:
         parser.error(str(error).replace("device=", "--device ", 1))
     if args.workers is not None and args.workers > usable_cpus():
@@ -13501,7 +13501,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     if args.output is not None:
         check_results_path(parser, args.output, args.overwrite)
     try:
-        device = resolve_device(args.device)
+        resolve_device(args.device)  # a device this machine lacks: one line now, before any work
     except ValueError as error:
         parser.error(str(error).replace("device=", "--device ", 1))
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):

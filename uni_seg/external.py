@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
     if args.output is not None:
         check_results_path(parser, args.output, args.overwrite)
     try:
-        device = resolve_device(args.device)
+        resolve_device(args.device)  # a device this machine lacks: one line now, before any work
     except ValueError as error:
         parser.error(str(error).replace("device=", "--device ", 1))
     with errors_as_messages(prog, (AnnotationError, CheckpointError, DataError, ValueError)):
