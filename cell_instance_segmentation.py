@@ -41,16 +41,16 @@
 # **Contents** (each section's library modules in brackets; its export cells are collapsed,
 # the story comes first)
 #
-# 0. [Setup and parameters](#section-0) (`uni_seg.config`, `uni_seg.files`): One folder, one writer; only our own files
-# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Cell classes from BBBC041's class boxes; Finding the dataset; The split; Worker processes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
+# 0. [Setup and parameters](#section-0) (`uni_seg.settings`, `uni_seg.classes`, `uni_seg.config`, `uni_seg.procs`, `uni_seg.files`): Settings objects; Cell classes; The run's settings; Processes; Files: written whole, read safely; One folder, one writer; only our own files
+# 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.boxes`, `uni_seg.cache`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Finding the dataset; The split; The working scale; Cell classes from BBBC041's class boxes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
-# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.outputs`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; One run per output folder; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
+# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.metrics_file`, `uni_seg.tuning`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.napari_widget`, `uni_seg.sweep`): The napari plugin; Sweeps: a grid of runs, with seeds
 
@@ -161,6 +161,284 @@ from uni_seg.config import check_parameter_names
 check_parameter_names(globals())
 
 # %% [markdown]
+# ### Settings objects (`uni_seg.settings`)
+# Every group of settings the project passes around (the class schemes below, post-processing,
+# inference) is a frozen dataclass that checks its values when it is made, is built from a plain
+# dict with a clear error for an unknown name, and is saved as JSON. `Settings` is what they share;
+# `describe_differences` says how two of them (a checkpoint's and this run's) differ.
+
+# %% [markdown] tags=["why"]
+# `Settings` is what every settings object of the project shares (post-processing and inference below): built from a plain dict with an error that names an unknown key and its closest match, validated when made, saved and read as JSON.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Settings:
+    """What every settings dataclass of the project shares (post-processing, inference): built
+    from a plain dict with a clear error for an unknown name, turned back into one, changed by
+    `replace` (which validates again), saved and read as JSON. Subclasses are frozen
+    dataclasses whose `__post_init__` validates every field, so a bad value fails where it is
+    made, before any image is read."""
+
+    #: What the settings are, for error messages ("post-processing parameter", ...).
+    what = "setting"
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str | Path | None = None):
+        """The settings with `values` over the defaults; `ValueError` naming an unknown name
+        (and the closest known one) or a bad value, prefixed by `source` when given."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        where = f"{source}: " if source is not None else ""
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
+                     else repr(name) for name in unknown]
+            raise ValueError(f"{where}unknown {cls.what}(s) {', '.join(hints)}; known: {', '.join(known)}")
+        plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
+        try:
+            return cls(**plain)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}{error}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a plain JSON-ready dict."""
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        """A copy with `changes` (validated like `from_dict`)."""
+        return type(self).from_dict({**self.as_dict(), **changes})
+
+
+# %% [markdown] tags=["why"]
+# Two sets of settings, or a state dict and the model it should load into, are compared in one way
+# everywhere: differences named by key, the first few shown, the rest counted.
+
+# %% tags=["export"]
+def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
+    """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if a != b:
+            lines.append(f"{key}: {names[0]} {a!r}, {names[1]} {b!r}")
+    return lines
+
+
+# %% [markdown]
+# ### Cell classes (`uni_seg.classes`)
+# What the NC head's classes *are* is a parameter too, `CLASS_SCHEME`, because
+# the same masks can be labelled in several ways. A `ClassScheme` names the classes (index 0 is
+# always background), gives each a display colour (outlines, class maps, QuPath classes), says
+# where a cell's class comes from, and which classes are red cells and which of those are
+# infected (the parasitemia of §9). `resolve_config` derives `N_CLASSES` and the default
+# `CLASS_WEIGHTS` from it, so nothing downstream counts classes on its own.
+#
+# | scheme | classes (index 0, 1, ...) | a cell's class comes from |
+# |---|---|---|
+# | `binary` | background, cell | nothing: every cell is class 1 |
+# | `colour` (default) | background, RBC, WBC, Platelet | the mask's colour (§1's palette); a binary mask makes every cell an RBC |
+# | `bbbc041` | background, uninfected RBC, infected RBC, leukocyte | the BBBC041 class box it matches (§1); every parasite stage is "infected RBC" |
+# | `bbbc041-stages` | background, uninfected RBC, ring, trophozoite, schizont, gametocyte, leukocyte | the same boxes, one class per stage |
+#
+# A cell whose class is not known (no class box matches it, or its box is BBBC041's
+# `difficult`) has the class `UNKNOWN_CLASS` = -1: NP and HV still learn the cell, the NC loss
+# ignores its pixels, and the metrics count it apart.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uni_seg.settings import Settings
+
+#: The class of a cell whose class is not known: -1 in the int8 class maps of the processed
+#: cache, the NC loss's ignore index (`F.cross_entropy(ignore_index=UNKNOWN_CLASS)`), counted
+#: apart by the metrics. Shown as `UNKNOWN_NAME` in `UNKNOWN_COLOUR`.
+UNKNOWN_CLASS = -1
+UNKNOWN_NAME = "unknown"
+UNKNOWN_COLOUR: tuple[int, int, int] = (150, 150, 150)
+#: Where a scheme takes a cell's class from: nowhere (every cell is class 1), the mask's
+#: colour-coded class, or the class box the cell matches.
+CLASS_SOURCES: tuple[str, ...] = ("cell", "mask", "boxes")
+
+
+@dataclasses.dataclass(frozen=True)
+class _SchemeDefinition(Settings):
+    """What a `ClassScheme` is made of, validated when made (the questions it answers follow)."""
+
+    what = "class scheme field"
+
+    name: str  # what CLASS_SCHEME calls it
+    names: tuple[str, ...]  # class index -> name; index 0 is "background"
+    colours: tuple[tuple[int, int, int], ...]  # class index -> display colour, RGB 0..255
+    source: str  # one of CLASS_SOURCES
+    categories: dict[str, int] = dataclasses.field(default_factory=dict)  # source "boxes": box category -> class (or UNKNOWN_CLASS)
+    red_classes: tuple[int, ...] = ()  # classes that are red cells: parasitemia's denominator
+    infected_classes: tuple[int, ...] = ()  # red classes that carry a parasite: parasitemia's numerator
+    default_weights: tuple[float, ...] | None = None  # NC loss weights; None = from the training split's cell counts (§4)
+
+    def __post_init__(self) -> None:
+        # Read back from JSON the sequences are lists: store tuples, so a saved scheme equals its original.
+        for name in ("names", "red_classes", "infected_classes"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "colours", tuple(tuple(int(v) for v in c) for c in self.colours))
+        object.__setattr__(self, "categories", {str(k): int(v) for k, v in dict(self.categories).items()})
+        if self.default_weights is not None:
+            object.__setattr__(self, "default_weights", tuple(float(w) for w in self.default_weights))
+        where, n = f"class scheme {self.name!r}", len(self.names)
+        if n < 2 or self.names[0] != "background" or len(set(self.names)) != n or UNKNOWN_NAME in self.names:
+            raise ValueError(f"{where}: names {list(self.names)} must be >= 2 distinct names, 'background' first "
+                             f"(and none called {UNKNOWN_NAME!r})")
+        if len(self.colours) != n or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colours):
+            raise ValueError(f"{where}: needs one RGB colour (0..255) per class, {n} in all; got {list(self.colours)}")
+        if self.source not in CLASS_SOURCES:
+            raise ValueError(f"{where}: source={self.source!r} is not one of {list(CLASS_SOURCES)}")
+        if (self.source == "boxes") != bool(self.categories):
+            raise ValueError(f"{where}: box categories are given exactly when source is 'boxes'")
+        bad = {k: v for k, v in self.categories.items() if v != UNKNOWN_CLASS and not 1 <= v < n}
+        if bad:
+            raise ValueError(f"{where}: categories {bad} map outside the cell classes 1..{n - 1} (or {UNKNOWN_CLASS})")
+        if any(not 1 <= c < n for c in self.red_classes) or not set(self.infected_classes) <= set(self.red_classes):
+            raise ValueError(f"{where}: red_classes {self.red_classes} must be cell classes 1..{n - 1} and hold "
+                             f"infected_classes {self.infected_classes}")
+        if self.default_weights is not None and (len(self.default_weights) != n or min(self.default_weights) <= 0):
+            raise ValueError(f"{where}: default_weights {self.default_weights} must be {n} positive numbers")
+
+
+# %% [markdown] tags=["why"]
+# What the rest of the pipeline asks a scheme: the class of a box category, the name and colour of a class (the unknown one included), and the parasitemia of a set of cells.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class ClassScheme(_SchemeDefinition):
+    """The classes of the NC head (names, display colours, `n_classes`), where a cell's class
+    comes from (`source`, box `categories`) and which classes are red and infected cells; saved
+    with the processed cache, the checkpoints and the metrics (`as_dict`, `from_dict`)."""
+
+    @property
+    def n_classes(self) -> int:
+        """Classes of the NC head, background included."""
+        return len(self.names)
+
+    @property
+    def takes_boxes(self) -> bool:
+        """Whether a cell's class comes from class boxes (§1's `instance_classes_from_boxes`)."""
+        return self.source == "boxes"
+
+    def class_of(self, category: str) -> int:
+        """The class of box category `category`; `ValueError` naming it and the scheme's categories."""
+        try:
+            return self.categories[category]
+        except KeyError:
+            raise ValueError(f"box category {category!r} is not one of class scheme {self.name!r}'s: "
+                             f"{', '.join(repr(c) for c in self.categories)}") from None
+
+    def name_of(self, index: int) -> str:
+        """Name of class `index`: `UNKNOWN_NAME` for `UNKNOWN_CLASS`, `class_<index>` beyond the scheme."""
+        if index == UNKNOWN_CLASS:
+            return UNKNOWN_NAME
+        return class_name(index, self.names)
+
+    def colour_table(self) -> np.ndarray:
+        """uint8 (n_classes + 1, 3): row c the colour of class c, the last row `UNKNOWN_COLOUR`, so
+        that `table[cls]` colours an int class map holding `UNKNOWN_CLASS` (-1 is the last row)."""
+        return np.array([*self.colours, UNKNOWN_COLOUR], dtype=np.uint8)
+
+    def parasitemia(self, counts: Sequence[int]) -> float:
+        """Infected red cells / red cells, from cell counts per class (n_classes,); nan when the
+        scheme has no infected class or there is no red cell."""
+        counts = np.asarray(counts, dtype=np.float64)
+        red = counts[list(self.red_classes)].sum()
+        if not self.infected_classes or red == 0:
+            return float("nan")
+        return float(counts[list(self.infected_classes)].sum() / red)
+
+
+# %% [markdown] tags=["why"]
+# The four schemes, and how `resolve_config` derives `N_CLASSES`, the default `CLASS_WEIGHTS` and `CLASS_BOXES` from the one chosen.
+
+# %% tags=["export"]
+_BBBC041_STAGES = ("ring", "trophozoite", "schizont", "gametocyte")  # BBBC041's parasite categories, in life-cycle order
+_BLACK, _RED, _BLUE, _AMBER = (0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11)
+
+CLASS_SCHEMES: dict[str, ClassScheme] = {scheme.name: scheme for scheme in (
+    ClassScheme("binary", ("background", "cell"), (_BLACK, _RED), source="cell"),
+    # The original write-up's classes and weights (a platelet pixel counts 160 background pixels).
+    ClassScheme("colour", ("background", "RBC", "WBC", "Platelet"), (_BLACK, _RED, _BLUE, _AMBER), source="mask",
+                red_classes=(1,), default_weights=(0.05, 0.5, 5.0, 8.0)),
+    # BBBC041's categories; its "difficult" boxes mark cells of no certain class.
+    ClassScheme("bbbc041", ("background", "uninfected RBC", "infected RBC", "leukocyte"), (_BLACK, _RED, _AMBER, _BLUE),
+                source="boxes", categories={"red blood cell": 1, **dict.fromkeys(_BBBC041_STAGES, 2), "leukocyte": 3,
+                                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2), infected_classes=(2,)),
+    ClassScheme("bbbc041-stages", ("background", "uninfected RBC", *_BBBC041_STAGES, "leukocyte"),
+                (_BLACK, _RED, _AMBER, (251, 133, 0), (214, 40, 160), (46, 196, 110), _BLUE), source="boxes",
+                categories={"red blood cell": 1, **{s: 2 + i for i, s in enumerate(_BBBC041_STAGES)}, "leukocyte": 6,
+                            "difficult": UNKNOWN_CLASS},
+                red_classes=(1, 2, 3, 4, 5), infected_classes=(2, 3, 4, 5)),
+)}
+
+
+def class_scheme(scheme: str | ClassScheme | Mapping[str, Any]) -> ClassScheme:
+    """The `ClassScheme` named `scheme` (one of `CLASS_SCHEMES`), or `scheme` itself, or one read
+    back from its `as_dict()` (a checkpoint's, a manifest's); `ValueError` naming an unknown name."""
+    if isinstance(scheme, ClassScheme):
+        return scheme
+    if isinstance(scheme, Mapping):
+        return ClassScheme.from_dict(scheme)
+    if scheme not in CLASS_SCHEMES:
+        close = difflib.get_close_matches(str(scheme), CLASS_SCHEMES, 1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"CLASS_SCHEME={scheme!r} is not one of {list(CLASS_SCHEMES)}{hint}")
+    return CLASS_SCHEMES[scheme]
+
+# %% [markdown] tags=["why"]
+# Names and colours by class index, for code that has a list of names rather than a scheme:
+# one rule everywhere (`class_<index>` beyond the names, the "colour" scheme's names by default).
+
+# %% tags=["export"]
+#: The classes of colour-coded masks: the "colour" scheme's (other schemes name their own classes).
+CLASS_NAMES: tuple[str, ...] = CLASS_SCHEMES["colour"].names
+#: Display colour (RGB 0..255) of each class of the "colour" scheme, index = class: outlines in
+#: overlays, class maps, QuPath classes. (Not the mask colours: those are §1's `MASK_PALETTE`.)
+CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = CLASS_SCHEMES["colour"].colours
+#: Display colour of a class index beyond a scheme's classes (a model with more outputs than names).
+OTHER_CLASS_COLOUR: tuple[int, int, int] = (160, 160, 160)
+
+
+def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
+    """Name of class `index`; `class_<index>` for an index beyond `class_names`."""
+    return class_names[index] if 0 <= index < len(class_names) else f"class_{index}"
+
+
+def class_colour(index: int) -> tuple[int, int, int]:
+    """Display colour (RGB) of class `index` (`OTHER_CLASS_COLOUR` beyond `CLASS_DISPLAY_COLOURS`)."""
+    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else OTHER_CLASS_COLOUR
+
+
+def default_class_names(n_classes: int) -> list[str]:
+    """The "colour" scheme's names for a model of its 4 classes, else background + `class_<k>`."""
+    names = CLASS_NAMES if n_classes == len(CLASS_NAMES) else ("background",)
+    return [class_name(k, names) for k in range(n_classes)]
+
+
+# %% [markdown]
+# ### The run's settings (`uni_seg.config`)
 # The profiles. `resolve_config` merges a profile's defaults with the parameters given
 # above; a parameter left at `None` takes the profile's value. The result is one frozen
 # `RunConfig` that every later cell reads, so a run's settings are written once and saved
@@ -173,19 +451,13 @@ import contextlib
 import dataclasses
 import difflib
 import importlib
-import json
 import math
 import os
 import random
-import re
-import signal
 import sys
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
     import torch
@@ -242,7 +514,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         n_gpus=None,
     ),
 }
-
+from uni_seg.classes import class_scheme
 
 # Defaults shared by both profiles: the same values the parameters cell shows, so that
 # `resolve_config` called from a script behaves like the notebook (a test keeps them equal).
@@ -458,6 +730,32 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     _resolve_class_parameters(merged)
     _check_values(merged)
     return RunConfig(**merged)
+
+
+# %% [markdown] tags=["why"]
+# CLASS_SCHEME decides N_CLASSES, the default CLASS_WEIGHTS and whether CLASS_BOXES applies.
+
+# %% tags=["export"]
+def _resolve_class_parameters(merged: dict[str, Any]) -> None:
+    """`resolve_config`'s class parameters, in place: N_CLASSES from CLASS_SCHEME (a value given
+    must agree), CLASS_WEIGHTS given (one per class) or the scheme's default (None: from the
+    training split, §4), CLASS_BOXES for a scheme that takes classes from boxes (default
+    DATA_DIR/classes) and refused for one that does not."""
+    scheme = class_scheme(merged["class_scheme"])
+    about = f"CLASS_SCHEME={scheme.name!r} ({', '.join(scheme.names)})"
+    if merged["n_classes"] is None:
+        merged["n_classes"] = scheme.n_classes
+    elif merged["n_classes"] != scheme.n_classes:
+        raise ValueError(f"N_CLASSES={merged['n_classes']} but {about} has {scheme.n_classes} classes; leave N_CLASSES unset")
+    weights = merged["class_weights"] if merged["class_weights"] is not None else scheme.default_weights
+    merged["class_weights"] = None if weights is None else tuple(float(w) for w in weights)
+    if weights is not None and len(weights) != scheme.n_classes:
+        raise ValueError(f"CLASS_WEIGHTS has {len(weights)} weights for N_CLASSES={scheme.n_classes}: {about}")
+    if scheme.takes_boxes:
+        merged["class_boxes"] = Path(merged["class_boxes"] or Path(merged["data_dir"]) / "classes")
+    elif merged["class_boxes"] is not None:
+        raise ValueError(f"CLASS_BOXES={str(merged['class_boxes'])!r} is given, but {about} takes no classes from "
+                         f"boxes; use CLASS_SCHEME='bbbc041' or 'bbbc041-stages', or leave CLASS_BOXES unset")
 
 
 # %% [markdown] tags=["why"]
@@ -748,7 +1046,7 @@ class Factory:
 
 
 # %% [markdown] tags=["why"]
-# `Settings` is what every settings object of the project shares (post-processing and inference below): built from a plain dict with an error that names an unknown key and its closest match, validated when made, saved and read as JSON.
+# Errors a command reports in one line, without a traceback (a missing file, bad data, a foreign checkpoint).
 
 # %% tags=["export"]
 #: Errors a command line reports in one line (a file or folder missing, in the way or not
@@ -768,6 +1066,40 @@ def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()
         message = str(error).strip() or type(error).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+# %% [markdown]
+# ### Processes (`uni_seg.procs`)
+# The processed cache (§1) (with `num_workers`) and §2's data loaders start worker
+# processes, and both start them the same way, chosen by `worker_context`. Inside a Jupyter
+# kernel: `forkserver` (or `spawn` where there is none), because forking a kernel, a process
+# with ZMQ and OpenMP threads running, can deadlock. In a script on Linux: `fork`, so a script
+# needs no `if __name__ == "__main__":` guard (a forkserver would import the unguarded script
+# again and run it twice); on macOS and Windows the platform's default (spawn) is kept, which
+# needs the guard. A forked worker must not inherit OpenCV's thread pool (it would hang in its
+# first `cv2.setNumThreads`), so the parent's pool is stopped for the instant of each fork.
+#
+# Every process we start ends with the one that started it (`exit_with_parent`): a worker or a
+# training rank must not run on, holding a GPU, after the notebook or job that started it was killed.
+
+# %% [markdown] tags=["why"]
+# The watchdog, and whether a process is alive.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+import cv2
 
 
 def exit_with_parent(owner: int | None = None) -> None:
@@ -812,113 +1144,209 @@ def exit_with_parent(owner: int | None = None) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def torch_load_refusal(error: BaseException) -> str:
-    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line (for
-    checkpoints, §5, and weights files, §3; it only reads the error's text). torch's
-    own message is long, and its first advice (load with weights_only=False) would run
-    whatever code the file holds: never repeat it."""
-    text = str(error)
-    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
-        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
-                "(refused without unpickling: none of its code ran)")
-    if "WeightsUnpickler error:" in text:
-        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
-                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
-        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
-    if isinstance(error, EOFError) or "Ran out of input" in text:
-        return "the file is empty or ends early (cut short while it was copied or written?)"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
-    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
-                                                                                           "Check the documentation"))),
-                 type(error).__name__)
-    if "zip archive" in text or "PytorchStreamReader" in text:
-        return f"a damaged or cut-short PyTorch file ({first})"
-    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
-        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
-        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
-    return f"{type(error).__name__}: {first[:200]}"
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine (signal 0 asks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # %% [markdown] tags=["why"]
-# Two sets of settings, or a state dict and the model it should load into, are compared in one way
-# everywhere: differences named by key, the first few shown, the rest counted.
+# The start method of worker processes: forkserver in a notebook kernel, an OpenCV-safe fork in a script on Linux, the platform's default elsewhere.
 
 # %% tags=["export"]
-def describe_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                         names: tuple[str, str] = ("checkpoint", "this run")) -> list[str]:
-    """Lines 'key: <names[0]> X, <names[1]> Y' for every key whose values differ."""
-    lines = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-        if a != b:
-            lines.append(f"{key}: {names[0]} {a!r}, {names[1]} {b!r}")
-    return lines
+def in_notebook_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
+    return "ipykernel" in sys.modules
 
 
-def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], *, limit: int = 3,
-                        may_be_missing: Sequence[str] = (), shape_fits: Callable[[str, tuple, tuple], bool] | None = None,
-                        model: str = "model") -> str:
-    """What keeps a state dict `given` from loading into a module whose state dict is `expected`,
-    in one line: keys of another shape, missing and unexpected keys, each with its count and its
-    first `limit` names ("" when it fits). Values are tensors (their `.shape`) or shapes.
-    `may_be_missing`: keys the loader fills itself; `shape_fits(key, given, expected)`: a shape
-    difference the loader adapts (a position table it resamples); `model`: what the module is
-    called in the message ("model", "backbone")."""
-    def shape(value: Any) -> tuple:
-        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
+if sys.platform != "win32":  # fork exists on POSIX only
+    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
+        """A forked process that inherits no OpenCV thread pool.
 
-    want, have = {k: shape(v) for k, v in expected.items()}, {k: shape(v) for k, v in given.items()}
-    reshaped = [k for k in want if k in have and have[k] != want[k] and not (shape_fits and shape_fits(k, have[k], want[k]))]
-    missing = [k for k in want if k not in have and k not in may_be_missing]
-    unexpected = [k for k in have if k not in want]
-    parts = []
-    if reshaped:
-        shown = "; ".join(f"{k} {have[k]} in the file, {want[k]} in the {model}" for k in reshaped[:limit])
-        parts.append(f"{len(reshaped)} key(s) of another shape (first: {shown})")
-    for label, keys in (("missing", missing), ("unexpected", unexpected)):
-        if keys:
-            parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:limit])})")
-    return "; ".join(parts)
+        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
+        forked child copies those variables but not the threads, and its first
+        `cv2.setNumThreads` (e.g. a DataLoader worker's init) waits forever for the missing
+        sleepers. So the pool is stopped in the parent (`setNumThreads(1)` joins its threads)
+        for the instant of the fork and restored after it; OpenCV starts its threads again on
+        its next parallel call.
+        """
+
+        def start(self) -> None:
+            threads = cv2.getNumThreads()
+            cv2.setNumThreads(1)
+            try:
+                super().start()
+            finally:
+                cv2.setNumThreads(threads)
+
+    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
+        Process = _OpenCVSafeForkProcess
 
 
-class Settings:
-    """What every settings dataclass of the project shares (post-processing, inference): built
-    from a plain dict with a clear error for an unknown name, turned back into one, changed by
-    `replace` (which validates again), saved and read as JSON. Subclasses are frozen
-    dataclasses whose `__post_init__` validates every field, so a bad value fails where it is
-    made, before any image is read."""
+def start_context(method: str) -> multiprocessing.context.BaseContext:
+    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
+    if method == "fork":
+        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
+        return _OpenCVSafeForkContext()
+    return multiprocessing.get_context(method)
 
-    #: What the settings are, for error messages ("post-processing parameter", ...).
-    what = "setting"
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str | Path | None = None):
-        """The settings with `values` over the defaults; `ValueError` naming an unknown name
-        (and the closest known one) or a bad value, prefixed by `source` when given."""
-        known = [f.name for f in dataclasses.fields(cls)]
-        where = f"{source}: " if source is not None else ""
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            hints = [f"{name!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(name, known, 1))
-                     else repr(name) for name in unknown]
-            raise ValueError(f"{where}unknown {cls.what}(s) {', '.join(hints)}; known: {', '.join(known)}")
-        plain = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in values.items()}
-        try:
-            return cls(**plain)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}{error}") from None
+def worker_context(preload: Sequence[str] = (), small: bool = False) -> multiprocessing.context.BaseContext | None:
+    """The start method for worker processes (the cache's process pool, §2's DataLoader workers,
+    and with `small` the `WorkerPool` below): the one place it is chosen.
 
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as a plain JSON-ready dict."""
-        return dataclasses.asdict(self)
+    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
+    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
+    that has imported the modules named in `preload` once, so workers start fast (the server
+    starts once per process: the first caller's `preload` holds). In a script on Linux: fork
+    (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no `if __name__ == "__main__":`
+    guard (named explicitly because Python 3.14 makes forkserver the default, and a forkserver
+    imports an unguarded script again, which starts it again). Elsewhere: None, the
+    platform's default (spawn on macOS and Windows, which needs the guard).
 
-    def replace(self, **changes: Any):
-        """A copy with `changes` (validated like `from_dict`)."""
-        return type(self).from_dict({**self.as_dict(), **changes})
+    `small`: workers that must not inherit this process (the `WorkerPool`'s CPU-side workers,
+    which run beside a CUDA context and must stay free of torch) come from a forkserver that
+    preloads only `preload`, in a script too (spawn where there is no forkserver).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if not (small or in_notebook_kernel()):
+        return start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    # no effect once the server runs; a kernel's workers also need its __main__ (the notebook's functions)
+    context.set_forkserver_preload(list(preload) if small else ["__main__", *preload])
+    return context
+
+
+# %% [markdown] tags=["why"]
+# The CPU side of inference, evaluation and tuning runs in a pool of worker processes, so that a
+# GPU never waits for Python: how many, and the pool itself (or this process, for debugging).
+
+# %% tags=["export"]
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity (what a SLURM job's cpuset allows), capped by
+    `SLURM_CPUS_PER_TASK` when set."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(cpus, int(slurm)) if slurm.isdigit() else cpus)
+
+
+def default_workers(device_type: str = "cuda") -> int:
+    """Worker processes for the CPU side. Next to a GPU ("cuda", "mps"): the usable CPUs minus
+    one for the process that feeds it. When the model itself runs on the CPU it is by far the
+    slowest stage and needs the cores: one worker (taking the exports off its path) where there
+    are 4 CPUs or more, else none."""
+    if device_type == "cpu":
+        return 1 if usable_cpus() >= 4 else 0
+    return max(0, usable_cpus() - 1)
+
+
+def default_loader_workers(processes: int = 1) -> int:
+    """DataLoader (or cache-building) workers per process when none are given: the usable CPUs
+    shared by the `processes` training processes of this node, one each left for the process
+    itself (16 CPUs, 4 GPUs: 3), and at least one."""
+    return max(1, usable_cpus() // max(1, processes) - 1)
+
+
+def worker_started(owner: int) -> None:
+    """A worker process's initializer: one OpenCV thread, and an end with process `owner`."""
+    cv2.setNumThreads(1)  # N workers x N OpenCV threads would oversubscribe the CPUs
+    exit_with_parent(owner)
+
+
+def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
+    """("ok", fn(*args)), or ("error", "Type: message") when it raises an Exception: how a worker
+    reports a failed image without ending the run."""
+    try:
+        return "ok", fn(*args)
+    except Exception as error:  # one bad image must not stop a folder
+        return "error", f"{type(error).__name__}: {error}"
+
+
+# %% [markdown] tags=["why"]
+# The pool itself: worker processes that start small (no torch), report a failed item instead of
+# dying, and end with their parent, or, with 0 workers, this process.
+
+# %% tags=["export"]
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """While worker processes are launched, this process's `__main__` looks interactive.
+
+    spawn and forkserver children run the parent's main script or module again (as
+    `__mp_main__`) before their first task. For `python -m uni_seg.infer`, or any script that
+    imports torch, that is torch in every worker: measured here 1.4 s more start-up and some
+    300 MB each. The workers only run functions of uni_seg's modules (which they import by
+    name), so they never need the main script; a Jupyter kernel's has no file and is skipped
+    the same way."""
+    main = sys.modules["__main__"]
+    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+class WorkerPool:
+    """Worker processes for the CPU side (`workers` > 0), or this process (`workers` == 0: every
+    call runs at once, in order, for debugging and tests). `submit(fn, *args)` returns a future
+    of `guarded(fn, *args)`; `fn` must be importable from a module (not defined in a script or
+    a notebook). Workers start from a forkserver that preloads `preload` (modules without torch:
+    small, fast workers, safe next to a CUDA context), use one thread each and end with their
+    parent. As a context manager, leaving by an exception (Ctrl-C) kills them."""
+
+    def __init__(self, workers: int, preload: Sequence[str] = ("uni_seg.export",)) -> None:
+        if workers < 0:
+            raise ValueError(f"workers={workers} must be >= 0 (0: everything in this process)")
+        self.workers = workers
+        self._executor = None
+        if workers:
+            context = worker_context(preload, small=True)
+            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=worker_started,
+                                                 initargs=(os.getpid(),))
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        if self._executor is not None:
+            with _main_script_hidden():  # the executor launches its workers inside submit
+                return self._executor.submit(guarded, fn, *args)
+        future: Future = Future()
+        future.set_result(guarded(fn, *args))
+        return future
+
+    def close(self, kill: bool = False) -> None:
+        """Wait for the workers to finish (or, with `kill`, end them at once)."""
+        if self._executor is None:
+            return
+        if kill:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            # The executor has no public way to end running workers before Python 3.14
+            # (terminate_workers); a Ctrl-C must not leave them running.
+            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
+                process.terminate()
+        else:
+            self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self.close(kill=kind is not None)
 
 
 # %% [markdown]
+# ### Files: written whole, read safely (`uni_seg.files`)
 # Files are written atomically: a run killed mid-write must never leave a half-written file
 # that a later run trusts (a cache entry, a checkpoint, tuned parameters, metrics, an export).
 # `atomic_open` is the one way every section writes a file: to a temporary name beside the
@@ -926,6 +1354,20 @@ class Settings:
 # new one, never a mixture. `remove_stale_temporaries` clears what a killed writer left.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from uni_seg.procs import process_alive
+
 #: Names of `atomic_open`'s temporaries: `.<target name>.tmp-<pid>.<random>` beside the target.
 ATOMIC_TEMP_GLOB = ".*.tmp-*"
 
@@ -939,6 +1381,7 @@ def atomic_open(path: str | Path, mode: str = "wb", *, encoding: str | None = No
     new temporary file in the same folder (same filesystem, so the rename is atomic; named as
     `ATOMIC_TEMP_GLOB` says). When the block ends normally the file is flushed and fsynced,
     `os.replace`d over `path`, and the folder is fsynced where the platform allows, so the
+import json
     rename itself survives a power cut. On an error the temporary is removed and `path` is
     untouched. Parent folders are created. Raises `ValueError` for a mode other than "w"/"wb".
     """
@@ -1010,233 +1453,63 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this machine (signal 0 asks without sending)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-# %% [markdown]
-# **Cell classes.** What the NC head's classes *are* is a parameter too, `CLASS_SCHEME`, because
-# the same masks can be labelled in several ways. A `ClassScheme` names the classes (index 0 is
-# always background), gives each a display colour (outlines, class maps, QuPath classes), says
-# where a cell's class comes from, and which classes are red cells and which of those are
-# infected (the parasitemia of §9). `resolve_config` derives `N_CLASSES` and the default
-# `CLASS_WEIGHTS` from it, so nothing downstream counts classes on its own.
-#
-# | scheme | classes (index 0, 1, ...) | a cell's class comes from |
-# |---|---|---|
-# | `binary` | background, cell | nothing: every cell is class 1 |
-# | `colour` (default) | background, RBC, WBC, Platelet | the mask's colour (§1's palette); a binary mask makes every cell an RBC |
-# | `bbbc041` | background, uninfected RBC, infected RBC, leukocyte | the BBBC041 class box it matches (§1); every parasite stage is "infected RBC" |
-# | `bbbc041-stages` | background, uninfected RBC, ring, trophozoite, schizont, gametocyte, leukocyte | the same boxes, one class per stage |
-#
-# A cell whose class is not known (no class box matches it, or its box is BBBC041's
-# `difficult`) has the class `UNKNOWN_CLASS` = -1: NP and HV still learn the cell, the NC loss
-# ignores its pixels, and the metrics count it apart.
-
-# %% tags=["export"]
-#: The class of a cell whose class is not known: -1 in the int8 class maps of the processed
-#: cache, the NC loss's ignore index (`F.cross_entropy(ignore_index=UNKNOWN_CLASS)`), counted
-#: apart by the metrics. Shown as `UNKNOWN_NAME` in `UNKNOWN_COLOUR`.
-UNKNOWN_CLASS = -1
-UNKNOWN_NAME = "unknown"
-UNKNOWN_COLOUR: tuple[int, int, int] = (150, 150, 150)
-#: Where a scheme takes a cell's class from: nowhere (every cell is class 1), the mask's
-#: colour-coded class, or the class box the cell matches.
-CLASS_SOURCES: tuple[str, ...] = ("cell", "mask", "boxes")
-
-
-@dataclasses.dataclass(frozen=True)
-class _SchemeDefinition(Settings):
-    """What a `ClassScheme` is made of, validated when made (the questions it answers follow)."""
-
-    what = "class scheme field"
-
-    name: str  # what CLASS_SCHEME calls it
-    names: tuple[str, ...]  # class index -> name; index 0 is "background"
-    colours: tuple[tuple[int, int, int], ...]  # class index -> display colour, RGB 0..255
-    source: str  # one of CLASS_SOURCES
-    categories: dict[str, int] = dataclasses.field(default_factory=dict)  # source "boxes": box category -> class (or UNKNOWN_CLASS)
-    red_classes: tuple[int, ...] = ()  # classes that are red cells: parasitemia's denominator
-    infected_classes: tuple[int, ...] = ()  # red classes that carry a parasite: parasitemia's numerator
-    default_weights: tuple[float, ...] | None = None  # NC loss weights; None = from the training split's cell counts (§4)
-
-    def __post_init__(self) -> None:
-        # Read back from JSON the sequences are lists: store tuples, so a saved scheme equals its original.
-        for name in ("names", "red_classes", "infected_classes"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "colours", tuple(tuple(int(v) for v in c) for c in self.colours))
-        object.__setattr__(self, "categories", {str(k): int(v) for k, v in dict(self.categories).items()})
-        if self.default_weights is not None:
-            object.__setattr__(self, "default_weights", tuple(float(w) for w in self.default_weights))
-        where, n = f"class scheme {self.name!r}", len(self.names)
-        if n < 2 or self.names[0] != "background" or len(set(self.names)) != n or UNKNOWN_NAME in self.names:
-            raise ValueError(f"{where}: names {list(self.names)} must be >= 2 distinct names, 'background' first "
-                             f"(and none called {UNKNOWN_NAME!r})")
-        if len(self.colours) != n or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in self.colours):
-            raise ValueError(f"{where}: needs one RGB colour (0..255) per class, {n} in all; got {list(self.colours)}")
-        if self.source not in CLASS_SOURCES:
-            raise ValueError(f"{where}: source={self.source!r} is not one of {list(CLASS_SOURCES)}")
-        if (self.source == "boxes") != bool(self.categories):
-            raise ValueError(f"{where}: box categories are given exactly when source is 'boxes'")
-        bad = {k: v for k, v in self.categories.items() if v != UNKNOWN_CLASS and not 1 <= v < n}
-        if bad:
-            raise ValueError(f"{where}: categories {bad} map outside the cell classes 1..{n - 1} (or {UNKNOWN_CLASS})")
-        if any(not 1 <= c < n for c in self.red_classes) or not set(self.infected_classes) <= set(self.red_classes):
-            raise ValueError(f"{where}: red_classes {self.red_classes} must be cell classes 1..{n - 1} and hold "
-                             f"infected_classes {self.infected_classes}")
-        if self.default_weights is not None and (len(self.default_weights) != n or min(self.default_weights) <= 0):
-            raise ValueError(f"{where}: default_weights {self.default_weights} must be {n} positive numbers")
-
-
 # %% [markdown] tags=["why"]
-# What the rest of the pipeline asks a scheme: the class of a box category, the name and colour of a class (the unknown one included), and the parasitemia of a set of cells.
+# What is wrong with a file `torch.load` refused, and with a state dict that does not fit its model, each in one line.
 
 # %% tags=["export"]
-@dataclasses.dataclass(frozen=True)
-class ClassScheme(_SchemeDefinition):
-    """The classes of the NC head (names, display colours, `n_classes`), where a cell's class
-    comes from (`source`, box `categories`) and which classes are red and infected cells; saved
-    with the processed cache, the checkpoints and the metrics (`as_dict`, `from_dict`)."""
-
-    @property
-    def n_classes(self) -> int:
-        """Classes of the NC head, background included."""
-        return len(self.names)
-
-    @property
-    def takes_boxes(self) -> bool:
-        """Whether a cell's class comes from class boxes (§1's `instance_classes_from_boxes`)."""
-        return self.source == "boxes"
-
-    def class_of(self, category: str) -> int:
-        """The class of box category `category`; `ValueError` naming it and the scheme's categories."""
-        try:
-            return self.categories[category]
-        except KeyError:
-            raise ValueError(f"box category {category!r} is not one of class scheme {self.name!r}'s: "
-                             f"{', '.join(repr(c) for c in self.categories)}") from None
-
-    def name_of(self, index: int) -> str:
-        """Name of class `index`: `UNKNOWN_NAME` for `UNKNOWN_CLASS`, `class_<index>` beyond the scheme."""
-        if index == UNKNOWN_CLASS:
-            return UNKNOWN_NAME
-        return self.names[index] if 0 <= index < self.n_classes else f"class_{index}"
-
-    def colour_table(self) -> np.ndarray:
-        """uint8 (n_classes + 1, 3): row c the colour of class c, the last row `UNKNOWN_COLOUR`, so
-        that `table[cls]` colours an int class map holding `UNKNOWN_CLASS` (-1 is the last row)."""
-        return np.array([*self.colours, UNKNOWN_COLOUR], dtype=np.uint8)
-
-    def parasitemia(self, counts: Sequence[int]) -> float:
-        """Infected red cells / red cells, from cell counts per class (n_classes,); nan when the
-        scheme has no infected class or there is no red cell."""
-        counts = np.asarray(counts, dtype=np.float64)
-        red = counts[list(self.red_classes)].sum()
-        if not self.infected_classes or red == 0:
-            return float("nan")
-        return float(counts[list(self.infected_classes)].sum() / red)
+def torch_load_refusal(error: BaseException) -> str:
+    """What is wrong with a file `torch.load(weights_only=True)` refused, in one line (for
+    checkpoints, §5, and weights files, §3; it only reads the error's text). torch's
+    own message is long, and its first advice (load with weights_only=False) would run
+    whatever code the file holds: never repeat it."""
+    text = str(error)
+    if found := re.search(r"unsupported GLOBAL:? (?:GLOBAL )?([\w.]+)", text, flags=re.IGNORECASE):
+        return (f"it holds a Python object of type {found.group(1)}, which no checkpoint of ours holds "
+                "(refused without unpickling: none of its code ran)")
+    if "WeightsUnpickler error:" in text:
+        detail = next((ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()
+                       and not ln.strip().startswith("Check the documentation")), "unreadable data")
+        return f"not a PyTorch checkpoint (refused without unpickling: its data stops making sense at {detail})"
+    if isinstance(error, EOFError) or "Ran out of input" in text:
+        return "the file is empty or ends early (cut short while it was copied or written?)"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # torch's advice lines (load with weights_only=False, read the docs) are never the reason
+    first = next((ln for ln in lines if "weights_only" not in ln and not ln.startswith(("Weights only load failed",
+                                                                                           "Check the documentation"))),
+                 type(error).__name__)
+    if "zip archive" in text or "PytorchStreamReader" in text:
+        return f"a damaged or cut-short PyTorch file ({first})"
+    if isinstance(error, (KeyError, IndexError, UnicodeDecodeError, OverflowError, MemoryError)):
+        # what the legacy (non-zip) reader raises when the bytes are no pickle at all
+        return f"not a PyTorch checkpoint (its bytes do not read as one: {type(error).__name__}: {first[:120]})"
+    return f"{type(error).__name__}: {first[:200]}"
 
 
-# %% [markdown] tags=["why"]
-# The four schemes, and how `resolve_config` derives `N_CLASSES`, the default `CLASS_WEIGHTS` and `CLASS_BOXES` from the one chosen.
+def state_dict_mismatch(expected: Mapping[str, Any], given: Mapping[str, Any], *, limit: int = 3,
+                        may_be_missing: Sequence[str] = (), shape_fits: Callable[[str, tuple, tuple], bool] | None = None,
+                        model: str = "model") -> str:
+    """What keeps a state dict `given` from loading into a module whose state dict is `expected`,
+    in one line: keys of another shape, missing and unexpected keys, each with its count and its
+    first `limit` names ("" when it fits). Values are tensors (their `.shape`) or shapes.
+    `may_be_missing`: keys the loader fills itself; `shape_fits(key, given, expected)`: a shape
+    difference the loader adapts (a position table it resamples); `model`: what the module is
+    called in the message ("model", "backbone")."""
+    def shape(value: Any) -> tuple:
+        return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
-# %% tags=["export"]
-_BBBC041_STAGES = ("ring", "trophozoite", "schizont", "gametocyte")  # BBBC041's parasite categories, in life-cycle order
-_BLACK, _RED, _BLUE, _AMBER = (0, 0, 0), (230, 57, 70), (58, 110, 235), (255, 190, 11)
+    want, have = {k: shape(v) for k, v in expected.items()}, {k: shape(v) for k, v in given.items()}
+    reshaped = [k for k in want if k in have and have[k] != want[k] and not (shape_fits and shape_fits(k, have[k], want[k]))]
+    missing = [k for k in want if k not in have and k not in may_be_missing]
+    unexpected = [k for k in have if k not in want]
+    parts = []
+    if reshaped:
+        shown = "; ".join(f"{k} {have[k]} in the file, {want[k]} in the {model}" for k in reshaped[:limit])
+        parts.append(f"{len(reshaped)} key(s) of another shape (first: {shown})")
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            parts.append(f"{len(keys)} {label} (first: {', '.join(keys[:limit])})")
+    return "; ".join(parts)
 
-CLASS_SCHEMES: dict[str, ClassScheme] = {scheme.name: scheme for scheme in (
-    ClassScheme("binary", ("background", "cell"), (_BLACK, _RED), source="cell"),
-    # The original write-up's classes and weights (a platelet pixel counts 160 background pixels).
-    ClassScheme("colour", ("background", "RBC", "WBC", "Platelet"), (_BLACK, _RED, _BLUE, _AMBER), source="mask",
-                red_classes=(1,), default_weights=(0.05, 0.5, 5.0, 8.0)),
-    # BBBC041's categories; its "difficult" boxes mark cells of no certain class.
-    ClassScheme("bbbc041", ("background", "uninfected RBC", "infected RBC", "leukocyte"), (_BLACK, _RED, _AMBER, _BLUE),
-                source="boxes", categories={"red blood cell": 1, **dict.fromkeys(_BBBC041_STAGES, 2), "leukocyte": 3,
-                                            "difficult": UNKNOWN_CLASS},
-                red_classes=(1, 2), infected_classes=(2,)),
-    ClassScheme("bbbc041-stages", ("background", "uninfected RBC", *_BBBC041_STAGES, "leukocyte"),
-                (_BLACK, _RED, _AMBER, (251, 133, 0), (214, 40, 160), (46, 196, 110), _BLUE), source="boxes",
-                categories={"red blood cell": 1, **{s: 2 + i for i, s in enumerate(_BBBC041_STAGES)}, "leukocyte": 6,
-                            "difficult": UNKNOWN_CLASS},
-                red_classes=(1, 2, 3, 4, 5), infected_classes=(2, 3, 4, 5)),
-)}
-
-
-def class_scheme(scheme: str | ClassScheme | Mapping[str, Any]) -> ClassScheme:
-    """The `ClassScheme` named `scheme` (one of `CLASS_SCHEMES`), or `scheme` itself, or one read
-    back from its `as_dict()` (a checkpoint's, a manifest's); `ValueError` naming an unknown name."""
-    if isinstance(scheme, ClassScheme):
-        return scheme
-    if isinstance(scheme, Mapping):
-        return ClassScheme.from_dict(scheme)
-    if scheme not in CLASS_SCHEMES:
-        close = difflib.get_close_matches(str(scheme), CLASS_SCHEMES, 1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"CLASS_SCHEME={scheme!r} is not one of {list(CLASS_SCHEMES)}{hint}")
-    return CLASS_SCHEMES[scheme]
-
-
-def _resolve_class_parameters(merged: dict[str, Any]) -> None:
-    """`resolve_config`'s class parameters, in place: N_CLASSES from CLASS_SCHEME (a value given
-    must agree), CLASS_WEIGHTS given (one per class) or the scheme's default (None: from the
-    training split, §4), CLASS_BOXES for a scheme that takes classes from boxes (default
-    DATA_DIR/classes) and refused for one that does not."""
-    scheme = class_scheme(merged["class_scheme"])
-    about = f"CLASS_SCHEME={scheme.name!r} ({', '.join(scheme.names)})"
-    if merged["n_classes"] is None:
-        merged["n_classes"] = scheme.n_classes
-    elif merged["n_classes"] != scheme.n_classes:
-        raise ValueError(f"N_CLASSES={merged['n_classes']} but {about} has {scheme.n_classes} classes; leave N_CLASSES unset")
-    weights = merged["class_weights"] if merged["class_weights"] is not None else scheme.default_weights
-    merged["class_weights"] = None if weights is None else tuple(float(w) for w in weights)
-    if weights is not None and len(weights) != scheme.n_classes:
-        raise ValueError(f"CLASS_WEIGHTS has {len(weights)} weights for N_CLASSES={scheme.n_classes}: {about}")
-    if scheme.takes_boxes:
-        merged["class_boxes"] = Path(merged["class_boxes"] or Path(merged["data_dir"]) / "classes")
-    elif merged["class_boxes"] is not None:
-        raise ValueError(f"CLASS_BOXES={str(merged['class_boxes'])!r} is given, but {about} takes no classes from "
-                         f"boxes; use CLASS_SCHEME='bbbc041' or 'bbbc041-stages', or leave CLASS_BOXES unset")
-
-
-# %%
-import json
-import sys
-
-import torch
-
-REPO_ROOT = Path.cwd()
-if not (REPO_ROOT / "uni_seg").is_dir():
-    raise RuntimeError(f"run the notebook from the repository root (cwd is {REPO_ROOT})")
-
-# The parameters are the globals named like RunConfig's fields (papermill injects its values
-# as a cell after the parameters cell, so they are read from the namespace, not from that cell).
-_parameters = {field.name: globals()[field.name.upper()] for field in dataclasses.fields(RunConfig)
-               if field.name != "profile"}
-cfg = resolve_config(PROFILE, **_parameters)
-check_training_device(cfg.profile, cfg.n_gpus, cfg.run_phase1 or cfg.run_phase2, cfg.backbone)
-if cfg.external_eval_dir is not None:  # its boxes are read now, not after hours of training (§9 scores them)
-    from uni_seg.external import annotated_images, find_box_dataset, read_boxes
-
-    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
-    print(f"EXTERNAL_EVAL_DIR: {len(annotated_images(_images_dir, read_boxes(_boxes))[0])} annotated images in "
-          f"{_images_dir}, boxes from {_boxes}")
-seed_everything(cfg.seed)
-DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
-amp_precision = resolve_precision(cfg.precision, DEVICE)
-for folder in (cfg.checkpoint_dir, cfg.results_dir):
-    folder.mkdir(parents=True, exist_ok=True)
-
-print(f"profile {cfg.profile!r}, run {cfg.run_name!r}; torch {torch.__version__} on {DEVICE} ({amp_precision}); "
-      f"python {sys.version.split()[0]}")
-print(f"Hugging Face token configured: {hf_token_available()}")
-show_markdown(config_table(cfg.as_dict()))
 
 # %% [markdown]
 # ### One folder, one writer; only our own files (`uni_seg.files`)
@@ -1261,16 +1534,6 @@ show_markdown(config_table(cfg.as_dict()))
 # for) while another process holds it.
 
 # %% tags=["export"]
-from __future__ import annotations
-
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-
-from uni_seg.config import process_alive
-
 #: The lock file of a folder's one writer.
 LOCK_NAME = ".uni_seg.lock"
 
@@ -1352,6 +1615,39 @@ def remove_own_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
     return removed
 
 
+# %%
+import json
+import sys
+
+import torch
+
+REPO_ROOT = Path.cwd()
+if not (REPO_ROOT / "uni_seg").is_dir():
+    raise RuntimeError(f"run the notebook from the repository root (cwd is {REPO_ROOT})")
+
+# The parameters are the globals named like RunConfig's fields (papermill injects its values
+# as a cell after the parameters cell, so they are read from the namespace, not from that cell).
+_parameters = {field.name: globals()[field.name.upper()] for field in dataclasses.fields(RunConfig)
+               if field.name != "profile"}
+cfg = resolve_config(PROFILE, **_parameters)
+check_training_device(cfg.profile, cfg.n_gpus, cfg.run_phase1 or cfg.run_phase2, cfg.backbone)
+if cfg.external_eval_dir is not None:  # its boxes are read now, not after hours of training (§9 scores them)
+    from uni_seg.external import annotated_images, find_box_dataset, read_boxes
+
+    _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
+    print(f"EXTERNAL_EVAL_DIR: {len(annotated_images(_images_dir, read_boxes(_boxes))[0])} annotated images in "
+          f"{_images_dir}, boxes from {_boxes}")
+seed_everything(cfg.seed)
+DEVICE = resolve_device(device_for_gpus(cfg.n_gpus))
+amp_precision = resolve_precision(cfg.precision, DEVICE)
+for folder in (cfg.checkpoint_dir, cfg.results_dir):
+    folder.mkdir(parents=True, exist_ok=True)
+
+print(f"profile {cfg.profile!r}, run {cfg.run_name!r}; torch {torch.__version__} on {DEVICE} ({amp_precision}); "
+      f"python {sys.version.split()[0]}")
+print(f"Hugging Face token configured: {hf_token_available()}")
+show_markdown(config_table(cfg.as_dict()))
+
 # %% [markdown]
 # ## 1. Data (`uni_seg.data`)
 # <a id="section-1"></a>
@@ -1417,28 +1713,17 @@ def remove_own_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
 # %% tags=["export"]
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import math
-import multiprocessing
-import os
-import sys
-import time
 import warnings
-from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterable
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
-from uni_seg.config import (CLASS_SCHEMES, UNKNOWN_CLASS, ClassScheme, atomic_open, atomic_write, class_scheme,
-                            markdown_table, remove_stale_temporaries)
-from uni_seg.files import folder_lock, remove_own_files
+from uni_seg.classes import CLASS_NAMES
+from uni_seg.files import atomic_write
 
 # Image files we read; masks must be lossless (a JPEG mask smears its values).
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -1447,8 +1732,6 @@ MASK_SUFFIXES: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp")
 LAYOUTS: tuple[tuple[str, str], ...] = (("original", "mask"), ("images", "masks"))
 PARTITIONS: tuple[str, ...] = ("train", "test")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: The classes of colour-coded masks: §0's "colour" scheme (other schemes name their own classes).
-CLASS_NAMES: tuple[str, ...] = CLASS_SCHEMES["colour"].names
 # Colour-coded masks: RGB colour -> class. White is "a cell of unknown type", like a binary mask.
 MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 0): 0,
@@ -1457,17 +1740,6 @@ MASK_PALETTE: dict[tuple[int, int, int], int] = {
     (0, 0, 255): 2,
     (0, 255, 0): 3,
 }
-#: Display colour (RGB 0..255) of each class of the "colour" scheme, index = class: outlines in
-#: overlays, class maps, QuPath classes. (Not the mask colours: those are `MASK_PALETTE`'s.)
-CLASS_DISPLAY_COLOURS: tuple[tuple[int, int, int], ...] = CLASS_SCHEMES["colour"].colours
-#: Display colour of a class index beyond a scheme's classes (a model with more outputs than names).
-OTHER_CLASS_COLOUR: tuple[int, int, int] = (160, 160, 160)
-#: Bump when the processed files' content changes meaning: forces a rebuild. 2: `cls` is int8
-#: and holds `UNKNOWN_CLASS` for cells of no known class. 3: one uncompressed `.npy` per image
-#: (was a compressed `.npz`; see `processed_dtype`), so that a training crop reads only its rows.
-CACHE_FORMAT = 3
-#: A processed image's file: `<split>/<stem>.npy`.
-CACHE_SUFFIX = ".npy"
 
 
 class DataError(ValueError):
@@ -1476,16 +1748,6 @@ class DataError(ValueError):
 
 class DataWarning(UserWarning):
     """A raw file skipped or converted; the run summary counts these."""
-
-
-def class_name(index: int, class_names: Sequence[str] = CLASS_NAMES) -> str:
-    """Name of class `index`; `class_<index>` for an index beyond `class_names`."""
-    return class_names[index] if 0 <= index < len(class_names) else f"class_{index}"
-
-
-def class_colour(index: int) -> tuple[int, int, int]:
-    """Display colour (RGB) of class `index` (`OTHER_CLASS_COLOUR` beyond `CLASS_DISPLAY_COLOURS`)."""
-    return CLASS_DISPLAY_COLOURS[index] if 0 <= index < len(CLASS_DISPLAY_COLOURS) else OTHER_CLASS_COLOUR
 
 
 def check_rgb_image(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -1806,7 +2068,227 @@ def instance_statistics(
 
 
 # %% [markdown]
-# ### Cell classes from BBBC041's class boxes
+# ### Finding the dataset
+# `scan_dataset` returns the pairs and what it skipped; `find_dataset` is the short form that
+# warns about the skipped files and returns the pairs.
+
+# %% tags=["export"]
+@dataclasses.dataclass(frozen=True)
+class ImagePair:
+    """One raw image and its mask, sharing a file stem."""
+
+    stem: str
+    image_path: Path
+    mask_path: Path
+
+
+@dataclasses.dataclass
+class DatasetScan:
+    """What `scan_dataset` found: pairs per partition ("train", "test"), files without a
+    partner (`unpaired`, with the reason) and files that are not images (`ignored`)."""
+
+    root: Path
+    layout: str
+    pairs: dict[str, list[ImagePair]]
+    unpaired: list[str]
+    ignored: list[str]
+
+    def warn(self) -> None:
+        """Issue one `DataWarning` per kind of skipped file, naming them."""
+        for kind, items in (("unpaired file(s) skipped", self.unpaired), ("non-image file(s) ignored", self.ignored)):
+            if items:
+                shown = "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
+                warnings.warn(f"{self.root}: {len(items)} {kind}: {shown}", DataWarning, stacklevel=3)
+
+
+def _list_files(folder: Path, suffixes: tuple[str, ...], ignored: list[str]) -> dict[str, Path]:
+    """stem -> path for the files in `folder` with an accepted suffix; others go to `ignored`."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            continue
+        if path.suffix.lower() not in suffixes or path.name.startswith("."):
+            ignored.append(str(path))
+            continue
+        if path.stem in found:
+            raise DataError(f"{folder}: two files with stem {path.stem!r}: {found[path.stem].name} and {path.name}")
+        found[path.stem] = path
+    return found
+
+
+# %% [markdown] tags=["why"]
+# `scan_dataset` walks both partitions in either layout and pairs images with masks by stem; every file it leaves out is named in the result.
+
+# %% tags=["export"]
+def scan_dataset(root: str | Path) -> DatasetScan:
+    """Find image/mask pairs under `root` in the Kaggle or the seed layout.
+
+    Layouts: `{train,test}/{original,mask}/<stem>.<ext>` (Kaggle) or
+    `{train,test}/{images,masks}/<stem>.<ext>` (seed). Images: PNG, JPEG, TIFF, BMP; masks:
+    PNG, TIFF, BMP. Pairs are sorted by stem. Raises `FileNotFoundError` when `root` or a
+    partition is missing, `DataError` when a partition's folders are missing or hold no pair,
+    or two files share a stem.
+    """
+    root = Path(root)
+    expected = "{train,test}/{original,mask}/ (Kaggle) or {train,test}/{images,masks}/"
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist (expected {expected})")
+    pairs: dict[str, list[ImagePair]] = {}
+    unpaired: list[str] = []
+    ignored: list[str] = []
+    layout_used = ""
+    for part in PARTITIONS:
+        part_dir = root / part
+        if not part_dir.is_dir():
+            raise FileNotFoundError(f"{part_dir}: partition folder missing (expected {expected} under {root})")
+        layout = next(((i, m) for i, m in LAYOUTS if (part_dir / i).is_dir() and (part_dir / m).is_dir()), None)
+        if layout is None:
+            half = [str(part_dir / f) for pair in LAYOUTS for f in pair if (part_dir / f).is_dir()]
+            found = f"found only {', '.join(half)}" if half else "found neither"
+            raise DataError(f"{part_dir}: needs original/ + mask/ or images/ + masks/; {found}")
+        layout_used = layout_used or "/".join(layout)
+        images = _list_files(part_dir / layout[0], IMAGE_SUFFIXES, ignored)
+        masks = _list_files(part_dir / layout[1], MASK_SUFFIXES, ignored)
+        if not images:
+            raise DataError(f"{part_dir / layout[0]}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        unpaired += [f"{images[s]} (no mask {layout[1]}/{s}.png)" for s in sorted(images.keys() - masks.keys())]
+        unpaired += [f"{masks[s]} (no image)" for s in sorted(masks.keys() - images.keys())]
+        pairs[part] = [ImagePair(s, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
+        if not pairs[part]:
+            raise DataError(f"{part_dir}: no image has a mask with the same stem")
+    return DatasetScan(root, layout_used, pairs, unpaired, ignored)
+
+
+def partition_image_folder(root: str | Path, partition: str) -> Path | None:
+    """The image folder of `partition` ("train" or "test") under `root` in the first of
+    `LAYOUTS` present (`original/` or `images/`), or None when neither exists."""
+    return next((Path(root) / partition / images for images, _ in LAYOUTS
+                 if (Path(root) / partition / images).is_dir()), None)
+
+
+def find_dataset(root: str | Path) -> dict[str, list[ImagePair]]:
+    """Image/mask pairs per partition: {"train": [...], "test": [...]}, sorted by stem.
+
+    Files without a partner and non-image files are skipped with a `DataWarning` naming them
+    (see `scan_dataset` for the layouts and the errors).
+    """
+    scan = scan_dataset(root)
+    scan.warn()
+    return scan.pairs
+
+
+# %% [markdown]
+# ### The split
+# The validation images are drawn from the *sorted* stems with NumPy's PCG64 generator seeded by
+# `SEED`: the same seed gives the same split on any machine (Python's `hash()` is salted per
+# process and directory listings come in any order, so neither is used). The split is written
+# into the cache's manifest; the table below is printed from it.
+
+# %% tags=["export"]
+def split_train_val(stems: Iterable[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/val split of the train partition's stems: (train, val), each sorted.
+
+    val gets round(n * val_fraction) stems (at least 1 when n >= 2), drawn by a
+    `numpy.random.default_rng(seed)` permutation of the sorted stems.
+    """
+    ordered = sorted(set(stems))
+    n = len(ordered)
+    n_val = min(max(round(n * val_fraction), 1 if n >= 2 else 0), max(n - 1, 0))
+    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    val = [s for i, s in enumerate(ordered) if i in chosen]
+    train = [s for i, s in enumerate(ordered) if i not in chosen]
+    return train, val
+
+
+def format_split_table(counts: dict[str, int], val_fraction: float, seed: int) -> str:
+    """The split as a Markdown table: Split | Images | % of total | Source."""
+    total = sum(counts.get(s, 0) for s in SPLITS)
+    source = {
+        "train": f"{1 - val_fraction:.0%} of the original train partition",
+        "val": f"{val_fraction:.0%} of the original train partition (seed {seed})",
+        "test": "original test partition (untouched)",
+    }
+    names = {"train": "Train", "val": "Validation", "test": "Test"}
+    rows = ["| Split | Images | % of total | Source |", "|---|---:|---:|---|"]
+    for s in SPLITS:
+        rows.append(f"| **{names[s]}** | {counts.get(s, 0)} | {100 * counts.get(s, 0) / max(total, 1):.1f}% | {source[s]} |")
+    rows.append(f"| **Total** | {total} | 100% | |")
+    return "\n".join(rows)
+
+
+# %% [markdown]
+# ### The working scale
+# `WORKING_SCALE` is a resize factor from raw to working pixels (the cache below says why 0.5).
+# The shape an image takes at it, the tiles that cover it, and the resizing of images and label maps.
+
+# %% tags=["export"]
+def working_shape(height: int, width: int, working_scale: float) -> tuple[int, int]:
+    """(h, w) of a `height` x `width` image at `working_scale`: round(side * scale), at least 1,
+    as section 1's processed cache (`resize_to_working_scale`) sizes it."""
+    return max(1, round(height * working_scale)), max(1, round(width * working_scale))
+
+
+def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of side `tile_size` covering [0, length) with overlaps >= `overlap`.
+
+    The first tile starts at 0 and the last ends at `length`; the ones between are spread
+    evenly, so no tile is wasted on padding. `length <= tile_size` gives `[0]` (pad first).
+    """
+    if length <= tile_size:
+        return [0]
+    stride = tile_size - overlap
+    n = math.ceil((length - tile_size) / stride) + 1
+    return [int(round(s)) for s in np.linspace(0, length - tile_size, n)]
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
+    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
+    h, w = shape
+    if image.shape[:2] == (h, w):
+        return image
+    shrink = h * w < image.shape[0] * image.shape[1]
+    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
+
+    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
+    enlarging by an integer factor turns each pixel into an exact block.
+    """
+    h, w = labels.shape
+    if (h, w) == tuple(shape):
+        return labels
+    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
+    # Two passes of `take` (columns first, so that the second copies whole rows): ~4x faster
+    # than one 2-D fancy index at 1600x1200.
+    return np.asarray(labels).take(cols, axis=1).take(rows, axis=0)
+
+
+def resize_to_working_scale(
+    image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize image (H, W, 3) uint8, inst int32 and cls (H, W) by `scale` (cls uint8, or int8
+    holding `UNKNOWN_CLASS`; its dtype is kept).
+
+    Output side lengths are round(side * scale) (at least 1). Instance ids that vanish are
+    dropped and the rest renumbered 1..N in order; cls is 0 wherever inst is 0.
+    """
+    h, w = inst.shape
+    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
+    if (out_h, out_w) == (h, w):
+        return image.copy(), inst.astype(np.int32, copy=True), cls.copy()
+    filt = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    image_s = cv2.resize(image, (out_w, out_h), interpolation=filt)
+    inst_s = relabel_sequential(cv2.resize(inst.astype(np.int32), (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT))
+    cls_s = cv2.resize(cls, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
+    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(cls.dtype)
+
+
+# %% [markdown]
+# ### Cell classes from BBBC041's class boxes (`uni_seg.boxes`)
 # The Kaggle masks are binary, but they are BBBC041Seg: masks drawn over the images of the
 # Broad's BBBC041 (*P. vivax* malaria smears), whose public annotations give every cell a box
 # and a class: `red blood cell` (uninfected), the parasite stages `ring`, `trophozoite`,
@@ -1839,6 +2321,21 @@ def instance_statistics(
 # red cells infected, the parasite class is small: §4 weighs it up.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from uni_seg.classes import UNKNOWN_CLASS, ClassScheme, class_scheme
+from uni_seg.data import DataError
+
 #: One class box: (category, r0, c0, r1, c1) in pixels of the image at its own size, rows
 #: r0..r1-1 and columns c0..c1-1 (half-open, as NumPy slices and `find_objects` boxes are).
 ClassBox = tuple[str, float, float, float, float]
@@ -2103,352 +2600,7 @@ def instance_class_counts(inst: np.ndarray, cls: np.ndarray, n_classes: int) -> 
 
 
 # %% [markdown]
-# ### Finding the dataset
-# `scan_dataset` returns the pairs and what it skipped; `find_dataset` is the short form that
-# warns about the skipped files and returns the pairs.
-
-# %% tags=["export"]
-@dataclasses.dataclass(frozen=True)
-class ImagePair:
-    """One raw image and its mask, sharing a file stem."""
-
-    stem: str
-    image_path: Path
-    mask_path: Path
-
-
-@dataclasses.dataclass
-class DatasetScan:
-    """What `scan_dataset` found: pairs per partition ("train", "test"), files without a
-    partner (`unpaired`, with the reason) and files that are not images (`ignored`)."""
-
-    root: Path
-    layout: str
-    pairs: dict[str, list[ImagePair]]
-    unpaired: list[str]
-    ignored: list[str]
-
-    def warn(self) -> None:
-        """Issue one `DataWarning` per kind of skipped file, naming them."""
-        for kind, items in (("unpaired file(s) skipped", self.unpaired), ("non-image file(s) ignored", self.ignored)):
-            if items:
-                shown = "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
-                warnings.warn(f"{self.root}: {len(items)} {kind}: {shown}", DataWarning, stacklevel=3)
-
-
-def _list_files(folder: Path, suffixes: tuple[str, ...], ignored: list[str]) -> dict[str, Path]:
-    """stem -> path for the files in `folder` with an accepted suffix; others go to `ignored`."""
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_dir():
-            continue
-        if path.suffix.lower() not in suffixes or path.name.startswith("."):
-            ignored.append(str(path))
-            continue
-        if path.stem in found:
-            raise DataError(f"{folder}: two files with stem {path.stem!r}: {found[path.stem].name} and {path.name}")
-        found[path.stem] = path
-    return found
-
-
-# %% [markdown] tags=["why"]
-# `scan_dataset` walks both partitions in either layout and pairs images with masks by stem; every file it leaves out is named in the result.
-
-# %% tags=["export"]
-def scan_dataset(root: str | Path) -> DatasetScan:
-    """Find image/mask pairs under `root` in the Kaggle or the seed layout.
-
-    Layouts: `{train,test}/{original,mask}/<stem>.<ext>` (Kaggle) or
-    `{train,test}/{images,masks}/<stem>.<ext>` (seed). Images: PNG, JPEG, TIFF, BMP; masks:
-    PNG, TIFF, BMP. Pairs are sorted by stem. Raises `FileNotFoundError` when `root` or a
-    partition is missing, `DataError` when a partition's folders are missing or hold no pair,
-    or two files share a stem.
-    """
-    root = Path(root)
-    expected = "{train,test}/{original,mask}/ (Kaggle) or {train,test}/{images,masks}/"
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder {root} does not exist (expected {expected})")
-    pairs: dict[str, list[ImagePair]] = {}
-    unpaired: list[str] = []
-    ignored: list[str] = []
-    layout_used = ""
-    for part in PARTITIONS:
-        part_dir = root / part
-        if not part_dir.is_dir():
-            raise FileNotFoundError(f"{part_dir}: partition folder missing (expected {expected} under {root})")
-        layout = next(((i, m) for i, m in LAYOUTS if (part_dir / i).is_dir() and (part_dir / m).is_dir()), None)
-        if layout is None:
-            half = [str(part_dir / f) for pair in LAYOUTS for f in pair if (part_dir / f).is_dir()]
-            found = f"found only {', '.join(half)}" if half else "found neither"
-            raise DataError(f"{part_dir}: needs original/ + mask/ or images/ + masks/; {found}")
-        layout_used = layout_used or "/".join(layout)
-        images = _list_files(part_dir / layout[0], IMAGE_SUFFIXES, ignored)
-        masks = _list_files(part_dir / layout[1], MASK_SUFFIXES, ignored)
-        if not images:
-            raise DataError(f"{part_dir / layout[0]}: no image files ({', '.join(IMAGE_SUFFIXES)})")
-        unpaired += [f"{images[s]} (no mask {layout[1]}/{s}.png)" for s in sorted(images.keys() - masks.keys())]
-        unpaired += [f"{masks[s]} (no image)" for s in sorted(masks.keys() - images.keys())]
-        pairs[part] = [ImagePair(s, images[s], masks[s]) for s in sorted(images.keys() & masks.keys())]
-        if not pairs[part]:
-            raise DataError(f"{part_dir}: no image has a mask with the same stem")
-    return DatasetScan(root, layout_used, pairs, unpaired, ignored)
-
-
-def partition_image_folder(root: str | Path, partition: str) -> Path | None:
-    """The image folder of `partition` ("train" or "test") under `root` in the first of
-    `LAYOUTS` present (`original/` or `images/`), or None when neither exists."""
-    return next((Path(root) / partition / images for images, _ in LAYOUTS
-                 if (Path(root) / partition / images).is_dir()), None)
-
-
-def find_dataset(root: str | Path) -> dict[str, list[ImagePair]]:
-    """Image/mask pairs per partition: {"train": [...], "test": [...]}, sorted by stem.
-
-    Files without a partner and non-image files are skipped with a `DataWarning` naming them
-    (see `scan_dataset` for the layouts and the errors).
-    """
-    scan = scan_dataset(root)
-    scan.warn()
-    return scan.pairs
-
-
-# %% [markdown]
-# ### The split
-# The validation images are drawn from the *sorted* stems with NumPy's PCG64 generator seeded by
-# `SEED`: the same seed gives the same split on any machine (Python's `hash()` is salted per
-# process and directory listings come in any order, so neither is used). The split is written
-# into the cache's manifest; the table below is printed from it.
-
-# %% tags=["export"]
-def split_train_val(stems: Iterable[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic train/val split of the train partition's stems: (train, val), each sorted.
-
-    val gets round(n * val_fraction) stems (at least 1 when n >= 2), drawn by a
-    `numpy.random.default_rng(seed)` permutation of the sorted stems.
-    """
-    ordered = sorted(set(stems))
-    n = len(ordered)
-    n_val = min(max(round(n * val_fraction), 1 if n >= 2 else 0), max(n - 1, 0))
-    chosen = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
-    val = [s for i, s in enumerate(ordered) if i in chosen]
-    train = [s for i, s in enumerate(ordered) if i not in chosen]
-    return train, val
-
-
-def format_split_table(counts: dict[str, int], val_fraction: float, seed: int) -> str:
-    """The split as a Markdown table: Split | Images | % of total | Source."""
-    total = sum(counts.get(s, 0) for s in SPLITS)
-    source = {
-        "train": f"{1 - val_fraction:.0%} of the original train partition",
-        "val": f"{val_fraction:.0%} of the original train partition (seed {seed})",
-        "test": "original test partition (untouched)",
-    }
-    names = {"train": "Train", "val": "Validation", "test": "Test"}
-    rows = ["| Split | Images | % of total | Source |", "|---|---:|---:|---|"]
-    for s in SPLITS:
-        rows.append(f"| **{names[s]}** | {counts.get(s, 0)} | {100 * counts.get(s, 0) / max(total, 1):.1f}% | {source[s]} |")
-    rows.append(f"| **Total** | {total} | 100% | |")
-    return "\n".join(rows)
-
-
-# %% [markdown]
-# ### Worker processes
-# The processed cache below (with `num_workers`) and §2's data loaders start worker
-# processes, and both start them the same way, chosen by `worker_context`. Inside a Jupyter
-# kernel: `forkserver` (or `spawn` where there is none), because forking a kernel, a process
-# with ZMQ and OpenMP threads running, can deadlock. In a script on Linux: `fork`, so a script
-# needs no `if __name__ == "__main__":` guard (a forkserver would import the unguarded script
-# again and run it twice); on macOS and Windows the platform's default (spawn) is kept, which
-# needs the guard. A forked worker must not inherit OpenCV's thread pool (it would hang in its
-# first `cv2.setNumThreads`), so the parent's pool is stopped for the instant of each fork.
-
-# %% tags=["export"]
-def in_notebook_kernel() -> bool:
-    """Whether this process is a Jupyter kernel (interactive or under papermill)."""
-    return "ipykernel" in sys.modules
-
-
-if sys.platform != "win32":  # fork exists on POSIX only
-    class _OpenCVSafeForkProcess(multiprocessing.context.ForkProcess):
-        """A forked process that inherits no OpenCV thread pool.
-
-        After a parallel OpenCV call OpenCV's worker threads sleep on condition variables; a
-        forked child copies those variables but not the threads, and its first
-        `cv2.setNumThreads` (e.g. a DataLoader worker's init) waits forever for the missing
-        sleepers. So the pool is stopped in the parent (`setNumThreads(1)` joins its threads)
-        for the instant of the fork and restored after it; OpenCV starts its threads again on
-        its next parallel call.
-        """
-
-        def start(self) -> None:
-            threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-            try:
-                super().start()
-            finally:
-                cv2.setNumThreads(threads)
-
-    class _OpenCVSafeForkContext(multiprocessing.context.ForkContext):
-        Process = _OpenCVSafeForkProcess
-
-
-def start_context(method: str) -> multiprocessing.context.BaseContext:
-    """The multiprocessing context of start method `method` ("fork" made OpenCV-safe)."""
-    if method == "fork":
-        multiprocessing.get_context("fork")  # raises ValueError where the platform has no fork
-        return _OpenCVSafeForkContext()
-    return multiprocessing.get_context(method)
-
-
-def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext | None:
-    """The start method for worker processes (the cache's process pool, §2's DataLoader workers).
-
-    In a Jupyter kernel: forkserver (spawn where there is none). Forking a kernel, a process
-    with ZMQ and OpenMP threads running, can deadlock; a forkserver forks from a clean process
-    that has imported the modules named in `preload` once, so workers start fast (the server
-    starts once per process: the first caller's `preload` holds). In a script on Linux: fork
-    (OpenCV-safe, see `_OpenCVSafeForkProcess`), which needs no `if __name__ == "__main__":`
-    guard (named explicitly because Python 3.14 makes forkserver the default, and a forkserver
-    imports an unguarded script again, which starts it again). Elsewhere: None, the
-    platform's default (spawn on macOS and Windows, which needs the guard).
-    """
-    methods = multiprocessing.get_all_start_methods()
-    if not in_notebook_kernel():
-        return start_context("fork") if sys.platform.startswith("linux") and "fork" in methods else None
-    if "forkserver" not in methods:
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", *preload])  # no effect once the server runs
-    return context
-
-
-# %% [markdown] tags=["why"]
-# The CPU side of inference, evaluation and tuning runs in a pool of worker processes, so that a
-# GPU never waits for Python: how many, and the pool itself (or this process, for debugging).
-
-# %% tags=["export"]
-def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity (what a SLURM job's cpuset allows), capped by
-    `SLURM_CPUS_PER_TASK` when set."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        cpus = os.cpu_count() or 1
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-    return max(1, min(cpus, int(slurm)) if slurm.isdigit() else cpus)
-
-
-def default_workers(device_type: str = "cuda") -> int:
-    """Worker processes for the CPU side. Next to a GPU ("cuda", "mps"): the usable CPUs minus
-    one for the process that feeds it. When the model itself runs on the CPU it is by far the
-    slowest stage and needs the cores: one worker (taking the exports off its path) where there
-    are 4 CPUs or more, else none."""
-    if device_type == "cpu":
-        return 1 if usable_cpus() >= 4 else 0
-    return max(0, usable_cpus() - 1)
-
-
-def default_loader_workers(processes: int = 1) -> int:
-    """DataLoader (or cache-building) workers per process when none are given: the usable CPUs
-    shared by the `processes` training processes of this node, one each left for the process
-    itself (16 CPUs, 4 GPUs: 3), and at least one."""
-    return max(1, usable_cpus() // max(1, processes) - 1)
-
-
-def _worker_started(owner: int) -> None:
-    from uni_seg.config import exit_with_parent
-
-    cv2.setNumThreads(1)  # N workers x N OpenCV threads would oversubscribe the CPUs
-    exit_with_parent(owner)
-
-
-def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
-    """("ok", fn(*args)), or ("error", "Type: message") when it raises an Exception: how a worker
-    reports a failed image without ending the run."""
-    try:
-        return "ok", fn(*args)
-    except Exception as error:  # one bad image must not stop a folder
-        return "error", f"{type(error).__name__}: {error}"
-
-
-# %% [markdown] tags=["why"]
-# The pool itself: worker processes that start small (no torch), report a failed item instead of
-# dying, and end with their parent, or, with 0 workers, this process.
-
-# %% tags=["export"]
-@contextlib.contextmanager
-def _main_script_hidden() -> Iterator[None]:
-    """While worker processes are launched, this process's `__main__` looks interactive.
-
-    spawn and forkserver children run the parent's main script or module again (as
-    `__mp_main__`) before their first task. For `python -m uni_seg.infer`, or any script that
-    imports torch, that is torch in every worker: measured here 1.4 s more start-up and some
-    300 MB each. The workers only run functions of uni_seg's modules (which they import by
-    name), so they never need the main script; a Jupyter kernel's has no file and is skipped
-    the same way."""
-    main = sys.modules["__main__"]
-    saved = {key: main.__dict__[key] for key in ("__spec__", "__file__") if key in main.__dict__}
-    main.__dict__.pop("__file__", None)
-    main.__spec__ = None
-    try:
-        yield
-    finally:
-        main.__dict__.pop("__spec__", None)
-        main.__dict__.update(saved)
-
-
-class WorkerPool:
-    """Worker processes for the CPU side (`workers` > 0), or this process (`workers` == 0: every
-    call runs at once, in order, for debugging and tests). `submit(fn, *args)` returns a future
-    of `guarded(fn, *args)`; `fn` must be importable from a module (not defined in a script or
-    a notebook). Workers start from a forkserver that preloads `preload` (modules without torch:
-    small, fast workers, safe next to a CUDA context), use one thread each and end with their
-    parent. As a context manager, leaving by an exception (Ctrl-C) kills them."""
-
-    def __init__(self, workers: int, preload: Sequence[str] = ("uni_seg.export",)) -> None:
-        if workers < 0:
-            raise ValueError(f"workers={workers} must be >= 0 (0: everything in this process)")
-        self.workers = workers
-        self._executor = None
-        if workers:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            if context.get_start_method() == "forkserver":
-                context.set_forkserver_preload(list(preload))
-            self._executor = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_started,
-                                                 initargs=(os.getpid(),))
-
-    def submit(self, fn: Any, *args: Any) -> Future:
-        if self._executor is not None:
-            with _main_script_hidden():  # the executor launches its workers inside submit
-                return self._executor.submit(guarded, fn, *args)
-        future: Future = Future()
-        future.set_result(guarded(fn, *args))
-        return future
-
-    def close(self, kill: bool = False) -> None:
-        """Wait for the workers to finish (or, with `kill`, end them at once)."""
-        if self._executor is None:
-            return
-        if kill:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            # The executor has no public way to end running workers before Python 3.14
-            # (terminate_workers); a Ctrl-C must not leave them running.
-            for process in list((getattr(self._executor, "_processes", None) or {}).values()):
-                process.terminate()
-        else:
-            self._executor.shutdown(wait=True)
-        self._executor = None
-
-    def __enter__(self) -> "WorkerPool":
-        return self
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        self.close(kill=kind is not None)
-
-
-# %% [markdown]
-# ### The processed cache at the working scale
+# ### The processed cache at the working scale (`uni_seg.cache`)
 # `WORKING_SCALE` is a resize factor from raw to working pixels. The seed squeezed whole
 # 1600x1200 images to 256 px, so a 100 px cell became ~17 px, about one ViT patch; at 0.5 a cell
 # is ~50 px, three patches across, and training crops of `CROP_SIZE` are cut from the resized
@@ -2467,76 +2619,43 @@ class WorkerPool:
 # build into the same folder while one runs is refused by the folder's lock (§0).
 # Build the cache on one process only (rank 0 under DDP); training ranks only read it.
 
-# %% tags=["export"]
-def working_shape(height: int, width: int, working_scale: float) -> tuple[int, int]:
-    """(h, w) of a `height` x `width` image at `working_scale`: round(side * scale), at least 1,
-    as section 1's processed cache (`resize_to_working_scale`) sizes it."""
-    return max(1, round(height * working_scale)), max(1, round(width * working_scale))
-
-
-def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of side `tile_size` covering [0, length) with overlaps >= `overlap`.
-
-    The first tile starts at 0 and the last ends at `length`; the ones between are spread
-    evenly, so no tile is wasted on padding. `length <= tile_size` gives `[0]` (pad first).
-    """
-    if length <= tile_size:
-        return [0]
-    stride = tile_size - overlap
-    n = math.ceil((length - tile_size) / stride) + 1
-    return [int(round(s)) for s in np.linspace(0, length - tile_size, n)]
-
-
-def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """`image` uint8 (H, W, 3) resized to `shape` = (h, w): area averaging when shrinking
-    (no aliasing), bilinear when enlarging; unchanged when the shape already matches."""
-    h, w = shape
-    if image.shape[:2] == (h, w):
-        return image
-    shrink = h * w < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label map (any int dtype) to `shape` = (H, W).
-
-    Each output pixel takes the label under its centre (index arithmetic, any int dtype), so
-    enlarging by an integer factor turns each pixel into an exact block.
-    """
-    h, w = labels.shape
-    if (h, w) == tuple(shape):
-        return labels
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * (h / shape[0])).astype(np.intp), h - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * (w / shape[1])).astype(np.intp), w - 1)
-    # Two passes of `take` (columns first, so that the second copies whole rows): ~4x faster
-    # than one 2-D fancy index at 1600x1200.
-    return np.asarray(labels).take(cols, axis=1).take(rows, axis=0)
-
-
-def resize_to_working_scale(
-    image: np.ndarray, inst: np.ndarray, cls: np.ndarray, scale: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Resize image (H, W, 3) uint8, inst int32 and cls (H, W) by `scale` (cls uint8, or int8
-    holding `UNKNOWN_CLASS`; its dtype is kept).
-
-    Output side lengths are round(side * scale) (at least 1). Instance ids that vanish are
-    dropped and the rest renumbered 1..N in order; cls is 0 wherever inst is 0.
-    """
-    h, w = inst.shape
-    out_h, out_w = max(1, round(h * scale)), max(1, round(w * scale))
-    if (out_h, out_w) == (h, w):
-        return image.copy(), inst.astype(np.int32, copy=True), cls.copy()
-    filt = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    image_s = cv2.resize(image, (out_w, out_h), interpolation=filt)
-    inst_s = relabel_sequential(cv2.resize(inst.astype(np.int32), (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT))
-    cls_s = cv2.resize(cls, (out_w, out_h), interpolation=cv2.INTER_NEAREST_EXACT)
-    return image_s, inst_s, np.where(inst_s > 0, cls_s, 0).astype(cls.dtype)
-
-
 # %% [markdown] tags=["why"]
 # One raw pair read, parsed, checked for matching sizes and written at the working scale: the unit of work of the cache (and of its worker processes).
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from uni_seg.boxes import ClassBox, ClassBoxes, instance_class_counts, load_class_boxes, scheme_class_map
+from uni_seg.classes import ClassScheme, class_scheme
+from uni_seg.config import markdown_table
+from uni_seg.data import (SPLITS, DataError, DatasetScan, DataWarning, ImagePair, format_split_table,
+                          parse_mask_to_instances, read_image_with_notes, read_mask, resize_to_working_scale,
+                          scan_dataset, split_train_val)
+from uni_seg.files import atomic_open, atomic_write, folder_lock, remove_own_files, remove_stale_temporaries
+from uni_seg.procs import worker_context, worker_started
+
+#: Bump when the processed files' content changes meaning: forces a rebuild. 2: `cls` is int8
+#: and holds `UNKNOWN_CLASS` for cells of no known class. 3: one uncompressed `.npy` per image
+#: (was a compressed `.npz`; see `processed_dtype`), so that a training crop reads only its rows.
+CACHE_FORMAT = 3
+#: A processed image's file: `<split>/<stem>.npy`.
+CACHE_SUFFIX = ".npy"
+
+
 def load_raw_pair(pair: ImagePair, min_area: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Read and parse one raw pair: image RGB uint8 (H, W, 3), inst int32, cls uint8 (H, W), and
     the image conversions made. Raises `DataError` naming the file on any problem, including an
@@ -2702,7 +2821,7 @@ def _run_tasks(tasks: list[_CacheTask], num_workers: int) -> Iterator[dict[str, 
     `DataError` (or a raw file gone missing) is yielded rather than raised."""
     if num_workers > 0 and len(tasks) > 1:
         context = worker_context(preload=("uni_seg.data",))
-        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=_worker_started,
+        with ProcessPoolExecutor(max_workers=num_workers, mp_context=context, initializer=worker_started,
                                  initargs=(os.getpid(),)) as pool:
             futures = [pool.submit(_process_one, task) for task in tasks]
             try:
@@ -3165,10 +3284,10 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_write, remove_stale_temporaries
+from uni_seg.cache import save_npz_atomic
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
-                          relabel_sequential, save_npz_atomic, scan_dataset, write_image)
-from uni_seg.files import remove_own_files
+                          relabel_sequential, scan_dataset, write_image)
+from uni_seg.files import atomic_write, remove_own_files, remove_stale_temporaries
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).
@@ -3630,7 +3749,8 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from uni_seg.data import DataError, check_rgb_image, load_processed, read_image
+from uni_seg.cache import load_processed
+from uni_seg.data import DataError, check_rgb_image, read_image
 
 #: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
 MEASURE_SIDE = 640
@@ -3799,10 +3919,12 @@ def working_scale_for_cells(images: Iterable[np.ndarray | str | Path], training_
 # (`SCHEME`, which every later section uses), and the split table is printed from it.
 
 # %%
-from uni_seg.config import class_scheme, show_markdown
-from uni_seg.data import (build_processed_cache, check_training_masks, class_count_table, default_loader_workers,
-                          format_split_table, instance_statistics, join_table, load_manifest, load_processed,
-                          partition_image_folder)
+from uni_seg.classes import class_scheme
+from uni_seg.config import show_markdown
+from uni_seg.cache import (build_processed_cache, check_training_masks, class_count_table, join_table, load_manifest,
+                           load_processed)
+from uni_seg.data import format_split_table, instance_statistics, partition_image_folder
+from uni_seg.procs import default_loader_workers
 from uni_seg.synthetic import generate_synthetic_dataset, synthetic_data_wanted, write_synthetic_class_boxes
 
 SCHEME = class_scheme(cfg.class_scheme)
@@ -3987,7 +4109,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
-from uni_seg.config import Settings
+from uni_seg.settings import Settings
 from uni_seg.targets import targets_from_instances
 
 
@@ -4281,9 +4403,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uni_seg.augment import CellAugmenter, StainAugmentation
+from uni_seg.cache import ProcessedSample, load_processed, open_processed, processed_window
 from uni_seg.config import seed_everything
-from uni_seg.data import (ProcessedSample, load_processed, open_processed, processed_window, start_context, tile_starts,
-                          worker_context)
+from uni_seg.data import tile_starts
+from uni_seg.procs import start_context, worker_context
 from uni_seg.targets import targets_from_instances
 
 
@@ -4797,8 +4920,8 @@ import torch
 from torch import nn
 
 from uni_seg.backbones import BACKBONES, BackboneSpec, backbone_spec, create_backbone
-from uni_seg.config import (WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting, state_dict_mismatch,
-                            torch_load_refusal)
+from uni_seg.config import WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting
+from uni_seg.files import state_dict_mismatch, torch_load_refusal
 
 #: The weight files of a hub repository (or of a folder), in the order they are preferred.
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -5857,8 +5980,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uni_seg.config import UNKNOWN_CLASS, ClassScheme, class_scheme
-from uni_seg.data import load_manifest, manifest_scheme, split_class_counts
+from uni_seg.cache import load_manifest, manifest_scheme, split_class_counts
+from uni_seg.classes import UNKNOWN_CLASS, ClassScheme, class_scheme
 
 
 def sobel_kernels(size: int = 5, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -6152,7 +6275,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch, torch_load_refusal
+from uni_seg.config import Factory
+from uni_seg.files import atomic_open, state_dict_mismatch, torch_load_refusal
+from uni_seg.settings import describe_differences
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1
@@ -6343,9 +6468,9 @@ from torch.utils.data import DataLoader, Dataset
 from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
                                  atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
                                  restore_rng_state)
-from uni_seg.config import (Factory, atomic_open, atomic_write, autocast, remove_stale_temporaries, resolve_device,
-                            resolve_precision, seed_everything)
+from uni_seg.config import Factory, autocast, resolve_device, resolve_precision, seed_everything
 from uni_seg.dataset import EpochItems, EpochSampler, make_loader
+from uni_seg.files import atomic_open, atomic_write, remove_stale_temporaries
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.
@@ -7180,12 +7305,14 @@ from torch import nn
 from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
-                            exit_with_parent, resolve_config, resolve_device)
-from uni_seg.data import DataError, default_loader_workers
+from uni_seg.classes import class_scheme
+from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config,
+                            resolve_device)
+from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 from uni_seg.losses import nc_class_weights
+from uni_seg.procs import default_loader_workers, exit_with_parent
 
 
 def _free_port() -> int:
@@ -7611,8 +7738,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
-from uni_seg.config import Settings, write_json_atomic
 from uni_seg.data import resize_labels
+from uni_seg.files import write_json_atomic
+from uni_seg.settings import Settings
 from uni_seg.targets import hv_maps
 
 
@@ -8335,12 +8463,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
-import errno
 import json
-import os
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -8348,15 +8472,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from uni_seg.classes import CLASS_DISPLAY_COLOURS, CLASS_NAMES, OTHER_CLASS_COLOUR, class_name
+from uni_seg.data import check_rgb_image, read_image, read_image_with_notes, resize_image, working_shape, write_image
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
-from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
-                            write_json_atomic)
-from uni_seg.files import LOCK_NAME, remove_own_files
-from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, OTHER_CLASS_COLOUR, DataError,
-                          check_rgb_image, class_name, read_image, read_image_with_notes, read_mask,
-                          resize_image, working_shape, write_image)
+from uni_seg.files import atomic_open, atomic_write
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
@@ -8994,19 +9115,9 @@ def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], s
     return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay, class_colours)
 
 
-def reread_image(output_dir: str | Path, name: str, path: str | Path | None = None) -> dict[str, Any]:
-    """`export_image`'s result for an image that a run finished before (one a resumed run
-    skips, a shard's in a merge), from its files: the same to the byte (the scores are the cell
-    table's, `cell_score`). With the input image's `path`, its reading notes too (read again:
-    they are in no export of the image)."""
-    inst, classes, scores = read_exported_image(output_dir, name)
-    notes = read_image_with_notes(path)[1] if path is not None else []
-    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
-            "annotations": coco_annotations(inst, classes, scores, 0, 0), "notes": notes}
-
-
 # %% [markdown]
-# **One run per output folder.** Folder inference writes four files per image and two per
+# ### One run per output folder (`uni_seg.outputs`)
+# Folder inference writes four files per image and two per
 # folder, and a run record, `run.json`: what produced the folder (checkpoint, settings,
 # post-processing and where it came from), whether it finished, and which inputs were left out
 # and why. Every input gets its own export name, whatever the file names (`good.png`,
@@ -9018,6 +9129,26 @@ def reread_image(output_dir: str | Path, name: str, path: str | Path | None = No
 # end, so a killed run never leaves the previous run's summary beside its own images.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import errno
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uni_seg.data import IMAGE_SUFFIXES, DataError, read_image_with_notes, read_mask
+from uni_seg.export import coco_annotations
+from uni_seg.files import LOCK_NAME, remove_own_files, remove_stale_temporaries, write_json_atomic
+from uni_seg.settings import describe_differences
+
 #: The files `export_segmentation` always writes for an image exported as <name> (its overlay,
 #: written first, is optional).
 IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_cells.csv", "_cells.geojson")
@@ -9240,6 +9371,16 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
     return inst, classes, scores
 
 
+def reread_image(output_dir: str | Path, name: str, path: str | Path | None = None) -> dict[str, Any]:
+    """`export_image`'s result for an image that a run finished before (one a resumed run
+    skips, a shard's in a merge), from its files: the same to the byte (the scores are the cell
+    table's, `cell_score`). With the input image's `path`, its reading notes too (read again:
+    they are in no export of the image)."""
+    inst, classes, scores = read_exported_image(output_dir, name)
+    notes = read_image_with_notes(path)[1] if path is not None else []
+    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
+            "annotations": coco_annotations(inst, classes, scores, 0, 0), "notes": notes}
+
 # %% [markdown]
 # ### Tiled inference on full-size images (`uni_seg.infer`)
 #
@@ -9265,8 +9406,8 @@ def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, 
 # %% tags=["export"]
 from __future__ import annotations
 
-import contextlib
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -9281,16 +9422,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
 from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, errors_as_messages, resolve_device,
-                            resolve_precision)
-from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
-                          load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
-from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
-                            load_folder_item, plan_folder, reread_image, start_run, write_csv)
-from uni_seg.files import folder_lock, separate_folders
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
+from uni_seg.config import autocast, errors_as_messages, resolve_device, resolve_precision
+from uni_seg.data import IMAGE_SUFFIXES, check_rgb_image, resize_image, tile_starts, working_shape
+from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
+from uni_seg.files import atomic_open, folder_lock, separate_folders
+from uni_seg.outputs import COCO_SIDE_FILE, FolderPlan, finish_run, plan_folder, reread_image, start_run
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
                               cells_from_maps, cells_with_truth)
+from uni_seg.procs import WorkerPool, default_workers, usable_cpus
+from uni_seg.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -10209,11 +10352,11 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
-from uni_seg.data import CLASS_NAMES, class_name
-from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
+from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_string, cell_boxes, cell_shapes,
                             cell_table, cells_geojson_text)
-from uni_seg.files import folder_lock, remove_own_files, separate_folders
+from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
+                           write_json_atomic)
 from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 
@@ -10869,12 +11012,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import ClassScheme, class_scheme, resolve_device
-from uni_seg.data import CLASS_NAMES, WorkerPool, class_name, default_workers
 from uni_seg import infer
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name, class_scheme
+from uni_seg.config import resolve_device
 from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
+from uni_seg.procs import WorkerPool, default_workers
 from uni_seg.result import SegmentationResult, cells_of_image, load_any
 
 if TYPE_CHECKING:  # a later module of §8, imported where a slide is run
@@ -11205,8 +11349,8 @@ from pathlib import Path
 
 import torch
 
-from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError,
-                                 atomic_torch_save, load_checkpoint)
+from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError, atomic_torch_save,
+                                 load_checkpoint)
 from uni_seg.config import errors_as_messages
 from uni_seg.segmenter import POSTPROC_SIDE_FILE, Segmenter
 
@@ -11327,15 +11471,17 @@ from typing import Any
 
 import torch
 
-from uni_seg.config import ClassScheme, class_scheme, describe_differences, write_json_atomic
-from uni_seg.data import CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, default_workers
-from uni_seg.export import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD,
-                            export_folder_item, finish_run, load_folder_item, plan_folder, read_run_record,
-                            recorded_files, reread_image, write_csv)
-from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_scheme
+from uni_seg.data import IMAGE_SUFFIXES
+from uni_seg.export import export_folder_item, load_folder_item, write_csv
+from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders, write_json_atomic
 from uni_seg.infer import (FolderReport, InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads,
                            peak_rss_mb, pipeline)
+from uni_seg.outputs import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD,
+                             finish_run, plan_folder, read_run_record, recorded_files, reread_image)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.procs import WorkerPool, default_workers
+from uni_seg.settings import describe_differences
 
 #: The folder, inside a run's output folder, of the shards' records and lock files.
 SHARDS_DIR = "shards"
@@ -11733,19 +11879,14 @@ def shard_command(model: torch.nn.Module, args: Any, settings: InferenceSettings
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, markdown_table, write_json_atomic
-from uni_seg.data import WorkerPool, default_workers
-from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
+from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
+from uni_seg.postproc import SplitPrediction
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -12120,14 +12261,8 @@ def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str)
 # Small shared pieces: class names, a NaN-aware mean, detection precision/recall/F1.
 
 # %% tags=["export"]
-def default_class_names(n_classes: int) -> list[str]:
-    """["background", "RBC", "WBC", "Platelet"] for 4 classes, else background + class_k."""
-    if n_classes == 4:
-        return ["background", "RBC", "WBC", "Platelet"]
-    return ["background"] + [f"class_{k}" for k in range(1, n_classes)]
-
-
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+    """The mean of the values that are not None or NaN; NaN when there are none."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else math.nan
@@ -12286,7 +12421,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
-        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=_nanmean(list(pq_c.values())),
+        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
         parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
     )
     return record, pairs
@@ -12316,7 +12451,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
         **_prf(pooled.tp, pooled.fp, pooled.fn),
         aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
         map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
-        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        mpq=nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
         instance_confusion=confusion, unknown_count=counts.unknown, unknown_matched=int(counts.matched_unknown.sum()),
         parasitemia=dict(true=_parasitemia(scheme, true_counts), pred=_parasitemia(scheme, pred_counts)),
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
@@ -12328,17 +12463,17 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
 def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
     keys = ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq")
-    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in keys}
-    means["per_class_pq"] = {nm: _nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
-    means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
-    means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
+    means: dict[str, Any] = {k: nanmean([r[k] for r in records]) for k in keys}
+    means["per_class_pq"] = {nm: nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
+    means["pixel_iou"] = {nm: nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
+    means["pixel_dice"] = {nm: nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
     errors = np.array([r["count_error"] for r in records], dtype=np.float64)
     trues = np.array([r["true_count"] for r in records], dtype=np.float64)
     means["count_error"] = float(errors.mean()) if errors.size else math.nan
     means["count_abs_error"] = float(np.abs(errors).mean()) if errors.size else math.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(errors) / trues
-    means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    means["count_rel_error"] = nanmean(rel[np.isfinite(rel)].tolist())
     both = [(r["parasitemia_true"], r["parasitemia_pred"]) for r in records
             if math.isfinite(r["parasitemia_true"]) and math.isfinite(r["parasitemia_pred"])]
     means["parasitemia_mae"] = float(np.mean([abs(t - q) for t, q in both])) if both else math.nan
@@ -12423,7 +12558,7 @@ def evaluate_predictions(
 
 
 # %% [markdown]
-# ### `results/metrics.json`
+# ### `results/metrics.json` (`uni_seg.metrics_file`)
 #
 # One file per evaluation, one schema (`"schema": "uni_seg.metrics/4"`; version 2 added the
 # weights' provenance, version 3 the class scheme, the per-class detection and F_c, the
@@ -12458,6 +12593,21 @@ def evaluate_predictions(
 # a scheme without infected cells) are `null`.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from uni_seg.config import markdown_table
+from uni_seg.files import write_json_atomic
+from uni_seg.postproc import PostprocParams
+
 METRICS_SCHEMA = "uni_seg.metrics/4"
 METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/4):
 schema, created; model {backbone, weights, weights_source,
@@ -12612,171 +12762,6 @@ def add_to_metrics_json(path: str | Path, **blocks: Mapping[str, Any] | None) ->
     return doc
 
 
-# %% [markdown]
-# ### Tuning the post-processing
-#
-# The watershed's thresholds depend on how sharp and how noisy the trained model's maps are,
-# so they are chosen on the validation set: a grid search maximising the mean per-image PQ
-# (it lives here, not in section 8, because it needs the metrics). The seam energy depends
-# only on the smoothing and the Sobel kernel, so it is computed once per image and setting of
-# those two and reused across the other parameters. The winner goes to
-# `results/postproc_params.json` (`save_postproc_params`), which evaluation and folder
-# inference read back (`load_postproc_params`).
-
-# %% tags=["export"]
-#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
-#: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
-#: per validation image).
-DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
-    fg_threshold=[0.4, 0.5, 0.6],
-    marker_threshold=[0.03, 0.05, 0.08],
-    hv_smooth_sigma=[2.0, 3.0, 4.0],
-)
-
-
-def tune_postproc(
-    np_probs: Sequence[np.ndarray],
-    hvs: Sequence[np.ndarray],
-    true_insts: Sequence[np.ndarray],
-    grid: Mapping[str, Sequence[Any]] | None = None,
-    base_params: PostprocParams | None = None,
-    workers: int | None = 0,
-) -> tuple[PostprocParams, list[dict[str, Any]]]:
-    """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
-
-    Args:
-        np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
-        true_insts: per image int (H, W) true instances (e.g. the validation set).
-        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
-            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
-        workers: worker processes, one image at a time each (0: in this process; None: the
-            usable CPUs minus one); the result does not depend on it.
-
-    Returns:
-        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
-        grid values and `pq` (mean over images), best first; ties keep grid order).
-    """
-    if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
-        raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
-    grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
-    base = base_params or PostprocParams()
-    names = list(grid)
-    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
-    with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
-        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
-                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
-        per_image = []
-        for k, future in enumerate(futures):
-            status, value = future.result()
-            if status == "error":
-                raise ValueError(f"tuning, image {k}: {value}")
-            per_image.append(value)
-    table = [dict(**s, pq=_nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
-    order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
-    return candidates[order[0]], [table[k] for k in order]
-
-
-def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
-                    candidates: Sequence[PostprocParams]) -> list[float]:
-    """PQ of one image under each candidate setting: a worker's share of the search. The energy
-    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
-    np_prob, hv = validate_maps(np_prob, hv)
-    energies: dict[tuple[float, int], np.ndarray] = {}
-    pqs = []
-    for params in candidates:
-        key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
-        if key not in energies:
-            energies[key] = seam_energy(np_prob, hv, *key)
-        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
-    return pqs
-
-
-# %% [markdown]
-# The metrics on the synthetic field of section 8 (one image), and the tuning search on it.
-# The test-set evaluation of the trained model below calls `evaluate_predictions` with
-# the predictions of every test image and writes `results/metrics.json`; the tuning runs on
-# the validation set's predictions and writes `results/postproc_params.json`. Each replaces an
-# existing file only when it is one of ours (the schema tag; the parameters' document), and
-# otherwise stops naming it.
-
-# %%
-from uni_seg.metrics import METRICS_SCHEMA_DOC, evaluate_predictions, tune_postproc
-
-demo_metrics = evaluate_predictions([demo_true], [np.where(demo_true > 0, 1, 0)], [demo_pred], [demo_classes],
-                                    [instance_scores(demo_pred, demo_np)], n_classes=cfg.n_classes)
-print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in demo_metrics["dataset"].items()
-       if k in ("pq", "sq", "rq", "tp", "fp", "fn", "aji", "f1", "map", "ap50", "ap75")})
-_best, _table = tune_postproc([demo_np], [demo_hv], [demo_true],
-                              grid={"fg_threshold": [0.4, 0.5], "marker_threshold": [0.03, 0.05, 0.08]})
-print("best of the grid:", {k: getattr(_best, k) for k in ("fg_threshold", "marker_threshold")}, f"PQ {_table[0]['pq']:.3f}")
-print(METRICS_SCHEMA_DOC)
-
-# %% [markdown]
-# ### Evaluating the trained model
-#
-# The watershed's parameters are tuned on the **validation** images (never on test): the model's
-# maps for each validation image are computed once, and the grid search re-runs only the
-# post-processing. The best parameters are written into the best checkpoint itself
-# (`store_postproc`, with the split that tuned them), so the `Segmenter`, `uni-seg infer` and a
-# packaged model file carry them; they also go to `results/postproc_params.json`, with the id of
-# the checkpoint they were tuned for (older checkpoints are matched to that side file by id:
-# parameters tuned for one model say nothing about another). Evaluation and the figures use them. The test images are then predicted whole (tiled,
-# at the working scale, the same resolution the cache holds their true instances at) and every
-# metric is written to `results/metrics.json`.
-
-# %%
-from uni_seg.checkpoints import store_postproc
-from uni_seg.data import load_manifest
-from uni_seg.infer import predict_split
-from uni_seg.postproc import save_postproc_params
-from uni_seg.metrics import evaluate_split, tune_postproc, write_metrics_json
-from uni_seg.segmenter import Segmenter
-
-POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
-_checkpoint_id = (checkpoint_meta or {}).get("checkpoint_id")  # what the tuned parameters are for
-test_predictions = None
-if cfg.run_evaluation and cfg.tune_postproc:
-    _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True, workers=cfg.infer_workers)
-    POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
-                                            [p.true_inst for p in _val], workers=cfg.infer_workers)
-    save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
-                         tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
-    if best_checkpoint is not None:  # the model carries its tuned post-processing from now on
-        store_postproc(best_checkpoint, POSTPROC_PARAMS.as_dict(), tuned_on=f"val ({len(_val)} images)",
-                       score={"pq": float(_table[0]["pq"])})
-    _source = (f"post-processing: tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), "
-               f"saved to {POSTPROC_PATH}")
-    print("top settings:")
-    for _row in _table[:5]:
-        print("  ", _row)
-    del _val
-else:  # tuned by an earlier run: stored in the checkpoint, or the side file if tuned for this checkpoint
-    POSTPROC_PARAMS, _source = Segmenter.postproc_for(checkpoint_meta or {}, None, POSTPROC_PATH)
-print(f"{_source}: {POSTPROC_PARAMS}")
-
-# %%
-if cfg.run_evaluation:
-    test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
-                                     keep_maps=False, workers=cfg.infer_workers)  # maps of the figure images are re-made in §10
-    metrics = evaluate_split(test_predictions, cfg.n_classes, scheme=SCHEME)
-    _manifest = load_manifest(cfg.processed_dir)
-    _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
-    _provenance = (checkpoint_meta or {}).get("weights_provenance") or getattr(model, "weights_provenance", None)
-    metrics_document = write_metrics_json(
-        cfg.results_dir / "metrics.json", metrics, backbone=cfg.backbone, weights=cfg.weights,
-        weights_source=_weights_source, weights_provenance=_provenance, postproc_params=POSTPROC_PARAMS,
-        split_sizes={name: len(stems) for name, stems in _manifest["split"].items()},
-        checkpoint=best_checkpoint, extra={"run_name": cfg.run_name, "profile": cfg.profile,
-                                           "inference": INFERENCE.as_dict()},
-    )
-    if _weights_source == "none":
-        print("NOTE: the backbone ran on RANDOM weights (no pretrained weights were loaded): "
-              "these are not results of the foundation model.")
-    print(f"metrics of {len(test_predictions)} test images -> {cfg.results_dir / 'metrics.json'}")
-else:
-    print("RUN_EVALUATION=False: no evaluation")
-
 # %% [markdown] tags=["why"]
 # The headline numbers, the per-class block and the confusion of matched cells as tables (the
 # report's summary shows the first two): each reads the metrics document.
@@ -12842,6 +12827,187 @@ def confusion_table(doc: Mapping[str, Any]) -> str:
 
 
 # %% [markdown]
+# ### Tuning the post-processing (`uni_seg.tuning`)
+#
+# The watershed's thresholds depend on how sharp and how noisy the trained model's maps are,
+# so they are chosen on the validation set: a grid search maximising the mean per-image PQ
+# (it lives here, not in section 8, because it needs the metrics). The seam energy depends
+# only on the smoothing and the Sobel kernel, so it is computed once per image and setting of
+# those two and reused across the other parameters. The winner goes to
+# `results/postproc_params.json` (`save_postproc_params`), which evaluation and folder
+# inference read back (`load_postproc_params`).
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uni_seg.metrics import nanmean, panoptic_quality
+from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
+from uni_seg.procs import WorkerPool, default_workers
+
+#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
+#: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
+#: per validation image).
+DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
+    fg_threshold=[0.4, 0.5, 0.6],
+    marker_threshold=[0.03, 0.05, 0.08],
+    hv_smooth_sigma=[2.0, 3.0, 4.0],
+)
+
+
+def tune_postproc(
+    np_probs: Sequence[np.ndarray],
+    hvs: Sequence[np.ndarray],
+    true_insts: Sequence[np.ndarray],
+    grid: Mapping[str, Sequence[Any]] | None = None,
+    base_params: PostprocParams | None = None,
+    workers: int | None = 0,
+) -> tuple[PostprocParams, list[dict[str, Any]]]:
+    """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
+
+    Args:
+        np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
+        true_insts: per image int (H, W) true instances (e.g. the validation set).
+        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
+            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
+        workers: worker processes, one image at a time each (0: in this process; None: the
+            usable CPUs minus one); the result does not depend on it.
+
+    Returns:
+        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
+        grid values and `pq` (mean over images), best first; ties keep grid order).
+    """
+    if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
+        raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
+    grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
+    base = base_params or PostprocParams()
+    names = list(grid)
+    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
+    with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
+        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
+                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
+        per_image = []
+        for k, future in enumerate(futures):
+            status, value = future.result()
+            if status == "error":
+                raise ValueError(f"tuning, image {k}: {value}")
+            per_image.append(value)
+    table = [dict(**s, pq=nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
+    order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
+    return candidates[order[0]], [table[k] for k in order]
+
+
+def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
+                    candidates: Sequence[PostprocParams]) -> list[float]:
+    """PQ of one image under each candidate setting: a worker's share of the search. The energy
+    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
+    np_prob, hv = validate_maps(np_prob, hv)
+    energies: dict[tuple[float, int], np.ndarray] = {}
+    pqs = []
+    for params in candidates:
+        key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
+        if key not in energies:
+            energies[key] = seam_energy(np_prob, hv, *key)
+        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
+    return pqs
+
+
+# %% [markdown]
+# The metrics on the synthetic field of section 8 (one image), and the tuning search on it.
+# The test-set evaluation of the trained model below calls `evaluate_predictions` with
+# the predictions of every test image and writes `results/metrics.json`; the tuning runs on
+# the validation set's predictions and writes `results/postproc_params.json`. Each replaces an
+# existing file only when it is one of ours (the schema tag; the parameters' document), and
+# otherwise stops naming it.
+
+# %%
+from uni_seg.metrics import evaluate_predictions
+from uni_seg.metrics_file import METRICS_SCHEMA_DOC
+from uni_seg.tuning import tune_postproc
+
+demo_metrics = evaluate_predictions([demo_true], [np.where(demo_true > 0, 1, 0)], [demo_pred], [demo_classes],
+                                    [instance_scores(demo_pred, demo_np)], n_classes=cfg.n_classes)
+print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in demo_metrics["dataset"].items()
+       if k in ("pq", "sq", "rq", "tp", "fp", "fn", "aji", "f1", "map", "ap50", "ap75")})
+_best, _table = tune_postproc([demo_np], [demo_hv], [demo_true],
+                              grid={"fg_threshold": [0.4, 0.5], "marker_threshold": [0.03, 0.05, 0.08]})
+print("best of the grid:", {k: getattr(_best, k) for k in ("fg_threshold", "marker_threshold")}, f"PQ {_table[0]['pq']:.3f}")
+print(METRICS_SCHEMA_DOC)
+
+# %% [markdown]
+# ### Evaluating the trained model
+#
+# The watershed's parameters are tuned on the **validation** images (never on test): the model's
+# maps for each validation image are computed once, and the grid search re-runs only the
+# post-processing. The best parameters are written into the best checkpoint itself
+# (`store_postproc`, with the split that tuned them), so the `Segmenter`, `uni-seg infer` and a
+# packaged model file carry them; they also go to `results/postproc_params.json`, with the id of
+# the checkpoint they were tuned for (older checkpoints are matched to that side file by id:
+# parameters tuned for one model say nothing about another). Evaluation and the figures use them. The test images are then predicted whole (tiled,
+# at the working scale, the same resolution the cache holds their true instances at) and every
+# metric is written to `results/metrics.json`.
+
+# %%
+from uni_seg.checkpoints import store_postproc
+from uni_seg.cache import load_manifest
+from uni_seg.infer import predict_split
+from uni_seg.postproc import save_postproc_params
+from uni_seg.metrics import evaluate_split
+from uni_seg.metrics_file import write_metrics_json
+from uni_seg.tuning import tune_postproc
+from uni_seg.segmenter import Segmenter
+
+POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
+_checkpoint_id = (checkpoint_meta or {}).get("checkpoint_id")  # what the tuned parameters are for
+test_predictions = None
+if cfg.run_evaluation and cfg.tune_postproc:
+    _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True, workers=cfg.infer_workers)
+    POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
+                                            [p.true_inst for p in _val], workers=cfg.infer_workers)
+    save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
+                         tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
+    if best_checkpoint is not None:  # the model carries its tuned post-processing from now on
+        store_postproc(best_checkpoint, POSTPROC_PARAMS.as_dict(), tuned_on=f"val ({len(_val)} images)",
+                       score={"pq": float(_table[0]["pq"])})
+    _source = (f"post-processing: tuned on {len(_val)} validation images (best mean PQ {_table[0]['pq']:.4f}), "
+               f"saved to {POSTPROC_PATH}")
+    print("top settings:")
+    for _row in _table[:5]:
+        print("  ", _row)
+    del _val
+else:  # tuned by an earlier run: stored in the checkpoint, or the side file if tuned for this checkpoint
+    POSTPROC_PARAMS, _source = Segmenter.postproc_for(checkpoint_meta or {}, None, POSTPROC_PATH)
+print(f"{_source}: {POSTPROC_PARAMS}")
+
+# %%
+if cfg.run_evaluation:
+    test_predictions = predict_split(model, cfg.processed_dir, "test", INFERENCE, POSTPROC_PARAMS,
+                                     keep_maps=False, workers=cfg.infer_workers)  # maps of the figure images are re-made in §10
+    metrics = evaluate_split(test_predictions, cfg.n_classes, scheme=SCHEME)
+    _manifest = load_manifest(cfg.processed_dir)
+    _weights_source = (checkpoint_meta or {}).get("weights_source") or getattr(model, "weights_source", "unknown")
+    _provenance = (checkpoint_meta or {}).get("weights_provenance") or getattr(model, "weights_provenance", None)
+    metrics_document = write_metrics_json(
+        cfg.results_dir / "metrics.json", metrics, backbone=cfg.backbone, weights=cfg.weights,
+        weights_source=_weights_source, weights_provenance=_provenance, postproc_params=POSTPROC_PARAMS,
+        split_sizes={name: len(stems) for name, stems in _manifest["split"].items()},
+        checkpoint=best_checkpoint, extra={"run_name": cfg.run_name, "profile": cfg.profile,
+                                           "inference": INFERENCE.as_dict()},
+    )
+    if _weights_source == "none":
+        print("NOTE: the backbone ran on RANDOM weights (no pretrained weights were loaded): "
+              "these are not results of the foundation model.")
+    print(f"metrics of {len(test_predictions)} test images -> {cfg.results_dir / 'metrics.json'}")
+else:
+    print("RUN_EVALUATION=False: no evaluation")
+
+# %% [markdown]
 # The headline numbers. "Pooled" sums true positives, false positives and false negatives over
 # all test images before dividing (the standard for PQ, detection and COCO mAP); "per-image
 # mean" averages each image's own value (what a user sees image by image). Pixel IoU/Dice is
@@ -12852,7 +13018,7 @@ def confusion_table(doc: Mapping[str, Any]) -> str:
 
 # %%
 from uni_seg.config import show_markdown
-from uni_seg.metrics import confusion_table, metrics_table, per_class_table
+from uni_seg.metrics_file import confusion_table, metrics_table, per_class_table
 
 if cfg.run_evaluation:
     show_markdown(metrics_table(metrics_document))
@@ -12886,21 +13052,20 @@ if cfg.run_evaluation:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import math
 
 import cv2
 import numpy as np
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from uni_seg.cache import load_processed
 from uni_seg.cellsize import cell_foreground, otsu_lightness
 from uni_seg.config import markdown_table
-from uni_seg.data import load_processed
-from uni_seg.metrics import _nanmean, panoptic_quality
+from uni_seg.metrics import nanmean, panoptic_quality
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, SplitPrediction
 
 #: Minimum peak distances tried (working-scale px; cells there are ~50 px across on the real subset).
@@ -12988,7 +13153,7 @@ def tune_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Sequence
             pqs[d].append(panoptic_quality(true, baseline_from_parts(parts, d, min_area)[0])["pq"])
     if not next(iter(pqs.values())):
         raise ValueError("tune_baseline needs at least one (image, true instances) pair")
-    table = sorted(({"min_distance": d, "pq": _nanmean(v)} for d, v in pqs.items()),
+    table = sorted(({"min_distance": d, "pq": nanmean(v)} for d, v in pqs.items()),
                    key=lambda row: (-np.nan_to_num(row["pq"], nan=-1.0), row["min_distance"]))
     return table[0]["min_distance"], table
 
@@ -13054,8 +13219,8 @@ def model_and_baseline_table(doc: Mapping[str, Any]) -> str:
 
 # %%
 from uni_seg.baseline import baseline_block, model_and_baseline_table, predict_split_baseline, processed_pairs, tune_baseline
-from uni_seg.data import load_processed
-from uni_seg.metrics import add_to_metrics_json
+from uni_seg.cache import load_processed
+from uni_seg.metrics_file import add_to_metrics_json
 
 baseline_min_distance = None  # §9's smears from elsewhere score the baseline too when it was tuned
 if cfg.run_evaluation and cfg.run_baseline:
@@ -13120,11 +13285,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
-from uni_seg.config import errors_as_messages, markdown_table, resolve_device, write_json_atomic
+from uni_seg.config import errors_as_messages, markdown_table, resolve_device
 from uni_seg.data import read_image, working_shape
-from uni_seg.export import plan_folder
+from uni_seg.files import write_json_atomic
+
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
-from uni_seg.metrics import PairTable, _coco_ap, _jsonable
+from uni_seg.metrics import PairTable, _coco_ap
+from uni_seg.metrics_file import _jsonable
+from uni_seg.outputs import plan_folder
 
 
 class AnnotationError(ValueError):
@@ -13620,11 +13788,11 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, atomic_open
-from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.classes import CLASS_NAMES, UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, class_name
 from uni_seg.export import cell_outlines, colour_lut
-from uni_seg.postproc import SplitPrediction
+from uni_seg.files import atomic_open
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
+from uni_seg.postproc import SplitPrediction
 
 #: Error-map colours (RGB): matched prediction, false positive, missed true cell.
 ERROR_COLORS: dict[str, tuple[int, int, int]] = {"matched": (40, 190, 60), "false positive": (230, 40, 40), "missed": (40, 90, 240)}
@@ -14004,7 +14172,7 @@ from typing import Any
 from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
 from uni_seg.external import external_table
-from uni_seg.metrics import metrics_table, per_class_table
+from uni_seg.metrics_file import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
 SUMMARY_TAG = "summary"
@@ -14386,7 +14554,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from uni_seg.config import RunConfig, errors_as_messages, markdown_table, resolve_config, write_json_atomic, atomic_write
+from uni_seg.config import RunConfig, errors_as_messages, markdown_table, resolve_config
+from uni_seg.files import atomic_write, write_json_atomic
 
 #: The keys of a grid file.
 GRID_KEYS = ("description", "base", "configurations", "seeds")

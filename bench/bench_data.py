@@ -31,7 +31,8 @@ import cv2
 import torch
 from common import RELATIVE, ROOT, find_real_subset, median_ms
 
-from uni_seg.data import build_processed_cache, find_dataset, parse_mask_to_instances, read_image, read_mask
+from uni_seg.cache import build_processed_cache
+from uni_seg.data import find_dataset, parse_mask_to_instances, read_image, read_mask
 from uni_seg.dataset import CellCropDataset
 from uni_seg.synthetic import generate_synthetic_dataset
 from uni_seg.targets import hv_maps

@@ -34,7 +34,7 @@ from uni_seg import checkpoints as C
 from uni_seg import engine as E
 from uni_seg import train as T
 from uni_seg.config import resolve_config, resolve_device
-from uni_seg.data import build_processed_cache
+from uni_seg.cache import build_processed_cache
 from uni_seg.synthetic import generate_synthetic_dataset
 
 
@@ -45,7 +45,7 @@ def make_cache(work: Path, n_images: int) -> Path:
 
 
 def bench_backbone(args: argparse.Namespace, backbone: str, processed: Path, work: Path) -> list[dict]:
-    from uni_seg.data import load_processed
+    from uni_seg.cache import load_processed
 
     n_train_images = len(load_processed(processed, "train"))
     crops_per_image = math.ceil(args.steps * args.batch / n_train_images)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import real_subset as lookup
-from uni_seg.data import build_processed_cache
+from uni_seg.cache import build_processed_cache
 from uni_seg.synthetic import generate_synthetic_dataset
 
 
@@ -98,3 +98,25 @@ def cache(tmp_path_factory) -> Path:
     generate_synthetic_dataset(work / "raw", 5, 2, seed=11, image_size=(200, 260), cell_diameter=40.0)
     build_processed_cache(work / "raw", work / "processed", working_scale=0.5, val_fraction=0.2, seed=0, min_area=20)
     return work / "processed"  # working images are 100 x 130
+
+
+# ---------------------------------------------------------------- synthetic smears
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the Kaggle layout (4 train, 2 test smears), made once per module."""
+    from uni_seg.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic") / "smears"
+    generate_synthetic_dataset(root, 4, 2, seed=3, image_size=(180, 240), cell_diameter=40.0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def boxed_synthetic(tmp_path_factory) -> tuple[Path, Path]:
+    """A small synthetic dataset with BBBC041-style class boxes: (raw root, the boxes file)."""
+    from uni_seg import synthetic as S
+
+    root = tmp_path_factory.mktemp("boxed") / "raw"
+    S.generate_synthetic_dataset(root, 4, 2, seed=3, image_size=(200, 260), cell_diameter=50, n_wbc=(1, 2))
+    boxes = S.write_synthetic_class_boxes(root, seed=3, infected=0.3, unboxed=0.15, empty_boxes=2)
+    return root, boxes

@@ -9,6 +9,7 @@ import albumentations as A
 import numpy as np
 import pytest
 
+from uni_seg import cache as cache_mod
 from uni_seg.synthetic import render_synthetic_smear
 from uni_seg.targets import hv_maps
 from uni_seg.augment import CellAugmenter, seed_transforms
@@ -54,12 +55,11 @@ def test_augmentation_is_reproducible_per_seed(smear):
 def test_a_crop_from_the_memory_mapped_cache_file_is_the_crop_from_memory(tmp_path, smear):
     """Crop first: the augmenter cuts its window out of views of the file, and gets what it
     gets from the whole image read into memory."""
-    from uni_seg import data
 
     image, inst, cls = smear
     path = tmp_path / "smear.npy"
-    data.save_processed_atomic(path, image, inst, cls.astype(np.int8))
-    mapped, whole = data.open_processed(path), data.open_processed(path, in_memory=True)
+    cache_mod.save_processed_atomic(path, image, inst, cls.astype(np.int8))
+    mapped, whole = cache_mod.open_processed(path), cache_mod.open_processed(path, in_memory=True)
     assert isinstance(mapped["inst"], np.memmap) and not isinstance(whole["inst"], np.memmap)
     np.testing.assert_array_equal(whole["inst"], inst)
     np.testing.assert_array_equal(whole["image"], image)

@@ -11,7 +11,8 @@ import pytest
 
 from uni_seg.baseline import (BASELINE_METHOD, baseline_block, baseline_instances, model_and_baseline_table,
                               predict_split_baseline, processed_pairs, tune_baseline)
-from uni_seg.metrics import METRICS_SCHEMA, add_to_metrics_json, evaluate_split, panoptic_quality, write_metrics_json
+from uni_seg.metrics import evaluate_split, panoptic_quality
+from uni_seg.metrics_file import METRICS_SCHEMA, add_to_metrics_json, write_metrics_json
 
 
 def stained_disks(shape, centres, radius) -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +63,7 @@ def test_tuning_picks_the_distance_that_separates_the_cells_best():
 
 
 def test_the_baseline_block_sits_beside_the_model_in_metrics_json(tmp_path):
-    from uni_seg.data import build_processed_cache
+    from uni_seg.cache import build_processed_cache
     from uni_seg.report import run_summary
     from uni_seg.synthetic import generate_synthetic_dataset
 

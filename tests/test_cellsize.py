@@ -75,7 +75,7 @@ def test_the_cell_diameter_is_recorded_in_the_spec_and_read_back_from_a_checkpoi
 
     from uni_seg import checkpoints, model as model_mod, train
     from uni_seg.config import resolve_config
-    from uni_seg.data import build_processed_cache
+    from uni_seg.cache import build_processed_cache
     from uni_seg.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(tmp_path / "raw", 3, 1, seed=3, image_size=(160, 200), cell_diameter=40.0)

@@ -124,41 +124,6 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
                 assert COMMON_DEFAULTS[name] == value, name
 
 
-# ----------------------------------------------------------------------------- atomic writes
-def test_atomic_open_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
-    import os
-
-    from uni_seg.config import ATOMIC_TEMP_GLOB, atomic_open, atomic_write
-
-    target = tmp_path / "sub" / "x.json"
-    assert atomic_write(target, '{"a": 1}') == target  # parent folders are created
-    assert atomic_write(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
-    with pytest.raises(RuntimeError, match="killed"):
-        with atomic_open(target, "w") as handle:
-            handle.write('{"a": 2, "half')
-            assert list(target.parent.glob(ATOMIC_TEMP_GLOB))  # the new content goes to a temporary
-            raise RuntimeError("killed mid-write")
-    assert target.read_text() == '{"a": 1}'  # the old file is intact
-    assert os.listdir(target.parent) == ["x.json"]  # and the temporary is gone
-    with pytest.raises(ValueError, match="mode='a'"):
-        with atomic_open(target, "a"):
-            pass
-
-
-def test_remove_stale_temporaries_spares_live_writers(tmp_path):
-    import os
-
-    from uni_seg.config import remove_stale_temporaries
-
-    dead = tmp_path / ".x.pth.tmp-999999999.0a1b2c3d"  # no such process
-    live = tmp_path / f".y.pth.tmp-{os.getppid()}.0a1b2c3d"  # a live process other than this one
-    mine = tmp_path / f".z.pth.tmp-{os.getpid()}.0a1b2c3d"  # this process: left over, not in use
-    for path in (dead, live, mine):
-        path.write_bytes(b"partial")
-    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
-    assert [p.name for p in tmp_path.iterdir()] == [live.name]
-
-
 def test_issue21_case5_a_gpu_that_is_not_there_is_named_as_asked():
     from uni_seg.config import DeviceUnavailable, resolve_device
 

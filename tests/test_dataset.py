@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pickle
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ import torch
 
 from uni_seg.targets import hv_maps
 from uni_seg.dataset import CellCropDataset, EpochItems, EpochSampler, make_loader
-from uni_seg.data import worker_context
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,33 +171,6 @@ def test_loader_shards_validation_without_duplicates_and_pads_training(cache):
     assert sum(len(batch["image"]) for loader in val for batch in loader) == n
     train = [make_loader(ds, 2, True, 0, 0, rank=r, world_size=3) for r in range(3)]
     assert {len(loader.sampler) for loader in train} == {-(-n // 3)}
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork is the script default on Linux only")
-def test_workers_in_a_script_are_forked_so_an_unguarded_script_runs_once(cache, tmp_path):
-    """Also after OpenCV's thread pool ran in the parent: a child forked while its threads
-    sleep used to hang in the worker init's cv2.setNumThreads."""
-    assert worker_context().get_start_method() == "fork"
-    script = tmp_path / "unguarded.py"
-    script.write_text(f"""
-import os, sys, threading
-import cv2, numpy as np
-from uni_seg.dataset import CellCropDataset, make_loader
-print("script started", flush=True)
-cv2.GaussianBlur(np.zeros((2000, 2000, 3), np.uint8), (31, 31), 5)  # a parallel call: OpenCV's pool starts
-def others_running():  # any thread but this one in state R (running), as /proc/self/task/*/stat says
-    me = str(threading.get_native_id())
-    return any(open(f"/proc/self/task/{{t}}/stat").read().rsplit(")", 1)[1].split()[0] == "R"
-               for t in os.listdir("/proc/self/task") if t != me)
-while others_running():  # ... and its threads go to sleep: the fork below comes once they all do, not after a clock
-    os.sched_yield()
-ds = CellCropDataset({str(cache)!r}, "train", 64, train=True, crops_per_image=2, seed=1)
-loader = make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=0)
-print("batches", len(list(loader)), flush=True)
-""")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.count("script started") == 1 and "batches 4" in run.stdout
 
 
 def test_loader_workers_inside_a_jupyter_kernel(cache, tmp_path):

@@ -18,7 +18,8 @@ import pytest
 import torch
 from stand_ins import EquivariantModel, disks_image
 
-from uni_seg import checkpoints, config, export, infer, postproc, synthetic
+from uni_seg import files as files_mod, outputs as outputs_mod
+from uni_seg import checkpoints, config, infer, postproc, synthetic
 from uni_seg.data import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +50,7 @@ def test_inputs_that_share_a_name_each_get_their_own_exports(tmp_path):
     assert len(set(names.values())) == 3 and report.n_ok == 3
     label = cv2.imread(str(tmp_path / "out" / f"{names['good.png']}_instances.png"), cv2.IMREAD_UNCHANGED)
     assert label.shape == (300, 400)  # good.png's own exports, not good_png.png's
-    assert export.output_names([Path("A.png"), Path("a.jpg")]) == ["A_png", "a_jpg"]  # case-insensitive file systems
+    assert outputs_mod.output_names([Path("A.png"), Path("a.jpg")]) == ["A_png", "a_jpg"]  # case-insensitive file systems
     assert {r["name"] for r in _summary(tmp_path / "out")} == set(names.values())
 
 
@@ -326,11 +327,11 @@ def test_the_cli_reports_a_rejected_checkpoint_in_one_line_without_a_traceback(t
 def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
     expected = {f"blocks.{i}.w": torch.zeros(4, 4) for i in range(50)}
     given = {f"blocks.{i}.w": torch.zeros(8, 4) for i in range(48)} | {"extra": torch.zeros(1)}
-    message = config.state_dict_mismatch(expected, given)
+    message = files_mod.state_dict_mismatch(expected, given)
     assert message.startswith("48 key(s) of another shape (first: blocks.0.w (8, 4) in the file, (4, 4) in the model")
     assert "2 missing (first: blocks.48.w, blocks.49.w)" in message and "1 unexpected (first: extra)" in message
     assert message.count("blocks.") <= 5 and "\n" not in message
-    assert config.state_dict_mismatch(expected, expected) == ""
+    assert files_mod.state_dict_mismatch(expected, expected) == ""
 
 
 # ------------------------------------------------------ 17. valid GeoJSON polygons
@@ -380,7 +381,7 @@ def test_cpu_workers_end_when_their_parent_is_killed(tmp_path):
                                         "        handle.write(f'{os.getpid()}\\n')\n"
                                         "    threading.Event().wait()\n")
     script = ("import sys, threading\n"
-              "from uni_seg.data import WorkerPool\n"
+              "from uni_seg.procs import WorkerPool\n"
               "from holder import hold\n"
               "if __name__ == '__main__':\n"
               "    pool = WorkerPool(2)\n"

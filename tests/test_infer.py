@@ -16,8 +16,10 @@ import pytest
 import torch
 from stand_ins import EquivariantModel, PointwiseModel, disks_image, exact_hv
 
+from uni_seg import classes as classes_mod
+from uni_seg import cache as cache_mod, procs as procs_mod
 from uni_seg import data, export, infer
-from uni_seg.config import ATOMIC_TEMP_GLOB
+from uni_seg.files import ATOMIC_TEMP_GLOB
 
 # ---------------------------------------------------------------- tiling and blending
 
@@ -243,7 +245,7 @@ def test_polygons_and_geojson_follow_qupath_format():
     assert geo["features"][1]["geometry"]["coordinates"] == [[r.tolist() for r in p] for p in polygons[2]]
     props = geo["features"][0]["properties"]
     assert props["objectType"] == "detection"
-    assert props["classification"] == {"name": "RBC", "color": list(data.CLASS_DISPLAY_COLOURS[1])}
+    assert props["classification"] == {"name": "RBC", "color": list(classes_mod.CLASS_DISPLAY_COLOURS[1])}
     assert props["measurements"]["area"] == (inst == 1).sum()
     with pytest.raises(ValueError, match="object_type"):
         export.cells_geojson(inst, table, object_type="cell")
@@ -266,8 +268,8 @@ def test_overlay_draws_outlines_in_class_colours():
     inst[18:28, 18:28] = 2
     image = np.full((30, 30, 3), 50, np.uint8)
     out = export.draw_overlay(image, inst, np.array([0, 2, 3]))
-    assert tuple(out[5, 10]) == data.CLASS_DISPLAY_COLOURS[2]
-    assert tuple(out[18, 20]) == data.CLASS_DISPLAY_COLOURS[3]
+    assert tuple(out[5, 10]) == classes_mod.CLASS_DISPLAY_COLOURS[2]
+    assert tuple(out[18, 20]) == classes_mod.CLASS_DISPLAY_COLOURS[3]
     assert tuple(out[10, 10]) == (50, 50, 50) and tuple(out[0, 0]) == (50, 50, 50)
 
 
@@ -358,7 +360,7 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
     split.mkdir(parents=True)
     for i in range(2):
         image, inst = disks_image((70, 90), [(20, 20), (45, 60)], 12, seed=i)
-        data.save_processed_atomic(split / f"s{i}.npy", image, inst, (inst > 0).astype(np.int8))
+        cache_mod.save_processed_atomic(split / f"s{i}.npy", image, inst, (inst > 0).astype(np.int8))
     preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", infer.InferenceSettings(tile_size=64, overlap=16))
     assert [p.stem for p in preds] == ["s0", "s1"]
     p = preds[0]
@@ -464,7 +466,7 @@ def test_predict_split_is_the_same_with_and_without_worker_processes(tmp_path):
     split.mkdir(parents=True)
     for i, centres in enumerate([[(20, 20), (40, 60)], [(30, 30)]]):
         image, inst = disks_image((70, 90), centres, 12, seed=i)
-        data.save_processed_atomic(split / f"im{i}.npy", image, inst, (inst > 0).astype(np.int8))
+        cache_mod.save_processed_atomic(split / f"im{i}.npy", image, inst, (inst > 0).astype(np.int8))
     settings = infer.InferenceSettings(tile_size=64, overlap=16)
     a = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=0)
     b = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=2)
@@ -728,5 +730,5 @@ def test_bad_output_paths_and_too_many_workers_are_said_before_any_work(tmp_path
     assert exit_info.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err and not loaded
     infer.main([*options, "--input", "in", "--output", "out", "--workers", "999", "--working-scale", "1"])
     err = capsys.readouterr().err
-    assert f"{data.usable_cpus()} used" in err
-    assert json.loads((tmp_path / "out" / "run.json").read_text())["workers"] == data.usable_cpus()
+    assert f"{procs_mod.usable_cpus()} used" in err
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["workers"] == procs_mod.usable_cpus()

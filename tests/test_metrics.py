@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 
 import numpy as np
 import pytest
+from scenes import perturb, random_scene, scored_dataset
 
 from uni_seg.metrics import (
-    METRICS_SCHEMA,
     aggregated_jaccard_index,
     class_confusion,
     coco_ap,
@@ -21,34 +20,9 @@ from uni_seg.metrics import (
     match_instances,
     pair_table,
     panoptic_quality,
-    validate_metrics_document,
-    write_metrics_json,
 )
 
-
 # --------------------------------------------------------------------------- helpers
-def random_scene(rng: np.random.Generator, shape=(96, 128), n=14, r=(4, 11)) -> np.ndarray:
-    """Overlapping discs painted in random order: ids 1..n (some may vanish), int32."""
-    yy, xx = np.indices(shape)
-    inst = np.zeros(shape, np.int32)
-    for i in range(1, n + 1):
-        cy, cx, rad = rng.integers(0, shape[0]), rng.integers(0, shape[1]), rng.integers(*r)
-        inst[(yy - cy) ** 2 + (xx - cx) ** 2 <= rad * rad] = i
-    return inst
-
-
-def perturb(rng: np.random.Generator, inst: np.ndarray) -> np.ndarray:
-    """A plausible prediction: shifted cells, one merge, one missed cell, false positives."""
-    pred = np.roll(inst, (int(rng.integers(-2, 3)), int(rng.integers(-2, 3))), axis=(0, 1)).copy()
-    ids = [i for i in np.unique(pred) if i]
-    if len(ids) > 3:
-        pred[pred == ids[0]] = ids[1]  # merge
-        pred[pred == ids[2]] = 0  # miss
-    yy, xx = np.indices(inst.shape)
-    for k in range(2):  # false positives
-        cy, cx = rng.integers(0, inst.shape[0]), rng.integers(0, inst.shape[1])
-        pred[((yy - cy) ** 2 + (xx - cx) ** 2 <= 16) & (pred == 0)] = 1000 + k
-    return pred
 
 
 def brute_pq(true, pred, thr=0.5):
@@ -277,22 +251,9 @@ def test_class_confusion_and_instance_classes():
         class_confusion(t, p + 5, 3)
 
 
-def _dataset(rng, n=3):
-    ti, tc, pi, pc, ps = [], [], [], [], []
-    for _ in range(n):
-        t = random_scene(rng, n=10)
-        p = perturb(rng, t)
-        t_cls = np.where(t > 0, 1 + (t % 3), 0).astype(np.uint8)  # class map (as parse_mask_to_instances gives)
-        p_vec = np.zeros(int(p.max()) + 1, np.int64)  # class vector by id (as classify_instances gives)
-        p_vec[1:] = 1 + rng.integers(0, 3, p_vec.size - 1)
-        ti.append(t), tc.append(t_cls), pi.append(p), pc.append(p_vec)
-        ps.append(rng.random(int(p.max()) + 1))
-    return ti, tc, pi, pc, ps
-
-
 def test_evaluate_predictions_pools_and_averages():
     rng = np.random.default_rng(8)
-    ti, tc, pi, pc, ps = _dataset(rng)
+    ti, tc, pi, pc, ps = scored_dataset(rng)
     m = evaluate_predictions(ti, tc, pi, pc, ps, n_classes=4, image_names=["a", "b", "c"])
     assert m["n_images"] == 3 and m["class_names"] == ["background", "RBC", "WBC", "Platelet"]
     d, per = m["dataset"], m["per_image"]
@@ -312,56 +273,3 @@ def test_evaluate_predictions_pools_and_averages():
     assert sum(v["tp"] for v in d["per_class_pq"].values()) <= d["tp"]
     assert set(d["pixel_iou"]) == set(m["class_names"])
 
-
-def test_metrics_json_refuses_to_replace_a_file_that_is_not_ours(tmp_path):
-    rng = np.random.default_rng(9)
-    m = evaluate_predictions(*_dataset(rng, 2), n_classes=4)
-    args = dict(backbone="vit_tiny", weights="none", postproc_params={}, split_sizes={"test": 2})
-    path = tmp_path / "metrics.json"
-    path.write_text('{"accuracy": 0.99}')  # the user's own results
-    with pytest.raises(ValueError, match=r"metrics\.json: not a metrics\.json written by uni_seg.*RESULTS_DIR"):
-        write_metrics_json(path, m, **args)
-    assert path.read_text() == '{"accuracy": 0.99}'
-    path.unlink()
-    write_metrics_json(path, m, **args)
-    assert write_metrics_json(path, m, **{**args, "extra": {"rerun": True}})["extra"] == {"rerun": True}  # ours
-
-
-def test_metrics_json_schema(tmp_path):
-    rng = np.random.default_rng(9)
-    ti, tc, pi, pc, ps = _dataset(rng, 2)
-    ti.append(np.zeros((30, 30), np.int32))  # an empty image: undefined PQ -> null
-    tc.append(np.zeros((30, 30), np.uint8))
-    pi.append(np.zeros((30, 30), np.int32))
-    pc.append(np.zeros(1, np.int64))
-    ps.append(np.zeros(1))
-    m = evaluate_predictions(ti, tc, pi, pc, ps, n_classes=4)
-    path = tmp_path / "results" / "metrics.json"
-    doc = write_metrics_json(path, m, backbone="vit_tiny", weights="none", weights_source="none",
-                             postproc_params={"fg_threshold": 0.5}, split_sizes={"train": 10, "val": 2, "test": 3},
-                             checkpoint="checkpoints/best_phase2.pth", extra={"tta": False})
-    loaded = json.loads(path.read_text())  # strict JSON (no NaN)
-    assert loaded == doc and loaded["schema"] == METRICS_SCHEMA
-    validate_metrics_document(loaded)
-    assert loaded["per_image"][2]["pq"] is None
-    assert loaded["model"] == {"backbone": "vit_tiny", "weights": "none", "weights_source": "none",
-                               "weights_provenance": None, "checkpoint": "checkpoints/best_phase2.pth"}
-    assert loaded["split_sizes"] == {"train": 10, "val": 2, "test": 3}
-    del loaded["dataset"]["map"]
-    with pytest.raises(ValueError, match="dataset.map"):
-        validate_metrics_document(loaded)
-
-
-def test_metrics_json_traces_the_result_to_its_weights(tmp_path):
-    """The model block carries where the backbone's weights came from, as the checkpoint recorded it."""
-    rng = np.random.default_rng(3)
-    m = evaluate_predictions(*_dataset(rng, 1), n_classes=4)
-    provenance = {"kind": "file", "backbone": "dinobloom-s", "repo": None, "revision": None, "filename": None,
-                  "path": "/weights/model.safetensors", "sha256": "ab" * 32, "message": "Backbone weights for ..."}
-    doc = write_metrics_json(tmp_path / "metrics.json", m, backbone="dinobloom-s", weights="/weights",
-                             weights_source="file", weights_provenance=provenance, postproc_params={},
-                             split_sizes={"test": 1})
-    assert json.loads((tmp_path / "metrics.json").read_text())["model"]["weights_provenance"] == provenance
-    del doc["model"]["weights_provenance"]
-    with pytest.raises(ValueError, match="model.weights_provenance"):
-        validate_metrics_document(doc)

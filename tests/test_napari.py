@@ -107,7 +107,7 @@ def test_the_manifest_names_the_widget():
 @pytest.mark.skipif(not IN_CHILD, reason="runs in its own process (test_the_widget_in_a_fresh_process)")
 def test_the_widget_adds_labels_and_points_with_each_cells_class_and_score(make_napari_viewer, qtbot, tmp_path,
                                                                           monkeypatch):
-    from uni_seg.config import class_scheme
+    from uni_seg.classes import class_scheme
 
     meta = {"working_scale": 1.0, "model_config": {"backbone": "stand-in", "n_classes": 4},
             "class_scheme": class_scheme("colour").as_dict()}

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scenes import disk_scene
 from scipy import ndimage as ndi
 
-from uni_seg.config import ATOMIC_TEMP_GLOB
 from uni_seg.data import parse_mask_to_instances, read_mask
-from uni_seg.metrics import panoptic_quality, tune_postproc
+from uni_seg.metrics import panoptic_quality
 from uni_seg.postproc import (
     DEFAULT_POSTPROC_PARAMS,
     classify_instances,
@@ -30,16 +30,6 @@ from uni_seg.postproc import (
 def load_real_instances(mask_path: Path) -> np.ndarray:
     """The instance map int32 (H, W) of a real mask, as §1 parses it."""
     return parse_mask_to_instances(read_mask(mask_path), source=mask_path)[0]
-
-
-def disk_scene(shape=(200, 260), cells=((50, 50, 18), (50, 84, 18), (140, 70, 25), (120, 190, 40), (40, 200, 9))):
-    """A small label map: two touching discs, lone discs of several sizes (ids 1..N)."""
-    yy, xx = np.indices(shape)
-    inst = np.zeros(shape, np.int32)
-    for i, (cy, cx, r) in enumerate(cells, start=1):
-        d = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        inst[d & (inst == 0)] = i
-    return inst
 
 
 def real_mask_paths(real_subset, n: int) -> list[Path]:
@@ -202,23 +192,6 @@ def test_instance_scores_are_mean_np_probability():
     p = np.array([[0.9, 0.2, 0.4], [1.0, 0.5, 0.3]], np.float32)
     s = instance_scores(inst, p)
     assert s == pytest.approx([0.0, 0.3, 0.75])
-
-
-# --------------------------------------------------------------------------- tuning and params file
-def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
-    inst = disk_scene()
-    np_map, hv = true_maps(inst)
-    np_noisy = np.clip(np_map * 0.7 + 0.15, 0, 1).astype(np.float32)  # foreground at 0.85, background 0.15
-    grid = {"fg_threshold": [0.1, 0.5], "marker_threshold": [0.05, 0.1]}
-    best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid)
-    assert len(table) == 4 and table[0]["pq"] >= table[-1]["pq"]
-    assert best.fg_threshold == 0.5 and table[0]["pq"] > 0.99
-    assert set(best.as_dict()) == set(DEFAULT_POSTPROC_PARAMS.as_dict())
-    path = save_postproc_params(tmp_path / "results" / "postproc_params.json", best, table[0]["pq"], grid=grid)
-    doc = json.loads(path.read_text())
-    assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best.as_dict()
-    assert load_postproc_params(path) == best
-    assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
 
 
 def test_saving_postproc_params_refuses_a_file_that_is_not_ours(tmp_path):

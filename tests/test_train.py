@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from uni_seg import cache as cache_mod
 from uni_seg import checkpoints as C
 from uni_seg import engine as E
 from uni_seg import train as T
@@ -416,11 +417,11 @@ def test_sigkill_soak_many_kills_end_identical_to_an_uninterrupted_run(tmp_path)
 @pytest.fixture(scope="module")
 def real_cache(tmp_path_factory) -> Path:
     """A processed cache of 4 synthetic 128x128 smears at working scale 0.5 (64x64): 3 train, 1 val."""
-    from uni_seg import data, synthetic
+    from uni_seg import synthetic
     work = tmp_path_factory.mktemp("real")
     synthetic.generate_synthetic_dataset(work / "raw", n_train=4, n_test=1, seed=0, image_size=(128, 128),
                                     cell_diameter=30.0)
-    data.build_processed_cache(work / "raw", work / "processed", working_scale=0.5, val_fraction=0.25, seed=0)
+    cache_mod.build_processed_cache(work / "raw", work / "processed", working_scale=0.5, val_fraction=0.25, seed=0)
     return work / "processed"
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from uni_seg import viz
-from uni_seg.data import CLASS_DISPLAY_COLOURS
+from uni_seg.classes import CLASS_DISPLAY_COLOURS
 from uni_seg.postproc import SplitPrediction
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from uni_seg import config, engine, train
+from uni_seg import files as files_mod
+from uni_seg import engine, train
 
 kill_at = int(os.environ.get("KILL_AT_SAVE", "0"))
 point = os.environ.get("KILL_POINT", "mid")
@@ -42,7 +43,7 @@ def save_with_kill_point(obj, path) -> None:
         buffer = io.BytesIO()
         torch.save(obj, buffer)
         data = buffer.getvalue()
-        writing = config.atomic_open(path, "wb")  # held open (never exits): the kill cuts it short
+        writing = files_mod.atomic_open(path, "wb")  # held open (never exits): the kill cuts it short
         handle = writing.__enter__()
         handle.write(data[: len(data) // 2])
         handle.flush()

@@ -6,9 +6,14 @@
     result = Segmenter.from_checkpoint("checkpoints/best_phase2.pth")("smear.jpg")
 
 Modules, in the order data flows through them (each imports only from those above it):
-    uni_seg.config         section 0: Setup and parameters
-    uni_seg.files          section 0: Setup and parameters (One folder, one writer; only our own files)
-    uni_seg.data           section 1: Data (Reading one file, Masks to instances, Cell classes from BBBC041's class boxes, Finding the dataset, The split, Worker processes, The processed cache at the working scale)
+    uni_seg.settings       section 0: Setup and parameters (Settings objects)
+    uni_seg.classes        section 0: Setup and parameters (Cell classes)
+    uni_seg.config         section 0: Setup and parameters (The run's settings)
+    uni_seg.procs          section 0: Setup and parameters (Processes)
+    uni_seg.files          section 0: Setup and parameters (Files: written whole, read safely, One folder, one writer; only our own files)
+    uni_seg.data           section 1: Data (Reading one file, Masks to instances, Finding the dataset, The split, The working scale)
+    uni_seg.boxes          section 1: Data (Cell classes from BBBC041's class boxes)
+    uni_seg.cache          section 1: Data (The processed cache at the working scale)
     uni_seg.synthetic      section 1: Data (Synthetic smears)
     uni_seg.cellsize       section 1: Data (The size of the cells)
     uni_seg.targets        section 2: Targets and augmentation
@@ -23,13 +28,16 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.train          section 5: Training engine (Launching: one process, several GPUs, or a cluster)
     uni_seg.postproc       section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export         section 8: Inference and post-processing (Exports)
+    uni_seg.outputs        section 8: Inference and post-processing (One run per output folder)
     uni_seg.infer          section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
     uni_seg.slide          section 8: Inference and post-processing (Whole-slide smears in bounded memory)
     uni_seg.result         section 8: Inference and post-processing (One call to segment: the result)
     uni_seg.segmenter      section 8: Inference and post-processing (The front door: `Segmenter)
     uni_seg.package        section 8: Inference and post-processing (A model file to share)
     uni_seg.shards         section 8: Inference and post-processing (Many nodes: a job array over shards)
-    uni_seg.metrics        section 9: Evaluation (results/metrics.json, Tuning the post-processing, Evaluating the trained model)
+    uni_seg.metrics        section 9: Evaluation
+    uni_seg.metrics_file   section 9: Evaluation (results/metrics.json)
+    uni_seg.tuning         section 9: Evaluation (Tuning the post-processing)
     uni_seg.baseline       section 9: Evaluation (The classical baseline)
     uni_seg.external       section 9: Evaluation (Smears from another lab)
     uni_seg.viz            section 10: Figures

@@ -20,7 +20,7 @@ with warnings.catch_warnings():
     import albumentations as A
     from albumentations.core.composition import BaseCompose
 
-from uni_seg.config import Settings
+from uni_seg.settings import Settings
 from uni_seg.targets import targets_from_instances
 
 

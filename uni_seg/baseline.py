@@ -5,21 +5,20 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import math
 
 import cv2
 import numpy as np
 from skimage.feature import peak_local_max
 from skimage.segmentation import watershed
 
+from uni_seg.cache import load_processed
 from uni_seg.cellsize import cell_foreground, otsu_lightness
 from uni_seg.config import markdown_table
-from uni_seg.data import load_processed
-from uni_seg.metrics import _nanmean, panoptic_quality
+from uni_seg.metrics import nanmean, panoptic_quality
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, SplitPrediction
 
 #: Minimum peak distances tried (working-scale px; cells there are ~50 px across on the real subset).
@@ -101,7 +100,7 @@ def tune_baseline(pairs: Iterable[tuple[np.ndarray, np.ndarray]], grid: Sequence
             pqs[d].append(panoptic_quality(true, baseline_from_parts(parts, d, min_area)[0])["pq"])
     if not next(iter(pqs.values())):
         raise ValueError("tune_baseline needs at least one (image, true instances) pair")
-    table = sorted(({"min_distance": d, "pq": _nanmean(v)} for d, v in pqs.items()),
+    table = sorted(({"min_distance": d, "pq": nanmean(v)} for d, v in pqs.items()),
                    key=lambda row: (-np.nan_to_num(row["pq"], nan=-1.0), row["min_distance"]))
     return table[0]["min_distance"], table
 

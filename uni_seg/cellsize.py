@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 from skimage.filters import threshold_otsu
 
-from uni_seg.data import DataError, check_rgb_image, load_processed, read_image
+from uni_seg.cache import load_processed
+from uni_seg.data import DataError, check_rgb_image, read_image
 
 #: Images are measured at most this large (longer side, px): cells of >= ~10 px there, ~0.3 s per image.
 MEASURE_SIDE = 640

@@ -15,7 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory, atomic_open, describe_differences, state_dict_mismatch, torch_load_refusal
+from uni_seg.config import Factory
+from uni_seg.files import atomic_open, state_dict_mismatch, torch_load_refusal
+from uni_seg.settings import describe_differences
 
 CHECKPOINT_FORMAT = "uni_seg.train/checkpoint"  # the tag every checkpoint carries (kept from version 1)
 CHECKPOINT_VERSION = 1

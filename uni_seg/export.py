@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import datetime
-import errno
 import json
-import os
 import uuid
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +15,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from uni_seg.classes import CLASS_DISPLAY_COLOURS, CLASS_NAMES, OTHER_CLASS_COLOUR, class_name
+from uni_seg.data import check_rgb_image, read_image, read_image_with_notes, resize_image, working_shape, write_image
 
 # Every file is written through §0's `atomic_open`. Class names (index = NC channel), their
 # display colours and the image writer are section 1's.
-from uni_seg.config import (atomic_open, atomic_write, describe_differences, remove_stale_temporaries,
-                            write_json_atomic)
-from uni_seg.files import LOCK_NAME, remove_own_files
-from uni_seg.data import (CLASS_DISPLAY_COLOURS, CLASS_NAMES, IMAGE_SUFFIXES, OTHER_CLASS_COLOUR, DataError,
-                          check_rgb_image, class_name, read_image, read_image_with_notes, read_mask,
-                          resize_image, working_shape, write_image)
+from uni_seg.files import atomic_open, atomic_write
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 
 
@@ -618,227 +611,3 @@ def export_folder_item(maps: Mapping[str, np.ndarray], item: tuple[Path, str], s
     """`export_image` of a folder item (path, export name): the pipeline's finish stage. It
     lives here, not with the pipeline, so that worker processes never import torch."""
     return export_image(maps, item[0], item[1], output_dir, postproc, class_names, object_type, overlay, class_colours)
-
-
-def reread_image(output_dir: str | Path, name: str, path: str | Path | None = None) -> dict[str, Any]:
-    """`export_image`'s result for an image that a run finished before (one a resumed run
-    skips, a shard's in a merge), from its files: the same to the byte (the scores are the cell
-    table's, `cell_score`). With the input image's `path`, its reading notes too (read again:
-    they are in no export of the image)."""
-    inst, classes, scores = read_exported_image(output_dir, name)
-    notes = read_image_with_notes(path)[1] if path is not None else []
-    return {"height": inst.shape[0], "width": inst.shape[1], "classes": classes,
-            "annotations": coco_annotations(inst, classes, scores, 0, 0), "notes": notes}
-
-
-# notebook §8 "Exports", cell id a1d5c643
-#: The files `export_segmentation` always writes for an image exported as <name> (its overlay,
-#: written first, is optional).
-IMAGE_EXPORT_SUFFIXES: tuple[str, ...] = ("_instances.png", "_cells.csv", "_cells.geojson")
-OVERLAY_SUFFIXES: tuple[str, ...] = ("_overlay.jpg", "_overlay.png")
-#: The folder-level files, written when a run ends.
-FOLDER_EXPORTS: tuple[str, ...] = ("coco_instances.json", "summary.csv")
-RUN_RECORD = "run.json"
-#: The COCO annotations of a run in progress, one line per image (`_CocoWriter`).
-COCO_SIDE_FILE = ".coco_annotations.partial"
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderPlan:
-    """What folder inference will read: `images` (input file, export name) in sorted order,
-    `skipped` (entry, why it is not read: a folder named like an image, a broken or looping
-    link, an unreadable entry) and `ignored`, the number of files that are not images."""
-
-    images: list[tuple[Path, str]]
-    skipped: list[tuple[Path, str]]
-    ignored: int
-
-
-def output_names(files: Sequence[Path]) -> list[str]:
-    """A distinct export name per input file: its stem; `<stem>_<suffix>` where two inputs
-    share a stem; `-2`, `-3`, ... after any name still taken (compared case-insensitively, as
-    macOS and Windows file systems do). Deterministic for a sorted list."""
-    stems = Counter(p.stem.casefold() for p in files)
-    names, taken = [], set()
-    for p in files:
-        base = p.stem if stems[p.stem.casefold()] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}"
-        name, k = base, 1
-        while name.casefold() in taken:
-            k += 1
-            name = f"{base}-{k}"
-        taken.add(name.casefold())
-        names.append(name)
-    return names
-
-
-def _entry_problem(path: Path) -> str | None:
-    """Why an entry with an image suffix cannot be read as an image file, or None."""
-    try:
-        if path.is_symlink():
-            try:
-                os.stat(path)
-            except OSError as error:
-                if error.errno == errno.ELOOP:
-                    return f"symbolic link loop (it points to {os.readlink(path)}, which leads back to itself)"
-                return f"broken symbolic link (it points to {os.readlink(path)}, which does not exist)"
-        if path.is_dir():
-            return "a folder, not an image file"
-        if not path.is_file():
-            return "not a regular file"
-    except OSError as error:  # a link loop (ELOOP), a permission problem
-        return f"cannot be read ({error.strerror or error})"
-    return None
-
-
-def plan_folder(input_dir: str | Path, limit: int | None = None) -> FolderPlan:
-    """The images directly in `input_dir` (by `IMAGE_SUFFIXES`, case-insensitive), at most
-    `limit`, with their export names, and every entry left out and why.
-    `FileNotFoundError`/`NotADirectoryError` naming the folder when it is not one."""
-    input_dir = Path(input_dir)
-    if not input_dir.exists():
-        raise FileNotFoundError(f"input folder {input_dir} does not exist")
-    if not input_dir.is_dir():
-        raise NotADirectoryError(f"input {input_dir} is a file, not a folder of images")
-    images, skipped, ignored = [], [], 0
-    for entry in sorted(input_dir.iterdir()):
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
-            ignored += 1
-            continue
-        problem = _entry_problem(entry)
-        if problem:
-            skipped.append((entry, problem))
-        else:
-            images.append(entry)
-    images = images[:limit] if limit is not None else images
-    return FolderPlan(list(zip(images, output_names(images))), skipped, ignored)
-
-
-# notebook §8 "Exports", cell id a9eb11fd
-def recorded_files(record: Mapping[str, Any] | None) -> set[str]:
-    """The names of the files a run record lists as its run's own: every export name's image
-    files (`IMAGE_EXPORT_SUFFIXES`, and the overlays of "overlays"), the folder files, the COCO
-    side file and the record itself. Empty for no record, or one of a version that listed none."""
-    if not record or not isinstance(record.get("export_names"), list):
-        return set()
-    suffixes = IMAGE_EXPORT_SUFFIXES + tuple(f"_overlay.{o}" for o in record.get("overlays", []))
-    return {f"{n}{s}" for n in record["export_names"] for s in suffixes} | {*FOLDER_EXPORTS, RUN_RECORD, COCO_SIDE_FILE}
-
-
-def read_run_record(output_dir: str | Path) -> dict[str, Any] | None:
-    """The run record (`RUN_RECORD`) in `output_dir`, None when there is none; `FileExistsError`
-    naming it when it was not written by a run of ours (not JSON, another tool)."""
-    path = Path(output_dir) / RUN_RECORD
-    if not path.exists():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        record = None
-    if not isinstance(record, dict) or record.get("tool") != "uni_seg.infer":
-        raise FileExistsError(f"{path} is not the record of a uni_seg folder inference, so no file in {output_dir} is "
-                              "known to be ours: choose another --output folder")
-    return record
-
-
-def earlier_outputs(output_dir: Path) -> list[Path]:
-    """The files in `output_dir` that the run recorded there lists as its own (`recorded_files`)."""
-    own = recorded_files(read_run_record(output_dir))
-    return sorted(p for p in (Path(output_dir) / n for n in own) if p.is_file())
-
-
-# notebook §8 "Exports", cell id a2398b36
-def start_run(output_dir: str | Path, record: Mapping[str, Any], overwrite: bool = False,
-              resume: bool = False) -> set[str]:
-    """Prepare `output_dir` for a run described by `record` (JSON-ready: checkpoint, settings,
-    post-processing, input, and the files it will write: "export_names" and "overlays") and
-    write its run record with status "running". Returns the export names already complete (all
-    of `IMAGE_EXPORT_SUFFIXES` present) when resuming, else an empty set. Call it holding the
-    folder's lock (`folder_lock`).
-
-    A non-empty folder is refused (`FileExistsError` saying what to pass) unless `overwrite`
-    (the files the earlier run's record lists are removed; anything else is left alone) or
-    `resume` (the earlier record must describe the same run: `ValueError` naming every
-    difference otherwise). Either needs a record of ours there. A file this run would write
-    that the earlier record does not list (the user's) refuses the run, named. The folder-level
-    files are removed either way, so they only ever describe a finished run.
-    """
-    if overwrite and resume:
-        raise ValueError("--overwrite and --resume exclude each other: replace the earlier run, or finish it")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise NotADirectoryError(f"--output {output_dir} is a file, not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    present = sorted(p for p in output_dir.iterdir() if p.name != LOCK_NAME)
-    shown = ", ".join(p.name for p in present[:3]) + (", ..." if len(present) > 3 else "")
-    previous = read_run_record(output_dir) if present else None
-    own = recorded_files(previous)
-    done: set[str] = set()
-    if present and not (overwrite or resume):
-        raise FileExistsError(f"output folder {output_dir} is not empty ({len(present)} entries: {shown}); pass "
-                              "--overwrite to replace an earlier run's outputs, or --resume to finish an interrupted run")
-    if present and previous is None:
-        raise FileExistsError(f"--{'resume' if resume else 'overwrite'}: {output_dir} holds no {RUN_RECORD}, so none of "
-                              f"its {len(present)} entries ({shown}) was written by a run of ours; choose another --output folder")
-    if resume and previous is None:
-        raise FileNotFoundError(f"--resume: {output_dir} holds no {RUN_RECORD}, so there is no run to finish")
-    if previous is not None and not own:
-        raise FileExistsError(f"{output_dir / RUN_RECORD} was written by an older version that did not list its files, "
-                              "so none can be replaced safely; choose another --output folder")
-    if resume:
-        keys = ("checkpoint", "settings", "postproc", "input")
-        diffs = describe_differences({k: previous.get(k) for k in keys}, {k: record.get(k) for k in keys},
-                                     names=("earlier run", "this run"))
-        if diffs:
-            raise ValueError(f"--resume: {output_dir} holds another run: " + "; ".join(diffs)
-                             + ". Use --overwrite to replace it, or another --output folder")
-    in_the_way = sorted((recorded_files(record) - own) & {p.name for p in present})  # one listing, not a stat per name
-    if in_the_way:
-        raise FileExistsError(f"{output_dir / in_the_way[0]}" + (f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else "")
-                              + " is in the way of this run's exports and was not written by a run of ours: move it, "
-                              "or choose another --output folder")
-    if previous is not None:
-        remove_stale_temporaries(output_dir)
-    if resume:
-        done = {n for n in previous["export_names"]
-                if all((output_dir / f"{n}{s}").is_file() for s in IMAGE_EXPORT_SUFFIXES)}
-        # This run's files, then any other the earlier run listed: the same record as an
-        # uninterrupted run's when the input is unchanged, and every file of ours still listed.
-        record = {**record, "export_names": list(dict.fromkeys([*record["export_names"], *previous["export_names"]])),
-                  "overlays": list(dict.fromkeys([*record["overlays"], *previous.get("overlays", [])]))}
-    elif overwrite:
-        remove_own_files(output_dir, own - {RUN_RECORD})
-    remove_own_files(output_dir, (set(FOLDER_EXPORTS) | {COCO_SIDE_FILE}) & own)
-    write_json_atomic(output_dir / RUN_RECORD, {**record, "status": "running", "started": _now(), "resumed": len(done)})
-    return done
-
-
-def finish_run(output_dir: str | Path, status: str = "complete", **outcome: Any) -> Path:
-    """Mark the run in `output_dir` finished with `status` ("complete"; "failed" when nothing
-    could be segmented), with `outcome` (counts, skipped entries, failures) added to its
-    record; returns the record's path."""
-    path = Path(output_dir) / RUN_RECORD
-    record = json.loads(path.read_text())
-    return write_json_atomic(path, {**record, **outcome, "status": status, "finished": _now()})
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-# notebook §8 "Exports", cell id def61eae
-def read_exported_image(output_dir: str | Path, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(inst int32 (H, W), classes int64 (N + 1,), scores float64 (N + 1,), as written) of an image that
-    `export_segmentation` wrote as `name` into `output_dir`; `DataError` naming a file that
-    cannot be read."""
-    inst = read_mask(Path(output_dir) / f"{name}_instances.png").astype(np.int32)
-    table_path = Path(output_dir) / f"{name}_cells.csv"
-    with open(table_path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    n = int(inst.max(initial=0))
-    classes, scores = np.zeros(n + 1, np.int64), np.zeros(n + 1, np.float64)
-    try:
-        for row in rows:
-            cell = int(row["id"])
-            classes[cell], scores[cell] = int(row["class_id"]), float(row["score"])
-    except (KeyError, ValueError, IndexError) as error:
-        raise DataError(f"{table_path}: not a cell table of this label map ({type(error).__name__}: {error})") from None
-    return inst, classes, scores

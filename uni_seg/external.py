@@ -17,11 +17,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
-from uni_seg.config import errors_as_messages, markdown_table, resolve_device, write_json_atomic
+from uni_seg.config import errors_as_messages, markdown_table, resolve_device
 from uni_seg.data import read_image, working_shape
-from uni_seg.export import plan_folder
+from uni_seg.files import write_json_atomic
+
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
-from uni_seg.metrics import PairTable, _coco_ap, _jsonable
+from uni_seg.metrics import PairTable, _coco_ap
+from uni_seg.metrics_file import _jsonable
+from uni_seg.outputs import plan_folder
 
 
 class AnnotationError(ValueError):

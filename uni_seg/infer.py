@@ -4,8 +4,8 @@
 # notebook §8 "Tiled inference on full-size images", cell id e1c285a3
 from __future__ import annotations
 
-import contextlib
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,16 +20,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
 from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, errors_as_messages, resolve_device,
-                            resolve_precision)
-from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
-                          load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
-from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
-                            load_folder_item, plan_folder, reread_image, start_run, write_csv)
-from uni_seg.files import folder_lock, separate_folders
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
+from uni_seg.config import autocast, errors_as_messages, resolve_device, resolve_precision
+from uni_seg.data import IMAGE_SUFFIXES, check_rgb_image, resize_image, tile_starts, working_shape
+from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
+from uni_seg.files import atomic_open, folder_lock, separate_folders
+from uni_seg.outputs import COCO_SIDE_FILE, FolderPlan, finish_run, plan_folder, reread_image, start_run
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
                               cells_from_maps, cells_with_truth)
+from uni_seg.procs import WorkerPool, default_workers, usable_cpus
+from uni_seg.settings import Settings
 
 
 @dataclasses.dataclass(frozen=True)

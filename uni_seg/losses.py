@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uni_seg.config import UNKNOWN_CLASS, ClassScheme, class_scheme
-from uni_seg.data import load_manifest, manifest_scheme, split_class_counts
+from uni_seg.cache import load_manifest, manifest_scheme, split_class_counts
+from uni_seg.classes import UNKNOWN_CLASS, ClassScheme, class_scheme
 
 
 def sobel_kernels(size: int = 5, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

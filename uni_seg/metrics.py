@@ -5,19 +5,14 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import itertools
-import json
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, markdown_table, write_json_atomic
-from uni_seg.data import WorkerPool, default_workers
-from uni_seg.postproc import PostprocParams, SplitPrediction, instances_from_energy, seam_energy, validate_maps
+from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
+from uni_seg.postproc import SplitPrediction
 
 
 def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
@@ -373,14 +368,8 @@ def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str)
 
 
 # notebook §9, cell id b2979492
-def default_class_names(n_classes: int) -> list[str]:
-    """["background", "RBC", "WBC", "Platelet"] for 4 classes, else background + class_k."""
-    if n_classes == 4:
-        return ["background", "RBC", "WBC", "Platelet"]
-    return ["background"] + [f"class_{k}" for k in range(1, n_classes)]
-
-
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Sequence[float]) -> float:
+    """The mean of the values that are not None or NaN; NaN when there are none."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     arr = arr[~np.isnan(arr)]
     return float(arr.mean()) if arr.size else math.nan
@@ -531,7 +520,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
-        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=_nanmean(list(pq_c.values())),
+        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
         parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
     )
     return record, pairs
@@ -558,7 +547,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
         **_prf(pooled.tp, pooled.fp, pooled.fn),
         aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
         map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
-        mpq=_nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
+        mpq=nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
         instance_confusion=confusion, unknown_count=counts.unknown, unknown_matched=int(counts.matched_unknown.sum()),
         parasitemia=dict(true=_parasitemia(scheme, true_counts), pred=_parasitemia(scheme, pred_counts)),
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
@@ -570,17 +559,17 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
 def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
     """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
     keys = ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq")
-    means: dict[str, Any] = {k: _nanmean([r[k] for r in records]) for k in keys}
-    means["per_class_pq"] = {nm: _nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
-    means["pixel_iou"] = {nm: _nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
-    means["pixel_dice"] = {nm: _nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
+    means: dict[str, Any] = {k: nanmean([r[k] for r in records]) for k in keys}
+    means["per_class_pq"] = {nm: nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
+    means["pixel_iou"] = {nm: nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
+    means["pixel_dice"] = {nm: nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
     errors = np.array([r["count_error"] for r in records], dtype=np.float64)
     trues = np.array([r["true_count"] for r in records], dtype=np.float64)
     means["count_error"] = float(errors.mean()) if errors.size else math.nan
     means["count_abs_error"] = float(np.abs(errors).mean()) if errors.size else math.nan
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = np.abs(errors) / trues
-    means["count_rel_error"] = _nanmean(rel[np.isfinite(rel)].tolist())
+    means["count_rel_error"] = nanmean(rel[np.isfinite(rel)].tolist())
     both = [(r["parasitemia_true"], r["parasitemia_pred"]) for r in records
             if math.isfinite(r["parasitemia_true"]) and math.isfinite(r["parasitemia_pred"])]
     means["parasitemia_mae"] = float(np.mean([abs(t - q) for t, q in both])) if both else math.nan
@@ -659,281 +648,3 @@ def evaluate_predictions(
     records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
                for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
     return evaluate_split(records, n_classes, class_names, iou_threshold, scheme=scheme)
-
-
-# notebook §9 "results/metrics.json", cell id 1e4b6b1f
-METRICS_SCHEMA = "uni_seg.metrics/4"
-METRICS_SCHEMA_DOC = """results/metrics.json (schema uni_seg.metrics/4):
-schema, created; model {backbone, weights, weights_source,
-                        weights_provenance {kind backbone repo revision filename path sha256 message} or null,
-                        checkpoint}; postproc_params {...};
-split_sizes {split: n}; n_images; class_names [C]; class_scheme {...} or null; iou_threshold;
-dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
-         per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
-         instance_confusion{true:{pred: n}}
-         unknown_count unknown_matched parasitemia{true pred}
-         pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
-per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
-                count_error count_abs_error count_rel_error parasitemia_mae parasitemia_images}
-                                                                    -- mean of per-image values;
-per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
-            true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
-            pq_per_class mpq parasitemia_true parasitemia_pred}];
-baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
-         or null                                                -- the classical baseline on the same images;
-external {images boxes n_images iou_threshold working_scale scale_note
-          methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
-                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
-extra {...}. Undefined values are null."""
-
-_REQUIRED = {
-    "": ("schema", "created", "model", "postproc_params", "split_sizes", "n_images", "class_names", "class_scheme",
-         "iou_threshold", "dataset", "per_image_mean", "per_image", "baseline", "external", "extra"),
-    "model": ("backbone", "weights", "weights_source", "weights_provenance", "checkpoint"),
-    "dataset": ("pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "map", "ap50", "ap75", "mpq",
-                "per_class_pq", "instance_confusion", "unknown_count", "unknown_matched", "parasitemia", "pixel_iou",
-                "pixel_dice", "true_count", "pred_count"),
-    "per_image_mean": ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq", "per_class_pq", "pixel_iou",
-                       "pixel_dice", "count_error", "count_abs_error", "count_rel_error", "parasitemia_mae",
-                       "parasitemia_images"),
-    "per_image[]": ("image", "pq", "sq", "rq", "tp", "fp", "fn", "precision", "recall", "f1", "aji", "pixel_iou",
-                    "pixel_dice", "true_count", "pred_count", "count_error", "true_count_per_class", "pred_count_per_class",
-                    "unknown_count", "pq_per_class", "mpq", "parasitemia_true", "parasitemia_pred"),
-}
-
-
-def validate_metrics_document(doc: Mapping[str, Any]) -> None:
-    """Raise `ValueError` naming every missing key if `doc` does not follow `METRICS_SCHEMA_DOC`."""
-    missing = [k for k in _REQUIRED[""] if k not in doc]
-    for section in ("model", "dataset", "per_image_mean"):
-        missing += [f"{section}.{k}" for k in _REQUIRED[section] if k not in doc.get(section, {})]
-    for i, rec in enumerate(doc.get("per_image", [])):
-        missing += [f"per_image[{i}].{k}" for k in _REQUIRED["per_image[]"] if k not in rec]
-    if doc.get("schema", METRICS_SCHEMA) != METRICS_SCHEMA:
-        missing.append(f"schema == {METRICS_SCHEMA!r} (found {doc.get('schema')!r})")
-    if missing:
-        raise ValueError(f"metrics document does not follow {METRICS_SCHEMA}: missing {', '.join(missing)}")
-
-
-# notebook §9 "results/metrics.json", cell id 686a22aa
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-# notebook §9 "results/metrics.json", cell id 7650cf3e
-def _refuse_foreign_metrics(path: Path) -> None:
-    """`ValueError` naming `path` when something is there that is not a metrics.json of ours
-    (a JSON object whose schema tag starts "uni_seg.metrics/")."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        doc = None
-    if not (isinstance(doc, dict) and str(doc.get("schema", "")).startswith(METRICS_SCHEMA.split("/")[0] + "/")):
-        raise ValueError(f"{path}: not a metrics.json written by uni_seg (no schema tag {METRICS_SCHEMA!r}); not "
-                         "overwriting it: move it away or choose another RESULTS_DIR")
-
-
-def write_metrics_json(
-    path: str | Path,
-    metrics: Mapping[str, Any],
-    *,
-    backbone: str,
-    weights: str,
-    postproc_params: PostprocParams | Mapping[str, Any],
-    split_sizes: Mapping[str, int],
-    weights_source: str | None = None,
-    weights_provenance: Mapping[str, Any] | None = None,
-    checkpoint: str | Path | None = None,
-    extra: Mapping[str, Any] | None = None,
-    baseline: Mapping[str, Any] | None = None,
-    external: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Write `results/metrics.json` (schema `METRICS_SCHEMA_DOC`) atomically; return the document.
-
-    `metrics` is `evaluate_predictions`'s result; the keyword arguments say which model and
-    post-processing produced it and how big each split was; `weights_provenance` is where the
-    backbone's weights came from (`uni_seg.weights.weights_provenance`, as the checkpoint records
-    it); `baseline` and `external` the blocks of the classical baseline and of the smears from
-    elsewhere (null when absent; `add_to_metrics_json` adds them later). NaN/inf become null.
-    An existing file at `path` is replaced only when it is a metrics.json of ours (its schema
-    tag, any version); anything else is refused with a `ValueError` naming it, before any change.
-    """
-    _refuse_foreign_metrics(Path(path))
-    doc = dict(
-        schema=METRICS_SCHEMA,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        model=dict(backbone=backbone, weights=weights, weights_source=weights_source,
-                   weights_provenance=None if weights_provenance is None else dict(weights_provenance),
-                   checkpoint=None if checkpoint is None else str(checkpoint)),
-        postproc_params=postproc_params.as_dict() if isinstance(postproc_params, PostprocParams) else dict(postproc_params),
-        split_sizes={str(k): int(v) for k, v in split_sizes.items()},
-        **{k: metrics[k] for k in ("n_images", "class_names", "iou_threshold", "dataset", "per_image_mean", "per_image")},
-        class_scheme=metrics.get("class_scheme"),
-        baseline=None if baseline is None else dict(baseline), external=None if external is None else dict(external),
-        extra=dict(extra or {}),
-    )
-    doc = _jsonable(doc)
-    validate_metrics_document(doc)
-    write_json_atomic(path, doc)
-    return doc
-
-
-#: The blocks `add_to_metrics_json` may fill in after the model's evaluation was written.
-LATER_BLOCKS = ("baseline", "external")
-
-
-def add_to_metrics_json(path: str | Path, **blocks: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Put `blocks` (any of `LATER_BLOCKS`, e.g. `baseline={...}`) into the metrics.json at
-    `path`, written by `write_metrics_json`, atomically; return the document. `ValueError` for
-    another name or a file that does not follow the schema, `FileNotFoundError` without one."""
-    unknown = sorted(set(blocks) - set(LATER_BLOCKS))
-    if unknown:
-        raise ValueError(f"add_to_metrics_json: {', '.join(unknown)} is not one of {', '.join(LATER_BLOCKS)}")
-    doc = json.loads(Path(path).read_text())
-    validate_metrics_document(doc)
-    doc.update({name: None if block is None else _jsonable(dict(block)) for name, block in blocks.items()})
-    write_json_atomic(path, doc)
-    return doc
-
-
-# notebook §9 "Tuning the post-processing", cell id af052179
-#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
-#: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
-#: per validation image).
-DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
-    fg_threshold=[0.4, 0.5, 0.6],
-    marker_threshold=[0.03, 0.05, 0.08],
-    hv_smooth_sigma=[2.0, 3.0, 4.0],
-)
-
-
-def tune_postproc(
-    np_probs: Sequence[np.ndarray],
-    hvs: Sequence[np.ndarray],
-    true_insts: Sequence[np.ndarray],
-    grid: Mapping[str, Sequence[Any]] | None = None,
-    base_params: PostprocParams | None = None,
-    workers: int | None = 0,
-) -> tuple[PostprocParams, list[dict[str, Any]]]:
-    """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
-
-    Args:
-        np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
-        true_insts: per image int (H, W) true instances (e.g. the validation set).
-        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
-            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
-        workers: worker processes, one image at a time each (0: in this process; None: the
-            usable CPUs minus one); the result does not depend on it.
-
-    Returns:
-        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
-        grid values and `pq` (mean over images), best first; ties keep grid order).
-    """
-    if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
-        raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
-    grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
-    base = base_params or PostprocParams()
-    names = list(grid)
-    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
-    with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
-        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
-                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
-        per_image = []
-        for k, future in enumerate(futures):
-            status, value = future.result()
-            if status == "error":
-                raise ValueError(f"tuning, image {k}: {value}")
-            per_image.append(value)
-    table = [dict(**s, pq=_nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
-    order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
-    return candidates[order[0]], [table[k] for k in order]
-
-
-def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
-                    candidates: Sequence[PostprocParams]) -> list[float]:
-    """PQ of one image under each candidate setting: a worker's share of the search. The energy
-    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
-    np_prob, hv = validate_maps(np_prob, hv)
-    energies: dict[tuple[float, int], np.ndarray] = {}
-    pqs = []
-    for params in candidates:
-        key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
-        if key not in energies:
-            energies[key] = seam_energy(np_prob, hv, *key)
-        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
-    return pqs
-
-
-# notebook §9 "Evaluating the trained model", cell id 6cca9442
-def _fmt(value: Any, digits: int = 4) -> str:
-    """A metric as text: "undefined" for null/nan (a class absent from truth and prediction)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "undefined"
-    return f"{value:.{digits}f}"
-
-
-def _percent(value: Any) -> str:
-    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
-
-
-def metrics_table(doc: Mapping[str, Any]) -> str:
-    """The headline metrics of a `write_metrics_json` document as a Markdown table: metric,
-    pooled over the set, mean over the images; undefined values (a class absent from truth and
-    prediction) say so. The per-class block is `per_class_table`'s."""
-    f = _fmt
-    d, m = doc["dataset"], doc["per_image_mean"]
-    rows = [("PQ / SQ / RQ", f"{f(d['pq'])} / {f(d['sq'])} / {f(d['rq'])}", f"{f(m['pq'])} / {f(m['sq'])} / {f(m['rq'])}"),
-            ("precision / recall / F1 (IoU 0.5)", f"{f(d['precision'])} / {f(d['recall'])} / {f(d['f1'])}",
-             f"{f(m['precision'])} / {f(m['recall'])} / {f(m['f1'])}"),
-            ("COCO mAP@[.50:.95] / AP50 / AP75", f"{f(d['map'])} / {f(d['ap50'])} / {f(d['ap75'])}", "-"),
-            ("AJI", f(d["aji"]), f(m["aji"])),
-            ("mPQ (pooled per class / PanNuke's, per image)", f(d["mpq"]), f(m["mpq"])),
-            ("cells true / predicted", f"{d['true_count']} / {d['pred_count']}",
-             "count error " + ("undefined" if m["count_error"] is None else
-                               f"{m['count_error']:+.2f} (mean absolute {m['count_abs_error']:.2f})"))]
-    if d["unknown_count"]:
-        rows.append(("true cells of unknown class (found)", f"{d['unknown_count']} ({d['unknown_matched']})", "-"))
-    if d["parasitemia"]["true"] is not None or d["parasitemia"]["pred"] is not None:
-        rows.append(("parasitemia true / predicted", f"{_percent(d['parasitemia']['true'])} / "
-                     f"{_percent(d['parasitemia']['pred'])}",
-                     f"mean absolute error {_percent(m['parasitemia_mae'])} ({m['parasitemia_images']} images)"))
-    rows += [(f"pixel IoU / Dice: {name}", f"{f(d['pixel_iou'][name])} / {f(d['pixel_dice'][name])}",
-              f"{f(m['pixel_iou'][name])} / {f(m['pixel_dice'][name])}") for name in doc["class_names"]]
-    return markdown_table(("metric", f"pooled ({doc['n_images']} images)", "per-image mean"), rows)
-
-
-def per_class_table(doc: Mapping[str, Any]) -> str:
-    """The per-class block of a metrics document as a Markdown table: per cell class its true and
-    predicted cells, PQ pooled and per image (PanNuke's), class-aware precision / recall / F1 and
-    HoVer-Net's F_c (pooled)."""
-    d, m, f = doc["dataset"], doc["per_image_mean"], _fmt
-    rows = []
-    for name, c in d["per_class_pq"].items():
-        rows.append((name, c["true_count"], c["pred_count"], f(c["pq"]), f(m["per_class_pq"][name]),
-                     f(c["precision"]), f(c["recall"]), f(c["f1"]), f(c["fc"])))
-    return markdown_table(("class", "true cells", "predicted", "PQ", "PQ per image", "precision", "recall", "F1",
-                           "F_c (HoVer-Net)"), rows)
-
-
-def confusion_table(doc: Mapping[str, Any]) -> str:
-    """The confusion matrix of matched cells (true class by row, including "unknown", predicted by
-    column) of a metrics document, as a Markdown table."""
-    confusion = doc["dataset"]["instance_confusion"]
-    predicted = list(next(iter(confusion.values()), {}))
-    return markdown_table(("true (row) / predicted (column)", *predicted),
-                          [(true, *(row[q] for q in predicted)) for true, row in confusion.items()])

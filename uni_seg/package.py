@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError,
-                                 atomic_torch_save, load_checkpoint)
+from uni_seg.checkpoints import (MODEL_FILE_FORMAT, MODEL_FILE_VERSION, CheckpointError, atomic_torch_save,
+                                 load_checkpoint)
 from uni_seg.config import errors_as_messages
 from uni_seg.segmenter import POSTPROC_SIDE_FILE, Segmenter
 

@@ -16,8 +16,9 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import expand_labels, watershed
 
-from uni_seg.config import Settings, write_json_atomic
 from uni_seg.data import resize_labels
+from uni_seg.files import write_json_atomic
+from uni_seg.settings import Settings
 from uni_seg.targets import hv_maps
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
 from uni_seg.external import external_table
-from uni_seg.metrics import metrics_table, per_class_table
+from uni_seg.metrics_file import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
 SUMMARY_TAG = "summary"

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import ClassScheme, class_scheme, resolve_device
-from uni_seg.data import CLASS_NAMES, WorkerPool, class_name, default_workers
 from uni_seg import infer
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name, class_scheme
+from uni_seg.config import resolve_device
 from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
+from uni_seg.procs import WorkerPool, default_workers
 from uni_seg.result import SegmentationResult, cells_of_image, load_any
 
 if TYPE_CHECKING:  # a later module of §8, imported where a slide is run

@@ -21,11 +21,11 @@ import cv2
 import numpy as np
 import torch
 
-from uni_seg.config import ClassScheme, atomic_open, remove_stale_temporaries, write_json_atomic
-from uni_seg.data import CLASS_NAMES, class_name
-from uni_seg.export import (_counts_from_runs, _fmt, _rle_string, CELL_TABLE_COLUMNS, cell_boxes, cell_shapes,
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
+from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_string, cell_boxes, cell_shapes,
                             cell_table, cells_geojson_text)
-from uni_seg.files import folder_lock, remove_own_files, separate_folders
+from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
+                           write_json_atomic)
 from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
 

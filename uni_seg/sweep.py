@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from uni_seg.config import RunConfig, errors_as_messages, markdown_table, resolve_config, write_json_atomic, atomic_write
+from uni_seg.config import RunConfig, errors_as_messages, markdown_table, resolve_config
+from uni_seg.files import atomic_write, write_json_atomic
 
 #: The keys of a grid file.
 GRID_KEYS = ("description", "base", "configurations", "seeds")

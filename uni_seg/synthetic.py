@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-from uni_seg.config import atomic_write, remove_stale_temporaries
+from uni_seg.cache import save_npz_atomic
 from uni_seg.data import (LAYOUTS, MASK_PALETTE, PARTITIONS, DataError, ImagePair, partition_image_folder,
-                          relabel_sequential, save_npz_atomic, scan_dataset, write_image)
-from uni_seg.files import remove_own_files
+                          relabel_sequential, scan_dataset, write_image)
+from uni_seg.files import atomic_write, remove_own_files, remove_stale_temporaries
 
 # The colour each class is drawn in by colour-coded masks: the palette read backwards (white
 # means "a cell of unknown type" and is never written).

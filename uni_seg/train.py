@@ -20,12 +20,14 @@ from torch import nn
 from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
-from uni_seg.config import (Factory, check_training_device, class_scheme, cuda_diagnosis, errors_as_messages,
-                            exit_with_parent, resolve_config, resolve_device)
-from uni_seg.data import DataError, default_loader_workers
+from uni_seg.classes import class_scheme
+from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config,
+                            resolve_device)
+from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
 from uni_seg.losses import nc_class_weights
+from uni_seg.procs import default_loader_workers, exit_with_parent
 
 
 def _free_port() -> int:

@@ -12,11 +12,11 @@ from matplotlib.colors import hsv_to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from uni_seg.config import UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, atomic_open
-from uni_seg.data import CLASS_NAMES, class_name
+from uni_seg.classes import CLASS_NAMES, UNKNOWN_CLASS, UNKNOWN_COLOUR, UNKNOWN_NAME, class_name
 from uni_seg.export import cell_outlines, colour_lut
-from uni_seg.postproc import SplitPrediction
+from uni_seg.files import atomic_open
 from uni_seg.metrics import instance_classes_from_map, match_instances, pair_table
+from uni_seg.postproc import SplitPrediction
 
 #: Error-map colours (RGB): matched prediction, false positive, missed true cell.
 ERROR_COLORS: dict[str, tuple[int, int, int]] = {"matched": (40, 190, 60), "false positive": (230, 40, 40), "missed": (40, 90, 240)}

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from uni_seg.backbones import BACKBONES, BackboneSpec, backbone_spec, create_backbone
-from uni_seg.config import (WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting, state_dict_mismatch,
-                            torch_load_refusal)
+from uni_seg.config import WEIGHT_CHOICES, WEIGHT_FILE_SUFFIXES, check_weights_setting
+from uni_seg.files import state_dict_mismatch, torch_load_refusal
 
 #: The weight files of a hub repository (or of a folder), in the order they are preferred.
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -1,6 +1,5 @@
-"""`uni_seg.export`: an image's exports read back (`reread_image`) give the same COCO
-annotations to the byte, so a resumed run or a merge of shards writes what one run writes."""
-
+"""`uni_seg.outputs`: an image's exports read back (`reread_image`) give the same COCO annotations
+to the byte, so a resumed run or a merge of shards writes what one run writes."""
 from __future__ import annotations
 
 import json
@@ -9,6 +8,7 @@ import numpy as np
 from stand_ins import disks_image
 
 from uni_seg import export
+from uni_seg import outputs as outputs_mod
 from uni_seg.postproc import Segmentation
 
 
@@ -23,6 +23,6 @@ def test_issue21_case3_an_image_read_back_gives_the_same_coco_annotations(tmp_pa
     seg = Segmentation(inst, classes, class_probs, scores, inst, None, {})
     _, shapes = export.export_segmentation(tmp_path, "a", image, seg)
     written = export.coco_annotations(inst, classes, scores, 0, 0, rles=shapes.rles)
-    again = export.reread_image(tmp_path, "a")["annotations"]
+    again = outputs_mod.reread_image(tmp_path, "a")["annotations"]
     assert json.dumps(again) == json.dumps(written)
     assert written[0]["score"] == 0.123465  # the cell table's value, as COCO holds it
