@@ -5565,9 +5565,15 @@ def default_reassemble_channels(decoder_channels: int) -> tuple[int, int, int, i
 # weights are always loaded *before* it, and `model.config` records the rank so that a
 # checkpoint is rebuilt with the same keys.
 
+# %% [markdown] tags=["why"]
+# `CellSegModel`: the network (backbone, pyramid, heads), which of its parameters train in each
+# phase (backbone and decoder, the optimiser's groups), and the LoRA adapters (peft) on every
+# attention `qkv` projection: injected, saved and loaded alone, merged back for inference.
+
 # %% tags=["export"]
-class _CellSegNetwork(nn.Module):
-    """The network of `CellSegModel`: backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads.
+class CellSegModel(nn.Module):
+    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
+    parameter control and LoRA adapters. Build with `build_model`.
 
     `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
     "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
@@ -5656,15 +5662,7 @@ class _CellSegNetwork(nn.Module):
             out["hv"] = torch.tanh(out["hv"])
         return out
 
-
-# %% [markdown] tags=["why"]
-# Which parameters train, phase by phase: the split between backbone and decoder, and the
-# optimiser's parameter groups with their learning rates.
-
-# %% tags=["export"]
-class _PhaseParameters(_CellSegNetwork):
-    """`CellSegModel`'s control of which parameters train in each phase (see `set_phase`)."""
-
+    # Which parameters train in each phase: backbone and decoder, the optimiser's groups.
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Pyramid and head parameters (everything outside `.backbone`)."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
@@ -5709,22 +5707,7 @@ class _PhaseParameters(_CellSegNetwork):
         """Recompute backbone activations in backward (phase 2 on big ViTs: less memory, ~30 % slower)."""
         self.backbone.set_grad_checkpointing(enable)
 
-
-# %% [markdown] tags=["why"]
-# LoRA adapters (peft) on every attention `qkv` projection of the backbone: injected, saved and
-# loaded alone, and merged back into plain weights for inference. `CellSegModel` is the network
-# with both of these.
-
-# %% tags=["export"]
-class CellSegModel(_PhaseParameters):
-    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
-    parameter control and LoRA adapters. Build with `build_model`.
-
-    `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
-    "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
-    "nc": (B, n_classes, H, W) logits, all float (the autocast dtype under autocast).
-    """
-
+    # LoRA adapters (peft) on every attention `qkv` projection: injected, saved, loaded, merged.
     @property
     def config(self) -> dict[str, Any]:
         """Everything `build_model(**config, weights="none")` needs to rebuild this architecture."""
@@ -6954,12 +6937,18 @@ def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> t
 
 
 # %% [markdown] tags=["why"]
-# A phase in one process: `_PhaseSetup` builds its objects in the stages above.
+# A phase in one process, `_PhaseRun`: its objects, built in the stages above; one epoch, where
+# each micro-batch's loss is scaled by its share of the optimiser step, so every crop weighs the
+# same, and the step is taken, or skipped when any rank saw a non-finite value; then the loop over
+# epochs, the early-stopping decision (taken on rank 0, broadcast to all) and the checkpoints
+# (best first, then latest).
 
 # %% tags=["export"]
-class _PhaseSetup:
-    """The objects of one phase in one process: model at its starting weights, optimiser,
-    schedule, scaler, loaders, and the resumed progress when there is one."""
+class _PhaseRun:
+    """One phase in one process: its objects (model at its starting weights, optimiser, schedule,
+    scaler, loaders, and the resumed progress when there is one), one epoch of training
+    (micro-batches, accumulation, and the optimiser step that a non-finite loss or gradient
+    skips), and the loop over the phase's epochs: train, validate, decide, checkpoint."""
 
     def __init__(self, spec: TrainSpec, model: nn.Module | None, ctx: DistContext) -> None:
         pc = self.pc = spec.phase
@@ -7017,16 +7006,7 @@ class _PhaseSetup:
                      f"({pc.batch_size * ctx.world_size}); using {effective}")
         return line
 
-
-# %% [markdown] tags=["why"]
-# One epoch: each micro-batch's loss is scaled by its share of the optimiser step, so every
-# crop weighs the same; the step is taken, or skipped when any rank saw a non-finite value.
-
-# %% tags=["export"]
-class _PhaseSteps(_PhaseSetup):
-    """One epoch of training: micro-batches, accumulation, and the optimiser step that a
-    non-finite loss or gradient skips."""
-
+    # One epoch: micro-batches, accumulation, and the optimiser step (or its skip).
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over this rank's shard. Returns {"means": {loss, <head>...} over all ranks,
         "data_seconds", "nonfinite_steps", "steps"}."""
@@ -7107,15 +7087,7 @@ class _PhaseSteps(_PhaseSetup):
         self.optimizer.zero_grad(set_to_none=True)
         return not bad
 
-
-# %% [markdown] tags=["why"]
-# The loop over epochs, the early-stopping decision (taken on rank 0, broadcast to all) and the
-# checkpoints (best first, then latest).
-
-# %% tags=["export"]
-class _PhaseRun(_PhaseSteps):
-    """The loop over a phase's epochs: train, validate, decide, checkpoint."""
-
+    # The loop over epochs: train, validate, decide (rank 0, broadcast), checkpoint.
     def fit(self) -> TrainResult:
         spec, pc, ctx, progress = self.spec, self.pc, self.ctx, self.progress
         if self.finished_before:

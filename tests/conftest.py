@@ -6,7 +6,10 @@
 * `write_external_set`: two synthetic smears with Pascal VOC boxes, a stand-in external set
   (the end-to-end and sweep tests);
 * `cache`: a processed cache of 7 synthetic smears, built once per session (the augmentation
-  and Dataset tests; read, never written, by them).
+  and Dataset tests; read, never written, by them);
+* `read_pids`: the pids that child processes announce through a FIFO, so that a kill comes after
+  they started, not after a clock (the tests that spawned DDP ranks and CPU workers end with a
+  killed parent, in test_train.py and test_data.py).
 
 Plain helper modules stay beside this file where a fixture cannot serve, because another process
 or a benchmark imports them by name: stand_ins.py and train_stand_ins.py (models built inside
@@ -17,6 +20,7 @@ run (shard_stand_in_python.py, train_kill_point.py).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,3 +124,28 @@ def boxed_synthetic(tmp_path_factory) -> tuple[Path, Path]:
     S.generate_synthetic_dataset(root, 4, 2, seed=3, image_size=(200, 260), cell_diameter=50, n_wbc=(1, 2))
     boxes = S.write_synthetic_class_boxes(root, seed=3, infected=0.3, unboxed=0.15, empty_boxes=2)
     return root, boxes
+def _read_pids(fifo: Path, pids: set[int], n: int, exclude: int, hang_limit: float = 300) -> set[int]:
+    """Read one pid a line from `fifo` until `n` pids other than `exclude` came. Opened read-write
+    (Linux), so the read never sees end-of-file between writers; `hang_limit` only guards against
+    a hang (select's timeout), it never decides the outcome of a passing run."""
+    import select
+
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    buffer = b""
+    try:
+        while len(pids - {exclude}) < n:
+            ready, _, _ = select.select([fd], [], [], hang_limit)
+            if not ready:
+                break
+            buffer += os.read(fd, 4096)
+            *lines, buffer = buffer.split(b"\n")
+            pids.update(int(line) for line in lines if line.strip())
+    finally:
+        os.close(fd)
+    return pids - {exclude}
+
+
+@pytest.fixture(scope="session")
+def read_pids() -> Callable[..., set[int]]:
+    """`read_pids(fifo, pids, n, exclude, hang_limit=300)`: see `_read_pids`."""
+    return _read_pids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,3 +15,36 @@ def test_issue21_case9_a_checkpoint_with_the_tag_but_no_weights_is_named_not_a_k
                 "model_config": {"backbone": "vit_tiny"}}, path)
     with pytest.raises(checkpoints.CheckpointError, match=r"tagged.pth has the uni_seg format tag but no model_state_dict"):
         checkpoints.load_model_from_checkpoint(path)
+
+
+# ----------------------------------------------------------- 11, 12. rejected checkpoints, one line
+# Issue 16, faults met trying the project as a new user: a rejected checkpoint is one line naming the file and what is wrong.
+class _Foreign:
+    pass
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda p: torch.save({"a": _Foreign()}, p), "holds a Python object of type"),
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(3000)), "not a PyTorch checkpoint"),
+    (lambda p: p.write_bytes(b""), "empty or ends early"),
+    (lambda p: p.mkdir(), "is a folder, not a checkpoint file"),
+])
+def test_a_rejected_checkpoint_is_one_line_naming_the_file_and_what_is_wrong(tmp_path, make, expected):
+    path = tmp_path / "model.pth"
+    make(path)
+    with pytest.raises(checkpoints.CheckpointError) as error:
+        checkpoints.load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and expected in message and "\n" not in message
+    assert "weights_only" not in message and "False" not in message
+
+
+def test_any_random_bytes_are_named_not_a_checkpoint(tmp_path):
+    """Whatever error torch's reader meets in random bytes (an unpickling error, or a KeyError,
+    IndexError or UnicodeDecodeError from the legacy reader), the reason says what the file is."""
+    path = tmp_path / "model.pth"
+    for seed in range(40):
+        path.write_bytes(np.random.default_rng(seed).bytes(256))
+        with pytest.raises(checkpoints.CheckpointError) as error:
+            checkpoints.load_checkpoint(path)
+        assert "not a PyTorch checkpoint" in str(error.value) or "damaged" in str(error.value), (seed, str(error.value))

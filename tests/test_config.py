@@ -1,13 +1,18 @@
 """§0: profiles, explicit parameters, validation, device/precision choice."""
 
 import dataclasses
+import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
+from uni_seg import files as files_mod
+from uni_seg import config
 from uni_seg.config import PROFILES, RunConfig, resolve_config, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +139,72 @@ def test_issue21_case5_a_gpu_that_is_not_there_is_named_as_asked():
         with pytest.raises(DeviceUnavailable, match="device='cuda' was asked for but no GPU is visible"):
             resolve_device("cuda")
     assert issubclass(DeviceUnavailable, ValueError)  # a command reports it in one line
+
+
+# ------------------------------------------------------- 6. a mistyped parameter name stops the run
+# Issue 16, faults met trying the project as a new user: every parameter and value checked in one line before any work.
+def test_a_mistyped_parameter_name_is_named_with_the_closest_valid_one():
+    with pytest.raises(ValueError, match=r"EPOCS_PHASE1 \(did you mean EPOCHS_PHASE1\?\)"):
+        config.check_parameter_names({"PROFILE": "demo", "EPOCHS_PHASE1": None, "EPOCS_PHASE1": 1})
+    config.check_parameter_names({"PROFILE": "demo", "DEVICE": torch.device("cpu")})  # not a parameter's kind of value
+    with pytest.raises(ValueError, match="did you mean EPOCHS_PHASE1"):
+        config.resolve_config("demo", epocs_phase1=1)
+
+
+def test_papermill_run_with_a_mistyped_parameter_fails_before_any_work(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "papermill", "cell_instance_segmentation.ipynb", str(tmp_path / "o.ipynb"),
+                             "-k", "uni_seg", "--cwd", ".", "-p", "EPOCS_PHASE1", "1", "-p", "RESULTS_DIR", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "did you mean EPOCHS_PHASE1" in result.stdout + result.stderr
+    assert not (tmp_path / "reports").exists() and not list(tmp_path.glob("*.json"))
+
+
+# ----------------------------------------------- 7. papermill's own inspector reads every parameter
+def test_papermill_reads_every_parameter_with_its_help(caplog):
+    import dataclasses
+
+    import papermill
+
+    with caplog.at_level(logging.WARNING):
+        found = papermill.inspect_notebook(str(ROOT / "cell_instance_segmentation.ipynb"))
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
+    assert set(found) == {f.name.upper() for f in dataclasses.fields(config.RunConfig)}
+    assert all(p["help"] for p in found.values())
+
+
+# ---------------------------------------------------------------- 9. GPUs asked for, GPUs to be had
+def test_n_gpus_above_the_visible_gpus_and_the_full_profile_on_cpu_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ValueError, match="N_GPUS=4 but 0 GPU"):
+        config.check_training_device("demo", 4, trains=True, backbone="vit_tiny")
+    with pytest.raises(ValueError, match="full profile.*N_GPUS=0"):
+        config.check_training_device("full", None, trains=True, backbone="uni")
+    config.check_training_device("full", 0, trains=True, backbone="uni")  # asked for the CPU
+    config.check_training_device("full", None, trains=False, backbone="uni")  # evaluation only
+    from uni_seg import train
+
+    spec = train.spec_from_config(config.resolve_config("demo"), 1)
+    with pytest.raises(ValueError, match="N_GPUS=4 but 0 GPU"):  # no longer four CPU processes
+        train.launch_training(__import__("dataclasses").replace(spec, device="auto"), 4)
+
+
+# -------------------------------------------------------------------- 10. every value checked in §0
+def test_every_value_is_checked_when_the_parameters_are_resolved():
+    with pytest.raises(ValueError) as error:
+        config.resolve_config("demo", epochs_phase1=-1, batch_size_phase2=0, lr_phase1=0.0, tile_overlap=128,
+                              use_tta="yes", export_images=-2)
+    message = str(error.value)
+    for part in ("EPOCHS_PHASE1=-1", "BATCH_SIZE_PHASE2=0", "LR_PHASE1=0.0", "TILE_OVERLAP=128", "USE_TTA='yes'",
+                 "EXPORT_IMAGES=-2"):
+        assert part in message  # all at once
+
+
+# ------------------------------------------------------- weights that do not fit, named in one line
+def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
+    expected = {f"blocks.{i}.w": torch.zeros(4, 4) for i in range(50)}
+    given = {f"blocks.{i}.w": torch.zeros(8, 4) for i in range(48)} | {"extra": torch.zeros(1)}
+    message = files_mod.state_dict_mismatch(expected, given)
+    assert message.startswith("48 key(s) of another shape (first: blocks.0.w (8, 4) in the file, (4, 4) in the model")
+    assert "2 missing (first: blocks.48.w, blocks.49.w)" in message and "1 unexpected (first: extra)" in message
+    assert message.count("blocks.") <= 5 and "\n" not in message
+    assert files_mod.state_dict_mismatch(expected, expected) == ""

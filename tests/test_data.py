@@ -1,5 +1,6 @@
 """§1 uni_seg.data: dataset discovery, mask parsing, the split, the processed cache, bad input,
-the synthetic generator, and the real subset in ../shared/data/bccd_subset (skipped when absent)."""
+the synthetic generator, the worker pool's processes ending with their parent, and the real subset in
+../shared/data/bccd_subset (skipped when absent)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from uni_seg.data import (DataError, DataWarning, find_dataset, format_split_tab
                           parse_mask_to_instances, read_image, read_mask, resize_to_working_scale, scan_dataset,
                           split_train_val)
 from uni_seg.synthetic import generate_synthetic_dataset, render_synthetic_smear
+
 
 
 # ---------------------------------------------------------------- parse_mask_to_instances

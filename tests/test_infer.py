@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -16,6 +18,7 @@ import pytest
 import torch
 from stand_ins import EquivariantModel, PointwiseModel, disks_image, exact_hv
 
+from uni_seg import outputs as outputs_mod
 from uni_seg import classes as classes_mod
 from uni_seg import cache as cache_mod, procs as procs_mod
 from uni_seg import data, export, infer
@@ -732,3 +735,114 @@ def test_bad_output_paths_and_too_many_workers_are_said_before_any_work(tmp_path
     err = capsys.readouterr().err
     assert f"{procs_mod.usable_cpus()} used" in err
     assert json.loads((tmp_path / "out" / "run.json").read_text())["workers"] == procs_mod.usable_cpus()
+
+
+# -------------------------------------------------------------------------- 1. export names collide
+# Issue 16, faults met trying the project as a new user: nothing lost, nothing silent, every bad option or file named in one line before any work.
+def _summary(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "summary.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_inputs_that_share_a_name_each_get_their_own_exports(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image_file(inputs / "good.png", (300, 400), [(60, 60), (150, 200)])
+    _image_file(inputs / "good.jpg", (200, 200), [(50, 50)], seed=1)
+    _image_file(inputs / "good_png.png", (200, 200), [(100, 100)], seed=2)
+    report = infer.run_folder_inference(EquivariantModel(), inputs, tmp_path / "out", SMALL, progress=False)
+    names = {r["image"]: r["name"] for r in report.rows}
+    assert len(set(names.values())) == 3 and report.n_ok == 3
+    label = cv2.imread(str(tmp_path / "out" / f"{names['good.png']}_instances.png"), cv2.IMREAD_UNCHANGED)
+    assert label.shape == (300, 400)  # good.png's own exports, not good_png.png's
+    assert outputs_mod.output_names([Path("A.png"), Path("a.jpg")]) == ["A_png", "a_jpg"]  # case-insensitive file systems
+    assert {r["name"] for r in _summary(tmp_path / "out")} == set(names.values())
+
+
+# --------------------------------------------------------------- 2. one run per folder, never mixed
+def test_a_non_empty_output_folder_is_refused_unless_overwrite_or_resume(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image_file(inputs / "a.png", (80, 80), [(40, 40)])
+    out = tmp_path / "out"
+    infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False)
+    with pytest.raises(FileExistsError, match="--overwrite.*--resume"):
+        infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False)
+    (out / "mine.txt").write_text("a file of the user's")
+    report = infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, overwrite=True)
+    assert report.n_ok == 1 and (out / "mine.txt").exists()  # only our outputs are replaced
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_a_killed_run_leaves_no_earlier_summary_and_resume_finishes_it(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        _image_file(inputs / f"img{i}.png", (80, 80), [(40, 40)], seed=i)
+    out = tmp_path / "out"
+    infer.run_folder_inference(EquivariantModel(), inputs, out, SMALL, progress=False, workers=0)
+    model, seen = EquivariantModel(), []
+
+    def killed_at_the_second_image(tiles, owners):
+        seen.extend(key for key, _, _ in owners)
+        if len(set(seen)) == 2:
+            raise KeyboardInterrupt  # what Ctrl-C or a kill does: no `except Exception` catches it
+        return infer.TileBatcher(model, SMALL)._model_forward(tiles, owners)
+
+    with pytest.raises(KeyboardInterrupt):
+        infer.run_folder_inference(model, inputs, out, SMALL.replace(batch_size=1), progress=False, overwrite=True,
+                                   workers=0, forward=killed_at_the_second_image)
+    assert not (out / "summary.csv").exists() and not (out / "coco_instances.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "running"
+    with pytest.raises(ValueError, match="settings"):  # another run's settings: not mixed
+        infer.run_folder_inference(model, inputs, out, SMALL.replace(tile_size=48), progress=False, resume=True,
+                                   workers=0)
+    report = infer.run_folder_inference(model, inputs, out, SMALL.replace(batch_size=1), progress=False, resume=True,
+                                        workers=0)
+    assert report.n_ok == 3 and json.loads((out / "run.json").read_text())["resumed"] == 1  # img0: read back, not redone
+    coco = json.loads((out / "coco_instances.json").read_text())
+    assert [im["file_name"] for im in coco["images"]] == ["img0.png", "img1.png", "img2.png"]
+
+
+# --------------------------------------------------------- 3. every option checked before any image
+@pytest.mark.parametrize("option, message", [
+    (["--working-scale", "-1"], "--working-scale"), (["--working-scale", "0"], "--working-scale"),
+    (["--tile-size", "100"], "--tile-size"), (["--batch-size", "0"], "--batch-size"),
+    (["--overlap", "300"], "--overlap"), (["--limit", "0"], "--limit"),
+])
+def test_cli_refuses_a_bad_option_before_loading_anything(tmp_path, monkeypatch, capsys, option, message):
+    monkeypatch.setattr(infer, "load_inference_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        infer.main(["--checkpoint", "x.pth", "--input", str(tmp_path), "--output", str(tmp_path / "o"), *option])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# ------------------------------------------------------- 5. links, loops, folders named like images
+def test_broken_links_loops_and_folders_named_like_images_are_reported(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    _image_file(inputs / "real.png", (80, 80), [(40, 40)])
+    (inputs / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (inputs / "loop.png").symlink_to(inputs / "loop.png")
+    (inputs / "folder.jpg").mkdir()
+    (inputs / "notes.txt").write_text("not an image")
+    report = infer.run_folder_inference(EquivariantModel(), inputs, tmp_path / "out", SMALL, progress=False)
+    rows = {r["image"]: r for r in _summary(tmp_path / "out")}
+    assert rows["real.png"]["status"] == "ok" and report.n_ok == 1
+    assert rows["dangling.png"]["status"] == "skipped" and "broken symbolic link" in rows["dangling.png"]["error"]
+    assert rows["loop.png"]["status"] == "skipped" and "symbolic link loop" in rows["loop.png"]["error"]
+    assert rows["folder.jpg"]["status"] == "skipped" and "folder" in rows["folder.jpg"]["error"]
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert len(record["skipped"]) == 3 and record["not_images"] == 1
+
+
+# ------------------------------------------------ 13. a rejected checkpoint, one line, no traceback
+def test_the_cli_reports_a_rejected_checkpoint_in_one_line_without_a_traceback(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "model.pth").write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, "-m", "uni_seg.infer", "--checkpoint", str(tmp_path / "model.pth"),
+                             "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--device", "cpu"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(error_lines) == 1 and "model.pth" in error_lines[0]

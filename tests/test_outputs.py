@@ -26,3 +26,4 @@ def test_issue21_case3_an_image_read_back_gives_the_same_coco_annotations(tmp_pa
     again = outputs_mod.reread_image(tmp_path, "a")["annotations"]
     assert json.dumps(again) == json.dumps(written)
     assert written[0]["score"] == 0.123465  # the cell table's value, as COCO holds it
+

@@ -11,6 +11,7 @@ import pytest
 from scenes import disk_scene
 from scipy import ndimage as ndi
 
+from uni_seg import postproc
 from uni_seg.data import parse_mask_to_instances, read_mask
 from uni_seg.metrics import panoptic_quality
 from uni_seg.postproc import (
@@ -236,3 +237,20 @@ def test_postproc_params_validate_when_made_and_travel_as_json(tmp_path):
     assert p.replace(min_area=12).min_area == 12 and p.min_area == 30  # frozen: replace makes a copy
     with pytest.raises(ValueError, match="marker_open_radius"):
         p.replace(marker_open_radius=-2)
+
+
+# ---------------------------------------------------- 4. tuned parameters only for their checkpoint
+# Issue 16, faults met trying the project as a new user: tuned parameters only for their checkpoint.
+def test_tuned_postproc_parameters_are_used_only_for_their_checkpoint(tmp_path):
+    tuned = postproc.DEFAULT_POSTPROC_PARAMS.replace(fg_threshold=0.3)
+    path = postproc.save_postproc_params(tmp_path / "pp.json", tuned, 0.9, tuned_for={"checkpoint": "a.pth",
+                                                                                     "checkpoint_id": "AAA"})
+    params, line = postproc.select_postproc(None, path, "AAA")
+    assert params == tuned and "tuned for this checkpoint" in line
+    params, line = postproc.select_postproc(None, path, "BBB")
+    assert params == postproc.DEFAULT_POSTPROC_PARAMS and "another checkpoint" in line and "--postproc" in line
+    params, line = postproc.select_postproc(path, None, "BBB")  # named by the user: used, with a warning
+    assert params == tuned and "WARNING" in line
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text(json.dumps({"params": tuned.as_dict()}))
+    assert postproc.select_postproc(None, legacy, "AAA")[0] == postproc.DEFAULT_POSTPROC_PARAMS

@@ -1,10 +1,16 @@
-"""`uni_seg.procs`: worker processes of a script are forked, so an unguarded script runs once."""
+"""`uni_seg.procs`: worker processes of a script are forked, so an unguarded script runs once; CPU
+workers end when the process that started them is killed."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 
@@ -34,3 +40,47 @@ print("batches", len(list(loader)), flush=True)
     assert run.returncode == 0, run.stderr
     # asked in the script: this test process may have imported ipykernel (another test did), which a script has not
     assert run.stdout.count("script started fork") == 1 and "batches 4" in run.stdout
+
+
+# ---------------------------------------------------------------- CPU workers end with their parent
+# Issue 16, faults met trying the project as a new user: no process outlives a killed run.
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO opened read-write: Linux")
+def test_cpu_workers_end_when_their_parent_is_killed(tmp_path, read_pids):
+    """A forkserver's workers are its children and keep it alive: they must watch the process
+    that made the pool, or a killed run leaves them (and the forkserver) running."""
+    psutil = pytest.importorskip("psutil")
+    # each worker announces its pid once it holds its task: the kill comes after both did, not after a clock
+    fifo = tmp_path / "workers.fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "holder.py").write_text("import os, threading\n"
+                                        "def hold(fifo):\n"
+                                        "    with open(fifo, 'a') as handle:\n"
+                                        "        handle.write(f'{os.getpid()}\\n')\n"
+                                        "    threading.Event().wait()\n")
+    script = ("import sys, threading\n"
+              "from uni_seg.procs import WorkerPool\n"
+              "from holder import hold\n"
+              "if __name__ == '__main__':\n"
+              "    pool = WorkerPool(2)\n"
+              f"    busy = [pool.submit(hold, {str(fifo)!r}) for _ in range(2)]\n"
+              "    print('started', flush=True)\n"
+              "    threading.Event().wait()\n")
+    (tmp_path / "pool.py").write_text(script)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "pool.py")], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    descendants: list = []
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        workers = read_pids(fifo, set(), 2, exclude=parent.pid)
+        assert len(workers) == 2, "the two workers did not start"
+        descendants = psutil.Process(parent.pid).children(recursive=True)  # the forkserver and its two workers
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(descendants, timeout=60)
+        assert descendants and not alive, f"{len(alive)} of {len(descendants)} worker process(es) outlived the parent"
+    finally:
+        parent.kill()
+        for process in descendants:
+            if process.is_running():
+                process.kill()

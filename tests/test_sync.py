@@ -47,13 +47,32 @@ def test_every_exported_cell_links_back_to_its_notebook_cell():
 
 
 def test_export_cells_are_short_collapsed_and_follow_a_line_of_story():
+    """Short: a cell of functions stays under the exporter's cap (cut at a function boundary, the
+    next part after its own note); a class is never cut to fit, as cutting one made inheritance
+    chains that existed only for the notebook (see `long_export_cells`)."""
     cells = notebook().cells
+    assert nbexport.long_export_cells(notebook()) == []
     for i, cell in enumerate(cells):
         if not nbexport.is_export_cell(cell):
             continue
-        assert len(cell.source.splitlines()) <= 90, f"export cell {i} has {len(cell.source.splitlines())} lines"
         assert cell.metadata.get("jupyter", {}).get("source_hidden") is True, f"export cell {i} is not collapsed"
         assert cells[i - 1].cell_type == "markdown", f"export cell {i} has no markdown before it"
+
+
+def test_the_cell_cap_counts_functions_and_constants_but_never_cuts_a_class():
+    cap = nbexport.MAX_EXPORT_CELL_LINES
+    method = "    def m{0}(self) -> int:\n        return {0}\n"
+    body = "class Long:\n" + "".join(method.format(i) for i in range(cap))  # 2 * cap lines
+    one_class = "import math\n\n\n" + body
+    function = "def f{0}() -> int:\n    return {0}\n"
+    functions = "".join(function.format(i) for i in range(cap // 2 + 1))
+    constants = "".join(f"C{i} = {i}\n" for i in range(cap))
+    two_classes = one_class + "\n\nclass Other:\n    pass\n"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell(source, metadata={"tags": ["export"]})
+        for source in (one_class, functions, one_class + constants, two_classes, "@dataclass\n" + body)
+    ])
+    assert [index for index, *_ in nbexport.long_export_cells(nb)] == [1, 2, 3]
 
 
 def test_the_contents_link_every_section_to_its_anchor():

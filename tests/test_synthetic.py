@@ -1,5 +1,5 @@
 """uni_seg.synthetic: the generator replaces only the files its record lists (the drawing itself
-is tested with the dataset readers in test_data.py)."""
+is tested with the dataset readers in test_data.py); synthetic smears only where they were asked for."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from uni_seg import synthetic
 from uni_seg import synthetic as S
+from uni_seg.data import DataError
 
 SMALL = dict(image_size=(48, 64), cell_diameter=16.0)
 
@@ -81,3 +83,16 @@ def test_class_boxes_keep_a_users_file_and_go_into_the_record(tmp_path):
     assert not target.exists()
     with pytest.raises(FileNotFoundError, match="no synthetic dataset here"):
         S.write_synthetic_class_boxes(tmp_path / "elsewhere", seed=0)
+
+
+# ----------------------------------------------- 8. synthetic smears only where they were asked for
+# Issue 16, faults met trying the project as a new user: synthetic smears only where they were asked for.
+def test_an_explicit_data_dir_without_a_dataset_is_an_error_not_synthetic_data(tmp_path):
+    typo = tmp_path / "data" / "rwa"
+    with pytest.raises(DataError, match="holds no dataset.*original,mask.*SYNTHETIC_IMAGES"):
+        synthetic.synthetic_data_wanted(typo, 16, data_dir_given=True, synthetic_images_given=False)
+    assert not typo.exists()
+    assert synthetic.synthetic_data_wanted(typo, 16, data_dir_given=True, synthetic_images_given=True)
+    assert synthetic.synthetic_data_wanted(tmp_path / "default", 16, data_dir_given=False, synthetic_images_given=False)
+    with pytest.raises(DataError, match="holds no dataset"):  # the full profile makes none
+        synthetic.synthetic_data_wanted(typo, 0, data_dir_given=False, synthetic_images_given=False)

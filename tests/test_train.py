@@ -474,3 +474,50 @@ def test_cli_help_lists_the_options():
                          check=True).stdout
     for option in ("--profile", "--phase", "--param", "--nproc", "torchrun"):
         assert option in out
+
+
+# ---------------------------------------------------------------- 9. GPUs asked for, GPUs to be had
+# Issue 16, faults met trying the project as a new user: the GPUs a run asks for, and no rank left behind.
+def test_a_rank_with_one_bound_gpu_uses_that_gpu(monkeypatch):
+    from uni_seg import train
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train.rank_gpu(3) == 0  # srun --gpus-per-task=1: each task sees only its own
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert train.rank_gpu(3) == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(RuntimeError, match="LOCAL_RANK=3"):
+        train.rank_gpu(3)
+
+
+# -------------------------------------------------------------- spawned ranks end with their parent
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a FIFO opened read-write: Linux")
+def test_spawned_ranks_exit_when_the_parent_is_killed(tmp_path, read_pids):
+    psutil = pytest.importorskip("psutil")
+    from train_stand_ins import tiny_spec
+
+    from uni_seg import train
+
+    # each rank announces its pid when it builds its model: the kill comes after both did, not after a clock
+    fifo = tmp_path / "ranks.fifo"
+    os.mkfifo(fifo)
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(train.spec_to_json(tiny_spec(tmp_path, epochs=100_000, batch_size=2,
+                                                      model={"announce": str(fifo)})))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    parent = subprocess.Popen([sys.executable, "-m", "uni_seg.train", "--spec", str(spec_path), "--nproc", "2",
+                               "--no-progress"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks: list = []
+    try:
+        pids = read_pids(fifo, set(), 2, exclude=parent.pid)
+        ranks = [psutil.Process(pid) for pid in pids]
+        assert len(ranks) == 2, "the two ranks did not start"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(ranks, timeout=60)
+        assert not alive, f"{len(alive)} rank(s) still running after the parent was killed"
+    finally:
+        parent.kill()
+        for process in ranks:
+            if process.is_running():
+                process.kill()

@@ -1,6 +1,6 @@
 """The tiny training stand-ins (a few-conv model with the CellSegModel interface, an in-memory
 dataset with the batch dict of CellCropDataset, a loss with the CellSegLoss interface) and the
-spec that trains them, shared by tests/test_train.py and tests/test_faults.py.
+spec that trains them, used by tests/test_train.py.
 
 A plain helper module, not a fixture in conftest.py: the engine reaches these classes by name
 (`Factory("train_stand_ins:TinySegModel")`) inside spawned DDP workers and killed `uni_seg.train`

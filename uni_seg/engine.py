@@ -451,10 +451,12 @@ def _training_module(model: nn.Module, ctx: DistContext, use_compile: bool) -> t
     return module, (_CompileFallback(module) if use_compile else module)
 
 
-# notebook §5 "The loop", cell id 116f9298
-class _PhaseSetup:
-    """The objects of one phase in one process: model at its starting weights, optimiser,
-    schedule, scaler, loaders, and the resumed progress when there is one."""
+# notebook §5 "The loop", cell id 6bab0914
+class _PhaseRun:
+    """One phase in one process: its objects (model at its starting weights, optimiser, schedule,
+    scaler, loaders, and the resumed progress when there is one), one epoch of training
+    (micro-batches, accumulation, and the optimiser step that a non-finite loss or gradient
+    skips), and the loop over the phase's epochs: train, validate, decide, checkpoint."""
 
     def __init__(self, spec: TrainSpec, model: nn.Module | None, ctx: DistContext) -> None:
         pc = self.pc = spec.phase
@@ -512,12 +514,7 @@ class _PhaseSetup:
                      f"({pc.batch_size * ctx.world_size}); using {effective}")
         return line
 
-
-# notebook §5 "The loop", cell id 839fed9c
-class _PhaseSteps(_PhaseSetup):
-    """One epoch of training: micro-batches, accumulation, and the optimiser step that a
-    non-finite loss or gradient skips."""
-
+    # One epoch: micro-batches, accumulation, and the optimiser step (or its skip).
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One pass over this rank's shard. Returns {"means": {loss, <head>...} over all ranks,
         "data_seconds", "nonfinite_steps", "steps"}."""
@@ -598,11 +595,7 @@ class _PhaseSteps(_PhaseSetup):
         self.optimizer.zero_grad(set_to_none=True)
         return not bad
 
-
-# notebook §5 "The loop", cell id 6bab0914
-class _PhaseRun(_PhaseSteps):
-    """The loop over a phase's epochs: train, validate, decide, checkpoint."""
-
+    # The loop over epochs: train, validate, decide (rank 0, broadcast), checkpoint.
     def fit(self) -> TrainResult:
         spec, pc, ctx, progress = self.spec, self.pc, self.ctx, self.progress
         if self.finished_before:

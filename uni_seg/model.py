@@ -89,9 +89,10 @@ def default_reassemble_channels(decoder_channels: int) -> tuple[int, int, int, i
     return (max(c // 2, 8), c, 2 * c, 2 * c)
 
 
-# notebook §3 "The model", cell id b3735509
-class _CellSegNetwork(nn.Module):
-    """The network of `CellSegModel`: backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads.
+# notebook §3 "The model", cell id 1e5d3171
+class CellSegModel(nn.Module):
+    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
+    parameter control and LoRA adapters. Build with `build_model`.
 
     `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
     "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
@@ -180,11 +181,7 @@ class _CellSegNetwork(nn.Module):
             out["hv"] = torch.tanh(out["hv"])
         return out
 
-
-# notebook §3 "The model", cell id 7705641f
-class _PhaseParameters(_CellSegNetwork):
-    """`CellSegModel`'s control of which parameters train in each phase (see `set_phase`)."""
-
+    # Which parameters train in each phase: backbone and decoder, the optimiser's groups.
     def decoder_parameters(self) -> list[nn.Parameter]:
         """Pyramid and head parameters (everything outside `.backbone`)."""
         return [p for name, p in self.named_parameters() if not name.startswith("backbone.")]
@@ -229,17 +226,7 @@ class _PhaseParameters(_CellSegNetwork):
         """Recompute backbone activations in backward (phase 2 on big ViTs: less memory, ~30 % slower)."""
         self.backbone.set_grad_checkpointing(enable)
 
-
-# notebook §3 "The model", cell id 1e5d3171
-class CellSegModel(_PhaseParameters):
-    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
-    parameter control and LoRA adapters. Build with `build_model`.
-
-    `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
-    "np": (B, 1, H, W) logits, "hv": (B, 2, H, W) (linear, or in (-1, 1) with tanh),
-    "nc": (B, n_classes, H, W) logits, all float (the autocast dtype under autocast).
-    """
-
+    # LoRA adapters (peft) on every attention `qkv` projection: injected, saved, loaded, merged.
     @property
     def config(self) -> dict[str, Any]:
         """Everything `build_model(**config, weights="none")` needs to rebuild this architecture."""
