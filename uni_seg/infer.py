@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.config import (ClassScheme, Settings, atomic_open, autocast, errors_as_messages, resolve_device,
-                            resolve_precision)
+from uni_seg.config import (PRECISIONS, ClassScheme, Settings, atomic_open, autocast, errors_as_messages,
+                            resolve_device, resolve_precision)
 from uni_seg.data import (CACHE_SUFFIX, CLASS_NAMES, IMAGE_SUFFIXES, WorkerPool, check_rgb_image, class_name, default_workers,
                           load_processed_arrays, resize_image, tile_starts, usable_cpus, working_shape)
 from uni_seg.export import (COCO_SIDE_FILE, OVERLAY_FORMATS, FolderPlan, export_folder_item, finish_run,
@@ -69,8 +69,8 @@ class InferenceSettings(Settings):
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if not isinstance(self.tta, bool):
             raise ValueError(f"tta={self.tta!r} must be true or false")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision={self.precision!r} is not one of auto, bf16, fp16, fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.device is not None:
             if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
                                                                    and self.device[5:].isdigit()):
@@ -630,7 +630,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
 
 
