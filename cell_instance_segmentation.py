@@ -260,6 +260,8 @@ class Parameter:
 #: `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
+
+#: The table, as (heading in the parameters cell, its parameters) groups; `PARAMETERS` joins them.
 _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
     ("run", (
         Parameter("profile", "str", "demo",
@@ -738,7 +740,8 @@ def autocast(device: "torch.device", precision: str) -> contextlib.AbstractConte
     import torch
 
     if precision not in RESOLVED_PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {str(list(RESOLVED_PRECISIONS))[1:-1]} (resolve 'auto' first)")
+        raise ValueError(f"precision={precision!r} is not one of {', '.join(map(repr, RESOLVED_PRECISIONS))} "
+                         "(resolve 'auto' first)")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
