@@ -26,6 +26,7 @@ from common import RELATIVE, ROOT, find_real_subset, format_ms
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
 from uni_seg import data, export, infer, postproc
+from uni_seg.config import PRECISIONS
 
 # Wall times on a shared machine are noisy: the minimum over images and the process CPU time
 # (summed over threads; ~wall x threads when the machine is otherwise idle) are the steadier figures.
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="also time TTA (8x) on one image")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backbone", default="vit_tiny", help="registry name (random weights); uni: the full-size model")
-    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16")
+    parser.add_argument("--precisions", default="fp32,bf16", help=f"comma-separated, of: {', '.join(PRECISIONS)}")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
     args = parser.parse_args()
 

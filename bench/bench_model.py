@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from common import timed as _timed
 
+from uni_seg.config import RESOLVED_PRECISIONS
 from uni_seg.losses import CellSegLoss
 from uni_seg.model import build_model
 
@@ -37,7 +38,7 @@ from uni_seg.model import build_model
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--precision", default="fp32", choices=RESOLVED_PRECISIONS, help="autocast dtype")
     p.add_argument("--batch", type=int, default=None, help="crops per step (default: 2 on CPU, 16 on CUDA)")
     p.add_argument("--size", type=int, default=224, help="crop side in pixels (a multiple of 16)")
     p.add_argument("--backbones", default="vit_tiny,vit_small,uni", help="comma-separated registry names")

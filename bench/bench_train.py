@@ -33,7 +33,7 @@ import torch
 from uni_seg import checkpoints as C
 from uni_seg import engine as E
 from uni_seg import train as T
-from uni_seg.config import resolve_config, resolve_device
+from uni_seg.config import PRECISIONS, resolve_config, resolve_device
 from uni_seg.cache import build_processed_cache
 from uni_seg.synthetic import generate_synthetic_dataset
 
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="crops per step (default 4 on CPU; use 16 on a GPU)")
     parser.add_argument("--steps", type=int, default=4, help="optimiser steps per epoch")
     parser.add_argument("--decoder-channels", type=int, default=64, help="default: the demo profile's 64 (full: 256)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (USE_COMPILE)")

@@ -129,6 +129,177 @@ def test_parameter_cell_defaults_agree_with_the_library_defaults():
                 assert COMMON_DEFAULTS[name] == value, name
 
 
+# ----------------------------------------------------------------- one table of parameters
+def parameters_cell_source() -> str:
+    nb = nbformat.read(ROOT / "cell_instance_segmentation.ipynb", as_version=4)
+    return next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source
+
+
+def disagreements_with_the_table(source: str) -> list[str]:
+    """The lines where a parameters cell's source differs from the table's (a unified diff), [] when equal."""
+    import difflib
+
+    from uni_seg.config import parameters_cell
+
+    return list(difflib.unified_diff(source.strip().splitlines(), parameters_cell().strip().splitlines(),
+                                     "parameters cell", "uni_seg.config.parameters_cell()", lineterm="", n=0))
+
+
+def test_the_parameters_cell_is_the_table_written_out():
+    """Names, type annotations, literal defaults, `# help` comments and headings, as PARAMETERS declares them."""
+    diff = disagreements_with_the_table(parameters_cell_source())
+    assert not diff, ("the notebook's parameters cell disagrees with PARAMETERS (§0); after `make sync`, "
+                      "`python tools/parameters_cell.py --write` and `make sync` rewrite it:\n" + "\n".join(diff))
+
+
+@pytest.mark.parametrize("old, new", [
+    ("SEED: int = 42", "SEED: int = 43"),  # a default
+    ("AUG_JPEG: int = 100", "AUG_JPEG: float = 100"),  # a type
+    ("TILE_SIZE: Optional[int] = None", "TILE_SIZE: Optional[int] = 128"),  # a value the profiles set
+    ("# maximum epochs\n", "# most epochs\n"),  # a help comment
+    ("USE_COMPILE: bool = False  # torch.compile the model (first epoch slower)\n", ""),  # a parameter left out
+])
+def test_a_parameters_cell_that_disagrees_with_the_table_is_caught(old, new):
+    source = parameters_cell_source()
+    assert old in source
+    assert disagreements_with_the_table(source.replace(old, new, 1))
+
+
+def test_runconfig_and_the_profiles_are_made_from_the_table():
+    from uni_seg.config import COMMON_DEFAULTS, PARAMETERS, PROFILE_NAMES
+
+    fields = dataclasses.fields(RunConfig)
+    assert [f.name for f in fields] == list(PARAMETERS)  # the parameters cell's order
+    assert {f.name: f.type for f in fields}["n_gpus"] == "int | None"  # the full profile's None: every GPU
+    assert {f.name: f.type for f in fields}["n_classes"] == "int"  # None is derived from CLASS_SCHEME
+    assert {f.name: f.type for f in fields}["class_weights"] == "tuple[float, ...] | None"
+    assert {f.name: f.type for f in fields}["data_dir"] == "Path"
+    assert sorted(PROFILES) == sorted(PROFILE_NAMES)
+    assert PROFILES["full"]["epochs_phase1"] == PARAMETERS["epochs_phase1"].default["full"] == 100
+    assert "epochs_phase1" not in COMMON_DEFAULTS and COMMON_DEFAULTS["precision"] == "auto"
+    assert set(COMMON_DEFAULTS) | set(PROFILES["demo"]) | {"profile", "run_name"} == set(PARAMETERS)
+    for profile in PROFILE_NAMES:
+        cfg = resolve_config(profile)
+        for parameter in PARAMETERS.values():
+            default = parameter.default[profile] if parameter.per_profile else parameter.default
+            if default is not None and parameter.kind != "path" and parameter.name != "profile":
+                assert getattr(cfg, parameter.name) == default, (profile, parameter.name)
+
+
+def _out_of_bounds(parameter) -> object:
+    """A value just outside what `parameter` allows."""
+    if parameter.kind == "bool":
+        return "yes"
+    if parameter.choices:
+        return "no such choice"
+    if parameter.kind in ("str", "path"):
+        return 5
+    if parameter.kind == "floats":
+        return [1.0, 0.0, 1.0, 1.0]  # the default scheme's 4 classes, one weight not > 0
+    if parameter.multiple_of > 1:
+        return parameter.multiple_of * 2 + parameter.multiple_of // 2
+    bounds = parameter.bounds
+    if ".." in bounds:
+        return int(bounds.split("..")[1]) + 1
+    if bounds.startswith(">="):
+        return float(bounds[3:]) - 0.5 if parameter.kind == "float" else int(bounds[3:]) - 1
+    if bounds.startswith(">"):
+        return float(bounds[2:])
+    low, high = (float(v) for v in bounds[1:-1].split(", "))
+    return high + 0.5 if bounds.endswith("]") else high
+
+
+def test_every_bound_and_choice_of_the_table_is_enforced():
+    """Each parameter's defaults pass its own checks, and a value just outside them is refused with its name."""
+    from uni_seg.config import PARAMETERS, PROFILE_NAMES, parameter_problem
+
+    for parameter in PARAMETERS.values():
+        for profile in PROFILE_NAMES:
+            default = parameter.default[profile] if parameter.per_profile else parameter.default
+            assert parameter_problem(parameter, default) is None, parameter.name
+        bad = _out_of_bounds(parameter)
+        assert parameter_problem(parameter, bad), (parameter.name, bad)
+        if parameter.name != "profile":
+            with pytest.raises(ValueError, match=re.escape(f"{parameter.name.upper()}=")):
+                resolve_config("demo", **{parameter.name: bad})
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("working_scale", 5.0, "WORKING_SCALE=5.0 must be a number in (0, 4]"),
+    ("working_scale", "0.5", "WORKING_SCALE='0.5' must be a number in (0, 4]"),
+    ("seed", -1, "SEED=-1 must be an integer >= 0"),
+    ("tile_size", 8, "TILE_SIZE=8 must be an integer >= 16"),
+    ("crop_size", 100.0, "CROP_SIZE=100.0 must be an integer >= 16"),
+    ("run_name", 2024, "RUN_NAME=2024 must be a string"),
+    ("data_dir", 3, "DATA_DIR=3 must be a path"),
+    ("class_weights", [1, -2, 3, 4], "CLASS_WEIGHTS=[1, -2, 3, 4] must all be numbers > 0"),
+    ("precision", "int8", "PRECISION='int8' is not one of ['auto', 'bf16', 'fp16', 'fp32']"),
+])
+def test_a_bad_value_is_named_with_what_the_table_allows(name, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        resolve_config("demo", **{name: value})
+
+
+def test_precision_choices_come_from_one_constant():
+    from uni_seg import infer
+    from uni_seg.config import _CHOICES, PRECISIONS, RESOLVED_PRECISIONS, autocast
+
+    assert _CHOICES["precision"] == PRECISIONS and RESOLVED_PRECISIONS == ("bf16", "fp16", "fp32")
+    for refuse in (lambda: resolve_precision("int8", torch.device("cpu")),
+                   lambda: infer.InferenceSettings(precision="int8")):
+        with pytest.raises(ValueError, match=re.escape("'int8' is not one of auto, bf16, fp16, fp32")):
+            refuse()
+    with pytest.raises(ValueError, match=re.escape("is not one of 'bf16', 'fp16', 'fp32' (resolve 'auto' first)")):
+        autocast(torch.device("cpu"), "auto")
+
+
+def test_command_line_values_are_read_by_the_parameters_types():
+    from uni_seg.config import parameter_from_text
+
+    assert parameter_from_text("RUN_NAME", "2024") == "2024"  # a name, not a number
+    assert parameter_from_text("DATA_DIR", "None") is None
+    assert parameter_from_text("EPOCHS_PHASE1", "60") == 60
+    assert parameter_from_text("LR_PHASE1", "1e-4") == 1e-4
+    assert parameter_from_text("USE_TTA", "True") is True
+    assert parameter_from_text("CLASS_WEIGHTS", "[1, 2.5]") == [1, 2.5]
+    assert parameter_from_text("EXPORT_IMAGES", "null") is None
+    assert parameter_from_text("EPOCHS_PHASE1", "sixty") == "sixty"  # resolve_config names it as a bad value
+
+# ----------------------------------------------------------------------------- atomic writes
+def test_atomic_open_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
+    import os
+
+    from uni_seg.files import ATOMIC_TEMP_GLOB, atomic_open, atomic_write
+
+    target = tmp_path / "sub" / "x.json"
+    assert atomic_write(target, '{"a": 1}') == target  # parent folders are created
+    assert atomic_write(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_open(target, "w") as handle:
+            handle.write('{"a": 2, "half')
+            assert list(target.parent.glob(ATOMIC_TEMP_GLOB))  # the new content goes to a temporary
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == '{"a": 1}'  # the old file is intact
+    assert os.listdir(target.parent) == ["x.json"]  # and the temporary is gone
+    with pytest.raises(ValueError, match="mode='a'"):
+        with atomic_open(target, "a"):
+            pass
+
+
+def test_remove_stale_temporaries_spares_live_writers(tmp_path):
+    import os
+
+    from uni_seg.files import remove_stale_temporaries
+
+    dead = tmp_path / ".x.pth.tmp-999999999.0a1b2c3d"  # no such process
+    live = tmp_path / f".y.pth.tmp-{os.getppid()}.0a1b2c3d"  # a live process other than this one
+    mine = tmp_path / f".z.pth.tmp-{os.getpid()}.0a1b2c3d"  # this process: left over, not in use
+    for path in (dead, live, mine):
+        path.write_bytes(b"partial")
+    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
+    assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
 def test_issue21_case5_a_gpu_that_is_not_there_is_named_as_asked():
     from uni_seg.config import DeviceUnavailable, resolve_device
 

@@ -521,3 +521,16 @@ def test_spawned_ranks_exit_when_the_parent_is_killed(tmp_path, read_pids):
         for process in ranks:
             if process.is_running():
                 process.kill()
+
+
+@pytest.mark.parametrize("param, message", [
+    (["TILE_SIZE", "100"], "TILE_SIZE=100 must be a multiple of 16"),
+    (["RUN_NAME", "2024", "-p", "EPOCHS_PHASE1", "0"], "EPOCHS_PHASE1=0 must be an integer >= 1"),  # 2024: a name
+    (["EPOCS_PHASE1", "1"], "did you mean EPOCHS_PHASE1"),
+])
+def test_cli_parameters_are_checked_by_the_table_before_any_work(tmp_path, capsys, param, message):
+    with pytest.raises(SystemExit) as stop:
+        T.main(["--profile", "demo", "-p", "RESULTS_DIR", str(tmp_path / "r"), "-p", *param])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "RUN_NAME" not in err, err
+    assert not (tmp_path / "r").exists()

@@ -13,7 +13,6 @@ overwrites the notebook's cells with the pair's (git shows what changed).
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 import jupytext

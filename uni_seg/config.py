@@ -19,209 +19,233 @@ from typing import TYPE_CHECKING, Any, Sequence
 if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
     import torch
 
+import json
+import re
+
 import numpy as np
 
-PROFILES: dict[str, dict[str, Any]] = {
-    # CPU laptop: synthetic smears, a tiny random ViT, a few minutes end to end (about 5 min on
-    # 2 cores; PQ ~0.8 on the synthetic test images, so the figures show real segmentations).
-    "demo": dict(
-        data_dir="data/synthetic",
-        synthetic_images=16,
-        working_scale=0.5,
-        crop_size=128,
-        num_workers=0,
-        backbone="vit_tiny",
-        weights="none",
-        decoder_channels=64,
-        epochs_phase1=20,
-        patience_phase1=6,
-        batch_size_phase1=4,
-        warmup_epochs=1,
-        epochs_phase2=6,
-        patience_phase2=4,
-        batch_size_phase2=2,
-        grad_accum_target=4,
-        crops_per_image=8,
-        tile_size=128,
-        tile_overlap=32,
-        n_gpus=0,
-    ),
-    # GPU node, real data: the seed's hyperparameters at a working scale where a cell spans
-    # several ViT patches (0.5: ~50 px cells, ~3 patches across).
-    "full": dict(
-        data_dir="data/raw",
-        synthetic_images=0,
-        working_scale=0.5,
-        crop_size=224,
-        num_workers=None,  # the CPUs this job may use, per training process, minus one (§1's default_loader_workers)
-        backbone="uni",
-        weights="auto",
-        decoder_channels=256,
-        epochs_phase1=100,
-        patience_phase1=15,
-        batch_size_phase1=16,
-        warmup_epochs=5,
-        epochs_phase2=50,
-        patience_phase2=10,
-        batch_size_phase2=8,
-        grad_accum_target=16,
-        crops_per_image=4,
-        tile_size=224,
-        tile_overlap=64,
-        n_gpus=None,
-    ),
-}
 from uni_seg.classes import class_scheme
 
-# Defaults shared by both profiles: the same values the parameters cell shows, so that
-# `resolve_config` called from a script behaves like the notebook (a test keeps them equal).
+#: The profiles, each a column of defaults in `PARAMETERS`. "demo": a CPU laptop, synthetic smears and
+#: a tiny random ViT, a few minutes end to end (about 5 min on 2 cores; PQ ~0.8 on the synthetic test
+#: images, so the figures show real segmentations). "full": a GPU node and real data, the seed's
+#: hyperparameters at a working scale where a cell spans several ViT patches (0.5: ~50 px cells).
+PROFILE_NAMES: tuple[str, ...] = ("demo", "full")
+#: A parameter's kind -> (its type in the parameters cell, the type of its `RunConfig` field).
+PARAMETER_KINDS: dict[str, tuple[str, str]] = {
+    "bool": ("bool", "bool"), "int": ("int", "int"), "float": ("float", "float"), "str": ("str", "str"),
+    "path": ("str", "Path"), "floats": ("list[float]", "tuple[float, ...]")}
+#: The ranges a `Parameter`'s `bounds` may say, written as its error message says them.
+_BOUNDS = re.compile(r"^(?:(?P<op>>=|>) (?P<min>[\d.]+)|(?P<left>[\[(])(?P<a>[\d.]+), (?P<b>[\d.]+)(?P<right>[\])])"
+                     r"|(?P<first>\d+)\.\.(?P<last>\d+))$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """One run parameter, declared once, in `PARAMETERS`: the notebook's parameters cell (see
+    `parameters_cell`), the fields of `RunConfig`, the profiles' defaults and the checks of
+    `resolve_config` are all made from it."""
+
+    name: str  # lower case, as `RunConfig` names it; the notebook writes it in upper case
+    kind: str  # one of PARAMETER_KINDS: "bool", "int", "float", "str", "path" (a str), "floats" (a list of numbers)
+    default: Any  # the value, or one per profile {"demo": ..., "full": ...} (the parameters cell shows None)
+    help: str  # one line for the parameters cell: what it sets, and what None means where it may be None
+    choices: tuple[str, ...] = ()  # a "str" parameter's allowed values
+    bounds: str = ""  # a number's range: ">= 1", "> 0", "[0, 1]" or "(0, 4]" (interval), "1..100" (integers)
+    multiple_of: int = 1  # an "int" that must be a multiple of this (16: the ViT patch size)
+    derived: bool = False  # None stands for a value resolve_config derives (RUN_NAME: the profile's name; N_CLASSES)
+    note: str = ""  # words the out-of-bounds error adds, e.g. " (pixels) or None (estimated)"
+
+    def __post_init__(self) -> None:
+        if self.kind not in PARAMETER_KINDS or (self.bounds and not _BOUNDS.match(self.bounds)):
+            raise ValueError(f"parameter {self.name}: kind {self.kind!r} or bounds {self.bounds!r} is not understood")
+        if self.per_profile and tuple(self.default) != PROFILE_NAMES:
+            raise ValueError(f"parameter {self.name}: a default per profile needs one for each of {PROFILE_NAMES}, in order")
+
+    @property
+    def per_profile(self) -> bool:
+        """Whether each profile has its own default."""
+        return isinstance(self.default, dict)
+
+    @property
+    def optional(self) -> bool:
+        """Whether None is a value of the resolved parameter (a default of None that nothing derives)."""
+        return None in (self.default.values() if self.per_profile else (self.default,)) and not self.derived
+
+    def annotation(self) -> str:
+        """Its type in the parameters cell (papermill reads `Optional[...]`, not `X | None`)."""
+        shown = PARAMETER_KINDS[self.kind][0]
+        return f"Optional[{shown}]" if self.per_profile or self.default is None else shown
+
+    def field_type(self) -> str:
+        """The type of its `RunConfig` field, as an annotation string."""
+        return PARAMETER_KINDS[self.kind][1] + (" | None" if self.optional else "")
 
 
 # notebook §0 "The run's settings", cell id 58765736
-COMMON_DEFAULTS: dict[str, Any] = dict(
-    seed=42,
-    resume_training=True,
-    run_preprocess=True,
-    run_phase1=True,
-    run_phase2=True,
-    run_evaluation=True,
-    run_export=True,
-    processed_dir="data/processed",
-    checkpoint_dir="checkpoints",
-    results_dir="results",
-    val_fraction=0.15,
-    min_cell_area=30,
-    class_scheme="colour",
-    class_boxes=None,
-    n_classes=None,
-    hv_activation="linear",
-    lora_rank=4,
-    lora_alpha=8.0,
-    class_weights=None,
-    np_loss_weight=1.0,
-    hv_loss_weight=2.0,
-    nc_loss_weight=2.0,
-    lr_phase1=1e-3,
-    weight_decay=1e-4,
-    restart_period=20,
-    lr_lora_phase2=1e-5,
-    lr_decoder_phase2=1e-4,
-    max_nonfinite_steps=10,
-    aug_hed=0.0,
-    aug_hue=0.04,
-    aug_saturation=0.2,
-    aug_brightness_contrast=0.2,
-    aug_grayscale=0.0,
-    aug_blur=1.2,
-    aug_jpeg=100,
-    precision="auto",
-    use_compile=False,
-    use_tta=False,
-    tune_postproc=True,
-    n_figure_samples=3,
-    export_images=None,
-    export_overlay="jpg",
-    infer_workers=None,
-    run_baseline=True,
-    external_eval_dir=None,
-    external_cell_diameter=None,
+#: The autocast precisions `PRECISION` takes: "auto" (bf16 where supported, else fp16; see
+#: `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
+RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
+
+#: The table, as (heading in the parameters cell, its parameters) groups; `PARAMETERS` joins them.
+_SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
+    ("run", (
+        Parameter("profile", "str", "demo",
+            'parameter set: "demo" (synthetic data, tiny ViT, CPU minutes) or "full" (Kaggle BCCD, UNI, GPU hours)', choices=PROFILE_NAMES),
+        Parameter("run_name", "str", None, "name of this run in reports; None: the profile's name", derived=True),
+        Parameter("seed", "int", 42, "seed for the split, augmentation order and weight init", bounds=">= 0"),
+        Parameter("n_gpus", "int", {"demo": 0, "full": None},
+            "GPUs to train on; >1 trains with DistributedDataParallel; 0 trains on the CPU; None: all visible", bounds=">= 0"),
+        Parameter("resume_training", "bool", True, "continue from checkpoints/latest_phase{1,2}.pth when they exist"),
+    )), ("stages (any subset can run, e.g. evaluation only from existing checkpoints)", (
+        Parameter("run_preprocess", "bool", True, "build or refresh the processed cache (a no-op when it is current)"),
+        Parameter("run_phase1", "bool", True, "train the decoder on the frozen backbone"),
+        Parameter("run_phase2", "bool", True, "train LoRA adapters + decoder, starting from phase 1's best checkpoint"),
+        Parameter("run_evaluation", "bool", True, "tune post-processing on val, evaluate on test, write metrics and figures"),
+        Parameter("run_export", "bool", True, "run folder inference on test images and write label maps, CSV, GeoJSON, COCO"),
+    )), ("paths", (
+        Parameter("data_dir", "path", {"demo": "data/synthetic", "full": "data/raw"},
+            "raw dataset root in Kaggle layout {train,test}/{original,mask}; None: the profile's"),
+        Parameter("processed_dir", "path", "data/processed", "processed cache at the working scale"),
+        Parameter("checkpoint_dir", "path", "checkpoints", "latest/best checkpoints of both phases"),
+        Parameter("results_dir", "path", "results", "metrics, figures, exports and reports"),
+    )), ("data and working scale", (
+        Parameter("working_scale", "float", {"demo": 0.5, "full": 0.5},
+            "resize factor from raw images to the working scale (0.5: 1600x1200 -> 800x600, cells ~50 px)", bounds="(0, 4]"),
+        Parameter("crop_size", "int", {"demo": 128, "full": 224},
+            "training crop side in pixels at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
+        Parameter("val_fraction", "float", 0.15, "share of the train partition held out for validation", bounds="(0, 1)"),
+        Parameter("min_cell_area", "int", 30,
+            "connected components smaller than this (raw pixels) are annotation specks, not cells", bounds=">= 0"),
+        Parameter("class_scheme", "str", "colour",
+            'cell classes: "binary" (cell or not), "colour" (mask palette: RBC, WBC, platelet), "bbbc041" (uninfected/infected RBC, leukocyte, from class boxes), "bbbc041-stages" (each parasite stage a class)'),
+        Parameter("class_boxes", "path", None,
+            "bbbc041 schemes: BBBC041 or COCO JSON of class boxes, one file or a folder of them; None: DATA_DIR/classes"),
+        Parameter("synthetic_images", "int", {"demo": 16, "full": 0},
+            "demo: number of synthetic train-partition images to generate (test gets a fifth)", bounds=">= 0"),
+        Parameter("num_workers", "int", {"demo": 0, "full": None},
+            "DataLoader workers per process; None: the profile's (full: the usable CPUs per training process, minus one)", bounds=">= 0"),
+    )), ("model", (
+        Parameter("backbone", "str", {"demo": "vit_tiny", "full": "uni"},
+            '"uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)', choices=(
+                # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
+                "uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
+                "vit_small", "vit_tiny")),
+        Parameter("weights", "str", {"demo": "none", "full": "auto"},
+            '"auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one'),
+        Parameter("n_classes", "int", None,
+            "NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)", bounds=">= 2", derived=True),
+        Parameter("decoder_channels", "int", {"demo": 64, "full": 256}, "channels of the fused DPT pyramid", bounds=">= 8"),
+        Parameter("hv_activation", "str", "linear",
+            'HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))', choices=("linear", "tanh")),
+        Parameter("lora_rank", "int", 4, "rank of the LoRA adapters on every attention qkv projection", bounds=">= 1"),
+        Parameter("lora_alpha", "float", 8.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A", bounds="> 0"),
+    )),
+)
+
+
+# notebook §0 "The run's settings", cell id ec0b631d
+_TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
+    ("losses", (
+        Parameter("class_weights", "floats", None,
+            "NC cross-entropy weight per class; None: the scheme's (colour: [0.05, 0.5, 5.0, 8.0]; others: from training cell counts, §4)", bounds="> 0"),
+        Parameter("np_loss_weight", "float", 1.0, "weight of the NP loss (BCE + Dice) in the total", bounds=">= 0"),
+        Parameter("hv_loss_weight", "float", 2.0, "weight of the HV loss (MSE + MSGE) in the total", bounds=">= 0"),
+        Parameter("nc_loss_weight", "float", 2.0, "weight of the NC loss (weighted CE + Dice) in the total", bounds=">= 0"),
+    )), ("phase 1: decoder only", (
+        Parameter("epochs_phase1", "int", {"demo": 20, "full": 100}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase1", "int", {"demo": 6, "full": 15},
+            "epochs without val improvement before stopping", bounds=">= 1"),
+        Parameter("batch_size_phase1", "int", {"demo": 4, "full": 16}, "crops per step per process", bounds=">= 1"),
+        Parameter("lr_phase1", "float", 1e-3, "AdamW learning rate of the decoder", bounds="> 0"),
+        Parameter("weight_decay", "float", 1e-4, "AdamW weight decay (both phases)", bounds=">= 0"),
+        Parameter("warmup_epochs", "int", {"demo": 1, "full": 5},
+            "linear warm-up epochs before cosine annealing with warm restarts", bounds=">= 0"),
+        Parameter("restart_period", "int", 20, "T0 of CosineAnnealingWarmRestarts (epochs)", bounds=">= 1"),
+    )), ("phase 2: LoRA", (
+        Parameter("epochs_phase2", "int", {"demo": 6, "full": 50}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase2", "int", {"demo": 4, "full": 10},
+            "epochs without val improvement before stopping", bounds=">= 1"),
+        Parameter("batch_size_phase2", "int", {"demo": 2, "full": 8}, "crops per step per process", bounds=">= 1"),
+        Parameter("lr_lora_phase2", "float", 1e-5, "learning rate of the LoRA adapters", bounds="> 0"),
+        Parameter("lr_decoder_phase2", "float", 1e-4, "learning rate of the decoder", bounds="> 0"),
+        Parameter("max_nonfinite_steps", "int", 10,
+            "optimiser steps in a row with a non-finite loss or gradient before training stops", bounds=">= 1"),
+        Parameter("grad_accum_target", "int", {"demo": 4, "full": 16},
+            "effective batch: gradients accumulate over steps until this many crops (all GPUs)", bounds=">= 1"),
+        Parameter("crops_per_image", "int", {"demo": 8, "full": 4},
+            "random crops drawn from each training image per epoch", bounds=">= 1"),
+    )), ("stain and colour augmentation of training crops (§2; 0 turns a part off)", (
+        Parameter("aug_hed", "float", 0.0,
+            "stain jitter s in [0, 1]: each haematoxylin/eosin/DAB amount times 1 +- s, shifted by up to s/3 OD", bounds="[0, 1]"),
+        Parameter("aug_hue", "float", 0.04,
+            "largest hue rotation in [0, 0.5], a fraction of the colour circle", bounds="[0, 0.5]"),
+        Parameter("aug_saturation", "float", 0.2, "saturation times 1 +- this, in [0, 1]", bounds="[0, 1]"),
+        Parameter("aug_brightness_contrast", "float", 0.2,
+            "brightness and contrast each times 1 +- this, in [0, 1]", bounds="[0, 1]"),
+        Parameter("aug_grayscale", "float", 0.0, "probability in [0, 1] that a crop is made grey", bounds="[0, 1]"),
+        Parameter("aug_blur", "float", 1.2,
+            "largest Gaussian blur sigma in working-scale pixels, in [0, 10]", bounds="[0, 10]"),
+        Parameter("aug_jpeg", "int", 100,
+            "lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none", bounds="1..100", note=" (100: no JPEG artefacts)"),
+    )), ("speed", (
+        Parameter("precision", "str", "auto",
+            '"auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
+        Parameter("use_compile", "bool", False, "torch.compile the model (first epoch slower)"),
+    )), ("inference and evaluation", (
+        Parameter("tile_size", "int", {"demo": 128, "full": 224},
+            "sliding-window tile side at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
+        Parameter("tile_overlap", "int", {"demo": 32, "full": 64},
+            "overlap between neighbouring tiles in pixels", bounds=">= 0"),
+        Parameter("use_tta", "bool", False, "test-time augmentation: average over flips and 90-degree rotations"),
+        Parameter("tune_postproc", "bool", True, "grid-search the watershed parameters on val to maximise PQ"),
+        Parameter("n_figure_samples", "int", 3, "test images drawn in the sample figures", bounds=">= 0"),
+        Parameter("export_images", "int", None, "test images exported by folder inference; None: all", bounds=">= 0"),
+        Parameter("export_overlay", "str", "jpg",
+            'overlay picture of each exported image: "jpg", "png" or "none"', choices=("jpg", "png", "none")),
+        Parameter("infer_workers", "int", None,
+            "worker processes for the CPU side of inference, evaluation and tuning; 0: in this process; None: the usable CPUs minus one", bounds=">= 0"),
+        Parameter("run_baseline", "bool", True,
+            "§9 also scores a classical baseline (Otsu + distance-transform watershed, tuned on train)"),
+    )), ("smears from elsewhere (§9)", (
+        Parameter("external_eval_dir", "path", None,
+            "folder of images with VOC or COCO cell boxes, e.g. ../shared/data/bccd_detection; None: none"),
+        Parameter("external_cell_diameter", "float", None,
+            "cell diameter in px in those images; None: estimated from the images", bounds="> 0", note=" (pixels) or None (estimated)"),
+    )),
 )
 
 
 # notebook §0 "The run's settings", cell id 60b3966a
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Every setting of one run, after the profile's defaults and explicit parameters merged.
+PARAMETER_GROUPS: tuple[tuple[str, tuple[Parameter, ...]], ...] = _SETUP_PARAMETERS + _TRAINING_PARAMETERS
+#: Every parameter by its lower-case name, in the parameters cell's order.
+PARAMETERS: dict[str, Parameter] = {p.name: p for _, group in PARAMETER_GROUPS for p in group}
+#: Views of the table: each profile's own defaults, and the defaults both profiles share (the same
+#: values the parameters cell shows, so a script that calls `resolve_config` behaves like the notebook).
+PROFILES: dict[str, dict[str, Any]] = {profile: {p.name: p.default[profile] for p in PARAMETERS.values() if p.per_profile}
+                                       for profile in PROFILE_NAMES}
+COMMON_DEFAULTS: dict[str, Any] = {p.name: p.default for p in PARAMETERS.values()
+                                   if not p.per_profile and p.name not in ("profile", "run_name")}
+#: The allowed values of each parameter that has a list of them.
+_CHOICES: dict[str, tuple[str, ...]] = {p.name: p.choices for p in PARAMETERS.values() if p.choices}
 
-    Field names are the notebook's parameter names in lower case. Paths are relative to the
-    repository root unless given absolute.
-    """
 
-    profile: str
-    run_name: str
-    seed: int
-    n_gpus: int | None
-    resume_training: bool
-    run_preprocess: bool
-    run_phase1: bool
-    run_phase2: bool
-    run_evaluation: bool
-    run_export: bool
-    data_dir: Path
-    processed_dir: Path
-    checkpoint_dir: Path
-    results_dir: Path
-    working_scale: float
-    crop_size: int
-    val_fraction: float
-    min_cell_area: int
-    class_scheme: str
-    class_boxes: Path | None
-    synthetic_images: int
-    num_workers: int | None
-    backbone: str
-    weights: str
-    n_classes: int
-    decoder_channels: int
-    hv_activation: str
-    lora_rank: int
-    lora_alpha: float
-    class_weights: tuple[float, ...] | None
-    np_loss_weight: float
-    hv_loss_weight: float
-    nc_loss_weight: float
-    epochs_phase1: int
-    patience_phase1: int
-    batch_size_phase1: int
-    lr_phase1: float
-    weight_decay: float
-    warmup_epochs: int
-    restart_period: int
-    epochs_phase2: int
-    patience_phase2: int
-    batch_size_phase2: int
-    lr_lora_phase2: float
-    lr_decoder_phase2: float
-    max_nonfinite_steps: int
-    grad_accum_target: int
-    crops_per_image: int
-    aug_hed: float
-    aug_hue: float
-    aug_saturation: float
-    aug_brightness_contrast: float
-    aug_grayscale: float
-    aug_blur: float
-    aug_jpeg: int
-    precision: str
-    use_compile: bool
-    tile_size: int
-    tile_overlap: int
-    use_tta: bool
-    tune_postproc: bool
-    n_figure_samples: int
-    export_images: int | None
-    export_overlay: str
-    infer_workers: int | None
-    run_baseline: bool
-    external_eval_dir: Path | None
-    external_cell_diameter: float | None
+def _run_config_as_dict(self) -> dict[str, Any]:
+    """JSON-ready copy (paths as strings, tuples as lists)."""
+    out = dataclasses.asdict(self)
+    return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready copy (paths as strings, tuples as lists)."""
-        out = dataclasses.asdict(self)
-        return {k: (str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v) for k, v in out.items()}
+
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig", [(p.name, p.field_type()) for p in PARAMETERS.values()], frozen=True,
+    namespace={"__module__": __name__, "as_dict": _run_config_as_dict, "__doc__": (
+        "Every setting of one run, after the profile's defaults and explicit parameters merged.\n\n"
+        "    Field names are the notebook's parameter names in lower case, one per row of `PARAMETERS`\n"
+        "    (types: `Parameter.field_type`). Paths are relative to the repository root unless given absolute.\n")})
 
 
 # notebook §0 "The run's settings", cell id 86f4d11c
-_PATH_FIELDS = ("data_dir", "processed_dir", "checkpoint_dir", "results_dir")
-_CHOICES = {
-    # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
-    "backbone": ("uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
-                 "vit_small", "vit_tiny"),
-    "precision": ("auto", "bf16", "fp16", "fp32"),
-    "hv_activation": ("linear", "tanh"),
-    "export_overlay": ("jpg", "png", "none"),
-}
 #: The sources `WEIGHTS` names (§3): "auto" tries hub, then imagenet, then none. Anything else is a path.
 WEIGHT_CHOICES = ("auto", "hub", "imagenet", "none")
 #: The weight files `WEIGHTS` may name (or a folder may hold): safetensors, or torch pickles read safely.
@@ -245,39 +269,27 @@ def resolve_config(profile: str, **parameters: Any) -> RunConfig:
     """Merge defaults, a profile's defaults and explicit parameters (which win) into a `RunConfig`.
 
     `parameters` are the notebook's parameters by lower-case name; a value of `None` means
-    "use the default" (the profile's, else `COMMON_DEFAULTS`). Raises `ValueError` naming the parameter for an unknown
-    profile, an unknown name, a missing value or a value outside its choices.
+    "use the default" (the profile's, else the one both profiles share; see `PARAMETERS`).
+    Raises `ValueError` naming the parameter for an unknown profile, an unknown name, or a value
+    of the wrong type, outside its bounds or its choices (every such value at once).
     """
-    if profile not in PROFILES:
-        raise ValueError(f"PROFILE={profile!r} is not one of {sorted(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(parameters) - fields)
+    if problem := parameter_problem(PARAMETERS["profile"], profile):
+        raise ValueError(problem)
+    unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
         raise ValueError(_unknown_names_message([n.upper() for n in unknown]))
     merged: dict[str, Any] = {"profile": profile, "run_name": profile, **COMMON_DEFAULTS, **PROFILES[profile]}
     merged.update({k: v for k, v in parameters.items() if v is not None})
-    missing = sorted(fields - set(merged))
-    if missing:
-        raise ValueError(f"no value and no profile default for: {', '.join(n.upper() for n in missing)}")
-    for name in _PATH_FIELDS:
-        merged[name] = Path(merged[name])
+    _check_values(merged)
+    for name in (p.name for p in PARAMETERS.values() if p.kind == "path"):
+        if merged[name] is not None:
+            merged[name] = Path(merged[name])
     if merged["external_eval_dir"] is not None:
-        merged["external_eval_dir"] = Path(merged["external_eval_dir"]).expanduser()
+        merged["external_eval_dir"] = merged["external_eval_dir"].expanduser()
         if not merged["external_eval_dir"].is_dir():
             raise ValueError(f"EXTERNAL_EVAL_DIR={str(merged['external_eval_dir'])!r} is not a folder")
-    for name, choices in _CHOICES.items():
-        if merged[name] not in choices:
-            raise ValueError(f"{name.upper()}={merged[name]!r} is not one of {list(choices)}")
     check_weights_setting(merged["weights"])
-    for name in ("crop_size", "tile_size"):
-        if merged[name] % 16:
-            raise ValueError(f"{name.upper()}={merged[name]} must be a multiple of 16 (the ViT patch size)")
-    if not 0.0 < merged["working_scale"] <= 4.0:
-        raise ValueError(f"WORKING_SCALE={merged['working_scale']} must be in (0, 4]")
-    if not 0.0 < merged["val_fraction"] < 1.0:
-        raise ValueError(f"VAL_FRACTION={merged['val_fraction']} must be in (0, 1)")
     _resolve_class_parameters(merged)
-    _check_values(merged)
     return RunConfig(**merged)
 
 
@@ -305,67 +317,70 @@ def _resolve_class_parameters(merged: dict[str, Any]) -> None:
 
 
 # notebook §0 "The run's settings", cell id 579eb456
-#: Integer parameters and their smallest allowed value.
-_INT_AT_LEAST: dict[str, int] = dict(
-    seed=0, min_cell_area=0, synthetic_images=0, n_classes=2, decoder_channels=8, lora_rank=1,
-    epochs_phase1=1, patience_phase1=1, batch_size_phase1=1, warmup_epochs=0, restart_period=1, epochs_phase2=1,
-    patience_phase2=1, batch_size_phase2=1, max_nonfinite_steps=1, grad_accum_target=1, crops_per_image=1,
-    crop_size=16, tile_size=16, tile_overlap=0, n_figure_samples=0)
-#: Integer parameters that may also be None (their default), and their smallest value.
-_OPTIONAL_INT_AT_LEAST: dict[str, int] = dict(n_gpus=0, export_images=0, infer_workers=0, num_workers=0)
-_POSITIVE_NUMBERS = ("lr_phase1", "lr_lora_phase2", "lr_decoder_phase2", "lora_alpha")
-_NON_NEGATIVE_NUMBERS = ("weight_decay", "np_loss_weight", "hv_loss_weight", "nc_loss_weight")
-#: Numbers that must lie in a closed range (the augmentation strengths of §2's `StainAugmentation`).
-_NUMBERS_IN: dict[str, tuple[float, float]] = dict(
-    aug_hed=(0.0, 1.0), aug_hue=(0.0, 0.5), aug_saturation=(0.0, 1.0), aug_brightness_contrast=(0.0, 1.0),
-    aug_grayscale=(0.0, 1.0), aug_blur=(0.0, 10.0))
-_FLAGS = ("resume_training", "run_preprocess", "run_phase1", "run_phase2", "run_evaluation", "run_export",
-          "use_compile", "use_tta", "tune_postproc", "run_baseline")
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _within(value: float, bounds: str) -> bool:
+    """Whether the number `value` lies in `bounds` (a `Parameter`'s; "" holds every number)."""
+    if not bounds:
+        return True
+    found = _BOUNDS.match(bounds)
+    if found["op"]:
+        return value >= float(found["min"]) if found["op"] == ">=" else value > float(found["min"])
+    if found["left"]:
+        low, high = float(found["a"]), float(found["b"])
+        return ((low <= value) if found["left"] == "[" else (low < value)) and \
+            ((value <= high) if found["right"] == "]" else (value < high))
+    return int(found["first"]) <= value <= int(found["last"])
+
+
+def parameter_problem(parameter: Parameter, value: Any) -> str | None:
+    """What is wrong with `value` for `parameter` (its type, choices, bounds), in one phrase that
+    starts with the name in upper case ("EPOCHS_PHASE1=0 must be an integer >= 1"), or None."""
+    name = parameter.name.upper()
+    if value is None and (parameter.optional or parameter.derived):
+        return None
+    if parameter.kind == "bool":
+        return None if isinstance(value, bool) else f"{name}={value!r} must be True or False"
+    if parameter.choices:
+        return None if isinstance(value, str) and value in parameter.choices else \
+            f"{name}={value!r} is not one of {list(parameter.choices)}"
+    if parameter.kind in ("str", "path"):
+        ok = isinstance(value, str) or (parameter.kind == "path" and isinstance(value, os.PathLike))
+        return None if ok else f"{name}={value!r} must be a {'path' if parameter.kind == 'path' else 'string'}"
+    if parameter.kind == "floats":
+        if not isinstance(value, (list, tuple)):
+            return f"{name}={value!r} must be a list of numbers {parameter.bounds}".rstrip()
+        if all(_is_number(v) and _within(v, parameter.bounds) for v in value):
+            return None
+        return f"{name}={list(value)} must all be numbers {parameter.bounds}".rstrip()
+    whole = parameter.kind == "int"
+    if not (_is_int(value) if whole else _is_number(value)) or not _within(value, parameter.bounds):
+        where = parameter.bounds if parameter.bounds[:1] in ("", ">") else f"in {parameter.bounds}"
+        return f"{name}={value!r} must be {'an integer' if whole else 'a number'} {where}".rstrip() + parameter.note
+    if whole and value % parameter.multiple_of:
+        return f"{name}={value} must be a multiple of {parameter.multiple_of} (the ViT patch size)"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_values(merged: Mapping[str, Any]) -> None:
     """`ValueError` naming every parameter of `merged` (lower-case names) whose value has the
-    wrong type or is out of range."""
-    problems = []
-    for name, low in {**_INT_AT_LEAST, **_OPTIONAL_INT_AT_LEAST}.items():
-        value = merged[name]
-        if value is None and name in _OPTIONAL_INT_AT_LEAST:
-            continue
-        if not _is_int(value) or value < low:
-            problems.append(f"{name.upper()}={value!r} must be an integer >= {low}")
-    for name in _POSITIVE_NUMBERS + _NON_NEGATIVE_NUMBERS:
-        value = merged[name]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        if not ok or (value <= 0 if name in _POSITIVE_NUMBERS else value < 0):
-            problems.append(f"{name.upper()}={value!r} must be a number {'> 0' if name in _POSITIVE_NUMBERS else '>= 0'}")
-    for name, (low, high) in _NUMBERS_IN.items():
-        value = merged[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            problems.append(f"{name.upper()}={value!r} must be a number in [{low:g}, {high:g}]")
-    if not _is_int(merged["aug_jpeg"]) or not 1 <= merged["aug_jpeg"] <= 100:
-        problems.append(f"AUG_JPEG={merged['aug_jpeg']!r} must be an integer in 1..100 (100: no JPEG artefacts)")
-    diameter = merged["external_cell_diameter"]
-    if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
-                                 or not math.isfinite(diameter) or diameter <= 0):
-        problems.append(f"EXTERNAL_CELL_DIAMETER={diameter!r} must be a number > 0 (pixels) or None (estimated)")
-    for name in _FLAGS:
-        if not isinstance(merged[name], bool):
-            problems.append(f"{name.upper()}={merged[name]!r} must be True or False")
+    wrong type, is out of its bounds or choices (`PARAMETERS`), or disagrees with another."""
+    problems = [problem for name, value in merged.items() if (problem := parameter_problem(PARAMETERS[name], value))]
     if _is_int(merged["tile_overlap"]) and _is_int(merged["tile_size"]) and merged["tile_overlap"] >= merged["tile_size"]:
         problems.append(f"TILE_OVERLAP={merged['tile_overlap']} must be smaller than TILE_SIZE={merged['tile_size']}")
-    weights = merged["class_weights"]  # None: from the training split's cells (§4)
-    if weights is not None and not all(isinstance(w, float) and math.isfinite(w) and w > 0 for w in weights):
-        problems.append(f"CLASS_WEIGHTS={list(merged['class_weights'])} must all be numbers > 0")
     if problems:
         raise ValueError("; ".join(problems))
 
 
+# notebook §0 "The run's settings", cell id 0318ddf1
 def _unknown_names_message(names: Sequence[str]) -> str:
-    known = [f.name.upper() for f in dataclasses.fields(RunConfig)]
+    known = [name.upper() for name in PARAMETERS]
     hints = [f"{n} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(n, known, 1)) else n for n in names]
     return (f"unknown parameter(s) {', '.join(hints)}; `papermill --help-notebook cell_instance_segmentation.ipynb` "
             "lists them all")
@@ -375,13 +390,49 @@ def check_parameter_names(namespace: Mapping[str, Any]) -> None:
     """Raise `ValueError` when the notebook's namespace holds an upper-case name of a plain value
     (what papermill injects: None, bool, number, str, list) that is neither a parameter nor a
     constant of an imported `uni_seg` module: a mistyped parameter that would be ignored."""
-    known = {f.name.upper() for f in dataclasses.fields(RunConfig)}
+    known = {name.upper() for name in PARAMETERS}
     library = set().union(*(vars(m) for name, m in list(sys.modules.items()) if name.startswith("uni_seg.")))
     given = [name for name, value in namespace.items() if name.isupper() and not name.startswith("_")
              and (value is None or isinstance(value, (bool, int, float, str, list, tuple)))]
     unknown = sorted(set(given) - known - library)
     if unknown:
         raise ValueError(_unknown_names_message(unknown))
+
+
+# notebook §0 "The run's settings", cell id 3d7390f8
+def _literal(value: Any) -> str:
+    """`value` as the parameters cell writes it: strings in double quotes, small numbers as 1e-4."""
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, float) and value and abs(value) < 0.01 and float(f"{value:.0e}") == value:
+        return re.sub(r"e-0*(\d)", r"e-\1", f"{value:.0e}")
+    return repr(value)
+
+
+def parameters_cell() -> str:
+    """The source of the notebook's parameters cell, written from `PARAMETERS`: under each group's
+    heading, one line `NAME: type = default  # help` per parameter (None for a default per profile)."""
+    lines = ["from typing import Optional  # papermill reads Optional[...] annotations (not X | None)", ""]
+    for heading, group in PARAMETER_GROUPS:
+        lines.append(f"# --- {heading} ---")
+        lines += [f"{p.name.upper()}: {p.annotation()} = {'None' if p.per_profile else _literal(p.default)}  # {p.help}"
+                  for p in group]
+    return "\n".join(lines)
+
+
+def parameter_from_text(name: str, text: str) -> Any:
+    """A parameter's value from command-line text (`-p NAME VALUE`): the text itself for a string or
+    path parameter ("None" or "null": None), else JSON (numbers, true/false/null and lists; Python's
+    True/False/None too), else the text (which `resolve_config` then names as a bad value)."""
+    parameter = PARAMETERS.get(name.lower())
+    if parameter is not None and parameter.kind in ("str", "path"):
+        return None if text in ("None", "null") else text
+    for candidate in (text, text.replace("True", "true").replace("False", "false").replace("None", "null")):
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            pass
+    return text
 
 
 # notebook §0 "The run's settings", cell id ebdaf316
@@ -499,8 +550,8 @@ def resolve_precision(precision: str, device: "torch.device") -> str:
     """
     import torch
 
-    if precision not in ("auto", "bf16", "fp16", "fp32"):
-        raise ValueError(f"PRECISION={precision!r} is not one of auto, bf16, fp16, fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
     bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
     if precision == "auto":
         return "bf16" if bf16_ok else "fp16"
@@ -514,8 +565,9 @@ def autocast(device: "torch.device", precision: str) -> contextlib.AbstractConte
     nothing for fp32. `ValueError` for "auto" (resolve it with `resolve_precision` first)."""
     import torch
 
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"precision={precision!r} is not one of 'fp32', 'bf16', 'fp16' (resolve 'auto' first)")
+    if precision not in RESOLVED_PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {', '.join(map(repr, RESOLVED_PRECISIONS))} "
+                         "(resolve 'auto' first)")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -23,7 +23,7 @@ import torch
 from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
-from uni_seg.config import autocast, errors_as_messages, resolve_device, resolve_precision
+from uni_seg.config import PRECISIONS, autocast, errors_as_messages, resolve_device, resolve_precision
 from uni_seg.data import IMAGE_SUFFIXES, check_rgb_image, resize_image, tile_starts, working_shape
 from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
 from uni_seg.files import atomic_open, folder_lock, separate_folders
@@ -71,8 +71,8 @@ class InferenceSettings(Settings):
             raise ValueError(f"batch_size={self.batch_size} must be >= 1")
         if not isinstance(self.tta, bool):
             raise ValueError(f"tta={self.tta!r} must be true or false")
-        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
-            raise ValueError(f"precision={self.precision!r} is not one of auto, bf16, fp16, fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.device is not None:
             if self.device not in ("auto", "cpu", "cuda") and not (self.device.startswith("cuda:")
                                                                    and self.device[5:].isdigit()):
@@ -632,7 +632,7 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles in pixels")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations, 8x slower)")
     parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS)
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per forward pass")
 
 

@@ -21,8 +21,8 @@ from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.classes import class_scheme
-from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, resolve_config,
-                            resolve_device)
+from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, parameter_from_text,
+                            resolve_config, resolve_device)
 from uni_seg.data import DataError
 from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
                             train_phase)
@@ -191,16 +191,6 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
 
 
 # notebook §5 "Launching: one process, several GPUs, or a cluster", cell id 761fed49
-def _parse_value(text: str) -> Any:
-    """A CLI parameter value: JSON when it parses (numbers, true/false/null, lists), else the string."""
-    for candidate in (text, text.replace("True", "true").replace("False", "false").replace("None", "null")):
-        try:
-            return json.loads(candidate)
-        except json.JSONDecodeError:
-            pass
-    return text
-
-
 def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -> None:
     """Command line: train phase 1, phase 2 or both from a profile and parameters (also `uni-seg train`).
 
@@ -227,7 +217,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -
         specs = [spec_from_json(Path(args.spec).read_text())]
         n_default = None
     else:
-        params = {name.lower(): _parse_value(value) for name, value in args.param}
+        # read by the parameters' types (§0's table): `-p RUN_NAME 2024` is a name, `-p EPOCHS_PHASE1 60` a number
+        params = {name.lower(): parameter_from_text(name, value) for name, value in args.param}
         profile = params.pop("profile", args.profile)  # -p PROFILE x, as papermill takes it, is --profile x
         try:  # every parameter is checked before any work
             cfg = resolve_config(profile, **params)
