@@ -14381,9 +14381,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     importlib.import_module(COMMANDS[command][0]).main(options, prog=f"uni-seg {command}")
 
 
-if __name__ == "__main__":
-    main()
-
 # %% [markdown]
 # The commands this installation offers:
 
