@@ -46,11 +46,11 @@
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
 # 4. [Losses](#section-4) (`uni_seg.losses`)
-# 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
+# 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.phases`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.outputs`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; One run per output folder; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
-# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.metrics_file`, `uni_seg.tuning`, `uni_seg.baseline`, `uni_seg.external`): `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.outputs`, `uni_seg.predict`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; One run per output folder; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
+# 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.evaluation`, `uni_seg.metrics_file`, `uni_seg.tuning`, `uni_seg.baseline`, `uni_seg.external`): Scoring a split; `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.napari_widget`, `uni_seg.sweep`): The napari plugin; Sweeps: a grid of runs, with seeds
 
@@ -69,7 +69,7 @@
 from typing import Optional  # papermill reads Optional[...] annotations (not X | None)
 
 # --- run ---
-PROFILE: str = "demo"  # parameter set: "demo" (synthetic data, tiny ViT, CPU minutes) or "full" (Kaggle BCCD, UNI, GPU hours)
+PROFILE: str = "demo"  # parameter set: "demo" (synthetic data, tiny random ViT, CPU minutes), "full" (Kaggle BCCD, UNI, GPU hours) or "cpu" (your smears, a small pretrained ViT on a laptop)
 RUN_NAME: Optional[str] = None  # name of this run in reports; None: the profile's name
 SEED: int = 42  # seed for the split, augmentation order and weight init
 N_GPUS: Optional[int] = None  # GPUs to train on; >1 trains with DistributedDataParallel; 0 trains on the CPU; None: all visible
@@ -479,7 +479,10 @@ from uni_seg.classes import class_scheme
 #: a tiny random ViT, a few minutes end to end (about 5 min on 2 cores; PQ ~0.8 on the synthetic test
 #: images, so the figures show real segmentations). "full": a GPU node and real data, the seed's
 #: hyperparameters at a working scale where a cell spans several ViT patches (0.5: ~50 px cells).
-PROFILE_NAMES: tuple[str, ...] = ("demo", "full")
+#: "cpu": a small pretrained ViT on a laptop: real data, the ImageNet-pretrained ViT-Ti/16, the recipe
+#: issue 25's sweep chose on validation and another lab's smears (docs/results.md; ~15 min per run on
+#: 2 cores for the 100-image subset).
+PROFILE_NAMES: tuple[str, ...] = ("demo", "full", "cpu")
 #: A parameter's kind -> (its type in the parameters cell, the type of its `RunConfig` field).
 PARAMETER_KINDS: dict[str, tuple[str, str]] = {
     "bool": ("bool", "bool"), "int": ("int", "int"), "float": ("float", "float"), "str": ("str", "str"),
@@ -544,10 +547,11 @@ RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
 _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
     ("run", (
         Parameter("profile", "str", "demo",
-            'parameter set: "demo" (synthetic data, tiny ViT, CPU minutes) or "full" (Kaggle BCCD, UNI, GPU hours)', choices=PROFILE_NAMES),
+            'parameter set: "demo" (synthetic data, tiny random ViT, CPU minutes), "full" (Kaggle BCCD, UNI, GPU hours) '
+            'or "cpu" (your smears, a small pretrained ViT on a laptop)', choices=PROFILE_NAMES),
         Parameter("run_name", "str", None, "name of this run in reports; None: the profile's name", derived=True),
         Parameter("seed", "int", 42, "seed for the split, augmentation order and weight init", bounds=">= 0"),
-        Parameter("n_gpus", "int", {"demo": 0, "full": None},
+        Parameter("n_gpus", "int", {"demo": 0, "full": None, "cpu": 0},
             "GPUs to train on; >1 trains with DistributedDataParallel; 0 trains on the CPU; None: all visible", bounds=">= 0"),
         Parameter("resume_training", "bool", True, "continue from checkpoints/latest_phase{1,2}.pth when they exist"),
     )), ("stages (any subset can run, e.g. evaluation only from existing checkpoints)", (
@@ -557,15 +561,15 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("run_evaluation", "bool", True, "tune post-processing on val, evaluate on test, write metrics and figures"),
         Parameter("run_export", "bool", True, "run folder inference on test images and write label maps, CSV, GeoJSON, COCO"),
     )), ("paths", (
-        Parameter("data_dir", "path", {"demo": "data/synthetic", "full": "data/raw"},
+        Parameter("data_dir", "path", {"demo": "data/synthetic", "full": "data/raw", "cpu": "data/raw"},
             "raw dataset root in Kaggle layout {train,test}/{original,mask}; None: the profile's"),
         Parameter("processed_dir", "path", "data/processed", "processed cache at the working scale"),
         Parameter("checkpoint_dir", "path", "checkpoints", "latest/best checkpoints of both phases"),
         Parameter("results_dir", "path", "results", "metrics, figures, exports and reports"),
     )), ("data and working scale", (
-        Parameter("working_scale", "float", {"demo": 0.5, "full": 0.5},
+        Parameter("working_scale", "float", {"demo": 0.5, "full": 0.5, "cpu": 0.5},
             "resize factor from raw images to the working scale (0.5: 1600x1200 -> 800x600, cells ~50 px)", bounds="(0, 4]"),
-        Parameter("crop_size", "int", {"demo": 128, "full": 224},
+        Parameter("crop_size", "int", {"demo": 128, "full": 224, "cpu": 224},
             "training crop side in pixels at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
         Parameter("val_fraction", "float", 0.15, "share of the train partition held out for validation", bounds="(0, 1)"),
         Parameter("min_cell_area", "int", 30,
@@ -574,21 +578,21 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             'cell classes: "binary" (cell or not), "colour" (mask palette: RBC, WBC, platelet), "bbbc041" (uninfected/infected RBC, leukocyte, from class boxes), "bbbc041-stages" (each parasite stage a class)'),
         Parameter("class_boxes", "path", None,
             "bbbc041 schemes: BBBC041 or COCO JSON of class boxes, one file or a folder of them; None: DATA_DIR/classes"),
-        Parameter("synthetic_images", "int", {"demo": 16, "full": 0},
+        Parameter("synthetic_images", "int", {"demo": 16, "full": 0, "cpu": 0},
             "demo: number of synthetic train-partition images to generate (test gets a fifth)", bounds=">= 0"),
-        Parameter("num_workers", "int", {"demo": 0, "full": None},
+        Parameter("num_workers", "int", {"demo": 0, "full": None, "cpu": 1},
             "DataLoader workers per process; None: the profile's (full: the usable CPUs per training process, minus one)", bounds=">= 0"),
     )), ("model", (
-        Parameter("backbone", "str", {"demo": "vit_tiny", "full": "uni"},
+        Parameter("backbone", "str", {"demo": "vit_tiny", "full": "uni", "cpu": "vit_tiny"},
             '"uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)', choices=(
                 # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
                 "uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
                 "vit_small", "vit_tiny")),
-        Parameter("weights", "str", {"demo": "none", "full": "auto"},
+        Parameter("weights", "str", {"demo": "none", "full": "auto", "cpu": "imagenet"},
             '"auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one'),
         Parameter("n_classes", "int", None,
             "NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)", bounds=">= 2", derived=True),
-        Parameter("decoder_channels", "int", {"demo": 64, "full": 256}, "channels of the fused DPT pyramid", bounds=">= 8"),
+        Parameter("decoder_channels", "int", {"demo": 64, "full": 256, "cpu": 64}, "channels of the fused DPT pyramid", bounds=">= 8"),
         Parameter("hv_activation", "str", "linear",
             'HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))', choices=("linear", "tanh")),
         Parameter("lora_rank", "int", 4, "rank of the LoRA adapters on every attention qkv projection", bounds=">= 1"),
@@ -608,27 +612,27 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("hv_loss_weight", "float", 2.0, "weight of the HV loss (MSE + MSGE) in the total", bounds=">= 0"),
         Parameter("nc_loss_weight", "float", 2.0, "weight of the NC loss (weighted CE + Dice) in the total", bounds=">= 0"),
     )), ("phase 1: decoder only", (
-        Parameter("epochs_phase1", "int", {"demo": 20, "full": 100}, "maximum epochs", bounds=">= 1"),
-        Parameter("patience_phase1", "int", {"demo": 6, "full": 15},
+        Parameter("epochs_phase1", "int", {"demo": 20, "full": 100, "cpu": 10}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase1", "int", {"demo": 6, "full": 15, "cpu": 4},
             "epochs without val improvement before stopping", bounds=">= 1"),
-        Parameter("batch_size_phase1", "int", {"demo": 4, "full": 16}, "crops per step per process", bounds=">= 1"),
+        Parameter("batch_size_phase1", "int", {"demo": 4, "full": 16, "cpu": 4}, "crops per step per process", bounds=">= 1"),
         Parameter("lr_phase1", "float", 1e-3, "AdamW learning rate of the decoder", bounds="> 0"),
         Parameter("weight_decay", "float", 1e-4, "AdamW weight decay (both phases)", bounds=">= 0"),
-        Parameter("warmup_epochs", "int", {"demo": 1, "full": 5},
+        Parameter("warmup_epochs", "int", {"demo": 1, "full": 5, "cpu": 1},
             "linear warm-up epochs before cosine annealing with warm restarts", bounds=">= 0"),
         Parameter("restart_period", "int", 20, "T0 of CosineAnnealingWarmRestarts (epochs)", bounds=">= 1"),
     )), ("phase 2: LoRA", (
-        Parameter("epochs_phase2", "int", {"demo": 6, "full": 50}, "maximum epochs", bounds=">= 1"),
-        Parameter("patience_phase2", "int", {"demo": 4, "full": 10},
+        Parameter("epochs_phase2", "int", {"demo": 6, "full": 50, "cpu": 3}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase2", "int", {"demo": 4, "full": 10, "cpu": 3},
             "epochs without val improvement before stopping", bounds=">= 1"),
-        Parameter("batch_size_phase2", "int", {"demo": 2, "full": 8}, "crops per step per process", bounds=">= 1"),
+        Parameter("batch_size_phase2", "int", {"demo": 2, "full": 8, "cpu": 4}, "crops per step per process", bounds=">= 1"),
         Parameter("lr_lora_phase2", "float", 1e-5, "learning rate of the LoRA adapters", bounds="> 0"),
         Parameter("lr_decoder_phase2", "float", 1e-4, "learning rate of the decoder", bounds="> 0"),
         Parameter("max_nonfinite_steps", "int", 10,
             "optimiser steps in a row with a non-finite loss or gradient before training stops", bounds=">= 1"),
-        Parameter("grad_accum_target", "int", {"demo": 4, "full": 16},
+        Parameter("grad_accum_target", "int", {"demo": 4, "full": 16, "cpu": 4},
             "effective batch: gradients accumulate over steps until this many crops (all GPUs)", bounds=">= 1"),
-        Parameter("crops_per_image", "int", {"demo": 8, "full": 4},
+        Parameter("crops_per_image", "int", {"demo": 8, "full": 4, "cpu": 2},
             "random crops drawn from each training image per epoch", bounds=">= 1"),
     )), ("stain and colour augmentation of training crops (§2; 0 turns a part off)", (
         Parameter("aug_hed", "float", 0.0,
@@ -648,9 +652,9 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             '"auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
         Parameter("use_compile", "bool", False, "torch.compile the model (first epoch slower)"),
     )), ("inference and evaluation", (
-        Parameter("tile_size", "int", {"demo": 128, "full": 224},
+        Parameter("tile_size", "int", {"demo": 128, "full": 224, "cpu": 224},
             "sliding-window tile side at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
-        Parameter("tile_overlap", "int", {"demo": 32, "full": 64},
+        Parameter("tile_overlap", "int", {"demo": 32, "full": 64, "cpu": 64},
             "overlap between neighbouring tiles in pixels", bounds=">= 0"),
         Parameter("use_tta", "bool", False, "test-time augmentation: average over flips and 90-degree rotations"),
         Parameter("tune_postproc", "bool", True, "grid-search the watershed parameters on val to maximise PQ"),
@@ -6484,7 +6488,7 @@ def store_postproc(path: str | Path, params: Mapping[str, Any], **about: Any) ->
 
 
 # %% [markdown]
-# ### The settings of a phase (`uni_seg.engine`)
+# ### The settings of a phase (`uni_seg.phases`)
 #
 # `PhaseConfig` holds the hyperparameters of one phase, `TrainSpec` everything a phase needs to
 # run anywhere (as plain picklable values: `Factory` recipes for the model, the datasets and the
@@ -6493,29 +6497,11 @@ def store_postproc(path: str | Path, params: Mapping[str, Any], **about: Any) ->
 # %% tags=["export"]
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime
-import json
-import math
-import sys
-import time
-import uuid
-from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
-
-from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
-                                 atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
-                                 restore_rng_state)
-from uni_seg.config import Factory, autocast, resolve_device, resolve_precision, seed_everything
-from uni_seg.dataset import EpochItems, EpochSampler, make_loader
-from uni_seg.files import atomic_open, atomic_write, remove_stale_temporaries
+from uni_seg.config import Factory
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.
@@ -6644,7 +6630,7 @@ class TrainResult:
 
 
 # %% [markdown]
-# ### Learning-rate schedules
+# ### Learning-rate schedules (`uni_seg.engine`)
 #
 # The schedule is a pure function of the epoch, applied through `LambdaLR`. We write the two
 # formulas out instead of chaining `LinearLR`, `CosineAnnealingWarmRestarts` and
@@ -6655,6 +6641,34 @@ class TrainResult:
 # `CosineAnnealingWarmRestarts(T_0=T0, eta_min=0)` does; phase 2 anneals once over all epochs.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
+                                 atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
+                                 restore_rng_state)
+from uni_seg.config import autocast, resolve_device, resolve_precision, seed_everything
+from uni_seg.dataset import EpochItems, EpochSampler, make_loader
+from uni_seg.files import atomic_open, atomic_write, remove_stale_temporaries
+from uni_seg.phases import SCHEDULES, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec
+
+
 def lr_factor(epoch: int, schedule: str, epochs: int, warmup_epochs: int = 0, restart_period: int = 20) -> float:
     """Multiplier of the base learning rate at 0-based `epoch`, in (0, 1]."""
     if schedule == "warmup_cosine_restarts":
@@ -7340,12 +7354,12 @@ from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.classes import class_scheme
-from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, parameter_from_text,
-                            resolve_config, resolve_device)
+from uni_seg.config import (PROFILE_NAMES, Factory, check_training_device, cuda_diagnosis, errors_as_messages,
+                            parameter_from_text, resolve_config, resolve_device)
 from uni_seg.data import DataError
-from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
-                            train_phase)
+from uni_seg.engine import DistContext, _Progress, train_phase
 from uni_seg.losses import nc_class_weights
+from uni_seg.phases import PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec
 from uni_seg.procs import default_loader_workers, exit_with_parent
 
 
@@ -7530,7 +7544,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -
         description="Train the cell segmentation model (phase 1: decoder on the frozen backbone; phase 2: LoRA). "
                     "Under torchrun/srun each task joins the DDP job from RANK/WORLD_SIZE/LOCAL_RANK or "
                     "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and MASTER_ADDR/MASTER_PORT.")
-    parser.add_argument("--profile", default="full", help="parameter profile: demo or full (default: full)")
+    parser.add_argument("--profile", default="full", choices=PROFILE_NAMES,
+                        help="parameter profile (default: full; cpu: a small pretrained ViT on a laptop)")
     parser.add_argument("--phase", default="both", choices=["1", "2", "both"], help="which phase(s) to train")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter, e.g. -p EPOCHS_PHASE1 60 -p BACKBONE vit_small (repeatable)")
@@ -9407,7 +9422,7 @@ def reread_image(output_dir: str | Path, name: str, path: str | Path | None = No
             "annotations": coco_annotations(inst, classes, scores, 0, 0), "notes": notes}
 
 # %% [markdown]
-# ### Tiled inference on full-size images (`uni_seg.infer`)
+# ### Tiled inference on full-size images (`uni_seg.predict`)
 #
 # The model was trained on crops at the working scale; a smear photograph is larger (BCCD:
 # 1600x1200, 800x600 at the working scale 0.5) and a slide scan far larger. `predict_maps`
@@ -9431,33 +9446,17 @@ def reread_image(output_dir: str | Path, name: str, path: str | Path | None = No
 # %% tags=["export"]
 from __future__ import annotations
 
-import argparse
-import contextlib
 import dataclasses
-import json
-import math
-import sys
 import time
-from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
-from uni_seg.cellsize import working_scale_for_cells
-from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
-from uni_seg.config import PRECISIONS, autocast, errors_as_messages, resolve_device, resolve_precision
-from uni_seg.data import IMAGE_SUFFIXES, check_rgb_image, resize_image, tile_starts, working_shape
-from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
-from uni_seg.files import atomic_open, folder_lock, separate_folders
-from uni_seg.outputs import COCO_SIDE_FILE, FolderPlan, finish_run, plan_folder, reread_image, start_run
-from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, PostprocParams, Segmentation, SplitPrediction, cells_at_size,
-                              cells_from_maps, cells_with_truth)
-from uni_seg.procs import WorkerPool, default_workers, usable_cpus
+from uni_seg.config import PRECISIONS, autocast, resolve_device, resolve_precision
+from uni_seg.data import check_rgb_image, resize_image, tile_starts, working_shape
+from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 from uni_seg.settings import Settings
 
 
@@ -9767,7 +9766,7 @@ def segment_image(
 
 
 # %% [markdown]
-# ### Folder inference and the command line
+# ### Folder inference and the command line (`uni_seg.infer`)
 #
 # `run_folder_inference` segments every image of a folder with a model
 # in memory (the notebook's export stage calls it); the command line
@@ -9779,6 +9778,36 @@ def segment_image(
 # lists it with its error, and the command exits with status 1 if any image failed.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import sys
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
+from uni_seg.cellsize import working_scale_for_cells
+from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
+from uni_seg.config import PRECISIONS, errors_as_messages, resolve_device
+from uni_seg.data import IMAGE_SUFFIXES
+from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
+from uni_seg.files import atomic_open, folder_lock, separate_folders
+from uni_seg.outputs import COCO_SIDE_FILE, FolderPlan, finish_run, plan_folder, reread_image, start_run
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, SplitPrediction, cells_with_truth
+from uni_seg.predict import InferenceSettings, TileBatcher
+from uni_seg.procs import WorkerPool, default_workers, usable_cpus
+
+
 @dataclasses.dataclass
 class FolderReport:
     """What `run_folder_inference` did: per-input rows of the summary (images and skipped
@@ -10313,7 +10342,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.infer
 import matplotlib.pyplot as plt
 
 from uni_seg.data import partition_image_folder
-from uni_seg.infer import inference_settings_from_config, list_images, segment_image
+from uni_seg.infer import list_images
+from uni_seg.predict import inference_settings_from_config, segment_image
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS
 
 INFERENCE = inference_settings_from_config(cfg, device=str(DEVICE))  # §9 and §10 use the same settings
@@ -10382,8 +10412,9 @@ from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_st
                             cell_table, cells_geojson_text)
 from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
                            write_json_atomic)
-from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
+from uni_seg.infer import peak_rss_mb
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.predict import InferenceSettings, segment_image
 
 #: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
 #: pyramid (more than one level), otherwise a plain image (today's path).
@@ -11041,8 +11072,9 @@ from uni_seg import infer
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name, class_scheme
 from uni_seg.config import resolve_device
-from uni_seg.infer import FolderReport, InferenceSettings, TileBatcher, list_images, model_threads, pipeline
+from uni_seg.infer import FolderReport, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
+from uni_seg.predict import InferenceSettings, TileBatcher
 from uni_seg.procs import WorkerPool, default_workers
 from uni_seg.result import SegmentationResult, cells_of_image, load_any
 
@@ -11500,11 +11532,11 @@ from uni_seg.classes import CLASS_NAMES, ClassScheme, class_scheme
 from uni_seg.data import IMAGE_SUFFIXES
 from uni_seg.export import export_folder_item, load_folder_item, write_csv
 from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders, write_json_atomic
-from uni_seg.infer import (FolderReport, InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads,
-                           peak_rss_mb, pipeline)
+from uni_seg.infer import FolderReport, _CocoWriter, _summary_row, model_threads, peak_rss_mb, pipeline
 from uni_seg.outputs import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD,
                              finish_run, plan_folder, read_run_record, recorded_files, reread_image)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.predict import InferenceSettings, TileBatcher
 from uni_seg.procs import WorkerPool, default_workers
 from uni_seg.settings import describe_differences
 
@@ -11910,11 +11942,11 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
-from uni_seg.postproc import SplitPrediction
+from uni_seg.classes import UNKNOWN_CLASS
 
 
-def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
+def as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
+    """`labels` as a 2-D integer label map; `ValueError` naming `name` when it is not one."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"{name} must be a 2-D label map (H, W); got shape {labels.shape}")
@@ -11998,8 +12030,8 @@ def pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
     the rows are found in one pass and the distinct keys among the runs counted with
     `np.unique`. O(pixels) time and memory plus O(runs log runs), never instances x pixels.
     """
-    true = _as_label_map(true, "true")
-    pred = _as_label_map(pred, "pred")
+    true = as_label_map(true, "true")
+    pred = as_label_map(pred, "pred")
     if true.shape != pred.shape:
         raise ValueError(f"true and pred label maps differ in shape: {true.shape} vs {pred.shape}")
     t, true_ids, true_area, t_index = _ids_and_areas(true)
@@ -12043,7 +12075,8 @@ def match_instances(pairs: PairTable, iou_threshold: float = 0.5) -> tuple[np.nd
     return pairs.true[above], pairs.pred[above], iou[above]
 
 
-def _pq_from_counts(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
+def pq_from_counts(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
+    """PQ, SQ and RQ from matched (tp), false (fp) and missed (fn) cells and the summed IoU of the matches; NaN when there are none."""
     if tp + fp + fn == 0:
         return dict(pq=math.nan, sq=math.nan, rq=math.nan)
     sq = iou_sum / tp if tp else 0.0
@@ -12071,7 +12104,7 @@ def panoptic_quality(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 
     tp = int(iou.size)
     fp, fn = pairs.n_pred - tp, pairs.n_true - tp
     iou_sum = float(iou.sum())
-    return dict(**_pq_from_counts(tp, fp, fn, iou_sum), tp=tp, fp=fp, fn=fn, iou_sum=iou_sum)
+    return dict(**pq_from_counts(tp, fp, fn, iou_sum), tp=tp, fp=fp, fn=fn, iou_sum=iou_sum)
 
 
 def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -12083,10 +12116,11 @@ def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> dict[str, fl
     areas of predictions paired with none). nan when both maps are empty. `true`, `pred` as
     for `panoptic_quality`. Pool images by summing intersection and union.
     """
-    return _aji(pair_table(true, pred))
+    return aji_of_pairs(pair_table(true, pred))
 
 
-def _aji(pairs: PairTable) -> dict[str, float]:
+def aji_of_pairs(pairs: PairTable) -> dict[str, float]:
+    """The aggregated Jaccard index of one image from its pair table (each true cell with its best-IoU prediction)."""
     iou = pairs.iou
     order = np.lexsort((-iou, pairs.true))  # per true instance, best IoU first
     first = np.unique(pairs.true[order], return_index=True)[1]
@@ -12185,10 +12219,11 @@ def coco_ap(
         raise ValueError(
             f"true_maps, pred_maps and pred_scores differ in length: {len(true_maps)}, {len(pred_maps)}, {len(pred_scores)}"
         )
-    return _coco_ap([pair_table(t, p) for t, p in zip(true_maps, pred_maps)], pred_scores, max_dets)
+    return coco_ap_of_tables([pair_table(t, p) for t, p in zip(true_maps, pred_maps)], pred_scores, max_dets)
 
 
-def _coco_ap(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: int | None) -> dict[str, float]:
+def coco_ap_of_tables(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: int | None) -> dict[str, float]:
+    """`coco_ap` from the pair tables of the images (one per image) and their scores per predicted id."""
     iou_thrs = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
     rec_thrs = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
     scores_all, matched_all, n_true = [], [], 0
@@ -12269,7 +12304,7 @@ def instance_classes_from_map(inst: np.ndarray, cls: np.ndarray, n_classes: int)
     return classes.astype(np.int64)
 
 
-def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+def class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(per-id class vector, per-pixel class map) from either form."""
     classes = np.asarray(classes)
     if classes.shape == inst.shape:
@@ -12293,12 +12328,20 @@ def nanmean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else math.nan
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+def detection_prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Detection precision, recall and F1 from matched, false and missed cells; NaN where undefined."""
     precision = tp / (tp + fp) if tp + fp else math.nan
     recall = tp / (tp + fn) if tp + fn else math.nan
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
     return dict(precision=precision, recall=recall, f1=f1)
 
+
+# %% [markdown]
+# ### Scoring a split (`uni_seg.evaluation`)
+# The metrics above score one image's cells. A split is scored by adding up, image by image, a few
+# counts per class (matched, missed and false cells, class agreement of matched pairs, pixels), from
+# which the pooled and the per-image-mean numbers of `metrics.json` follow; images are scored in
+# worker processes and their counts added in order, so the result does not depend on the workers.
 
 # %% [markdown] tags=["why"]
 # The per-class numbers all follow from a few counts of instances: the matched pairs by true and
@@ -12306,6 +12349,22 @@ def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
 # and the IoUs of the pairs that agree. One image's counts add up to a set's.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
+from uni_seg.metrics import (PairTable, aji_of_pairs, as_label_map, class_confusion, class_lut, coco_ap_of_tables,
+                             detection_prf, iou_dice_from_confusion, match_instances, nanmean, pair_table,
+                             pq_from_counts)
+from uni_seg.postproc import SplitPrediction
+
+
 @dataclasses.dataclass
 class _ClassCounts:
     """Instance counts behind the per-class metrics, of one image or summed over a set.
@@ -12366,7 +12425,7 @@ class _ClassCounts:
         tp, row, col = int(m[c, c]), int(m[c].sum()), int(m[:, c].sum())
         fp, fn = col - tp + int(self.spurious[c]), row - tp + int(self.missed[c])
         denominator = 2 * tp + 2 * (col - tp) + 2 * (row - tp) + int(self.spurious[c]) + int(self.missed[c])
-        return dict(**_pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+        return dict(**pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **detection_prf(tp, fp, fn),
                     fc=2 * tp / denominator if denominator else math.nan, true_count=self.true_count(c),
                     pred_count=col + int(self.matched_unknown[c] + self.spurious[c]))
 
@@ -12410,19 +12469,19 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
                  pooled: _Pooled, scheme: ClassScheme | None) -> tuple[dict[str, Any], PairTable]:
     """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
     adds the image's counts to `pooled`."""
-    t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
-    p_inst = _as_label_map(p.pred_inst, f"{p.stem}: pred_inst")
+    t_inst = as_label_map(p.true_inst, f"{p.stem}: true_inst")
+    p_inst = as_label_map(p.pred_inst, f"{p.stem}: pred_inst")
     if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
         raise ValueError(f"image {p.stem}: instance ids must be non-negative")
-    t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
-    p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
+    t_lut, t_cls_map = class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
+    p_lut, p_cls_map = class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
     pairs = pair_table(t_inst, p_inst)
     t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
     _checked_classes(t_class, p_class, n_classes, p.stem)
     mt, mp, miou = match_instances(pairs, iou_threshold)
     tp = int(miou.size)
     fp, fn = pairs.n_pred - tp, pairs.n_true - tp
-    aji = _aji(pairs)
+    aji = aji_of_pairs(pairs)
     known = t_cls_map != UNKNOWN_CLASS  # pixels of cells of unknown class are left out of the pixel metrics
     confusion = class_confusion(t_cls_map[known], p_cls_map[known], n_classes)
     iou_c, dice_c = iou_dice_from_confusion(confusion)
@@ -12439,7 +12498,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
     # PanNuke: a class with no true cell in the image has no PQ there (nan), whatever was predicted
     pq_c = {names[c]: counts.class_metrics(c)["pq"] if true_counts[c] else math.nan for c in cell_classes}
     record = dict(
-        image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
+        image=p.stem, **pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **detection_prf(tp, fp, fn),
         aji=aji["aji"],
         pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
         pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
@@ -12472,8 +12531,8 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
     true_counts = np.array([counts.true_count(c) for c in range(n)])
     pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
     return dict(
-        **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
-        **_prf(pooled.tp, pooled.fp, pooled.fn),
+        **pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
+        **detection_prf(pooled.tp, pooled.fp, pooled.fn),
         aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
         map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
         mpq=nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
@@ -12550,7 +12609,7 @@ def evaluate_split(
         record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled, scheme)
         records.append(record)
         tables.append(pairs)
-    coco = _coco_ap(tables, [p.scores for p in predictions], None)
+    coco = coco_ap_of_tables(tables, [p.scores for p in predictions], None)
     return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
                 class_scheme=scheme.as_dict() if scheme is not None else None,
                 dataset=_dataset_metrics(pooled, records, coco, names, scheme),
@@ -12952,7 +13011,7 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
 # otherwise stops naming it.
 
 # %%
-from uni_seg.metrics import evaluate_predictions
+from uni_seg.evaluation import evaluate_predictions
 from uni_seg.metrics_file import METRICS_SCHEMA_DOC
 from uni_seg.tuning import tune_postproc
 
@@ -12983,7 +13042,7 @@ from uni_seg.checkpoints import store_postproc
 from uni_seg.cache import load_manifest
 from uni_seg.infer import predict_split
 from uni_seg.postproc import save_postproc_params
-from uni_seg.metrics import evaluate_split
+from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics_file import write_metrics_json
 from uni_seg.tuning import tune_postproc
 from uni_seg.segmenter import Segmenter
@@ -13315,7 +13374,7 @@ from uni_seg.data import read_image, working_shape
 from uni_seg.files import write_json_atomic
 
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
-from uni_seg.metrics import PairTable, _coco_ap
+from uni_seg.metrics import PairTable, coco_ap_of_tables
 from uni_seg.metrics_file import _jsonable
 from uni_seg.outputs import plan_folder
 
@@ -13523,11 +13582,11 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
             matched[truth.labels[g]] += 1
         errors.append(len(boxes) - len(truth.labels))
         tables.append(box_pair_table(truth.boxes, boxes))
-        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `_coco_ap` reads it
+        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `coco_ap_of_tables` reads it
     n_true, n_match, n_pred = sum(annotated.values()), sum(matched.values()), sum(len(b) for _, b, _ in results)
     recall = {c: matched[c] / annotated[c] for c in classes}
     recall["all"] = n_match / n_true if n_true else math.nan
-    coco = _coco_ap(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
+    coco = coco_ap_of_tables(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
     errors_arr = np.asarray(errors, np.float64)
     return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
                 precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
@@ -13547,7 +13606,7 @@ Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmenter:
     """The model as a `Segmenter`: §8's `segment_image` with `InferenceSettings` `settings` and
     `PostprocParams` `postproc` (None: the defaults)."""
-    from uni_seg.infer import segment_image  # here, not above: tables and box files need no torch
+    from uni_seg.predict import segment_image
 
     def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         seg = segment_image(model, image, settings, postproc, keep_maps=False)

@@ -25,7 +25,8 @@ from common import RELATIVE, ROOT, find_real_subset, format_ms
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 
-from uni_seg import data, export, infer, postproc
+from uni_seg import predict as predict_mod
+from uni_seg import data, export, postproc
 from uni_seg.config import PRECISIONS
 
 # Wall times on a shared machine are noisy: the minimum over images and the process CPU time
@@ -78,9 +79,9 @@ def main() -> None:
           f"{args.threads} threads; {len(paths)} real images 1600x1200 -> {w}x{h}, {n_tiles} tiles {tile}/{overlap}")
 
     images = [data.read_image(p) for p in paths]
-    settings = infer.InferenceSettings(working_scale=scale, tile_size=tile, overlap=overlap, batch_size=args.batch_size,
+    settings = predict_mod.InferenceSettings(working_scale=scale, tile_size=tile, overlap=overlap, batch_size=args.batch_size,
                                        device=str(device))
-    infer.predict_maps(model, images[0][:448, :448], settings)  # warm-up
+    predict_mod.predict_maps(model, images[0][:448, :448], settings)  # warm-up
     rng = np.random.default_rng(0)
     steps = ("model", "postproc", "resize", "exports", "total")
     for precision in [p.strip() for p in args.precisions.split(",") if p.strip()]:
@@ -88,7 +89,7 @@ def main() -> None:
         cpu = {k: [] for k in steps}
         for image, path in zip(images, paths):
             clocks = [(time.perf_counter(), time.process_time())]
-            maps = infer.predict_maps(model, image, settings.replace(precision=precision))
+            maps = predict_mod.predict_maps(model, image, settings.replace(precision=precision))
             clocks.append((time.perf_counter(), time.process_time()))
             cells, classes, probs, scores = postproc.cells_from_maps(maps)
             clocks.append((time.perf_counter(), time.process_time()))
@@ -147,7 +148,7 @@ def main() -> None:
 
     if args.tta:
         t0 = time.perf_counter()
-        infer.predict_maps(model, images[0], settings.replace(tta=True, precision="fp32"))
+        predict_mod.predict_maps(model, images[0], settings.replace(tta=True, precision="fp32"))
         print(f"\nTTA (8 views), model+blend fp32, one image: {1000 * (time.perf_counter() - t0):.0f} ms")
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from common import RELATIVE, ROOT, find_real_subset, timed
 
 from uni_seg.data import parse_mask_to_instances, read_mask
-from uni_seg.metrics import aggregated_jaccard_index, coco_ap, evaluate_predictions, panoptic_quality
+from uni_seg.evaluation import evaluate_predictions
+from uni_seg.metrics import aggregated_jaccard_index, coco_ap, panoptic_quality
 from uni_seg.postproc import close_separation_lines, degrade_maps, instance_scores, instances_from_maps, true_maps
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE

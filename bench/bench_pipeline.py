@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from common import RELATIVE, ROOT, find_real_subset
 
+from uni_seg import predict as predict_mod
 from uni_seg import export, infer
 from uni_seg.data import parse_mask_to_instances, read_image, read_mask, resize_to_working_scale
 from uni_seg.postproc import (Segmentation, cells_at_size, classify_instances, close_separation_lines, degrade_maps,
@@ -119,10 +120,10 @@ class ModelDevice:
         from uni_seg.model import build_model
 
         torch.manual_seed(0)
-        self.settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=batch_size,
+        self.settings = predict_mod.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=batch_size,
                                                 device=device)
         self.model = build_model(backbone, weights="none", n_classes=4, decoder_channels=256).eval()
-        self.batcher = infer.TileBatcher(self.model, self.settings)
+        self.batcher = predict_mod.TileBatcher(self.model, self.settings)
 
     def __call__(self, tiles: torch.Tensor, owners: list) -> torch.Tensor:
         maps = self.batcher._model_forward(tiles, owners)
@@ -137,7 +138,7 @@ def run(folder: Path, out: Path, workers: int, device: StandInDevice | ModelDevi
         model, settings = device.model, device.settings
     else:
         model = torch.nn.Identity()
-        settings = infer.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=16, device="cpu")
+        settings = predict_mod.InferenceSettings(working_scale=SCALE, tile_size=224, overlap=64, batch_size=16, device="cpu")
     busy = {"s": 0.0}
 
     def timed(tiles, owners):

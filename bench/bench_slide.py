@@ -67,7 +67,7 @@ def write_synthetic_slide(path: Path, height: int, width: int) -> None:
 
 
 def _settings():
-    from uni_seg.infer import InferenceSettings
+    from uni_seg.predict import InferenceSettings
 
     return InferenceSettings(tile_size=224, overlap=32, batch_size=16, device="cpu", precision="fp32")
 

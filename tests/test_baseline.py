@@ -11,7 +11,8 @@ import pytest
 
 from uni_seg.baseline import (BASELINE_METHOD, baseline_block, baseline_instances, model_and_baseline_table,
                               predict_split_baseline, processed_pairs, tune_baseline)
-from uni_seg.metrics import evaluate_split, panoptic_quality
+from uni_seg.evaluation import evaluate_split
+from uni_seg.metrics import panoptic_quality
 from uni_seg.metrics_file import METRICS_SCHEMA, add_to_metrics_json, write_metrics_json
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 from raw_smears import squares
 
+from uni_seg import predict as predict_mod
 from uni_seg import boxes as boxes_mod
 from uni_seg import cache as cache_mod
 from uni_seg import classes as classes_mod
@@ -189,7 +190,7 @@ def hand_case() -> tuple[SplitPrediction, SplitPrediction]:
 
 
 def test_per_class_metrics_on_a_hand_computed_case():
-    from uni_seg.metrics import evaluate_split
+    from uni_seg.evaluation import evaluate_split
 
     a, _ = hand_case()
     doc = evaluate_split([a], 4, scheme=BBBC041)
@@ -225,7 +226,7 @@ def test_per_class_metrics_on_a_hand_computed_case():
 
 
 def test_pannuke_mpq_and_the_parasitemia_error_over_images(tmp_path):
-    from uni_seg.metrics import evaluate_split
+    from uni_seg.evaluation import evaluate_split
     from uni_seg.metrics_file import METRICS_SCHEMA, confusion_table, metrics_table, per_class_table, write_metrics_json
 
     a, b = hand_case()
@@ -254,7 +255,7 @@ def test_pannuke_mpq_and_the_parasitemia_error_over_images(tmp_path):
 
 
 def test_metrics_without_a_scheme_and_without_unknown_cells_are_as_before():
-    from uni_seg.metrics import evaluate_split
+    from uni_seg.evaluation import evaluate_split
 
     a, _ = hand_case()
     known = SplitPrediction(a.stem, None, a.true_inst, np.where(a.true_cls < 0, 1, a.true_cls), a.pred_inst, a.classes,
@@ -316,7 +317,7 @@ def test_folder_summary_counts_the_scheme_classes_and_the_parasitemia(tmp_path):
     image[inst > 0, 0] = 255
     image[inst == 4, 1] = 255  # one of four red cells infected
     cv2.imwrite(str(folder / "smear.png"), image[..., ::-1])
-    report = infer.run_folder_inference(Fixed(), folder, tmp_path / "out", infer.InferenceSettings(tile_size=96, overlap=0),
+    report = infer.run_folder_inference(Fixed(), folder, tmp_path / "out", predict_mod.InferenceSettings(tile_size=96, overlap=0),
                                         progress=False, scheme=BBBC041)
     with open(report.summary_path) as f:
         row = next(csv.DictReader(f))

@@ -11,6 +11,7 @@ import nbformat
 import pytest
 import torch
 
+from uni_seg import predict as predict_mod
 from uni_seg import files as files_mod
 from uni_seg import config
 from uni_seg.config import PROFILES, RunConfig, resolve_config, resolve_precision
@@ -241,12 +242,11 @@ def test_a_bad_value_is_named_with_what_the_table_allows(name, value, message):
 
 
 def test_precision_choices_come_from_one_constant():
-    from uni_seg import infer
     from uni_seg.config import _CHOICES, PRECISIONS, RESOLVED_PRECISIONS, autocast
 
     assert _CHOICES["precision"] == PRECISIONS and RESOLVED_PRECISIONS == ("bf16", "fp16", "fp32")
     for refuse in (lambda: resolve_precision("int8", torch.device("cpu")),
-                   lambda: infer.InferenceSettings(precision="int8")):
+                   lambda: predict_mod.InferenceSettings(precision="int8")):
         with pytest.raises(ValueError, match=re.escape("'int8' is not one of auto, bf16, fp16, fp32")):
             refuse()
     with pytest.raises(ValueError, match=re.escape("is not one of 'bf16', 'fp16', 'fp32' (resolve 'auto' first)")):

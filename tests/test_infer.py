@@ -18,6 +18,7 @@ import pytest
 import torch
 from stand_ins import EquivariantModel, PointwiseModel, disks_image, exact_hv
 
+from uni_seg import predict as predict_mod
 from uni_seg import outputs as outputs_mod
 from uni_seg import classes as classes_mod
 from uni_seg import cache as cache_mod, procs as procs_mod
@@ -38,7 +39,7 @@ def test_tile_starts_cover_the_axis_with_the_overlap():
 
 def test_blend_window_is_a_partition_of_unity_over_the_overlap():
     t, o = 64, 16
-    w = infer.blend_window(t, o)
+    w = predict_mod.blend_window(t, o)
     assert w.min() > 0 and w.max() == pytest.approx(1.0)
     row = w[t // 2]
     assert np.allclose(row[t - o :] + row[:o], 1.0)  # right ramp of one tile + left ramp of the next
@@ -49,8 +50,8 @@ def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, size=(150, 190, 3)).astype(np.uint8)
     model = PointwiseModel()
-    single = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=192, overlap=0))  # one tile covers it all
-    tiled = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=tile, overlap=overlap, batch_size=3))
+    single = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=192, overlap=0))  # one tile covers it all
+    tiled = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=tile, overlap=overlap, batch_size=3))
     for key in ("np", "hv", "nc"):
         assert tiled[key].dtype == np.float32
         np.testing.assert_allclose(tiled[key], single[key], atol=1e-5)
@@ -63,9 +64,9 @@ def test_tiled_maps_equal_a_single_pass_for_any_tile_size(tile, overlap):
 
 def test_working_scale_resizes_and_small_images_are_padded():
     image = np.full((101, 77, 3), 200, np.uint8)
-    maps = infer.predict_maps(PointwiseModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16))
+    maps = predict_mod.predict_maps(PointwiseModel(), image, predict_mod.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16))
     assert maps["np"].shape == data.working_shape(101, 77, 0.5) == (50, 38)
-    tiny = infer.predict_maps(PointwiseModel(), image[:5, :7], infer.InferenceSettings(tile_size=32, overlap=8))
+    tiny = predict_mod.predict_maps(PointwiseModel(), image[:5, :7], predict_mod.InferenceSettings(tile_size=32, overlap=8))
     assert tiny["np"].shape == (5, 7)
 
 
@@ -73,18 +74,18 @@ def test_predict_maps_rejects_bad_arguments():
     model = PointwiseModel()
     image = np.zeros((40, 40, 3), np.uint8)
     with pytest.raises(ValueError, match="multiple of 16"):
-        infer.predict_maps(model, image, infer.InferenceSettings(tile_size=100))
+        predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=100))
     with pytest.raises(ValueError, match="overlap"):
-        infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=64))
+        predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=64, overlap=64))
     with pytest.raises(ValueError, match="uint8"):
-        infer.predict_maps(model, image.astype(np.float32), infer.InferenceSettings(tile_size=64, overlap=0))
+        predict_mod.predict_maps(model, image.astype(np.float32), predict_mod.InferenceSettings(tile_size=64, overlap=0))
 
 
 def test_predict_maps_restores_training_mode_and_accepts_bf16():
     model = PointwiseModel().train()
     image = np.random.default_rng(0).integers(0, 256, size=(70, 70, 3)).astype(np.uint8)
-    fp32 = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16))
-    bf16 = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16, precision="bf16"))
+    fp32 = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=64, overlap=16))
+    bf16 = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=64, overlap=16, precision="bf16"))
     assert model.training
     np.testing.assert_allclose(bf16["np"], fp32["np"], atol=0.05)
 
@@ -95,10 +96,10 @@ def test_each_tta_transform_is_undone_exactly_including_hv_signs():
     image, _ = disks_image((64, 64), [(20, 18), (40, 44), (10, 50)], 9)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     model = EquivariantModel()
-    plain = infer._model_maps(model, x, "fp32")
+    plain = predict_mod._model_maps(model, x, "fp32")
     assert plain[:, 1:3].abs().max() > 0.9  # HV carries signal: a wrong sign would show
-    for flip, k in infer.TTA_TRANSFORMS:
-        out = infer._tta_inverse(infer._model_maps(model, infer._tta_forward(x, flip, k), "fp32"), flip, k, slice(1, 3))
+    for flip, k in predict_mod.TTA_TRANSFORMS:
+        out = predict_mod._tta_inverse(predict_mod._model_maps(model, predict_mod._tta_forward(x, flip, k), "fp32"), flip, k, slice(1, 3))
         torch.testing.assert_close(out, plain, atol=1e-5, rtol=0, msg=f"transform flip={flip} k={k}")
 
 
@@ -106,8 +107,8 @@ def test_tta_output_equals_plain_output_for_an_equivariant_model():
     centres = [(20, 20), (30, 62), (60, 40), (95, 110), (64, 64), (100, 30), (15, 150)]
     image, _ = disks_image((130, 170), centres, 11)
     model = EquivariantModel()
-    plain = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16))
-    tta = infer.predict_maps(model, image, infer.InferenceSettings(tile_size=64, overlap=16, tta=True, batch_size=4))
+    plain = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=64, overlap=16))
+    tta = predict_mod.predict_maps(model, image, predict_mod.InferenceSettings(tile_size=64, overlap=16, tta=True, batch_size=4))
     for key in ("np", "hv", "nc"):
         np.testing.assert_allclose(tta[key], plain[key], atol=1e-5)
 
@@ -119,7 +120,7 @@ def test_segment_image_returns_cells_at_the_original_resolution():
 
     centres = [(40, 40), (40, 130), (120, 60), (130, 170), (200, 100), (60, 210)]
     image, true = disks_image((240, 260), centres, 22)
-    seg = infer.segment_image(EquivariantModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=96, overlap=32))
+    seg = predict_mod.segment_image(EquivariantModel(), image, predict_mod.InferenceSettings(working_scale=0.5, tile_size=96, overlap=32))
     assert seg.inst.shape == (240, 260) and seg.inst.dtype == np.int32
     assert seg.inst_working.shape == (120, 130)
     assert seg.n_cells == len(centres) == len(seg.scores) - 1 == len(seg.class_probs) - 1
@@ -293,7 +294,7 @@ def _write_folder(folder: Path) -> dict[str, np.ndarray]:
 def test_folder_inference_writes_every_export_and_skips_a_bad_image(tmp_path):
     truths = _write_folder(tmp_path / "in")
     out = tmp_path / "out"
-    report = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, infer.InferenceSettings(tile_size=64, overlap=16), progress=False)
+    report = infer.run_folder_inference(EquivariantModel(), tmp_path / "in", out, predict_mod.InferenceSettings(tile_size=64, overlap=16), progress=False)
     assert list(report.failed) == ["broken.png"] and "broken.png" in report.failed["broken.png"]
     assert report.n_ok == 2
     for stem, true in truths.items():
@@ -364,14 +365,14 @@ def test_predict_split_reads_the_processed_cache(tmp_path):
     for i in range(2):
         image, inst = disks_image((70, 90), [(20, 20), (45, 60)], 12, seed=i)
         cache_mod.save_processed_atomic(split / f"s{i}.npy", image, inst, (inst > 0).astype(np.int8))
-    preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", infer.InferenceSettings(tile_size=64, overlap=16))
+    preds = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", predict_mod.InferenceSettings(tile_size=64, overlap=16))
     assert [p.stem for p in preds] == ["s0", "s1"]
     p = preds[0]
     assert p.pred_inst.shape == p.true_inst.shape == (70, 90) and p.pred_inst.max() == 2
     assert p.pred_cls.shape == (70, 90) and p.maps["hv"].shape == (2, 70, 90)
     assert set(p.score_by_id) == {1, 2}
     assert infer.predict_split(EquivariantModel(), tmp_path / "processed", "test",
-                               infer.InferenceSettings(tile_size=64, overlap=16), limit=1, keep_maps=False)[0].maps is None
+                               predict_mod.InferenceSettings(tile_size=64, overlap=16), limit=1, keep_maps=False)[0].maps is None
     with pytest.raises(FileNotFoundError, match="val"):
         infer.predict_split(EquivariantModel(), tmp_path / "processed", "val")
 
@@ -381,7 +382,7 @@ def test_real_image_runs_through_the_whole_image_path(real_subset):
     path = sorted(folder.iterdir())[0]
     image = data.read_image(path)
     assert image.shape == (1200, 1600, 3)
-    seg = infer.segment_image(PointwiseModel(), image, infer.InferenceSettings(working_scale=0.5, tile_size=224, overlap=64))
+    seg = predict_mod.segment_image(PointwiseModel(), image, predict_mod.InferenceSettings(working_scale=0.5, tile_size=224, overlap=64))
     assert seg.inst.shape == (1200, 1600) and seg.maps["np"].shape == (600, 800)
 
 
@@ -440,19 +441,19 @@ def test_stand_in_hv_follows_the_targets_convention():
 ])
 def test_inference_settings_refuse_a_bad_value_when_made(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        infer.InferenceSettings(**kwargs)
+        predict_mod.InferenceSettings(**kwargs)
 
 
 def test_inference_settings_travel_as_json():
-    s = infer.InferenceSettings(working_scale=0.5, tile_size=128, overlap=32, tta=True, device="cpu")
-    assert infer.InferenceSettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
+    s = predict_mod.InferenceSettings(working_scale=0.5, tile_size=128, overlap=32, tta=True, device="cpu")
+    assert predict_mod.InferenceSettings.from_dict(json.loads(json.dumps(s.as_dict()))) == s
     with pytest.raises(ValueError, match="did you mean 'tile_size'"):
-        infer.InferenceSettings.from_dict({"tile_sise": 64})
+        predict_mod.InferenceSettings.from_dict({"tile_sise": 64})
 
 
 def test_folder_exports_are_byte_identical_with_and_without_worker_processes(tmp_path):
     _write_folder(tmp_path / "in")
-    settings = infer.InferenceSettings(tile_size=64, overlap=16, batch_size=3)  # batches span images
+    settings = predict_mod.InferenceSettings(tile_size=64, overlap=16, batch_size=3)  # batches span images
     for workers in (0, 2):
         infer.run_folder_inference(EquivariantModel(), tmp_path / "in", tmp_path / f"out{workers}", settings,
                                    progress=False, workers=workers)
@@ -470,7 +471,7 @@ def test_predict_split_is_the_same_with_and_without_worker_processes(tmp_path):
     for i, centres in enumerate([[(20, 20), (40, 60)], [(30, 30)]]):
         image, inst = disks_image((70, 90), centres, 12, seed=i)
         cache_mod.save_processed_atomic(split / f"im{i}.npy", image, inst, (inst > 0).astype(np.int8))
-    settings = infer.InferenceSettings(tile_size=64, overlap=16)
+    settings = predict_mod.InferenceSettings(tile_size=64, overlap=16)
     a = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=0)
     b = infer.predict_split(EquivariantModel(), tmp_path / "processed", "test", settings, workers=2)
     assert [p.stem for p in a] == [p.stem for p in b] == ["im0", "im1"]
@@ -486,7 +487,7 @@ def _image_file(path: Path, shape=(80, 80), centres=((40, 40),), seed: int = 0) 
     return path
 
 
-SMALL = infer.InferenceSettings(tile_size=32, overlap=8)
+SMALL = predict_mod.InferenceSettings(tile_size=32, overlap=8)
 
 
 def _cli_with_stand_in(monkeypatch, tmp_path, loaded: list | None = None):
@@ -553,8 +554,8 @@ sys.path.insert(0, sys.argv[3])
 from stand_ins import EquivariantModel
 from uni_seg import infer
 model = EquivariantModel()
-settings = infer.InferenceSettings(tile_size=32, overlap=8)
-batcher = infer.TileBatcher(model, settings)
+settings = predict_mod.InferenceSettings(tile_size=32, overlap=8)
+batcher = predict_mod.TileBatcher(model, settings)
 def forward(tiles, owners, state={"waited": False}):
     if not state["waited"]:
         state["waited"] = True
@@ -614,7 +615,7 @@ def test_issue21_case3_a_killed_and_resumed_run_writes_the_same_bytes_as_an_unin
         seen.extend(key for key, _, _ in owners)
         if len(set(seen)) == 3:
             raise KeyboardInterrupt  # as a kill would: no `except Exception` catches it
-        return infer.TileBatcher(model, SMALL)._model_forward(tiles, owners)
+        return predict_mod.TileBatcher(model, SMALL)._model_forward(tiles, owners)
 
     with pytest.raises(KeyboardInterrupt):
         infer.run_folder_inference(model, inputs, resumed, SMALL.replace(batch_size=1), progress=False, workers=0,
@@ -787,7 +788,7 @@ def test_a_killed_run_leaves_no_earlier_summary_and_resume_finishes_it(tmp_path)
         seen.extend(key for key, _, _ in owners)
         if len(set(seen)) == 2:
             raise KeyboardInterrupt  # what Ctrl-C or a kill does: no `except Exception` catches it
-        return infer.TileBatcher(model, SMALL)._model_forward(tiles, owners)
+        return predict_mod.TileBatcher(model, SMALL)._model_forward(tiles, owners)
 
     with pytest.raises(KeyboardInterrupt):
         infer.run_folder_inference(model, inputs, out, SMALL.replace(batch_size=1), progress=False, overwrite=True,

@@ -11,16 +11,9 @@ import numpy as np
 import pytest
 from scenes import perturb, random_scene, scored_dataset
 
-from uni_seg.metrics import (
-    aggregated_jaccard_index,
-    class_confusion,
-    coco_ap,
-    evaluate_predictions,
-    instance_classes_from_map,
-    match_instances,
-    pair_table,
-    panoptic_quality,
-)
+from uni_seg.evaluation import evaluate_predictions
+from uni_seg.metrics import (aggregated_jaccard_index, class_confusion, coco_ap, instance_classes_from_map,
+                             match_instances, pair_table, panoptic_quality)
 
 # --------------------------------------------------------------------------- helpers
 

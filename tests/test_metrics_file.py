@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scenes import scored_dataset
 
-from uni_seg.metrics import evaluate_predictions
+from uni_seg.evaluation import evaluate_predictions
 from uni_seg.metrics_file import METRICS_SCHEMA, validate_metrics_document, write_metrics_json
 
 

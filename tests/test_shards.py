@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from stand_ins import EquivariantModel, disks_image
 
+from uni_seg import predict as predict_mod
 from uni_seg import infer, shards
 from uni_seg.data import tile_starts
 from uni_seg.files import LOCK_NAME, FolderInUse
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = infer.InferenceSettings(tile_size=32, overlap=8, batch_size=8, device="cpu", precision="fp32")
+SETTINGS = predict_mod.InferenceSettings(tile_size=32, overlap=8, batch_size=8, device="cpu", precision="fp32")
 #: run.json's fields that belong to one run as it was done: when it started and ended, how many
 #: images it read back rather than segmented, its peak memory (per shard), how many shards.
 PER_RUN_FIELDS = {"started", "finished", "resumed", "peak_rss_mb", "shards"}

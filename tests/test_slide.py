@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from uni_seg import predict as predict_mod
 from uni_seg import export, infer, slide
 from uni_seg.files import LOCK_NAME, FolderInUse
 from uni_seg.synthetic import render_synthetic_smear
@@ -95,9 +96,9 @@ def test_is_slide_tells_pyramids_from_plain_images(tmp_path):
 
 def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
     image = write_slide(tmp_path / "smear.tif")
-    settings = infer.InferenceSettings(tile_size=64, overlap=16, batch_size=16, device="cpu", precision="fp32")
+    settings = predict_mod.InferenceSettings(tile_size=64, overlap=16, batch_size=16, device="cpu", precision="fp32")
     model = DarknessModel()
-    whole = infer.segment_image(model, image, settings)
+    whole = predict_mod.segment_image(model, image, settings)
     report = slide.run_slide_inference(model, tmp_path / "smear.tif", tmp_path / "out", settings, region_size=128,
                                        margin=48, progress=False)
     out = tmp_path / "out"
@@ -140,7 +141,7 @@ def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
 
 def test_slide_outputs_are_replaced_only_when_a_recorded_run_wrote_them(tmp_path):
     write_slide(tmp_path / "s.tif", 128, 128, tile=64)
-    settings = infer.InferenceSettings(tile_size=64, overlap=16, device="cpu")
+    settings = predict_mod.InferenceSettings(tile_size=64, overlap=16, device="cpu")
     out = tmp_path / "out"
     out.mkdir()
     (out / "s_cells.csv").write_text("mine")
@@ -169,7 +170,7 @@ def test_slide_outputs_are_replaced_only_when_a_recorded_run_wrote_them(tmp_path
 
 def test_a_slide_run_holds_the_folder_lock_and_refuses_an_output_holding_the_slide(tmp_path):
     write_slide(tmp_path / "s.tif", 128, 128, tile=64)
-    settings = infer.InferenceSettings(tile_size=64, overlap=16, device="cpu")
+    settings = predict_mod.InferenceSettings(tile_size=64, overlap=16, device="cpu")
     with pytest.raises(ValueError, match="holds the input"):  # the slide's own folder
         slide.run_slide_inference(DarknessModel(), tmp_path / "s.tif", tmp_path, settings, region_size=64,
                                   progress=False)
@@ -212,7 +213,7 @@ def test_uni_seg_infer_routes_a_slide_and_refuses_shards_of_it(tmp_path, monkeyp
 
 def test_a_coarser_level_is_read_for_a_smaller_working_scale_and_geojson_is_in_level_0_pixels(tmp_path):
     image = write_slide(tmp_path / "smear.tif")
-    settings = infer.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16, device="cpu", precision="fp32")
+    settings = predict_mod.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16, device="cpu", precision="fp32")
     report = slide.run_slide_inference(DarknessModel(), tmp_path / "smear.tif", tmp_path / "out", settings,
                                        region_size=64, margin=24, progress=False)
     assert (report.level, report.downsample) == (1, 2.0)

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 
+from uni_seg import phases as phases_mod
 from uni_seg import cache as cache_mod
 from uni_seg import checkpoints as C
 from uni_seg import engine as E
@@ -50,11 +51,11 @@ def test_lr_schedules_warm_up_restart_and_anneal():
 
 def test_phase_config_rejects_bad_values():
     with pytest.raises(ValueError, match="phase"):
-        E.PhaseConfig(phase=3, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
+        phases_mod.PhaseConfig(phase=3, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
     with pytest.raises(ValueError, match="lr_lora"):
-        E.PhaseConfig(phase=2, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
+        phases_mod.PhaseConfig(phase=2, epochs=1, patience=1, batch_size=1, lr_decoder=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
-        E.PhaseConfig(phase=1, epochs=1, patience=1, batch_size=0, lr_decoder=1e-3)
+        phases_mod.PhaseConfig(phase=1, epochs=1, patience=1, batch_size=0, lr_decoder=1e-3)
 
 
 # ----------------------------------------------------------------------------- checkpoint files
@@ -241,7 +242,7 @@ def test_a_nonfinite_loss_skips_the_step_and_is_counted(tmp_path):
 
 def test_repeated_nonfinite_steps_stop_training_and_keep_the_last_good_checkpoint(tmp_path):
     spec = tiny_spec(tmp_path, epochs=5, max_nonfinite_steps=2, data={"nan_from_epoch": 2})
-    with pytest.raises(E.TrainingDivergedError, match="2 optimiser steps in a row.*latest_phase1.pth"):
+    with pytest.raises(phases_mod.TrainingDivergedError, match="2 optimiser steps in a row.*latest_phase1.pth"):
         E.train_phase(spec)
     ckpt = C.load_checkpoint(spec.latest_path)
     assert ckpt["epoch"] == 2
@@ -295,7 +296,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path, capfd):
 @pytest.mark.slow
 def test_ddp_divergence_stops_every_rank_and_raises_in_the_launcher(tmp_path):
     spec = tiny_spec(tmp_path, epochs=5, max_nonfinite_steps=2, data={"nan_from_epoch": 1})
-    with pytest.raises(E.TrainingDivergedError, match="2 optimiser steps in a row"):
+    with pytest.raises(phases_mod.TrainingDivergedError, match="2 optimiser steps in a row"):
         T.launch_training(spec, n_gpus=2)
     assert C.load_checkpoint(spec.latest_path)["epoch"] == 1
 
@@ -437,7 +438,7 @@ def real_config(processed: Path, out: Path, **params):
 
 
 def test_real_model_resume_matches_straight_run(real_cache, tmp_path):
-    def spec(out: str, epochs: int) -> E.TrainSpec:
+    def spec(out: str, epochs: int) -> phases_mod.TrainSpec:
         cfg = real_config(real_cache, tmp_path / out, epochs_phase1=epochs)
         return dataclasses.replace(T.spec_from_config(cfg, 1, progress=False), plot=False)
 

@@ -19,9 +19,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from uni_seg import phases as phases_mod
 from uni_seg import checkpoints as C
 from uni_seg import config
-from uni_seg import engine as E
 
 class TinySegModel(nn.Module):
     """The CellSegModel interface on a few convolutions (no dropout, no batch norm)."""
@@ -124,15 +124,15 @@ class TinyLoss(nn.Module):
 
 
 def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None = None, data: dict | None = None,
-              **phase_kw) -> E.TrainSpec:
+              **phase_kw) -> phases_mod.TrainSpec:
     kw = dict(phase=phase, epochs=epochs, patience=10, batch_size=2, lr_decoder=1e-2, lr_lora=1e-3,
               warmup_epochs=1, restart_period=2, grad_accum_target=4, precision="fp32", seed=0)
     kw.update(phase_kw)
     if phase == 2:
         kw["schedule"] = "cosine"
     data = {"n": 8, **(data or {})}
-    return E.TrainSpec(
-        phase=E.PhaseConfig(**kw),
+    return phases_mod.TrainSpec(
+        phase=phases_mod.PhaseConfig(**kw),
         model=config.Factory(f"{__name__}:TinySegModel", model or {}),
         train_data=config.Factory(f"{__name__}:TinyDataset", data),
         val_data=config.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
@@ -145,7 +145,7 @@ def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None 
 
 
 def strip_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in E.TIMING_KEYS} for row in history]
+    return [{k: v for k, v in row.items() if k not in phases_mod.TIMING_KEYS} for row in history]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -173,7 +173,7 @@ def render_module(name: str, entry: dict) -> str:
 PUBLIC_API: dict[str, str] = {
     "Segmenter": "segmenter",
     "SegmentationResult": "result",
-    "InferenceSettings": "infer",
+    "InferenceSettings": "predict",
     "PostprocParams": "postproc",
 }
 

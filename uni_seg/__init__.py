@@ -24,18 +24,21 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.model          section 3: Model (The DPT pyramid and the heads, The model)
     uni_seg.losses         section 4: Losses
     uni_seg.checkpoints    section 5: Training engine (Checkpoints)
-    uni_seg.engine         section 5: Training engine (The settings of a phase, Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
+    uni_seg.phases         section 5: Training engine (The settings of a phase)
+    uni_seg.engine         section 5: Training engine (Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
     uni_seg.train          section 5: Training engine (Launching: one process, several GPUs, or a cluster)
     uni_seg.postproc       section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export         section 8: Inference and post-processing (Exports)
     uni_seg.outputs        section 8: Inference and post-processing (One run per output folder)
-    uni_seg.infer          section 8: Inference and post-processing (Tiled inference on full-size images, Folder inference and the command line)
+    uni_seg.predict        section 8: Inference and post-processing (Tiled inference on full-size images)
+    uni_seg.infer          section 8: Inference and post-processing (Folder inference and the command line)
     uni_seg.slide          section 8: Inference and post-processing (Whole-slide smears in bounded memory)
     uni_seg.result         section 8: Inference and post-processing (One call to segment: the result)
     uni_seg.segmenter      section 8: Inference and post-processing (The front door: `Segmenter)
     uni_seg.package        section 8: Inference and post-processing (A model file to share)
     uni_seg.shards         section 8: Inference and post-processing (Many nodes: a job array over shards)
     uni_seg.metrics        section 9: Evaluation
+    uni_seg.evaluation     section 9: Evaluation (Scoring a split)
     uni_seg.metrics_file   section 9: Evaluation (results/metrics.json)
     uni_seg.tuning         section 9: Evaluation (Tuning the post-processing)
     uni_seg.baseline       section 9: Evaluation (The classical baseline)
@@ -50,7 +53,7 @@ Modules, in the order data flows through them (each imports only from those abov
 import importlib
 
 __all__ = ['Segmenter', 'SegmentationResult', 'InferenceSettings', 'PostprocParams']
-_PUBLIC_MODULES = {'Segmenter': 'segmenter', 'SegmentationResult': 'result', 'InferenceSettings': 'infer', 'PostprocParams': 'postproc'}
+_PUBLIC_MODULES = {'Segmenter': 'segmenter', 'SegmentationResult': 'result', 'InferenceSettings': 'predict', 'PostprocParams': 'postproc'}
 
 
 def __getattr__(name: str):

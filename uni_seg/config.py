@@ -30,7 +30,10 @@ from uni_seg.classes import class_scheme
 #: a tiny random ViT, a few minutes end to end (about 5 min on 2 cores; PQ ~0.8 on the synthetic test
 #: images, so the figures show real segmentations). "full": a GPU node and real data, the seed's
 #: hyperparameters at a working scale where a cell spans several ViT patches (0.5: ~50 px cells).
-PROFILE_NAMES: tuple[str, ...] = ("demo", "full")
+#: "cpu": a small pretrained ViT on a laptop: real data, the ImageNet-pretrained ViT-Ti/16, the recipe
+#: issue 25's sweep chose on validation and another lab's smears (docs/results.md; ~15 min per run on
+#: 2 cores for the 100-image subset).
+PROFILE_NAMES: tuple[str, ...] = ("demo", "full", "cpu")
 #: A parameter's kind -> (its type in the parameters cell, the type of its `RunConfig` field).
 PARAMETER_KINDS: dict[str, tuple[str, str]] = {
     "bool": ("bool", "bool"), "int": ("int", "int"), "float": ("float", "float"), "str": ("str", "str"),
@@ -92,10 +95,11 @@ RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
 _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
     ("run", (
         Parameter("profile", "str", "demo",
-            'parameter set: "demo" (synthetic data, tiny ViT, CPU minutes) or "full" (Kaggle BCCD, UNI, GPU hours)', choices=PROFILE_NAMES),
+            'parameter set: "demo" (synthetic data, tiny random ViT, CPU minutes), "full" (Kaggle BCCD, UNI, GPU hours) '
+            'or "cpu" (your smears, a small pretrained ViT on a laptop)', choices=PROFILE_NAMES),
         Parameter("run_name", "str", None, "name of this run in reports; None: the profile's name", derived=True),
         Parameter("seed", "int", 42, "seed for the split, augmentation order and weight init", bounds=">= 0"),
-        Parameter("n_gpus", "int", {"demo": 0, "full": None},
+        Parameter("n_gpus", "int", {"demo": 0, "full": None, "cpu": 0},
             "GPUs to train on; >1 trains with DistributedDataParallel; 0 trains on the CPU; None: all visible", bounds=">= 0"),
         Parameter("resume_training", "bool", True, "continue from checkpoints/latest_phase{1,2}.pth when they exist"),
     )), ("stages (any subset can run, e.g. evaluation only from existing checkpoints)", (
@@ -105,15 +109,15 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("run_evaluation", "bool", True, "tune post-processing on val, evaluate on test, write metrics and figures"),
         Parameter("run_export", "bool", True, "run folder inference on test images and write label maps, CSV, GeoJSON, COCO"),
     )), ("paths", (
-        Parameter("data_dir", "path", {"demo": "data/synthetic", "full": "data/raw"},
+        Parameter("data_dir", "path", {"demo": "data/synthetic", "full": "data/raw", "cpu": "data/raw"},
             "raw dataset root in Kaggle layout {train,test}/{original,mask}; None: the profile's"),
         Parameter("processed_dir", "path", "data/processed", "processed cache at the working scale"),
         Parameter("checkpoint_dir", "path", "checkpoints", "latest/best checkpoints of both phases"),
         Parameter("results_dir", "path", "results", "metrics, figures, exports and reports"),
     )), ("data and working scale", (
-        Parameter("working_scale", "float", {"demo": 0.5, "full": 0.5},
+        Parameter("working_scale", "float", {"demo": 0.5, "full": 0.5, "cpu": 0.5},
             "resize factor from raw images to the working scale (0.5: 1600x1200 -> 800x600, cells ~50 px)", bounds="(0, 4]"),
-        Parameter("crop_size", "int", {"demo": 128, "full": 224},
+        Parameter("crop_size", "int", {"demo": 128, "full": 224, "cpu": 224},
             "training crop side in pixels at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
         Parameter("val_fraction", "float", 0.15, "share of the train partition held out for validation", bounds="(0, 1)"),
         Parameter("min_cell_area", "int", 30,
@@ -122,21 +126,21 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             'cell classes: "binary" (cell or not), "colour" (mask palette: RBC, WBC, platelet), "bbbc041" (uninfected/infected RBC, leukocyte, from class boxes), "bbbc041-stages" (each parasite stage a class)'),
         Parameter("class_boxes", "path", None,
             "bbbc041 schemes: BBBC041 or COCO JSON of class boxes, one file or a folder of them; None: DATA_DIR/classes"),
-        Parameter("synthetic_images", "int", {"demo": 16, "full": 0},
+        Parameter("synthetic_images", "int", {"demo": 16, "full": 0, "cpu": 0},
             "demo: number of synthetic train-partition images to generate (test gets a fifth)", bounds=">= 0"),
-        Parameter("num_workers", "int", {"demo": 0, "full": None},
+        Parameter("num_workers", "int", {"demo": 0, "full": None, "cpu": 1},
             "DataLoader workers per process; None: the profile's (full: the usable CPUs per training process, minus one)", bounds=">= 0"),
     )), ("model", (
-        Parameter("backbone", "str", {"demo": "vit_tiny", "full": "uni"},
+        Parameter("backbone", "str", {"demo": "vit_tiny", "full": "uni", "cpu": "vit_tiny"},
             '"uni", "uni2-h" (gated UNI weights), "dinobloom-s|b|l|g" (public, blood cells), "vit_large_imagenet", "vit_small", "vit_tiny" (§3)', choices=(
                 # the names of §3's registry (uni_seg.backbones.BACKBONES; a test keeps them equal)
                 "uni", "uni2-h", "dinobloom-s", "dinobloom-b", "dinobloom-l", "dinobloom-g", "vit_large_imagenet",
                 "vit_small", "vit_tiny")),
-        Parameter("weights", "str", {"demo": "none", "full": "auto"},
+        Parameter("weights", "str", {"demo": "none", "full": "auto", "cpu": "imagenet"},
             '"auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one'),
         Parameter("n_classes", "int", None,
             "NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)", bounds=">= 2", derived=True),
-        Parameter("decoder_channels", "int", {"demo": 64, "full": 256}, "channels of the fused DPT pyramid", bounds=">= 8"),
+        Parameter("decoder_channels", "int", {"demo": 64, "full": 256, "cpu": 64}, "channels of the fused DPT pyramid", bounds=">= 8"),
         Parameter("hv_activation", "str", "linear",
             'HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))', choices=("linear", "tanh")),
         Parameter("lora_rank", "int", 4, "rank of the LoRA adapters on every attention qkv projection", bounds=">= 1"),
@@ -154,27 +158,27 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("hv_loss_weight", "float", 2.0, "weight of the HV loss (MSE + MSGE) in the total", bounds=">= 0"),
         Parameter("nc_loss_weight", "float", 2.0, "weight of the NC loss (weighted CE + Dice) in the total", bounds=">= 0"),
     )), ("phase 1: decoder only", (
-        Parameter("epochs_phase1", "int", {"demo": 20, "full": 100}, "maximum epochs", bounds=">= 1"),
-        Parameter("patience_phase1", "int", {"demo": 6, "full": 15},
+        Parameter("epochs_phase1", "int", {"demo": 20, "full": 100, "cpu": 10}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase1", "int", {"demo": 6, "full": 15, "cpu": 4},
             "epochs without val improvement before stopping", bounds=">= 1"),
-        Parameter("batch_size_phase1", "int", {"demo": 4, "full": 16}, "crops per step per process", bounds=">= 1"),
+        Parameter("batch_size_phase1", "int", {"demo": 4, "full": 16, "cpu": 4}, "crops per step per process", bounds=">= 1"),
         Parameter("lr_phase1", "float", 1e-3, "AdamW learning rate of the decoder", bounds="> 0"),
         Parameter("weight_decay", "float", 1e-4, "AdamW weight decay (both phases)", bounds=">= 0"),
-        Parameter("warmup_epochs", "int", {"demo": 1, "full": 5},
+        Parameter("warmup_epochs", "int", {"demo": 1, "full": 5, "cpu": 1},
             "linear warm-up epochs before cosine annealing with warm restarts", bounds=">= 0"),
         Parameter("restart_period", "int", 20, "T0 of CosineAnnealingWarmRestarts (epochs)", bounds=">= 1"),
     )), ("phase 2: LoRA", (
-        Parameter("epochs_phase2", "int", {"demo": 6, "full": 50}, "maximum epochs", bounds=">= 1"),
-        Parameter("patience_phase2", "int", {"demo": 4, "full": 10},
+        Parameter("epochs_phase2", "int", {"demo": 6, "full": 50, "cpu": 3}, "maximum epochs", bounds=">= 1"),
+        Parameter("patience_phase2", "int", {"demo": 4, "full": 10, "cpu": 3},
             "epochs without val improvement before stopping", bounds=">= 1"),
-        Parameter("batch_size_phase2", "int", {"demo": 2, "full": 8}, "crops per step per process", bounds=">= 1"),
+        Parameter("batch_size_phase2", "int", {"demo": 2, "full": 8, "cpu": 4}, "crops per step per process", bounds=">= 1"),
         Parameter("lr_lora_phase2", "float", 1e-5, "learning rate of the LoRA adapters", bounds="> 0"),
         Parameter("lr_decoder_phase2", "float", 1e-4, "learning rate of the decoder", bounds="> 0"),
         Parameter("max_nonfinite_steps", "int", 10,
             "optimiser steps in a row with a non-finite loss or gradient before training stops", bounds=">= 1"),
-        Parameter("grad_accum_target", "int", {"demo": 4, "full": 16},
+        Parameter("grad_accum_target", "int", {"demo": 4, "full": 16, "cpu": 4},
             "effective batch: gradients accumulate over steps until this many crops (all GPUs)", bounds=">= 1"),
-        Parameter("crops_per_image", "int", {"demo": 8, "full": 4},
+        Parameter("crops_per_image", "int", {"demo": 8, "full": 4, "cpu": 2},
             "random crops drawn from each training image per epoch", bounds=">= 1"),
     )), ("stain and colour augmentation of training crops (§2; 0 turns a part off)", (
         Parameter("aug_hed", "float", 0.0,
@@ -194,9 +198,9 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             '"auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
         Parameter("use_compile", "bool", False, "torch.compile the model (first epoch slower)"),
     )), ("inference and evaluation", (
-        Parameter("tile_size", "int", {"demo": 128, "full": 224},
+        Parameter("tile_size", "int", {"demo": 128, "full": 224, "cpu": 224},
             "sliding-window tile side at the working scale (a multiple of 16)", bounds=">= 16", multiple_of=16),
-        Parameter("tile_overlap", "int", {"demo": 32, "full": 64},
+        Parameter("tile_overlap", "int", {"demo": 32, "full": 64, "cpu": 64},
             "overlap between neighbouring tiles in pixels", bounds=">= 0"),
         Parameter("use_tta", "bool", False, "test-time augmentation: average over flips and 90-degree rotations"),
         Parameter("tune_postproc", "bool", True, "grid-search the watershed parameters on val to maximise PQ"),

@@ -22,7 +22,7 @@ from uni_seg.data import read_image, working_shape
 from uni_seg.files import write_json_atomic
 
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
-from uni_seg.metrics import PairTable, _coco_ap
+from uni_seg.metrics import PairTable, coco_ap_of_tables
 from uni_seg.metrics_file import _jsonable
 from uni_seg.outputs import plan_folder
 
@@ -218,11 +218,11 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
             matched[truth.labels[g]] += 1
         errors.append(len(boxes) - len(truth.labels))
         tables.append(box_pair_table(truth.boxes, boxes))
-        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `_coco_ap` reads it
+        score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `coco_ap_of_tables` reads it
     n_true, n_match, n_pred = sum(annotated.values()), sum(matched.values()), sum(len(b) for _, b, _ in results)
     recall = {c: matched[c] / annotated[c] for c in classes}
     recall["all"] = n_match / n_true if n_true else math.nan
-    coco = _coco_ap(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
+    coco = coco_ap_of_tables(tables, score_vectors, None) if results else dict(map=math.nan, ap50=math.nan)
     errors_arr = np.asarray(errors, np.float64)
     return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
                 precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
@@ -239,7 +239,7 @@ Segmenter = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmenter:
     """The model as a `Segmenter`: §8's `segment_image` with `InferenceSettings` `settings` and
     `PostprocParams` `postproc` (None: the defaults)."""
-    from uni_seg.infer import segment_image  # here, not above: tables and box files need no torch
+    from uni_seg.predict import segment_image
 
     def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         seg = segment_image(model, image, settings, postproc, keep_maps=False)

@@ -11,11 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
-from uni_seg.postproc import SplitPrediction
+from uni_seg.classes import UNKNOWN_CLASS
 
 
-def _as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
+def as_label_map(labels: np.ndarray, name: str) -> np.ndarray:
+    """`labels` as a 2-D integer label map; `ValueError` naming `name` when it is not one."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"{name} must be a 2-D label map (H, W); got shape {labels.shape}")
@@ -96,8 +96,8 @@ def pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
     the rows are found in one pass and the distinct keys among the runs counted with
     `np.unique`. O(pixels) time and memory plus O(runs log runs), never instances x pixels.
     """
-    true = _as_label_map(true, "true")
-    pred = _as_label_map(pred, "pred")
+    true = as_label_map(true, "true")
+    pred = as_label_map(pred, "pred")
     if true.shape != pred.shape:
         raise ValueError(f"true and pred label maps differ in shape: {true.shape} vs {pred.shape}")
     t, true_ids, true_area, t_index = _ids_and_areas(true)
@@ -138,7 +138,8 @@ def match_instances(pairs: PairTable, iou_threshold: float = 0.5) -> tuple[np.nd
     return pairs.true[above], pairs.pred[above], iou[above]
 
 
-def _pq_from_counts(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
+def pq_from_counts(tp: int, fp: int, fn: int, iou_sum: float) -> dict[str, float]:
+    """PQ, SQ and RQ from matched (tp), false (fp) and missed (fn) cells and the summed IoU of the matches; NaN when there are none."""
     if tp + fp + fn == 0:
         return dict(pq=math.nan, sq=math.nan, rq=math.nan)
     sq = iou_sum / tp if tp else 0.0
@@ -166,7 +167,7 @@ def panoptic_quality(true: np.ndarray, pred: np.ndarray, iou_threshold: float = 
     tp = int(iou.size)
     fp, fn = pairs.n_pred - tp, pairs.n_true - tp
     iou_sum = float(iou.sum())
-    return dict(**_pq_from_counts(tp, fp, fn, iou_sum), tp=tp, fp=fp, fn=fn, iou_sum=iou_sum)
+    return dict(**pq_from_counts(tp, fp, fn, iou_sum), tp=tp, fp=fp, fn=fn, iou_sum=iou_sum)
 
 
 def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -178,10 +179,11 @@ def aggregated_jaccard_index(true: np.ndarray, pred: np.ndarray) -> dict[str, fl
     areas of predictions paired with none). nan when both maps are empty. `true`, `pred` as
     for `panoptic_quality`. Pool images by summing intersection and union.
     """
-    return _aji(pair_table(true, pred))
+    return aji_of_pairs(pair_table(true, pred))
 
 
-def _aji(pairs: PairTable) -> dict[str, float]:
+def aji_of_pairs(pairs: PairTable) -> dict[str, float]:
+    """The aggregated Jaccard index of one image from its pair table (each true cell with its best-IoU prediction)."""
     iou = pairs.iou
     order = np.lexsort((-iou, pairs.true))  # per true instance, best IoU first
     first = np.unique(pairs.true[order], return_index=True)[1]
@@ -274,10 +276,11 @@ def coco_ap(
         raise ValueError(
             f"true_maps, pred_maps and pred_scores differ in length: {len(true_maps)}, {len(pred_maps)}, {len(pred_scores)}"
         )
-    return _coco_ap([pair_table(t, p) for t, p in zip(true_maps, pred_maps)], pred_scores, max_dets)
+    return coco_ap_of_tables([pair_table(t, p) for t, p in zip(true_maps, pred_maps)], pred_scores, max_dets)
 
 
-def _coco_ap(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: int | None) -> dict[str, float]:
+def coco_ap_of_tables(tables: Sequence[PairTable], pred_scores: Sequence[Any], max_dets: int | None) -> dict[str, float]:
+    """`coco_ap` from the pair tables of the images (one per image) and their scores per predicted id."""
     iou_thrs = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
     rec_thrs = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1)
     scores_all, matched_all, n_true = [], [], 0
@@ -354,7 +357,7 @@ def instance_classes_from_map(inst: np.ndarray, cls: np.ndarray, n_classes: int)
     return classes.astype(np.int64)
 
 
-def _class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+def class_lut(classes: np.ndarray, inst: np.ndarray, n_classes: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(per-id class vector, per-pixel class map) from either form."""
     classes = np.asarray(classes)
     if classes.shape == inst.shape:
@@ -375,276 +378,9 @@ def nanmean(values: Sequence[float]) -> float:
     return float(arr.mean()) if arr.size else math.nan
 
 
-def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+def detection_prf(tp: int, fp: int, fn: int) -> dict[str, float]:
+    """Detection precision, recall and F1 from matched, false and missed cells; NaN where undefined."""
     precision = tp / (tp + fp) if tp + fp else math.nan
     recall = tp / (tp + fn) if tp + fn else math.nan
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
     return dict(precision=precision, recall=recall, f1=f1)
-
-
-# notebook §9, cell id 5cbd4ad9
-@dataclasses.dataclass
-class _ClassCounts:
-    """Instance counts behind the per-class metrics, of one image or summed over a set.
-
-    matched int64 (C, C): matched pairs (IoU > threshold), true cell of known class by row,
-      predicted class by column; matched_unknown (C,): matched pairs whose true cell is of
-      unknown class, by predicted class; missed (C,): unmatched true cells of known class;
-      spurious (C,): unmatched predictions; iou_sum (C,): IoU summed over the matched pairs that
-      agree on their class; unknown: true cells of unknown class.
-    """
-
-    matched: np.ndarray
-    matched_unknown: np.ndarray
-    missed: np.ndarray
-    spurious: np.ndarray
-    iou_sum: np.ndarray
-    unknown: int = 0
-
-    @classmethod
-    def zeros(cls, n_classes: int) -> "_ClassCounts":
-        return cls(np.zeros((n_classes, n_classes), np.int64), *(np.zeros(n_classes, np.int64) for _ in range(3)),
-                   np.zeros(n_classes))
-
-    @classmethod
-    def of_image(cls, t_class: np.ndarray, p_class: np.ndarray, mt: np.ndarray, mp: np.ndarray, miou: np.ndarray,
-                 n_classes: int) -> "_ClassCounts":
-        """From the class of each renumbered true and predicted instance (index 0 background) and
-        the matches (true index, predicted index, IoU) of `match_instances`."""
-        t_hit, p_hit = np.zeros(t_class.size, bool), np.zeros(p_class.size, bool)
-        t_hit[mt], p_hit[mp] = True, True
-        tm, pm = t_class[mt], p_class[mp]
-        known = tm != UNKNOWN_CLASS
-        same = known & (tm == pm)
-        t_rest, p_rest = t_class[1:][~t_hit[1:]], p_class[1:][~p_hit[1:]]
-
-        def count(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-            return np.bincount(values, weights=weights, minlength=n_classes)[:n_classes]
-
-        matched = np.bincount(tm[known] * n_classes + pm[known], minlength=n_classes * n_classes)
-        return cls(matched.reshape(n_classes, n_classes), count(pm[~known]), count(t_rest[t_rest != UNKNOWN_CLASS]), count(p_rest),
-                   count(tm[same], miou[same]).astype(np.float64), int((t_class[1:] == UNKNOWN_CLASS).sum()))
-
-    def __iadd__(self, other: "_ClassCounts") -> "_ClassCounts":
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
-        return self
-
-    def class_metrics(self, c: int) -> dict[str, float]:
-        """Class `c`'s numbers: PQ, SQ, RQ and TP/FP/FN (a match counts for the class when both
-        cells are of it; a prediction matched to a true cell of unknown class counts for none),
-        precision, recall, F1 (= RQ) of those, and HoVer-Net's F_c as its `compute_stats.py`
-        computes it: 2 TP_c / (2 TP_c + 2 FP_c + 2 FN_c + FP_d + FN_d) over the matched pairs
-        with a cell of class c (FP_c: predicted c, true another class; FN_c: the reverse) and
-        the unmatched predictions (FP_d) and true cells (FN_d) of class c. (The paper adds TN_c
-        to both sides; the code counts only pairs involving c, where TN_c is 0.) Also the true and
-        the predicted cells of the class, these including predictions matched to unknown cells."""
-        m = self.matched
-        tp, row, col = int(m[c, c]), int(m[c].sum()), int(m[:, c].sum())
-        fp, fn = col - tp + int(self.spurious[c]), row - tp + int(self.missed[c])
-        denominator = 2 * tp + 2 * (col - tp) + 2 * (row - tp) + int(self.spurious[c]) + int(self.missed[c])
-        return dict(**_pq_from_counts(tp, fp, fn, float(self.iou_sum[c])), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
-                    fc=2 * tp / denominator if denominator else math.nan, true_count=self.true_count(c),
-                    pred_count=col + int(self.matched_unknown[c] + self.spurious[c]))
-
-    def true_count(self, c: int) -> int:
-        """True cells of class `c` (matched or not)."""
-        return int(self.matched[c].sum() + self.missed[c])
-
-
-# notebook §9, cell id ae558379
-@dataclasses.dataclass
-class _Pooled:
-    """Sums over the images of a set, from which the pooled ("dataset") metrics follow."""
-
-    n_classes: int
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    iou_sum: float = 0.0
-    aji_inter: float = 0.0
-    aji_union: float = 0.0
-    classes: _ClassCounts = dataclasses.field(init=False)  # the instance counts behind the per-class metrics
-    confusion: np.ndarray = dataclasses.field(init=False)  # (C, C) pixel confusion, pixels of known class
-
-    def __post_init__(self) -> None:
-        self.classes = _ClassCounts.zeros(self.n_classes)
-        self.confusion = np.zeros((self.n_classes, self.n_classes), dtype=np.int64)
-
-
-def _checked_classes(t_class: np.ndarray, p_class: np.ndarray, n_classes: int, stem: str) -> None:
-    """`ValueError` unless true classes are in UNKNOWN_CLASS..C-1 and predicted ones in 0..C-1."""
-    for name, values, low in (("true_cls", t_class, UNKNOWN_CLASS), ("classes", p_class, 0)):
-        if values.size and (values.min() < low or values.max() >= n_classes):
-            raise ValueError(f"image {stem}: {name} holds classes outside {low}..{n_classes - 1}: "
-                             f"[{values.min()}, {values.max()}]")
-
-
-def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_threshold: float,
-                 pooled: _Pooled, scheme: ClassScheme | None) -> tuple[dict[str, Any], PairTable]:
-    """The per-image record of one prediction (see `METRICS_SCHEMA_DOC`) and its pair table;
-    adds the image's counts to `pooled`."""
-    t_inst = _as_label_map(p.true_inst, f"{p.stem}: true_inst")
-    p_inst = _as_label_map(p.pred_inst, f"{p.stem}: pred_inst")
-    if t_inst.min(initial=0) < 0 or p_inst.min(initial=0) < 0:
-        raise ValueError(f"image {p.stem}: instance ids must be non-negative")
-    t_lut, t_cls_map = _class_lut(p.true_cls, t_inst, n_classes, f"{p.stem}: true_cls")
-    p_lut, p_cls_map = _class_lut(p.classes, p_inst, n_classes, f"{p.stem}: classes")
-    pairs = pair_table(t_inst, p_inst)
-    t_class, p_class = t_lut[pairs.true_ids], p_lut[pairs.pred_ids]  # class per renumbered instance
-    _checked_classes(t_class, p_class, n_classes, p.stem)
-    mt, mp, miou = match_instances(pairs, iou_threshold)
-    tp = int(miou.size)
-    fp, fn = pairs.n_pred - tp, pairs.n_true - tp
-    aji = _aji(pairs)
-    known = t_cls_map != UNKNOWN_CLASS  # pixels of cells of unknown class are left out of the pixel metrics
-    confusion = class_confusion(t_cls_map[known], p_cls_map[known], n_classes)
-    iou_c, dice_c = iou_dice_from_confusion(confusion)
-    counts = _ClassCounts.of_image(t_class, p_class, mt, mp, miou, n_classes)
-    pooled.tp, pooled.fp, pooled.fn = pooled.tp + tp, pooled.fp + fp, pooled.fn + fn
-    pooled.iou_sum += float(miou.sum())
-    pooled.aji_inter += aji["intersection"]
-    pooled.aji_union += aji["union"]
-    pooled.confusion += confusion
-    pooled.classes += counts
-    cell_classes = range(1, n_classes)
-    true_counts = np.array([counts.true_count(c) for c in range(n_classes)])
-    pred_counts = np.bincount(p_class[1:], minlength=n_classes)
-    # PanNuke: a class with no true cell in the image has no PQ there (nan), whatever was predicted
-    pq_c = {names[c]: counts.class_metrics(c)["pq"] if true_counts[c] else math.nan for c in cell_classes}
-    record = dict(
-        image=p.stem, **_pq_from_counts(tp, fp, fn, float(miou.sum())), tp=tp, fp=fp, fn=fn, **_prf(tp, fp, fn),
-        aji=aji["aji"],
-        pixel_iou={names[c]: float(iou_c[c]) for c in range(n_classes)},
-        pixel_dice={names[c]: float(dice_c[c]) for c in range(n_classes)},
-        true_count=pairs.n_true, pred_count=pairs.n_pred, count_error=pairs.n_pred - pairs.n_true,
-        true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
-        pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
-        unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
-        parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
-    )
-    return record, pairs
-
-
-def _parasitemia(scheme: ClassScheme | None, counts: np.ndarray) -> float:
-    """`ClassScheme.parasitemia` of cell counts per class; nan without a scheme."""
-    return scheme.parasitemia(counts) if scheme is not None else math.nan
-
-
-# notebook §9, cell id f518bb0f
-def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco: Mapping[str, float],
-                     names: Sequence[str], scheme: ClassScheme | None) -> dict[str, Any]:
-    """The pooled ("dataset") block of the metrics from the summed counts."""
-    counts, n = pooled.classes, len(names)
-    per_class_pq = {names[c]: counts.class_metrics(c) for c in range(1, n)}
-    iou_all, dice_all = iou_dice_from_confusion(pooled.confusion)
-    confusion = {names[t]: {names[q]: int(counts.matched[t, q]) for q in range(1, n)} for t in range(1, n)}
-    confusion[UNKNOWN_NAME] = {names[q]: int(counts.matched_unknown[q]) for q in range(1, n)}
-    true_counts = np.array([counts.true_count(c) for c in range(n)])
-    pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
-    return dict(
-        **_pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
-        **_prf(pooled.tp, pooled.fp, pooled.fn),
-        aji=pooled.aji_inter / pooled.aji_union if pooled.aji_union > 0 else math.nan,
-        map=coco["map"], ap50=coco["ap50"], ap75=coco["ap75"],
-        mpq=nanmean([v["pq"] for v in per_class_pq.values()]), per_class_pq=per_class_pq,
-        instance_confusion=confusion, unknown_count=counts.unknown, unknown_matched=int(counts.matched_unknown.sum()),
-        parasitemia=dict(true=_parasitemia(scheme, true_counts), pred=_parasitemia(scheme, pred_counts)),
-        pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
-        pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
-        true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
-    )
-
-
-def _per_image_means(records: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, float]:
-    """The "per_image_mean" block: each per-image value averaged over the images where it is defined."""
-    keys = ("pq", "sq", "rq", "precision", "recall", "f1", "aji", "mpq")
-    means: dict[str, Any] = {k: nanmean([r[k] for r in records]) for k in keys}
-    means["per_class_pq"] = {nm: nanmean([r["pq_per_class"][nm] for r in records]) for nm in names[1:]}
-    means["pixel_iou"] = {nm: nanmean([r["pixel_iou"][nm] for r in records]) for nm in names}
-    means["pixel_dice"] = {nm: nanmean([r["pixel_dice"][nm] for r in records]) for nm in names}
-    errors = np.array([r["count_error"] for r in records], dtype=np.float64)
-    trues = np.array([r["true_count"] for r in records], dtype=np.float64)
-    means["count_error"] = float(errors.mean()) if errors.size else math.nan
-    means["count_abs_error"] = float(np.abs(errors).mean()) if errors.size else math.nan
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rel = np.abs(errors) / trues
-    means["count_rel_error"] = nanmean(rel[np.isfinite(rel)].tolist())
-    both = [(r["parasitemia_true"], r["parasitemia_pred"]) for r in records
-            if math.isfinite(r["parasitemia_true"]) and math.isfinite(r["parasitemia_pred"])]
-    means["parasitemia_mae"] = float(np.mean([abs(t - q) for t, q in both])) if both else math.nan
-    means["parasitemia_images"] = len(both)
-    return means
-
-
-# notebook §9, cell id e7a7b455
-def evaluate_split(
-    predictions: Sequence[SplitPrediction],
-    n_classes: int,
-    class_names: Sequence[str] | None = None,
-    iou_threshold: float = 0.5,
-    *,
-    scheme: ClassScheme | None = None,
-) -> dict[str, Any]:
-    """Every metric of a set of predictions (`uni_seg.infer.predict_split`'s records), per image
-    and pooled over the set.
-
-    Each record's `true_inst`/`pred_inst` are int label maps (H, W), 0 background;
-    `true_cls` a class map int (H, W) in 0..C-1 (or `UNKNOWN_CLASS` on cells of no known class)
-    or a vector by true id; `classes` a vector by predicted id (or a class map, whose majority
-    per cell counts); `scores` a confidence per predicted id (vector, or mapping id -> score).
-    `n_classes` C includes background (class 0); `class_names` C names (default: the scheme's,
-    else `default_class_names(C)`); `iou_threshold` the matching threshold of PQ and detection
-    (standard 0.5); `scheme` the class scheme, whose red and infected classes give the
-    parasitemia (undefined without one).
-
-    True cells of unknown class count as cells in the class-agnostic metrics and apart in the
-    per-class ones (neither a hit nor a miss of any class; a prediction matched to one is no
-    false positive of its class); their pixels are left out of the pixel IoU/Dice.
-
-    Returns the `metrics` dict of `write_metrics_json`'s schema: keys `n_images`, `class_names`,
-    `class_scheme`, `iou_threshold`, `dataset` (pooled), `per_image_mean` and `per_image`
-    (see `METRICS_SCHEMA_DOC`).
-    """
-    if scheme is not None and scheme.n_classes != n_classes:
-        raise ValueError(f"n_classes={n_classes} but class scheme {scheme.name!r} has {scheme.n_classes}")
-    names = list(class_names if class_names is not None else scheme.names if scheme is not None
-                 else default_class_names(n_classes))
-    if len(names) != n_classes:
-        raise ValueError(f"class_names has {len(names)} names for n_classes={n_classes}")
-    pooled = _Pooled(n_classes)
-    records, tables = [], []
-    for p in predictions:
-        record, pairs = _score_image(p, n_classes, names, iou_threshold, pooled, scheme)
-        records.append(record)
-        tables.append(pairs)
-    coco = _coco_ap(tables, [p.scores for p in predictions], None)
-    return dict(n_images=len(records), class_names=names, iou_threshold=iou_threshold,
-                class_scheme=scheme.as_dict() if scheme is not None else None,
-                dataset=_dataset_metrics(pooled, records, coco, names, scheme),
-                per_image_mean=_per_image_means(records, names), per_image=records)
-
-
-def evaluate_predictions(
-    true_insts: Sequence[np.ndarray],
-    true_classes: Sequence[np.ndarray],
-    pred_insts: Sequence[np.ndarray],
-    pred_classes: Sequence[np.ndarray],
-    pred_scores: Sequence[Mapping[int, float] | np.ndarray],
-    n_classes: int,
-    image_names: Sequence[str] | None = None,
-    class_names: Sequence[str] | None = None,
-    iou_threshold: float = 0.5,
-    *,
-    scheme: ClassScheme | None = None,
-) -> dict[str, Any]:
-    """`evaluate_split` for label maps that come as separate lists, one entry per image
-    (true_insts, pred_insts: int label maps; true_classes, pred_classes: class maps or vectors
-    by id; pred_scores: vectors or mappings by id; image_names default "0", "1", ...)."""
-    n = len(true_insts)
-    if not n == len(true_classes) == len(pred_insts) == len(pred_classes) == len(pred_scores):
-        raise ValueError("true_insts, true_classes, pred_insts, pred_classes and pred_scores must have one entry per image")
-    names = [str(s) for s in image_names] if image_names is not None else [str(i) for i in range(n)]
-    records = [SplitPrediction(stem, None, ti, tc, pi, pc, None, ps, None)
-               for stem, ti, tc, pi, pc, ps in zip(names, true_insts, true_classes, pred_insts, pred_classes, pred_scores)]
-    return evaluate_split(records, n_classes, class_names, iou_threshold, scheme=scheme)

@@ -20,11 +20,11 @@ from uni_seg.classes import CLASS_NAMES, ClassScheme, class_scheme
 from uni_seg.data import IMAGE_SUFFIXES
 from uni_seg.export import export_folder_item, load_folder_item, write_csv
 from uni_seg.files import LOCK_NAME, folder_lock, remove_own_files, separate_folders, write_json_atomic
-from uni_seg.infer import (FolderReport, InferenceSettings, TileBatcher, _CocoWriter, _summary_row, model_threads,
-                           peak_rss_mb, pipeline)
+from uni_seg.infer import FolderReport, _CocoWriter, _summary_row, model_threads, peak_rss_mb, pipeline
 from uni_seg.outputs import (COCO_SIDE_FILE, FOLDER_EXPORTS, IMAGE_EXPORT_SUFFIXES, OVERLAY_SUFFIXES, RUN_RECORD,
                              finish_run, plan_folder, read_run_record, recorded_files, reread_image)
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.predict import InferenceSettings, TileBatcher
 from uni_seg.procs import WorkerPool, default_workers
 from uni_seg.settings import describe_differences
 

@@ -26,8 +26,9 @@ from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_st
                             cell_table, cells_geojson_text)
 from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
                            write_json_atomic)
-from uni_seg.infer import InferenceSettings, peak_rss_mb, segment_image
+from uni_seg.infer import peak_rss_mb
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.predict import InferenceSettings, segment_image
 
 #: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
 #: pyramid (more than one level), otherwise a plain image (today's path).

@@ -21,12 +21,12 @@ from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.classes import class_scheme
-from uni_seg.config import (Factory, check_training_device, cuda_diagnosis, errors_as_messages, parameter_from_text,
-                            resolve_config, resolve_device)
+from uni_seg.config import (PROFILE_NAMES, Factory, check_training_device, cuda_diagnosis, errors_as_messages,
+                            parameter_from_text, resolve_config, resolve_device)
 from uni_seg.data import DataError
-from uni_seg.engine import (DistContext, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec, _Progress,
-                            train_phase)
+from uni_seg.engine import DistContext, _Progress, train_phase
 from uni_seg.losses import nc_class_weights
+from uni_seg.phases import PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec
 from uni_seg.procs import default_loader_workers, exit_with_parent
 
 
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m uni_seg.train") -
         description="Train the cell segmentation model (phase 1: decoder on the frozen backbone; phase 2: LoRA). "
                     "Under torchrun/srun each task joins the DDP job from RANK/WORLD_SIZE/LOCAL_RANK or "
                     "SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID and MASTER_ADDR/MASTER_PORT.")
-    parser.add_argument("--profile", default="full", help="parameter profile: demo or full (default: full)")
+    parser.add_argument("--profile", default="full", choices=PROFILE_NAMES,
+                        help="parameter profile (default: full; cpu: a small pretrained ViT on a laptop)")
     parser.add_argument("--phase", default="both", choices=["1", "2", "both"], help="which phase(s) to train")
     parser.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter, e.g. -p EPOCHS_PHASE1 60 -p BACKBONE vit_small (repeatable)")
