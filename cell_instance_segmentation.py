@@ -12137,6 +12137,46 @@ def aji_of_pairs(pairs: PairTable) -> dict[str, float]:
     return dict(aji=aji, intersection=total_inter, union=total_union)
 
 
+
+# %% [markdown] tags=["why"]
+# What the errors are: a cell that is not matched was merged with a neighbour, split in pieces, or
+# missed; a predicted cell that matches nothing is a merge, a piece of a split, or a false cell.
+
+# %% tags=["export"]
+#: The kinds of `error_breakdown`, in the order tables show them.
+ERROR_KINDS: tuple[str, ...] = ("merged", "split", "missed", "false")
+
+
+def error_breakdown(pairs: PairTable, iou_threshold: float = 0.5) -> dict[str, int]:
+    """Why the cells of one image that `match_instances` leaves unmatched are unmatched.
+
+    A prediction *covers* a true cell when it holds at least half of it, and *lies in* it when
+    at least half of the prediction is inside it. An unmatched true cell is `merged` when a
+    prediction covering it covers another true cell too (two cells drawn as one), else `split`
+    when two or more predictions lie in it (one cell drawn as several), else `missed` (nothing
+    found there, or an outline too far off to match). An unmatched prediction is `false` when it
+    is no such merge and no such piece. Returns counts {"true", "predicted", "matched", *ERROR_KINDS}:
+    matched + merged + split + missed = true cells.
+    """
+    n_true, n_pred = pairs.n_true, pairs.n_pred
+    matched_t, matched_p, _ = match_instances(pairs, iou_threshold)
+    covers = 2 * pairs.inter >= pairs.true_area[pairs.true]
+    lies_in = 2 * pairs.inter >= pairs.pred_area[pairs.pred]
+    merging = np.bincount(pairs.pred[covers], minlength=n_pred + 1) >= 2  # per prediction
+    split_into = np.bincount(pairs.true[lies_in], minlength=n_true + 1) >= 2  # per true cell
+    merged = np.zeros(n_true + 1, bool)
+    merged[pairs.true[covers & merging[pairs.pred]]] = True
+    piece = np.zeros(n_pred + 1, bool)
+    piece[pairs.pred[lies_in & split_into[pairs.true]]] = True
+    unmatched_t = np.ones(n_true + 1, bool)
+    unmatched_t[matched_t] = False
+    unmatched_p = np.ones(n_pred + 1, bool)
+    unmatched_p[matched_p] = False
+    unmatched_t[0] = unmatched_p[0] = False  # index 0 is the background
+    return {"true": n_true, "predicted": n_pred, "matched": int(matched_t.size),
+            "merged": int((unmatched_t & merged).sum()), "split": int((unmatched_t & ~merged & split_into).sum()),
+            "missed": int((unmatched_t & ~merged & ~split_into).sum()),
+            "false": int((unmatched_p & ~merging & ~piece).sum())}
 # %% [markdown] tags=["why"]
 # COCO mask AP, following pycocotools' greedy matching and 101-point interpolation.
 
@@ -12359,9 +12399,9 @@ from typing import Any
 import numpy as np
 
 from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
-from uni_seg.metrics import (PairTable, aji_of_pairs, as_label_map, class_confusion, class_lut, coco_ap_of_tables,
-                             detection_prf, iou_dice_from_confusion, match_instances, nanmean, pair_table,
-                             pq_from_counts)
+from uni_seg.metrics import (ERROR_KINDS, PairTable, aji_of_pairs, as_label_map, class_confusion, class_lut,
+                             coco_ap_of_tables, detection_prf, error_breakdown, iou_dice_from_confusion,
+                             match_instances, nanmean, pair_table, pq_from_counts)
 from uni_seg.postproc import SplitPrediction
 
 
@@ -12507,6 +12547,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
         unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
         parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
+        errors=error_breakdown(pairs, iou_threshold),
     )
     return record, pairs
 
@@ -12541,6 +12582,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
         pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
         true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
+        errors={kind: int(sum(r["errors"][kind] for r in records)) for kind in ("matched", *ERROR_KINDS)},
     )
 
 
@@ -12702,13 +12744,14 @@ dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
          per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
          instance_confusion{true:{pred: n}}
          unknown_count unknown_matched parasitemia{true pred}
-         pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
+         pixel_iou{class} pixel_dice{class} true_count pred_count
+         errors{matched merged split missed false}}   -- pooled over all images (errors: not in older files);
 per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
                 count_error count_abs_error count_rel_error parasitemia_mae parasitemia_images}
                                                                     -- mean of per-image values;
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
             true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
-            pq_per_class mpq parasitemia_true parasitemia_pred}];
+            pq_per_class mpq parasitemia_true parasitemia_pred errors{...}}];
 baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
          or null                                                -- the classical baseline on the same images;
 external {images boxes n_images iou_threshold working_scale scale_note
@@ -13370,7 +13413,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
 from uni_seg.config import errors_as_messages, markdown_table, resolve_device
-from uni_seg.data import read_image, working_shape
+from uni_seg.data import read_image, resize_image, working_shape
 from uni_seg.files import write_json_atomic
 
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
@@ -13617,7 +13660,6 @@ def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmente
 
 def baseline_segmenter(min_distance: int, working_scale: float) -> Segmenter:
     """The classical baseline as a `Segmenter`, on the image resized to `working_scale`."""
-    from uni_seg.infer import resize_image
 
     def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return baseline_instances(resize_image(image, working_shape(*image.shape[:2], working_scale)), min_distance)

@@ -553,6 +553,7 @@ import sys
 sys.path.insert(0, sys.argv[3])
 from stand_ins import EquivariantModel
 from uni_seg import infer
+from uni_seg import predict as predict_mod
 model = EquivariantModel()
 settings = predict_mod.InferenceSettings(tile_size=32, overlap=8)
 batcher = predict_mod.TileBatcher(model, settings)

@@ -12,8 +12,8 @@ import pytest
 from scenes import perturb, random_scene, scored_dataset
 
 from uni_seg.evaluation import evaluate_predictions
-from uni_seg.metrics import (aggregated_jaccard_index, class_confusion, coco_ap, instance_classes_from_map,
-                             match_instances, pair_table, panoptic_quality)
+from uni_seg.metrics import (aggregated_jaccard_index, class_confusion, coco_ap, error_breakdown,
+                             instance_classes_from_map, match_instances, pair_table, panoptic_quality)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -266,3 +266,29 @@ def test_evaluate_predictions_pools_and_averages():
     assert sum(v["tp"] for v in d["per_class_pq"].values()) <= d["tp"]
     assert set(d["pixel_iou"]) == set(m["class_names"])
 
+
+
+def test_error_breakdown_names_merged_split_missed_and_false_cells():
+    true = np.zeros((40, 100), np.int32)
+    true[5:15, 5:15], true[5:15, 16:26] = 1, 2  # two neighbours, drawn as one below
+    true[5:25, 40:60] = 3  # one cell, drawn as two halves below
+    true[5:15, 70:80] = 4  # not found
+    true[25:35, 5:15] = 5  # found
+    pred = np.zeros_like(true)
+    pred[5:15, 5:26] = 1
+    pred[5:15, 40:60], pred[15:25, 40:60] = 2, 3
+    pred[25:35, 5:15] = 4
+    pred[30:38, 85:95] = 5  # in the background
+    assert error_breakdown(pair_table(true, pred)) == {"true": 5, "predicted": 5, "matched": 1, "merged": 2,
+                                                       "split": 1, "missed": 1, "false": 1}
+    assert error_breakdown(pair_table(true, true)) == {"true": 5, "predicted": 5, "matched": 5, "merged": 0,
+                                                       "split": 0, "missed": 0, "false": 0}
+
+
+def test_the_errors_of_a_split_add_up_to_its_cells():
+    ti, tc, pi, pc, ps = scored_dataset(np.random.default_rng(8))
+    m = evaluate_predictions(ti, tc, pi, pc, ps, n_classes=4)
+    errors, d = m["dataset"]["errors"], m["dataset"]
+    assert errors["matched"] == d["tp"]
+    assert errors["matched"] + errors["merged"] + errors["split"] + errors["missed"] == d["true_count"]
+    assert errors == {k: sum(r["errors"][k] for r in m["per_image"]) for k in errors}

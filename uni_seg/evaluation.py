@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from uni_seg.classes import UNKNOWN_CLASS, UNKNOWN_NAME, ClassScheme, default_class_names
-from uni_seg.metrics import (PairTable, aji_of_pairs, as_label_map, class_confusion, class_lut, coco_ap_of_tables,
-                             detection_prf, iou_dice_from_confusion, match_instances, nanmean, pair_table,
-                             pq_from_counts)
+from uni_seg.metrics import (ERROR_KINDS, PairTable, aji_of_pairs, as_label_map, class_confusion, class_lut,
+                             coco_ap_of_tables, detection_prf, error_breakdown, iou_dice_from_confusion,
+                             match_instances, nanmean, pair_table, pq_from_counts)
 from uni_seg.postproc import SplitPrediction
 
 
@@ -157,6 +157,7 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
         unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
         parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
+        errors=error_breakdown(pairs, iou_threshold),
     )
     return record, pairs
 
@@ -188,6 +189,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
         pixel_iou={names[c]: float(iou_all[c]) for c in range(len(names))},
         pixel_dice={names[c]: float(dice_all[c]) for c in range(len(names))},
         true_count=int(sum(r["true_count"] for r in records)), pred_count=int(sum(r["pred_count"] for r in records)),
+        errors={kind: int(sum(r["errors"][kind] for r in records)) for kind in ("matched", *ERROR_KINDS)},
     )
 
 

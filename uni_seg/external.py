@@ -18,7 +18,7 @@ from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
 from uni_seg.config import errors_as_messages, markdown_table, resolve_device
-from uni_seg.data import read_image, working_shape
+from uni_seg.data import read_image, resize_image, working_shape
 from uni_seg.files import write_json_atomic
 
 # §9's own COCO AP over a table of overlapping pairs, and its NaN -> null conversion for JSON:
@@ -250,7 +250,6 @@ def model_segmenter(model: Any, settings: Any, postproc: Any = None) -> Segmente
 
 def baseline_segmenter(min_distance: int, working_scale: float) -> Segmenter:
     """The classical baseline as a `Segmenter`, on the image resized to `working_scale`."""
-    from uni_seg.infer import resize_image
 
     def segment(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return baseline_instances(resize_image(image, working_shape(*image.shape[:2], working_scale)), min_distance)

@@ -200,6 +200,43 @@ def aji_of_pairs(pairs: PairTable) -> dict[str, float]:
     return dict(aji=aji, intersection=total_inter, union=total_union)
 
 
+# notebook §9, cell id 13f65877
+#: The kinds of `error_breakdown`, in the order tables show them.
+ERROR_KINDS: tuple[str, ...] = ("merged", "split", "missed", "false")
+
+
+def error_breakdown(pairs: PairTable, iou_threshold: float = 0.5) -> dict[str, int]:
+    """Why the cells of one image that `match_instances` leaves unmatched are unmatched.
+
+    A prediction *covers* a true cell when it holds at least half of it, and *lies in* it when
+    at least half of the prediction is inside it. An unmatched true cell is `merged` when a
+    prediction covering it covers another true cell too (two cells drawn as one), else `split`
+    when two or more predictions lie in it (one cell drawn as several), else `missed` (nothing
+    found there, or an outline too far off to match). An unmatched prediction is `false` when it
+    is no such merge and no such piece. Returns counts {"true", "predicted", "matched", *ERROR_KINDS}:
+    matched + merged + split + missed = true cells.
+    """
+    n_true, n_pred = pairs.n_true, pairs.n_pred
+    matched_t, matched_p, _ = match_instances(pairs, iou_threshold)
+    covers = 2 * pairs.inter >= pairs.true_area[pairs.true]
+    lies_in = 2 * pairs.inter >= pairs.pred_area[pairs.pred]
+    merging = np.bincount(pairs.pred[covers], minlength=n_pred + 1) >= 2  # per prediction
+    split_into = np.bincount(pairs.true[lies_in], minlength=n_true + 1) >= 2  # per true cell
+    merged = np.zeros(n_true + 1, bool)
+    merged[pairs.true[covers & merging[pairs.pred]]] = True
+    piece = np.zeros(n_pred + 1, bool)
+    piece[pairs.pred[lies_in & split_into[pairs.true]]] = True
+    unmatched_t = np.ones(n_true + 1, bool)
+    unmatched_t[matched_t] = False
+    unmatched_p = np.ones(n_pred + 1, bool)
+    unmatched_p[matched_p] = False
+    unmatched_t[0] = unmatched_p[0] = False  # index 0 is the background
+    return {"true": n_true, "predicted": n_pred, "matched": int(matched_t.size),
+            "merged": int((unmatched_t & merged).sum()), "split": int((unmatched_t & ~merged & split_into).sum()),
+            "missed": int((unmatched_t & ~merged & ~split_into).sum()),
+            "false": int((unmatched_p & ~merging & ~piece).sum())}
+
+
 # notebook §9, cell id 34ac912a
 def _score_vector(scores: Any, pred_ids: np.ndarray, image: int) -> np.ndarray:
     ids = pred_ids[1:]

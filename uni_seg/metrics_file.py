@@ -27,13 +27,14 @@ dataset {pq sq rq tp fp fn precision recall f1 aji map ap50 ap75 mpq
          per_class_pq{class:{pq sq rq tp fp fn precision recall f1 fc true_count pred_count}}
          instance_confusion{true:{pred: n}}
          unknown_count unknown_matched parasitemia{true pred}
-         pixel_iou{class} pixel_dice{class} true_count pred_count}   -- pooled over all images;
+         pixel_iou{class} pixel_dice{class} true_count pred_count
+         errors{matched merged split missed false}}   -- pooled over all images (errors: not in older files);
 per_image_mean {pq sq rq precision recall f1 aji mpq per_class_pq{class} pixel_iou{class} pixel_dice{class}
                 count_error count_abs_error count_rel_error parasitemia_mae parasitemia_images}
                                                                     -- mean of per-image values;
 per_image [{image pq sq rq tp fp fn precision recall f1 aji pixel_iou pixel_dice
             true_count pred_count count_error true_count_per_class pred_count_per_class unknown_count
-            pq_per_class mpq parasitemia_true parasitemia_pred}];
+            pq_per_class mpq parasitemia_true parasitemia_pred errors{...}}];
 baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_images dataset{...} per_image_mean{...}}
          or null                                                -- the classical baseline on the same images;
 external {images boxes n_images iou_threshold working_scale scale_note
