@@ -106,3 +106,21 @@ def test_modules_import_only_from_modules_before_them():
                     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("uni_seg.")}
         later = imported & set(order[position:])
         assert not later, f"uni_seg.{name} imports {sorted(later)}, which come after it"
+
+
+def test_each_section_and_subsection_tells_its_story_before_its_code():
+    """A reader of the notebook or its .py pair meets, under every heading, a few lines of story
+    (what and why) before the first export cell: in the heading's cell or a markdown cell after it,
+    not only a one-line `why` note."""
+    cells = notebook().cells
+    heading, story = None, False
+    for cell in cells:
+        tags = cell.metadata.get("tags", [])
+        lines = [ln for ln in cell.source.splitlines() if ln.strip() and not ln.startswith("<a id")]
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith(("## ", "### ")):
+            heading, story = lines[0], len(lines) >= 3
+        elif cell.cell_type == "markdown" and "why" not in tags and len(lines) >= 2:
+            story = True
+        elif cell.cell_type == "code" and "export" in tags and heading is not None:
+            assert story, f"{heading!r}: its first export cell comes before any story"
+            heading = None
