@@ -176,7 +176,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     maps = [stand_in_maps(subset / "train" / "mask" / f"{p.stem}.png", rng) for p in chosen]
     h, w = maps[0].shape[1:]
-    tiles = len(infer.tile_starts(h, 224, 64)) * len(infer.tile_starts(w, 224, 64))
+    tiles = len(predict_mod.tile_starts(h, 224, 64)) * len(predict_mod.tile_starts(w, 224, 64))
     with tempfile.TemporaryDirectory() as tmp:
         work, folder = Path(tmp), Path(tmp) / "in"
         folder.mkdir()
