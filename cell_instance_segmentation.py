@@ -133,7 +133,7 @@ AUG_GRAYSCALE: float = 0.0  # probability in [0, 1] that a crop is made grey
 AUG_BLUR: float = 1.2  # largest Gaussian blur sigma in working-scale pixels, in [0, 10]
 AUG_JPEG: int = 100  # lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none
 # --- speed ---
-PRECISION: str = "auto"  # "auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"
+PRECISION: str = "auto"  # "auto" (bf16 where the device computes it, else fp16 + GradScaler on a GPU, fp32 on a CPU), "bf16", "fp16" or "fp32"
 USE_COMPILE: bool = False  # torch.compile the model (first epoch slower)
 # --- inference and evaluation ---
 TILE_SIZE: Optional[int] = None  # sliding-window tile side at the working scale (a multiple of 16)
@@ -538,8 +538,8 @@ class Parameter:
 # The table, first part: what a run does, where its files are, the data and the model (one row per parameter, in the parameters cell's order, under its heading there).
 
 # %% tags=["export"]
-#: The autocast precisions `PRECISION` takes: "auto" (bf16 where supported, else fp16; see
-#: `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
+#: The autocast precisions `PRECISION` takes: "auto" (bf16 where the device computes it, else fp16
+#: on a GPU and fp32 on a CPU; see `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
 
@@ -649,7 +649,7 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             "lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none", bounds="1..100", note=" (100: no JPEG artefacts)"),
     )), ("speed", (
         Parameter("precision", "str", "auto",
-            '"auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
+            '"auto" (bf16 where the device computes it, else fp16 + GradScaler on a GPU, fp32 on a CPU), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
         Parameter("use_compile", "bool", False, "torch.compile the model (first epoch slower)"),
     )), ("inference and evaluation", (
         Parameter("tile_size", "int", {"demo": 128, "full": 224, "cpu": 224},
@@ -1021,21 +1021,40 @@ def device_for_gpus(n_gpus: int | None) -> str:
 
 
 # %% [markdown] tags=["why"]
-# The precision a device runs at, and the autocast context for it.
+# The precision a device runs at, and the autocast context for it. On a CPU, bf16 pays only where the
+# CPU computes it natively (AVX512-BF16 or AMX): elsewhere (most laptops, AVX2 servers) torch emulates
+# it and a ViT-Ti training step runs about 15 times slower than in fp32 (`bench/bench_model.py
+# --precision bf16` against `fp32` on an AVX2 EPYC), so "auto" keeps such a CPU in fp32.
 
 # %% tags=["export"]
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it.
+
+    torch exposes this only as a private operator (`torch.ops.mkldnn._is_mkldnn_bf16_supported`);
+    where it is missing the answer is False, and "auto" falls back to fp32, which is always correct.
+    """
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 
-    `"auto"` picks bf16 on CPUs and on GPUs that support it (compute capability >= 8.0), else
-    fp16. An explicit choice is returned as given, except bf16 on a GPU that lacks it, which
-    raises `ValueError`.
+    `"auto"` picks bf16 on GPUs that support it (compute capability >= 8.0), else fp16; on a CPU
+    it picks bf16 where the CPU computes it natively (`cpu_computes_bf16`), else fp32. An explicit
+    choice is returned as given, except bf16 on a GPU that lacks it, which raises `ValueError`.
     """
     import torch
 
     if precision not in PRECISIONS:
         raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return ("bf16" if cpu_computes_bf16() else "fp32") if precision == "auto" else precision
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
         return "bf16" if bf16_ok else "fp16"
     if precision == "bf16" and not bf16_ok:
@@ -9478,7 +9497,7 @@ class InferenceSettings(Settings):
     overlap: int = 64  # minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size
     tta: bool = False  # average over the 8 flips/rotations (8x the model time)
     batch_size: int = 8  # tiles per forward pass, >= 1
-    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (bf16 where supported, else fp16)
+    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (as `resolve_precision` picks)
     device: str | None = None  # None: where the model's parameters are; else "auto", "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self) -> None:

@@ -95,10 +95,14 @@ def test_unknown_profile_is_named():
         resolve_config("laptop")
 
 
-def test_precision_on_cpu():
+@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_on_cpu(monkeypatch, native_bf16, expected):
+    # "auto" on a CPU is bf16 only where the CPU computes it (emulated bf16 is ~15x slower than fp32)
+    monkeypatch.setattr(config, "cpu_computes_bf16", lambda: native_bf16)
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == expected
     assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice stands
     with pytest.raises(ValueError, match="PRECISION"):
         resolve_precision("int8", cpu)
 

@@ -86,8 +86,8 @@ class Parameter:
 
 
 # notebook §0 "The run's settings", cell id 58765736
-#: The autocast precisions `PRECISION` takes: "auto" (bf16 where supported, else fp16; see
-#: `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
+#: The autocast precisions `PRECISION` takes: "auto" (bf16 where the device computes it, else fp16
+#: on a GPU and fp32 on a CPU; see `resolve_precision`) and those it resolves to, `RESOLVED_PRECISIONS`.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 RESOLVED_PRECISIONS: tuple[str, ...] = PRECISIONS[1:]
 
@@ -195,7 +195,7 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             "lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none", bounds="1..100", note=" (100: no JPEG artefacts)"),
     )), ("speed", (
         Parameter("precision", "str", "auto",
-            '"auto" (bf16 where supported, else fp16 + GradScaler), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
+            '"auto" (bf16 where the device computes it, else fp16 + GradScaler on a GPU, fp32 on a CPU), "bf16", "fp16" or "fp32"', choices=PRECISIONS),
         Parameter("use_compile", "bool", False, "torch.compile the model (first epoch slower)"),
     )), ("inference and evaluation", (
         Parameter("tile_size", "int", {"demo": 128, "full": 224, "cpu": 224},
@@ -545,18 +545,34 @@ def device_for_gpus(n_gpus: int | None) -> str:
 
 
 # notebook §0 "The run's settings", cell id ea09f751
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it.
+
+    torch exposes this only as a private operator (`torch.ops.mkldnn._is_mkldnn_bf16_supported`);
+    where it is missing the answer is False, and "auto" falls back to fp32, which is always correct.
+    """
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(precision: str, device: "torch.device") -> str:
     """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
 
-    `"auto"` picks bf16 on CPUs and on GPUs that support it (compute capability >= 8.0), else
-    fp16. An explicit choice is returned as given, except bf16 on a GPU that lacks it, which
-    raises `ValueError`.
+    `"auto"` picks bf16 on GPUs that support it (compute capability >= 8.0), else fp16; on a CPU
+    it picks bf16 where the CPU computes it natively (`cpu_computes_bf16`), else fp32. An explicit
+    choice is returned as given, except bf16 on a GPU that lacks it, which raises `ValueError`.
     """
     import torch
 
     if precision not in PRECISIONS:
         raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
-    bf16_ok = device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return ("bf16" if cpu_computes_bf16() else "fp32") if precision == "auto" else precision
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
         return "bf16" if bf16_ok else "fp16"
     if precision == "bf16" and not bf16_ok:

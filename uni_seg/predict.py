@@ -36,7 +36,7 @@ class InferenceSettings(Settings):
     overlap: int = 64  # minimum overlap of neighbouring tiles in pixels, 0 <= overlap < tile_size
     tta: bool = False  # average over the 8 flips/rotations (8x the model time)
     batch_size: int = 8  # tiles per forward pass, >= 1
-    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (bf16 where supported, else fp16)
+    precision: str = "fp32"  # autocast: "fp32", "bf16", "fp16" or "auto" (as `resolve_precision` picks)
     device: str | None = None  # None: where the model's parameters are; else "auto", "cpu", "cuda" or "cuda:N"
 
     def __post_init__(self) -> None:
