@@ -49,7 +49,7 @@
 # 5. [Training engine](#section-5) (`uni_seg.checkpoints`, `uni_seg.phases`, `uni_seg.engine`, `uni_seg.train`): Checkpoints; The settings of a phase; Learning-rate schedules; Processes, devices and data order; The loop; Training curves; Launching: one process, several GPUs, or a cluster
 # 6. [Phase 1: decoder on the frozen backbone](#section-6)
 # 7. [Phase 2: LoRA adapters](#section-7)
-# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.export`, `uni_seg.outputs`, `uni_seg.predict`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; One run per output folder; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
+# 8. [Inference and post-processing](#section-8) (`uni_seg.postproc`, `uni_seg.known_maps`, `uni_seg.export`, `uni_seg.outputs`, `uni_seg.predict`, `uni_seg.infer`, `uni_seg.slide`, `uni_seg.result`, `uni_seg.segmenter`, `uni_seg.package`, `uni_seg.shards`): Maps of known cells, for checks and benchmarks; Exports; One run per output folder; Tiled inference on full-size images; Folder inference and the command line; Whole-slide smears in bounded memory; One call to segment: the result; The front door: `Segmenter`; A model file to share; Many nodes: a job array over shards
 # 9. [Evaluation](#section-9) (`uni_seg.metrics`, `uni_seg.evaluation`, `uni_seg.metrics_file`, `uni_seg.tuning`, `uni_seg.baseline`, `uni_seg.external`): Scoring a split; `results/metrics.json`; Tuning the post-processing; Evaluating the trained model; The classical baseline; Smears from another lab
 # 10. [Figures](#section-10) (`uni_seg.viz`, `uni_seg.report`): Exports of the test images; The run at a glance
 # 11. [The command line](#section-11) (`uni_seg.cli`, `uni_seg.napari_widget`, `uni_seg.sweep`): The napari plugin; Sweeps: a grid of runs, with seeds
@@ -7794,13 +7794,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels, watershed
+from skimage.segmentation import watershed
 
 from uni_seg.data import resize_labels
 from uni_seg.files import write_json_atomic
 from uni_seg.settings import Settings
-from uni_seg.targets import hv_maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -8417,7 +8415,7 @@ def select_postproc(explicit: str | Path | None, default: str | Path | None,
 
 
 # %% [markdown]
-# ### Maps of known cells, for checks and benchmarks
+# ### Maps of known cells, for checks and benchmarks (`uni_seg.known_maps`)
 #
 # How good is the post-processing by itself, and how fast? Feed it the maps a perfect model
 # would give for cells we know (`true_maps`: NP = the cells, HV = §2's targets), then make them
@@ -8427,6 +8425,16 @@ def select_postproc(explicit: str | Path | None, default: str | Path | None,
 # find. The demo below, the tests and `bench/` all build their maps this way.
 
 # %% tags=["export"]
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage as ndi
+from skimage.segmentation import expand_labels
+
+from uni_seg.targets import hv_maps
+
+
 def close_separation_lines(inst: np.ndarray, gap: int = 3) -> np.ndarray:
     """int32 (H, W): `inst` (int (H, W), 0 background) with the annotators' thin separation
     lines, and any other background narrower than 2 * `gap` px inside the cell mask, given to
@@ -8477,8 +8485,8 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, classify_instances, degrade_maps, instance_scores,
-                              instances_from_maps, true_maps)
+from uni_seg.known_maps import degrade_maps, true_maps
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, classify_instances, instance_scores, instances_from_maps
 
 _yy, _xx = np.indices((240, 320))
 demo_true = np.zeros((240, 320), np.int32)

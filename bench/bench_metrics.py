@@ -22,7 +22,8 @@ from common import RELATIVE, ROOT, find_real_subset, timed
 from uni_seg.data import parse_mask_to_instances, read_mask
 from uni_seg.evaluation import evaluate_predictions
 from uni_seg.metrics import aggregated_jaccard_index, coco_ap, panoptic_quality
-from uni_seg.postproc import close_separation_lines, degrade_maps, instance_scores, instances_from_maps, true_maps
+from uni_seg.known_maps import close_separation_lines, degrade_maps, true_maps
+from uni_seg.postproc import instance_scores, instances_from_maps
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 

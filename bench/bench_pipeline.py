@@ -44,8 +44,8 @@ from common import RELATIVE, ROOT, find_real_subset
 from uni_seg import predict as predict_mod
 from uni_seg import export, infer
 from uni_seg.data import parse_mask_to_instances, read_image, read_mask, resize_to_working_scale
-from uni_seg.postproc import (Segmentation, cells_at_size, classify_instances, close_separation_lines, degrade_maps,
-                              instance_scores, instances_from_maps, true_maps)
+from uni_seg.known_maps import close_separation_lines, degrade_maps, true_maps
+from uni_seg.postproc import Segmentation, cells_at_size, classify_instances, instance_scores, instances_from_maps
 
 SCALE = 0.5
 

@@ -33,7 +33,8 @@ from skimage.segmentation import watershed
 
 from uni_seg.data import parse_mask_to_instances, read_mask
 from uni_seg.metrics import panoptic_quality
-from uni_seg.postproc import close_separation_lines, degrade_maps, instances_from_maps, true_maps
+from uni_seg.known_maps import close_separation_lines, degrade_maps, true_maps
+from uni_seg.postproc import instances_from_maps
 
 DATA = find_real_subset() or ROOT.parent / RELATIVE
 

@@ -1,5 +1,5 @@
-"""Post-processing (uni_seg.postproc, section 8): instances_from_maps, classify_instances, the
-maps of known cells, tuning (uni_seg.metrics) and the parameter file."""
+"""Post-processing (uni_seg.postproc, section 8): instances_from_maps (fed the maps of known
+cells, uni_seg.known_maps), classify_instances, the scores and the parameter file."""
 
 from __future__ import annotations
 
@@ -13,17 +13,16 @@ from scipy import ndimage as ndi
 
 from uni_seg import postproc
 from uni_seg.data import parse_mask_to_instances, read_mask
+from uni_seg.known_maps import close_separation_lines, true_maps
 from uni_seg.metrics import panoptic_quality
 from uni_seg.postproc import (
     DEFAULT_POSTPROC_PARAMS,
     classify_instances,
-    close_separation_lines,
     hv_energy,
     instance_scores,
     instances_from_maps,
     load_postproc_params,
     save_postproc_params,
-    true_maps,
 )
 
 
@@ -136,16 +135,6 @@ def test_true_maps_of_real_masks_recover_the_cells(real_subset, n_masks):
         pred = instances_from_maps(*true_maps(truth))
         pq = panoptic_quality(truth, pred)
         assert pq["pq"] >= 0.99, (path.name, pq)
-
-
-def test_make_touching_closes_separation_lines_only():
-    inst = np.zeros((40, 60), np.int32)
-    inst[5:35, 5:28] = 1
-    inst[5:35, 31:55] = 2  # a 3 px line between them
-    out = close_separation_lines(inst)
-    assert (out[6:34, 28:31] > 0).all()  # the line is gone
-    assert (out[0:5] == 0).all() and (out[:, 56:] == 0).all()  # open background stays background
-    assert ndi.label(out > 0)[1] == 1
 
 
 # --------------------------------------------------------------------------- classes and scores

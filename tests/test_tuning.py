@@ -8,12 +8,8 @@ import pytest
 from scenes import disk_scene
 
 from uni_seg.files import ATOMIC_TEMP_GLOB
-from uni_seg.postproc import (
-    DEFAULT_POSTPROC_PARAMS,
-    load_postproc_params,
-    save_postproc_params,
-    true_maps,
-)
+from uni_seg.known_maps import true_maps
+from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
 from uni_seg.tuning import tune_postproc
 
 

@@ -27,7 +27,8 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.phases         section 5: Training engine (The settings of a phase)
     uni_seg.engine         section 5: Training engine (Learning-rate schedules, Processes, devices and data order, The loop, Training curves)
     uni_seg.train          section 5: Training engine (Launching: one process, several GPUs, or a cluster)
-    uni_seg.postproc       section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
+    uni_seg.postproc       section 8: Inference and post-processing
+    uni_seg.known_maps     section 8: Inference and post-processing (Maps of known cells, for checks and benchmarks)
     uni_seg.export         section 8: Inference and post-processing (Exports)
     uni_seg.outputs        section 8: Inference and post-processing (One run per output folder)
     uni_seg.predict        section 8: Inference and post-processing (Tiled inference on full-size images)

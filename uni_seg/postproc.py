@@ -13,13 +13,11 @@ from typing import Any
 
 import cv2
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.segmentation import expand_labels, watershed
+from skimage.segmentation import watershed
 
 from uni_seg.data import resize_labels
 from uni_seg.files import write_json_atomic
 from uni_seg.settings import Settings
-from uni_seg.targets import hv_maps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -598,44 +596,3 @@ def select_postproc(explicit: str | Path | None, default: str | Path | None,
     why = "does not say which checkpoint it was tuned for" if tuned_for(doc) is None else "was tuned for another checkpoint"
     return DEFAULT_POSTPROC_PARAMS, (f"post-processing: the defaults ({default} {why}; pass it with --postproc to "
                                      "use it anyway)")
-
-
-# notebook §8 "Maps of known cells, for checks and benchmarks", cell id 4bb10203
-def close_separation_lines(inst: np.ndarray, gap: int = 3) -> np.ndarray:
-    """int32 (H, W): `inst` (int (H, W), 0 background) with the annotators' thin separation
-    lines, and any other background narrower than 2 * `gap` px inside the cell mask, given to
-    the nearest cell, so touching cells really touch.
-
-    Background pixels inside the morphological closing of the foreground (ellipse of radius
-    `gap`) take the label of the nearest cell within `gap` px (`expand_labels`); open
-    background and the cell outlines facing it are untouched.
-    """
-    expanded = expand_labels(inst, gap)
-    ellipse = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * gap + 1, 2 * gap + 1))
-    closed = cv2.morphologyEx((inst > 0).astype(np.uint8), cv2.MORPH_CLOSE, ellipse).astype(bool)
-    fill = (inst == 0) & closed & (expanded > 0)
-    out = inst.astype(np.int32, copy=True)
-    out[fill] = expanded[fill]
-    return out
-
-
-def true_maps(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The maps a perfect model gives for the cells `inst` (int (H, W), 0 background):
-    (NP float32 (H, W) in {0, 1}, HV float32 (2, H, W) in [-1, 1], §2's `hv_maps`)."""
-    return (np.asarray(inst) > 0).astype(np.float32), hv_maps(inst)
-
-
-def degrade_maps(np_map: np.ndarray, hv: np.ndarray, blur: float, noise: float, rng: np.random.Generator,
-                 noise_corr: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """(NP, HV) blurred by a Gaussian of `blur` px and given noise of standard deviation
-    `noise`, correlated over ~`noise_corr` px (0: independent per pixel), as a trained model's
-    maps are; clipped to [0, 1] and [-1, 1]. Shapes and dtypes as `true_maps` returns them."""
-
-    def noisy(field: np.ndarray, low: float) -> np.ndarray:
-        n = rng.standard_normal(field.shape).astype(np.float32)
-        if noise_corr > 0:
-            n = ndi.gaussian_filter(n, noise_corr)
-        smooth = ndi.gaussian_filter(field.astype(np.float32), blur) if blur > 0 else field.astype(np.float32)
-        return np.clip(smooth + n * (noise / max(float(n.std()), 1e-12)), low, 1.0)
-
-    return noisy(np_map, 0.0).astype(np.float32), np.stack([noisy(c, -1.0) for c in hv]).astype(np.float32)
