@@ -41,7 +41,7 @@
 # **Contents** (each section's library modules in brackets; its export cells are collapsed,
 # the story comes first)
 #
-# 0. [Setup and parameters](#section-0) (`uni_seg.settings`, `uni_seg.classes`, `uni_seg.config`, `uni_seg.procs`, `uni_seg.files`): Settings objects; Cell classes; The run's settings; Processes; Files: written whole, read safely; One folder, one writer; only our own files
+# 0. [Setup and parameters](#section-0) (`uni_seg.settings`, `uni_seg.classes`, `uni_seg.config`, `uni_seg.devices`, `uni_seg.procs`, `uni_seg.files`): Settings objects; Cell classes; The run's settings; Devices, precision and seeds; Processes; Files: written whole, read safely; One folder, one writer; only our own files
 # 1. [Data](#section-1) (`uni_seg.data`, `uni_seg.boxes`, `uni_seg.cache`, `uni_seg.synthetic`, `uni_seg.cellsize`): Reading one file; Masks to instances; Finding the dataset; The split; The working scale; Cell classes from BBBC041's class boxes; The processed cache at the working scale; Synthetic smears; The size of the cells; This run's data
 # 2. [Targets and augmentation](#section-2) (`uni_seg.targets`, `uni_seg.augment`, `uni_seg.dataset`): Augmentation; The Dataset and its loaders; This run's datasets
 # 3. [Model](#section-3) (`uni_seg.backbones`, `uni_seg.weights`, `uni_seg.model`): The backbone registry; Where the weights come from; The DPT pyramid and the heads; The model
@@ -456,22 +456,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import importlib
+import json
 import math
 import os
-import random
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
-    import torch
-
-import json
 import re
-
-import numpy as np
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Sequence
 
 from uni_seg.classes import class_scheme
 
@@ -954,10 +946,60 @@ def show_markdown(text: str) -> None:
 
 
 # %% [markdown] tags=["why"]
-# Device and precision. bf16 autocast runs on CPUs and on Ampere or newer GPUs; older GPUs
-# (V100, P100) train in fp16 with a gradient scaler. `PRECISION` can force either, or fp32.
+# Errors a command reports in one line, without a traceback (a missing file, bad data, a foreign checkpoint).
 
 # %% tags=["export"]
+#: Errors a command line reports in one line (a file or folder missing, in the way or not
+#: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
+USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                IsADirectoryError, PermissionError)
+
+
+@contextlib.contextmanager
+def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Inside a command's `main`: an error of `USER_ERRORS` + `expected` ends the command with
+    `<prog>: error: <message>` on stderr and exit status 2, no traceback; anything else (a bug)
+    keeps its traceback."""
+    try:
+        yield
+    except USER_ERRORS + tuple(expected) as error:
+        message = str(error).strip() or type(error).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# %% [markdown]
+# ### Devices, precision and seeds (`uni_seg.devices`)
+#
+# Where a run computes and how: the device it asked for (or a clear refusal naming what the machine
+# has), the autocast precision that device runs fastest without losing accuracy, the seeds of every
+# random generator, and the factory that builds a model on each process of a multi-GPU run. The
+# run's parameters above say what is wanted; this module asks the machine what it can do.
+
+# %% [markdown] tags=["why"]
+# Device and precision. bf16 autocast runs on Ampere or newer GPUs and on CPUs that compute it
+# natively; older GPUs (V100, P100) train in fp16 with a gradient scaler, other CPUs in fp32.
+# `PRECISION` can force any of them.
+
+# %% tags=["export"]
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
+    import torch
+
+import numpy as np
+
+from uni_seg.config import PRECISIONS, RESOLVED_PRECISIONS
+
+
 class DeviceUnavailable(ValueError):
     """A device was asked for that this machine does not have; the message names it and what there is."""
 
@@ -1128,29 +1170,6 @@ class Factory:
     def build(self, **overrides: Any) -> Any:
         """Call the target with `kwargs` updated by `overrides`."""
         return self.resolve()(**{**self.kwargs, **overrides})
-
-
-# %% [markdown] tags=["why"]
-# Errors a command reports in one line, without a traceback (a missing file, bad data, a foreign checkpoint).
-
-# %% tags=["export"]
-#: Errors a command line reports in one line (a file or folder missing, in the way or not
-#: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
-USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
-                                                IsADirectoryError, PermissionError)
-
-
-@contextlib.contextmanager
-def errors_as_messages(prog: str, expected: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Inside a command's `main`: an error of `USER_ERRORS` + `expected` ends the command with
-    `<prog>: error: <message>` on stderr and exit status 2, no traceback; anything else (a bug)
-    keeps its traceback."""
-    try:
-        yield
-    except USER_ERRORS + tuple(expected) as error:
-        message = str(error).strip() or type(error).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 # %% [markdown]
@@ -4489,7 +4508,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uni_seg.augment import CellAugmenter, StainAugmentation
 from uni_seg.cache import ProcessedSample, load_processed, open_processed, processed_window
-from uni_seg.config import seed_everything
+from uni_seg.devices import seed_everything
 from uni_seg.data import tile_starts
 from uni_seg.procs import start_context, worker_context
 from uni_seg.targets import targets_from_instances
@@ -6343,7 +6362,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory
+from uni_seg.devices import Factory
 from uni_seg.files import atomic_open, state_dict_mismatch, torch_load_refusal
 from uni_seg.settings import describe_differences
 
@@ -6520,7 +6539,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from uni_seg.config import Factory
+from uni_seg.devices import Factory
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.
@@ -6682,7 +6701,7 @@ from torch.utils.data import DataLoader, Dataset
 from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
                                  atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
                                  restore_rng_state)
-from uni_seg.config import autocast, resolve_device, resolve_precision, seed_everything
+from uni_seg.devices import autocast, resolve_device, resolve_precision, seed_everything
 from uni_seg.dataset import EpochItems, EpochSampler, make_loader
 from uni_seg.files import atomic_open, atomic_write, remove_stale_temporaries
 from uni_seg.phases import SCHEDULES, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec
@@ -7373,8 +7392,8 @@ from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.classes import class_scheme
-from uni_seg.config import (PROFILE_NAMES, Factory, check_training_device, cuda_diagnosis, errors_as_messages,
-                            parameter_from_text, resolve_config, resolve_device)
+from uni_seg.config import PROFILE_NAMES, errors_as_messages, parameter_from_text, resolve_config
+from uni_seg.devices import Factory, check_training_device, cuda_diagnosis, resolve_device
 from uni_seg.data import DataError
 from uni_seg.engine import DistContext, _Progress, train_phase
 from uni_seg.losses import nc_class_weights
@@ -9481,7 +9500,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from uni_seg.config import PRECISIONS, autocast, resolve_device, resolve_precision
+from uni_seg.config import PRECISIONS
+from uni_seg.devices import autocast, resolve_device, resolve_precision
 from uni_seg.data import check_rgb_image, resize_image, tile_starts, working_shape
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 from uni_seg.settings import Settings
@@ -9825,7 +9845,8 @@ import torch
 from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
-from uni_seg.config import PRECISIONS, errors_as_messages, resolve_device
+from uni_seg.config import PRECISIONS, errors_as_messages
+from uni_seg.devices import resolve_device
 from uni_seg.data import IMAGE_SUFFIXES
 from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
 from uni_seg.files import atomic_open, folder_lock, separate_folders
@@ -11098,7 +11119,7 @@ import torch
 from uni_seg import infer
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name, class_scheme
-from uni_seg.config import resolve_device
+from uni_seg.devices import resolve_device
 from uni_seg.infer import FolderReport, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
 from uni_seg.predict import InferenceSettings, TileBatcher
@@ -13439,7 +13460,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
-from uni_seg.config import errors_as_messages, markdown_table, resolve_device
+from uni_seg.config import errors_as_messages, markdown_table
+from uni_seg.devices import resolve_device
 from uni_seg.data import read_image, resize_image, working_shape
 from uni_seg.files import write_json_atomic
 

@@ -33,7 +33,8 @@ import torch
 from uni_seg import checkpoints as C
 from uni_seg import engine as E
 from uni_seg import train as T
-from uni_seg.config import PRECISIONS, resolve_config, resolve_device
+from uni_seg.config import PRECISIONS, resolve_config
+from uni_seg.devices import resolve_device
 from uni_seg.cache import build_processed_cache
 from uni_seg.synthetic import generate_synthetic_dataset
 

@@ -1,4 +1,4 @@
-"""§0: profiles, explicit parameters, validation, device/precision choice."""
+"""`uni_seg.config` (§0): the parameters table, profiles, explicit parameters and their validation."""
 
 import dataclasses
 import logging
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from uni_seg import predict as predict_mod
-from uni_seg import files as files_mod
 from uni_seg import config
-from uni_seg.config import PROFILES, RunConfig, resolve_config, resolve_precision
+from uni_seg.config import PROFILES, RunConfig, resolve_config
+from uni_seg.devices import resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -93,18 +93,6 @@ def test_backbone_choices_are_the_registry_and_weights_take_a_path(tmp_path):
 def test_unknown_profile_is_named():
     with pytest.raises(ValueError, match="PROFILE='laptop'"):
         resolve_config("laptop")
-
-
-@pytest.mark.parametrize("native_bf16, expected", [(True, "bf16"), (False, "fp32")])
-def test_precision_on_cpu(monkeypatch, native_bf16, expected):
-    # "auto" on a CPU is bf16 only where the CPU computes it (emulated bf16 is ~15x slower than fp32)
-    monkeypatch.setattr(config, "cpu_computes_bf16", lambda: native_bf16)
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == expected
-    assert resolve_precision("fp32", cpu) == "fp32"
-    assert resolve_precision("bf16", cpu) == "bf16"  # an explicit choice stands
-    with pytest.raises(ValueError, match="PRECISION"):
-        resolve_precision("int8", cpu)
 
 
 def test_config_is_json_ready():
@@ -246,7 +234,8 @@ def test_a_bad_value_is_named_with_what_the_table_allows(name, value, message):
 
 
 def test_precision_choices_come_from_one_constant():
-    from uni_seg.config import _CHOICES, PRECISIONS, RESOLVED_PRECISIONS, autocast
+    from uni_seg.config import _CHOICES, PRECISIONS, RESOLVED_PRECISIONS
+    from uni_seg.devices import autocast
 
     assert _CHOICES["precision"] == PRECISIONS and RESOLVED_PRECISIONS == ("bf16", "fp16", "fp32")
     for refuse in (lambda: resolve_precision("int8", torch.device("cpu")),
@@ -268,53 +257,6 @@ def test_command_line_values_are_read_by_the_parameters_types():
     assert parameter_from_text("CLASS_WEIGHTS", "[1, 2.5]") == [1, 2.5]
     assert parameter_from_text("EXPORT_IMAGES", "null") is None
     assert parameter_from_text("EPOCHS_PHASE1", "sixty") == "sixty"  # resolve_config names it as a bad value
-
-# ----------------------------------------------------------------------------- atomic writes
-def test_atomic_open_replaces_whole_files_and_leaves_nothing_on_error(tmp_path):
-    import os
-
-    from uni_seg.files import ATOMIC_TEMP_GLOB, atomic_open, atomic_write
-
-    target = tmp_path / "sub" / "x.json"
-    assert atomic_write(target, '{"a": 1}') == target  # parent folders are created
-    assert atomic_write(tmp_path / "b.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
-    with pytest.raises(RuntimeError, match="killed"):
-        with atomic_open(target, "w") as handle:
-            handle.write('{"a": 2, "half')
-            assert list(target.parent.glob(ATOMIC_TEMP_GLOB))  # the new content goes to a temporary
-            raise RuntimeError("killed mid-write")
-    assert target.read_text() == '{"a": 1}'  # the old file is intact
-    assert os.listdir(target.parent) == ["x.json"]  # and the temporary is gone
-    with pytest.raises(ValueError, match="mode='a'"):
-        with atomic_open(target, "a"):
-            pass
-
-
-def test_remove_stale_temporaries_spares_live_writers(tmp_path):
-    import os
-
-    from uni_seg.files import remove_stale_temporaries
-
-    dead = tmp_path / ".x.pth.tmp-999999999.0a1b2c3d"  # no such process
-    live = tmp_path / f".y.pth.tmp-{os.getppid()}.0a1b2c3d"  # a live process other than this one
-    mine = tmp_path / f".z.pth.tmp-{os.getpid()}.0a1b2c3d"  # this process: left over, not in use
-    for path in (dead, live, mine):
-        path.write_bytes(b"partial")
-    assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
-    assert [p.name for p in tmp_path.iterdir()] == [live.name]
-
-
-def test_issue21_case5_a_gpu_that_is_not_there_is_named_as_asked():
-    from uni_seg.config import DeviceUnavailable, resolve_device
-
-    missing = f"cuda:{torch.cuda.device_count() + 7}"
-    with pytest.raises(DeviceUnavailable, match=f"device='{missing}'"):
-        resolve_device(missing)
-    if not torch.cuda.is_available():
-        with pytest.raises(DeviceUnavailable, match="device='cuda' was asked for but no GPU is visible"):
-            resolve_device("cuda")
-    assert issubclass(DeviceUnavailable, ValueError)  # a command reports it in one line
-
 
 # ------------------------------------------------------- 6. a mistyped parameter name stops the run
 # Issue 16, faults met trying the project as a new user: every parameter and value checked in one line before any work.
@@ -347,22 +289,6 @@ def test_papermill_reads_every_parameter_with_its_help(caplog):
     assert all(p["help"] for p in found.values())
 
 
-# ---------------------------------------------------------------- 9. GPUs asked for, GPUs to be had
-def test_n_gpus_above_the_visible_gpus_and_the_full_profile_on_cpu_are_refused(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    with pytest.raises(ValueError, match="N_GPUS=4 but 0 GPU"):
-        config.check_training_device("demo", 4, trains=True, backbone="vit_tiny")
-    with pytest.raises(ValueError, match="full profile.*N_GPUS=0"):
-        config.check_training_device("full", None, trains=True, backbone="uni")
-    config.check_training_device("full", 0, trains=True, backbone="uni")  # asked for the CPU
-    config.check_training_device("full", None, trains=False, backbone="uni")  # evaluation only
-    from uni_seg import train
-
-    spec = train.spec_from_config(config.resolve_config("demo"), 1)
-    with pytest.raises(ValueError, match="N_GPUS=4 but 0 GPU"):  # no longer four CPU processes
-        train.launch_training(__import__("dataclasses").replace(spec, device="auto"), 4)
-
-
 # -------------------------------------------------------------------- 10. every value checked in §0
 def test_every_value_is_checked_when_the_parameters_are_resolved():
     with pytest.raises(ValueError) as error:
@@ -374,12 +300,3 @@ def test_every_value_is_checked_when_the_parameters_are_resolved():
         assert part in message  # all at once
 
 
-# ------------------------------------------------------- weights that do not fit, named in one line
-def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
-    expected = {f"blocks.{i}.w": torch.zeros(4, 4) for i in range(50)}
-    given = {f"blocks.{i}.w": torch.zeros(8, 4) for i in range(48)} | {"extra": torch.zeros(1)}
-    message = files_mod.state_dict_mismatch(expected, given)
-    assert message.startswith("48 key(s) of another shape (first: blocks.0.w (8, 4) in the file, (4, 4) in the model")
-    assert "2 missing (first: blocks.48.w, blocks.49.w)" in message and "1 unexpected (first: extra)" in message
-    assert message.count("blocks.") <= 5 and "\n" not in message
-    assert files_mod.state_dict_mismatch(expected, expected) == ""

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from uni_seg.files import LOCK_NAME, FolderInUse, folder_lock, remove_own_files, separate_folders
+import torch
+
+from uni_seg.files import LOCK_NAME, FolderInUse, folder_lock, remove_own_files, separate_folders, state_dict_mismatch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -141,3 +143,13 @@ def test_remove_stale_temporaries_spares_live_writers(tmp_path):
         path.write_bytes(b"partial")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted([dead, mine])
     assert [p.name for p in tmp_path.iterdir()] == [live.name]
+
+
+def test_weights_that_do_not_fit_name_the_first_few_tensors_and_the_count():
+    expected = {f"blocks.{i}.w": torch.zeros(4, 4) for i in range(50)}
+    given = {f"blocks.{i}.w": torch.zeros(8, 4) for i in range(48)} | {"extra": torch.zeros(1)}
+    message = state_dict_mismatch(expected, given)
+    assert message.startswith("48 key(s) of another shape (first: blocks.0.w (8, 4) in the file, (4, 4) in the model")
+    assert "2 missing (first: blocks.48.w, blocks.49.w)" in message and "1 unexpected (first: extra)" in message
+    assert message.count("blocks.") <= 5 and "\n" not in message
+    assert state_dict_mismatch(expected, expected) == ""

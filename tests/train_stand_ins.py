@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from uni_seg import phases as phases_mod
 from uni_seg import checkpoints as C
-from uni_seg import config
+from uni_seg import devices
 
 class TinySegModel(nn.Module):
     """The CellSegModel interface on a few convolutions (no dropout, no batch norm)."""
@@ -133,10 +133,10 @@ def tiny_spec(tmp: Path, phase: int = 1, *, epochs: int = 4, model: dict | None 
     data = {"n": 8, **(data or {})}
     return phases_mod.TrainSpec(
         phase=phases_mod.PhaseConfig(**kw),
-        model=config.Factory(f"{__name__}:TinySegModel", model or {}),
-        train_data=config.Factory(f"{__name__}:TinyDataset", data),
-        val_data=config.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
-        loss=config.Factory(f"{__name__}:TinyLoss"),
+        model=devices.Factory(f"{__name__}:TinySegModel", model or {}),
+        train_data=devices.Factory(f"{__name__}:TinyDataset", data),
+        val_data=devices.Factory(f"{__name__}:TinyDataset", {"n": 4, "seed": 1, "augment": False}),
+        loss=devices.Factory(f"{__name__}:TinyLoss"),
         checkpoint_dir=tmp / "checkpoints", results_dir=tmp / "results", working_scale=0.5,
         lora=(2, 4.0) if phase == 2 else None,
         init_checkpoint=tmp / "checkpoints" / "best_phase1.pth" if phase == 2 else None,

@@ -9,6 +9,7 @@ Modules, in the order data flows through them (each imports only from those abov
     uni_seg.settings       section 0: Setup and parameters (Settings objects)
     uni_seg.classes        section 0: Setup and parameters (Cell classes)
     uni_seg.config         section 0: Setup and parameters (The run's settings)
+    uni_seg.devices        section 0: Setup and parameters (Devices, precision and seeds)
     uni_seg.procs          section 0: Setup and parameters (Processes)
     uni_seg.files          section 0: Setup and parameters (Files: written whole, read safely, One folder, one writer; only our own files)
     uni_seg.data           section 1: Data (Reading one file, Masks to instances, Finding the dataset, The split, The working scale)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from uni_seg.config import Factory
+from uni_seg.devices import Factory
 from uni_seg.files import atomic_open, state_dict_mismatch, torch_load_refusal
 from uni_seg.settings import describe_differences
 

@@ -7,22 +7,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import importlib
+import json
 import math
 import os
-import random
-import sys
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
-
-if TYPE_CHECKING:  # torch is imported where a device is needed, so that CPU-side workers stay small
-    import torch
-
-import json
 import re
-
-import numpy as np
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Sequence
 
 from uni_seg.classes import class_scheme
 
@@ -482,167 +474,6 @@ def show_markdown(text: str) -> None:
 
 
 # notebook §0 "The run's settings", cell id c52ca8d7
-class DeviceUnavailable(ValueError):
-    """A device was asked for that this machine does not have; the message names it and what there is."""
-
-
-def resolve_device(kind: str = "auto", local_rank: int = 0) -> "torch.device":
-    """The `torch.device` for "auto" (the `local_rank`-th GPU when one is visible, else the
-    CPU), "cpu", "cuda" (the `local_rank`-th GPU) or "cuda:N". `ValueError` for anything else;
-    `DeviceUnavailable` (a `ValueError`: one line, exit status 2 in a command) naming the
-    device asked for when no GPU is visible or there is no GPU of that number."""
-    import torch
-
-    if kind not in ("auto", "cpu", "cuda") and not (kind.startswith("cuda:") and kind[5:].isdigit()):
-        raise ValueError(f"device={kind!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    asked = kind
-    if kind.startswith("cuda:"):
-        kind, local_rank = "cuda", int(kind[5:])
-    if kind == "cuda" or (kind == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"device={asked!r} was asked for but no GPU is visible{cuda_diagnosis()}")
-        if local_rank >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"device={asked!r} (GPU {local_rank}) was asked for but this process sees "
-                                    f"{torch.cuda.device_count()} GPU(s), numbered from 0")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def cuda_diagnosis() -> str:
-    """Why torch sees no (or fewer) GPUs, in a few words for an error message ("" when it sees some)."""
-    import torch
-
-    if torch.cuda.device_count():
-        return ""
-    if torch.version.cuda is None:
-        return f" (this torch, {torch.__version__}, is a CPU-only build)"
-    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    return (f" (torch {torch.__version__}, built for CUDA {torch.version.cuda}, sees no GPU"
-            + (f"; CUDA_VISIBLE_DEVICES={hidden!r}" if hidden is not None else "")
-            + ": check `nvidia-smi` and that the driver supports that CUDA version)")
-
-
-def check_training_device(profile: str, n_gpus: int | None, trains: bool, backbone: str) -> None:
-    """Refuse, before any work, a training run that would not get the GPUs it expects: `N_GPUS`
-    above the GPUs visible, or the full profile (hours of a ViT-L on a GPU) falling back to the
-    CPU because none is visible, unless `N_GPUS=0` asks for the CPU. `trains`: whether the run
-    trains at all (evaluation alone runs anywhere). `ValueError` saying what to do."""
-    if not trains:
-        return
-    import torch
-
-    visible = torch.cuda.device_count()
-    if n_gpus is not None and n_gpus > visible:
-        raise ValueError(f"N_GPUS={n_gpus} but {visible} GPU(s) are visible{cuda_diagnosis()}")
-    if profile == "full" and n_gpus is None and visible == 0:
-        raise ValueError(f"the full profile trains {backbone!r} on a GPU, and none is visible{cuda_diagnosis()}; "
-                         "set N_GPUS=0 to train on the CPU anyway (very slow)")
-
-
-def device_for_gpus(n_gpus: int | None) -> str:
-    """The device kind for an `N_GPUS` setting: "cpu" for 0, else "auto" (a GPU when visible)."""
-    return "cpu" if n_gpus == 0 else "auto"
-
-
-# notebook §0 "The run's settings", cell id ea09f751
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN reports it.
-
-    torch exposes this only as a private operator (`torch.ops.mkldnn._is_mkldnn_bf16_supported`);
-    where it is missing the answer is False, and "auto" falls back to fp32, which is always correct.
-    """
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(precision: str, device: "torch.device") -> str:
-    """`"bf16"`, `"fp16"` or `"fp32"`: the autocast dtype to train and infer with on `device`.
-
-    `"auto"` picks bf16 on GPUs that support it (compute capability >= 8.0), else fp16; on a CPU
-    it picks bf16 where the CPU computes it natively (`cpu_computes_bf16`), else fp32. An explicit
-    choice is returned as given, except bf16 on a GPU that lacks it, which raises `ValueError`.
-    """
-    import torch
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"PRECISION={precision!r} is not one of {', '.join(PRECISIONS)}")
-    if device.type == "cpu":
-        return ("bf16" if cpu_computes_bf16() else "fp32") if precision == "auto" else precision
-    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
-    if precision == "auto":
-        return "bf16" if bf16_ok else "fp16"
-    if precision == "bf16" and not bf16_ok:
-        raise ValueError(f"PRECISION='bf16' is not supported on {torch.cuda.get_device_name(device)}; use 'fp16'")
-    return precision
-
-
-def autocast(device: "torch.device", precision: str) -> contextlib.AbstractContextManager:
-    """The autocast context of a resolved precision on `device`: bf16 or fp16 autocast, or
-    nothing for fp32. `ValueError` for "auto" (resolve it with `resolve_precision` first)."""
-    import torch
-
-    if precision not in RESOLVED_PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not one of {', '.join(map(repr, RESOLVED_PRECISIONS))} "
-                         "(resolve 'auto' first)")
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-# notebook §0 "The run's settings", cell id f20e26d3
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) so a run is repeatable."""
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def hf_token_available() -> bool:
-    """Whether a Hugging Face token is configured (environment or cached login); never returns the token."""
-    if os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN"):
-        return True
-    try:
-        from huggingface_hub import get_token
-
-        return get_token() is not None
-    except Exception:
-        return False
-
-
-# notebook §0 "The run's settings", cell id d615230c
-@dataclasses.dataclass(frozen=True)
-class Factory:
-    """A picklable recipe for an object: `target` names a callable as "package.module:name".
-
-    Spawned worker processes import the module and call it with `kwargs` (plain values only),
-    which is how DDP workers rebuild the model, datasets and loss of a notebook run.
-    """
-
-    target: str
-    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    def resolve(self) -> Callable[..., Any]:
-        """The callable `target` names (imports its module)."""
-        module_name, _, attr = self.target.partition(":")
-        if not attr:
-            raise ValueError(f"Factory target {self.target!r} must look like 'package.module:callable'")
-        fn: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            fn = getattr(fn, part)
-        return fn
-
-    def build(self, **overrides: Any) -> Any:
-        """Call the target with `kwargs` updated by `overrides`."""
-        return self.resolve()(**{**self.kwargs, **overrides})
-
-
-# notebook §0 "The run's settings", cell id 4ef6e3fb
 #: Errors a command line reports in one line (a file or folder missing, in the way or not
 #: readable); each module adds its own (bad data, a foreign checkpoint, weights not to be had).
 USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from uni_seg.augment import CellAugmenter, StainAugmentation
 from uni_seg.cache import ProcessedSample, load_processed, open_processed, processed_window
-from uni_seg.config import seed_everything
+from uni_seg.devices import seed_everything
 from uni_seg.data import tile_starts
 from uni_seg.procs import start_context, worker_context
 from uni_seg.targets import targets_from_instances

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from uni_seg.checkpoints import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointError, _plain_config,
                                  atomic_torch_save, capture_rng_state, check_compatible, load_checkpoint,
                                  restore_rng_state)
-from uni_seg.config import autocast, resolve_device, resolve_precision, seed_everything
+from uni_seg.devices import autocast, resolve_device, resolve_precision, seed_everything
 from uni_seg.dataset import EpochItems, EpochSampler, make_loader
 from uni_seg.files import atomic_open, atomic_write, remove_stale_temporaries
 from uni_seg.phases import SCHEDULES, PhaseConfig, TrainingDivergedError, TrainResult, TrainSpec

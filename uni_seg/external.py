@@ -17,7 +17,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from uni_seg.baseline import baseline_instances
-from uni_seg.config import errors_as_messages, markdown_table, resolve_device
+from uni_seg.config import errors_as_messages, markdown_table
+from uni_seg.devices import resolve_device
 from uni_seg.data import read_image, resize_image, working_shape
 from uni_seg.files import write_json_atomic
 

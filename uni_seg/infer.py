@@ -22,7 +22,8 @@ import torch
 from uni_seg.cache import CACHE_SUFFIX, load_processed_arrays
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name
-from uni_seg.config import PRECISIONS, errors_as_messages, resolve_device
+from uni_seg.config import PRECISIONS, errors_as_messages
+from uni_seg.devices import resolve_device
 from uni_seg.data import IMAGE_SUFFIXES
 from uni_seg.export import OVERLAY_FORMATS, export_folder_item, load_folder_item, write_csv
 from uni_seg.files import atomic_open, folder_lock, separate_folders

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from uni_seg.config import Factory
+from uni_seg.devices import Factory
 
 SCHEDULES = ("warmup_cosine_restarts", "cosine")
 #: Keys of a history row that measure time, not training: they differ between identical runs.

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from uni_seg.config import PRECISIONS, autocast, resolve_device, resolve_precision
+from uni_seg.config import PRECISIONS
+from uni_seg.devices import autocast, resolve_device, resolve_precision
 from uni_seg.data import check_rgb_image, resize_image, tile_starts, working_shape
 from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
 from uni_seg.settings import Settings

@@ -16,7 +16,7 @@ import torch
 from uni_seg import infer
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.classes import CLASS_NAMES, ClassScheme, class_name, class_scheme
-from uni_seg.config import resolve_device
+from uni_seg.devices import resolve_device
 from uni_seg.infer import FolderReport, list_images, model_threads, pipeline
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams, select_postproc
 from uni_seg.predict import InferenceSettings, TileBatcher

@@ -21,8 +21,8 @@ from uni_seg.augment import StainAugmentation
 from uni_seg.cellsize import training_cell_diameter
 from uni_seg.checkpoints import CheckpointError, load_checkpoint
 from uni_seg.classes import class_scheme
-from uni_seg.config import (PROFILE_NAMES, Factory, check_training_device, cuda_diagnosis, errors_as_messages,
-                            parameter_from_text, resolve_config, resolve_device)
+from uni_seg.config import PROFILE_NAMES, errors_as_messages, parameter_from_text, resolve_config
+from uni_seg.devices import Factory, check_training_device, cuda_diagnosis, resolve_device
 from uni_seg.data import DataError
 from uni_seg.engine import DistContext, _Progress, train_phase
 from uni_seg.losses import nc_class_weights
