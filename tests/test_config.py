@@ -147,7 +147,7 @@ def test_the_parameters_cell_is_the_table_written_out():
 
 @pytest.mark.parametrize("old, new", [
     ("SEED: int = 42", "SEED: int = 43"),  # a default
-    ("AUG_JPEG: int = 100", "AUG_JPEG: float = 100"),  # a type
+    ("LORA_RANK: int = 4", "LORA_RANK: float = 4"),  # a type
     ("TILE_SIZE: Optional[int] = None", "TILE_SIZE: Optional[int] = 128"),  # a value the profiles set
     ("# maximum epochs\n", "# most epochs\n"),  # a help comment
     ("USE_COMPILE: bool = False  # torch.compile the model (first epoch slower)\n", ""),  # a parameter left out

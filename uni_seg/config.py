@@ -22,9 +22,9 @@ from uni_seg.classes import class_scheme
 #: a tiny random ViT, a few minutes end to end (about 5 min on 2 cores; PQ ~0.8 on the synthetic test
 #: images, so the figures show real segmentations). "full": a GPU node and real data, the seed's
 #: hyperparameters at a working scale where a cell spans several ViT patches (0.5: ~50 px cells).
-#: "cpu": a small pretrained ViT on a laptop: real data, the ImageNet-pretrained ViT-Ti/16, the recipe
-#: issue 25's sweep chose on validation and another lab's smears (docs/results.md; ~15 min per run on
-#: 2 cores for the 100-image subset).
+#: "cpu": a small pretrained ViT on a laptop: real data, the ImageNet-pretrained ViT-Ti/16 and the
+#: stronger stain jitter that issue 25's sweep chose on validation and another lab's smears (more of
+#: their platelets found; docs/results.md), ~15 to 40 min per run on 2 cores for the 100-image subset.
 PROFILE_NAMES: tuple[str, ...] = ("demo", "full", "cpu")
 #: A parameter's kind -> (its type in the parameters cell, the type of its `RunConfig` field).
 PARAMETER_KINDS: dict[str, tuple[str, str]] = {
@@ -172,18 +172,18 @@ _TRAINING_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
             "effective batch: gradients accumulate over steps until this many crops (all GPUs)", bounds=">= 1"),
         Parameter("crops_per_image", "int", {"demo": 8, "full": 4, "cpu": 2},
             "random crops drawn from each training image per epoch", bounds=">= 1"),
-    )), ("stain and colour augmentation of training crops (§2; 0 turns a part off)", (
-        Parameter("aug_hed", "float", 0.0,
+    )), ("stain and colour augmentation of training crops (§2; 0 turns a part off; the cpu profile's stronger jitter is issue 25's pick for smears from other labs)", (
+        Parameter("aug_hed", "float", {"demo": 0.0, "full": 0.0, "cpu": 0.4},
             "stain jitter s in [0, 1]: each haematoxylin/eosin/DAB amount times 1 +- s, shifted by up to s/3 OD", bounds="[0, 1]"),
-        Parameter("aug_hue", "float", 0.04,
+        Parameter("aug_hue", "float", {"demo": 0.04, "full": 0.04, "cpu": 0.1},
             "largest hue rotation in [0, 0.5], a fraction of the colour circle", bounds="[0, 0.5]"),
-        Parameter("aug_saturation", "float", 0.2, "saturation times 1 +- this, in [0, 1]", bounds="[0, 1]"),
-        Parameter("aug_brightness_contrast", "float", 0.2,
+        Parameter("aug_saturation", "float", {"demo": 0.2, "full": 0.2, "cpu": 0.5}, "saturation times 1 +- this, in [0, 1]", bounds="[0, 1]"),
+        Parameter("aug_brightness_contrast", "float", {"demo": 0.2, "full": 0.2, "cpu": 0.3},
             "brightness and contrast each times 1 +- this, in [0, 1]", bounds="[0, 1]"),
-        Parameter("aug_grayscale", "float", 0.0, "probability in [0, 1] that a crop is made grey", bounds="[0, 1]"),
-        Parameter("aug_blur", "float", 1.2,
+        Parameter("aug_grayscale", "float", {"demo": 0.0, "full": 0.0, "cpu": 0.1}, "probability in [0, 1] that a crop is made grey", bounds="[0, 1]"),
+        Parameter("aug_blur", "float", {"demo": 1.2, "full": 1.2, "cpu": 1.5},
             "largest Gaussian blur sigma in working-scale pixels, in [0, 10]", bounds="[0, 10]"),
-        Parameter("aug_jpeg", "int", 100,
+        Parameter("aug_jpeg", "int", {"demo": 100, "full": 100, "cpu": 60},
             "lowest JPEG quality (1 to 100) of compression artefacts; 100 adds none", bounds="1..100", note=" (100: no JPEG artefacts)"),
     )), ("speed", (
         Parameter("precision", "str", "auto",
