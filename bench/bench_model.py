@@ -168,7 +168,6 @@ def bench_one(backbone: str, phase: int, args: argparse.Namespace, device: torch
         row["achieved_tflops"] = row["gflops_step"] * row["images_per_s"] / 1e3
         if args.matmul_tflops:
             row["matmul_share"] = row["achieved_tflops"] / args.matmul_tflops
-    del model, run
     return row
 
 
