@@ -13351,7 +13351,7 @@ def predict_split_baseline(processed_dir: str | Path, split: str, min_distance: 
         inst, scores = baseline_instances(data["image"], min_distance, min_area)
         classes = np.ones(len(scores), np.int64)
         classes[0] = 0
-        out.append(SplitPrediction(sample.stem, None, data["inst"].astype(np.int32), data["cls"].astype(np.uint8), inst,
+        out.append(SplitPrediction(sample.stem, None, data["inst"].astype(np.int32), data["cls"].astype(np.int8), inst,
                                    classes, None, scores, None))
     return out
 

@@ -93,3 +93,17 @@ def test_the_baseline_block_sits_beside_the_model_in_metrics_json(tmp_path):
     summary = run_summary("r", "demo", "vit_tiny", "none", "none", {"test": 2}, "data", doc)
     assert "The classical baseline on the same test images" in summary and "| PQ |" in summary
     assert "Smears from elsewhere: 1 images of `x`" in summary and "| model | 0.50 | 0.50 | 0.40 | 0.30 |" in summary
+
+
+def test_the_baseline_is_scored_on_a_cache_with_cells_of_unknown_class(boxed_synthetic, tmp_path):
+    """Cells that no class box names are UNKNOWN_CLASS (-1) in the cache; the baseline's truth keeps
+    them so (it once cast them to 255, and scoring a BBBC041-scheme run stopped there)."""
+    from uni_seg.cache import build_processed_cache
+    from uni_seg.classes import UNKNOWN_CLASS
+
+    root, boxes = boxed_synthetic
+    build_processed_cache(root, tmp_path / "processed", 0.5, 0.25, 0, 20, scheme="bbbc041", class_boxes=boxes)
+    predictions = predict_split_baseline(tmp_path / "processed", "test", 6)
+    assert any((p.true_cls == UNKNOWN_CLASS).any() for p in predictions)  # the synthetic boxes leave some out
+    metrics = evaluate_split(predictions, 4)
+    assert 0 < metrics["dataset"]["pq"] <= 1
