@@ -29,6 +29,11 @@ KINDS = ("matched", *ERROR_KINDS)
 EDGE_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
 
+def edge_ids(labels: np.ndarray) -> np.ndarray:
+    """The ids (0 included) on the outermost rows and columns of a label map."""
+    return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+
+
 def without_small_edge_cells(pred: np.ndarray, fraction: float) -> np.ndarray:
     """`pred` (int (H, W)) less the cells that touch the image edge and are smaller than
     `fraction` x the median area of its cells."""
@@ -36,7 +41,7 @@ def without_small_edge_cells(pred: np.ndarray, fraction: float) -> np.ndarray:
     ids, areas = ids[ids > 0], areas[ids > 0]
     if fraction <= 0 or not ids.size:
         return pred
-    on_edge = np.isin(ids, np.concatenate([pred[0], pred[-1], pred[:, 0], pred[:, -1]]))
+    on_edge = np.isin(ids, edge_ids(pred))
     small = ids[on_edge & (areas < fraction * np.median(areas))]
     return np.where(np.isin(pred, small), 0, pred)
 
@@ -50,8 +55,7 @@ def false_on_edge(pairs, pred: np.ndarray) -> int:
     unmatched[0] = False
     inside = np.bincount(pairs.pred, weights=pairs.inter, minlength=pairs.n_pred + 1)
     background = unmatched & (2 * inside < pairs.pred_area)
-    edge_ids = np.unique(np.concatenate([pred[0], pred[-1], pred[:, 0], pred[:, -1]]))
-    return int(np.isin(pairs.pred_ids[background], edge_ids).sum())
+    return int(np.isin(pairs.pred_ids[background], edge_ids(pred)).sum())
 
 
 def run_breakdown(run: Path, split: str, settings: InferenceSettings) -> dict[str, int]:
