@@ -7,9 +7,8 @@ checkpoint (phase 2, else phase 1) with the post-processing tuned for it (`uni_s
 
 Prints one row per run and, with several, the mean. For the choice between settings use the val
 split; the test split is for reporting. It also counts the false cells that touch the image edge
-(the Kaggle annotators drew no sliver of a cell cut off by the edge) and, for a few fractions f,
-the mean per-image PQ if predicted cells touching the edge and smaller than f x the image's median
-predicted cell were dropped (0: as predicted): what such a rule would be worth, choose f on val.
+(the Kaggle annotators drew few slivers of cells cut off by the edge; the tuned post-processing's
+`min_edge_cell_area` drops them when the validation masks say so), and gives the mean per-image PQ.
 """
 
 from __future__ import annotations
@@ -26,24 +25,11 @@ from uni_seg.postproc import select_postproc
 from uni_seg.predict import InferenceSettings
 
 KINDS = ("matched", *ERROR_KINDS)
-EDGE_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
 
 def edge_ids(labels: np.ndarray) -> np.ndarray:
     """The ids (0 included) on the outermost rows and columns of a label map."""
     return np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-
-
-def without_small_edge_cells(pred: np.ndarray, fraction: float) -> np.ndarray:
-    """`pred` (int (H, W)) less the cells that touch the image edge and are smaller than
-    `fraction` x the median area of its cells."""
-    ids, areas = np.unique(pred, return_counts=True)
-    ids, areas = ids[ids > 0], areas[ids > 0]
-    if fraction <= 0 or not ids.size:
-        return pred
-    on_edge = np.isin(ids, edge_ids(pred))
-    small = ids[on_edge & (areas < fraction * np.median(areas))]
-    return np.where(np.isin(pred, small), 0, pred)
 
 
 def false_on_edge(pairs, pred: np.ndarray) -> int:
@@ -68,16 +54,14 @@ def run_breakdown(run: Path, split: str, settings: InferenceSettings) -> dict[st
     postproc, line = select_postproc(None, run / "results" / "postproc_params.json", meta.get("checkpoint_id"))
     print(f"{run}: {checkpoint.name}; {line}")
     totals = dict.fromkeys(("true", "predicted", *KINDS, "false on edge"), 0)
-    pq = {f: [] for f in EDGE_FRACTIONS}
+    pq = []
     for prediction in predict_split(model, run / "processed", split, settings, postproc, keep_maps=False, workers=0):
         pairs = pair_table(prediction.true_inst, prediction.pred_inst)
         for kind, n in error_breakdown(pairs).items():
             totals[kind] += n
         totals["false on edge"] += false_on_edge(pairs, prediction.pred_inst)
-        for f in EDGE_FRACTIONS:
-            pq[f].append(panoptic_quality(prediction.true_inst, without_small_edge_cells(prediction.pred_inst, f))["pq"])
-    totals.update({f"PQ edge<{f}": float(np.mean(v)) for f, v in pq.items()})
-    return totals
+        pq.append(panoptic_quality(prediction.true_inst, prediction.pred_inst)["pq"])
+    return {**totals, "PQ": float(np.mean(pq))}
 
 
 def main() -> None:
@@ -89,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = InferenceSettings(tile_size=args.tile, overlap=args.overlap, device="cpu")
     rows = [(run, run_breakdown(run, args.split, settings)) for run in args.runs]
-    columns = ["true", *KINDS, "false on edge", *(f"PQ edge<{f}" for f in EDGE_FRACTIONS)]
+    columns = ["true", *KINDS, "false on edge", "PQ"]
     print("\n| run | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     for run, t in rows:

@@ -137,6 +137,57 @@ def test_true_maps_of_real_masks_recover_the_cells(real_subset, n_masks):
         assert pq["pq"] >= 0.99, (path.name, pq)
 
 
+# --------------------------------------------------------------------------- slivers on the edge
+def sliver_scene() -> np.ndarray:
+    """Whole discs of r 18 inside, and cells cut by each side: a sliver on the top and on the
+    left (cut to ~1/5 of a disc), a big part of a cell on the bottom, a small whole cell inside."""
+    inst = disk_scene((160, 200), ((60, 60, 18), (60, 140, 18), (110, 100, 18), (-12, 100, 18), (80, -12, 18),
+                                   (150, 40, 18), (110, 160, 6)))
+    return inst
+
+
+def test_drop_edge_slivers_drops_small_cells_on_the_frame_only():
+    inst = sliver_scene()
+    areas = np.bincount(inst.ravel())[1:]
+    median = np.median(areas)
+    assert areas[3] < 0.5 * median and areas[4] < 0.5 * median and areas[5] > 0.5 * median  # the scene's premise
+    assert areas[6] < 0.5 * median  # the small cell inside is as small as the slivers
+    kept = postproc.drop_edge_slivers(inst, int(0.5 * median))
+    assert kept.dtype == inst.dtype
+    # slivers 4 (top) and 5 (left) gone; the rest kept whole and renumbered 1..5 in their order
+    assert np.array_equal(np.unique(kept), np.arange(6))
+    for new, old in zip(range(1, 6), (1, 2, 3, 6, 7)):
+        assert np.array_equal(kept == new, inst == old)
+    # a side that is not the picture's edge (a window of a larger picture) keeps its cells
+    only_top = postproc.drop_edge_slivers(inst, int(0.5 * median), frame_sides=(True, False, False, False))
+    assert (only_top[inst == 5] > 0).all() and (only_top[inst == 4] == 0).all()
+    assert postproc.drop_edge_slivers(inst, 0) is inst
+    assert postproc.drop_edge_slivers(inst, int(0.5 * median), frame_sides=(False,) * 4) is inst
+    assert postproc.drop_edge_slivers(np.zeros((5, 5), np.int32), 100).max() == 0
+
+
+def test_drop_edge_slivers_docstring_example():
+    import doctest
+
+    finder = doctest.DocTestFinder(recurse=False)
+    runner = doctest.DocTestRunner()
+    for test in finder.find(postproc.drop_edge_slivers, "drop_edge_slivers", globs={"drop_edge_slivers": postproc.drop_edge_slivers}):
+        runner.run(test)
+    assert runner.summarize(verbose=False).attempted >= 3 and runner.summarize(verbose=False).failed == 0
+
+
+def test_instances_from_maps_drops_slivers_only_when_asked_and_only_on_frame_sides():
+    inst = sliver_scene()
+    maps = true_maps(inst)
+    assert instances_from_maps(*maps).max() == 7  # off by default
+    assert DEFAULT_POSTPROC_PARAMS.min_edge_cell_area == 0
+    sliver_area = int(0.5 * np.median(np.bincount(inst.ravel())[1:]))
+    assert instances_from_maps(*maps, min_edge_cell_area=sliver_area).max() == 5
+    assert instances_from_maps(*maps, frame_sides=(False, True, False, True), min_edge_cell_area=sliver_area).max() == 7
+    with pytest.raises(ValueError, match="min_edge_cell_area"):
+        postproc.PostprocParams(min_edge_cell_area=-1)
+
+
 # --------------------------------------------------------------------------- classes and scores
 def test_classify_instances_majority_excluding_background():
     inst = np.zeros((4, 6), np.int32)

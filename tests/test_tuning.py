@@ -10,7 +10,7 @@ from scenes import disk_scene
 from uni_seg.files import ATOMIC_TEMP_GLOB
 from uni_seg.known_maps import true_maps
 from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
-from uni_seg.tuning import tune_postproc
+from uni_seg.tuning import EDGE_SLIVER_FRACTIONS, edge_sliver_areas, tune_postproc
 
 
 # --------------------------------------------------------------------------- tuning and params file
@@ -28,3 +28,19 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best.as_dict()
     assert load_postproc_params(path) == best
     assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
+
+
+def test_tuning_learns_the_annotators_convention_for_slivers_on_the_edge():
+    """Masks that leave out the cells cut off by the image's edge tune the sliver rule on;
+    masks that draw them keep it off (the same maps, the default grid)."""
+    cells = ((60, 60, 18), (60, 140, 18), (110, 100, 18), (-12, 100, 18), (80, -12, 18), (150, 40, 18))
+    drawn = disk_scene((160, 200), cells)
+    np_map, hv = true_maps(drawn)  # the model sees every cell, slivers included
+    left_out = np.where(np.isin(drawn, [4, 5]), 0, drawn)  # annotators who leave out the two slivers
+    areas = np.bincount(drawn.ravel())
+    assert max(areas[4], areas[5]) < 0.25 * np.median(areas[[1, 2, 3, 6]])  # slivers, by the left-out masks' median
+    assert edge_sliver_areas([left_out]) == [round(f * np.median(areas[[1, 2, 3, 6]])) for f in EDGE_SLIVER_FRACTIONS]
+    best, table = tune_postproc([np_map], [hv], [left_out])
+    assert len(table) == 27 * 4 and best.min_edge_cell_area > max(areas[4], areas[5]) and table[0]["pq"] > 0.99
+    best, table = tune_postproc([np_map], [hv], [drawn])
+    assert best.min_edge_cell_area == 0 and table[0]["pq"] > 0.99

@@ -49,13 +49,14 @@ class PostprocParams(Settings):
     merge_threshold: float = 0.05  # split pieces whose shared boundary has mean energy below this are one cell (0 = never merge)
     min_area: int = 30  # foreground blobs and final cells smaller than this (pixels) are dropped
     max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
+    min_edge_cell_area: int = 0  # cells on the picture's edge smaller than this (pixels) are dropped as slivers (0 = keep all)
 
     def __post_init__(self) -> None:
         k = self.sobel_ksize
         if isinstance(k, bool) or int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
             raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
         for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
-                     "min_marker_area", "min_area", "max_hole_area"):
+                     "min_marker_area", "min_area", "max_hole_area", "min_edge_cell_area"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}={value!r} must be a number >= 0")
@@ -330,9 +331,56 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocPa
     return out
 
 
+# notebook §8, cell id 8075293f
+#: (top, bottom, left, right): which sides of an image are the edge of the picture, where a
+#: cell can be cut off. All four for a whole image.
+ALL_FRAME_SIDES = (True, True, True, True)
+
+
+def drop_edge_slivers(inst: np.ndarray, min_area: int,
+                      frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES) -> np.ndarray:
+    """`inst` less the cells cut off by the edge of the picture, renumbered.
+
+    Args:
+        inst: int (H, W), 0 background, cells 1..N.
+        min_area: a cell touching a side in `frame_sides` is dropped when it has fewer pixels
+            (0: nothing is dropped).
+        frame_sides: (top, bottom, left, right), True where that side is the picture's edge.
+
+    Returns:
+        `inst` itself when nothing is dropped, else a new map of its dtype whose cells are
+        1..M in the order of their old ids.
+
+    >>> import numpy as np
+    >>> inst = np.zeros((8, 12), np.int32)
+    >>> inst[2:6, 3:7], inst[2:4, 11:12] = 1, 2  # a whole cell of 16 px, a sliver of 2 px on the right edge
+    >>> np.unique(drop_edge_slivers(inst, 8)).tolist()
+    [0, 1]
+    >>> np.unique(drop_edge_slivers(inst, 8, frame_sides=(True, True, True, False))).tolist()
+    [0, 1, 2]
+    """
+    n = int(inst.max(initial=0))
+    if min_area <= 0 or n == 0 or not any(frame_sides):
+        return inst
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    present = area > 0
+    present[0] = False
+    on_edge = np.zeros(n + 1, bool)
+    for is_frame, line in zip(frame_sides, (inst[0], inst[-1], inst[:, 0], inst[:, -1])):
+        if is_frame:
+            on_edge[line] = True
+    drop = on_edge & present & (area < min_area)
+    if not drop.any():
+        return inst
+    keep = present & ~drop
+    lut = np.zeros(n + 1, inst.dtype)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1)
+    return np.take(lut, inst)
+
+
 # notebook §8, cell id 49b1af39
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
-                        **changes: Any) -> np.ndarray:
+                        frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
@@ -340,6 +388,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         hv: float32 (2, H, W) in [-1, 1]; ch0 horizontal (x), ch1 vertical (y) offset of the
             pixel from its cell's centre, each side of the centre scaled to [-1, 1].
         params: the `PostprocParams` (None = `DEFAULT_POSTPROC_PARAMS`).
+        frame_sides: (top, bottom, left, right), True where that side of the maps is the edge
+            of the picture (`drop_edge_slivers`); a whole image has all four.
         **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
             (unknown names raise `ValueError`).
 
@@ -351,14 +401,16 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     not depend on the tile it is cut from, away from the tile border); markers = foreground
     pixels with energy < marker_threshold, opened with an ellipse; a blob with 0 or 1 marker
     is one cell; blobs with >= 2 markers are split by `skimage.segmentation.watershed` on the
-    energy and seamless pieces merged back; pieces under min_area are dropped. Time and
+    energy and seamless pieces merged back; pieces under min_area are dropped; with
+    min_edge_cell_area > 0, slivers on the picture's edge are dropped. Time and
     memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
     np_prob, hv = validate_maps(np_prob, hv)
     p = params or DEFAULT_POSTPROC_PARAMS
     if changes:
         p = p.replace(**changes)
-    return instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
+    inst = instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
+    return drop_edge_slivers(inst, int(p.min_edge_cell_area), frame_sides)
 
 
 # notebook §8, cell id 3e4da2ba
@@ -452,14 +504,16 @@ class Segmentation:
 
 
 def cells_from_maps(
-    maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None
+    maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None,
+    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
-    `maps` as `predict_maps` returns them. Returns inst int32 (h, w) 0..N and three (N + 1,)
-    arrays indexed by cell id: classes int64, class_probs float32, scores float32.
+    `maps` as `predict_maps` returns them; `frame_sides` as in `instances_from_maps`. Returns
+    inst int32 (h, w) 0..N and three (N + 1,) arrays indexed by cell id: classes int64,
+    class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], postproc)
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides)
     classes, class_probs = classify_instances(inst, maps["nc"])
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 

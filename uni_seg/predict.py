@@ -15,7 +15,7 @@ import torch
 from uni_seg.config import PRECISIONS
 from uni_seg.devices import autocast, resolve_device, resolve_precision
 from uni_seg.data import check_rgb_image, resize_image, tile_starts, working_shape
-from uni_seg.postproc import PostprocParams, Segmentation, cells_at_size, cells_from_maps
+from uni_seg.postproc import ALL_FRAME_SIDES, PostprocParams, Segmentation, cells_at_size, cells_from_maps
 from uni_seg.settings import Settings
 
 
@@ -266,18 +266,21 @@ def segment_image(
     settings: InferenceSettings = InferenceSettings(),
     postproc: PostprocParams | None = None,
     keep_maps: bool = True,
+    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
 ) -> Segmentation:
     """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
     working scale, labels enlarged (nearest) to the original size.
 
     `image` uint8 (H, W, 3) RGB; `settings` as in `predict_maps`; `postproc` the watershed's
-    parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`). Returns a
-    `Segmentation` whose `inst` is (H, W).
+    parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`);
+    `frame_sides` the sides of `image` that are the edge of the picture (`drop_edge_slivers`:
+    all four, unless `image` is a window cut from a larger picture). Returns a `Segmentation`
+    whose `inst` is (H, W).
     """
     t0 = time.perf_counter()
     maps = predict_maps(model, image, settings)
     t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc, frame_sides)
     t2 = time.perf_counter()
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])

@@ -27,7 +27,7 @@ from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_st
 from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
                            write_json_atomic)
 from uni_seg.infer import peak_rss_mb
-from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.postproc import ALL_FRAME_SIDES, DEFAULT_POSTPROC_PARAMS, PostprocParams
 from uni_seg.predict import InferenceSettings, segment_image
 
 #: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
@@ -71,12 +71,15 @@ def pick_level(downsamples: Sequence[float], working_scale: float) -> tuple[int,
 class Region:
     """One region of a slide (pixels of the level read): its `core` (y0, x0, y1, x1), the cells
     whose centre lies there are this region's, and its `window` (the core and a margin, clipped
-    to the slide), the pixels that are segmented. `row`, `col`: its place in the grid."""
+    to the slide), the pixels that are segmented. `row`, `col`: its place in the grid.
+    `frame_sides` (top, bottom, left, right): the window's sides on the slide's edge, the only
+    ones where a cell can be cut off (a cell on another side goes on in the next window)."""
 
     row: int
     col: int
     core: tuple[int, int, int, int]
     window: tuple[int, int, int, int]
+    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES
 
 
 # notebook §8 "Whole-slide smears in bounded memory", cell id 3358cb5f
@@ -94,8 +97,9 @@ def slide_regions(height: int, width: int, core: int, margin: int) -> list[Regio
     for row, y0 in enumerate(range(0, height, core)):
         for col, x0 in enumerate(range(0, width, core)):
             y1, x1 = min(y0 + core, height), min(x0 + core, width)
-            regions.append(Region(row, col, (y0, x0, y1, x1),
-                                  (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))))
+            window = (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))
+            sides = (window[0] == 0, window[2] == height, window[1] == 0, window[3] == width)
+            regions.append(Region(row, col, (y0, x0, y1, x1), window, sides))
     return regions
 
 
@@ -258,7 +262,7 @@ def region_cells(
     numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
     (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
     scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
-    seg = segment_image(model, window, settings, postproc, keep_maps=False)
+    seg = segment_image(model, window, settings, postproc, keep_maps=False, frame_sides=region.frame_sides)
     keep = owned_cells(seg.inst, region)
     lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)

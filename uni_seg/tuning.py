@@ -11,17 +11,29 @@ from typing import Any
 import numpy as np
 
 from uni_seg.metrics import nanmean, panoptic_quality
-from uni_seg.postproc import PostprocParams, instances_from_energy, seam_energy, validate_maps
+from uni_seg.postproc import PostprocParams, drop_edge_slivers, instances_from_energy, seam_energy, validate_maps
 from uni_seg.procs import WorkerPool, default_workers
 
-#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams` (the
-#: energy is computed once per image and smoothing sigma, so this costs ~30 post-processings
-#: per validation image).
+#: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams`, each
+#: with the edge-sliver areas of `EDGE_SLIVER_FRACTIONS` (108 in all; the energy is computed
+#: once per image and smoothing sigma and the cells once per watershed setting, so this costs
+#: ~30 post-processings and 108 PQs per validation image).
 DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
     fg_threshold=[0.4, 0.5, 0.6],
     marker_threshold=[0.03, 0.05, 0.08],
     hv_smooth_sigma=[2.0, 3.0, 4.0],
 )
+#: `min_edge_cell_area` values the default search tries, as fractions of the median true cell
+#: (0: every sliver kept, the default of `PostprocParams`).
+EDGE_SLIVER_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+
+
+def edge_sliver_areas(true_insts: Sequence[np.ndarray], fractions: Sequence[float] = EDGE_SLIVER_FRACTIONS) -> list[int]:
+    """`min_edge_cell_area` candidates: `fractions` of the median area (pixels) of the cells of
+    `true_insts` (int (H, W) label maps, all images together), rounded, sorted, without repeats."""
+    areas = np.concatenate([np.bincount(np.asarray(t).ravel())[1:] for t in true_insts] or [np.zeros(0, np.int64)])
+    median = float(np.median(areas[areas > 0])) if (areas > 0).any() else 0.0
+    return sorted({int(round(f * median)) for f in fractions})
 
 
 def tune_postproc(
@@ -37,8 +49,9 @@ def tune_postproc(
     Args:
         np_probs: per image float32 (H, W) in [0, 1]; hvs: per image float32 (2, H, W);
         true_insts: per image int (H, W) true instances (e.g. the validation set).
-        grid: parameter name -> values to try (default `DEFAULT_TUNING_GRID`); fields not in
-            the grid keep `base_params` (default `DEFAULT_POSTPROC_PARAMS`).
+        grid: parameter name -> values to try; fields not in the grid keep `base_params`
+            (default `DEFAULT_POSTPROC_PARAMS`). None: `DEFAULT_TUNING_GRID` and, for
+            `min_edge_cell_area`, `edge_sliver_areas(true_insts)`.
         workers: worker processes, one image at a time each (0: in this process; None: the
             usable CPUs minus one); the result does not depend on it.
 
@@ -48,7 +61,9 @@ def tune_postproc(
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
-    grid = dict(DEFAULT_TUNING_GRID if grid is None else grid)
+    if grid is None:
+        grid = {**DEFAULT_TUNING_GRID, "min_edge_cell_area": edge_sliver_areas(true_insts)}
+    grid = dict(grid)
     base = base_params or PostprocParams()
     names = list(grid)
     settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
@@ -70,13 +85,19 @@ def tune_postproc(
 def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
                     candidates: Sequence[PostprocParams]) -> list[float]:
     """PQ of one image under each candidate setting: a worker's share of the search. The energy
-    depends on two parameters only, so it is computed once per (smoothing, kernel) pair."""
+    depends on two parameters only, so it is computed once per (smoothing, kernel) pair; the
+    watershed's cells once per setting of all but the edge-sliver rule, which trims them."""
     np_prob, hv = validate_maps(np_prob, hv)
     energies: dict[tuple[float, int], np.ndarray] = {}
+    cells: dict[PostprocParams, np.ndarray] = {}
     pqs = []
     for params in candidates:
         key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
         if key not in energies:
             energies[key] = seam_energy(np_prob, hv, *key)
-        pqs.append(panoptic_quality(true, instances_from_energy(np_prob, energies[key], params))["pq"])
+        watershed_params = params.replace(min_edge_cell_area=0)
+        if watershed_params not in cells:
+            cells[watershed_params] = instances_from_energy(np_prob, energies[key], watershed_params)
+        pred = drop_edge_slivers(cells[watershed_params], int(params.min_edge_cell_area))
+        pqs.append(panoptic_quality(true, pred)["pq"])
     return pqs
