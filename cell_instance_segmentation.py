@@ -7801,7 +7801,10 @@ else:
 #
 # Classes: each cell takes the majority of its pixels' NC class (background excluded from
 # the vote) and, as its probability, the mean of that class's probability over its pixels;
-# its detection score is its mean NP probability.
+# its detection score is its mean NP probability. A pixel votes for the class of highest
+# probability times `class_vote_weights` (all 1 unless tuned): the NC loss weighs rare classes
+# up (§4) so that the model learns them, which also tilts its probabilities towards them; §9
+# tunes the weights of a scheme's infected classes on the validation parasitemia.
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -7852,6 +7855,7 @@ class PostprocParams(Settings):
     min_area: int = 30  # foreground blobs and final cells smaller than this (pixels) are dropped
     max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
     min_edge_cell_area: int = 0  # cells on the picture's edge smaller than this (pixels) are dropped as slivers (0 = keep all)
+    class_vote_weights: tuple[float, ...] = ()  # one per NC channel (background first): multiplies each class's probability in a pixel's vote (empty = all 1)
 
     def __post_init__(self) -> None:
         k = self.sobel_ksize
@@ -7865,6 +7869,15 @@ class PostprocParams(Settings):
         if isinstance(self.fg_threshold, bool) or not isinstance(self.fg_threshold, (int, float)) \
                 or not 0.0 <= self.fg_threshold <= 1.0:
             raise ValueError(f"fg_threshold={self.fg_threshold!r} must be in [0, 1]")
+        weights = self.class_vote_weights
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, (tuple, list)) or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf") for w in weights):
+            raise ValueError(f"class_vote_weights={weights!r} must be a list of positive numbers, one per NC channel")
+        object.__setattr__(self, "class_vote_weights", tuple(float(w) for w in weights))  # JSON gives a list
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parameters as a plain dict, equal to what its JSON reads back as (a list of weights)."""
+        return {**super().as_dict(), "class_vote_weights": list(self.class_vote_weights)}
 
 
 #: The defaults, as one object (the parameters `instances_from_maps` uses when given none).
@@ -8250,19 +8263,22 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
 # mean NP probability inside it (COCO mAP ranks detections by it).
 
 # %% tags=["export"]
-def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def classify_instances(inst: np.ndarray, nc_prob: np.ndarray,
+                       vote_weights: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Class of each cell by majority vote of its pixels, with the class's mean probability.
 
     Args:
         inst: int (H, W), 0 background, cells 1..N (ids need not be contiguous).
         nc_prob: float32 (C, H, W), per-pixel class probabilities (softmax of the NC head),
             channel 0 background, C >= 2.
+        vote_weights: C positive multipliers of the probabilities in the vote (empty: all 1).
 
     Returns:
         classes: int64 (N + 1,) indexed by cell id, `classes[0] = 0`; `classes[inst]` is the
             per-pixel class map. Each pixel votes for its most probable *cell* class
-            (argmax over channels 1..C-1: background is excluded from the vote); ties go
-            to the lower class index. Ids absent from `inst` get class 0.
+            (argmax over channels 1..C-1 of the probabilities times `vote_weights`:
+            background is excluded from the vote); ties go to the lower class index. Ids
+            absent from `inst` get class 0.
         probs: float32 (N + 1,) indexed by cell id: mean probability of the chosen class over
             the cell's pixels (`probs[0] = 0`).
     """
@@ -8272,13 +8288,19 @@ def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarra
         raise ValueError(f"nc_prob must be (C >= 2, H, W) with (H, W) = {inst.shape}; got shape {nc_prob.shape}")
     if inst.size and inst.min() < 0:
         raise ValueError("inst must hold non-negative ids (0 = background)")
+    if len(vote_weights) not in (0, nc_prob.shape[0]):
+        raise ValueError(f"class_vote_weights has {len(vote_weights)} weights for the {nc_prob.shape[0]} NC channels "
+                         "of the model (background first)")
     n = int(inst.max()) if inst.size else 0
     n_cell_classes = nc_prob.shape[0] - 1
     # Only the cells' pixels vote (background is most of a smear): index them once.
     where = np.flatnonzero(inst.ravel())
     labels = inst.ravel()[where].astype(np.int64)
     probabilities = nc_prob.reshape(nc_prob.shape[0], -1)[:, where]  # (C, cell pixels)
-    vote = np.argmax(probabilities[1:], axis=0)  # 0..C-2, i.e. class - 1
+    weighed = probabilities[1:]
+    if len(vote_weights) and any(w != 1 for w in vote_weights):
+        weighed = weighed * np.asarray(vote_weights[1:], np.float32)[:, None]
+    vote = np.argmax(weighed, axis=0)  # 0..C-2, i.e. class - 1
     votes = np.bincount(labels * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
     votes = votes.reshape(n + 1, n_cell_classes)
     classes = np.argmax(votes, axis=1).astype(np.int64) + 1
@@ -8356,7 +8378,7 @@ def cells_from_maps(
     class_probs float32, scores float32.
     """
     inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides)
-    classes, class_probs = classify_instances(inst, maps["nc"])
+    classes, class_probs = classify_instances(inst, maps["nc"], (postproc or DEFAULT_POSTPROC_PARAMS).class_vote_weights)
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
 
@@ -13091,18 +13113,28 @@ def confusion_table(doc: Mapping[str, Any]) -> str:
 # convention, and the validation masks are where it shows. The winner goes to
 # `results/postproc_params.json` (`save_postproc_params`), which evaluation and folder
 # inference read back (`load_postproc_params`).
+#
+# With a scheme that has infected classes, `tune_infected_vote` then sets the weight of the
+# infected classes in each pixel's class vote (§8) to the one of `INFECTED_VOTE_WEIGHTS` with
+# the smallest mean parasitemia error on the validation images. The NC loss weighs the rare
+# infected class up (§4), which teaches it but also makes the model call more cells infected
+# than there are; a weight below 1 takes that back, by as much as the validation masks say.
 
 # %% tags=["export"]
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from uni_seg.classes import ClassScheme
+from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics import nanmean, panoptic_quality
-from uni_seg.postproc import PostprocParams, drop_edge_slivers, instances_from_energy, seam_energy, validate_maps
+from uni_seg.postproc import (PostprocParams, SplitPrediction, classify_instances, drop_edge_slivers, instance_scores,
+                              instances_from_energy, instances_from_maps, seam_energy, validate_maps)
 from uni_seg.procs import WorkerPool, default_workers
 
 #: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams`, each
@@ -13194,6 +13226,57 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
     return pqs
 
 
+#: Weights of the infected classes in the class vote that `tune_infected_vote` tries; 1 (no
+#: change) first, so that it is kept when nothing does better.
+INFECTED_VOTE_WEIGHTS = (1.0, 0.5, 0.25, 0.125, 0.0625, 2.0)
+
+
+def tune_infected_vote(
+    predictions: Sequence[SplitPrediction],
+    params: PostprocParams,
+    scheme: ClassScheme,
+    weights: Sequence[float] = INFECTED_VOTE_WEIGHTS,
+) -> tuple[PostprocParams, list[dict[str, Any]]]:
+    """The weight of `scheme`'s infected classes in the class vote with the smallest mean
+    per-image parasitemia error on `predictions`.
+
+    Args:
+        predictions: `predict_split` records with their maps (`keep_maps=True`), e.g. the
+            validation images; their cells are found again with `params`.
+        params: the post-processing (tuned); its `class_vote_weights` are replaced.
+        scheme: the class scheme; without infected classes `params` comes back unchanged.
+        weights: the weights to try, 1 first (a tie keeps the earlier one).
+
+    Returns:
+        (`params` with `class_vote_weights` of the best weight (empty when it is 1), table: one
+        dict per weight with `infected_weight`, `parasitemia_mae` (a fraction; None without red
+        cells) and `infected_cells` predicted, best first).
+    """
+    if not scheme.infected_classes:
+        return params, []
+    if any(p.maps is None for p in predictions):
+        raise ValueError("tune_infected_vote needs the predictions' maps (predict_split(..., keep_maps=True))")
+    cells = []
+    for p in predictions:
+        inst = instances_from_maps(p.maps["np"], p.maps["hv"], params)
+        cells.append((p, inst, instance_scores(inst, p.maps["np"])))
+    table = []
+    for weight in weights:
+        vote = tuple(float(weight) if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
+        scored = [dataclasses.replace(p, pred_inst=inst, classes=classify_instances(inst, p.maps["nc"], vote)[0],
+                                      class_probs=None, scores=scores) for p, inst, scores in cells]
+        metrics = evaluate_split(scored, scheme.n_classes, scheme=scheme)
+        infected = sum(int(np.isin(s.classes[1:], scheme.infected_classes).sum()) for s in scored)
+        mae = metrics["per_image_mean"]["parasitemia_mae"]
+        table.append(dict(infected_weight=float(weight), parasitemia_mae=float(mae) if np.isfinite(mae) else None,
+                          infected_cells=infected))
+    order = sorted(range(len(table)), key=lambda k: np.inf if table[k]["parasitemia_mae"] is None
+                   else table[k]["parasitemia_mae"])
+    best = table[order[0]]["infected_weight"]
+    vote = () if best == 1 else tuple(best if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
+    return params.replace(class_vote_weights=vote), [table[k] for k in order]
+
+
 # %% [markdown]
 # The metrics on the synthetic field of section 8 (one image), and the tuning search on it.
 # The test-set evaluation of the trained model below calls `evaluate_predictions` with
@@ -13236,7 +13319,7 @@ from uni_seg.infer import predict_split
 from uni_seg.postproc import save_postproc_params
 from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics_file import write_metrics_json
-from uni_seg.tuning import tune_postproc
+from uni_seg.tuning import tune_infected_vote, tune_postproc
 from uni_seg.segmenter import Segmenter
 
 POSTPROC_PATH = cfg.results_dir / "postproc_params.json"
@@ -13246,8 +13329,12 @@ if cfg.run_evaluation and cfg.tune_postproc:
     _val = predict_split(model, cfg.processed_dir, "val", INFERENCE, keep_maps=True, workers=cfg.infer_workers)
     POSTPROC_PARAMS, _table = tune_postproc([p.maps["np"] for p in _val], [p.maps["hv"] for p in _val],
                                             [p.true_inst for p in _val], workers=cfg.infer_workers)
+    POSTPROC_PARAMS, _vote_table = tune_infected_vote(_val, POSTPROC_PARAMS, SCHEME)
+    if _vote_table:
+        print("infected-class vote weight, by validation parasitemia error:", _vote_table)
     save_postproc_params(POSTPROC_PATH, POSTPROC_PARAMS, score=_table[0]["pq"], tuned_on=f"val ({len(_val)} images)",
-                         tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id})
+                         tuned_for={"checkpoint": str(best_checkpoint), "checkpoint_id": _checkpoint_id},
+                         infected_vote=_vote_table)
     if best_checkpoint is not None:  # the model carries its tuned post-processing from now on
         store_postproc(best_checkpoint, POSTPROC_PARAMS.as_dict(), tuned_on=f"val ({len(_val)} images)",
                        score={"pq": float(_table[0]["pq"])})

@@ -210,6 +210,28 @@ def test_classify_instances_majority_excluding_background():
     assert classes[inst].shape == inst.shape
 
 
+def test_class_vote_weights_tilt_the_vote_but_not_the_reported_probability():
+    inst = np.zeros((4, 6), np.int32)
+    inst[:, :3] = 1
+    prob = np.zeros((4, 4, 6), np.float32)
+    prob[0], prob[1, :, :3], prob[2, :, :3], prob[3, :, :3] = 0.1, 0.35, 0.45, 0.1  # class 2 by a little
+    assert classify_instances(inst, prob)[0][1] == 2
+    classes, probs = classify_instances(inst, prob, (1.0, 1.0, 0.5, 1.0))
+    assert classes[1] == 1 and probs[1] == pytest.approx(0.35)  # the vote tilted; the probability is the model's
+    assert classify_instances(inst, prob, (1.0, 1.0, 1.0, 1.0))[0][1] == 2
+    with pytest.raises(ValueError, match="3 weights for the 4 NC channels"):
+        classify_instances(inst, prob, (1.0, 1.0, 0.5))
+    params = postproc.PostprocParams(class_vote_weights=[1, 1, 0.5, 1])  # as JSON gives it
+    assert params.class_vote_weights == (1.0, 1.0, 0.5, 1.0) and hash(params)
+    assert postproc.PostprocParams.from_dict(json.loads(json.dumps(params.as_dict()))) == params
+    maps = {"np": (inst > 0).astype(np.float32), "hv": np.zeros((2, 4, 6), np.float32), "nc": prob}
+    assert postproc.cells_from_maps(maps, postproc.PostprocParams(min_area=1))[1][1] == 2
+    assert postproc.cells_from_maps(maps, params.replace(min_area=1))[1][1] == 1
+    for bad in ([1, -1], [0], "12", [1, float("nan")], [True]):
+        with pytest.raises(ValueError, match="class_vote_weights"):
+            postproc.PostprocParams(class_vote_weights=bad)
+
+
 def test_classify_instances_matches_a_per_cell_loop():
     rng = np.random.default_rng(1)
     inst = disk_scene()

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from scenes import disk_scene
 
+from uni_seg.classes import class_scheme
 from uni_seg.files import ATOMIC_TEMP_GLOB
 from uni_seg.known_maps import true_maps
-from uni_seg.postproc import DEFAULT_POSTPROC_PARAMS, load_postproc_params, save_postproc_params
-from uni_seg.tuning import EDGE_SLIVER_FRACTIONS, edge_sliver_areas, tune_postproc
+from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, SplitPrediction, load_postproc_params, save_postproc_params)
+from uni_seg.tuning import EDGE_SLIVER_FRACTIONS, edge_sliver_areas, tune_infected_vote, tune_postproc
 
 
 # --------------------------------------------------------------------------- tuning and params file
@@ -44,3 +45,46 @@ def test_tuning_learns_the_annotators_convention_for_slivers_on_the_edge():
     assert len(table) == 27 * 4 and best.min_edge_cell_area > max(areas[4], areas[5]) and table[0]["pq"] > 0.99
     best, table = tune_postproc([np_map], [hv], [drawn])
     assert best.min_edge_cell_area == 0 and table[0]["pq"] > 0.99
+
+
+def _parasite_images(n_images: int = 3) -> list[SplitPrediction]:
+    """Validation images of the bbbc041 scheme: 5 discs each, one infected, and a model that
+    leans towards "infected": the true infected cell at 0.8, one uninfected cell at 0.55
+    (0.45 uninfected), the others at 0.2."""
+    cells = ((30, 30, 12), (30, 80, 12), (80, 30, 12), (80, 80, 12), (55, 130, 12))
+    predictions = []
+    for k in range(n_images):
+        inst = disk_scene((110, 160), cells)
+        np_map, hv = true_maps(inst)
+        true_cls = np.where(inst > 0, 1, 0).astype(np.int8)
+        true_cls[inst == 1] = 2
+        nc = np.zeros((4, *inst.shape), np.float32)
+        infected = np.select([inst == 1, inst == 2], [0.8, 0.55], 0.2).astype(np.float32)
+        nc[2] = np.where(inst > 0, infected, 0.0)
+        nc[1] = np.where(inst > 0, 1 - infected, 0.0)
+        nc[0] = (inst == 0)
+        predictions.append(SplitPrediction(f"img{k}", None, inst, true_cls, inst, np.zeros(6, np.int64), None,
+                                           np.ones(6, np.float32), {"np": np_map, "hv": hv, "nc": nc}))
+    return predictions
+
+
+def test_infected_vote_weight_is_tuned_on_the_parasitemia():
+    scheme = class_scheme("bbbc041")
+    params, table = tune_infected_vote(_parasite_images(), DEFAULT_POSTPROC_PARAMS, scheme)
+    # weight 1 calls 2 of 5 infected (40 %, truth 20 %); 0.5 tips the 0.55 cell back (0.275 < 0.45), not the 0.8 one
+    assert params.class_vote_weights == (1.0, 1.0, 0.5, 1.0)
+    assert table[0]["infected_weight"] == 0.5 and table[0]["parasitemia_mae"] == pytest.approx(0.0)
+    by_weight = {row["infected_weight"]: row for row in table}
+    assert by_weight[1.0]["parasitemia_mae"] == pytest.approx(0.2) and by_weight[1.0]["infected_cells"] == 6
+    assert by_weight[0.125]["infected_cells"] == 0  # 0.8 x 0.125 < 0.2: no cell called infected
+    json.dumps(table, allow_nan=False)  # goes into results/postproc_params.json as it is
+    # a scheme without infected classes, or a model already right, keeps the parameters
+    assert tune_infected_vote(_parasite_images(), DEFAULT_POSTPROC_PARAMS, class_scheme("colour")) == (
+        DEFAULT_POSTPROC_PARAMS, [])
+    right = _parasite_images()
+    for p in right:
+        p.maps["nc"][2][p.true_inst == 2] = 0.2
+        p.maps["nc"][1][p.true_inst == 2] = 0.8
+    assert tune_infected_vote(right, DEFAULT_POSTPROC_PARAMS, scheme)[0].class_vote_weights == ()
+    with pytest.raises(ValueError, match="keep_maps"):
+        tune_infected_vote([right[0].__class__(**{**right[0].__dict__, "maps": None})], DEFAULT_POSTPROC_PARAMS, scheme)

@@ -50,6 +50,7 @@ class PostprocParams(Settings):
     min_area: int = 30  # foreground blobs and final cells smaller than this (pixels) are dropped
     max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
     min_edge_cell_area: int = 0  # cells on the picture's edge smaller than this (pixels) are dropped as slivers (0 = keep all)
+    class_vote_weights: tuple[float, ...] = ()  # one per NC channel (background first): multiplies each class's probability in a pixel's vote (empty = all 1)
 
     def __post_init__(self) -> None:
         k = self.sobel_ksize
@@ -63,6 +64,15 @@ class PostprocParams(Settings):
         if isinstance(self.fg_threshold, bool) or not isinstance(self.fg_threshold, (int, float)) \
                 or not 0.0 <= self.fg_threshold <= 1.0:
             raise ValueError(f"fg_threshold={self.fg_threshold!r} must be in [0, 1]")
+        weights = self.class_vote_weights
+        if isinstance(weights, (str, bytes)) or not isinstance(weights, (tuple, list)) or any(
+                isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 < w < float("inf") for w in weights):
+            raise ValueError(f"class_vote_weights={weights!r} must be a list of positive numbers, one per NC channel")
+        object.__setattr__(self, "class_vote_weights", tuple(float(w) for w in weights))  # JSON gives a list
+
+    def as_dict(self) -> dict[str, Any]:
+        """The parameters as a plain dict, equal to what its JSON reads back as (a list of weights)."""
+        return {**super().as_dict(), "class_vote_weights": list(self.class_vote_weights)}
 
 
 #: The defaults, as one object (the parameters `instances_from_maps` uses when given none).
@@ -414,19 +424,22 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
 
 
 # notebook §8, cell id 3e4da2ba
-def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def classify_instances(inst: np.ndarray, nc_prob: np.ndarray,
+                       vote_weights: tuple[float, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Class of each cell by majority vote of its pixels, with the class's mean probability.
 
     Args:
         inst: int (H, W), 0 background, cells 1..N (ids need not be contiguous).
         nc_prob: float32 (C, H, W), per-pixel class probabilities (softmax of the NC head),
             channel 0 background, C >= 2.
+        vote_weights: C positive multipliers of the probabilities in the vote (empty: all 1).
 
     Returns:
         classes: int64 (N + 1,) indexed by cell id, `classes[0] = 0`; `classes[inst]` is the
             per-pixel class map. Each pixel votes for its most probable *cell* class
-            (argmax over channels 1..C-1: background is excluded from the vote); ties go
-            to the lower class index. Ids absent from `inst` get class 0.
+            (argmax over channels 1..C-1 of the probabilities times `vote_weights`:
+            background is excluded from the vote); ties go to the lower class index. Ids
+            absent from `inst` get class 0.
         probs: float32 (N + 1,) indexed by cell id: mean probability of the chosen class over
             the cell's pixels (`probs[0] = 0`).
     """
@@ -436,13 +449,19 @@ def classify_instances(inst: np.ndarray, nc_prob: np.ndarray) -> tuple[np.ndarra
         raise ValueError(f"nc_prob must be (C >= 2, H, W) with (H, W) = {inst.shape}; got shape {nc_prob.shape}")
     if inst.size and inst.min() < 0:
         raise ValueError("inst must hold non-negative ids (0 = background)")
+    if len(vote_weights) not in (0, nc_prob.shape[0]):
+        raise ValueError(f"class_vote_weights has {len(vote_weights)} weights for the {nc_prob.shape[0]} NC channels "
+                         "of the model (background first)")
     n = int(inst.max()) if inst.size else 0
     n_cell_classes = nc_prob.shape[0] - 1
     # Only the cells' pixels vote (background is most of a smear): index them once.
     where = np.flatnonzero(inst.ravel())
     labels = inst.ravel()[where].astype(np.int64)
     probabilities = nc_prob.reshape(nc_prob.shape[0], -1)[:, where]  # (C, cell pixels)
-    vote = np.argmax(probabilities[1:], axis=0)  # 0..C-2, i.e. class - 1
+    weighed = probabilities[1:]
+    if len(vote_weights) and any(w != 1 for w in vote_weights):
+        weighed = weighed * np.asarray(vote_weights[1:], np.float32)[:, None]
+    vote = np.argmax(weighed, axis=0)  # 0..C-2, i.e. class - 1
     votes = np.bincount(labels * n_cell_classes + vote, minlength=(n + 1) * n_cell_classes)
     votes = votes.reshape(n + 1, n_cell_classes)
     classes = np.argmax(votes, axis=1).astype(np.int64) + 1
@@ -514,7 +533,7 @@ def cells_from_maps(
     class_probs float32, scores float32.
     """
     inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides)
-    classes, class_probs = classify_instances(inst, maps["nc"])
+    classes, class_probs = classify_instances(inst, maps["nc"], (postproc or DEFAULT_POSTPROC_PARAMS).class_vote_weights)
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
 

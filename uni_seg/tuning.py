@@ -4,14 +4,18 @@
 # notebook §9 "Tuning the post-processing", cell id af052179
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from uni_seg.classes import ClassScheme
+from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics import nanmean, panoptic_quality
-from uni_seg.postproc import PostprocParams, drop_edge_slivers, instances_from_energy, seam_energy, validate_maps
+from uni_seg.postproc import (PostprocParams, SplitPrediction, classify_instances, drop_edge_slivers, instance_scores,
+                              instances_from_energy, instances_from_maps, seam_energy, validate_maps)
 from uni_seg.procs import WorkerPool, default_workers
 
 #: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams`, each
@@ -101,3 +105,54 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
         pred = drop_edge_slivers(cells[watershed_params], int(params.min_edge_cell_area))
         pqs.append(panoptic_quality(true, pred)["pq"])
     return pqs
+
+
+#: Weights of the infected classes in the class vote that `tune_infected_vote` tries; 1 (no
+#: change) first, so that it is kept when nothing does better.
+INFECTED_VOTE_WEIGHTS = (1.0, 0.5, 0.25, 0.125, 0.0625, 2.0)
+
+
+def tune_infected_vote(
+    predictions: Sequence[SplitPrediction],
+    params: PostprocParams,
+    scheme: ClassScheme,
+    weights: Sequence[float] = INFECTED_VOTE_WEIGHTS,
+) -> tuple[PostprocParams, list[dict[str, Any]]]:
+    """The weight of `scheme`'s infected classes in the class vote with the smallest mean
+    per-image parasitemia error on `predictions`.
+
+    Args:
+        predictions: `predict_split` records with their maps (`keep_maps=True`), e.g. the
+            validation images; their cells are found again with `params`.
+        params: the post-processing (tuned); its `class_vote_weights` are replaced.
+        scheme: the class scheme; without infected classes `params` comes back unchanged.
+        weights: the weights to try, 1 first (a tie keeps the earlier one).
+
+    Returns:
+        (`params` with `class_vote_weights` of the best weight (empty when it is 1), table: one
+        dict per weight with `infected_weight`, `parasitemia_mae` (a fraction; None without red
+        cells) and `infected_cells` predicted, best first).
+    """
+    if not scheme.infected_classes:
+        return params, []
+    if any(p.maps is None for p in predictions):
+        raise ValueError("tune_infected_vote needs the predictions' maps (predict_split(..., keep_maps=True))")
+    cells = []
+    for p in predictions:
+        inst = instances_from_maps(p.maps["np"], p.maps["hv"], params)
+        cells.append((p, inst, instance_scores(inst, p.maps["np"])))
+    table = []
+    for weight in weights:
+        vote = tuple(float(weight) if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
+        scored = [dataclasses.replace(p, pred_inst=inst, classes=classify_instances(inst, p.maps["nc"], vote)[0],
+                                      class_probs=None, scores=scores) for p, inst, scores in cells]
+        metrics = evaluate_split(scored, scheme.n_classes, scheme=scheme)
+        infected = sum(int(np.isin(s.classes[1:], scheme.infected_classes).sum()) for s in scored)
+        mae = metrics["per_image_mean"]["parasitemia_mae"]
+        table.append(dict(infected_weight=float(weight), parasitemia_mae=float(mae) if np.isfinite(mae) else None,
+                          infected_cells=infected))
+    order = sorted(range(len(table)), key=lambda k: np.inf if table[k]["parasitemia_mae"] is None
+                   else table[k]["parasitemia_mae"])
+    best = table[order[0]]["infected_weight"]
+    vote = () if best == 1 else tuple(best if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
+    return params.replace(class_vote_weights=vote), [table[k] for k in order]
