@@ -140,9 +140,10 @@ def test_true_maps_of_real_masks_recover_the_cells(real_subset, n_masks):
 # --------------------------------------------------------------------------- slivers on the edge
 def sliver_scene() -> np.ndarray:
     """Whole discs of r 18 inside, and cells cut by each side: a sliver on the top and on the
-    left (cut to ~1/5 of a disc), a big part of a cell on the bottom, a small whole cell inside."""
+    left (cut to ~1/5 of a disc), a big part of a cell on the bottom, a small whole cell inside,
+    and a small whole cell that touches the bottom edge by one pixel."""
     inst = disk_scene((160, 200), ((60, 60, 18), (60, 140, 18), (110, 100, 18), (-12, 100, 18), (80, -12, 18),
-                                   (150, 40, 18), (110, 160, 6)))
+                                   (150, 40, 18), (110, 160, 6), (153, 170, 6)))
     return inst
 
 
@@ -151,12 +152,13 @@ def test_drop_edge_slivers_drops_small_cells_on_the_frame_only():
     areas = np.bincount(inst.ravel())[1:]
     median = np.median(areas)
     assert areas[3] < 0.5 * median and areas[4] < 0.5 * median and areas[5] > 0.5 * median  # the scene's premise
-    assert areas[6] < 0.5 * median  # the small cell inside is as small as the slivers
+    assert areas[6] < 0.5 * median and areas[7] < 0.5 * median  # the small cells are as small as the slivers
+    assert (inst[-1] == 8).sum() == 1  # cell 8 touches the bottom edge
     kept = postproc.drop_edge_slivers(inst, int(0.5 * median))
     assert kept.dtype == inst.dtype
-    # slivers 4 (top) and 5 (left) gone; the rest kept whole and renumbered 1..5 in their order
-    assert np.array_equal(np.unique(kept), np.arange(6))
-    for new, old in zip(range(1, 6), (1, 2, 3, 6, 7)):
+    # slivers 4 (top) and 5 (left) gone; the rest, the small cell touching the edge too, kept whole, renumbered
+    assert np.array_equal(np.unique(kept), np.arange(7))
+    for new, old in zip(range(1, 7), (1, 2, 3, 6, 7, 8)):
         assert np.array_equal(kept == new, inst == old)
     # a side that is not the picture's edge (a window of a larger picture) keeps its cells
     only_top = postproc.drop_edge_slivers(inst, int(0.5 * median), frame_sides=(True, False, False, False))
@@ -179,11 +181,11 @@ def test_drop_edge_slivers_docstring_example():
 def test_instances_from_maps_drops_slivers_only_when_asked_and_only_on_frame_sides():
     inst = sliver_scene()
     maps = true_maps(inst)
-    assert instances_from_maps(*maps).max() == 7  # off by default
+    assert instances_from_maps(*maps).max() == 8  # off by default
     assert DEFAULT_POSTPROC_PARAMS.min_edge_cell_area == 0
     sliver_area = int(0.5 * np.median(np.bincount(inst.ravel())[1:]))
-    assert instances_from_maps(*maps, min_edge_cell_area=sliver_area).max() == 5
-    assert instances_from_maps(*maps, frame_sides=(False, True, False, True), min_edge_cell_area=sliver_area).max() == 7
+    assert instances_from_maps(*maps, min_edge_cell_area=sliver_area).max() == 6
+    assert instances_from_maps(*maps, frame_sides=(False, True, False, True), min_edge_cell_area=sliver_area).max() == 8
     with pytest.raises(ValueError, match="min_edge_cell_area"):
         postproc.PostprocParams(min_edge_cell_area=-1)
 
