@@ -8166,9 +8166,11 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocPa
 # default, that §9's tuning sets from the validation masks like the others: a cell cut off by
 # the edge is dropped when it is smaller than `min_edge_cell_area` (pixels at the working
 # scale, like `min_area`; the tuning tries fractions of the median annotated cell). *Cut off*
-# means that the edge runs along it for at least half its equivalent diameter
-# (`CUT_OFF_CONTACT`): a half cell or a thinner sliver, not a small whole cell (a platelet)
-# that merely touches the edge, which every convention counts. A fixed
+# means that less than half of the cell is in the picture: for a round cell, whose visible part
+# is a disc cut by a straight edge, that is when the edge runs along it for a length c with
+# c^2 >= (8/pi) x its area (a half disc of radius r: c = 2r, area pi r^2 / 2). A small whole
+# cell (a platelet) that touches the edge, or one that pokes a little out of the picture, is
+# kept: every convention counts it. A fixed
 # area, not a fraction of each image's median cell, so that a cell's fate does not depend on
 # its neighbours: a whole slide, segmented region by region, gives the cells of one pass over
 # the whole picture. Only the sides that are the edge of the picture count: a whole-slide
@@ -8179,10 +8181,11 @@ def instances_from_energy(np_prob: np.ndarray, energy: np.ndarray, p: PostprocPa
 #: (top, bottom, left, right): which sides of an image are the edge of the picture, where a
 #: cell can be cut off. All four for a whole image.
 ALL_FRAME_SIDES = (True, True, True, True)
-#: A cell is cut off by the edge when the edge runs along it for at least this fraction of its
-#: equivalent diameter (that of a disc of its area): 1.41 for a half disc, more for thinner
-#: slivers, under 0.5 for a disc that pokes less than a tenth of its radius out of the picture.
-CUT_OFF_CONTACT = 0.5
+#: A cell is cut off by the edge (less than half of it in the picture) when the edge runs along
+#: it for a length c with c^2 >= CUT_OFF_RATIO x its area: the ratio of a half disc (c = 2r,
+#: area pi r^2 / 2); a thinner part of a disc has a larger one, a disc that only touches the edge
+#: a much smaller one.
+CUT_OFF_RATIO = 8 / np.pi
 
 
 def drop_edge_slivers(inst: np.ndarray, min_area: int,
@@ -8191,8 +8194,8 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 
     Args:
         inst: int (H, W), 0 background, cells 1..N.
-        min_area: a cell cut off by a side in `frame_sides` (`CUT_OFF_CONTACT`) is dropped
-            when it has fewer pixels (0: nothing is dropped).
+        min_area: a cell cut off by a side in `frame_sides` (`CUT_OFF_RATIO`: less than half of
+            it in the picture) is dropped when it has fewer pixels (0: nothing is dropped).
         frame_sides: (top, bottom, left, right), True where that side is the picture's edge.
 
     Returns:
@@ -8201,7 +8204,7 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 
     >>> import numpy as np
     >>> inst = np.zeros((8, 12), np.int32)
-    >>> inst[2:6, 3:7], inst[2:4, 11:12] = 1, 2  # a whole cell of 16 px, a sliver of 2 px along the right edge
+    >>> inst[2:6, 3:7], inst[2:5, 11:12] = 1, 2  # a whole cell of 16 px, a sliver of 3 px along the right edge
     >>> np.unique(drop_edge_slivers(inst, 8)).tolist()
     [0, 1]
     >>> np.unique(drop_edge_slivers(inst, 8, frame_sides=(True, True, True, False))).tolist()
@@ -8215,7 +8218,7 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
     present[0] = False
     lines = [line for is_frame, line in zip(frame_sides, (inst[0], inst[-1], inst[:, 0], inst[:, -1])) if is_frame]
     contact = np.bincount(np.concatenate(lines).astype(np.int64), minlength=n + 1)  # pixels on the edge, per cell
-    cut_off = contact >= CUT_OFF_CONTACT * np.sqrt(4 * area / np.pi)
+    cut_off = contact.astype(np.float64) ** 2 >= CUT_OFF_RATIO * area
     drop = cut_off & present & (area < min_area)
     if not drop.any():
         return inst

@@ -160,6 +160,9 @@ def test_drop_edge_slivers_drops_small_cells_on_the_frame_only():
     assert np.array_equal(np.unique(kept), np.arange(7))
     for new, old in zip(range(1, 7), (1, 2, 3, 6, 7, 8)):
         assert np.array_equal(kept == new, inst == old)
+    # whatever the area, only cells with less than half of them in the picture go: not cell 6
+    # (cut by the bottom edge, three quarters in), not cell 8 (touching it)
+    assert np.unique(postproc.drop_edge_slivers(inst, 10**6)).size - 1 == 6
     # a side that is not the picture's edge (a window of a larger picture) keeps its cells
     only_top = postproc.drop_edge_slivers(inst, int(0.5 * median), frame_sides=(True, False, False, False))
     assert (only_top[inst == 5] > 0).all() and (only_top[inst == 4] == 0).all()
