@@ -13311,9 +13311,9 @@ print(METRICS_SCHEMA_DOC)
 # %% [markdown]
 # ### Evaluating the trained model
 #
-# The watershed's parameters are tuned on the **validation** images (never on test): the model's
-# maps for each validation image are computed once, and the grid search re-runs only the
-# post-processing. The best parameters are written into the best checkpoint itself
+# The watershed's parameters (and, with infected classes, their weight in the class vote) are
+# tuned on the **validation** images (never on test): the model's maps for each validation
+# image are computed once, and the searches re-run only the post-processing. The best parameters are written into the best checkpoint itself
 # (`store_postproc`, with the split that tuned them), so the `Segmenter`, `uni-seg infer` and a
 # packaged model file carry them; they also go to `results/postproc_params.json`, with the id of
 # the checkpoint they were tuned for (older checkpoints are matched to that side file by id:
