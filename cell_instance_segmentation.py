@@ -15231,13 +15231,19 @@ def run_figures(results_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 
 # %% tags=["export"]
 def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None, only: Sequence[str] = (),
-             log: Callable[[str], None] = print) -> list[SweepRun]:
+             log: Callable[[str], None] = print, rescore: bool = False) -> list[SweepRun]:
     """Run every run of `grid` that is not complete (or only run number `task`, or only the runs
     of the configurations named in `only`) with `runner`, recording each in its folder under
     `out`; return the runs that failed. The state of every run is checked before the first
-    starts (`GridError` for a folder of other settings)."""
+    starts (`GridError` for a folder of other settings). `rescore`: complete runs are run again
+    too; their training resumes from their finished checkpoints, so nothing is trained and the
+    post-processing tuning and every score are redone by this checkout's code (`GridError` when
+    the grid turns `RESUME_TRAINING` off, which would train them again)."""
     if task is not None and not 0 <= task < len(grid.runs):
         raise GridError(f"--task {task}: the grid {grid.path} has runs 0..{len(grid.runs) - 1}")
+    if rescore and any(run.parameters.get("RESUME_TRAINING") is False for run in grid.runs):
+        raise GridError(f"--rescore: the grid {grid.path} sets RESUME_TRAINING false, so its runs would be trained "
+                        "again, not rescored")
     for name in only:
         if name not in grid.configurations:
             close = difflib.get_close_matches(name, grid.configurations, 1)
@@ -15247,12 +15253,13 @@ def run_grid(grid: Grid, out: Path, runner: Runner, task: int | None = None, onl
     states = {run.index: run_state(run, out) for run in chosen}
     failed = []
     for run in chosen:
-        if states[run.index] == "complete":
+        if states[run.index] == "complete" and not rescore:
             log(f"run {run.index} {run.name}: complete, skipped ({run.folder(out)})")
             continue
         attempts = int((read_record(run.folder(out)) or {}).get("attempts", 0)) + 1
-        log(f"run {run.index} {run.name}: {'redoing an incomplete run' if attempts > 1 else 'starting'} "
-            f"(attempt {attempts}) -> {run.folder(out)}")
+        doing = ("rescoring a complete run" if states[run.index] == "complete" else
+                 "redoing an incomplete run" if attempts > 1 else "starting")
+        log(f"run {run.index} {run.name}: {doing} (attempt {attempts}) -> {run.folder(out)}")
         write_record(run, out, "running", attempts=attempts)
         status = runner(run, out)
         figures: tuple[dict[str, Any], dict[str, Any]] | None = None
@@ -15413,6 +15420,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep
     what.add_argument("--plan", action="store_true", help="list every run, its state and folder, and stop")
     parser.add_argument("--only", metavar="NAME[,NAME]", default="",
                         help="run only these configurations (the table still shows every complete run)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="run complete runs again too: training resumes from their finished checkpoints, so only "
+                             "the post-processing tuning and the scores are redone, by this checkout's code")
     parser.add_argument("--notebook", type=Path, help="the notebook to run (default: $NOTEBOOK, else the project's)")
     args = parser.parse_args(argv)
     with errors_as_messages(prog, (GridError,)):
@@ -15427,7 +15437,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.sweep
                                  [(r.index, r.configuration, r.seed, states[r.index], r.folder(out)) for r in grid.runs]))
             return
         only = [name for name in args.only.split(",") if name]
-        failed = [] if args.table_only else run_grid(grid, out, notebook_runner(args.notebook), task=args.task, only=only)
+        failed = [] if args.table_only else run_grid(grid, out, notebook_runner(args.notebook), task=args.task, only=only,
+                                                     rescore=args.rescore)
         if args.task is None:
             paths = write_table(grid, out)
             print(f"table: {paths[1]} (and {paths[0].name}, per run {paths[2].name})")

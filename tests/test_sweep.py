@@ -168,6 +168,22 @@ def test_a_failed_run_is_recorded_the_others_go_on_and_a_rerun_redoes_it(tmp_pat
     assert run_grid(grid, out, runner, log=lambda _: None) == [] and runner.calls == ["a_seed0"]
 
 
+def test_rescore_runs_complete_runs_again_and_refuses_a_grid_that_would_retrain(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "grid.json", {"a": {}}, seeds=[0, 1]), ROOT)
+    out = tmp_path / "sweep"
+    run_grid(grid, out, FakeRunner(), log=lambda _: None)
+    lines = []
+    runner = FakeRunner()
+    assert run_grid(grid, out, runner, task=1, rescore=True, log=lines.append) == []
+    assert runner.calls == ["a_seed1"] and "rescoring a complete run (attempt 2)" in lines[0]
+    assert read_record(grid.runs[1].folder(out))["status"] == "complete"
+    retraining = load_grid(write_grid(tmp_path / "g2.json", {"b": {"RESUME_TRAINING": False}}, seeds=[0]), ROOT)
+    runner = FakeRunner()
+    with pytest.raises(GridError, match="RESUME_TRAINING false"):
+        run_grid(retraining, tmp_path / "s2", runner, rescore=True, log=lambda _: None)
+    assert runner.calls == []
+
+
 def test_only_runs_the_named_configurations_and_names_a_mistyped_one(tmp_path):
     grid = load_grid(write_grid(tmp_path / "grid.json", {"random": {}, "pretrained": {}}, seeds=[0]), ROOT)
     runner = FakeRunner()
