@@ -1,0 +1,55 @@
+"""Does the post-processing search's grid hold it back? For a trained run folder (a notebook run or
+one run of `uni-seg sweep`: checkpoints/, processed/, results/), tune on its val split with the
+default grid and with a wider one, and give each winner's val PQ (the search's) and mean per-image
+test PQ. When the winner sits on the edge of an axis (the default grid's lowest marker threshold,
+say), the wider grid shows what lies beyond.
+
+    .venv/bin/python bench/tuning_grid.py RUN_DIR [--grid '{"marker_threshold": [0.01, 0.02, 0.03]}']
+
+The wider grid's axes replace the default's; `min_edge_cell_area` keeps the default's candidates
+(fractions of the median validation cell) unless the grid names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uni_seg.infer import load_inference_model, predict_split
+from uni_seg.metrics import panoptic_quality
+from uni_seg.postproc import instances_from_maps
+from uni_seg.predict import InferenceSettings
+from uni_seg.tuning import DEFAULT_TUNING_GRID, edge_sliver_areas, tune_postproc
+
+WIDER = dict(marker_threshold=[0.01, 0.015, 0.02, 0.03, 0.05], hv_smooth_sigma=[1.0, 1.5, 2.0, 3.0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("--grid", type=json.loads, default=WIDER, help="JSON: axes that replace the default grid's")
+    args = parser.parse_args()
+    checkpoint = next((args.run / "checkpoints" / n for n in ("best_phase2.pth", "best_phase1.pth")
+                       if (args.run / "checkpoints" / n).is_file()), None)
+    if checkpoint is None:
+        raise SystemExit(f"{args.run}: no checkpoints/best_phase2.pth or best_phase1.pth")
+    model, _ = load_inference_model(checkpoint, torch.device("cpu"))
+    settings = InferenceSettings(tile_size=224, overlap=64, device="cpu")
+    val = list(predict_split(model, args.run / "processed", "val", settings, keep_maps=True, workers=0))
+    test = list(predict_split(model, args.run / "processed", "test", settings, keep_maps=True, workers=0))
+    default = {**DEFAULT_TUNING_GRID, "min_edge_cell_area": edge_sliver_areas([p.true_inst for p in val])}
+    for name, grid in (("default", default), ("wider", {**default, **args.grid})):
+        best, table = tune_postproc([p.maps["np"] for p in val], [p.maps["hv"] for p in val],
+                                    [p.true_inst for p in val], grid=grid)
+        test_pq = np.mean([panoptic_quality(p.true_inst, instances_from_maps(p.maps["np"], p.maps["hv"], best))["pq"]
+                           for p in test])
+        chosen = {k: getattr(best, k) for k in grid}
+        print(f"{name}: {len(table)} settings; val PQ {table[0]['pq']:.4f}, test PQ {test_pq:.4f}; chosen {chosen}")
+
+
+if __name__ == "__main__":
+    main()
