@@ -1,4 +1,4 @@
-"""What every benchmark shares: one timer, and where the real BCCD subset lives.
+"""What every benchmark shares: one timer, a run folder's best checkpoint, and where the real BCCD subset lives.
 
 Benchmarks import it as `common` (a script's own folder is on `sys.path`); the tests' skip
 helper (`tests/real_subset.py`) holds the lookup, and this module takes it from there. Not generated from the notebook: it is
@@ -54,6 +54,15 @@ def median_ms(fn: Callable[[Any], Any], items: list[Any], repeat: int = 1) -> fl
 def format_ms(seconds: list[float]) -> str:
     """'  123 ms (min 110)': the median of several timings, and their minimum."""
     return f"{1000 * statistics.median(seconds):7.0f} ms" + (f" (min {1000 * min(seconds):.0f})" if len(seconds) > 1 else "")
+
+
+def run_checkpoint(run: Path) -> Path:
+    """The best checkpoint of a run folder (a notebook run or one run of `uni-seg sweep`):
+    checkpoints/best_phase2.pth, else best_phase1.pth; exits naming the folder when it has neither."""
+    for name in ("best_phase2.pth", "best_phase1.pth"):
+        if (run / "checkpoints" / name).is_file():
+            return run / "checkpoints" / name
+    raise SystemExit(f"{run}: no checkpoints/best_phase2.pth or best_phase1.pth")
 
 
 # The real subset's lookup lives on the test side (tests/real_subset.py), which the skip

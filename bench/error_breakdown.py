@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import run_checkpoint
 
 from uni_seg.infer import load_inference_model, predict_split
 from uni_seg.metrics import ERROR_KINDS, error_breakdown, match_instances, pair_table, panoptic_quality
@@ -46,10 +47,7 @@ def false_on_edge(pairs, pred: np.ndarray) -> int:
 
 def run_breakdown(run: Path, split: str, settings: InferenceSettings) -> dict[str, int]:
     """Summed `error_breakdown` counts of `run`'s best checkpoint on `split` of its processed cache."""
-    checkpoint = next((run / "checkpoints" / name for name in ("best_phase2.pth", "best_phase1.pth")
-                       if (run / "checkpoints" / name).is_file()), None)
-    if checkpoint is None:
-        raise SystemExit(f"{run}: no checkpoints/best_phase2.pth or best_phase1.pth")
+    checkpoint = run_checkpoint(run)
     model, meta = load_inference_model(checkpoint, torch.device("cpu"))
     postproc, line = select_postproc(None, run / "results" / "postproc_params.json", meta.get("checkpoint_id"))
     print(f"{run}: {checkpoint.name}; {line}")

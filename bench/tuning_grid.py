@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import run_checkpoint
 
 from uni_seg.infer import load_inference_model, predict_split
 from uni_seg.metrics import panoptic_quality
@@ -33,11 +34,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--grid", type=json.loads, default=WIDER, help="JSON: axes that replace the default grid's")
     args = parser.parse_args()
-    checkpoint = next((args.run / "checkpoints" / n for n in ("best_phase2.pth", "best_phase1.pth")
-                       if (args.run / "checkpoints" / n).is_file()), None)
-    if checkpoint is None:
-        raise SystemExit(f"{args.run}: no checkpoints/best_phase2.pth or best_phase1.pth")
-    model, _ = load_inference_model(checkpoint, torch.device("cpu"))
+    model, _ = load_inference_model(run_checkpoint(args.run), torch.device("cpu"))
     settings = InferenceSettings(tile_size=224, overlap=64, device="cpu")
     val = list(predict_split(model, args.run / "processed", "val", settings, keep_maps=True, workers=0))
     test = list(predict_split(model, args.run / "processed", "test", settings, keep_maps=True, workers=0))

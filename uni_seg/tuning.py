@@ -90,19 +90,20 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
                     candidates: Sequence[PostprocParams]) -> list[float]:
     """PQ of one image under each candidate setting: a worker's share of the search. The energy
     depends on two parameters only, so it is computed once per (smoothing, kernel) pair; the
-    watershed's cells once per setting of all but the edge-sliver rule, which trims them."""
+    watershed's cells are reused while only the edge-sliver rule, which trims them, changes
+    (the default grid's last axis: its candidates come in runs of one watershed setting)."""
     np_prob, hv = validate_maps(np_prob, hv)
     energies: dict[tuple[float, int], np.ndarray] = {}
-    cells: dict[PostprocParams, np.ndarray] = {}
+    watershed: tuple[PostprocParams | None, np.ndarray | None] = (None, None)  # the last setting and its cells
     pqs = []
     for params in candidates:
         key = (float(params.hv_smooth_sigma), int(params.sobel_ksize))
         if key not in energies:
             energies[key] = seam_energy(np_prob, hv, *key)
         watershed_params = params.replace(min_edge_cell_area=0)
-        if watershed_params not in cells:
-            cells[watershed_params] = instances_from_energy(np_prob, energies[key], watershed_params)
-        pred = drop_edge_slivers(cells[watershed_params], int(params.min_edge_cell_area))
+        if watershed[0] != watershed_params:
+            watershed = (watershed_params, instances_from_energy(np_prob, energies[key], watershed_params))
+        pred = drop_edge_slivers(watershed[1], int(params.min_edge_cell_area))
         pqs.append(panoptic_quality(true, pred)["pq"])
     return pqs
 
