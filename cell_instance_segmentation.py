@@ -13119,7 +13119,15 @@ def confusion_table(doc: Mapping[str, Any]) -> str:
 # those two and reused across the other parameters; the edge-sliver rule (§8, step 5) works
 # on the cells found, so each of its values costs one more PQ, not one more watershed. It is
 # in the default grid because whether a sliver on the edge is a cell is the annotators'
-# convention, and the validation masks are where it shows. The winner goes to
+# convention, and the validation masks are where it shows.
+#
+# A grid only searches between its ends: when the best value of a numeric axis is the lowest
+# or the highest it holds, the best setting may lie beyond it (our ViT-Ti runs all chose the
+# default grid's lowest marker threshold and smoothing). So the search extends such an axis by
+# one step past that end (the spacing of its two outermost values, or half the way to zero
+# where that step would reach it) and scores the new settings, for up to
+# `EDGE_EXTENSION_ROUNDS` rounds or until the best lies inside the grid; settings already
+# scored are not redone, and a value `PostprocParams` refuses ends that axis. The winner goes to
 # `results/postproc_params.json` (`save_postproc_params`), which evaluation and folder
 # inference read back (`load_postproc_params`).
 #
@@ -13158,6 +13166,9 @@ DEFAULT_TUNING_GRID: dict[str, list[Any]] = dict(
 #: `min_edge_cell_area` values the default search tries, as fractions of the median true cell
 #: (0: every sliver kept, the default of `PostprocParams`).
 EDGE_SLIVER_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+#: Rounds in which `tune_postproc` extends each numeric axis whose best value is its grid's
+#: lowest or highest by one step past it (0: the grid as given).
+EDGE_EXTENSION_ROUNDS = 4
 
 
 def edge_sliver_areas(true_insts: Sequence[np.ndarray], fractions: Sequence[float] = EDGE_SLIVER_FRACTIONS) -> list[int]:
@@ -13175,6 +13186,7 @@ def tune_postproc(
     grid: Mapping[str, Sequence[Any]] | None = None,
     base_params: PostprocParams | None = None,
     workers: int | None = 0,
+    extend_edges: int = EDGE_EXTENSION_ROUNDS,
 ) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
@@ -13186,32 +13198,94 @@ def tune_postproc(
             `min_edge_cell_area`, `edge_sliver_areas(true_insts)`.
         workers: worker processes, one image at a time each (0: in this process; None: the
             usable CPUs minus one); the result does not depend on it.
+        extend_edges: rounds in which every numeric axis whose best value is its lowest or
+            highest gets one more value past it (`extended_axes`) and the new settings are
+            scored; it stops early when the best lies inside the grid. 0: the grid as given.
 
     Returns:
-        (best: the `PostprocParams` of the best setting, table: one dict per setting with its
-        grid values and `pq` (mean over images), best first; ties keep grid order).
+        (best: the `PostprocParams` of the best setting, table: one dict per setting searched
+        with its grid values and `pq` (mean over images), best first; ties keep grid order,
+        values added past an edge coming after the grid's own).
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
+    if isinstance(extend_edges, bool) or not isinstance(extend_edges, int) or extend_edges < 0:
+        raise ValueError(f"extend_edges={extend_edges!r} must be an integer >= 0")
     if grid is None:
         grid = {**DEFAULT_TUNING_GRID, "min_edge_cell_area": edge_sliver_areas(true_insts)}
-    grid = dict(grid)
+    axes = {name: list(values) for name, values in grid.items()}
     base = base_params or PostprocParams()
-    names = list(grid)
-    settings = [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
-    candidates = [base.replace(**s) for s in settings]  # every setting is validated before any work
+    scores: dict[tuple[Any, ...], float] = {}  # a setting's values, in axis order -> mean PQ
     with WorkerPool(default_workers() if workers is None else workers, preload=("uni_seg.metrics",)) as pool:
-        futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
-                   for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
-        per_image = []
-        for k, future in enumerate(futures):
-            status, value = future.result()
-            if status == "error":
-                raise ValueError(f"tuning, image {k}: {value}")
-            per_image.append(value)
-    table = [dict(**s, pq=nanmean([pqs[j] for pqs in per_image])) for j, s in enumerate(settings)]
-    order = sorted(range(len(table)), key=lambda k: -np.nan_to_num(table[k]["pq"], nan=-1.0))
-    return candidates[order[0]], [table[k] for k in order]
+        for round_ in range(extend_edges + 1):
+            settings = list(itertools.product(*axes.values()))
+            new = [values for values in settings if values not in scores]
+            candidates = [base.replace(**dict(zip(axes, values))) for values in new]  # all validated before any work
+            futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
+                       for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
+            per_image = []
+            for k, future in enumerate(futures):
+                status, value = future.result()
+                if status == "error":
+                    raise ValueError(f"tuning, image {k}: {value}")
+                per_image.append(value)
+            scores.update({values: nanmean([pqs[j] for pqs in per_image]) for j, values in enumerate(new)})
+            order = sorted(range(len(settings)), key=lambda k: -np.nan_to_num(scores[settings[k]], nan=-1.0))
+            if round_ == extend_edges:
+                break
+            top = scores[settings[order[0]]]
+            tied = [dict(zip(axes, values)) for values in settings if scores[values] == top or values == settings[order[0]]]
+            grown = extended_axes(axes, tied, base)
+            if grown == axes:
+                break
+            axes = grown
+    best = base.replace(**dict(zip(axes, settings[order[0]])))
+    return best, [dict(zip(axes, settings[k]), pq=scores[settings[k]]) for k in order]
+
+
+# %% tags=["export"]
+def extended_axes(axes: Mapping[str, Sequence[Any]], best: Sequence[Mapping[str, Any]],
+                  base: PostprocParams) -> dict[str, list[Any]]:
+    """The search grid grown past its edges: each numeric axis (ints or floats, at least two
+    distinct values) whose lowest or highest value is one of the `best` settings' gets one value
+    past that end (both ends when settings tied for the best hold both), one
+    step of the spacing between that end and the value next to it; where the step would reach
+    or cross zero from a positive end, half that end instead. Integer axes stay integers; a
+    value `base.replace` refuses (out of range) or one already there leaves the axis as it is.
+
+    Args:
+        axes: parameter name -> values (the grid).
+        best: the best setting(s), each parameter name -> value (several when tied).
+        base: the parameters the grid's settings vary (for the validity check).
+
+    Returns:
+        A new dict of lists: the axes, a new value appended to each one extended.
+
+    >>> extended_axes({"marker_threshold": [0.03, 0.05, 0.08], "fg_threshold": [0.4, 0.5]},
+    ...               [{"marker_threshold": 0.03, "fg_threshold": 0.5}], PostprocParams())
+    {'marker_threshold': [0.03, 0.05, 0.08, 0.01], 'fg_threshold': [0.4, 0.5, 0.6]}
+    """
+    grown = {name: list(values) for name, values in axes.items()}
+    for name, values in axes.items():
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        distinct = sorted(set(values))
+        best_values = {setting[name] for setting in best}
+        for end, inner in ((distinct[0], distinct[1:2]), (distinct[-1], distinct[-2:-1])):
+            if not inner or end not in best_values:
+                continue
+            value = end + (end - inner[0])
+            if end > 0 >= value:
+                value = end / 2
+            value = int(round(value)) if all(isinstance(v, int) for v in values) else float(f"{value:.10g}")
+            if value in grown[name]:
+                continue
+            try:
+                base.replace(**{name: value})
+            except ValueError:
+                continue
+            grown[name].append(value)
+    return grown
 
 
 def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,

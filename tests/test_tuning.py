@@ -11,7 +11,7 @@ from uni_seg.classes import class_scheme
 from uni_seg.files import ATOMIC_TEMP_GLOB
 from uni_seg.known_maps import true_maps
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, SplitPrediction, load_postproc_params, save_postproc_params)
-from uni_seg.tuning import EDGE_SLIVER_FRACTIONS, edge_sliver_areas, tune_infected_vote, tune_postproc
+from uni_seg.tuning import EDGE_EXTENSION_ROUNDS, EDGE_SLIVER_FRACTIONS, edge_sliver_areas, extended_axes, tune_infected_vote, tune_postproc
 
 
 # --------------------------------------------------------------------------- tuning and params file
@@ -20,7 +20,7 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     np_map, hv = true_maps(inst)
     np_noisy = np.clip(np_map * 0.7 + 0.15, 0, 1).astype(np.float32)  # foreground at 0.85, background 0.15
     grid = {"fg_threshold": [0.1, 0.5], "marker_threshold": [0.05, 0.1]}
-    best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid)
+    best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid, extend_edges=0)
     assert len(table) == 4 and table[0]["pq"] >= table[-1]["pq"]
     assert best.fg_threshold == 0.5 and table[0]["pq"] > 0.99
     assert set(best.as_dict()) == set(DEFAULT_POSTPROC_PARAMS.as_dict())
@@ -29,6 +29,48 @@ def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     assert doc["score"]["pq"] == pytest.approx(table[0]["pq"]) and doc["params"] == best.as_dict()
     assert load_postproc_params(path) == best
     assert not list(path.parent.glob(ATOMIC_TEMP_GLOB))
+
+
+def test_search_goes_past_the_edge_of_its_grid_when_the_best_lies_there():
+    """Both foreground thresholds of the grid are under the background's probability (0.15), so
+    the whole field is one blob; the search extends the axis upwards until it separates the
+    cells, and stops once the best lies inside its grid."""
+    inst = disk_scene()
+    np_map, hv = true_maps(inst)
+    np_noisy = np.clip(np_map * 0.7 + 0.15, 0, 1).astype(np.float32)
+    grid = {"fg_threshold": [0.05, 0.1], "marker_threshold": [0.05, 0.1]}
+    held, held_table = tune_postproc([np_noisy], [hv], [inst], grid=grid, extend_edges=0)
+    assert held_table[0]["pq"] < 0.7  # both thresholds under the background: one blob around the cells
+    best, table = tune_postproc([np_noisy], [hv], [inst], grid=grid)
+    assert best.fg_threshold > 0.15 and table[0]["pq"] > 0.99
+    fg_values = sorted({row["fg_threshold"] for row in table})
+    assert {0.05, 0.1} <= set(fg_values) and len(fg_values) <= 2 + 2 * EDGE_EXTENSION_ROUNDS  # ties: both ways
+    assert len(table) == len({(row["fg_threshold"], row["marker_threshold"]) for row in table})  # none scored twice
+    inside, inside_table = tune_postproc([np_noisy], [hv], [inst], grid={"fg_threshold": [0.1, 0.5, 0.9]})
+    assert inside.fg_threshold == 0.5 and len(inside_table) == 3  # the best inside: nothing added
+    with pytest.raises(ValueError, match="extend_edges"):
+        tune_postproc([np_noisy], [hv], [inst], grid=grid, extend_edges=-1)
+
+
+def test_extended_axes_steps_past_the_best_end_and_respects_the_parameters_ranges():
+    base = DEFAULT_POSTPROC_PARAMS
+    grown = extended_axes({"marker_threshold": [0.03, 0.05, 0.08], "min_edge_cell_area": [0, 400, 800],
+                           "hv_smooth_sigma": [2.0, 3.0, 4.0], "fg_threshold": [0.8, 0.9, 1.0]},
+                          [{"marker_threshold": 0.03, "min_edge_cell_area": 800, "hv_smooth_sigma": 3.0,
+                            "fg_threshold": 1.0}], base)
+    assert grown["marker_threshold"] == [0.03, 0.05, 0.08, 0.01]  # one spacing down
+    assert grown["min_edge_cell_area"] == [0, 400, 800, 1200] and isinstance(grown["min_edge_cell_area"][-1], int)
+    assert grown["hv_smooth_sigma"] == [2.0, 3.0, 4.0]  # best inside: unchanged
+    assert grown["fg_threshold"] == [0.8, 0.9, 1.0]  # 1.1 is out of range
+    halved = extended_axes({"marker_threshold": [0.01, 0.03]}, [{"marker_threshold": 0.01}], base)
+    assert halved["marker_threshold"] == [0.01, 0.03, 0.005]  # a step would reach zero: half the end
+    at_zero = extended_axes({"min_edge_cell_area": [0, 500]}, [{"min_edge_cell_area": 0}], base)
+    assert at_zero == {"min_edge_cell_area": [0, 500]}  # nothing below zero
+    one_value = extended_axes({"sobel_ksize": [5], "hv_smooth_sigma": [1.0, 2.0]},
+                              [{"sobel_ksize": 5, "hv_smooth_sigma": 2.0}], base)
+    assert one_value == {"sobel_ksize": [5], "hv_smooth_sigma": [1.0, 2.0, 3.0]}
+    tied = extended_axes({"fg_threshold": [0.3, 0.5]}, [{"fg_threshold": 0.3}, {"fg_threshold": 0.5}], base)
+    assert tied == {"fg_threshold": [0.3, 0.5, 0.1, 0.7]}  # tied at both ends: both ways
 
 
 def test_tuning_learns_the_annotators_convention_for_slivers_on_the_edge():
@@ -42,7 +84,7 @@ def test_tuning_learns_the_annotators_convention_for_slivers_on_the_edge():
     assert max(areas[4], areas[5]) < 0.25 * np.median(areas[[1, 2, 3, 6]])  # slivers, by the left-out masks' median
     assert edge_sliver_areas([left_out]) == [round(f * np.median(areas[[1, 2, 3, 6]])) for f in EDGE_SLIVER_FRACTIONS]
     best, table = tune_postproc([np_map], [hv], [left_out])
-    assert len(table) == 27 * 4 and best.min_edge_cell_area > max(areas[4], areas[5]) and table[0]["pq"] > 0.99
+    assert len(table) >= 27 * 4 and best.min_edge_cell_area > max(areas[4], areas[5]) and table[0]["pq"] > 0.99
     best, table = tune_postproc([np_map], [hv], [drawn])
     assert best.min_edge_cell_area == 0 and table[0]["pq"] > 0.99
 
