@@ -13243,6 +13243,11 @@ def tune_postproc(
     return best, [dict(zip(axes, settings[k]), pq=scores[settings[k]]) for k in order]
 
 
+# %% [markdown]
+# How the grid grows past its edge: an axis whose best value is its lowest or highest gets one
+# more value beyond it, one step of the spacing there, or half the way to zero where a step would
+# reach it (a threshold or a smoothing cannot go below zero).
+
 # %% tags=["export"]
 def extended_axes(axes: Mapping[str, Sequence[Any]], best: Sequence[Mapping[str, Any]],
                   base: PostprocParams) -> dict[str, list[Any]]:
