@@ -58,9 +58,9 @@ def main() -> None:
             for kind in errors:
                 errors[kind] += counts[kind]
         chosen = {k: getattr(best, k) for k in grid}
-        counts = ", ".join(f"{kind} {n}" for kind, n in errors.items())
+        breakdown = ", ".join(f"{kind} {n}" for kind, n in errors.items())
         print(f"{name}: {len(table)} settings; val PQ {table[0]['pq']:.4f}, test PQ {np.mean(test_pq):.4f} "
-              f"(test: {counts}); chosen {chosen}")
+              f"(test: {breakdown}); chosen {chosen}")
 
 
 if __name__ == "__main__":
