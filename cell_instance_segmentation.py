@@ -13136,6 +13136,11 @@ def confusion_table(doc: Mapping[str, Any]) -> str:
 # the smallest mean parasitemia error on the validation images. The NC loss weighs the rare
 # infected class up (§4), which teaches it but also makes the model call more cells infected
 # than there are; a weight below 1 takes that back, by as much as the validation masks say.
+# Its search goes past its ends the same way as the watershed's: while the best weight is the
+# lowest or the highest tried, it tries one more beyond it, at the same ratio as the two
+# outermost (a weight scales a probability, so its steps are factors: 0.0625 -> 0.03125), for
+# up to `EDGE_EXTENSION_ROUNDS` rounds; a new weight must do strictly better to win (a tie keeps
+# the weight tried first), but an end tied for the best is extended too.
 
 # %% tags=["export"]
 from __future__ import annotations
@@ -13325,6 +13330,7 @@ def tune_infected_vote(
     params: PostprocParams,
     scheme: ClassScheme,
     weights: Sequence[float] = INFECTED_VOTE_WEIGHTS,
+    extend_edges: int = EDGE_EXTENSION_ROUNDS,
 ) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """The weight of `scheme`'s infected classes in the class vote with the smallest mean
     per-image parasitemia error on `predictions`.
@@ -13334,7 +13340,11 @@ def tune_infected_vote(
             validation images; their cells are found again with `params`.
         params: the post-processing (tuned); its `class_vote_weights` are replaced.
         scheme: the class scheme; without infected classes `params` comes back unchanged.
-        weights: the weights to try, 1 first (a tie keeps the earlier one).
+        weights: the weights to try (> 0), 1 first (a tie keeps the earlier one).
+        extend_edges: rounds in which, while the lowest (highest) weight tried is the best or
+            tied for it, one more weight below (above) it is tried, at the ratio of the two
+            outermost weights at that end; it stops early when the best lies inside. 0:
+            `weights` as given.
 
     Returns:
         (`params` with `class_vote_weights` of the best weight (empty when it is 1), table: one
@@ -13345,22 +13355,40 @@ def tune_infected_vote(
         return params, []
     if any(p.maps is None for p in predictions):
         raise ValueError("tune_infected_vote needs the predictions' maps (predict_split(..., keep_maps=True))")
+    if isinstance(extend_edges, bool) or not isinstance(extend_edges, int) or extend_edges < 0:
+        raise ValueError(f"extend_edges={extend_edges!r} must be an integer >= 0")
+    if not weights or not all(np.isfinite(w) and w > 0 for w in weights):
+        raise ValueError(f"weights={tuple(weights)!r} must be a non-empty sequence of finite numbers > 0")
     cells = []
     for p in predictions:
         inst = instances_from_maps(p.maps["np"], p.maps["hv"], params)
         cells.append((p, inst, instance_scores(inst, p.maps["np"])))
-    table = []
-    for weight in weights:
+
+    def score(weight: float) -> dict[str, Any]:
         vote = tuple(float(weight) if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
         scored = [dataclasses.replace(p, pred_inst=inst, classes=classify_instances(inst, p.maps["nc"], vote)[0],
                                       class_probs=None, scores=scores) for p, inst, scores in cells]
         metrics = evaluate_split(scored, scheme.n_classes, scheme=scheme)
         infected = sum(int(np.isin(s.classes[1:], scheme.infected_classes).sum()) for s in scored)
         mae = metrics["per_image_mean"]["parasitemia_mae"]
-        table.append(dict(infected_weight=float(weight), parasitemia_mae=float(mae) if np.isfinite(mae) else None,
-                          infected_cells=infected))
-    order = sorted(range(len(table)), key=lambda k: np.inf if table[k]["parasitemia_mae"] is None
-                   else table[k]["parasitemia_mae"])
+        return dict(infected_weight=float(weight), parasitemia_mae=float(mae) if np.isfinite(mae) else None,
+                    infected_cells=infected)
+
+    def error(row: dict[str, Any]) -> float:
+        return np.inf if row["parasitemia_mae"] is None else row["parasitemia_mae"]
+
+    table = [score(w) for w in dict.fromkeys(float(w) for w in weights)]  # repeats scored once
+    for _ in range(extend_edges):
+        top = min(error(row) for row in table)
+        tied = {row["infected_weight"] for row in table if error(row) == top}
+        tried = sorted(row["infected_weight"] for row in table)
+        if len(tried) < 2 or top == np.inf:
+            break
+        ends = [(end, inner) for end, inner in ((tried[0], tried[1]), (tried[-1], tried[-2])) if end in tied]
+        if not ends:
+            break
+        table += [score(float(f"{end * end / inner:.10g}")) for end, inner in ends]
+    order = sorted(range(len(table)), key=lambda k: error(table[k]))
     best = table[order[0]]["infected_weight"]
     vote = () if best == 1 else tuple(best if c in scheme.infected_classes else 1.0 for c in range(scheme.n_classes))
     return params.replace(class_vote_weights=vote), [table[k] for k in order]

@@ -11,7 +11,8 @@ from uni_seg.classes import class_scheme
 from uni_seg.files import ATOMIC_TEMP_GLOB
 from uni_seg.known_maps import true_maps
 from uni_seg.postproc import (DEFAULT_POSTPROC_PARAMS, SplitPrediction, load_postproc_params, save_postproc_params)
-from uni_seg.tuning import EDGE_EXTENSION_ROUNDS, EDGE_SLIVER_FRACTIONS, edge_sliver_areas, extended_axes, tune_infected_vote, tune_postproc
+from uni_seg.tuning import (EDGE_EXTENSION_ROUNDS, EDGE_SLIVER_FRACTIONS, INFECTED_VOTE_WEIGHTS, edge_sliver_areas,
+                             extended_axes, tune_infected_vote, tune_postproc)
 
 
 # --------------------------------------------------------------------------- tuning and params file
@@ -130,3 +131,55 @@ def test_infected_vote_weight_is_tuned_on_the_parasitemia():
     assert tune_infected_vote(right, DEFAULT_POSTPROC_PARAMS, scheme)[0].class_vote_weights == ()
     with pytest.raises(ValueError, match="keep_maps"):
         tune_infected_vote([right[0].__class__(**{**right[0].__dict__, "maps": None})], DEFAULT_POSTPROC_PARAMS, scheme)
+
+
+def _leaning_images(infected_p: float, uninfected_p: float, others_p: float = 0.2) -> list[SplitPrediction]:
+    """`_parasite_images` with the infected-class probability of the true infected cell set to
+    `infected_p`, that of the second cell (uninfected) to `uninfected_p` and that of the other
+    three (uninfected) to `others_p`."""
+    images = _parasite_images()
+    for p in images:
+        for cells, prob in (([1], infected_p), ([2], uninfected_p), ([3, 4, 5], others_p)):
+            inside = np.isin(p.true_inst, cells)
+            p.maps["nc"][2][inside] = prob
+            p.maps["nc"][1][inside] = 1 - prob
+    return images
+
+
+def test_infected_vote_search_goes_past_the_lowest_weight():
+    """A model so sure of a parasite in an uninfected cell (0.96) that even the lowest weight of
+    the grid calls it infected (0.0625 x 0.96 > 0.04): every weight of the grid ties, the search
+    goes on from both ends, and a factor of two further down (0.03125) tips the cell back and
+    keeps the true one (0.99); 0.015625 only ties, and 0.0078125 loses the true one."""
+    scheme = class_scheme("bbbc041")
+    params, table = tune_infected_vote(_leaning_images(0.99, 0.96, 0.1), DEFAULT_POSTPROC_PARAMS, scheme)
+    assert params.class_vote_weights == (1.0, 1.0, 0.03125, 1.0) and table[0]["parasitemia_mae"] == pytest.approx(0.0)
+    by_weight = {row["infected_weight"]: row["parasitemia_mae"] for row in table}
+    assert by_weight[0.015625] == pytest.approx(0.0) and by_weight[0.0078125] == pytest.approx(0.2)
+    assert min(by_weight) == 0.0078125 and len(table) == len(INFECTED_VOTE_WEIGHTS) + 4  # 3 down, 1 up (4: MAE 0.2)
+    as_given, table = tune_infected_vote(_leaning_images(0.99, 0.96, 0.1), DEFAULT_POSTPROC_PARAMS, scheme,
+                                         extend_edges=0)
+    assert as_given.class_vote_weights == () and table[0]["parasitemia_mae"] == pytest.approx(0.2)
+    assert len(table) == len(INFECTED_VOTE_WEIGHTS)
+
+
+def test_infected_vote_search_goes_past_the_highest_weight():
+    """A model that gives the true infected cell 0.3 only (2 x 0.3 < 0.7) needs a weight above
+    the grid's highest: 4 (the ratio of 2 to 1) calls it and not the uninfected ones (0.1);
+    8 ties and 16 calls them all."""
+    params, table = tune_infected_vote(_leaning_images(0.3, 0.1, 0.1), DEFAULT_POSTPROC_PARAMS,
+                                       class_scheme("bbbc041"))
+    assert params.class_vote_weights == (1.0, 1.0, 4.0, 1.0) and table[0]["parasitemia_mae"] == pytest.approx(0.0)
+    by_weight = {row["infected_weight"]: row["parasitemia_mae"] for row in table}
+    assert by_weight[8.0] == pytest.approx(0.0) and by_weight[16.0] == pytest.approx(0.8) and max(by_weight) == 16.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(extend_edges=-1), "extend_edges=-1 must be an integer >= 0"),
+    (dict(extend_edges=True), "extend_edges=True must be an integer >= 0"),
+    (dict(weights=(1.0, 0.0)), r"weights=\(1.0, 0.0\) must be a non-empty sequence of finite numbers > 0"),
+    (dict(weights=()), "must be a non-empty sequence"),
+])
+def test_infected_vote_search_refuses_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tune_infected_vote(_parasite_images(1), DEFAULT_POSTPROC_PARAMS, class_scheme("bbbc041"), **kwargs)
