@@ -12702,7 +12702,10 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
         unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
-        parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
+        # a prediction matched to a cell of unknown class has no truth to be compared with: it is
+        # left out of the predicted parasitemia as that cell is left out of the true one
+        parasitemia_true=_parasitemia(scheme, true_counts),
+        parasitemia_pred=_parasitemia(scheme, pred_counts - counts.matched_unknown),
         errors=error_breakdown(pairs, iou_threshold),
     )
     return record, pairs
@@ -12726,7 +12729,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
     confusion = {names[t]: {names[q]: int(counts.matched[t, q]) for q in range(1, n)} for t in range(1, n)}
     confusion[UNKNOWN_NAME] = {names[q]: int(counts.matched_unknown[q]) for q in range(1, n)}
     true_counts = np.array([counts.true_count(c) for c in range(n)])
-    pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
+    pred_counts = counts.matched.sum(0) + counts.spurious  # cells of unknown class left out, as per image
     return dict(
         **pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
         **detection_prf(pooled.tp, pooled.fp, pooled.fn),
@@ -12870,8 +12873,10 @@ def evaluate_predictions(
 # misclassified cell costs twice a missed one. The paper's formula adds TN_c to both sides,
 # which the code, counting only pairs that involve c, never does: we follow the code, whose
 # numbers the literature reports. The parasitemia of an image is its infected red cells over its red cells (the
-# scheme says which classes those are; cells of unknown class are in neither), true and
-# predicted. Undefined numbers (e.g. PQ of an image with no cells at all, the parasitemia under
+# scheme says which classes those are), true and predicted, over the same cells: a true cell of
+# unknown class is in neither count, and neither is a prediction matched to it (as PASCAL VOC
+# ignores detections of its "difficult" objects; BBBC041 marks such cells so, and its boxes
+# miss a few); a prediction that matches no true cell counts. Undefined numbers (e.g. PQ of an image with no cells at all, the parasitemia under
 # a scheme without infected cells) are `null`.
 
 # %% tags=["export"]

@@ -216,11 +216,12 @@ def test_per_class_metrics_on_a_hand_computed_case():
         "leukocyte": {"uninfected RBC": 0, "infected RBC": 0, "leukocyte": 1},
         "unknown": {"uninfected RBC": 1, "infected RBC": 0, "leukocyte": 0}}
     assert d["unknown_count"] == 1 and d["unknown_matched"] == 1
-    # parasitemia: true 2 infected of 4 red (the unknown cell is in neither); predicted 3 of 5
-    assert d["parasitemia"] == {"true": 0.5, "pred": 0.6}
+    # parasitemia: true 2 infected of 4 red; predicted 3 of 4 (the unknown cell and p5, matched to it, are in neither)
+    assert d["parasitemia"] == {"true": 0.5, "pred": 0.75}
     record = doc["per_image"][0]
     assert record["unknown_count"] == 1 and record["true_count_per_class"]["infected RBC"] == 2
-    assert record["parasitemia_true"] == 0.5 and record["parasitemia_pred"] == 0.6
+    assert record["parasitemia_true"] == 0.5 and record["parasitemia_pred"] == 0.75
+    assert record["pred_count_per_class"] == {"uninfected RBC": 2, "infected RBC": 3, "leukocyte": 1}  # p5 counted
     # pixels of the unknown cell count nowhere: uninfected pixel IoU is t1 over t1 + t2, not also p5
     assert d["pixel_iou"]["uninfected RBC"] == pytest.approx(0.5)
 
@@ -243,13 +244,14 @@ def test_pannuke_mpq_and_the_parasitemia_error_over_images(tmp_path):
     # pooled, the spurious leukocyte of image b is a false positive: PQ 0.8 * 1 / 1.5
     assert doc["dataset"]["per_class_pq"]["leukocyte"]["pq"] == pytest.approx(0.8 / 1.5)
     assert rec_b["parasitemia_true"] == 0.0 and rec_b["parasitemia_pred"] == 0.0
-    assert m["parasitemia_mae"] == pytest.approx(0.05) and m["parasitemia_images"] == 2
-    assert doc["dataset"]["parasitemia"] == {"true": pytest.approx(2 / 5), "pred": pytest.approx(3 / 6)}
+    assert m["parasitemia_mae"] == pytest.approx((0.25 + 0.0) / 2) and m["parasitemia_images"] == 2
+    # pooled, p5 of image a (matched to the unknown cell) is left out as per image
+    assert doc["dataset"]["parasitemia"] == {"true": pytest.approx(2 / 5), "pred": pytest.approx(3 / 5)}
     written = write_metrics_json(tmp_path / "metrics.json", doc, backbone="vit_tiny", weights="none",
                                  postproc_params={}, split_sizes={"test": 2})
     assert written["class_scheme"]["name"] == "bbbc041" and written["schema"] == METRICS_SCHEMA
-    assert "parasitemia true / predicted | 40.00 % / 50.00 %" in metrics_table(written)
-    assert "mean absolute error 5.00 %" in metrics_table(written)
+    assert "parasitemia true / predicted | 40.00 % / 60.00 %" in metrics_table(written)
+    assert "mean absolute error 12.50 %" in metrics_table(written)
     assert "| leukocyte | 1 | 2 |" in per_class_table(written)
     assert "| unknown | 1 | 0 | 0 |" in confusion_table(written)
 

@@ -156,7 +156,10 @@ def _score_image(p: SplitPrediction, n_classes: int, names: Sequence[str], iou_t
         true_count_per_class={names[c]: int(true_counts[c]) for c in cell_classes},
         pred_count_per_class={names[c]: int(pred_counts[c]) for c in cell_classes},
         unknown_count=counts.unknown, pq_per_class=pq_c, mpq=nanmean(list(pq_c.values())),
-        parasitemia_true=_parasitemia(scheme, true_counts), parasitemia_pred=_parasitemia(scheme, pred_counts),
+        # a prediction matched to a cell of unknown class has no truth to be compared with: it is
+        # left out of the predicted parasitemia as that cell is left out of the true one
+        parasitemia_true=_parasitemia(scheme, true_counts),
+        parasitemia_pred=_parasitemia(scheme, pred_counts - counts.matched_unknown),
         errors=error_breakdown(pairs, iou_threshold),
     )
     return record, pairs
@@ -177,7 +180,7 @@ def _dataset_metrics(pooled: _Pooled, records: Sequence[Mapping[str, Any]], coco
     confusion = {names[t]: {names[q]: int(counts.matched[t, q]) for q in range(1, n)} for t in range(1, n)}
     confusion[UNKNOWN_NAME] = {names[q]: int(counts.matched_unknown[q]) for q in range(1, n)}
     true_counts = np.array([counts.true_count(c) for c in range(n)])
-    pred_counts = counts.matched.sum(0) + counts.matched_unknown + counts.spurious
+    pred_counts = counts.matched.sum(0) + counts.spurious  # cells of unknown class left out, as per image
     return dict(
         **pq_from_counts(pooled.tp, pooled.fp, pooled.fn, pooled.iou_sum), tp=pooled.tp, fp=pooled.fp, fn=pooled.fn,
         **detection_prf(pooled.tp, pooled.fp, pooled.fn),
