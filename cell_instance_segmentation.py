@@ -12876,8 +12876,8 @@ def evaluate_predictions(
 # scheme says which classes those are), true and predicted, over the same cells: a true cell of
 # unknown class is in neither count, and neither is a prediction matched to it (as PASCAL VOC
 # ignores detections of its "difficult" objects; BBBC041 marks such cells so, and its boxes
-# miss a few); a prediction that matches no true cell counts. Undefined numbers (e.g. PQ of an image with no cells at all, the parasitemia under
-# a scheme without infected cells) are `null`.
+# miss a few); a prediction that matches no true cell counts. Undefined numbers (e.g. PQ of an
+# image with no cells at all, the parasitemia under a scheme without infected cells) are `null`.
 
 # %% tags=["export"]
 from __future__ import annotations
