@@ -43,6 +43,12 @@ def edge_sliver_areas(true_insts: Sequence[np.ndarray], fractions: Sequence[floa
     return sorted({int(round(f * median)) for f in fractions})
 
 
+def _check_rounds(extend_edges: int) -> None:
+    """`ValueError` unless `extend_edges` (the searches' rounds past their edges) is an int >= 0."""
+    if isinstance(extend_edges, bool) or not isinstance(extend_edges, int) or extend_edges < 0:
+        raise ValueError(f"extend_edges={extend_edges!r} must be an integer >= 0")
+
+
 def tune_postproc(
     np_probs: Sequence[np.ndarray],
     hvs: Sequence[np.ndarray],
@@ -73,8 +79,7 @@ def tune_postproc(
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
-    if isinstance(extend_edges, bool) or not isinstance(extend_edges, int) or extend_edges < 0:
-        raise ValueError(f"extend_edges={extend_edges!r} must be an integer >= 0")
+    _check_rounds(extend_edges)
     if grid is None:
         grid = {**DEFAULT_TUNING_GRID, "min_edge_cell_area": edge_sliver_areas(true_insts)}
     axes = {name: list(values) for name, values in grid.items()}
@@ -209,8 +214,7 @@ def tune_infected_vote(
         return params, []
     if any(p.maps is None for p in predictions):
         raise ValueError("tune_infected_vote needs the predictions' maps (predict_split(..., keep_maps=True))")
-    if isinstance(extend_edges, bool) or not isinstance(extend_edges, int) or extend_edges < 0:
-        raise ValueError(f"extend_edges={extend_edges!r} must be an integer >= 0")
+    _check_rounds(extend_edges)
     if not weights or not all(np.isfinite(w) and w > 0 for w in weights):
         raise ValueError(f"weights={tuple(weights)!r} must be a non-empty sequence of finite numbers > 0")
     cells = []
