@@ -1,0 +1,115 @@
+"""What do the training masks draw? A dataset audit: per image/mask pair of a dataset folder (any
+layout `uni_seg.data.find_dataset` reads), the drawn cells (mask components that do not touch the
+image edge) and their median area, how many drawn components are platelet-sized (a fraction of that
+median), and how many platelet-sized stained objects lie outside every drawn cell: dark, saturated
+blobs (the platelets and free parasites of a Giemsa or Wright smear) that the masks call background.
+A model trained on such masks learns to call them background too, whatever its backbone.
+
+    .venv/bin/python bench/undrawn_objects.py DATA_DIR [--sheet FILE.png] [--max-crops 24]
+
+Sizes are relative to the median drawn cell, so the audit reads any magnification: a platelet
+(2-3 um) against a red cell (7-8 um) has about 0.05 to 0.25 of its area. Stained means more saturated and darker
+than the median of the image's own background (the pixels away from every drawn cell) by
+`STAIN_CONTRAST` levels, so a pale smear and a dark one are judged alike; the object must be compact
+(`MIN_SOLIDITY`). It is a screen, not a detector: look at the sheet. `--sheet` writes the crops around the undrawn
+objects (drawn cells outlined in green, the object in red) to a new file, never over an existing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage.measure import label, regionprops
+
+from uni_seg.data import find_dataset, read_image, read_mask
+
+SMALL_FRACTION = (0.05, 0.25)  # platelet-sized: this range of the median drawn cell's area
+STAIN_CONTRAST = 30  # 0-255 levels of saturation above, and of value below, the background's median
+MIN_SOLIDITY = 0.8  # a platelet or parasite is compact; stain noise and debris are ragged
+CROP = 200
+
+
+def touches_edge(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
+    return bbox[0] == 0 or bbox[1] == 0 or bbox[2] == shape[0] or bbox[3] == shape[1]
+
+
+def undrawn_stained(image: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """(H, W) bool: stained pixels at least a few pixels away from every drawn cell. `image` (H, W, 3)
+    uint8 RGB, `drawn` (H, W) bool."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    near = cv2.dilate(drawn.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+    outside = ~near
+    if outside.sum() < 100:
+        return np.zeros_like(drawn)
+    saturation, value = hsv[..., 1].astype(np.int16), hsv[..., 2].astype(np.int16)
+    stained = (outside & (saturation > np.median(saturation[outside]) + STAIN_CONTRAST)
+               & (value < np.median(value[outside]) - STAIN_CONTRAST))
+    return cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data_dir", type=Path)
+    parser.add_argument("--sheet", type=Path, help="write crops around undrawn objects to this new PNG")
+    parser.add_argument("--max-crops", type=int, default=24)
+    args = parser.parse_args()
+    if args.sheet is not None and args.sheet.exists():
+        parser.error(f"--sheet {args.sheet} exists: give a new file name (nothing is overwritten)")
+    try:
+        pairs = [pair for partition in find_dataset(args.data_dir).values() for pair in partition]
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
+    if not pairs:
+        parser.error(f"{args.data_dir}: no image/mask pairs found")
+
+    masks = {pair.stem: read_mask(pair.mask_path) for pair in pairs}
+    drawn = {stem: (m.max(axis=2) if m.ndim == 3 else m) > 0 for stem, m in masks.items()}
+    areas = np.array([r.area for stem, fg in drawn.items() for r in regionprops(label(fg))
+                      if not touches_edge(r.bbox, fg.shape)])
+    median = float(np.median(areas))
+    low, high = (f * median for f in SMALL_FRACTION)
+    small_drawn = int(((areas >= low) & (areas <= high)).sum())
+
+    undrawn, crops, images_with = 0, [], 0
+    for pair in pairs:
+        image, fg = read_image(pair.image_path), drawn[pair.stem]
+        found = [r for r in regionprops(label(undrawn_stained(image, fg)))
+                 if low <= r.area <= high and r.solidity >= MIN_SOLIDITY and not touches_edge(r.bbox, fg.shape)]
+        undrawn += len(found)
+        images_with += bool(found)
+        for r in found:
+            if len(crops) >= args.max_crops:
+                break
+            crops.append(crop_around(image, fg, r.coords, r.centroid))
+    print(f"{args.data_dir}: {len(pairs)} images; {areas.size} drawn cells inside the image, median area "
+          f"{median:.0f} px (diameter ~{2 * np.sqrt(median / np.pi):.0f} px)")
+    print(f"platelet-sized ({SMALL_FRACTION[0]:g}-{SMALL_FRACTION[1]:g} of the median, {low:.0f}-{high:.0f} px): "
+          f"{small_drawn} drawn; {undrawn} stained objects outside every drawn cell, in {images_with} images")
+    if args.sheet is not None and crops:
+        columns = 6
+        rows = [np.hstack(crops[i:i + columns] + [np.zeros_like(crops[0])] * (columns - len(crops[i:i + columns])))
+                for i in range(0, len(crops), columns)]
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(args.sheet), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+        print(f"wrote {len(crops)} crops to {args.sheet}")
+
+
+def crop_around(image: np.ndarray, drawn: np.ndarray, coords: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """A (CROP, CROP, 3) uint8 RGB crop centred on an object, drawn cells outlined green, the object red."""
+    canvas = image.copy()
+    contours, _ = cv2.findContours(drawn.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(canvas, contours, -1, (0, 200, 0), 2)
+    blob = np.zeros(drawn.shape, np.uint8)
+    blob[coords[:, 0], coords[:, 1]] = 1
+    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(canvas, contours, -1, (220, 0, 0), 2)
+    padded = np.pad(canvas, ((CROP, CROP), (CROP, CROP), (0, 0)))
+    r, c = int(centre[0]) + CROP // 2, int(centre[1]) + CROP // 2
+    return padded[r:r + CROP, c:c + CROP]
+
+
+if __name__ == "__main__":
+    main()
