@@ -113,7 +113,7 @@ def test_the_repository_grids_are_valid():
     grid = load_grid(ROOT / "sweeps" / "vit_tiny_pretraining.json", ROOT)
     assert len(grid.runs) == 24 and grid.seeds == (0, 1, 2)
     assert {r.parameters["WEIGHTS"] for r in grid.runs} == {"none", str(weights.resolve())}
-    assert len(load_grid(ROOT / "sweeps" / "vit_tiny_bbbc041.json", ROOT).runs) == 12  # random, pretrained, pretrained_stain(_long)
+    assert len(load_grid(ROOT / "sweeps" / "vit_tiny_bbbc041.json", ROOT).runs) == 15  # random, pretrained, pretrained_stain(_long, _longer)
 
 
 # --- running, resuming, the table ----------------------------------------------------------------
