@@ -24,11 +24,12 @@ import cv2
 import numpy as np
 from skimage.measure import label, regionprops
 
-from uni_seg.data import find_dataset, read_image, read_mask
+from uni_seg.data import DataError, find_dataset, read_image, read_mask
 
 SMALL_FRACTION = (0.05, 0.25)  # platelet-sized: this range of the median drawn cell's area
 STAIN_CONTRAST = 30  # 0-255 levels of saturation above, and of value below, the background's median
 MIN_SOLIDITY = 0.8  # a platelet or parasite is compact; stain noise and debris are ragged
+NEAR_DRAWN_PX = 12  # closer to a drawn cell, the shadow between touching cells reads as stained
 CROP = 200
 
 
@@ -37,10 +38,11 @@ def touches_edge(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> boo
 
 
 def undrawn_stained(image: np.ndarray, drawn: np.ndarray) -> np.ndarray:
-    """(H, W) bool: stained pixels at least a few pixels away from every drawn cell. `image` (H, W, 3)
+    """(H, W) bool: stained pixels more than `NEAR_DRAWN_PX` from every drawn cell. `image` (H, W, 3)
     uint8 RGB, `drawn` (H, W) bool."""
     hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-    near = cv2.dilate(drawn.astype(np.uint8), np.ones((25, 25), np.uint8)).astype(bool)
+    kernel = np.ones((2 * NEAR_DRAWN_PX + 1,) * 2, np.uint8)
+    near = cv2.dilate(drawn.astype(np.uint8), kernel).astype(bool)
     outside = ~near
     if outside.sum() < 100:
         return np.zeros_like(drawn)
@@ -48,6 +50,12 @@ def undrawn_stained(image: np.ndarray, drawn: np.ndarray) -> np.ndarray:
     stained = (outside & (saturation > np.median(saturation[outside]) + STAIN_CONTRAST)
                & (value < np.median(value[outside]) - STAIN_CONTRAST))
     return cv2.morphologyEx(stained.astype(np.uint8), cv2.MORPH_OPEN, np.ones((5, 5), np.uint8)).astype(bool)
+
+
+def drawn_cells(mask_path: Path) -> np.ndarray:
+    """(H, W) bool: where the mask draws anything (a binary, label or colour mask)."""
+    mask = read_mask(mask_path)
+    return (mask.max(axis=2) if mask.ndim == 3 else mask) > 0
 
 
 def main() -> None:
@@ -58,43 +66,53 @@ def main() -> None:
     args = parser.parse_args()
     if args.sheet is not None and args.sheet.exists():
         parser.error(f"--sheet {args.sheet} exists: give a new file name (nothing is overwritten)")
+    if args.max_crops < 0:
+        parser.error(f"--max-crops {args.max_crops} must be >= 0")
     try:
         pairs = [pair for partition in find_dataset(args.data_dir).values() for pair in partition]
-    except (FileNotFoundError, ValueError) as error:
+        if not pairs:
+            raise ValueError(f"{args.data_dir}: no image/mask pairs found")
+        audit(pairs, args.data_dir, args.sheet, args.max_crops)
+    except (DataError, FileNotFoundError, ValueError) as error:  # a folder or file that cannot be used
         parser.error(str(error))
-    if not pairs:
-        parser.error(f"{args.data_dir}: no image/mask pairs found")
 
-    masks = {pair.stem: read_mask(pair.mask_path) for pair in pairs}
-    drawn = {stem: (m.max(axis=2) if m.ndim == 3 else m) > 0 for stem, m in masks.items()}
-    areas = np.array([r.area for stem, fg in drawn.items() for r in regionprops(label(fg))
-                      if not touches_edge(r.bbox, fg.shape)])
+
+def audit(pairs: list, data_dir: Path, sheet: Path | None, max_crops: int) -> None:
+    """Print the audit of `pairs` (`uni_seg.data.ImagePair`s); write the crop sheet when asked."""
+    # two passes over the files (sizes, then the screen) rather than every mask in memory: a
+    # dataset of 1300 masks of 1600x1200 would hold gigabytes
+    areas = np.array([r.area for pair in pairs for fg in [drawn_cells(pair.mask_path)]
+                      for r in regionprops(label(fg)) if not touches_edge(r.bbox, fg.shape)])
+    if areas.size == 0:
+        raise ValueError(f"{data_dir}: no drawn cell lies inside its image (every mask is empty or touches only the edge)")
     median = float(np.median(areas))
     low, high = (f * median for f in SMALL_FRACTION)
     small_drawn = int(((areas >= low) & (areas <= high)).sum())
 
     undrawn, crops, images_with = 0, [], 0
     for pair in pairs:
-        image, fg = read_image(pair.image_path), drawn[pair.stem]
+        image, fg = read_image(pair.image_path), drawn_cells(pair.mask_path)
+        if image.shape[:2] != fg.shape:
+            raise ValueError(f"{pair.mask_path}: mask {fg.shape} does not match its image {image.shape[:2]} ({pair.image_path})")
         found = [r for r in regionprops(label(undrawn_stained(image, fg)))
                  if low <= r.area <= high and r.solidity >= MIN_SOLIDITY and not touches_edge(r.bbox, fg.shape)]
         undrawn += len(found)
         images_with += bool(found)
         for r in found:
-            if len(crops) >= args.max_crops:
+            if len(crops) >= max_crops:
                 break
             crops.append(crop_around(image, fg, r.coords, r.centroid))
-    print(f"{args.data_dir}: {len(pairs)} images; {areas.size} drawn cells inside the image, median area "
+    print(f"{data_dir}: {len(pairs)} images; {areas.size} drawn cells inside the image, median area "
           f"{median:.0f} px (diameter ~{2 * np.sqrt(median / np.pi):.0f} px)")
     print(f"platelet-sized ({SMALL_FRACTION[0]:g}-{SMALL_FRACTION[1]:g} of the median, {low:.0f}-{high:.0f} px): "
           f"{small_drawn} drawn; {undrawn} stained objects outside every drawn cell, in {images_with} images")
-    if args.sheet is not None and crops:
+    if sheet is not None and crops:
         columns = 6
         rows = [np.hstack(crops[i:i + columns] + [np.zeros_like(crops[0])] * (columns - len(crops[i:i + columns])))
                 for i in range(0, len(crops), columns)]
-        args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.sheet), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
-        print(f"wrote {len(crops)} crops to {args.sheet}")
+        sheet.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(sheet), cv2.cvtColor(np.vstack(rows), cv2.COLOR_RGB2BGR))
+        print(f"wrote {len(crops)} crops to {sheet}")
 
 
 def crop_around(image: np.ndarray, drawn: np.ndarray, coords: np.ndarray, centre: tuple[float, float]) -> np.ndarray:

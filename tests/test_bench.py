@@ -54,3 +54,11 @@ def test_undrawn_objects_names_a_folder_without_a_dataset(tmp_path):
     result = _undrawn(str(tmp_path))
     assert result.returncode != 0 and "partition folder missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_undrawn_objects_names_a_mask_that_does_not_fit_its_image(tmp_path):
+    _smear_with_an_undrawn_platelet(tmp_path / "data")
+    mask = tmp_path / "data" / "test" / "mask" / "smear_test.png"
+    cv2.imwrite(str(mask), np.zeros((100, 300), np.uint8))
+    result = _undrawn(str(tmp_path / "data"))
+    assert result.returncode != 0 and "smear_test.png" in result.stderr and "does not match" in result.stderr
