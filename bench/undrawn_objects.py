@@ -98,10 +98,10 @@ def audit(pairs: list, data_dir: Path, sheet: Path | None, max_crops: int) -> No
                  if low <= r.area <= high and r.solidity >= MIN_SOLIDITY and not touches_edge(r.bbox, fg.shape)]
         undrawn += len(found)
         images_with += bool(found)
-        for r in found:
-            if len(crops) >= max_crops:
-                break
-            crops.append(crop_around(image, fg, r.coords, r.centroid))
+        wanted = found[:max(0, max_crops - len(crops))]
+        if wanted:
+            canvas = outlined(image, fg, wanted)
+            crops += [crop_around(canvas, r.centroid) for r in wanted]
     print(f"{data_dir}: {len(pairs)} images; {areas.size} drawn cells inside the image, median area "
           f"{median:.0f} px (diameter ~{2 * np.sqrt(median / np.pi):.0f} px)")
     print(f"platelet-sized ({SMALL_FRACTION[0]:g}-{SMALL_FRACTION[1]:g} of the median, {low:.0f}-{high:.0f} px): "
@@ -115,15 +115,21 @@ def audit(pairs: list, data_dir: Path, sheet: Path | None, max_crops: int) -> No
         print(f"wrote {len(crops)} crops to {sheet}")
 
 
-def crop_around(image: np.ndarray, drawn: np.ndarray, coords: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
-    """A (CROP, CROP, 3) uint8 RGB crop centred on an object, drawn cells outlined green, the object red."""
+def outlined(image: np.ndarray, drawn: np.ndarray, objects: list) -> np.ndarray:
+    """A copy of `image` ((H, W, 3) uint8 RGB) with the drawn cells outlined green and `objects`
+    (skimage regions) red: one pass over the frame per image, each object's contour from its own box."""
     canvas = image.copy()
     contours, _ = cv2.findContours(drawn.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     cv2.drawContours(canvas, contours, -1, (0, 200, 0), 2)
-    blob = np.zeros(drawn.shape, np.uint8)
-    blob[coords[:, 0], coords[:, 1]] = 1
-    contours, _ = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(canvas, contours, -1, (220, 0, 0), 2)
+    for r in objects:
+        contours, _ = cv2.findContours(r.image.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE,
+                                       offset=(int(r.bbox[1]), int(r.bbox[0])))
+        cv2.drawContours(canvas, contours, -1, (220, 0, 0), 2)
+    return canvas
+
+
+def crop_around(canvas: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
+    """A (CROP, CROP, 3) crop of `canvas` centred on `centre` (row, column), zero-padded at its edges."""
     padded = np.pad(canvas, ((CROP, CROP), (CROP, CROP), (0, 0)))
     r, c = int(centre[0]) + CROP // 2, int(centre[1]) + CROP // 2
     return padded[r:r + CROP, c:c + CROP]
