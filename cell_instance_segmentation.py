@@ -99,6 +99,7 @@ BACKBONE: Optional[str] = None  # "uni", "uni2-h" (gated UNI weights), "dinobloo
 WEIGHTS: Optional[str] = None  # "auto" (hub, then imagenet, then none), "hub", "imagenet", "none" (random init), or a .safetensors/.bin/.pth file or a folder holding one
 N_CLASSES: Optional[int] = None  # NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)
 DECODER_CHANNELS: Optional[int] = None  # channels of the fused DPT pyramid
+IMAGE_SKIP_CHANNELS: Optional[int] = None  # channels of a convolutional stem on the image itself, added to the finest (stride-2) pyramid level so that seams a few pixels wide reach the heads; 0: none (tokens only)
 HV_ACTIVATION: str = "linear"  # HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))
 LORA_RANK: int = 4  # rank of the LoRA adapters on every attention qkv projection
 LORA_ALPHA: float = 8.0  # LoRA scaling numerator: the update is (alpha / rank) * B @ A
@@ -586,6 +587,8 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("n_classes", "int", None,
             "NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)", bounds=">= 2", derived=True),
         Parameter("decoder_channels", "int", {"demo": 64, "full": 256, "cpu": 64}, "channels of the fused DPT pyramid", bounds=">= 8"),
+        Parameter("image_skip_channels", "int", {"demo": 0, "full": 0, "cpu": 0},
+            "channels of a convolutional stem on the image itself, added to the finest (stride-2) pyramid level so that seams a few pixels wide reach the heads; 0: none (tokens only)", bounds=">= 0"),
         Parameter("hv_activation", "str", "linear",
             'HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))', choices=("linear", "tanh")),
         Parameter("lora_rank", "int", 4, "rank of the LoRA adapters on every attention qkv projection", bounds=">= 1"),
@@ -5557,6 +5560,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.weigh
 # Each head is a 3×3 convolution, GroupNorm, ReLU and a 1×1 convolution at stride 2; its
 # output is upsampled bilinearly to the input size.
 #
+# **The image skip** (`image_skip_channels`, 0 = off). Every level above is made from tokens
+# 16 pixels on a side, so the finest level only infers where a cell ends; the seam between two
+# touching red cells is 1 to 3 pixels wide at the working scale. With `image_skip_channels` C > 0
+# a small stem reads the image itself (two 3×3 convolutions with C channels at full resolution,
+# then a strided 3×3 to `decoder_channels` at stride 2) and its output is added to the stride-2
+# level before fusion: the pixel edges reach the heads directly, as CellViT's and UNETR's
+# skip from the input does (adding equals concatenating and mixing with a 1×1, since both
+# inputs end in a linear convolution). It trains with the decoder in both phases.
+#
 # **HV activation: linear** by default (as HoVer-Net and CellViT). The targets reach ±1 at
 # cell edges, where a tanh output would need infinite logits; `hv_activation="tanh"` is
 # available and bounds the output to (-1, 1).
@@ -5619,6 +5631,24 @@ class FusionBlock(nn.Module):
         if coarser is not None:
             x = x + F.interpolate(coarser, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.mix(self.refine_out(x))
+
+
+class ImageSkip(nn.Module):
+    """Normalised image (B, 3, H, W) -> map (B, out_channels, H/2, W/2): two 3×3 convolutions
+    with `channels` at full resolution, then a 3×3 convolution of stride 2 to `out_channels`."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, out_channels, 3, stride=2, padding=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
 
 
 # %% [markdown] tags=["why"]
@@ -5696,6 +5726,7 @@ class CellSegModel(nn.Module):
         hv_activation: str = "linear",
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        image_skip_channels: int = 0,
     ) -> None:
         super().__init__()
         if hv_activation not in HV_ACTIVATIONS:
@@ -5704,6 +5735,8 @@ class CellSegModel(nn.Module):
             raise ValueError(f"n_classes={n_classes} must be at least 2 (background and one cell class)")
         if decoder_channels < 8:
             raise ValueError(f"decoder_channels={decoder_channels} must be at least 8")
+        if image_skip_channels < 0:
+            raise ValueError(f"image_skip_channels={image_skip_channels} must be 0 (no image skip) or more")
         reassemble_channels = tuple(reassemble_channels or default_reassemble_channels(decoder_channels))
         if len(reassemble_channels) != len(spec.taps):
             raise ValueError(f"reassemble_channels={reassemble_channels} needs one entry per tap ({len(spec.taps)})")
@@ -5727,6 +5760,9 @@ class CellSegModel(nn.Module):
             for mid, stride in zip(reassemble_channels, PYRAMID_STRIDES)
         )
         self.fusion = nn.ModuleList(FusionBlock(decoder_channels) for _ in PYRAMID_STRIDES)
+        self.image_skip_channels = int(image_skip_channels)
+        # None when off, so that a model without it has exactly the state_dict keys it always had
+        self.image_skip = ImageSkip(image_skip_channels, decoder_channels) if image_skip_channels else None
         self.heads = nn.ModuleDict(
             {"np": Head(decoder_channels, 1), "hv": Head(decoder_channels, 2), "nc": Head(decoder_channels, n_classes)}
         )
@@ -5747,6 +5783,7 @@ class CellSegModel(nn.Module):
         if height % TOKEN_STRIDE or width % TOKEN_STRIDE:
             raise ValueError(f"model input sides must be multiples of {TOKEN_STRIDE}, got {height}x{width}")
         z = (x.float() - self.pixel_mean) / self.pixel_std
+        image_level = self.image_skip(z) if self.image_skip is not None else None  # before any resize: pixels
         if self.patch_size != TOKEN_STRIDE:
             # Patch-14 backbones (UNI2-h, DinoBloom): same token grid as a patch-16 one, see the registry notes.
             size = (height // TOKEN_STRIDE * self.patch_size, width // TOKEN_STRIDE * self.patch_size)
@@ -5757,6 +5794,8 @@ class CellSegModel(nn.Module):
         else:
             taps = self._taps(z)
         levels = [reassemble(tap) for reassemble, tap in zip(self.reassemble, taps)]  # strides 2, 4, 8, 16
+        if image_level is not None:
+            levels[0] = levels[0] + image_level
         fused = None
         for fusion, level in zip(reversed(self.fusion), reversed(levels)):
             fused = fusion(level, fused)
@@ -5823,6 +5862,7 @@ class CellSegModel(nn.Module):
             decoder_channels=self.decoder_channels,
             reassemble_channels=list(self.reassemble_channels),
             hv_activation=self.hv_activation,
+            image_skip_channels=self.image_skip_channels,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
         )
@@ -5919,7 +5959,7 @@ def parameter_counts_from_config(backbone: str, **architecture: Any) -> dict[str
     without allocating it.
 
     `architecture`: `build_model`'s keyword arguments that shape the model (n_classes,
-    decoder_channels, reassemble_channels, hv_activation, lora_rank, lora_alpha), e.g.
+    decoder_channels, reassemble_channels, hv_activation, image_skip_channels, lora_rank, lora_alpha), e.g.
     `model.config`. Runs `build_model` (random init, silent) on PyTorch's "meta" device
     (shapes only, no memory, well under a second even for UNI2-h), so the notebook can print
     true counts for ViT-L on a laptop.
@@ -5936,6 +5976,7 @@ def build_model(
     decoder_channels: int = 256,
     reassemble_channels: list[int] | None = None,
     hv_activation: str = "linear",
+    image_skip_channels: int = 0,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
     hub_timeout: float = 8.0,
@@ -5945,6 +5986,8 @@ def build_model(
 
     `weights`: "auto" | "hub" | "imagenet" | "none", or a weights file or folder (see
     `uni_seg.weights.load_backbone_weights`); pretrained weights load before any LoRA injection.
+    `image_skip_channels` > 0 adds the convolutional stem on the image (`ImageSkip`); 0, the
+    default and what a checkpoint written before it existed records by its absence, adds none.
     `lora_rank` (with `lora_alpha`, default 2·rank) injects adapters, as `model.config` records
     them, so `build_model(**model.config, weights="none")` rebuilds a model whose `state_dict`
     keys match. Prints the one-line weights report unless `verbose=False`;
@@ -5956,7 +5999,7 @@ def build_model(
     vit = create_backbone(spec)
     loaded = load_backbone_weights(vit, spec, weights, hub_timeout)
     model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation, loaded.mean,
-                         loaded.std)
+                         loaded.std, image_skip_channels)
     model.weights_source, model.weights_message = loaded.source, loaded.message
     model.weights_provenance = loaded.provenance
     if lora_rank:
@@ -5975,7 +6018,7 @@ def build_model(
 from uni_seg.model import build_model, parameter_counts_from_config
 
 model = build_model(cfg.backbone, cfg.weights, cfg.n_classes, decoder_channels=cfg.decoder_channels,
-                    hv_activation=cfg.hv_activation)
+                    hv_activation=cfg.hv_activation, image_skip_channels=cfg.image_skip_channels)
 if model.weights_source == "none":
     print("NOTE: this run trains on a randomly initialised backbone; its figures say nothing about a pretrained one.")
 
@@ -5983,7 +6026,7 @@ _rows = {
     f"{cfg.backbone}, decoder {cfg.decoder_channels} (this run)": model.parameter_counts(),
     f"{cfg.backbone} + LoRA rank {cfg.lora_rank}": parameter_counts_from_config(
         cfg.backbone, n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
-        lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
+        image_skip_channels=cfg.image_skip_channels, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
     f"uni (ViT-L/16), decoder 256 + LoRA rank {cfg.lora_rank}": parameter_counts_from_config(
         "uni", n_classes=cfg.n_classes, decoder_channels=256, lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha),
 }
@@ -6445,6 +6488,11 @@ def load_checkpoint(path: str | Path, mmap: bool = False, model_file: bool = Fal
     return ckpt
 
 
+# Architecture settings added after checkpoints were first written, with the value that a
+# checkpoint which does not name them was built with (so resuming an older run is no "difference").
+MODEL_CONFIG_ADDED: dict[str, Any] = {"image_skip_channels": 0}
+
+
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """`model.config` as JSON-like values (tuples -> lists), without a "weights" key."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "weights"}, default=str))
@@ -6459,8 +6507,8 @@ def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, m
     checkpoint that names no scheme comes from before class schemes, when every run's was "colour".
     """
     saved = {"phase": ckpt.get("phase"), "working_scale": ckpt.get("working_scale"),
-             **_plain_config(ckpt.get("model_config", {}))}
-    current = {"phase": phase, "working_scale": working_scale, **_plain_config(model_config)}
+             **MODEL_CONFIG_ADDED, **_plain_config(ckpt.get("model_config", {}))}
+    current = {"phase": phase, "working_scale": working_scale, **MODEL_CONFIG_ADDED, **_plain_config(model_config)}
     if class_scheme is not None:
         saved["class_scheme"] = (ckpt.get("class_scheme") or {}).get("name", "colour")
         current["class_scheme"] = class_scheme
@@ -7542,7 +7590,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
-                        hv_activation=cfg.hv_activation)
+                        hv_activation=cfg.hv_activation, image_skip_channels=cfg.image_skip_channels)
     if phase == 2:
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,

@@ -48,3 +48,13 @@ def test_any_random_bytes_are_named_not_a_checkpoint(tmp_path):
         with pytest.raises(checkpoints.CheckpointError) as error:
             checkpoints.load_checkpoint(path)
         assert "not a PyTorch checkpoint" in str(error.value) or "damaged" in str(error.value), (seed, str(error.value))
+
+
+# ----------------------------------------------------------- a setting added to the architecture later
+def test_a_checkpoint_from_before_the_image_skip_resumes_as_a_model_without_one():
+    older = {"phase": 1, "working_scale": 0.5, "model_config": {"backbone": "vit_tiny", "n_classes": 4}}
+    current = {"backbone": "vit_tiny", "n_classes": 4, "image_skip_channels": 0}
+    checkpoints.check_compatible(older, "old.pth", phase=1, model_config=current, working_scale=0.5)
+    with pytest.raises(checkpoints.CheckpointError, match=r"old.pth comes from another configuration: image_skip_channels"):
+        checkpoints.check_compatible(older, "old.pth", phase=1, model_config={**current, "image_skip_channels": 16},
+                                     working_scale=0.5)

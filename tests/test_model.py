@@ -108,6 +108,43 @@ def test_tanh_hv_is_bounded_and_linear_is_default():
     assert hv.abs().max() <= 1.0
 
 
+def test_image_skip_is_off_by_default_and_adds_only_its_own_keys():
+    plain, skipped = tiny(), tiny(image_skip_channels=8)
+    assert plain.config["image_skip_channels"] == 0 and plain.image_skip is None
+    assert skipped.config["image_skip_channels"] == 8
+    plain_keys, skipped_keys = set(plain.state_dict()), set(skipped.state_dict())
+    assert plain_keys < skipped_keys and all(k.startswith("image_skip.") for k in skipped_keys - plain_keys)
+    # its parameters are the decoder's: they train in phase 1, with the backbone frozen
+    skipped.set_phase(1)
+    assert all(p.requires_grad for p in skipped.image_skip.parameters())
+    assert {id(p) for p in skipped.image_skip.parameters()} <= {id(p) for p in skipped.decoder_parameters()}
+    # the config rebuilds it, and the meta-device count is the real one
+    rebuilt = build_model(**skipped.config, weights="none", verbose=False)
+    assert set(rebuilt.state_dict()) == skipped_keys
+    assert {k: v for k, v in count_parameters(skipped).items() if k != "trainable"} == {
+        k: v for k, v in parameter_counts_from_config(**skipped.config).items() if k != "trainable"}
+    with pytest.raises(ValueError, match="image_skip_channels=-1"):
+        tiny(image_skip_channels=-1)
+
+
+def test_image_skip_feeds_the_finest_level_with_the_pixels():
+    """The stem's map is added at stride 2: outputs keep their size, and with the stem's last
+    convolution zeroed the model computes exactly what the same weights without it compute."""
+    torch.manual_seed(0)
+    skipped = tiny(image_skip_channels=8).eval()
+    x = torch.rand(1, 3, 160, 96)
+    assert skipped.image_skip(x).shape == (1, SMALL["decoder_channels"], 80, 48)
+    with torch.no_grad():
+        out = skipped(x)
+        assert out["hv"].shape == (1, 2, 160, 96) and out["nc"].shape == (1, 4, 160, 96)
+        torch.nn.init.zeros_(skipped.image_skip.body[-1].weight)
+        plain = tiny()
+        plain.load_state_dict({k: v for k, v in skipped.state_dict().items() if not k.startswith("image_skip.")})
+        zeroed, without = skipped(x), plain.eval()(x)
+    assert all(torch.equal(zeroed[k], without[k]) for k in without)
+    assert not torch.equal(out["hv"], without["hv"])
+
+
 def test_patch14_backbone_gets_the_same_token_grid():
     """UNI2-h cuts 14-pixel patches: the input is resized by 14/16, so taps stay at input/16."""
     spec = dataclasses.replace(BACKBONES["vit_tiny"], name="vit_tiny_p14")

@@ -111,7 +111,7 @@ def test_the_repository_grids_are_valid():
     if not weights.is_file() or not (ROOT.parent / "shared" / "data" / "bccd_detection").is_dir():
         pytest.skip(f"{weights} or ../shared/data/bccd_detection is absent (the grids name them)")
     grid = load_grid(ROOT / "sweeps" / "vit_tiny_pretraining.json", ROOT)
-    assert len(grid.runs) == 24 and grid.seeds == (0, 1, 2)
+    assert len(grid.runs) == 27 and grid.seeds == (0, 1, 2)
     assert {r.parameters["WEIGHTS"] for r in grid.runs} == {"none", str(weights.resolve())}
     assert len(load_grid(ROOT / "sweeps" / "vit_tiny_bbbc041.json", ROOT).runs) == 15  # random, pretrained, pretrained_stain(_long, _longer)
 

@@ -93,6 +93,11 @@ def load_checkpoint(path: str | Path, mmap: bool = False, model_file: bool = Fal
     return ckpt
 
 
+# Architecture settings added after checkpoints were first written, with the value that a
+# checkpoint which does not name them was built with (so resuming an older run is no "difference").
+MODEL_CONFIG_ADDED: dict[str, Any] = {"image_skip_channels": 0}
+
+
 def _plain_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """`model.config` as JSON-like values (tuples -> lists), without a "weights" key."""
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if k != "weights"}, default=str))
@@ -107,8 +112,8 @@ def check_compatible(ckpt: Mapping[str, Any], path: str | Path, *, phase: int, m
     checkpoint that names no scheme comes from before class schemes, when every run's was "colour".
     """
     saved = {"phase": ckpt.get("phase"), "working_scale": ckpt.get("working_scale"),
-             **_plain_config(ckpt.get("model_config", {}))}
-    current = {"phase": phase, "working_scale": working_scale, **_plain_config(model_config)}
+             **MODEL_CONFIG_ADDED, **_plain_config(ckpt.get("model_config", {}))}
+    current = {"phase": phase, "working_scale": working_scale, **MODEL_CONFIG_ADDED, **_plain_config(model_config)}
     if class_scheme is not None:
         saved["class_scheme"] = (ckpt.get("class_scheme") or {}).get("name", "colour")
         current["class_scheme"] = class_scheme

@@ -134,6 +134,8 @@ _SETUP_PARAMETERS: tuple[tuple[str, tuple[Parameter, ...]], ...] = (
         Parameter("n_classes", "int", None,
             "NC classes including background; None: CLASS_SCHEME's (colour: 4, background, RBC, WBC, platelet)", bounds=">= 2", derived=True),
         Parameter("decoder_channels", "int", {"demo": 64, "full": 256, "cpu": 64}, "channels of the fused DPT pyramid", bounds=">= 8"),
+        Parameter("image_skip_channels", "int", {"demo": 0, "full": 0, "cpu": 0},
+            "channels of a convolutional stem on the image itself, added to the finest (stride-2) pyramid level so that seams a few pixels wide reach the heads; 0: none (tokens only)", bounds=">= 0"),
         Parameter("hv_activation", "str", "linear",
             'HV head output: "linear" (HoVer-Net; targets reach +-1 at cell edges) or "tanh" (bounded to (-1, 1))', choices=("linear", "tanh")),
         Parameter("lora_rank", "int", 4, "rank of the LoRA adapters on every attention qkv projection", bounds=">= 1"),

@@ -61,6 +61,24 @@ class FusionBlock(nn.Module):
         return self.mix(self.refine_out(x))
 
 
+class ImageSkip(nn.Module):
+    """Normalised image (B, 3, H, W) -> map (B, out_channels, H/2, W/2): two 3×3 convolutions
+    with `channels` at full resolution, then a 3×3 convolution of stride 2 to `out_channels`."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, out_channels, 3, stride=2, padding=1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 # notebook §3 "The DPT pyramid and the heads", cell id 43fd73d2
 class Head(nn.Module):
     """3×3 conv, GroupNorm, ReLU, 1×1 conv to `out_channels` (at the fused map's stride)."""
@@ -109,6 +127,7 @@ class CellSegModel(nn.Module):
         hv_activation: str = "linear",
         mean: tuple[float, ...] | None = None,
         std: tuple[float, ...] | None = None,
+        image_skip_channels: int = 0,
     ) -> None:
         super().__init__()
         if hv_activation not in HV_ACTIVATIONS:
@@ -117,6 +136,8 @@ class CellSegModel(nn.Module):
             raise ValueError(f"n_classes={n_classes} must be at least 2 (background and one cell class)")
         if decoder_channels < 8:
             raise ValueError(f"decoder_channels={decoder_channels} must be at least 8")
+        if image_skip_channels < 0:
+            raise ValueError(f"image_skip_channels={image_skip_channels} must be 0 (no image skip) or more")
         reassemble_channels = tuple(reassemble_channels or default_reassemble_channels(decoder_channels))
         if len(reassemble_channels) != len(spec.taps):
             raise ValueError(f"reassemble_channels={reassemble_channels} needs one entry per tap ({len(spec.taps)})")
@@ -140,6 +161,9 @@ class CellSegModel(nn.Module):
             for mid, stride in zip(reassemble_channels, PYRAMID_STRIDES)
         )
         self.fusion = nn.ModuleList(FusionBlock(decoder_channels) for _ in PYRAMID_STRIDES)
+        self.image_skip_channels = int(image_skip_channels)
+        # None when off, so that a model without it has exactly the state_dict keys it always had
+        self.image_skip = ImageSkip(image_skip_channels, decoder_channels) if image_skip_channels else None
         self.heads = nn.ModuleDict(
             {"np": Head(decoder_channels, 1), "hv": Head(decoder_channels, 2), "nc": Head(decoder_channels, n_classes)}
         )
@@ -160,6 +184,7 @@ class CellSegModel(nn.Module):
         if height % TOKEN_STRIDE or width % TOKEN_STRIDE:
             raise ValueError(f"model input sides must be multiples of {TOKEN_STRIDE}, got {height}x{width}")
         z = (x.float() - self.pixel_mean) / self.pixel_std
+        image_level = self.image_skip(z) if self.image_skip is not None else None  # before any resize: pixels
         if self.patch_size != TOKEN_STRIDE:
             # Patch-14 backbones (UNI2-h, DinoBloom): same token grid as a patch-16 one, see the registry notes.
             size = (height // TOKEN_STRIDE * self.patch_size, width // TOKEN_STRIDE * self.patch_size)
@@ -170,6 +195,8 @@ class CellSegModel(nn.Module):
         else:
             taps = self._taps(z)
         levels = [reassemble(tap) for reassemble, tap in zip(self.reassemble, taps)]  # strides 2, 4, 8, 16
+        if image_level is not None:
+            levels[0] = levels[0] + image_level
         fused = None
         for fusion, level in zip(reversed(self.fusion), reversed(levels)):
             fused = fusion(level, fused)
@@ -236,6 +263,7 @@ class CellSegModel(nn.Module):
             decoder_channels=self.decoder_channels,
             reassemble_channels=list(self.reassemble_channels),
             hv_activation=self.hv_activation,
+            image_skip_channels=self.image_skip_channels,
             lora_rank=self.lora_rank,
             lora_alpha=self.lora_alpha,
         )
@@ -329,7 +357,7 @@ def parameter_counts_from_config(backbone: str, **architecture: Any) -> dict[str
     without allocating it.
 
     `architecture`: `build_model`'s keyword arguments that shape the model (n_classes,
-    decoder_channels, reassemble_channels, hv_activation, lora_rank, lora_alpha), e.g.
+    decoder_channels, reassemble_channels, hv_activation, image_skip_channels, lora_rank, lora_alpha), e.g.
     `model.config`. Runs `build_model` (random init, silent) on PyTorch's "meta" device
     (shapes only, no memory, well under a second even for UNI2-h), so the notebook can print
     true counts for ViT-L on a laptop.
@@ -346,6 +374,7 @@ def build_model(
     decoder_channels: int = 256,
     reassemble_channels: list[int] | None = None,
     hv_activation: str = "linear",
+    image_skip_channels: int = 0,
     lora_rank: int | None = None,
     lora_alpha: float | None = None,
     hub_timeout: float = 8.0,
@@ -355,6 +384,8 @@ def build_model(
 
     `weights`: "auto" | "hub" | "imagenet" | "none", or a weights file or folder (see
     `uni_seg.weights.load_backbone_weights`); pretrained weights load before any LoRA injection.
+    `image_skip_channels` > 0 adds the convolutional stem on the image (`ImageSkip`); 0, the
+    default and what a checkpoint written before it existed records by its absence, adds none.
     `lora_rank` (with `lora_alpha`, default 2·rank) injects adapters, as `model.config` records
     them, so `build_model(**model.config, weights="none")` rebuilds a model whose `state_dict`
     keys match. Prints the one-line weights report unless `verbose=False`;
@@ -366,7 +397,7 @@ def build_model(
     vit = create_backbone(spec)
     loaded = load_backbone_weights(vit, spec, weights, hub_timeout)
     model = CellSegModel(vit, spec, n_classes, decoder_channels, reassemble_channels, hv_activation, loaded.mean,
-                         loaded.std)
+                         loaded.std, image_skip_channels)
     model.weights_source, model.weights_message = loaded.source, loaded.message
     model.weights_provenance = loaded.provenance
     if lora_rank:

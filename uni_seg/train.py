@@ -163,7 +163,7 @@ def spec_from_config(cfg: Any, phase: int, device: str | None = None, progress: 
     """
     model_kwargs = dict(backbone=cfg.backbone, weights=cfg.weights if phase == 1 else "none",
                         n_classes=cfg.n_classes, decoder_channels=cfg.decoder_channels,
-                        hv_activation=cfg.hv_activation)
+                        hv_activation=cfg.hv_activation, image_skip_channels=cfg.image_skip_channels)
     if phase == 2:
         model_kwargs["verbose"] = False  # architecture only: the weights come from phase 1's checkpoint
     data = dict(processed_dir=str(cfg.processed_dir), crop_size=cfg.crop_size, crops_per_image=cfg.crops_per_image,
