@@ -150,10 +150,11 @@ def test_patch14_backbone_gets_the_same_token_grid():
     spec = dataclasses.replace(BACKBONES["vit_tiny"], name="vit_tiny_p14")
     vit = timm.create_model("vit_tiny_patch16_224", patch_size=14, num_classes=0, dynamic_img_size=True)
     model = CellSegModel(vit, spec, decoder_channels=16).eval()
+    skipped = CellSegModel(vit, spec, decoder_channels=16, image_skip_channels=4).eval()  # the stem reads the unresized image
     with torch.no_grad():
         for size in [(224, 224), (160, 96)]:
-            out = model(torch.rand(1, 3, *size))
-            assert out["nc"].shape[-2:] == size
+            assert model(torch.rand(1, 3, *size))["nc"].shape[-2:] == size
+            assert skipped(torch.rand(1, 3, *size))["nc"].shape[-2:] == size
     taps = model._taps(torch.nn.functional.interpolate(torch.rand(1, 3, 160, 96), size=(140, 84)))
     assert taps[0].shape[-2:] == (10, 6)
 
