@@ -113,7 +113,7 @@ def test_the_repository_grids_are_valid():
     grid = load_grid(ROOT / "sweeps" / "vit_tiny_pretraining.json", ROOT)
     assert len(grid.runs) == 27 and grid.seeds == (0, 1, 2)
     assert {r.parameters["WEIGHTS"] for r in grid.runs} == {"none", str(weights.resolve())}
-    assert len(load_grid(ROOT / "sweeps" / "vit_tiny_bbbc041.json", ROOT).runs) == 15  # random, pretrained, pretrained_stain(_long, _longer)
+    assert len(load_grid(ROOT / "sweeps" / "vit_tiny_bbbc041.json", ROOT).runs) == 18  # random, pretrained, pretrained_stain(_long, _longer, _longer_image_skip)
 
 
 # --- running, resuming, the table ----------------------------------------------------------------
