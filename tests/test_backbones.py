@@ -28,17 +28,18 @@ def test_the_cpu_profile_is_the_small_pretrained_vit():
     assert tuple(spec.mean) == tuple(spec.std) == (0.5, 0.5, 0.5)
     # the recipe of docs/results.md, the one the sweep's grid varied around
     assert (cfg.working_scale, cfg.decoder_channels, cfg.epochs_phase1, cfg.epochs_phase2) == (0.5, 64, 40, 10)
+    assert cfg.image_skip_channels == 32
 
 
 def test_the_cpu_profile_trains_the_recipe_the_sweep_chose():
     """The cpu profile is the grid's chosen configuration (sweeps/vit_tiny_pretraining.json's
-    `pretrained_stain_longer`: base settings plus stronger stain jitter, 40 + 10 epochs under one
-    cosine), every training setting of it."""
+    `pretrained_stain_longer_image_skip`: base settings plus stronger stain jitter, 40 + 10 epochs
+    under one cosine, the convolutional stem on the image), every training setting of it."""
     import json
     from pathlib import Path
 
     grid = json.loads((Path(__file__).resolve().parent.parent / "sweeps" / "vit_tiny_pretraining.json").read_text())
-    chosen = {**grid["base"], **grid["configurations"]["pretrained_stain_longer"]}
+    chosen = {**grid["base"], **grid["configurations"]["pretrained_stain_longer_image_skip"]}
     not_recipe = {"PROFILE", "DATA_DIR", "WEIGHTS", "RUN_EXPORT", "EXTERNAL_EVAL_DIR"}  # where, not how
     cfg = resolve_config("cpu")
     differs = {name: (value, getattr(cfg, name.lower())) for name, value in chosen.items()
