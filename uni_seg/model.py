@@ -109,7 +109,8 @@ def default_reassemble_channels(decoder_channels: int) -> tuple[int, int, int, i
 
 # notebook §3 "The model", cell id 1e5d3171
 class CellSegModel(nn.Module):
-    """Backbone (`.backbone`, a timm ViT) + DPT pyramid + NP/HV/NC heads, with the phases'
+    """Backbone (`.backbone`, a timm ViT) + DPT pyramid (with `image_skip_channels` > 0, a
+    convolutional stem on the image added to its finest level) + NP/HV/NC heads, with the phases'
     parameter control and LoRA adapters. Build with `build_model`.
 
     `forward(x)`: x float (B, 3, H, W) RGB in [0, 1], H and W multiples of 16. Returns a dict
