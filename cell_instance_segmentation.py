@@ -6548,7 +6548,13 @@ def load_model_from_checkpoint(path: str | Path, device: str | torch.device = "c
         raise CheckpointError(f"{path} has the uni_seg format tag but no {' and no '.join(missing)}, so no model can "
                               "be rebuilt from it; use a checkpoint written by training (e.g. checkpoints/best_phase2.pth)")
     factory = Factory(builder, {**_plain_config(ckpt["model_config"]), "weights": "none"})
-    if "verbose" in inspect.signature(factory.resolve()).parameters:
+    accepted = inspect.signature(factory.resolve()).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [] if takes_any else sorted(set(factory.kwargs) - set(accepted))
+    if unknown:  # a setting added to the architecture after this version: say so, not a TypeError
+        raise CheckpointError(f"{path} describes its model with {', '.join(unknown)}, which this version of uni_seg "
+                              "does not know: it was written by a newer uni_seg; update uni_seg to load it")
+    if "verbose" in accepted:
         factory.kwargs["verbose"] = False  # "random init" would be misleading: the weights come next
     model = factory.build()
     problems = state_dict_mismatch(model.state_dict(), ckpt["model_state_dict"])

@@ -58,3 +58,12 @@ def test_a_checkpoint_from_before_the_image_skip_resumes_as_a_model_without_one(
     with pytest.raises(checkpoints.CheckpointError, match=r"old.pth comes from another configuration: image_skip_channels"):
         checkpoints.check_compatible(older, "old.pth", phase=1, model_config={**current, "image_skip_channels": 16},
                                      working_scale=0.5)
+
+
+def test_a_checkpoint_from_a_newer_version_names_the_setting_it_does_not_know(tmp_path):
+    path = tmp_path / "newer.pth"
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "format_version": checkpoints.CHECKPOINT_VERSION,
+                "model_config": {"backbone": "vit_tiny", "n_classes": 4, "future_stem": 8}, "model_state_dict": {}}, path)
+    with pytest.raises(checkpoints.CheckpointError, match=r"newer.pth describes its model with future_stem, which this "
+                                                          r"version of uni_seg does not know.*update uni_seg"):
+        checkpoints.load_model_from_checkpoint(path)
