@@ -473,9 +473,9 @@ from uni_seg.classes import class_scheme
 #: images, so the figures show real segmentations). "full": a GPU node and real data, the seed's
 #: hyperparameters at a working scale where a cell spans several ViT patches (0.5: ~50 px cells).
 #: "cpu": a small pretrained ViT on a laptop: real data, the ImageNet-pretrained ViT-Ti/16, the
-#: stronger stain jitter and the 40 + 10 epochs that issue 25's sweep chose on validation and another
-#: lab's smears (more of their red cells found; docs/results.md), ~20 to 60 min per run on 2 cores
-#: for the 100-image subset.
+#: stronger stain jitter, the 40 + 10 epochs and the image skip that issue 25's sweep chose on
+#: validation and another lab's smears (more of their red cells found; docs/results.md), ~20 to 60
+#: min per run on 2 cores for the 100-image subset.
 PROFILE_NAMES: tuple[str, ...] = ("demo", "full", "cpu")
 #: A parameter's kind -> (its type in the parameters cell, the type of its `RunConfig` field).
 PARAMETER_KINDS: dict[str, tuple[str, str]] = {

@@ -129,10 +129,15 @@ def outlined(image: np.ndarray, drawn: np.ndarray, objects: list) -> np.ndarray:
 
 
 def crop_around(canvas: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
-    """A (CROP, CROP, 3) crop of `canvas` centred on `centre` (row, column), zero-padded at its edges."""
-    padded = np.pad(canvas, ((CROP, CROP), (CROP, CROP), (0, 0)))
-    r, c = int(centre[0]) + CROP // 2, int(centre[1]) + CROP // 2
-    return padded[r:r + CROP, c:c + CROP]
+    """A (CROP, CROP, 3) crop of `canvas` centred on `centre` (row, column), zero-padded at its edges
+    (the window is clipped to the frame, so no padded copy of the whole frame is made per crop)."""
+    crop = np.zeros((CROP, CROP, canvas.shape[2]), canvas.dtype)
+    top, left = int(centre[0]) - CROP // 2, int(centre[1]) - CROP // 2
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + CROP, canvas.shape[0]), min(left + CROP, canvas.shape[1])
+    if r1 > r0 and c1 > c0:
+        crop[r0 - top:r1 - top, c0 - left:c1 - left] = canvas[r0:r1, c0:c1]
+    return crop
 
 
 if __name__ == "__main__":
