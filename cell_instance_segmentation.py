@@ -12920,7 +12920,7 @@ def evaluate_predictions(
 # | `per_image_mean` | mean over images: `pq sq rq precision recall f1 aji`, `mpq` (PanNuke's: per image the mean PQ of the classes present in its truth, then the mean over images) and `per_class_pq` {class}, `pixel_iou`, `pixel_dice` {class}, `count_error` (signed), `count_abs_error`, `count_rel_error`, `parasitemia_mae` over the `parasitemia_images` where it is defined |
 # | `per_image` | list, one record per image: `image`, `pq sq rq tp fp fn precision recall f1 aji`, `pixel_iou`, `pixel_dice`, `true_count pred_count count_error`, `true_count_per_class pred_count_per_class unknown_count`, `pq_per_class mpq`, `parasitemia_true parasitemia_pred` |
 # | `baseline` | the classical baseline on the same images (below): `method`, `min_distance`, `min_area`, `tuned_on`, `tuning` [{`min_distance`, `pq`}], `n_images`, `dataset` and `per_image_mean` as above; null when it did not run |
-# | `external` | smears from elsewhere scored against their boxes (`EXTERNAL_EVAL_DIR`, below): `images`, `boxes`, `n_images`, `iou_threshold`, `working_scale`, `scale_note`, `methods` {`model`, `baseline`: `recall` {class, `all`}, `annotated` {class}, `matched` {class}, `predicted`, `precision_floor`, `ap50`, `map`, `count_error`, `count_abs_error`}; null when not asked for |
+# | `external` | smears from elsewhere scored against their boxes (`EXTERNAL_EVAL_DIR`, below): `images`, `boxes`, `n_images`, `iou_threshold`, `working_scale`, `scale_note`, `methods` {`model`, `baseline`: `recall` {class, `all`}, `annotated` {class}, `matched` {class}, `predicted`, `precision_floor`, `ap50`, `map`, `count_error`, `count_abs_error`, `missed` {class: {`split`, `merged`, `too small`, `misplaced`, `nothing`}}}; null when not asked for |
 # | `extra` | anything else the caller adds (timings, TTA on/off, ...) |
 #
 # Per class, a match counts for a class when both cells are of it; `precision`, `recall` and
@@ -12976,7 +12976,8 @@ baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_imag
          or null                                                -- the classical baseline on the same images;
 external {images boxes n_images iou_threshold working_scale scale_note
           methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
-                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
+                                   ap50 map count_error count_abs_error missed{class: {kind}}}}} or null
+                                                                -- boxes of smears from elsewhere;
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {
@@ -14026,7 +14027,48 @@ def box_pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
 
 
 # %% [markdown] tags=["why"]
-# One method's numbers over a set of images: recall per class, AP50, precision as a floor, count errors.
+# Why a box was missed, from the predicted boxes around it, so that a low recall says what to fix: a cell cut in pieces (a white cell's nuclear lobes taken for cells), joined to a neighbour, found only in part, or not found at all.
+
+# %% tags=["export"]
+#: The kinds of missed box `missed_box_kinds` tells apart, in the order it tests them.
+BOX_MISS_KINDS = ("split", "merged", "too small", "misplaced", "nothing")
+
+
+def missed_box_kinds(missed: np.ndarray, pred: np.ndarray) -> list[str]:
+    """Why each annotated box of `missed` float (G, 4) (x0, y0, x1, y1, boxes no predicted cell
+    matched) was missed, judged from the predicted cells' boxes `pred` float (D, 4):
+
+    - "split": two or more predicted cells lie mostly inside it (each has at least half its box
+      area there) and together cover at least half of it: the cell was cut in pieces;
+    - "merged": the predicted cell that covers most of it covers at least half of it and has at
+      least twice its area: the cell was joined to a neighbour (or drawn far too large);
+    - "too small": no predicted cell covers half of it, one lies inside it: found in part;
+    - "misplaced": a predicted cell covers half of it, under twice its area, yet matches under
+      the IoU threshold: offset, or of another shape;
+    - "nothing": no predicted cell covers half of it or lies inside it.
+
+    Returns one of `BOX_MISS_KINDS` per box of `missed`.
+
+    >>> missed_box_kinds(np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float),
+    ...                  np.array([[0, 0, 5, 10], [5, 0, 10, 10], [15, 0, 40, 12]], float))
+    ['split', 'merged']
+    """
+    if len(missed) == 0:
+        return []
+    if len(pred) == 0:
+        return ["nothing"] * len(missed)
+    inter, area_t, area_p = box_overlaps(missed, pred)
+    inside = inter >= 0.5 * np.maximum(area_p, 1e-12)[None, :]  # (G, D): the prediction lies mostly in the box
+    split = (inside.sum(1) >= 2) & ((inter * inside).sum(1) >= 0.5 * area_t)
+    best = np.argmax(inter, axis=1)
+    covered = inter[np.arange(len(missed)), best] >= 0.5 * area_t
+    merged = covered & (area_p[best] >= 2 * area_t)
+    kinds = np.select([split, merged, covered, inside.any(1)], ["split", "merged", "misplaced", "too small"], "nothing")
+    return kinds.tolist()
+
+
+# %% [markdown] tags=["why"]
+# One method's numbers over a set of images: recall per class, AP50, precision as a floor, count errors, and the missed boxes by kind.
 
 # %% tags=["export"]
 def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_threshold: float = 0.5) -> dict[str, Any]:
@@ -14034,10 +14076,12 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
     boxes float (D, 4), their scores (D,)): `recall` {class: share of its boxes matched, "all"},
     `annotated` and `matched` {class: count}, `predicted` (cells), `precision_floor`, `ap50`,
     `map` (COCO box AP, class-agnostic), `count_error` and `count_abs_error` (predicted cells
-    minus annotated boxes per image: mean, mean absolute). Undefined values are nan."""
+    minus annotated boxes per image: mean, mean absolute), `missed` {class: {kind: count}} the
+    unmatched boxes by `missed_box_kinds`. Undefined values are nan."""
     classes = sorted({label for truth, _, _ in results for label in truth.labels})
     annotated = dict.fromkeys(classes, 0)
     matched = dict.fromkeys(classes, 0)
+    missed = {c: dict.fromkeys(BOX_MISS_KINDS, 0) for c in classes}
     errors, tables, score_vectors = [], [], []
     for truth, boxes, scores in results:
         hit = match_boxes(truth.boxes, boxes, scores, iou_threshold)
@@ -14045,6 +14089,9 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
             annotated[label] += 1
         for g in hit[hit >= 0]:
             matched[truth.labels[g]] += 1
+        unmatched = np.setdiff1d(np.arange(len(truth.labels)), hit[hit >= 0])
+        for g, kind in zip(unmatched, missed_box_kinds(truth.boxes[unmatched], boxes)):
+            missed[truth.labels[g]][kind] += 1
         errors.append(len(boxes) - len(truth.labels))
         tables.append(box_pair_table(truth.boxes, boxes))
         score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `coco_ap_of_tables` reads it
@@ -14056,7 +14103,7 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
     return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
                 precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
                 count_error=float(errors_arr.mean()) if errors else math.nan,
-                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan)
+                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan, missed=missed)
 
 
 # %% [markdown] tags=["why"]
@@ -14178,6 +14225,20 @@ def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = 
     return markdown_table(header, rows)
 
 
+def missed_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of why the boxes of an "external" block were missed: a row per method
+    (named by `labels`) and annotated class, its boxes, those matched, and the missed ones by
+    kind (`BOX_MISS_KINDS`). "" for a block written before the kinds were counted."""
+    methods = {name: m for name, m in block["methods"].items() if m.get("missed")}
+    if not methods:
+        return ""
+    header = ["method", "class", "boxes", "matched", *(f"missed: {kind}" for kind in BOX_MISS_KINDS)]
+    rows = [[(labels or {}).get(name, name), c, str(m["annotated"][c]), str(m["matched"][c]),
+             *(str(kinds.get(kind, 0)) for kind in BOX_MISS_KINDS)]
+            for name, m in methods.items() for c, kinds in m["missed"].items()]
+    return markdown_table(header, rows)
+
+
 # %% [markdown] tags=["why"]
 # The command line: every option checked before the model is loaded; the scale, the post-processing and their sources said in the first lines; errors a user can fix in one line.
 
@@ -14240,8 +14301,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
                                boxes_without_image=without_image, warnings=warnings)
         # The results are shown first: whatever happens to the file, the scoring is not lost.
-        print(external_table(block, {"model": f"model ({args.checkpoint.name})",
-                                     "baseline": f"baseline (min distance {args.baseline} px)"}), flush=True)
+        names = {"model": f"model ({args.checkpoint.name})", "baseline": f"baseline (min distance {args.baseline} px)"}
+        print(external_table(block, names) + "\n\nThe missed boxes, by kind:\n\n" + missed_table(block, names), flush=True)
         if args.output:
             write_json_atomic(args.output, _jsonable(block))
 
@@ -14275,7 +14336,7 @@ def check_results_path(parser: Any, path: Path, overwrite: bool) -> None:
 # %%
 from uni_seg.cellsize import working_scale_for_cells
 from uni_seg.external import (annotated_images, baseline_segmenter, external_block, external_table, find_box_dataset,
-                              model_segmenter, read_boxes, score_folder)
+                              missed_table, model_segmenter, read_boxes, score_folder)
 
 if cfg.external_eval_dir is not None and cfg.run_evaluation:
     _images_dir, _boxes = find_box_dataset(cfg.external_eval_dir)
@@ -14292,6 +14353,7 @@ if cfg.external_eval_dir is not None and cfg.run_evaluation:
                                score_folder(_segmenters, _pairs, progress=True), boxes_without_image=_without_image)
     metrics_document = add_to_metrics_json(cfg.results_dir / "metrics.json", external=_external)
     show_markdown(external_table(_external))
+    show_markdown(missed_table(_external))
 else:
     print("EXTERNAL_EVAL_DIR not set (or RUN_EVALUATION=False): no smears from elsewhere scored")
 
@@ -14719,7 +14781,7 @@ from typing import Any
 
 from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
-from uni_seg.external import external_table
+from uni_seg.external import external_table, missed_table
 from uni_seg.metrics_file import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
@@ -14811,6 +14873,9 @@ def _later_blocks(doc: Mapping[str, Any]) -> list[str]:
         lines += [f"Smears from elsewhere: {external['n_images']} images of `{external['images']}` against their boxes "
                   f"(box IoU >= {external['iou_threshold']:g}; {external['scale_note']}). Where annotators left cells "
                   "unboxed, precision is only a floor; recall is the figure to watch.", "", external_table(external), ""]
+        if missed := missed_table(external):
+            lines += ["Why the missed boxes were missed (split: cut in pieces; merged: joined to a neighbour; too small: "
+                      "found in part; misplaced: offset or misshapen; nothing: not found):", "", missed, ""]
     return lines
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from stand_ins import EquivariantModel, disks_image
 from uni_seg import external
-from uni_seg.external import (AnnotationError, BoxSet, annotated_images, box_pair_table, external_block, external_table,
-                              find_box_dataset, instance_boxes, match_boxes, read_boxes, read_coco_file, read_voc_file,
-                              score_boxes, score_folder)
+from uni_seg.external import (BOX_MISS_KINDS, AnnotationError, BoxSet, annotated_images, box_pair_table, external_block,
+                              external_table, find_box_dataset, instance_boxes, match_boxes, missed_box_kinds, missed_table,
+                              read_boxes, read_coco_file, read_voc_file, score_boxes, score_folder)
 
 VOC = """<annotation>
   <filename>{name}.jpg</filename>
@@ -198,6 +198,39 @@ def test_recall_per_class_precision_floor_and_count_error_on_a_made_case():
     assert block["predicted"] == 4 and block["precision_floor"] == 0.5
     assert block["count_error"] == 0.5 and block["count_abs_error"] == 0.5  # +1 and 0
     np.testing.assert_allclose(sorted(box_pair_table(true, pred).iou), [0.9, 0.9, 100 / 110])  # overlapping pairs only
+    assert block["missed"] == {"RBC": {**dict.fromkeys(BOX_MISS_KINDS, 0), "nothing": 1},
+                               "WBC": dict.fromkeys(BOX_MISS_KINDS, 0)}
+
+
+def test_each_kind_of_missed_box_is_told_apart():
+    """A 20 x 20 px true box per case, with the predicted boxes around it that make each kind."""
+    true = np.array([[0, 0, 20, 20]], float)
+    cases = {
+        "split": [[0, 0, 7, 20], [7, 0, 14, 20], [14, 0, 20, 20]],  # three strips, each wholly inside
+        "merged": [[0, 0, 44, 20]],  # covers it at 2.2 x its area: it and its neighbour as one
+        "too small": [[5, 5, 12, 12]],  # one piece inside, an eighth of it
+        "misplaced": [[0, 0, 12, 36]],  # covers 0.6 of it at 1.08 x its area: IoU 240 / 592
+        "nothing": [[30, 30, 50, 50], [15, 15, 25, 25]],  # far away, or a corner of a cell mostly elsewhere
+    }
+    for kind, pred in cases.items():
+        pred = np.array(pred, float)
+        assert not (match_boxes(true, pred, np.ones(len(pred))) >= 0).any(), kind  # each is a miss
+        assert missed_box_kinds(true, pred) == [kind], kind
+    assert missed_box_kinds(true, np.zeros((0, 4))) == ["nothing"] and missed_box_kinds(np.zeros((0, 4)), true) == []
+    # every box of a batch judged on its own, in order
+    pred = np.array([box for kind in ("split", "merged") for box in cases[kind]], float)
+    assert missed_box_kinds(np.array([[0, 0, 20, 20], [100, 100, 120, 120]], float), pred) == ["split", "nothing"]
+
+
+def test_missed_table_has_a_row_per_method_and_class_and_none_for_an_older_block():
+    truth = BoxSet(np.array([[0, 0, 20, 20], [40, 0, 60, 20]], float), ("RBC", "WBC"))
+    pred = np.array([[0, 0, 20, 20], [40, 0, 47, 20], [47, 0, 54, 20], [54, 0, 60, 20]], float)  # the WBC in thirds
+    block = external_block("imgs", "boxes", 1, 1.0, "as given", {"model": score_boxes([(truth, pred, np.ones(4))])})
+    table = missed_table(block, {"model": "the model"})
+    assert "| method | class | boxes | matched | missed: split | missed: merged |" in table
+    assert "| the model | RBC | 1 | 1 | 0 | 0 | 0 | 0 | 0 |" in table and "| the model | WBC | 1 | 0 | 1 | 0 | 0 | 0 | 0 |" in table
+    del block["methods"]["model"]["missed"]  # metrics.json written before the kinds were counted
+    assert missed_table(block) == ""
 
 
 def test_a_folder_is_scored_with_boxes_scaled_back_from_the_working_scale(tmp_path):
@@ -255,6 +288,7 @@ def test_evaluate_boxes_scores_a_checkpoint_and_the_baseline(tmp_path, monkeypat
     block = json.loads((tmp_path / "external.json").read_text())
     assert block["n_images"] == 2 and set(block["methods"]) == {"model", "baseline"}
     assert block["methods"]["model"]["annotated"] == {"RBC": 3, "WBC": 2}
+    assert "The missed boxes, by kind:" in out and "| model (model.pth) | WBC | 2 | 2 | 0 | 0 | 0 | 0 | 0 |" in out
 
 
 def test_evaluate_boxes_names_a_malformed_file_before_loading_the_model(tmp_path, monkeypatch, capsys):

@@ -201,15 +201,55 @@ def box_pair_table(true: np.ndarray, pred: np.ndarray) -> PairTable:
 
 
 # notebook §9 "Smears from another lab", cell id b7dc4a9d
+#: The kinds of missed box `missed_box_kinds` tells apart, in the order it tests them.
+BOX_MISS_KINDS = ("split", "merged", "too small", "misplaced", "nothing")
+
+
+def missed_box_kinds(missed: np.ndarray, pred: np.ndarray) -> list[str]:
+    """Why each annotated box of `missed` float (G, 4) (x0, y0, x1, y1, boxes no predicted cell
+    matched) was missed, judged from the predicted cells' boxes `pred` float (D, 4):
+
+    - "split": two or more predicted cells lie mostly inside it (each has at least half its box
+      area there) and together cover at least half of it: the cell was cut in pieces;
+    - "merged": the predicted cell that covers most of it covers at least half of it and has at
+      least twice its area: the cell was joined to a neighbour (or drawn far too large);
+    - "too small": no predicted cell covers half of it, one lies inside it: found in part;
+    - "misplaced": a predicted cell covers half of it, under twice its area, yet matches under
+      the IoU threshold: offset, or of another shape;
+    - "nothing": no predicted cell covers half of it or lies inside it.
+
+    Returns one of `BOX_MISS_KINDS` per box of `missed`.
+
+    >>> missed_box_kinds(np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float),
+    ...                  np.array([[0, 0, 5, 10], [5, 0, 10, 10], [15, 0, 40, 12]], float))
+    ['split', 'merged']
+    """
+    if len(missed) == 0:
+        return []
+    if len(pred) == 0:
+        return ["nothing"] * len(missed)
+    inter, area_t, area_p = box_overlaps(missed, pred)
+    inside = inter >= 0.5 * np.maximum(area_p, 1e-12)[None, :]  # (G, D): the prediction lies mostly in the box
+    split = (inside.sum(1) >= 2) & ((inter * inside).sum(1) >= 0.5 * area_t)
+    best = np.argmax(inter, axis=1)
+    covered = inter[np.arange(len(missed)), best] >= 0.5 * area_t
+    merged = covered & (area_p[best] >= 2 * area_t)
+    kinds = np.select([split, merged, covered, inside.any(1)], ["split", "merged", "misplaced", "too small"], "nothing")
+    return kinds.tolist()
+
+
+# notebook §9 "Smears from another lab", cell id cd0651a4
 def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_threshold: float = 0.5) -> dict[str, Any]:
     """One method's block of `external_block`, from per image (annotated `BoxSet`, predicted
     boxes float (D, 4), their scores (D,)): `recall` {class: share of its boxes matched, "all"},
     `annotated` and `matched` {class: count}, `predicted` (cells), `precision_floor`, `ap50`,
     `map` (COCO box AP, class-agnostic), `count_error` and `count_abs_error` (predicted cells
-    minus annotated boxes per image: mean, mean absolute). Undefined values are nan."""
+    minus annotated boxes per image: mean, mean absolute), `missed` {class: {kind: count}} the
+    unmatched boxes by `missed_box_kinds`. Undefined values are nan."""
     classes = sorted({label for truth, _, _ in results for label in truth.labels})
     annotated = dict.fromkeys(classes, 0)
     matched = dict.fromkeys(classes, 0)
+    missed = {c: dict.fromkeys(BOX_MISS_KINDS, 0) for c in classes}
     errors, tables, score_vectors = [], [], []
     for truth, boxes, scores in results:
         hit = match_boxes(truth.boxes, boxes, scores, iou_threshold)
@@ -217,6 +257,9 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
             annotated[label] += 1
         for g in hit[hit >= 0]:
             matched[truth.labels[g]] += 1
+        unmatched = np.setdiff1d(np.arange(len(truth.labels)), hit[hit >= 0])
+        for g, kind in zip(unmatched, missed_box_kinds(truth.boxes[unmatched], boxes)):
+            missed[truth.labels[g]][kind] += 1
         errors.append(len(boxes) - len(truth.labels))
         tables.append(box_pair_table(truth.boxes, boxes))
         score_vectors.append(np.r_[0.0, scores])  # indexed by cell id 1..D, as `coco_ap_of_tables` reads it
@@ -228,7 +271,7 @@ def score_boxes(results: Sequence[tuple[BoxSet, np.ndarray, np.ndarray]], iou_th
     return dict(recall=recall, annotated=annotated, matched=matched, predicted=n_pred,
                 precision_floor=n_match / n_pred if n_pred else math.nan, ap50=coco["ap50"], map=coco["map"],
                 count_error=float(errors_arr.mean()) if errors else math.nan,
-                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan)
+                count_abs_error=float(np.abs(errors_arr).mean()) if errors else math.nan, missed=missed)
 
 
 # notebook §9 "Smears from another lab", cell id 1c8c8bf8
@@ -344,6 +387,20 @@ def external_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = 
     return markdown_table(header, rows)
 
 
+def missed_table(block: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """A Markdown table of why the boxes of an "external" block were missed: a row per method
+    (named by `labels`) and annotated class, its boxes, those matched, and the missed ones by
+    kind (`BOX_MISS_KINDS`). "" for a block written before the kinds were counted."""
+    methods = {name: m for name, m in block["methods"].items() if m.get("missed")}
+    if not methods:
+        return ""
+    header = ["method", "class", "boxes", "matched", *(f"missed: {kind}" for kind in BOX_MISS_KINDS)]
+    rows = [[(labels or {}).get(name, name), c, str(m["annotated"][c]), str(m["matched"][c]),
+             *(str(kinds.get(kind, 0)) for kind in BOX_MISS_KINDS)]
+            for name, m in methods.items() for c, kinds in m["missed"].items()]
+    return markdown_table(header, rows)
+
+
 # notebook §9 "Smears from another lab", cell id 8460ca2e
 def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.external") -> None:
     """`uni-seg evaluate-boxes --checkpoint C --images DIR --boxes DIR|FILE [options]`."""
@@ -403,8 +460,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m uni_seg.exter
         block = external_block(args.images, args.boxes, len(pairs), scale, scale_note, methods,
                                boxes_without_image=without_image, warnings=warnings)
         # The results are shown first: whatever happens to the file, the scoring is not lost.
-        print(external_table(block, {"model": f"model ({args.checkpoint.name})",
-                                     "baseline": f"baseline (min distance {args.baseline} px)"}), flush=True)
+        names = {"model": f"model ({args.checkpoint.name})", "baseline": f"baseline (min distance {args.baseline} px)"}
+        print(external_table(block, names) + "\n\nThe missed boxes, by kind:\n\n" + missed_table(block, names), flush=True)
         if args.output:
             write_json_atomic(args.output, _jsonable(block))
 

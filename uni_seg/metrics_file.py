@@ -39,7 +39,8 @@ baseline {method min_distance min_area tuned_on tuning[{min_distance pq}] n_imag
          or null                                                -- the classical baseline on the same images;
 external {images boxes n_images iou_threshold working_scale scale_note
           methods{model|baseline: {recall{class all} annotated{class} matched{class} predicted precision_floor
-                                   ap50 map count_error count_abs_error}}} or null   -- boxes of smears from elsewhere;
+                                   ap50 map count_error count_abs_error missed{class: {kind}}}}} or null
+                                                                -- boxes of smears from elsewhere;
 extra {...}. Undefined values are null."""
 
 _REQUIRED = {

@@ -11,7 +11,7 @@ from typing import Any
 
 from uni_seg.baseline import model_and_baseline_table
 from uni_seg.config import markdown_table
-from uni_seg.external import external_table
+from uni_seg.external import external_table, missed_table
 from uni_seg.metrics_file import metrics_table, per_class_table
 
 #: The tag of the notebook cell whose output is the summary (tools/render_report.py looks for it).
@@ -100,4 +100,7 @@ def _later_blocks(doc: Mapping[str, Any]) -> list[str]:
         lines += [f"Smears from elsewhere: {external['n_images']} images of `{external['images']}` against their boxes "
                   f"(box IoU >= {external['iou_threshold']:g}; {external['scale_note']}). Where annotators left cells "
                   "unboxed, precision is only a floor; recall is the figure to watch.", "", external_table(external), ""]
+        if missed := missed_table(external):
+            lines += ["Why the missed boxes were missed (split: cut in pieces; merged: joined to a neighbour; too small: "
+                      "found in part; misplaced: offset or misshapen; nothing: not found):", "", missed, ""]
     return lines
