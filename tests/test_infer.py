@@ -66,8 +66,10 @@ def test_working_scale_resizes_and_small_images_are_padded():
     image = np.full((101, 77, 3), 200, np.uint8)
     maps = predict_mod.predict_maps(PointwiseModel(), image, predict_mod.InferenceSettings(working_scale=0.5, tile_size=64, overlap=16))
     assert maps["np"].shape == data.working_shape(101, 77, 0.5) == (50, 38)
+    # the image travels with its maps, at their scale, for the post-processing's stain rule
+    np.testing.assert_array_equal(maps["rgb"], data.resize_image(image, (50, 38)))
     tiny = predict_mod.predict_maps(PointwiseModel(), image[:5, :7], predict_mod.InferenceSettings(tile_size=32, overlap=8))
-    assert tiny["np"].shape == (5, 7)
+    assert tiny["np"].shape == (5, 7) and tiny["rgb"].shape == (5, 7, 3)  # not the padded tile
 
 
 def test_predict_maps_rejects_bad_arguments():

@@ -21,6 +21,7 @@ from uni_seg.postproc import (
     hv_energy,
     instance_scores,
     instances_from_maps,
+    join_nuclear_lobes,
     load_postproc_params,
     save_postproc_params,
 )
@@ -321,3 +322,75 @@ def test_tuned_postproc_parameters_are_used_only_for_their_checkpoint(tmp_path):
     legacy = tmp_path / "legacy.json"
     legacy.write_text(json.dumps({"params": tuned.as_dict()}))
     assert postproc.select_postproc(None, legacy, "AAA")[0] == postproc.DEFAULT_POSTPROC_PARAMS
+
+
+# --------------------------------------------------------------------------- nuclear lobes joined
+PINK, PURPLE, PALE = (205, 120, 125), (115, 60, 190), (235, 230, 225)
+
+
+def smear(shape=(60, 150)):
+    """A white cell cut in three lobes (cells 1-3, touching, purple), a red cell touching it
+    with a small parasite (4), two touching red cells (5, 6), a lone purple cell apart (7), on
+    a pale background: the cells' label map and the image."""
+    inst = np.zeros(shape, np.int32)
+    inst[10:30, 10:20], inst[10:30, 20:30], inst[30:40, 10:30] = 1, 2, 3
+    inst[10:40, 30:45] = 4
+    inst[10:40, 60:80], inst[10:40, 80:100] = 5, 6
+    inst[10:30, 120:140] = 7
+    image = np.full((*shape, 3), PALE, np.uint8)
+    image[inst > 0] = PINK
+    image[np.isin(inst, [1, 2, 3, 7])] = PURPLE
+    image[20:24, 36:40] = PURPLE  # the parasite: a small part of cell 4
+    return inst, image
+
+
+def test_touching_lobes_of_nuclear_stain_are_one_cell_and_nothing_else_is_joined():
+    inst, image = smear()
+    joined = join_nuclear_lobes(inst, image, 40)
+    assert joined.dtype == np.int32 and int(joined.max()) == 5  # 1-3 one cell; 4, 5, 6, 7 themselves
+    assert len(np.unique(joined[np.isin(inst, [1, 2, 3])])) == 1
+    for alone in (4, 5, 6, 7):
+        cell = np.unique(joined[inst == alone])
+        assert len(cell) == 1 and (joined == cell[0]).sum() == (inst == alone).sum(), alone
+    # ids follow each joined cell's lowest old id: the lobes are 1, then 4..7 become 2..5
+    assert [int(joined[inst == k][0]) for k in (1, 4, 5, 6, 7)] == [1, 2, 3, 4, 5]
+    # lobes across a one-pixel seam of background are joined too
+    seam = inst.copy()
+    seam[:, 20] = np.where(np.isin(inst[:, 20], [1, 2]), 0, inst[:, 20])
+    assert len(np.unique(join_nuclear_lobes(seam, image, 40)[np.isin(inst, [1, 2, 3]) & (seam > 0)])) == 1
+
+
+def test_the_stain_is_measured_against_the_images_own_cells():
+    inst, image = smear()
+    assert join_nuclear_lobes(inst, image, 0) is inst  # 0: off
+    assert join_nuclear_lobes(inst, image, 300) is inst  # no pixel that much bluer
+    # a lab whose red cells are themselves blue-grey (BBBC041's are): the same lobes, on cells as
+    # blue as they are, are no bluer than the image's typical cell, and nothing is joined
+    grey = image.copy()
+    grey[inst > 0] = PURPLE
+    assert join_nuclear_lobes(inst, grey, 40) is inst
+    # the same smear in another stain's tones (every channel shifted) joins the same cells
+    shifted = np.clip(image.astype(int) + (10, -20, 30), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(join_nuclear_lobes(inst, shifted, 40), join_nuclear_lobes(inst, image, 40))
+    with pytest.raises(ValueError, match="same height and width"):
+        join_nuclear_lobes(inst, image[:-1], 40)
+    empty = np.zeros_like(inst)
+    assert join_nuclear_lobes(empty, image, 40) is empty
+
+
+def test_instances_from_maps_joins_lobes_given_the_image():
+    # three overlapping discs as a white cell's lobes, two touching red cells, a lone purple
+    # cell, and more red cells: most cell pixels are red, as in a smear
+    inst = disk_scene((80, 260), ((30, 30, 12), (30, 52, 12), (50, 41, 12), (30, 100, 14), (30, 126, 14), (30, 170, 12),
+                                  (60, 200, 14), (30, 230, 14), (62, 120, 14)))
+    image = np.full((80, 260, 3), PALE, np.uint8)
+    image[inst > 0] = PINK
+    image[np.isin(inst, [1, 2, 3, 6])] = PURPLE
+    np_prob, hv = true_maps(inst)
+    cells = instances_from_maps(np_prob, hv)
+    assert int(cells.max()) == 9  # the maps alone: the three lobes are three cells
+    joined = instances_from_maps(np_prob, hv, image=image)
+    assert int(joined.max()) == 7 and len(np.unique(joined[np.isin(inst, [1, 2, 3])])) == 1
+    np.testing.assert_array_equal(instances_from_maps(np_prob, hv, image=image, nucleus_stain_margin=0), cells)
+    with pytest.raises(ValueError, match="nucleus_stain_margin"):
+        DEFAULT_POSTPROC_PARAMS.replace(nucleus_stain_margin=-1)

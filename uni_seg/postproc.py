@@ -13,6 +13,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
 from uni_seg.data import resize_labels
@@ -51,13 +53,14 @@ class PostprocParams(Settings):
     max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
     min_edge_cell_area: int = 0  # cells on the picture's edge smaller than this (pixels) are dropped as slivers (0 = keep all)
     class_vote_weights: tuple[float, ...] = ()  # one per NC channel (background first): multiplies each class's probability in a pixel's vote (empty = all 1)
+    nucleus_stain_margin: float = 40.0  # blue minus red (0..255) above the image's median cell pixel at which a pixel is nuclear stain; touching cells each mostly so are one (0 = never join)
 
     def __post_init__(self) -> None:
         k = self.sobel_ksize
         if isinstance(k, bool) or int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
             raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
         for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
-                     "min_marker_area", "min_area", "max_hole_area", "min_edge_cell_area"):
+                     "min_marker_area", "min_area", "max_hole_area", "min_edge_cell_area", "nucleus_stain_margin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}={value!r} must be a number >= 0")
@@ -392,9 +395,67 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
     return np.take(lut, inst)
 
 
+# notebook §8, cell id 7fd18d65
+#: Share of a cell's pixels that must be nuclear stain for `join_nuclear_lobes` to count it as
+#: a piece of a nucleus: most of it, so that a red cell with a parasite (a small part) is not.
+NUCLEAR_SHARE = 0.5
+
+
+def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
+    """`inst` with touching cells that are each mostly nuclear stain joined into one cell.
+
+    Args:
+        inst: int (H, W), 0 background, cells 1..N.
+        image: uint8 (H, W, 3) RGB, the image at the same scale.
+        margin: a pixel is nuclear stain when its blue minus red exceeds the median of that
+            difference over the image's cell pixels by more than this (0..255 levels); 0: no join.
+
+    Returns:
+        int32 (H, W), cells 1..M numbered in the order of their lowest old id; `inst` itself
+        when nothing is joined. Cells touch when they are 4-neighbours, or two pixels apart
+        along a row or column (across a one-pixel seam).
+
+    >>> inst = np.zeros((6, 16), np.int32)
+    >>> inst[1:5, 1:3], inst[1:5, 3:5], inst[1:5, 6:10], inst[1:5, 10:14] = 1, 2, 3, 4
+    >>> image = np.full((6, 16, 3), 230, np.uint8)  # pale background
+    >>> image[1:5, 1:5] = (120, 60, 200)  # cells 1 and 2: two purple lobes of one nucleus
+    >>> image[1:5, 6:14] = (200, 120, 120)  # cells 3 and 4: two pink red cells, touching too
+    >>> join_nuclear_lobes(inst, image, 40)[2].tolist()
+    [0, 1, 1, 1, 1, 0, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0]
+    """
+    if image.shape[:2] != inst.shape:
+        raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
+    n = int(inst.max(initial=0))
+    if margin <= 0 or n < 2:
+        return inst
+    bluer = image[..., 2].astype(np.int16) - image[..., 0].astype(np.int16)
+    nuclear = bluer > np.median(bluer[inst > 0]) + margin
+    area = np.bincount(inst.ravel(), minlength=n + 1)
+    is_lobe = np.bincount(inst.ravel(), weights=nuclear.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
+    is_lobe[0] = False
+    if is_lobe.sum() < 2:
+        return inst
+    lobes = np.where(is_lobe[inst], inst, 0)
+    pairs = np.concatenate([np.stack([a[touch], b[touch]], 1)
+                            for a, b in ((lobes[:, :-1], lobes[:, 1:]), (lobes[:-1], lobes[1:]),
+                                         (lobes[:, :-2], lobes[:, 2:]), (lobes[:-2], lobes[2:]))
+                            for touch in [(a != b) & (a > 0) & (b > 0)]])
+    if not len(pairs):
+        return inst
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
+    _, component = connected_components(graph, directed=False)  # the background, 0, is a component of its own
+    ids = np.flatnonzero(area[1:]) + 1  # the cells present
+    first = np.full(n + 1, n + 1)
+    np.minimum.at(first, component[ids], ids)  # each component's lowest cell id
+    lut = np.zeros(n + 1, np.int32)
+    lut[ids] = np.unique(first[component[ids]], return_inverse=True)[1] + 1
+    return np.take(lut, inst)
+
+
 # notebook §8, cell id 49b1af39
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
-                        frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, **changes: Any) -> np.ndarray:
+                        frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, image: np.ndarray | None = None,
+                        **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
@@ -404,6 +465,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         params: the `PostprocParams` (None = `DEFAULT_POSTPROC_PARAMS`).
         frame_sides: (top, bottom, left, right), True where that side of the maps is the edge
             of the picture (`drop_edge_slivers`); a whole image has all four.
+        image: uint8 (H, W, 3) RGB at the maps' scale, for `join_nuclear_lobes`
+            (`nucleus_stain_margin`); None: no lobes are joined.
         **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
             (unknown names raise `ValueError`).
 
@@ -415,7 +478,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     not depend on the tile it is cut from, away from the tile border); markers = foreground
     pixels with energy < marker_threshold, opened with an ellipse; a blob with 0 or 1 marker
     is one cell; blobs with >= 2 markers are split by `skimage.segmentation.watershed` on the
-    energy and seamless pieces merged back; pieces under min_area are dropped; with
+    energy and seamless pieces merged back; pieces under min_area are dropped; touching cells
+    that are each mostly nuclear stain are joined (with `image`); with
     min_edge_cell_area > 0, slivers on the picture's edge are dropped. Time and
     memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
@@ -424,6 +488,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     if changes:
         p = p.replace(**changes)
     inst = instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
+    if image is not None:
+        inst = join_nuclear_lobes(inst, image, p.nucleus_stain_margin)
     return drop_edge_slivers(inst, int(p.min_edge_cell_area), frame_sides)
 
 
@@ -532,11 +598,12 @@ def cells_from_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
-    `maps` as `predict_maps` returns them; `frame_sides` as in `instances_from_maps`. Returns
+    `maps` as `predict_maps` returns them (its "rgb", the image, for `join_nuclear_lobes`; maps
+    without it join no lobes); `frame_sides` as in `instances_from_maps`. Returns
     inst int32 (h, w) 0..N and three (N + 1,) arrays indexed by cell id: classes int64,
     class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides)
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides, image=maps.get("rgb"))
     classes, class_probs = classify_instances(inst, maps["nc"], (postproc or DEFAULT_POSTPROC_PARAMS).class_vote_weights)
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 

@@ -183,13 +183,14 @@ class TileBatcher:
     def add(self, key: Any, image: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
         """Queue `image` uint8 (h, w, 3) RGB, already at the working scale, under `key`."""
         image, t = check_rgb_image(image), self.settings.tile_size
+        rgb = image  # travels with the maps: the post-processing reads the stain (`join_nuclear_lobes`)
         h, w = image.shape[:2]
         ph, pw = max(h, t), max(w, t)
         if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding
             image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
         pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1).float().div_(255.0)
         corners = [(y, x) for y in tile_starts(ph, t, self.settings.overlap) for x in tile_starts(pw, t, self.settings.overlap)]
-        self.images[key] = {"pixels": pixels, "size": (h, w), "left": len(corners), "acc": None,
+        self.images[key] = {"pixels": pixels, "rgb": rgb, "size": (h, w), "left": len(corners), "acc": None,
                             "weight": torch.zeros((ph, pw), dtype=torch.float32, device=self.device)}
         self.pending += [(key, y, x) for y, x in corners]
         return self._run(only_full=True)
@@ -229,7 +230,7 @@ class TileBatcher:
         h, w = state["size"]
         blended = (state["acc"] / state["weight"])[:, :h, :w].cpu().numpy()
         return {"np": np.ascontiguousarray(blended[0]), "hv": np.ascontiguousarray(blended[1:3]),
-                "nc": np.ascontiguousarray(blended[3:])}
+                "nc": np.ascontiguousarray(blended[3:]), "rgb": state["rgb"]}
 
 
 # notebook §8 "Tiled inference on full-size images", cell id 6f03c4d3
@@ -250,7 +251,8 @@ def predict_maps(
     Returns:
         dict at the working scale (h, w) = `working_shape(H, W, working_scale)`:
         "np" float32 (h, w) in [0, 1] cell probability; "hv" float32 (2, h, w) ~[-1, 1]
-        (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1.
+        (ch0 horizontal, ch1 vertical); "nc" float32 (C, h, w) class probabilities summing to 1;
+        "rgb" uint8 (h, w, 3) the image itself at that scale.
     """
     image = check_rgb_image(image)
     batcher = TileBatcher(model, settings)

@@ -15,7 +15,8 @@ from uni_seg.classes import ClassScheme
 from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics import nanmean, panoptic_quality
 from uni_seg.postproc import (PostprocParams, SplitPrediction, classify_instances, drop_edge_slivers, instance_scores,
-                              instances_from_energy, instances_from_maps, seam_energy, validate_maps)
+                              instances_from_energy, instances_from_maps, join_nuclear_lobes, seam_energy,
+                              validate_maps)
 from uni_seg.procs import WorkerPool, default_workers
 
 #: The default search grid: 3 x 3 x 3 = 27 settings around the default `PostprocParams`, each
@@ -57,6 +58,7 @@ def tune_postproc(
     base_params: PostprocParams | None = None,
     workers: int | None = 0,
     extend_edges: int = EDGE_EXTENSION_ROUNDS,
+    images: Sequence[np.ndarray] | None = None,
 ) -> tuple[PostprocParams, list[dict[str, Any]]]:
     """Grid search of `instances_from_maps` parameters maximising mean per-image PQ.
 
@@ -68,6 +70,8 @@ def tune_postproc(
             `min_edge_cell_area`, `edge_sliver_areas(true_insts)`.
         workers: worker processes, one image at a time each (0: in this process; None: the
             usable CPUs minus one); the result does not depend on it.
+        images: per image uint8 (H, W, 3) RGB, for `join_nuclear_lobes` as `instances_from_maps`
+            does it (None: no lobes joined, as for maps without their image).
         extend_edges: rounds in which every numeric axis whose best value is its lowest or
             highest gets one more value past it (`extended_axes`) and the new settings are
             scored; it stops early when the best lies inside the grid. 0: the grid as given.
@@ -79,6 +83,8 @@ def tune_postproc(
     """
     if not len(np_probs) == len(hvs) == len(true_insts) or not len(np_probs):
         raise ValueError("tune_postproc needs the same non-zero number of np_probs, hvs and true_insts")
+    if images is not None and len(images) != len(np_probs):
+        raise ValueError(f"tune_postproc: {len(images)} images for {len(np_probs)} maps")
     _check_rounds(extend_edges)
     if grid is None:
         grid = {**DEFAULT_TUNING_GRID, "min_edge_cell_area": edge_sliver_areas(true_insts)}
@@ -90,8 +96,8 @@ def tune_postproc(
             settings = list(itertools.product(*axes.values()))
             new = [values for values in settings if values not in scores]
             candidates = [base.replace(**dict(zip(axes, values))) for values in new]  # all validated before any work
-            futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates)
-                       for np_prob, hv, true in zip(np_probs, hvs, true_insts)]
+            futures = [pool.submit(_pq_per_setting, np_prob, hv, true, candidates, image)
+                       for np_prob, hv, true, image in zip(np_probs, hvs, true_insts, images or [None] * len(np_probs))]
             per_image = []
             for k, future in enumerate(futures):
                 status, value = future.result()
@@ -158,7 +164,7 @@ def extended_axes(axes: Mapping[str, Sequence[Any]], best: Sequence[Mapping[str,
 
 
 def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
-                    candidates: Sequence[PostprocParams]) -> list[float]:
+                    candidates: Sequence[PostprocParams], image: np.ndarray | None = None) -> list[float]:
     """PQ of one image under each candidate setting: a worker's share of the search. The energy
     depends on two parameters only, so it is computed once per (smoothing, kernel) pair; the
     watershed's cells are reused while only the edge-sliver rule, which trims them, changes
@@ -173,7 +179,10 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
             energies[key] = seam_energy(np_prob, hv, *key)
         watershed_params = params.replace(min_edge_cell_area=0)
         if watershed[0] != watershed_params:
-            watershed = (watershed_params, instances_from_energy(np_prob, energies[key], watershed_params))
+            cells = instances_from_energy(np_prob, energies[key], watershed_params)
+            if image is not None:
+                cells = join_nuclear_lobes(cells, image, params.nucleus_stain_margin)
+            watershed = (watershed_params, cells)
         pred = drop_edge_slivers(watershed[1], int(params.min_edge_cell_area))
         pqs.append(panoptic_quality(true, pred)["pq"])
     return pqs
@@ -219,7 +228,7 @@ def tune_infected_vote(
         raise ValueError(f"weights={tuple(weights)!r} must be a non-empty sequence of finite numbers > 0")
     cells = []
     for p in predictions:
-        inst = instances_from_maps(p.maps["np"], p.maps["hv"], params)
+        inst = instances_from_maps(p.maps["np"], p.maps["hv"], params, image=p.maps.get("rgb"))
         cells.append((p, inst, instance_scores(inst, p.maps["np"])))
 
     def score(weight: float) -> dict[str, Any]:
