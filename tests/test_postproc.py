@@ -20,8 +20,10 @@ from uni_seg.postproc import (
     classify_instances,
     hv_energy,
     instance_scores,
+    add_stained_objects,
     instances_from_maps,
     join_nuclear_lobes,
+    stained_pixels,
     load_postproc_params,
     save_postproc_params,
 )
@@ -378,6 +380,25 @@ def test_the_stain_is_measured_against_the_images_own_cells():
     assert join_nuclear_lobes(empty, image, 40) is empty
 
 
+def test_stained_blobs_left_as_background_become_cells_and_a_pale_background_does_not():
+    inst, image = smear()
+    image[44:51, 60:67] = PURPLE  # a platelet, 49 px, that the model called background
+    image[44:47, 90:93] = PURPLE  # a speck of 9 px: under min_area
+    image[44:54, 104:116] = (232, 236, 252)  # a pale bluish patch of background: no dye
+    stained = stained_pixels(inst, image, 40)
+    assert stained[44:51, 60:67].all() and not stained[44:54, 104:116].any() and not stained[inst == 5].any()
+    added = add_stained_objects(inst, image, 40, 30)
+    assert added.dtype == np.int32 and int(added.max()) == 8  # the platelet, after the 7 cells
+    assert (added == 8).sum() == 49 and (added[44:51, 60:67] == 8).all()
+    np.testing.assert_array_equal(added[inst > 0], inst[inst > 0])  # the cells are as they were
+    assert add_stained_objects(inst, image, 40, 50) is inst and add_stained_objects(inst, image, 0, 30) is inst
+    # a blob mostly inside a cell is that cell's (a parasite), not a new one
+    inside = image.copy()
+    inside[44:51, 60:67] = PALE
+    inside[34:42, 62:69] = PURPLE  # 42 px inside cell 5 (rows 34-39), 14 below it
+    assert add_stained_objects(inst, inside, 40, 10) is inst
+
+
 def test_instances_from_maps_joins_lobes_given_the_image():
     # three overlapping discs as a white cell's lobes, two touching red cells, a lone purple
     # cell, and more red cells: most cell pixels are red, as in a smear
@@ -391,6 +412,6 @@ def test_instances_from_maps_joins_lobes_given_the_image():
     assert int(cells.max()) == 9  # the maps alone: the three lobes are three cells
     joined = instances_from_maps(np_prob, hv, image=image)
     assert int(joined.max()) == 7 and len(np.unique(joined[np.isin(inst, [1, 2, 3])])) == 1
-    np.testing.assert_array_equal(instances_from_maps(np_prob, hv, image=image, nucleus_stain_margin=0), cells)
-    with pytest.raises(ValueError, match="nucleus_stain_margin"):
-        DEFAULT_POSTPROC_PARAMS.replace(nucleus_stain_margin=-1)
+    np.testing.assert_array_equal(instances_from_maps(np_prob, hv, image=image, stain_margin=0), cells)
+    with pytest.raises(ValueError, match="stain_margin"):
+        DEFAULT_POSTPROC_PARAMS.replace(stain_margin=-1)

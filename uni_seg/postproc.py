@@ -13,6 +13,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
@@ -53,14 +54,14 @@ class PostprocParams(Settings):
     max_hole_area: int = 100  # holes in the foreground up to this area (pixels) are filled (bigger: background ringed by cells)
     min_edge_cell_area: int = 0  # cells on the picture's edge smaller than this (pixels) are dropped as slivers (0 = keep all)
     class_vote_weights: tuple[float, ...] = ()  # one per NC channel (background first): multiplies each class's probability in a pixel's vote (empty = all 1)
-    nucleus_stain_margin: float = 40.0  # blue minus red (0..255) above the image's median cell pixel at which a pixel is nuclear stain; touching cells each mostly so are one (0 = never join)
+    stain_margin: float = 40.0  # blue minus red (0..255) above the image's median cell pixel at which a pixel is stained (nuclei, platelets): touching cells mostly so are joined, blobs of it left as background added (0 = off)
 
     def __post_init__(self) -> None:
         k = self.sobel_ksize
         if isinstance(k, bool) or int(k) != k or k % 2 == 0 or not 3 <= k <= 31:
             raise ValueError(f"sobel_ksize={k!r} must be an odd integer in 3..31")
         for name in ("hv_smooth_sigma", "marker_threshold", "merge_threshold", "marker_open_radius",
-                     "min_marker_area", "min_area", "max_hole_area", "min_edge_cell_area", "nucleus_stain_margin"):
+                     "min_marker_area", "min_area", "max_hole_area", "min_edge_cell_area", "stain_margin"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f"{name}={value!r} must be a number >= 0")
@@ -396,9 +397,27 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 
 
 # notebook §8, cell id 7fd18d65
-#: Share of a cell's pixels that must be nuclear stain for `join_nuclear_lobes` to count it as
-#: a piece of a nucleus: most of it, so that a red cell with a parasite (a small part) is not.
+#: Share of a cell's pixels that must be stained for `join_nuclear_lobes` to count it as a piece
+#: of a nucleus: most of it, so that a red cell with a parasite (a small part) is not.
 NUCLEAR_SHARE = 0.5
+
+
+def stained_pixels(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
+    """bool (H, W): the pixels of `image` (uint8 (H, W, 3) RGB) whose blue minus red exceeds its
+    median over the cells of `inst` (int (H, W), 0 background) by more than `margin`, and whose
+    red is at most halfway from the cells' median red to the background's (the dyes absorb red:
+    a pale background, however bluish, is not stain); all False when `inst` has no cell."""
+    if image.shape[:2] != inst.shape:
+        raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
+    red = image[..., 0].astype(np.int16)
+    bluer = image[..., 2].astype(np.int16) - red
+    cells = inst > 0
+    if not cells.any():
+        return np.zeros(inst.shape, bool)
+    red_limit = np.median(red[cells])
+    if not cells.all():
+        red_limit = (red_limit + np.median(red[~cells])) / 2
+    return (bluer > np.median(bluer[cells]) + margin) & (red <= red_limit)
 
 
 def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
@@ -407,8 +426,7 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     Args:
         inst: int (H, W), 0 background, cells 1..N.
         image: uint8 (H, W, 3) RGB, the image at the same scale.
-        margin: a pixel is nuclear stain when its blue minus red exceeds the median of that
-            difference over the image's cell pixels by more than this (0..255 levels); 0: no join.
+        margin: `stained_pixels`' margin (0..255 levels); 0: no join.
 
     Returns:
         int32 (H, W), cells 1..M numbered in the order of their lowest old id; `inst` itself
@@ -423,15 +441,12 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     >>> join_nuclear_lobes(inst, image, 40)[2].tolist()
     [0, 1, 1, 1, 1, 0, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0]
     """
-    if image.shape[:2] != inst.shape:
-        raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
     n = int(inst.max(initial=0))
     if margin <= 0 or n < 2:
         return inst
-    bluer = image[..., 2].astype(np.int16) - image[..., 0].astype(np.int16)
-    nuclear = bluer > np.median(bluer[inst > 0]) + margin
+    stained = stained_pixels(inst, image, margin)
     area = np.bincount(inst.ravel(), minlength=n + 1)
-    is_lobe = np.bincount(inst.ravel(), weights=nuclear.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
+    is_lobe = np.bincount(inst.ravel(), weights=stained.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
     is_lobe[0] = False
     if is_lobe.sum() < 2:
         return inst
@@ -452,6 +467,34 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     return np.take(lut, inst)
 
 
+def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int) -> np.ndarray:
+    """`inst` with each blob of stain (`stained_pixels`, 8-connected) that lies mostly outside its
+    cells and has at least `min_area` pixels added as a cell: its pixels outside the cells, ids
+    N+1.. in the order `scipy.ndimage.label` finds the blobs. `inst` itself when none is added
+    or `margin` is 0. Shapes and dtypes as `join_nuclear_lobes`' (int32 out)."""
+    if margin <= 0 or not inst.any():
+        return inst
+    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin), structure=np.ones((3, 3), bool))
+    if n_blobs == 0:
+        return inst
+    area = np.bincount(blobs.ravel(), minlength=n_blobs + 1)
+    outside = np.bincount(blobs.ravel(), weights=(inst == 0).ravel(), minlength=n_blobs + 1)
+    new = (2 * outside >= area) & (outside >= max(int(min_area), 1))
+    new[0] = False
+    if not new.any():
+        return inst
+    lut = np.zeros(n_blobs + 1, np.int32)
+    lut[new] = int(inst.max()) + np.arange(1, int(new.sum()) + 1, dtype=np.int32)
+    added = np.take(lut, blobs)
+    return np.where((inst == 0) & (added > 0), added, inst).astype(np.int32)
+
+
+def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParams) -> np.ndarray:
+    """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of `params`."""
+    inst = join_nuclear_lobes(inst, image, params.stain_margin)
+    return add_stained_objects(inst, image, params.stain_margin, params.min_area)
+
+
 # notebook §8, cell id 49b1af39
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
                         frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, image: np.ndarray | None = None,
@@ -466,7 +509,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         frame_sides: (top, bottom, left, right), True where that side of the maps is the edge
             of the picture (`drop_edge_slivers`); a whole image has all four.
         image: uint8 (H, W, 3) RGB at the maps' scale, for `join_nuclear_lobes`
-            (`nucleus_stain_margin`); None: no lobes are joined.
+            (`apply_stain_rules`, `stain_margin`); None: the maps alone decide.
         **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
             (unknown names raise `ValueError`).
 
@@ -478,8 +521,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
     not depend on the tile it is cut from, away from the tile border); markers = foreground
     pixels with energy < marker_threshold, opened with an ellipse; a blob with 0 or 1 marker
     is one cell; blobs with >= 2 markers are split by `skimage.segmentation.watershed` on the
-    energy and seamless pieces merged back; pieces under min_area are dropped; touching cells
-    that are each mostly nuclear stain are joined (with `image`); with
+    energy and seamless pieces merged back; pieces under min_area are dropped; with `image`,
+    the stain's rules (`apply_stain_rules`: nuclear lobes joined, stained blobs added); with
     min_edge_cell_area > 0, slivers on the picture's edge are dropped. Time and
     memory grow with the pixels (no per-cell full-frame masks, no per-pixel Python loops).
     """
@@ -489,7 +532,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         p = p.replace(**changes)
     inst = instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
     if image is not None:
-        inst = join_nuclear_lobes(inst, image, p.nucleus_stain_margin)
+        inst = apply_stain_rules(inst, image, p)
     return drop_edge_slivers(inst, int(p.min_edge_cell_area), frame_sides)
 
 
@@ -598,8 +641,8 @@ def cells_from_maps(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
-    `maps` as `predict_maps` returns them (its "rgb", the image, for `join_nuclear_lobes`; maps
-    without it join no lobes); `frame_sides` as in `instances_from_maps`. Returns
+    `maps` as `predict_maps` returns them (its "rgb", the image, for `apply_stain_rules`; maps
+    without it: the maps alone decide); `frame_sides` as in `instances_from_maps`. Returns
     inst int32 (h, w) 0..N and three (N + 1,) arrays indexed by cell id: classes int64,
     class_probs float32, scores float32.
     """

@@ -183,7 +183,7 @@ class TileBatcher:
     def add(self, key: Any, image: np.ndarray) -> list[tuple[Any, dict[str, np.ndarray]]]:
         """Queue `image` uint8 (h, w, 3) RGB, already at the working scale, under `key`."""
         image, t = check_rgb_image(image), self.settings.tile_size
-        rgb = image  # travels with the maps: the post-processing reads the stain (`join_nuclear_lobes`)
+        rgb = image  # travels with the maps: the post-processing reads the stain (`apply_stain_rules`)
         h, w = image.shape[:2]
         ph, pw = max(h, t), max(w, t)
         if (ph, pw) != (h, w):  # smaller than one tile: mirror the image into the padding

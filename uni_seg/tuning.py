@@ -15,7 +15,7 @@ from uni_seg.classes import ClassScheme
 from uni_seg.evaluation import evaluate_split
 from uni_seg.metrics import nanmean, panoptic_quality
 from uni_seg.postproc import (PostprocParams, SplitPrediction, classify_instances, drop_edge_slivers, instance_scores,
-                              instances_from_energy, instances_from_maps, join_nuclear_lobes, seam_energy,
+                              apply_stain_rules, instances_from_energy, instances_from_maps, seam_energy,
                               validate_maps)
 from uni_seg.procs import WorkerPool, default_workers
 
@@ -70,8 +70,8 @@ def tune_postproc(
             `min_edge_cell_area`, `edge_sliver_areas(true_insts)`.
         workers: worker processes, one image at a time each (0: in this process; None: the
             usable CPUs minus one); the result does not depend on it.
-        images: per image uint8 (H, W, 3) RGB, for `join_nuclear_lobes` as `instances_from_maps`
-            does it (None: no lobes joined, as for maps without their image).
+        images: per image uint8 (H, W, 3) RGB, for `apply_stain_rules` as `instances_from_maps`
+            applies them (None: the maps alone decide, as for maps without their image).
         extend_edges: rounds in which every numeric axis whose best value is its lowest or
             highest gets one more value past it (`extended_axes`) and the new settings are
             scored; it stops early when the best lies inside the grid. 0: the grid as given.
@@ -181,7 +181,7 @@ def _pq_per_setting(np_prob: np.ndarray, hv: np.ndarray, true: np.ndarray,
         if watershed[0] != watershed_params:
             cells = instances_from_energy(np_prob, energies[key], watershed_params)
             if image is not None:
-                cells = join_nuclear_lobes(cells, image, params.nucleus_stain_margin)
+                cells = apply_stain_rules(cells, image, params)
             watershed = (watershed_params, cells)
         pred = drop_edge_slivers(watershed[1], int(params.min_edge_cell_area))
         pqs.append(panoptic_quality(true, pred)["pq"])
