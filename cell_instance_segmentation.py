@@ -8326,31 +8326,49 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 NUCLEAR_SHARE = 0.5
 
 
-def stained_pixels(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
-    """bool (H, W): the pixels of `image` (uint8 (H, W, 3) RGB) whose blue minus red exceeds its
-    median over the cells of `inst` (int (H, W), 0 background) by more than `margin`, and whose
-    red is at most halfway from the cells' median red to the background's (the dyes absorb red:
-    a pale background, however bluish, is not stain); all False when `inst` has no cell."""
+def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] | None:
+    """What stain is measured against, from the cells `inst` (int (H, W), 0 background) of
+    `image` (uint8 (H, W, 3) RGB): (the cells' median blue minus red, the red halfway from the
+    cells' median red to the background's (the cells' own where there is no background)); None
+    when `inst` has no cell."""
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
-    red = image[..., 0].astype(np.int16)
-    bluer = image[..., 2].astype(np.int16) - red
     cells = inst > 0
     if not cells.any():
-        return np.zeros(inst.shape, bool)
-    red_limit = np.median(red[cells])
+        return None
+    red = image[..., 0].astype(np.int16)
+    red_limit = float(np.median(red[cells]))
     if not cells.all():
-        red_limit = (red_limit + np.median(red[~cells])) / 2
-    return (bluer > np.median(bluer[cells]) + margin) & (red <= red_limit)
+        red_limit = (red_limit + float(np.median(red[~cells]))) / 2
+    return float(np.median(image[..., 2][cells].astype(np.int16) - red[cells])), red_limit
 
 
-def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
+def stained_pixels(inst: np.ndarray, image: np.ndarray, margin: float,
+                   reference: tuple[float, float] | None = None) -> np.ndarray:
+    """bool (H, W): the pixels of `image` (uint8 (H, W, 3) RGB) whose blue minus red exceeds the
+    cells' median by more than `margin`, and whose red is at most the red limit (the dyes absorb
+    red: a pale background, however bluish, is not stain), both from `reference`
+    (`stain_reference`; None: of `inst`, int (H, W), and `image` themselves). All False when
+    there is no reference (no cell)."""
+    if image.shape[:2] != inst.shape:
+        raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
+    reference = reference or stain_reference(inst, image)
+    if reference is None:
+        return np.zeros(inst.shape, bool)
+    bluer_cells, red_limit = reference
+    red = image[..., 0].astype(np.int16)
+    return (image[..., 2].astype(np.int16) - red > bluer_cells + margin) & (red <= red_limit)
+
+
+def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float,
+                       reference: tuple[float, float] | None = None) -> np.ndarray:
     """`inst` with touching cells that are each mostly nuclear stain joined into one cell.
 
     Args:
         inst: int (H, W), 0 background, cells 1..N.
         image: uint8 (H, W, 3) RGB, the image at the same scale.
         margin: `stained_pixels`' margin (0..255 levels); 0: no join.
+        reference: `stain_reference` to measure against (None: of `inst` and `image`).
 
     Returns:
         int32 (H, W), cells 1..M numbered in the order of their lowest old id; `inst` itself
@@ -8368,7 +8386,7 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     n = int(inst.max(initial=0))
     if margin <= 0 or n < 2:
         return inst
-    stained = stained_pixels(inst, image, margin)
+    stained = stained_pixels(inst, image, margin, reference)
     area = np.bincount(inst.ravel(), minlength=n + 1)
     is_lobe = np.bincount(inst.ravel(), weights=stained.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
     is_lobe[0] = False
@@ -8391,14 +8409,15 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     return np.take(lut, inst)
 
 
-def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int) -> np.ndarray:
+def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int,
+                        reference: tuple[float, float] | None = None) -> np.ndarray:
     """`inst` with each blob of stain (`stained_pixels`, 8-connected) that lies mostly outside its
     cells and has at least `min_area` pixels added as a cell: its pixels outside the cells, ids
     N+1.. in the order `scipy.ndimage.label` finds the blobs. `inst` itself when none is added
-    or `margin` is 0. Shapes and dtypes as `join_nuclear_lobes`' (int32 out)."""
+    or `margin` is 0. Arguments as `join_nuclear_lobes`' (int32 out)."""
     if margin <= 0 or not inst.any():
         return inst
-    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin), structure=np.ones((3, 3), bool))
+    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin, reference), structure=np.ones((3, 3), bool))
     if n_blobs == 0:
         return inst
     area = np.bincount(blobs.ravel(), minlength=n_blobs + 1)
@@ -8413,10 +8432,16 @@ def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_
     return np.where((inst == 0) & (added > 0), added, inst).astype(np.int32)
 
 
-def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParams) -> np.ndarray:
-    """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of `params`."""
-    inst = join_nuclear_lobes(inst, image, params.stain_margin)
-    return add_stained_objects(inst, image, params.stain_margin, params.min_area)
+def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParams,
+                      reference: tuple[float, float] | None = None) -> np.ndarray:
+    """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of
+    `params`, both measured against `reference` (None: `stain_reference` of `inst` and `image`,
+    taken once, before either rule)."""
+    if params.stain_margin <= 0:
+        return inst
+    reference = reference or stain_reference(inst, image)
+    inst = join_nuclear_lobes(inst, image, params.stain_margin, reference)
+    return add_stained_objects(inst, image, params.stain_margin, params.min_area, reference)
 
 
 # %% [markdown] tags=["why"]
@@ -8425,7 +8450,7 @@ def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParam
 # %% tags=["export"]
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
                         frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, image: np.ndarray | None = None,
-                        **changes: Any) -> np.ndarray:
+                        stain_reference: tuple[float, float] | None = None, **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
@@ -8437,6 +8462,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
             of the picture (`drop_edge_slivers`); a whole image has all four.
         image: uint8 (H, W, 3) RGB at the maps' scale, for `join_nuclear_lobes`
             (`apply_stain_rules`, `stain_margin`); None: the maps alone decide.
+        stain_reference: what the stain is measured against (`stain_reference`); None: this
+            image's own cells (a whole slide passes one for all its regions).
         **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
             (unknown names raise `ValueError`).
 
@@ -8459,7 +8486,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         p = p.replace(**changes)
     inst = instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
     if image is not None:
-        inst = apply_stain_rules(inst, image, p)
+        inst = apply_stain_rules(inst, image, p, stain_reference)
     return drop_edge_slivers(inst, int(p.min_edge_cell_area), frame_sides)
 
 
@@ -8575,16 +8602,17 @@ class Segmentation:
 
 def cells_from_maps(
     maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None,
-    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
+    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, stain_reference: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
     `maps` as `predict_maps` returns them (its "rgb", the image, for `apply_stain_rules`; maps
-    without it: the maps alone decide); `frame_sides` as in `instances_from_maps`. Returns
+    without it: the maps alone decide); `frame_sides`, `stain_reference` as in `instances_from_maps`. Returns
     inst int32 (h, w) 0..N and three (N + 1,) arrays indexed by cell id: classes int64,
     class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides, image=maps.get("rgb"))
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides, image=maps.get("rgb"),
+                               stain_reference=stain_reference)
     classes, class_probs = classify_instances(inst, maps["nc"], (postproc or DEFAULT_POSTPROC_PARAMS).class_vote_weights)
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 
@@ -10087,6 +10115,7 @@ def segment_image(
     postproc: PostprocParams | None = None,
     keep_maps: bool = True,
     frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
+    stain_reference: tuple[float, float] | None = None,
 ) -> Segmentation:
     """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
     working scale, labels enlarged (nearest) to the original size.
@@ -10094,13 +10123,14 @@ def segment_image(
     `image` uint8 (H, W, 3) RGB; `settings` as in `predict_maps`; `postproc` the watershed's
     parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`);
     `frame_sides` the sides of `image` that are the edge of the picture (`drop_edge_slivers`:
-    all four, unless `image` is a window cut from a larger picture). Returns a `Segmentation`
-    whose `inst` is (H, W).
+    all four, unless `image` is a window cut from a larger picture); `stain_reference` what the
+    stain rules measure against (None: this image's cells; a whole slide's regions share one).
+    Returns a `Segmentation` whose `inst` is (H, W).
     """
     t0 = time.perf_counter()
     maps = predict_maps(model, image, settings)
     t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc, frame_sides)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc, frame_sides, stain_reference)
     t2 = time.perf_counter()
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])
@@ -10765,7 +10795,7 @@ from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_st
 from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
                            write_json_atomic)
 from uni_seg.infer import peak_rss_mb
-from uni_seg.postproc import ALL_FRAME_SIDES, DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.postproc import ALL_FRAME_SIDES, DEFAULT_POSTPROC_PARAMS, PostprocParams, stain_reference
 from uni_seg.predict import InferenceSettings, segment_image
 
 #: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
@@ -11002,20 +11032,45 @@ class SlideReport:
 
 def region_cells(
     model: torch.nn.Module, window: np.ndarray, region: Region, settings: InferenceSettings,
-    postproc: PostprocParams, first_id: int,
+    postproc: PostprocParams, first_id: int, stain_reference: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Segment one region: its `window` pixels (uint8 (h, w, 3) RGB of the level read) at
     `settings.working_scale` (the residual scale), and keep the cells it owns (`owned_cells`),
     numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
     (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
-    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
-    seg = segment_image(model, window, settings, postproc, keep_maps=False, frame_sides=region.frame_sides)
+    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1).
+    `stain_reference`: the slide's (`slide_stain_reference`), so that no region's stain depends
+    on which cells it happens to hold."""
+    seg = segment_image(model, window, settings, postproc, keep_maps=False, frame_sides=region.frame_sides,
+                        stain_reference=stain_reference)
     keep = owned_cells(seg.inst, region)
     lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
     local = lut[seg.inst]
     pick = np.r_[0, keep]
     return local, seg.classes[pick], seg.class_probs[pick], seg.scores[pick], keep
+
+
+#: Side, in the read level's pixels, of the slide's central window from which
+#: `slide_stain_reference` takes the stain's reference: a fixed window, so the reference is the
+#: slide's own, not the region size's.
+STAIN_REFERENCE_SIDE = 2048
+
+
+def slide_stain_reference(model: torch.nn.Module, slide: Any, level: int, settings: InferenceSettings,
+                          postproc: PostprocParams) -> tuple[float, float] | None:
+    """The stain rules' reference (`stain_reference`) for a whole slide: from the cells (the maps
+    alone decide) of its central window of `STAIN_REFERENCE_SIDE` pixels of `level` (all of a
+    smaller slide), at `settings`' working scale. None when the rules are off or it has no cell."""
+    if postproc.stain_margin <= 0:
+        return None
+    width, height = slide.level_dimensions[level]
+    h, w = min(height, STAIN_REFERENCE_SIDE), min(width, STAIN_REFERENCE_SIDE)
+    top, left = (height - h) // 2, (width - w) // 2
+    box = (top, left, top + h, left + w)
+    window = _read_window(slide, level, Region(0, 0, box, box))
+    seg = segment_image(model, window, settings, postproc.replace(stain_margin=0), keep_maps=True)
+    return stain_reference(seg.inst_working, seg.maps["rgb"])
 
 
 def _read_window(slide: Any, level: int, region: Region) -> np.ndarray:
@@ -11179,10 +11234,11 @@ def run_slide_inference(
             margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
         regions = slide_regions(height, width, region_size, margin)
         at_level = settings.replace(working_scale=residual)
+        reference = slide_stain_reference(model, slide, level, at_level, postproc)
         record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
                   "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
                   "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
-                  "postproc": postproc.as_dict(), **(provenance or {})}
+                  "postproc": postproc.as_dict(), "stain_reference": reference, **(provenance or {})}
         record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
         tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
         categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
@@ -11192,7 +11248,8 @@ def run_slide_inference(
             bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
             for region in regions:
                 window = _read_window(slide, level, region)
-                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1,
+                                                                      reference)
                 pieces: list = []
                 if len(classes) > 1:
                     table, features, annotations, pieces = _region_exports(

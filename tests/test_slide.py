@@ -132,6 +132,7 @@ def test_slide_cells_equal_whole_image_inference_none_cut_or_doubled(tmp_path):
         np.testing.assert_array_equal(levels[1].asarray(), labels[::2, ::2])
     record = json.loads((out / "smear_slide.json").read_text())
     assert record["status"] == "complete" and record["cells"] == report.cells and record["level"] == 0
+    assert len(record["stain_reference"]) == 2  # the stain rules measured every region against the same cells
     assert [p.name for p in out.glob(".*")] == [LOCK_NAME]  # no temporaries, no tile store left behind
     # the result does not depend on the region size
     slide.run_slide_inference(model, tmp_path / "smear.tif", tmp_path / "out2", settings, region_size=192, margin=48,

@@ -402,31 +402,49 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 NUCLEAR_SHARE = 0.5
 
 
-def stained_pixels(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
-    """bool (H, W): the pixels of `image` (uint8 (H, W, 3) RGB) whose blue minus red exceeds its
-    median over the cells of `inst` (int (H, W), 0 background) by more than `margin`, and whose
-    red is at most halfway from the cells' median red to the background's (the dyes absorb red:
-    a pale background, however bluish, is not stain); all False when `inst` has no cell."""
+def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] | None:
+    """What stain is measured against, from the cells `inst` (int (H, W), 0 background) of
+    `image` (uint8 (H, W, 3) RGB): (the cells' median blue minus red, the red halfway from the
+    cells' median red to the background's (the cells' own where there is no background)); None
+    when `inst` has no cell."""
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
-    red = image[..., 0].astype(np.int16)
-    bluer = image[..., 2].astype(np.int16) - red
     cells = inst > 0
     if not cells.any():
-        return np.zeros(inst.shape, bool)
-    red_limit = np.median(red[cells])
+        return None
+    red = image[..., 0].astype(np.int16)
+    red_limit = float(np.median(red[cells]))
     if not cells.all():
-        red_limit = (red_limit + np.median(red[~cells])) / 2
-    return (bluer > np.median(bluer[cells]) + margin) & (red <= red_limit)
+        red_limit = (red_limit + float(np.median(red[~cells]))) / 2
+    return float(np.median(image[..., 2][cells].astype(np.int16) - red[cells])), red_limit
 
 
-def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np.ndarray:
+def stained_pixels(inst: np.ndarray, image: np.ndarray, margin: float,
+                   reference: tuple[float, float] | None = None) -> np.ndarray:
+    """bool (H, W): the pixels of `image` (uint8 (H, W, 3) RGB) whose blue minus red exceeds the
+    cells' median by more than `margin`, and whose red is at most the red limit (the dyes absorb
+    red: a pale background, however bluish, is not stain), both from `reference`
+    (`stain_reference`; None: of `inst`, int (H, W), and `image` themselves). All False when
+    there is no reference (no cell)."""
+    if image.shape[:2] != inst.shape:
+        raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
+    reference = reference or stain_reference(inst, image)
+    if reference is None:
+        return np.zeros(inst.shape, bool)
+    bluer_cells, red_limit = reference
+    red = image[..., 0].astype(np.int16)
+    return (image[..., 2].astype(np.int16) - red > bluer_cells + margin) & (red <= red_limit)
+
+
+def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float,
+                       reference: tuple[float, float] | None = None) -> np.ndarray:
     """`inst` with touching cells that are each mostly nuclear stain joined into one cell.
 
     Args:
         inst: int (H, W), 0 background, cells 1..N.
         image: uint8 (H, W, 3) RGB, the image at the same scale.
         margin: `stained_pixels`' margin (0..255 levels); 0: no join.
+        reference: `stain_reference` to measure against (None: of `inst` and `image`).
 
     Returns:
         int32 (H, W), cells 1..M numbered in the order of their lowest old id; `inst` itself
@@ -444,7 +462,7 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     n = int(inst.max(initial=0))
     if margin <= 0 or n < 2:
         return inst
-    stained = stained_pixels(inst, image, margin)
+    stained = stained_pixels(inst, image, margin, reference)
     area = np.bincount(inst.ravel(), minlength=n + 1)
     is_lobe = np.bincount(inst.ravel(), weights=stained.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
     is_lobe[0] = False
@@ -467,14 +485,15 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float) -> np
     return np.take(lut, inst)
 
 
-def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int) -> np.ndarray:
+def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int,
+                        reference: tuple[float, float] | None = None) -> np.ndarray:
     """`inst` with each blob of stain (`stained_pixels`, 8-connected) that lies mostly outside its
     cells and has at least `min_area` pixels added as a cell: its pixels outside the cells, ids
     N+1.. in the order `scipy.ndimage.label` finds the blobs. `inst` itself when none is added
-    or `margin` is 0. Shapes and dtypes as `join_nuclear_lobes`' (int32 out)."""
+    or `margin` is 0. Arguments as `join_nuclear_lobes`' (int32 out)."""
     if margin <= 0 or not inst.any():
         return inst
-    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin), structure=np.ones((3, 3), bool))
+    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin, reference), structure=np.ones((3, 3), bool))
     if n_blobs == 0:
         return inst
     area = np.bincount(blobs.ravel(), minlength=n_blobs + 1)
@@ -489,16 +508,22 @@ def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_
     return np.where((inst == 0) & (added > 0), added, inst).astype(np.int32)
 
 
-def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParams) -> np.ndarray:
-    """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of `params`."""
-    inst = join_nuclear_lobes(inst, image, params.stain_margin)
-    return add_stained_objects(inst, image, params.stain_margin, params.min_area)
+def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParams,
+                      reference: tuple[float, float] | None = None) -> np.ndarray:
+    """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of
+    `params`, both measured against `reference` (None: `stain_reference` of `inst` and `image`,
+    taken once, before either rule)."""
+    if params.stain_margin <= 0:
+        return inst
+    reference = reference or stain_reference(inst, image)
+    inst = join_nuclear_lobes(inst, image, params.stain_margin, reference)
+    return add_stained_objects(inst, image, params.stain_margin, params.min_area, reference)
 
 
 # notebook §8, cell id 49b1af39
 def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocParams | None = None,
                         frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, image: np.ndarray | None = None,
-                        **changes: Any) -> np.ndarray:
+                        stain_reference: tuple[float, float] | None = None, **changes: Any) -> np.ndarray:
     """Cells from the model's maps by a marker-controlled watershed on the HV seam energy.
 
     Args:
@@ -510,6 +535,8 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
             of the picture (`drop_edge_slivers`); a whole image has all four.
         image: uint8 (H, W, 3) RGB at the maps' scale, for `join_nuclear_lobes`
             (`apply_stain_rules`, `stain_margin`); None: the maps alone decide.
+        stain_reference: what the stain is measured against (`stain_reference`); None: this
+            image's own cells (a whole slide passes one for all its regions).
         **changes: fields of `params` to change for this call, e.g. `fg_threshold=0.4`
             (unknown names raise `ValueError`).
 
@@ -532,7 +559,7 @@ def instances_from_maps(np_prob: np.ndarray, hv: np.ndarray, params: PostprocPar
         p = p.replace(**changes)
     inst = instances_from_energy(np_prob, seam_energy(np_prob, hv, p.hv_smooth_sigma, p.sobel_ksize), p)
     if image is not None:
-        inst = apply_stain_rules(inst, image, p)
+        inst = apply_stain_rules(inst, image, p, stain_reference)
     return drop_edge_slivers(inst, int(p.min_edge_cell_area), frame_sides)
 
 
@@ -637,16 +664,17 @@ class Segmentation:
 
 def cells_from_maps(
     maps: Mapping[str, np.ndarray], postproc: PostprocParams | None = None,
-    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
+    frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES, stain_reference: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Instances, classes, class probabilities and scores from blended maps (one scale).
 
     `maps` as `predict_maps` returns them (its "rgb", the image, for `apply_stain_rules`; maps
-    without it: the maps alone decide); `frame_sides` as in `instances_from_maps`. Returns
+    without it: the maps alone decide); `frame_sides`, `stain_reference` as in `instances_from_maps`. Returns
     inst int32 (h, w) 0..N and three (N + 1,) arrays indexed by cell id: classes int64,
     class_probs float32, scores float32.
     """
-    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides, image=maps.get("rgb"))
+    inst = instances_from_maps(maps["np"], maps["hv"], postproc, frame_sides, image=maps.get("rgb"),
+                               stain_reference=stain_reference)
     classes, class_probs = classify_instances(inst, maps["nc"], (postproc or DEFAULT_POSTPROC_PARAMS).class_vote_weights)
     return inst, classes, class_probs, instance_scores(inst, maps["np"])
 

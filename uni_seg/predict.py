@@ -269,6 +269,7 @@ def segment_image(
     postproc: PostprocParams | None = None,
     keep_maps: bool = True,
     frame_sides: tuple[bool, bool, bool, bool] = ALL_FRAME_SIDES,
+    stain_reference: tuple[float, float] | None = None,
 ) -> Segmentation:
     """Segment and classify the cells of a whole image: `predict_maps`, post-processing at the
     working scale, labels enlarged (nearest) to the original size.
@@ -276,13 +277,14 @@ def segment_image(
     `image` uint8 (H, W, 3) RGB; `settings` as in `predict_maps`; `postproc` the watershed's
     parameters (None = the defaults; e.g. the tuned `results/postproc_params.json`);
     `frame_sides` the sides of `image` that are the edge of the picture (`drop_edge_slivers`:
-    all four, unless `image` is a window cut from a larger picture). Returns a `Segmentation`
-    whose `inst` is (H, W).
+    all four, unless `image` is a window cut from a larger picture); `stain_reference` what the
+    stain rules measure against (None: this image's cells; a whole slide's regions share one).
+    Returns a `Segmentation` whose `inst` is (H, W).
     """
     t0 = time.perf_counter()
     maps = predict_maps(model, image, settings)
     t1 = time.perf_counter()
-    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc, frame_sides)
+    inst_working, classes, class_probs, scores = cells_from_maps(maps, postproc, frame_sides, stain_reference)
     t2 = time.perf_counter()
     inst, inst_working, classes, class_probs, scores = cells_at_size(inst_working, classes, class_probs, scores,
                                                                      image.shape[:2])

@@ -27,7 +27,7 @@ from uni_seg.export import (CELL_TABLE_COLUMNS, _counts_from_runs, _fmt, _rle_st
 from uni_seg.files import (atomic_open, folder_lock, remove_own_files, remove_stale_temporaries, separate_folders,
                            write_json_atomic)
 from uni_seg.infer import peak_rss_mb
-from uni_seg.postproc import ALL_FRAME_SIDES, DEFAULT_POSTPROC_PARAMS, PostprocParams
+from uni_seg.postproc import ALL_FRAME_SIDES, DEFAULT_POSTPROC_PARAMS, PostprocParams, stain_reference
 from uni_seg.predict import InferenceSettings, segment_image
 
 #: Whole-slide formats read as slides whatever their layout; a .tif/.tiff is a slide when it is a
@@ -255,20 +255,45 @@ class SlideReport:
 
 def region_cells(
     model: torch.nn.Module, window: np.ndarray, region: Region, settings: InferenceSettings,
-    postproc: PostprocParams, first_id: int,
+    postproc: PostprocParams, first_id: int, stain_reference: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Segment one region: its `window` pixels (uint8 (h, w, 3) RGB of the level read) at
     `settings.working_scale` (the residual scale), and keep the cells it owns (`owned_cells`),
     numbered `first_id`, `first_id + 1`, ... in the order of their ids in the window. Returns
     (inst uint32 (h, w) with only those cells, as slide ids; then classes int64, class_probs,
-    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1)."""
-    seg = segment_image(model, window, settings, postproc, keep_maps=False, frame_sides=region.frame_sides)
+    scores float32 (N + 1,) indexed by the cell's number in the window minus `first_id` - 1).
+    `stain_reference`: the slide's (`slide_stain_reference`), so that no region's stain depends
+    on which cells it happens to hold."""
+    seg = segment_image(model, window, settings, postproc, keep_maps=False, frame_sides=region.frame_sides,
+                        stain_reference=stain_reference)
     keep = owned_cells(seg.inst, region)
     lut = np.zeros(int(seg.inst.max(initial=0)) + 1, np.uint32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
     local = lut[seg.inst]
     pick = np.r_[0, keep]
     return local, seg.classes[pick], seg.class_probs[pick], seg.scores[pick], keep
+
+
+#: Side, in the read level's pixels, of the slide's central window from which
+#: `slide_stain_reference` takes the stain's reference: a fixed window, so the reference is the
+#: slide's own, not the region size's.
+STAIN_REFERENCE_SIDE = 2048
+
+
+def slide_stain_reference(model: torch.nn.Module, slide: Any, level: int, settings: InferenceSettings,
+                          postproc: PostprocParams) -> tuple[float, float] | None:
+    """The stain rules' reference (`stain_reference`) for a whole slide: from the cells (the maps
+    alone decide) of its central window of `STAIN_REFERENCE_SIDE` pixels of `level` (all of a
+    smaller slide), at `settings`' working scale. None when the rules are off or it has no cell."""
+    if postproc.stain_margin <= 0:
+        return None
+    width, height = slide.level_dimensions[level]
+    h, w = min(height, STAIN_REFERENCE_SIDE), min(width, STAIN_REFERENCE_SIDE)
+    top, left = (height - h) // 2, (width - w) // 2
+    box = (top, left, top + h, left + w)
+    window = _read_window(slide, level, Region(0, 0, box, box))
+    seg = segment_image(model, window, settings, postproc.replace(stain_margin=0), keep_maps=True)
+    return stain_reference(seg.inst_working, seg.maps["rgb"])
 
 
 def _read_window(slide: Any, level: int, region: Region) -> np.ndarray:
@@ -426,10 +451,11 @@ def run_slide_inference(
             margin = min(region_size, math.ceil(2 * (cell_diameter or FALLBACK_CELL_DIAMETER) / residual))
         regions = slide_regions(height, width, region_size, margin)
         at_level = settings.replace(working_scale=residual)
+        reference = slide_stain_reference(model, slide, level, at_level, postproc)
         record = {"tool": "uni_seg.slide", "input": str(slide_path.resolve()), "files": _slide_names(name),
                   "level": level, "downsample": float(slide.level_downsamples[level]), "width": width, "height": height,
                   "region_size": region_size, "margin": margin, "settings": settings.replace(device=None).as_dict(),
-                  "postproc": postproc.as_dict(), **(provenance or {})}
+                  "postproc": postproc.as_dict(), "stain_reference": reference, **(provenance or {})}
         record_path = write_json_atomic(output_dir / f"{name}{SLIDE_RECORD_SUFFIX}", {**record, "status": "running"})
         tiles = LabelTiles(output_dir / f".{name}_labels.partial", height, width, region_size)
         categories = [{"id": c, "name": class_name(c, class_names), "supercategory": "cell"} for c in range(1, len(class_names))]
@@ -439,7 +465,8 @@ def run_slide_inference(
             bar = tqdm(total=len(regions), desc=f"segmenting {slide_path.name}", unit="region", disable=not progress)
             for region in regions:
                 window = _read_window(slide, level, region)
-                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1)
+                local, classes, class_probs, scores, _ = region_cells(model, window, region, at_level, postproc, n_cells + 1,
+                                                                      reference)
                 pieces: list = []
                 if len(classes) > 1:
                     table, features, annotations, pieces = _region_exports(
