@@ -14013,7 +14013,10 @@ else:
 #   cells out (BCCD leaves many red cells unboxed), a correct cell counts as a false
 #   positive, so precision and AP are at least this good; recall is the figure to watch;
 # * **count error**: predicted cells minus annotated boxes per image, mean and mean absolute
-#   (inflated by the same unannotated cells).
+#   (inflated by the same unannotated cells);
+# * **the missed boxes, by kind**: per class, how many were split (cut in pieces), merged (into
+#   a cell twice their size or more), too small (found in part), misplaced or not found at all,
+#   so that a low recall says what to fix.
 #
 # The images are first brought to the training scale (§1's `working_scale_for_cells`), and the
 # classical baseline is scored in the same way at the same scale, beside the model. Boxes are
