@@ -7,7 +7,8 @@ with a margin, the true box in yellow, the predicted cells' outlines in cyan, an
     .venv/bin/python bench/missed_boxes.py RUN_DIR [RUN_DIR ...] --images ../shared/data/bccd_detection \
         --label WBC [--out DIR]
 
-Writes DIR/<group>_<run>_<label>_missed.png per run and prints the counts by kind. The counts
+Writes DIR/<group>_<run>_<label>_missed.png per run (an existing one only with --overwrite)
+and prints the counts by kind. The counts
 per class of every class are in `evaluate-boxes`' table and metrics.json's `external` block.
 """
 
@@ -60,7 +61,14 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="box dataset (images and VOC or COCO boxes)")
     parser.add_argument("--label", required=True, help="the class whose missed boxes to show, e.g. WBC")
     parser.add_argument("--out", type=Path, default=Path("."), help="folder for the sheets")
+    parser.add_argument("--overwrite", action="store_true", help="replace sheets of an earlier run of this script")
     args = parser.parse_args()
+    if not args.out.is_dir():
+        raise SystemExit(f"--out {args.out} is not a folder")
+    sheets = {run: args.out / f"{run.parent.name}_{run.name}_{args.label}_missed.png" for run in args.runs}
+    taken = [str(path) for path in sheets.values() if path.exists()]
+    if taken and not args.overwrite:
+        raise SystemExit(f"{', '.join(taken)} exist(s); pass --overwrite to replace them, or name another --out")
     images_dir, boxes_path = find_box_dataset(args.images)
     pairs, _ = annotated_images(images_dir, read_boxes(boxes_path))
     if not any(args.label in truth.labels for _, truth in pairs):
@@ -81,7 +89,7 @@ def main() -> None:
             for g, kind in zip(missed, missed_box_kinds(truth.boxes[missed], pred)):
                 crops.append(missed_crop(image, inst, truth.boxes[g], kind))
                 kinds[kind] += 1
-        out = args.out / f"{run.parent.name}_{run.name}_{args.label}_missed.png"
+        out = sheets[run]
         if crops:
             cv2.imwrite(str(out), sheet(crops)[..., ::-1])
         print(f"{run}: {note}; {len(crops)} {args.label} boxes missed: {dict(kinds)}" + (f" -> {out}" if crops else ""))
