@@ -8317,7 +8317,8 @@ def drop_edge_slivers(inst: np.ndarray, min_area: int,
 # *Bluer* is measured against the image's own cells (blue minus red above its median over the
 # cells, by `stain_margin`), never a fixed colour, because labs stain differently: BBBC041's
 # red cells are themselves blue-grey, bluer than BCCD's nuclei; on its smears neither rule
-# changes a cell (validation and test splits of the `cpu` profile). Validation cannot tune the
+# changes a cell (validation and test splits of the `cpu` profile). An image whose background
+# is no brighter than its cells is not a brightfield smear, and the rules leave it alone. Validation cannot tune the
 # margin (its masks hold no white cells or platelets to find), so it is a fixed default.
 
 # %% tags=["export"]
@@ -8329,8 +8330,9 @@ NUCLEAR_SHARE = 0.5
 def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] | None:
     """What stain is measured against, from the cells `inst` (int (H, W), 0 background) of
     `image` (uint8 (H, W, 3) RGB): (the cells' median blue minus red, the red halfway from the
-    cells' median red to the background's (the cells' own where there is no background)); None
-    when `inst` has no cell."""
+    cells' median red to the background's (the cells' own where there is no background)). None
+    when `inst` has no cell, or when its background is no brighter in red than its cells: not
+    a brightfield smear (dark field, fluorescence), where stain cannot be told from background."""
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
     cells = inst > 0
@@ -8339,7 +8341,10 @@ def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] 
     red = image[..., 0].astype(np.int16)
     red_limit = float(np.median(red[cells]))
     if not cells.all():
-        red_limit = (red_limit + float(np.median(red[~cells]))) / 2
+        background_red = float(np.median(red[~cells]))
+        if background_red <= red_limit:
+            return None
+        red_limit = (red_limit + background_red) / 2
     return float(np.median(image[..., 2][cells].astype(np.int16) - red[cells])), red_limit
 
 

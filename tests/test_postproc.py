@@ -23,6 +23,7 @@ from uni_seg.postproc import (
     add_stained_objects,
     instances_from_maps,
     join_nuclear_lobes,
+    stain_reference,
     stained_pixels,
     load_postproc_params,
     save_postproc_params,
@@ -374,6 +375,11 @@ def test_the_stain_is_measured_against_the_images_own_cells():
     # the same smear in another stain's tones (every channel shifted) joins the same cells
     shifted = np.clip(image.astype(int) + (10, -20, 30), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(join_nuclear_lobes(inst, shifted, 40), join_nuclear_lobes(inst, image, 40))
+    # a dark background (dark field, fluorescence, a rendering): not a brightfield smear, no rule
+    dark = image.copy()
+    dark[inst == 0] = (20, 20, 60)
+    assert stain_reference(inst, dark) is None and not stained_pixels(inst, dark, 40).any()
+    assert join_nuclear_lobes(inst, dark, 40) is inst and add_stained_objects(inst, dark, 40, 10) is inst
     with pytest.raises(ValueError, match="same height and width"):
         join_nuclear_lobes(inst, image[:-1], 40)
     empty = np.zeros_like(inst)

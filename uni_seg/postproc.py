@@ -405,8 +405,9 @@ NUCLEAR_SHARE = 0.5
 def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] | None:
     """What stain is measured against, from the cells `inst` (int (H, W), 0 background) of
     `image` (uint8 (H, W, 3) RGB): (the cells' median blue minus red, the red halfway from the
-    cells' median red to the background's (the cells' own where there is no background)); None
-    when `inst` has no cell."""
+    cells' median red to the background's (the cells' own where there is no background)). None
+    when `inst` has no cell, or when its background is no brighter in red than its cells: not
+    a brightfield smear (dark field, fluorescence), where stain cannot be told from background."""
     if image.shape[:2] != inst.shape:
         raise ValueError(f"image {image.shape} and cells {inst.shape} must have the same height and width")
     cells = inst > 0
@@ -415,7 +416,10 @@ def stain_reference(inst: np.ndarray, image: np.ndarray) -> tuple[float, float] 
     red = image[..., 0].astype(np.int16)
     red_limit = float(np.median(red[cells]))
     if not cells.all():
-        red_limit = (red_limit + float(np.median(red[~cells]))) / 2
+        background_red = float(np.median(red[~cells]))
+        if background_red <= red_limit:
+            return None
+        red_limit = (red_limit + background_red) / 2
     return float(np.median(image[..., 2][cells].astype(np.int16) - red[cells])), red_limit
 
 
