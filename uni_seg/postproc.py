@@ -28,7 +28,9 @@ class PostprocParams(Settings):
     """The parameters of `instances_from_maps`, validated when made.
 
     Defaults chosen on blurred, noisy true maps of real BCCD masks at the working scale (cells
-    ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. Validation runs in
+    ~50 px) and at full resolution (~100 px); see bench/bench_postproc.py. `stain_margin`'s, which
+    those masks cannot choose (they draw no white cells or platelets), on BCCD's boxed smears
+    (docs/results.md, "What the stain says"). Validation runs in
     the constructor, so `PostprocParams(sobel_ksize=8)` fails at once, naming the field;
     `PostprocParams.from_dict(d)` also names an unknown key and the closest known one. §9's
     tuning stores the tuned ones in the checkpoint, where `Segmenter` finds them.
