@@ -16,6 +16,24 @@ from uni_seg.tuning import (EDGE_EXTENSION_ROUNDS, EDGE_SLIVER_FRACTIONS, INFECT
 
 
 # --------------------------------------------------------------------------- tuning and params file
+def test_tune_postproc_scores_the_cells_the_stain_rules_give_when_given_the_images():
+    """Maps that cut a white cell in three lobes, a truth that draws it whole: the search scores
+    what the post-processing will give, so with the images the lobes are one cell, as in use."""
+    lobed = disk_scene((80, 260), ((30, 30, 12), (30, 52, 12), (50, 41, 12), (30, 100, 14), (30, 126, 14),
+                                   (60, 200, 14), (30, 230, 14), (62, 120, 14)))
+    whole = np.where(np.isin(lobed, [2, 3]), 1, lobed)
+    image = np.full((80, 260, 3), (235, 230, 225), np.uint8)
+    image[lobed > 0] = (205, 120, 125)
+    image[np.isin(lobed, [1, 2, 3])] = (115, 60, 190)
+    np_map, hv = true_maps(lobed)
+    grid = {"fg_threshold": [0.5]}
+    _, without = tune_postproc([np_map], [hv], [whole], grid=grid, extend_edges=0)
+    _, with_images = tune_postproc([np_map], [hv], [whole], grid=grid, extend_edges=0, images=[image])
+    assert with_images[0]["pq"] > 0.99 > without[0]["pq"]
+    with pytest.raises(ValueError, match="2 images for 1 maps"):
+        tune_postproc([np_map], [hv], [whole], grid=grid, images=[image, image])
+
+
 def test_tune_postproc_finds_a_setting_that_recovers_the_cells(tmp_path):
     inst = disk_scene()
     np_map, hv = true_maps(inst)
