@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import watershed
 
-from uni_seg.data import resize_labels
+from uni_seg.data import relabel_sequential, resize_labels
 from uni_seg.files import write_json_atomic
 from uni_seg.settings import Settings
 
@@ -465,10 +465,14 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float,
     >>> join_nuclear_lobes(inst, image, 40)[2].tolist()
     [0, 1, 1, 1, 1, 0, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0]
     """
-    n = int(inst.max(initial=0))
-    if margin <= 0 or n < 2:
+    if margin <= 0 or int(inst.max(initial=0)) < 2:
         return inst
-    stained = stained_pixels(inst, image, margin, reference)
+    return _join_lobes(inst, stained_pixels(inst, image, margin, reference))
+
+
+def _join_lobes(inst: np.ndarray, stained: np.ndarray) -> np.ndarray:
+    """`join_nuclear_lobes` given the stain mask bool (H, W)."""
+    n = int(inst.max(initial=0))
     area = np.bincount(inst.ravel(), minlength=n + 1)
     is_lobe = np.bincount(inst.ravel(), weights=stained.ravel(), minlength=n + 1) >= NUCLEAR_SHARE * np.maximum(area, 1)
     is_lobe[0] = False
@@ -484,11 +488,10 @@ def join_nuclear_lobes(inst: np.ndarray, image: np.ndarray, margin: float,
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n + 1, n + 1))
     _, component = connected_components(graph, directed=False)  # the background, 0, is a component of its own
     ids = np.flatnonzero(area[1:]) + 1  # the cells present
-    first = np.full(n + 1, n + 1)
-    np.minimum.at(first, component[ids], ids)  # each component's lowest cell id
-    lut = np.zeros(n + 1, np.int32)
-    lut[ids] = np.unique(first[component[ids]], return_inverse=True)[1] + 1
-    return np.take(lut, inst)
+    lowest = np.full(n + 1, n + 1)
+    np.minimum.at(lowest, component[ids], ids)  # each component's lowest cell id
+    lowest[0] = 0
+    return relabel_sequential(np.take(lowest[component], inst))
 
 
 def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_area: int,
@@ -499,7 +502,12 @@ def add_stained_objects(inst: np.ndarray, image: np.ndarray, margin: float, min_
     or `margin` is 0. Arguments as `join_nuclear_lobes`' (int32 out)."""
     if margin <= 0 or not inst.any():
         return inst
-    blobs, n_blobs = ndi.label(stained_pixels(inst, image, margin, reference), structure=np.ones((3, 3), bool))
+    return _add_blobs(inst, stained_pixels(inst, image, margin, reference), min_area)
+
+
+def _add_blobs(inst: np.ndarray, stained: np.ndarray, min_area: int) -> np.ndarray:
+    """`add_stained_objects` given the stain mask bool (H, W)."""
+    blobs, n_blobs = ndi.label(stained, structure=np.ones((3, 3), bool))
     if n_blobs == 0:
         return inst
     area = np.bincount(blobs.ravel(), minlength=n_blobs + 1)
@@ -518,12 +526,13 @@ def apply_stain_rules(inst: np.ndarray, image: np.ndarray, params: PostprocParam
                       reference: tuple[float, float] | None = None) -> np.ndarray:
     """`join_nuclear_lobes`, then `add_stained_objects`, with the margin and `min_area` of
     `params`, both measured against `reference` (None: `stain_reference` of `inst` and `image`,
-    taken once, before either rule)."""
-    if params.stain_margin <= 0:
+    taken once, before either rule). Joining changes no cell's pixels, so one stain mask serves both."""
+    if params.stain_margin <= 0 or not inst.any():
         return inst
-    reference = reference or stain_reference(inst, image)
-    inst = join_nuclear_lobes(inst, image, params.stain_margin, reference)
-    return add_stained_objects(inst, image, params.stain_margin, params.min_area, reference)
+    stained = stained_pixels(inst, image, params.stain_margin, reference)
+    if int(inst.max()) >= 2:
+        inst = _join_lobes(inst, stained)
+    return _add_blobs(inst, stained, params.min_area)
 
 
 # notebook §8, cell id 49b1af39

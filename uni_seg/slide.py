@@ -284,7 +284,9 @@ def slide_stain_reference(model: torch.nn.Module, slide: Any, level: int, settin
                           postproc: PostprocParams) -> tuple[float, float] | None:
     """The stain rules' reference (`stain_reference`) for a whole slide: from the cells (the maps
     alone decide) of its central window of `STAIN_REFERENCE_SIDE` pixels of `level` (all of a
-    smaller slide), at `settings`' working scale. None when the rules are off or it has no cell."""
+    smaller slide), at `settings`' working scale. None when the rules are off or it has no cell.
+    The window is segmented again by its regions: one window's extra pass, so that the reference
+    exists before the first region is cut."""
     if postproc.stain_margin <= 0:
         return None
     width, height = slide.level_dimensions[level]
